@@ -1,0 +1,43 @@
+# TimeSformer deployment pipeline. Every target that needs Python makes the venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Options (see README.md for each target's options)
+MODEL ?= models/weights/motion_tiny.safetensors
+PRECISION ?= fp32
+BACKEND ?= auto
+ATTENTION ?= auto
+OUT ?=
+ENGINE ?=
+CLIPS ?=
+CALIB ?=
+BATCH ?=
+PYTEST_ARGS ?=
+
+.PHONY: help setup test test-fast demo onnx engine parity bench bench-onnx train-motion clean
+
+help:
+	@echo "make setup | test | demo | onnx | engine | parity | bench | train-motion | clean   (README.md has the options)"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+demo onnx engine parity bench bench-onnx train-motion:
+	@echo "make $@: not implemented yet (tracked in the project's issues)" >&2; exit 2
+
+clean:
+	rm -rf artifacts engines .pytest_cache

@@ -1,0 +1,216 @@
+"""The reference model: parity with transformers, official checkpoint round trip, resizing, errors, costs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import (PRESETS, CheckpointError, TimeSformer, TimeSformerConfig, count_flops, count_params, get_preset,
+                    load_checkpoint, save_checkpoint, save_official)
+from runtime.preprocess import PreprocessConfig
+
+transformers = pytest.importorskip("transformers", reason="transformers (the 'dev' extra) is the parity reference")
+
+
+def _hf_model(attention_type: str, **kw) -> "transformers.TimesformerForVideoClassification":
+    cfg = transformers.TimesformerConfig(attention_type=attention_type, **kw)
+    torch.manual_seed(0)
+    model = transformers.TimesformerForVideoClassification(cfg).eval()
+    # transformers initialises the time embedding to zero and a trained model's temporal layers are far from
+    # their initial values: perturb everything so that every path (temporal_dense too) changes the logits.
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "temporal_dense" in name or "time_embeddings" in name or "layernorm" in name:
+                p.add_(torch.randn(p.shape, generator=g) * 0.2)
+    return model
+
+
+SMALL_HF = dict(image_size=64, patch_size=16, num_frames=4, hidden_size=96, num_hidden_layers=3, num_attention_heads=4,
+                intermediate_size=384, num_labels=7)
+
+
+@pytest.mark.parametrize("attention_type", ["divided_space_time", "joint_space_time"])
+@pytest.mark.parametrize("hf_kwargs", [SMALL_HF, dict(num_labels=400)], ids=["small", "base_8x224"])
+def test_parity_with_transformers(tmp_path: Path, attention_type: str, hf_kwargs: dict) -> None:
+    hf = _hf_model(attention_type, **hf_kwargs)
+    hf.save_pretrained(tmp_path / "hf")
+    ours = load_checkpoint(tmp_path / "hf")
+    assert ours.config.attention_type == attention_type
+    assert ours.config.num_classes == hf.config.num_labels
+    assert ours.checkpoint.format == "huggingface"
+    cfg = ours.config
+    for batch in (1, 3):
+        x = torch.randn(batch, cfg.num_frames, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            ref = hf(pixel_values=x).logits
+            out = ours(x)
+        assert out.shape == (batch, cfg.num_classes)
+        assert (out - ref).abs().max().item() < 1e-5
+        # The temporal path really contributes: dropping temporal_fc changes the logits.
+    if attention_type == "divided_space_time":
+        with torch.no_grad():
+            ours.blocks[1].temporal_fc.weight.zero_()
+            ours.blocks[1].temporal_fc.bias.zero_()
+            assert (ours(x) - ref).abs().max().item() > 1e-3
+
+
+def test_hf_labels_and_pytorch_bin(tmp_path: Path) -> None:
+    hf = _hf_model("divided_space_time", **SMALL_HF, id2label={i: f"action_{i}" for i in range(7)})
+    hf.save_pretrained(tmp_path / "sharded", max_shard_size="200KB")
+    assert len(list((tmp_path / "sharded").glob("model-*.safetensors"))) > 1
+    ours = load_checkpoint(tmp_path / "sharded")
+    assert ours.labels == [f"action_{i}" for i in range(7)]
+    # The older pytorch_model.bin layout.
+    hf.config.save_pretrained(tmp_path / "bin")
+    torch.save(hf.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    from_bin = load_checkpoint(tmp_path / "bin")
+    x = torch.randn(1, 4, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(from_bin(x), ours(x))
+        assert (ours(x) - hf(pixel_values=x).logits).abs().max() < 1e-5
+
+
+def _small(attention_type: str = "divided_space_time", **kw) -> TimeSformer:
+    torch.manual_seed(0)
+    cfg = TimeSformerConfig(image_size=64, patch_size=16, num_frames=4, embed_dim=64, depth=2, num_heads=2,
+                            num_classes=5, attention_type=attention_type, **kw)
+    model = TimeSformer(cfg).eval()
+    with torch.no_grad():
+        for blk in model.blocks:
+            if hasattr(blk, "temporal_fc"):
+                blk.temporal_fc.weight.normal_(0, 0.05)
+    return model
+
+
+@pytest.mark.parametrize("attention_type", ["divided_space_time", "joint_space_time", "space_only"])
+def test_official_pyth_round_trip(tmp_path: Path, attention_type: str) -> None:
+    model = _small(attention_type)
+    path = tmp_path / "ckpt.pyth"
+    save_official(model, path)
+    raw = torch.load(path, weights_only=True)
+    assert all(k.startswith("model.") for k in raw["model_state"])
+    # Space-only weights carry no time embedding: the clip length comes from the caller.
+    extra = {"num_frames": 4} if attention_type == "space_only" else {}
+    loaded = load_checkpoint(path, num_heads=2, **extra)
+    assert loaded.config == model.config
+    x = torch.randn(2, 4, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_bare_and_module_prefixed_state_dicts(tmp_path: Path) -> None:
+    model = _small()
+    torch.save({f"module.model.{k}": v for k, v in model.state_dict().items()}, tmp_path / "ddp.pth")
+    torch.save(model.state_dict(), tmp_path / "bare.pth")
+    x = torch.randn(1, 4, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        for name in ("ddp.pth", "bare.pth"):
+            assert torch.equal(load_checkpoint(tmp_path / name, num_heads=2)(x), ref)
+
+
+def test_our_safetensors_round_trip(tmp_path: Path) -> None:
+    model = _small()
+    pre = PreprocessConfig(num_frames=4, sampling_rate=2, short_side=64, crop_size=64)
+    save_checkpoint(model, tmp_path / "m.safetensors", labels=list("abcde"), preprocess=pre, metadata={"seed": 3})
+    side = json.loads((tmp_path / "m.json").read_text())
+    assert side["config"]["embed_dim"] == 64 and side["labels"] == list("abcde")
+    loaded = load_checkpoint(tmp_path / "m.safetensors")
+    assert loaded.labels == list("abcde") and loaded.preprocess == pre
+    assert loaded.checkpoint.metadata == {"seed": 3}
+    x = torch.randn(2, 4, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_resize_frames_and_resolution_keeps_class_path() -> None:
+    model = _small()
+    base_cls = model.pos_embed[:, :1].clone()
+    x = torch.randn(1, 8, 3, 128, 128)  # twice the frames, twice the resolution
+    with torch.no_grad():
+        out = model(x)
+        assert out.shape == (1, 5) and torch.isfinite(out).all()
+        # The on-the-fly resize equals a model built for the new size with nearest-resized embeddings.
+        big = TimeSformer(model.config.replace(num_frames=8, image_size=128)).eval()
+        state = model.state_dict()
+        grid = state["pos_embed"][:, 1:].transpose(1, 2).reshape(1, 64, 4, 4)
+        grid = torch.nn.functional.interpolate(grid, size=(8, 8), mode="nearest").flatten(2).transpose(1, 2)
+        state["pos_embed"] = torch.cat((state["pos_embed"][:, :1], grid), 1)
+        state["time_embed"] = state["time_embed"].repeat_interleave(2, dim=1)
+        big.load_state_dict(state)
+        assert torch.allclose(big(x), out, atol=1e-6)
+        assert torch.equal(model.pos_embed[:, :1], base_cls)
+        # The class token still reaches the logits.
+        model.cls_token.add_(torch.randn_like(model.cls_token))
+        assert (model(x) - out).abs().max() > 1e-3
+
+
+@pytest.mark.slow
+def test_base_resized_to_16_frames_and_448() -> None:
+    model = TimeSformer(get_preset("base").config).eval()
+    with torch.no_grad():
+        out16 = model(torch.randn(1, 16, 3, 224, 224))
+        out448 = model(torch.randn(1, 2, 3, 448, 448))
+    assert out16.shape == out448.shape == (1, 400)
+    assert torch.isfinite(out16).all() and torch.isfinite(out448).all()
+
+
+def test_decomposed_attention_matches_sdpa() -> None:
+    model = _small()
+    x = torch.randn(2, 4, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        out = model.set_attention_impl("decomposed")(x)
+    assert (out - ref).abs().max() < 1e-5
+    with pytest.raises(KeyError, match="unknown attention implementation"):
+        model.set_attention_impl("nope")
+
+
+def test_bad_checkpoints_name_file_and_key(tmp_path: Path) -> None:
+    model = _small()
+    save_official(model, tmp_path / "good.pyth")
+    data = (tmp_path / "good.pyth").read_bytes()
+    (tmp_path / "trunc.pyth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="trunc.pyth"):
+        load_checkpoint(tmp_path / "trunc.pyth")
+    state = {k: v for k, v in model.state_dict().items() if k != "blocks.1.mlp.fc2.bias"}
+    torch.save({"model_state": state}, tmp_path / "missing.pyth")
+    with pytest.raises(CheckpointError, match=r"missing.pyth.*blocks\.1\.mlp\.fc2\.bias"):
+        load_checkpoint(tmp_path / "missing.pyth", num_heads=2)
+    state = model.state_dict()
+    state["blocks.0.mlp.fc1.bias"] = torch.zeros(3)
+    torch.save(state, tmp_path / "shape.pth")
+    with pytest.raises(CheckpointError, match=r"shape.pth.*blocks\.0\.mlp\.fc1\.bias.*expected shape \(256,\), got \(3,\)"):
+        load_checkpoint(tmp_path / "shape.pth", num_heads=2)
+    torch.save({"model_state": {"foo": torch.zeros(1)}}, tmp_path / "foreign.pyth")
+    with pytest.raises(CheckpointError, match=r"foreign.pyth.*patch_embed\.proj\.weight"):
+        load_checkpoint(tmp_path / "foreign.pyth")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="junk.safetensors"):
+        load_checkpoint(tmp_path / "junk.safetensors")
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(CheckpointError, match="config.json"):
+        load_checkpoint(tmp_path / "empty_dir")
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_checkpoint(tmp_path / "absent.pyth")
+
+
+def test_counts_match_model_and_paper() -> None:
+    for name in ("base", "base_8x224_k400_joint", "base_8x224_k400_space", "tiny_8x64"):
+        cfg = get_preset(name).config
+        assert count_params(cfg) == sum(p.numel() for p in TimeSformer(cfg).parameters())
+    base = get_preset("base").config
+    assert count_params(base) == 121_566_352  # the paper rounds this to 121.4M (without the head bias etc.)
+    # The paper's "0.59 TFLOPs" for three views counts multiply-accumulates: 3 x 196 GMACs.
+    assert abs(3 * count_flops(base)["gmacs"] / 1000 - 0.59) < 0.01
+    assert count_flops(get_preset("hr").config)["gmacs"] > 8 * count_flops(base)["gmacs"]
+
+
+def test_presets_are_consistent() -> None:
+    for name, preset in PRESETS.items():
+        assert preset.preprocess.num_frames == preset.config.num_frames, name
+        assert preset.preprocess.crop_size == preset.config.image_size, name
