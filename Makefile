@@ -36,7 +36,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-demo onnx engine parity bench bench-onnx train-motion:
+engine: $(STAMP)
+	$(PY) -m export.engine_build --model $(MODEL) --precision $(PRECISION) --backend $(BACKEND) \
+		$(if $(OUT),--out $(OUT)) $(if $(CALIB),--calib $(CALIB)) $(if $(BATCH),--batch $(BATCH)) \
+		$(if $(filter-out auto,$(ATTENTION)),--attention $(ATTENTION)) $(if $(ALLOW_PARITY_FAILURE),--allow-parity-failure)
+
+demo onnx parity bench bench-onnx train-motion:
 	@echo "make $@: not implemented yet (tracked in the project's issues)" >&2; exit 2
 
 clean:

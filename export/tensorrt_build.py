@@ -37,9 +37,10 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 PRECISIONS = ("fp32", "fp16", "int8")
 HARDWARE_COMPATIBILITY = {
@@ -156,9 +157,14 @@ def _dtype_name(elem_type: int) -> str:
     import onnx
 
     try:
-        return onnx.TensorProto.DataType.Name(elem_type).lower()
+        name = onnx.TensorProto.DataType.Name(elem_type).lower()
     except ValueError:
         return f"onnx-type-{elem_type}"
+    return {"float": "float32", "double": "float64"}.get(name, name)
+
+
+def _is_float(dtype_name: str) -> bool:
+    return dtype_name.startswith(("float", "bfloat"))
 
 
 def _iter_graphs(graph: Any) -> Iterator[Any]:
@@ -216,17 +222,22 @@ def inspect_onnx(onnx_path: str | os.PathLike) -> dict[str, Any]:
     float_init_examples: dict[str, str] = {}
     for t in graph.initializer:
         name = _dtype_name(t.data_type)
-        if name.startswith(("float", "bfloat", "double")):
+        if _is_float(name):
             float_inits[name] += 1
             float_init_examples.setdefault(name, t.name)
 
     # every float type mentioned anywhere: I/O, value_info, Cast targets, Constant values
-    typed: dict[str, str] = {}  # dtype -> an example "where"
+    typed: dict[str, str] = {}  # float dtype -> an example "where"
+
+    def note(dtype_name: str, where: str) -> None:
+        if _is_float(dtype_name):
+            typed.setdefault(dtype_name, where)
+
+    for dt, example in float_init_examples.items():
+        note(dt, f"initializer '{example}'")
     for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
         if vi.type.HasField("tensor_type"):
-            typed.setdefault(_dtype_name(vi.type.tensor_type.elem_type), f"tensor '{vi.name}'")
-    for dt, example in float_init_examples.items():
-        typed.setdefault(dt, f"initializer '{example}'")
+            note(_dtype_name(vi.type.tensor_type.elem_type), f"tensor '{vi.name}'")
 
     ops: Counter[str] = Counter()
     qdq: list[str] = []
@@ -247,11 +258,11 @@ def inspect_onnx(onnx_path: str | os.PathLike) -> dict[str, Any]:
                     if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
                         for out in node.output:
                             constants[out] = attr.t
-                        typed.setdefault(_dtype_name(attr.t.data_type), f"Constant node '{label}'")
+                        note(_dtype_name(attr.t.data_type), f"Constant node '{label}'")
             if node.op_type == "Cast":
                 for attr in node.attribute:
                     if attr.name == "to":
-                        typed.setdefault(_dtype_name(attr.i), f"Cast node '{label}'")
+                        note(_dtype_name(attr.i), f"Cast node '{label}'")
             if node.domain == "com.microsoft":
                 contrib.append(f"'{label}' ({node.op_type})")
             if node.op_type in _QDQ_OPS:

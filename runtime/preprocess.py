@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["PreprocessConfig", "preprocess_frames", "resize_crop_indices", "normalize"]
+__all__ = ["PreprocessConfig", "FramePreprocessor", "preprocess_frames", "resize_crop_indices", "normalize"]
 
 
 @dataclass(frozen=True)
@@ -95,31 +95,102 @@ def normalize(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -
     return np.ascontiguousarray(np.moveaxis(x, -1, -3))
 
 
-def preprocess_frames(frames: np.ndarray | Sequence[np.ndarray], cfg: PreprocessConfig, bgr: bool = False,
-                      crop_index: int = 1) -> np.ndarray:
-    """Frames ``(T, H, W, 3)`` uint8 (already temporally sampled) -> ``(T, 3, crop, crop)`` float32.
+class FramePreprocessor:
+    """Resize-crop-normalise of single ``(H, W, 3)`` uint8 frames, with the sampling taps precomputed.
 
-    Only the pixels of the crop are interpolated, so the cost does not depend on the source size.
+    Each output value is the bilinear blend of four source bytes: the four byte positions and the four
+    weights (with ``1/(255*std)`` folded in) are computed once per source size, so a frame costs four
+    gathers and a few vector operations, about 1 ms for 640x480 -> 224 on one core.
     """
-    if isinstance(frames, np.ndarray):
-        arr = frames
-    else:
-        arr = np.stack([np.asarray(f) for f in frames])
+
+    def __init__(self, cfg: PreprocessConfig, height: int, width: int, bgr: bool = False, crop_index: int = 1) -> None:
+        self.cfg, self.height, self.width, self.bgr = cfg, height, width, bgr
+        (y0, y1, wy), (x0, x1, wx) = resize_crop_indices(height, width, cfg.short_side, cfg.crop_size, crop_index,
+                                                         cfg.num_crops)
+        ch = np.arange(3)[:, None, None]
+        if bgr:  # output channel c (RGB) reads source byte 2 - c
+            ch = 2 - ch
+        std = np.asarray(cfg.std, np.float32)[:, None, None]
+        mean = np.asarray(cfg.mean, np.float32)[:, None, None]
+        self.index = [(ys[None, :, None] * (width * 3) + xs[None, None, :] * 3 + ch).ravel().astype(np.intp)
+                      for ys in (y0, y1) for xs in (x0, x1)]
+        self.weight = [np.ascontiguousarray(np.broadcast_to(
+            (wys[None, :, None] * wxs[None, None, :]) / (255.0 * std), (3, cfg.crop_size, cfg.crop_size)
+        ).astype(np.float32)).ravel() for wys in (1 - wy, wy) for wxs in (1 - wx, wx)]
+        self.shift = np.ascontiguousarray(np.broadcast_to(mean / std, (3, cfg.crop_size, cfg.crop_size)),
+                                          np.float32).ravel()
+        self._tmp = np.empty(self.shift.size, np.float32)
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        return (3, self.cfg.crop_size, self.cfg.crop_size)
+
+    def __call__(self, frame: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """One ``(H, W, 3)`` uint8 frame -> ``(3, crop, crop)`` float32 (written into ``out`` when given)."""
+        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
+            raise ValueError(f"frame: expected ({self.height}, {self.width}, 3) uint8, got {tuple(frame.shape)} "
+                             f"{frame.dtype}")
+        flat = np.ascontiguousarray(frame).reshape(-1)
+        dst = np.empty(self.out_shape, np.float32) if out is None else out
+        o = dst.reshape(-1)
+        np.multiply(np.take(flat, self.index[0]), self.weight[0], out=o)
+        tmp = self._tmp
+        for i in (1, 2, 3):
+            np.multiply(np.take(flat, self.index[i]), self.weight[i], out=tmp)
+            o += tmp
+        o -= self.shift
+        return dst
+
+
+def preprocess_frames(frames: np.ndarray | Sequence[np.ndarray], cfg: PreprocessConfig, bgr: bool = False,
+                      crop_index: int = 1, out: np.ndarray | None = None) -> np.ndarray:
+    """Frames ``(T, H, W, 3)`` uint8 (already temporally sampled) -> ``(T, 3, crop, crop)`` float32."""
+    arr = frames if isinstance(frames, np.ndarray) else np.stack([np.asarray(f) for f in frames])
     if arr.ndim != 4 or arr.shape[-1] != 3:
         raise ValueError(f"frames: expected (T, H, W, 3), got shape {tuple(arr.shape)}")
     if arr.dtype != np.uint8:
         raise ValueError(f"frames: expected dtype uint8, got {arr.dtype}")
     if arr.shape[0] != cfg.num_frames:
         raise ValueError(f"frames: expected {cfg.num_frames} frames, got {arr.shape[0]}")
-    if bgr:
-        arr = arr[..., ::-1]
-    t, h, w, _ = arr.shape
-    (y0, y1, wy), (x0, x1, wx) = resize_crop_indices(h, w, cfg.short_side, cfg.crop_size, crop_index, cfg.num_crops)
-    # Rows first (gathering only the rows the crop needs), then columns.
-    r0 = arr[:, y0].astype(np.float32)
-    r1 = arr[:, y1].astype(np.float32)
-    rows = r0 + (r1 - r0) * wy[None, :, None, None]
-    c0 = rows[:, :, x0]
-    c1 = rows[:, :, x1]
-    out = c0 + (c1 - c0) * wx[None, None, :, None]
-    return normalize(out, cfg.mean, cfg.std)
+    pre = _cached(cfg, arr.shape[1], arr.shape[2], bgr, crop_index)
+    result = np.empty((arr.shape[0],) + pre.out_shape, np.float32) if out is None else out
+    for t in range(arr.shape[0]):
+        pre(arr[t], result[t])
+    return result
+
+
+_CACHE: dict[tuple, FramePreprocessor] = {}
+
+
+def _cached(cfg: PreprocessConfig, h: int, w: int, bgr: bool, crop_index: int) -> FramePreprocessor:
+    key = (cfg, h, w, bgr, crop_index)
+    pre = _CACHE.get(key)
+    if pre is None:
+        if len(_CACHE) > 16:
+            _CACHE.clear()
+        pre = _CACHE[key] = FramePreprocessor(cfg, h, w, bgr, crop_index)
+    return pre
+
+
+def sample_indices(num_available: int, cfg: PreprocessConfig, clip_index: int = -1, num_clips: int = 1) -> np.ndarray:
+    """Which of ``num_available`` decoded frames form a clip, as the published models sample them.
+
+    Dense: ``num_frames`` frames at stride ``sampling_rate`` from a window placed at ``clip_index`` of
+    ``num_clips`` evenly spaced positions (``-1``: the centre); uniform: spread over the whole video.
+    Indices come from ``linspace(start, end, num_frames)`` clamped to the video, so a video shorter
+    than the window repeats frames, as the original ``temporal_sampling`` does.
+    """
+    if num_available <= 0:
+        raise ValueError("no frames to sample from")
+    if cfg.sampling == "uniform":
+        start, end = 0.0, float(num_available - 1)
+    else:
+        span = float(cfg.window() - 1)
+        delta = max(num_available - 1 - span, 0.0)
+        if clip_index < 0:
+            start = delta / 2.0
+        else:
+            start = delta * clip_index / max(num_clips - 1, 1)
+        end = start + span
+    idx = np.linspace(start, end, cfg.num_frames)
+    return np.clip(idx, 0, num_available - 1).astype(np.int64)

@@ -251,8 +251,8 @@ class TensorRTBackend(Backend):
                                        f"'{inputs[0]}'")
         want_out = (self.manifest.get("output") or {}).get("name")
         if want_out and want_out not in outputs:
-            raise TensorRTBackendError(f"{self.engine_path}: the manifest's output '{want_out}' is not among the plan's "
-                                       f"outputs {outputs}")
+            raise TensorRTBackendError(f"{self.engine_path}: the manifest's output '{want_out}' is not among the "
+                                       f"plan's outputs {outputs}")
         self.input_name = inputs[0]
         self.output_names = outputs
         self.output_name = want_out or outputs[0]
@@ -265,8 +265,13 @@ class TensorRTBackend(Backend):
         pmin, popt, pmax = (tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(self.input_name, 0))
         self.profile = {"min": pmin, "opt": popt, "max": pmax}
         self.batch_range = (pmin[0], pmax[0])
+        want_batch = (self.manifest.get("input") or {}).get("batch") or {}
+        if want_batch and (want_batch.get("min", pmin[0]) < pmin[0] or want_batch.get("max", pmax[0]) > pmax[0]):
+            raise TensorRTBackendError(f"{self.engine_path}: the manifest's batch range {want_batch} exceeds the "
+                                       f"plan's profile batch {pmin[0]}..{pmax[0]}")
         if not self._context.set_input_shape(self.input_name, pmax):
-            raise TensorRTBackendError(f"{self.engine_path}: TensorRT refused input shape {pmax} for '{self.input_name}'")
+            raise TensorRTBackendError(f"{self.engine_path}: TensorRT refused input shape {pmax} for "
+                                       f"'{self.input_name}'")
         self._current_shape: tuple[int, ...] | None = pmax
         self._bindings[self.input_name] = _Binding(
             cudart, self.input_name, self._np_dtype(self.input_name), pmax, is_input=True)
@@ -283,7 +288,7 @@ class TensorRTBackend(Backend):
         trt_dtype = self._engine.get_tensor_dtype(name)
         try:
             return np.dtype(self._trt.nptype(trt_dtype))
-        except TypeError as e:
+        except (TypeError, KeyError, ValueError) as e:
             raise TensorRTBackendError(f"{self.engine_path}: tensor '{name}' has type {trt_dtype}, which numpy cannot "
                                        "hold; export the plan with float32/float16 I/O") from e
 

@@ -1,0 +1,56 @@
+"""Frames from a video file, an RTSP/HTTP URL or a camera, through PyAV (an optional dependency)."""
+from __future__ import annotations
+
+import sys
+from typing import Iterator
+
+import numpy as np
+
+
+def _av():
+    try:
+        import av
+    except ImportError as e:
+        raise RuntimeError("reading video needs PyAV: pip install av") from e
+    return av
+
+
+def open_source(source: str | int):
+    """Open a file path, a URL (``rtsp://``, ``http://``) or a camera index / ``/dev/videoN``."""
+    av = _av()
+    src = str(source)
+    options = {}
+    fmt = None
+    if src.isdigit():
+        src = f"/dev/video{src}" if sys.platform.startswith("linux") else src
+        fmt = "v4l2" if sys.platform.startswith("linux") else ("avfoundation" if sys.platform == "darwin" else "dshow")
+    elif src.startswith("/dev/video"):
+        fmt = "v4l2"
+    elif src.startswith("rtsp://"):
+        options = {"rtsp_transport": "tcp", "fflags": "nobuffer"}
+    try:
+        return av.open(src, format=fmt, options=options)
+    except (av.error.FFmpegError, OSError) as e:
+        raise RuntimeError(f"{source}: cannot open as a video source ({e})") from e
+
+
+def iter_frames(source: str | int, max_frames: int | None = None) -> Iterator[np.ndarray]:
+    """Decoded frames as ``(H, W, 3)`` uint8 RGB, in presentation order."""
+    av = _av()
+    container = open_source(source)
+    try:
+        if not container.streams.video:
+            raise RuntimeError(f"{source}: has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        n = 0
+        try:
+            for frame in container.decode(stream):
+                yield frame.to_ndarray(format="rgb24")
+                n += 1
+                if max_frames is not None and n >= max_frames:
+                    return
+        except av.error.FFmpegError as e:
+            raise RuntimeError(f"{source}: decoding failed after {n} frames ({e})") from e
+    finally:
+        container.close()
