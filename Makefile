@@ -41,8 +41,22 @@ engine: $(STAMP)
 		$(if $(OUT),--out $(OUT)) $(if $(CALIB),--calib $(CALIB)) $(if $(BATCH),--batch $(BATCH)) \
 		$(if $(filter-out auto,$(ATTENTION)),--attention $(ATTENTION)) $(if $(ALLOW_PARITY_FAILURE),--allow-parity-failure)
 
-demo onnx parity bench bench-onnx train-motion:
+onnx bench-onnx train-motion:
 	@echo "make $@: not implemented yet (tracked in the project's issues)" >&2; exit 2
+
+# make parity ENGINE=<bundle> [CLIPS=<folder|synthetic|.npz>] [MODEL_REF=<checkpoint>]: exits non-zero on failure
+parity: $(STAMP)
+	@test -n "$(ENGINE)" || { echo "make parity: set ENGINE=<bundle directory> (e.g. engines/motion_tiny-fp32-onnxruntime)" >&2; exit 2; }
+	$(PY) -m export.parity_check --engine $(ENGINE) $(if $(CLIPS),--clips $(CLIPS)) $(if $(MODEL_REF),--model $(MODEL_REF)) \
+		$(if $(N),--n $(N))
+
+# make bench ENGINE=<bundle> [BATCH=1,2,4,8] [THREADS=n]
+bench: $(STAMP)
+	@test -n "$(ENGINE)" || { echo "make bench: set ENGINE=<bundle directory> (e.g. engines/motion_tiny-fp32-onnxruntime)" >&2; exit 2; }
+	$(PY) -m export.bench_engine --engine $(ENGINE) $(if $(BATCH),--batch $(BATCH)) $(if $(THREADS),--threads $(THREADS))
+
+demo: $(STAMP)
+	$(PY) -m export.demo
 
 clean:
 	rm -rf artifacts engines .pytest_cache

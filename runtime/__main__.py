@@ -10,7 +10,8 @@ import time
 
 import numpy as np
 
-from .engine import Engine
+from .engine import Engine, InputError
+from .manifest import BundleError
 from .video_source import iter_frames
 
 
@@ -49,7 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     opts = {"threads": args.threads} if args.threads is not None else {}
-    engine = Engine(args.bundle, device=args.device, **opts)
+    try:
+        return _run(args, Engine(args.bundle, device=args.device, **opts))
+    except (BundleError, InputError, RuntimeError, ValueError) as e:
+        print(f"python -m runtime: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, engine: Engine) -> int:
     stream = engine.stream(every=args.every, top_k=args.top_k)
     print(f"engine: {engine.describe()['backend']} {engine.precision}, clip {engine.clip_shape}, "
           f"predicting every {stream.every} frames", flush=True)

@@ -53,15 +53,22 @@ class PreprocessConfig:
 
 
 def _axis_taps(src: int, dst_full: int, start: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bilinear taps (i0, i1, w1) for output pixels [start, start+count) of a src->dst_full resize."""
-    scale = src / dst_full
-    x = (np.arange(start, start + count, dtype=np.float64) + 0.5) * scale - 0.5
-    x = np.clip(x, 0.0, None)
-    i0 = np.floor(x).astype(np.int64)
-    i0 = np.minimum(i0, src - 1)
-    i1 = np.minimum(i0 + 1, src - 1)
-    w1 = (x - i0).astype(np.float32)
-    return i0, i1, w1
+    """Bilinear taps (i0, i1, w1) for output pixels [start, start+count) of a src->dst_full resize.
+
+    Same values as ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``, written so
+    that ``i1 == i0 + 1`` whenever ``src > 1``: past the last source pixel the pair (src-2, src-1) with
+    weight 1 replaces torch's clamped pair (src-1, src-1), which gives the same value.
+    """
+    # float32 arithmetic, as torch's CPU kernel computes the source coordinates
+    scale = np.float32(src) / np.float32(dst_full)
+    x = (np.arange(start, start + count, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    x = np.maximum(x, np.float32(0.0))
+    if src == 1:
+        zeros = np.zeros(count, np.int64)
+        return zeros, zeros, np.zeros(count, np.float32)
+    i0 = np.minimum(np.floor(x).astype(np.int64), src - 2)
+    w1 = np.minimum(x - i0.astype(np.float32), np.float32(1.0)).astype(np.float32)
+    return i0, i0 + 1, w1
 
 
 def resize_crop_indices(height: int, width: int, short_side: int, crop_size: int, crop_index: int = 1,
@@ -98,9 +105,11 @@ def normalize(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -
 class FramePreprocessor:
     """Resize-crop-normalise of single ``(H, W, 3)`` uint8 frames, with the sampling taps precomputed.
 
-    Each output value is the bilinear blend of four source bytes: the four byte positions and the four
-    weights (with ``1/(255*std)`` folded in) are computed once per source size, so a frame costs four
-    gathers and a few vector operations, about 1 ms for 640x480 -> 224 on one core.
+    Each output value is the bilinear blend of four source bytes at ``base``, ``base + 3`` (the pixel to
+    the right), ``base + 3W`` (below) and ``base + 3W + 3``. One index array serves all four taps (as
+    offset views of the frame), and the four weights (with ``1/(255*std)`` folded in) are computed once
+    per source size, so a frame costs four gathers and one weighted sum: about 0.6 ms for
+    640x480 -> 224 on one core.
     """
 
     def __init__(self, cfg: PreprocessConfig, height: int, width: int, bgr: bool = False, crop_index: int = 1) -> None:
@@ -112,14 +121,16 @@ class FramePreprocessor:
             ch = 2 - ch
         std = np.asarray(cfg.std, np.float32)[:, None, None]
         mean = np.asarray(cfg.mean, np.float32)[:, None, None]
-        self.index = [(ys[None, :, None] * (width * 3) + xs[None, None, :] * 3 + ch).ravel().astype(np.intp)
-                      for ys in (y0, y1) for xs in (x0, x1)]
-        self.weight = [np.ascontiguousarray(np.broadcast_to(
+        self.index = (y0[None, :, None] * (width * 3) + x0[None, None, :] * 3 + ch).ravel().astype(np.intp)
+        dy = (y1[0] - y0[0]) * width * 3
+        dx = (x1[0] - x0[0]) * 3
+        self.offsets = (0, dx, dy, dy + dx)
+        self.weight = np.stack([np.broadcast_to(
             (wys[None, :, None] * wxs[None, None, :]) / (255.0 * std), (3, cfg.crop_size, cfg.crop_size)
-        ).astype(np.float32)).ravel() for wys in (1 - wy, wy) for wxs in (1 - wx, wx)]
+        ).astype(np.float32).ravel() for wys in (1 - wy, wy) for wxs in (1 - wx, wx)])
         self.shift = np.ascontiguousarray(np.broadcast_to(mean / std, (3, cfg.crop_size, cfg.crop_size)),
                                           np.float32).ravel()
-        self._tmp = np.empty(self.shift.size, np.float32)
+        self._taps = np.empty((4, self.shift.size), np.uint8)
 
     @property
     def out_shape(self) -> tuple[int, int, int]:
@@ -132,13 +143,15 @@ class FramePreprocessor:
                              f"{frame.dtype}")
         flat = np.ascontiguousarray(frame).reshape(-1)
         dst = np.empty(self.out_shape, np.float32) if out is None else out
+        if dst.shape != self.out_shape or dst.dtype != np.float32 or not dst.flags.c_contiguous:
+            raise ValueError(f"out: expected a C-contiguous float32 array of shape {self.out_shape}, got "
+                             f"{dst.shape} {dst.dtype}{'' if dst.flags.c_contiguous else ' (not contiguous)'}")
         o = dst.reshape(-1)
-        np.multiply(np.take(flat, self.index[0]), self.weight[0], out=o)
-        tmp = self._tmp
-        for i in (1, 2, 3):
-            np.multiply(np.take(flat, self.index[i]), self.weight[i], out=tmp)
-            o += tmp
-        o -= self.shift
+        taps = self._taps
+        for i, off in enumerate(self.offsets):
+            np.take(flat[off:], self.index, out=taps[i])
+        np.einsum("in,in->n", taps, self.weight, out=o, casting="unsafe")
+        np.subtract(o, self.shift, out=o)
         return dst
 
 
