@@ -17,7 +17,7 @@ through precision constraints, or Q/DQ ONNX + ``BuilderFlag.INT8``; DLA on Tenso
 TensorRT API by version (all looked up with ``hasattr`` at build time):
 
 =============================  ==========================================================
-``EXPLICIT_BATCH``             creation flag needed before 10 only (deprecated / ignored in 10, gone in 11)
+``EXPLICIT_BATCH``             creation flag needed before 10 only (deprecated and ignored from 10.0)
 ``STRONGLY_TYPED``             creation flag, opt-in in 10; deprecated and ignored in 11 (always on)
 ``BuilderFlag.FP16/INT8``      10 only (removed in 11), exclusive with ``STRONGLY_TYPED``
 precision constraints          ``OBEY_PRECISION_CONSTRAINTS``, ``ILayer.precision``,
@@ -501,10 +501,14 @@ def plan_build(onnx_path: str | os.PathLike, options: TensorRTBuildOptions | Non
     _check_precision(info, options.precision, strongly_typed)
     inp, profile = _resolve_profile(info, options)
 
+    # Builder.html (NetworkDefinitionCreationFlag): EXPLICIT_BATCH is ignored from 10.0 (networks are always
+    # explicit batch); STRONGLY_TYPED forbids layer precisions/output types, and the 10.x -> 11.x migration
+    # guide removes the FP16/INT8/OBEY_PRECISION_CONSTRAINTS builder flags (strong typing always on, the
+    # flag kept only for API compatibility). So the builder-flag path below exists only for weakly typed 10.x.
     creation_flags: list[str] = []
     if major < 10:
         creation_flags.append("EXPLICIT_BATCH")
-    if strongly_typed and major < 11:  # deprecated and ignored in 11: strong typing is always on
+    if strongly_typed and major < 11:
         creation_flags.append("STRONGLY_TYPED")
 
     builder_flags: list[str] = []
@@ -789,6 +793,10 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike,
         raise fail(f"{onnx_file}: TensorRT rejected the optimisation profile {prof}")
 
     if options.dla_core is not None:
+        cores = getattr(builder, "num_DLA_cores", None)  # Builder.num_DLA_cores: DLA engines on this device
+        if cores is not None and not 0 <= options.dla_core < int(cores):
+            raise fail(f"dla_core={options.dla_core}, but this device has {int(cores)} DLA core(s); expected "
+                       f"0..{int(cores) - 1} (none: build for the GPU with dla_core=None)")
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = int(options.dla_core)
     level = plan["config"]["hardware_compatibility_level"]
@@ -802,14 +810,19 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike,
     if options.timing_cache:
         cache_path = Path(options.timing_cache)
         blob = cache_path.read_bytes() if cache_path.is_file() else b""
+        # IBuilderConfig.create_timing_cache(bytes) gives no cache for an unreadable blob, and
+        # set_timing_cache(cache, ignore_mismatch=False) returns False for another TensorRT/GPU's cache.
         cache = config.create_timing_cache(blob)
-        if not config.set_timing_cache(cache, False):
-            plan["warnings"].append(f"{cache_path}: timing cache does not match this TensorRT/GPU; starting empty")
+        if cache is None or not config.set_timing_cache(cache, False):
+            plan["warnings"].append(f"{cache_path}: timing cache unreadable or made by another TensorRT/GPU; "
+                                    "starting empty")
             cache = config.create_timing_cache(b"")
-            config.set_timing_cache(cache, False)
+            if cache is None or not config.set_timing_cache(cache, False):
+                raise fail(f"{onnx_file}: TensorRT {version} could not create an empty timing cache")
         else:
             cache_info["loaded"] = bool(blob)
 
+    # ProgressMonitor.html: the monitor must outlive the config/builder using it (both are locals here).
     monitor = _make_progress_monitor(trt) if progress and hasattr(config, "progress_monitor") else None
     if monitor is not None:
         config.progress_monitor = monitor

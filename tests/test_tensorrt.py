@@ -1073,6 +1073,24 @@ def test_fake_build_dla(models, tmp_path, fake_gpu):
     c = trt.builds[-1].config
     assert c.default_device_type == trt.DeviceType.DLA and c.DLA_core == 1
     assert trt.BuilderFlag.GPU_FALLBACK in c.flags
+    trt.Builder.num_DLA_cores = 1  # the test double's device now reports one DLA core (Builder.num_DLA_cores)
+    with pytest.raises(TensorRTBuildError, match=r"dla_core=1, but this device has 1 DLA core\(s\); expected 0\.\.0"):
+        build_engine(models["fp32"], tmp_path / "m.plan", opts(precision="fp16", strongly_typed=False, dla_core=1),
+                     progress=False)
+
+
+def test_fake_build_unreadable_timing_cache_starts_empty(models, tmp_path, fake_gpu, monkeypatch):
+    trt, _ = fake_gpu("10.3.0")
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"corrupt")
+    config_cls = type(trt.Builder(None).create_builder_config())
+    real = config_cls.create_timing_cache
+    # the test double returns no cache for an unreadable blob, as IBuilderConfig.create_timing_cache may
+    monkeypatch.setattr(config_cls, "create_timing_cache",
+                        lambda self, blob: None if blob == b"corrupt" else real(self, blob))
+    info = build_engine(models["fp32"], tmp_path / "m.plan", opts(timing_cache=str(cache)), progress=False)
+    assert info["timing_cache"] == {"path": str(cache), "loaded": False, "saved": True}
+    assert any("timing cache unreadable" in w for w in info["warnings"]) and cache.read_bytes() == b"+timed"
 
 
 def test_fake_build_parser_errors_are_listed(models, tmp_path, fake_gpu):

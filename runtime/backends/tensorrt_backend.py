@@ -115,8 +115,10 @@ def check_plan_compatibility(plan_path: str | Path, built_version: str | None, i
                              version_compatible: bool = False) -> None:
     """Refuse a plan that the installed TensorRT cannot run, before deserialising it.
 
-    A plain plan needs the same TensorRT major.minor as built it. A version-compatible plan runs on the
-    same or a newer TensorRT of the same major, and TensorRT 10 plans also on TensorRT 11 (8 on 10).
+    A plain plan runs only on the TensorRT version that built it ("Version Compatibility" in the developer
+    guide); this pre-check compares major.minor and leaves patch/build mismatches to deserialisation, which
+    fails with TensorRT's own message. A version-compatible plan runs on the same or a newer TensorRT of the
+    same major; across majors only 10 -> 11 and 8 -> 10 (TensorRT 11.4.1 Support Matrix, Engine Portability).
     An unknown ``built_version`` is not checked here (deserialisation will tell).
     """
     built = _version_tuple(built_version) if built_version else None
@@ -127,8 +129,8 @@ def check_plan_compatibility(plan_path: str | Path, built_version: str | None, i
         if built[:2] != installed[:2]:
             raise TensorRTBackendError(
                 f"{plan_path}: built with TensorRT {built_version}, but TensorRT {installed_version} is installed; "
-                f"a plan runs only on the TensorRT major.minor that built it ({built[0]}.{built[1]}.x). Install "
-                f"TensorRT {built[0]}.{built[1]}, rebuild the engine here, or build it with version_compatible=True.")
+                f"a plan runs only on the TensorRT version that built it ({built_version}). Install TensorRT "
+                f"{built_version}, rebuild the engine here, or build it with version_compatible=True.")
         return
     cross_major = (built[0], installed[0]) in ((10, 11), (8, 10))
     if installed < built or (installed[0] != built[0] and not cross_major):
@@ -220,7 +222,9 @@ class TensorRTBackend(Backend):
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         if self.version_compatible:
-            self._runtime.engine_host_code_allowed = True  # the plan embeds its lean runtime
+            # a VERSION_COMPATIBLE plan embeds its lean runtime (unless built with EXCLUDE_LEAN_RUNTIME), which
+            # the runtime loads only once told to trust the plan ("Version Compatibility", Runtime.html)
+            self._runtime.engine_host_code_allowed = True
         if dla_core is not None:
             self._runtime.DLA_core = int(dla_core)
         try:
@@ -329,6 +333,7 @@ class TensorRTBackend(Backend):
                 graph = cuda_call(cudart, "cudaStreamEndCapture", self._stream)  # always leave capture mode
             if not ok:
                 raise TensorRTBackendError("execute_async_v3 failed during stream capture")
+            # cuda-python (cuda.bindings.runtime 12.x and 13.x): cudaGraphInstantiate(graph, flags) -> (err, exec)
             graph_exec = cuda_call(cudart, "cudaGraphInstantiate", graph, 0)
             return context, graph, graph_exec
         except Exception as e:  # noqa: BLE001 - fall back to plain execution at this shape

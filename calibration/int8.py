@@ -1,0 +1,339 @@
+"""INT8 by explicit quantization: the quantization is written into the ONNX, calibrated on real clips.
+
+Two targets:
+
+``tensorrt``
+    Q/DQ (QuantizeLinear/DequantizeLinear) the way TensorRT's explicit quantization wants it: on the
+    inputs of MatMul, Gemm and Conv only; weights per-channel symmetric int8; activations symmetric
+    int8 with zero point 0; no bias quantization. In the ``decomposed`` attention form both inputs of
+    the two batched matmuls get Q/DQ (before Q·Kᵀ, after the softmax, and, through the transpose and
+    reshape that TensorRT moves Q/DQ across, after the second matmul), which is what TensorRT's INT8
+    fused attention needs. Softmax, LayerNorm, GELU and the residual Adds stay float. Calibration
+    (``max`` | ``entropy`` | ``percentile``) runs in ONNX Runtime on the CPU; the ranges are cached as
+    JSON keyed by model, calibration set, method and target, so a rebuild does not touch the clips.
+    ``engine="modelopt"`` uses NVIDIA ModelOpt instead when it is installed (optional, imported lazily).
+
+``onnxruntime`` (CPU)
+    The INT8 form ONNX Runtime runs fastest on this CPU while meeting the accuracy bar: see
+    :data:`ORT_FORMS` and :data:`ORT_FORM_WHY` (measured with ``python -m calibration.bench_precision
+    --all-forms``). The form is validated against the FP32 model on calibration clips; when it misses
+    the bar the next form is tried.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["METHODS", "TARGETS", "ORT_FORMS", "ORT_DEFAULT_FORM", "ORT_FORM_WHY", "TRT_OP_TYPES", "QuantizationError",
+           "ClipDataReader", "quantize_int8", "calibration_cache_path", "validate_against_fp32"]
+
+METHODS = ("max", "entropy", "percentile")
+TARGETS = ("tensorrt", "onnxruntime")
+#: op types that get Q/DQ for TensorRT (everything else stays float)
+TRT_OP_TYPES = ("MatMul", "Gemm", "Conv")
+#: the ONNX Runtime CPU forms, fastest first (the order :func:`quantize_int8` tries them in)
+ORT_FORMS = ("dynamic", "qoperator", "qdq")
+ORT_DEFAULT_FORM = ORT_FORMS[0]
+ORT_FORM_WHY = (
+    "dynamic INT8 (MatMul/Gemm with per-tensor int8 weights; activations quantized per call by "
+    "DynamicQuantizeLinear, fused into MatMulInteger/DynamicQuantizeMatMul) is the fastest form in ONNX Runtime 1.32 "
+    "on this CPU (AVX512-VNNI, 2 cores): base 8x224 batch 1, attention 'ort', median of 5: FP32 1.44 s, dynamic "
+    "0.47 s (3.1x), dynamic per-channel 0.53 s, static QOperator U8S8 0.59 s, static QDQ U8S8 0.61 s "
+    "(python -m calibration.bench_precision --all-forms). It needs no calibration ranges; it is validated on the "
+    "calibration clips and the static forms are the fallback.")
+#: the accuracy bar a form must meet against FP32 on the validation clips (export/parity.py TOLERANCES["int8"])
+VALIDATION_MIN_COSINE = 0.99
+_ORT_METHOD = {"max": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+class QuantizationError(RuntimeError):
+    """Quantization that cannot go on; the message names the file, tensor, expected and actual."""
+
+
+def _log(msg: str) -> None:
+    print(f"[int8] {msg}", file=sys.stderr, flush=True)
+
+
+def _ort_quant():
+    import onnxruntime.quantization as q
+
+    return q
+
+
+class ClipDataReader:
+    """Feeds ``(N, T, 3, H, W)`` clips one at a time to ONNX Runtime's calibrators, with a progress bar."""
+
+    def __init__(self, clips: np.ndarray, input_name: str = "video", progress: bool = True, desc: str = "calibrating"):
+        from tqdm import tqdm
+
+        self.clips = np.ascontiguousarray(clips, np.float32)
+        self.input_name = input_name
+        self._i = 0
+        self._end = len(self.clips)
+        self._bar = tqdm(total=len(self.clips), desc=desc, unit="clip", disable=not progress, file=sys.stderr,
+                         dynamic_ncols=True)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._i >= self._end:
+            self._bar.close()
+            return None
+        x = self.clips[self._i:self._i + 1]
+        self._i += 1
+        self._bar.update(1)
+        return {self.input_name: x}
+
+    def __iter__(self):
+        while (item := self.get_next()) is not None:
+            yield item
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def rewind(self) -> None:
+        self._i = 0
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._i, self._end = start_index, min(end_index, len(self.clips))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def calibration_cache_path(cache_dir: Path, model_sha256: str, set_sha256: str, method: str, target: str) -> Path:
+    """Where the activation ranges of (model, calibration set, method, target) are kept (JSON)."""
+    return Path(cache_dir) / "calib" / f"ranges-{model_sha256[:16]}-{set_sha256[:16]}-{method}-{target}.json"
+
+
+def _input_name(path: Path) -> str:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {t.name for t in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in inits]
+    if len(names) != 1:
+        raise QuantizationError(f"{path}: expected one graph input (the video), found {names}")
+    return names[0]
+
+
+def _tmp_beside(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def validate_against_fp32(fp32_onnx: Path, quant_onnx: Path, clips: np.ndarray, reference: np.ndarray | None = None
+                          ) -> tuple[dict[str, Any], np.ndarray]:
+    """Logit parity of ``quant_onnx`` against ``fp32_onnx`` on ``clips`` in ONNX Runtime CPU (and the FP32 logits)."""
+    from export.parity import compare_logits
+
+    if reference is None:
+        s32 = _session(fp32_onnx)
+        name = s32.get_inputs()[0].name
+        reference = np.concatenate([s32.run(None, {name: clips[i:i + 1]})[0] for i in range(len(clips))])
+    sq = _session(quant_onnx)
+    name = sq.get_inputs()[0].name
+    out = np.concatenate([sq.run(None, {name: clips[i:i + 1]})[0] for i in range(len(clips))])
+    return compare_logits(reference, out), reference
+
+
+def _check_tensorrt_qdq(path: Path) -> dict[str, Any]:
+    """Zero points all 0, int8 only, Q/DQ in the ONNX domain: what TensorRT's explicit quantization accepts."""
+    from export.tensorrt_build import inspect_onnx
+
+    info = inspect_onnx(path)
+    if info["qdq_problems"]:
+        raise QuantizationError(f"{path}: the Q/DQ model is not buildable by TensorRT:\n  - "
+                                + "\n  - ".join(info["qdq_problems"][:10]))
+    if not info["qdq_nodes"]:
+        raise QuantizationError(f"{path}: quantization inserted no QuantizeLinear/DequantizeLinear nodes; expected Q/DQ "
+                                f"on the inputs of {', '.join(TRT_OP_TYPES)}")
+    return {"qdq_nodes": len(info["qdq_nodes"]), "op_counts": {k: v for k, v in info["op_counts"].items()
+                                                               if k in _QDQ_COUNT_OPS}}
+
+
+_QDQ_COUNT_OPS = ("QuantizeLinear", "DequantizeLinear", "MatMul", "Gemm", "Conv", "Softmax", "LayerNormalization")
+
+
+def _quantize_tensorrt_ort(fp32_onnx: Path, out: Path, method: str, get_clips: Callable[[], np.ndarray],
+                           ranges: Path, progress: bool) -> dict[str, Any]:
+    q = _ort_quant()
+    hit = ranges.is_file()
+    reader = None
+    if not hit:
+        clips = get_clips()
+        reader = ClipDataReader(clips, _input_name(fp32_onnx), progress, desc=f"calibrating ({method})")
+        _log(f"calibrating {fp32_onnx.name} on {len(clips)} clips ({method}) -> {ranges}")
+    else:
+        _log(f"reusing the calibration ranges {ranges}")
+    extra: dict[str, Any] = {
+        "ActivationSymmetric": True,  # int8 activations, zero point 0
+        "WeightSymmetric": True,
+        "QuantizeBias": False,  # TensorRT fuses float biases itself
+        "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1, "Gemm": 0, "Conv": 0},
+        "DedicatedQDQPair": False,
+        "AddQDQPairToWeight": False,
+    }
+    if method == "percentile":
+        extra["CalibPercentile"] = 99.999
+    tmp = _tmp_beside(out)
+    try:
+        q.quantize_static(str(fp32_onnx), str(tmp), reader, quant_format=q.QuantFormat.QDQ,
+                          op_types_to_quantize=list(TRT_OP_TYPES), per_channel=True,
+                          activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
+                          calibrate_method=getattr(q.CalibrationMethod, _ORT_METHOD[method]), extra_options=extra,
+                          calibration_cache_path=str(ranges))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"engine": "onnxruntime.quantization", "form": "qdq-static", "calibration_cache": "hit" if hit else "miss",
+            "ranges_file": str(ranges), "op_types": list(TRT_OP_TYPES), "weights": "int8 per-channel symmetric",
+            "activations": "int8 per-tensor symmetric (zero point 0)", "bias": "float (not quantized)"}
+
+
+def _quantize_tensorrt_modelopt(fp32_onnx: Path, out: Path, method: str, get_clips: Callable[[], np.ndarray]
+                                ) -> dict[str, Any]:
+    try:
+        from modelopt.onnx.quantization import quantize as mo_quantize
+    except ImportError as e:
+        raise QuantizationError(f"engine='modelopt' needs nvidia-modelopt[onnx] ({e}); it is optional: pip install "
+                                "'nvidia-modelopt[onnx]' (pulls CUDA PyTorch), or use the default engine") from e
+    if method not in ("max", "entropy"):
+        raise QuantizationError(f"engine='modelopt' calibrates with 'max' or 'entropy'; got {method!r}")
+    clips = get_clips()
+    tmp = _tmp_beside(out)
+    try:
+        mo_quantize(str(fp32_onnx), quantize_mode="int8", calibration_data={_input_name(fp32_onnx): clips},
+                    calibration_method=method, calibration_eps=["cpu"], output_path=str(tmp))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"engine": "modelopt", "form": "qdq-static", "calibration_cache": None}
+
+
+def _quantize_ort_form(fp32_onnx: Path, out: Path, form: str, method: str, get_clips: Callable[[], np.ndarray],
+                       ranges: Path, progress: bool) -> dict[str, Any]:
+    q = _ort_quant()
+    tmp = _tmp_beside(out)
+    try:
+        if form == "dynamic":
+            q.quantize_dynamic(str(fp32_onnx), str(tmp), op_types_to_quantize=["MatMul", "Gemm"], per_channel=False,
+                               weight_type=q.QuantType.QInt8)
+            info: dict[str, Any] = {"calibration_cache": None, "op_types": ["MatMul", "Gemm"],
+                                    "weights": "int8 per-tensor", "activations": "uint8, quantized at run time"}
+        else:
+            hit = ranges.is_file()
+            reader = None
+            if not hit:
+                reader = ClipDataReader(get_clips(), _input_name(fp32_onnx), progress, desc=f"calibrating ({method})")
+            extra: dict[str, Any] = {"WeightSymmetric": True}
+            if method == "percentile":
+                extra["CalibPercentile"] = 99.999
+            q.quantize_static(str(fp32_onnx), str(tmp), reader,
+                              quant_format=q.QuantFormat.QDQ if form == "qdq" else q.QuantFormat.QOperator,
+                              op_types_to_quantize=["MatMul", "Gemm", "Conv"], per_channel=True,
+                              activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+                              calibrate_method=getattr(q.CalibrationMethod, _ORT_METHOD[method]), extra_options=extra,
+                              calibration_cache_path=str(ranges))
+            info = {"calibration_cache": "hit" if hit else "miss", "ranges_file": str(ranges),
+                    "op_types": ["MatMul", "Gemm", "Conv"], "weights": "int8 per-channel symmetric",
+                    "activations": "uint8 per-tensor (calibrated)"}
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"engine": "onnxruntime.quantization", "form": {"dynamic": "dynamic", "qdq": "qdq-static",
+                                                           "qoperator": "qoperator-static"}[form], **info}
+
+
+def quantize_int8(fp32_onnx: str | os.PathLike, out: str | os.PathLike, target: str, method: str,
+                  get_clips: Callable[[], np.ndarray], set_sha256: Callable[[], str] | str, cache_dir: str | os.PathLike,
+                  form: str | None = None, engine: str = "onnxruntime", validate_clips: int = 4,
+                  progress: bool = True) -> dict[str, Any]:
+    """Write the INT8 model of ``fp32_onnx`` for ``target`` to ``out`` (atomically); returns what was done.
+
+    ``get_clips`` returns the calibration clips; it is called only when the clips are needed (a cold
+    range cache, or validation), so a warm cache reads no video. ``set_sha256`` (or a callable giving
+    it) keys the range cache. ``form`` (onnxruntime only): one of :data:`ORT_FORMS`, or None to take
+    the fastest that meets the accuracy bar on ``validate_clips`` clips.
+    """
+    fp32_onnx, out, cache_dir = Path(fp32_onnx), Path(out), Path(cache_dir)
+    if target not in TARGETS:
+        raise QuantizationError(f"target {target!r}: expected one of {TARGETS}")
+    if method not in METHODS:
+        raise QuantizationError(f"calibration method {method!r}: expected one of {METHODS}")
+    if not fp32_onnx.is_file():
+        raise QuantizationError(f"{fp32_onnx}: FP32 ONNX not found")
+    t0 = time.perf_counter()
+    model_sha = _sha256(fp32_onnx)
+    clips_cache: dict[str, np.ndarray] = {}
+
+    def clips() -> np.ndarray:
+        if "c" not in clips_cache:
+            clips_cache["c"] = np.asarray(get_clips(), np.float32)
+        return clips_cache["c"]
+
+    def ranges_for(t: str) -> Path:
+        sha = set_sha256() if callable(set_sha256) else set_sha256
+        return calibration_cache_path(cache_dir, model_sha, sha, method, t)
+
+    if target == "tensorrt":
+        if form not in (None, "qdq", "qdq-static"):
+            raise QuantizationError(f"target 'tensorrt' takes the Q/DQ form only; got form {form!r}")
+        if engine == "modelopt":
+            info = _quantize_tensorrt_modelopt(fp32_onnx, out, method, clips)
+        elif engine == "onnxruntime":
+            info = _quantize_tensorrt_ort(fp32_onnx, out, method, clips, ranges_for("tensorrt"), progress)
+        else:
+            raise QuantizationError(f"engine {engine!r}: expected 'onnxruntime' or 'modelopt'")
+        info.update(_check_tensorrt_qdq(out))
+        info["validation"] = None
+        if validate_clips:
+            metrics, _ = validate_against_fp32(fp32_onnx, out, clips()[:validate_clips])
+            info["validation"] = metrics
+    else:
+        if form is not None and form not in ORT_FORMS:
+            raise QuantizationError(f"form {form!r}: expected one of {ORT_FORMS} (or None: fastest meeting the bar)")
+        candidates = [form] if form else list(ORT_FORMS)
+        tried: list[dict[str, Any]] = []
+        reference = None
+        info = {}
+        for i, f in enumerate(candidates):
+            info = _quantize_ort_form(fp32_onnx, out, f, method, clips, ranges_for(f"onnxruntime-{f}"), progress)
+            if not validate_clips:
+                info["validation"] = None
+                break
+            metrics, reference = validate_against_fp32(fp32_onnx, out, clips()[:validate_clips], reference)
+            info["validation"] = metrics
+            tried.append({"form": info["form"], "min_cosine": metrics["min_cosine"]})
+            if metrics["min_cosine"] >= VALIDATION_MIN_COSINE or i == len(candidates) - 1:
+                if metrics["min_cosine"] < VALIDATION_MIN_COSINE:
+                    _log(f"warning: {info['form']} INT8 misses the bar (min cosine {metrics['min_cosine']:.5f} < "
+                         f"{VALIDATION_MIN_COSINE}) and no other form is left")
+                break
+            _log(f"{info['form']} INT8: min cosine {metrics['min_cosine']:.5f} < {VALIDATION_MIN_COSINE}; "
+                 f"trying {candidates[i + 1]}")
+        info["forms_tried"] = tried
+        info["why"] = ORT_FORM_WHY if form is None else f"form {form!r} asked for"
+    info.update({"target": target, "method": method if info.get("calibration_cache") is not None else None,
+                 "seconds": round(time.perf_counter() - t0, 2), "clips_read": "c" in clips_cache})
+    return info

@@ -1,0 +1,280 @@
+"""Precision report: FP32 / FP16 / INT8 ONNX models in ONNX Runtime against the FP32 PyTorch reference.
+
+``python -m calibration.report --model <checkpoint|preset> [--clips <folder|synthetic[:SEED]|x.npz>]
+[--precisions fp32,fp16,int8] [--targets onnxruntime,tensorrt] [--out artifacts/reports/<name>]``
+
+Per precision and target (each target gets its own FP32 export: ``ort`` attention for ONNX Runtime,
+``decomposed`` for TensorRT, and its own FP16/INT8 conversion through :func:`calibration.build.precision_onnx`):
+top-1 accuracy (when the clips have labels and the model has named classes), top-1 and top-5 agreement,
+cosine similarity and max |Δ| of the logits, and per block the relative error of the block output
+(the exported ``block_{i}_output`` tensors, exposed as extra outputs of a copy of the model, against
+``TimeSformer.forward_with_blocks``) with the first block where the error jumps. The TensorRT models
+run here in ONNX Runtime (same graph and precision; TensorRT's kernels differ in rounding only).
+Written as ``report.json`` and ``report.md``, atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["precision_report", "block_outputs_model", "first_jump_block", "write_report", "main"]
+
+TARGETS = ("onnxruntime", "tensorrt")
+
+
+def _log(msg: str) -> None:
+    print(f"[report] {msg}", file=sys.stderr, flush=True)
+
+
+def block_outputs_model(onnx_path: Path, depth: int, out_path: Path) -> list[str]:
+    """Copy ``onnx_path`` to ``out_path`` with ``block_{i}_output`` as extra float32 outputs; returns their names."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(onnx_path))
+    produced = {o for n in model.graph.node for o in n.output}
+    names = []
+    for i in range(depth):
+        t = f"block_{i}_output"
+        if t not in produced:
+            raise ValueError(f"{onnx_path}: tensor {t!r} not found; expected block outputs block_0_output.."
+                             f"block_{depth - 1}_output (export with export.onnx_export.export_onnx)")
+        out = f"{t}__f32"
+        model.graph.node.append(helper.make_node("Cast", [t], [out], to=onnx.TensorProto.FLOAT, name=f"{t}__report_cast"))
+        model.graph.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
+        names.append(out)
+    onnx.save(model, str(out_path))
+    return names
+
+
+def first_jump_block(errors: list[float]) -> int | None:
+    """The first block whose error increase is at least half the largest single-block increase (None if no increase)."""
+    steps = [e - (errors[i - 1] if i else 0.0) for i, e in enumerate(errors)]
+    biggest = max(steps, default=0.0)
+    if biggest <= 0:
+        return None
+    return next(i for i, s in enumerate(steps) if s >= 0.5 * biggest)
+
+
+class _Accumulator:
+    """Per block: mean relative L2 error and min cosine over clips; logits collected."""
+
+    def __init__(self, depth: int) -> None:
+        self.rel = np.zeros(depth)
+        self.min_cos = np.ones(depth)
+        self.n = 0
+        self.logits: list[np.ndarray] = []
+
+    def add(self, logits: np.ndarray, blocks: list[np.ndarray], ref_blocks: list[np.ndarray]) -> None:
+        self.logits.append(logits)
+        for i, (b, r) in enumerate(zip(blocks, ref_blocks)):
+            b64, r64 = b.astype(np.float64).ravel(), r.astype(np.float64).ravel()
+            rn = np.linalg.norm(r64)
+            self.rel[i] += np.linalg.norm(b64 - r64) / max(rn, 1e-30)
+            cos = float(b64 @ r64 / max(np.linalg.norm(b64) * rn, 1e-30))
+            self.min_cos[i] = min(self.min_cos[i], cos)
+        self.n += 1
+
+    def blocks(self) -> list[dict[str, float]]:
+        return [{"block": i, "mean_rel_error": float(self.rel[i] / max(self.n, 1)), "min_cosine": float(self.min_cos[i])}
+                for i in range(len(self.rel))]
+
+
+def _fp32_export(net, labels, pre, source: dict[str, Any], target: str, cache_dir: Path) -> tuple[Path, str]:
+    from export.attention import default_attention
+    from export.engine_build import _key
+    from export.onnx_export import export_onnx
+
+    attention = default_attention(target)
+    key = _key(source["checkpoint_sha256"], net.config.to_dict(), attention, "onnx-v1")  # shared with make engine
+    path = cache_dir / f"fp32-{key}.onnx"
+    if not path.is_file():
+        _log(f"exporting the FP32 ONNX for {target} (attention={attention}) -> {path}")
+        export_onnx(net, path, attention=attention, labels=labels, preprocess=pre, source=source["checkpoint"],
+                    source_sha256=source["checkpoint_sha256"], verbose=False)
+    return path, attention
+
+
+def precision_report(model: str, clips: str | None = None, n_clips: int = 64, precisions: tuple[str, ...] = ("fp32", "fp16", "int8"),
+                     targets: tuple[str, ...] = ("onnxruntime", "tensorrt"), calib: str | None = None,
+                     calib_clips: int = 32, method: str = "max", cache_dir: str | os.PathLike = "artifacts/cache",
+                     seed: int = 0, threads: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Measure every (precision, target) on ``n_clips`` clips of ``clips``; returns the report dict.
+
+    ``clips`` defaults to ``synthetic:{seed + 9000}`` (never the calibration clips, which default to
+    ``synthetic`` with ``seed``).
+    """
+    import onnxruntime as ort
+    import torch
+    from tqdm import tqdm
+
+    from export.engine_build import load_source
+    from export.parity import compare_logits
+
+    from .build import precision_onnx
+    from .calibset import load_calibration_set
+
+    t0 = time.perf_counter()
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    net, labels, pre, source = load_source(model, seed)
+    net.eval()
+    depth = net.config.depth
+    eval_spec = clips or f"synthetic:{seed + 9000}"
+    evalset = load_calibration_set(eval_spec, pre, n_clips, seed, progress=progress)
+    use_labels = evalset.labels is not None and labels is not None
+    for p in precisions:
+        if p not in ("fp32", "fp16", "int8"):
+            raise ValueError(f"precision {p!r}: expected fp32, fp16 or int8")
+    models: list[dict[str, Any]] = []
+    for target in targets:
+        fp32, attention = _fp32_export(net, labels, pre, source, target, cache)
+        for p in precisions:
+            entry: dict[str, Any] = {"precision": p, "target": target, "attention": attention}
+            if p == "fp32":
+                entry.update(onnx=fp32, form="fp32", build=None)
+            else:
+                path, info = precision_onnx(fp32, p, target, calib, pre, calib_clips, method, cache, seed,
+                                            progress=progress)
+                entry.update(onnx=path, form=info.get("form"), build={k: info.get(k) for k in (
+                    "set_sha256", "calib", "n_clips", "skipped", "method", "kept_fp32_counts", "seconds", "reused")})
+                if p == "fp16":
+                    entry["build"]["kept_fp32"] = [k["node"] for k in info.get("kept_fp32", [])]
+            models.append(entry)
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    sessions = []
+    with tempfile.TemporaryDirectory(prefix="precision-report-") as tmp:
+        for j, m in enumerate(models):
+            copy = Path(tmp) / f"m{j}.onnx"
+            names = block_outputs_model(m["onnx"], depth, copy)
+            s = ort.InferenceSession(str(copy), so, providers=["CPUExecutionProvider"])
+            sessions.append((s, s.get_inputs()[0].name, [s.get_outputs()[0].name] + names))
+        acc = [_Accumulator(depth) for _ in models]
+        ref_logits = []
+        for i in tqdm(range(len(evalset)), desc="evaluating", unit="clip", disable=not progress, file=sys.stderr):
+            x = evalset.clips[i:i + 1]
+            with torch.no_grad():
+                rl, rb = net.forward_with_blocks(torch.from_numpy(np.ascontiguousarray(x)))
+            ref_logits.append(rl.numpy())
+            rb = [b.numpy() for b in rb]
+            for a, (s, name, outs) in zip(acc, sessions):
+                res = s.run(outs, {name: x})
+                a.add(res[0].astype(np.float32), res[1:], rb)
+        del sessions
+    ref = np.concatenate(ref_logits)
+    lab = evalset.labels if use_labels else None
+    rows = []
+    for m, a in zip(models, acc):
+        metrics = compare_logits(ref, np.concatenate(a.logits), lab)
+        blocks = a.blocks()
+        errs = [b["mean_rel_error"] for b in blocks]
+        rows.append({"precision": m["precision"], "target": m["target"], "attention": m["attention"], "form": m["form"],
+                     "onnx": str(m["onnx"]), **metrics, "blocks": blocks, "first_jump_block": first_jump_block(errs),
+                     "final_block_rel_error": errs[-1] if errs else None, "build": m["build"]})
+    return {
+        "model": model, "source": source, "model_config": net.config.to_dict(),
+        "clips": {**evalset.info(), "selection": evalset.selection[:8] + ([{"...": len(evalset) - 8}] if len(evalset) > 8 else [])},
+        "labels": bool(lab is not None), "calibration": {"calib": calib or "synthetic", "clips": calib_clips,
+                                                         "method": method, "seed": seed},
+        "reference": "PyTorch FP32 (models.TimeSformer.forward_with_blocks)", "runtime": f"onnxruntime {ort.__version__} CPU",
+        "rows": rows, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "host": platform.node(),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def _markdown(rep: dict[str, Any]) -> str:
+    lines = [f"# Precision report: {rep['model']}", "",
+             f"{rep['clips']['n_clips']} clips from `{rep['clips']['spec']}` (sha256 {rep['clips']['sha256'][:12]}), "
+             f"reference {rep['reference']}, run in {rep['runtime']}. Calibration: {rep['calibration']['calib']}, "
+             f"{rep['calibration']['clips']} clips, method {rep['calibration']['method']}.", ""]
+    has_acc = rep["labels"]
+    head = ["precision", "target", "form"] + (["top-1 acc (ref → this)"] if has_acc else []) + [
+        "top-1 agree", "top-5 agree", "min cosine", "mean cosine", "max abs Δlogit", "first jump block",
+        "last block rel err"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rep["rows"]:
+        cells = [r["precision"], r["target"], str(r["form"])]
+        if has_acc:
+            cells.append(f"{100 * r['top1_accuracy_reference']:.1f}% → {100 * r['top1_accuracy']:.1f}%")
+        cells += [f"{100 * r['top1_agreement']:.1f}%", f"{100 * r['top5_agreement']:.1f}%", f"{r['min_cosine']:.6f}",
+                  f"{r['mean_cosine']:.6f}", f"{r['max_abs_logit']:.3g}",
+                  "-" if r["first_jump_block"] is None else str(r["first_jump_block"]),
+                  f"{r['final_block_rel_error']:.3g}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Per block mean relative error (‖engine − reference‖ / ‖reference‖ of `block_{i}_output`):", ""]
+    depth = len(rep["rows"][0]["blocks"]) if rep["rows"] else 0
+    lines += ["| precision / target | " + " | ".join(str(i) for i in range(depth)) + " |", "|---|" + "---|" * depth]
+    for r in rep["rows"]:
+        lines.append(f"| {r['precision']} / {r['target']} | "
+                     + " | ".join(f"{b['mean_rel_error']:.2e}" for b in r["blocks"]) + " |")
+    kept = [(r["target"], r["build"].get("kept_fp32_counts"), r["build"].get("kept_fp32"))
+            for r in rep["rows"] if r["precision"] == "fp16" and r["build"]]
+    for target, counts, nodes in kept:
+        lines += ["", f"FP16 for {target}: kept FP32 {counts}" + (f"; measured: {', '.join(nodes[:20])}" if nodes else "")]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(rep: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """``report.json`` and ``report.md`` in ``out_dir``, each written atomically."""
+    from runtime.manifest import write_json_atomic
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    js, md = out / "report.json", out / "report.md"
+    write_json_atomic(js, rep)
+    fd, tmp = tempfile.mkstemp(prefix=".report.md.", suffix=".tmp", dir=out)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(_markdown(rep))
+        os.replace(tmp, md)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return js, md
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m calibration.report", description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="models/weights/motion_tiny.safetensors", help="checkpoint path or preset name")
+    ap.add_argument("--clips", default=None, help="evaluation clips: folder | synthetic[:SEED] | .npy/.npz "
+                                                  "(default synthetic:SEED+9000)")
+    ap.add_argument("--n", type=int, default=64, help="evaluation clips (default 64)")
+    ap.add_argument("--precisions", default="fp32,fp16,int8")
+    ap.add_argument("--targets", default="onnxruntime,tensorrt")
+    ap.add_argument("--calib", default=None, help="calibration clips (default: synthetic)")
+    ap.add_argument("--calib-clips", type=int, default=32)
+    ap.add_argument("--method", default="max", choices=("max", "entropy", "percentile"))
+    ap.add_argument("--cache-dir", default="artifacts/cache")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=None, help="output folder (default artifacts/reports/<model name>)")
+    a = ap.parse_args(argv)
+    precisions = tuple(p.strip() for p in a.precisions.split(",") if p.strip())
+    targets = tuple(t.strip() for t in a.targets.split(",") if t.strip())
+    for t in targets:
+        if t not in TARGETS:
+            ap.error(f"--targets: {t!r} is not one of {TARGETS}")
+    rep = precision_report(a.model, a.clips, a.n, precisions, targets, a.calib, a.calib_clips, a.method, a.cache_dir,
+                           a.seed, a.threads)
+    out = a.out or f"artifacts/reports/{Path(a.model).stem if Path(a.model).suffix else a.model}"
+    js, md = write_report(rep, out)
+    print(md.read_text())
+    print(f"wrote {js} and {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
