@@ -221,8 +221,11 @@ def precision_onnx(fp32_onnx: Path, precision: str, target: str, calib: str | No
                                        overflow_threshold=overflow, error_threshold=err, validate_clips=validate_clips,
                                        progress=progress)
     try:
-        info: dict[str, Any] = {"precision": precision, "target": target, "method": method if precision == "int8" else None,
-                                "form": detail.get("form"), **lazy.summary(), "fp32_onnx_sha256": model_sha,
+        info: dict[str, Any] = {"precision": precision, "target": target,
+                                "method": method if precision == "int8" else None,
+                                "form": detail.get("form"), "calibrated": detail.get("calibration_cache") is not None
+                                or detail.get("stats_cache") is not None,
+                                **lazy.summary(), "fp32_onnx_sha256": model_sha,
                                 "onnx": str(out), "detail": detail}
         if precision == "fp16":
             info["kept_fp32"] = detail["kept_fp32"]

@@ -91,7 +91,8 @@ def _parse_synthetic(spec: str, seed: int) -> int | None:
 
 
 def _list_files(folder: Path, exts: tuple[str, ...]) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."))
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."))
 
 
 def _classify(spec: str) -> tuple[str, list[Path]]:
@@ -138,7 +139,8 @@ def selection_key(spec: str | None, pre: PreprocessConfig, n: int, seed: int) ->
     if gen_seed is not None:
         from . import synthetic, video_reader
 
-        parts += ["synthetic", gen_seed, _file_sha256(Path(synthetic.__file__)), _file_sha256(Path(video_reader.__file__))]
+        parts += ["synthetic", gen_seed, _file_sha256(Path(synthetic.__file__)),
+                  _file_sha256(Path(video_reader.__file__))]
     else:
         kind, files = _classify(spec)
         parts += [kind, str(Path(spec).resolve())]

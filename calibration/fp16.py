@@ -85,7 +85,7 @@ def _float_tensors(model) -> set[str]:
 
 
 def _augment(model, ops: tuple[str, ...]) -> tuple[Any, dict[str, str], dict[str, str]]:
-    """A copy of ``model`` whose extra outputs are ``max|x|`` of every float tensor and the FP16 error of each compute node.
+    """A copy of ``model`` with extra outputs: ``max|x|`` of every float tensor, the FP16 error of each compute node.
 
     Returns the model, {absmax output: tensor}, {error output: node name}.
     """
@@ -220,13 +220,18 @@ def decide_fp32_nodes(fp32_onnx: str | os.PathLike, stats: dict[str, Any],
         if big >= overflow_threshold:
             t = max(tensors, key=lambda x: amax[x])
             kept.append({"node": node.name, "op": node.op_type, "reason": "overflow", "tensor": t,
-                         "max_abs": big, "threshold": overflow_threshold})
+                         "max_abs": _json_float(big), "threshold": overflow_threshold})
             continue
         e = rel.get(node.name, 0.0)
         if e > error_threshold:
-            kept.append({"node": node.name, "op": node.op_type, "reason": "fp16-error", "rel_error": e,
+            kept.append({"node": node.name, "op": node.op_type, "reason": "fp16-error", "rel_error": _json_float(e),
                          "threshold": error_threshold})
     return kept
+
+
+def _json_float(v: float) -> float | str:
+    """``v``, or ``"inf"``/``"nan"`` (strict JSON has no infinities)."""
+    return float(v) if np.isfinite(v) else str(v)
 
 
 def _split_shared_initializers(model, blocked: set[str], block_ops: set[str]) -> int:
@@ -256,6 +261,52 @@ def _split_shared_initializers(model, blocked: set[str], block_ops: set[str]) ->
                     if i == name:
                         node.input[j] = copy_name
     return copies
+
+
+def _remove_cast_roundtrips(model) -> int:
+    """Rewire ``x(fp32) -> Cast(fp16) -> Cast(fp32) -> consumer`` to ``x -> consumer``; returns edges rewired.
+
+    ``convert_float_to_float16`` connects two FP32 (blocked) nodes through an FP16 tensor, which would
+    overflow exactly the tensors the measurement kept FP32, and round the rest.
+    """
+    g = model.graph
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(g.value_info) + list(g.input) + list(g.output)
+             if vi.type.HasField("tensor_type")}
+    types.update({t.name: t.data_type for t in g.initializer})
+    producer = {o: n for n in g.node for o in n.output}
+    graph_outputs = {o.name for o in g.output}
+
+    def cast_to(node) -> int | None:
+        if node.op_type != "Cast" or node.domain not in ("", "ai.onnx"):
+            return None
+        return next((a.i for a in node.attribute if a.name == "to"), None)
+
+    replace: dict[str, str] = {}
+    for node in g.node:
+        if cast_to(node) != _FLOAT or node.output[0] in graph_outputs:
+            continue
+        src = producer.get(node.input[0])
+        if src is not None and cast_to(src) == _FLOAT16 and types.get(src.input[0]) == _FLOAT:
+            replace[node.output[0]] = src.input[0]
+    if not replace:
+        return 0
+    for node in g.node:
+        for i, name in enumerate(node.input):
+            if name in replace:
+                node.input[i] = replace[name]
+    # drop casts nobody reads any more
+    while True:
+        used = {i for n in g.node for i in n.input} | graph_outputs
+        dead = [n for n in g.node if cast_to(n) is not None and not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            g.node.remove(n)
+    live = {o for n in g.node for o in n.output} | {i.name for i in g.input}
+    vis = [vi for vi in g.value_info if vi.name in live]
+    del g.value_info[:]
+    g.value_info.extend(vis)
+    return len(replace)
 
 
 def fp32_node_types(path: str | os.PathLike) -> dict[str, list[str]]:
@@ -344,6 +395,7 @@ def convert_fp16(fp32_onnx: str | os.PathLike, out: str | os.PathLike, get_clips
     copies = _split_shared_initializers(model, blocked, block_ops)
     converted = convert_float_to_float16(model, keep_io_types=keep_io_types, op_block_list=sorted(block_ops),
                                          node_block_list=sorted(blocked))
+    rewired = _remove_cast_roundtrips(converted)
     for prop in list(converted.metadata_props):
         if prop.key == "precision":
             converted.metadata_props.remove(prop)
@@ -363,7 +415,7 @@ def convert_fp16(fp32_onnx: str | os.PathLike, out: str | os.PathLike, get_clips
         "error_threshold": error_threshold, "stats_cache": cache_state, "kept_fp32_counts": by_reason,
         "kept_fp32": [k for k in kept if k["reason"] != "always"],
         "kept_fp32_always": sorted({k["op"] for k in kept if k["reason"] == "always"}),
-        "initializers_duplicated": copies, "validation": None,
+        "initializers_duplicated": copies, "fp32_edges_rewired": rewired, "validation": None,
     }
     if validate_clips and get_clips is not None:
         from .int8 import validate_against_fp32

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["precision_report", "block_outputs_model", "first_jump_block", "write_report", "main"]
+__all__ = ["precision_report", "block_outputs_model", "first_jump_block", "largest_step_block", "write_report", "main"]
 
 TARGETS = ("onnxruntime", "tensorrt")
 
@@ -49,20 +49,34 @@ def block_outputs_model(onnx_path: Path, depth: int, out_path: Path) -> list[str
             raise ValueError(f"{onnx_path}: tensor {t!r} not found; expected block outputs block_0_output.."
                              f"block_{depth - 1}_output (export with export.onnx_export.export_onnx)")
         out = f"{t}__f32"
-        model.graph.node.append(helper.make_node("Cast", [t], [out], to=onnx.TensorProto.FLOAT, name=f"{t}__report_cast"))
+        model.graph.node.append(helper.make_node("Cast", [t], [out], to=onnx.TensorProto.FLOAT,
+                                                 name=f"{t}__report_cast"))
         model.graph.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
         names.append(out)
     onnx.save(model, str(out_path))
     return names
 
 
-def first_jump_block(errors: list[float]) -> int | None:
-    """The first block whose error increase is at least half the largest single-block increase (None if no increase)."""
+#: relative block error below which a block is never called a jump (the precision's normal noise level)
+JUMP_FLOOR = {"fp32": 1e-4, "fp16": 1e-2, "int8": 5e-2}
+JUMP_FACTOR = 2.0
+
+
+def first_jump_block(errors: list[float], floor: float, factor: float = JUMP_FACTOR) -> int | None:
+    """The first block whose relative error is at least ``floor`` and ``factor`` times the previous block's
+    (the input of block 0 counts as error-free); None when the error never jumps."""
+    prev = 0.0
+    for i, e in enumerate(errors):
+        if e >= floor and e >= factor * prev:
+            return i
+        prev = e
+    return None
+
+
+def largest_step_block(errors: list[float]) -> int | None:
+    """The block that adds the most error (None without any increase)."""
     steps = [e - (errors[i - 1] if i else 0.0) for i, e in enumerate(errors)]
-    biggest = max(steps, default=0.0)
-    if biggest <= 0:
-        return None
-    return next(i for i, s in enumerate(steps) if s >= 0.5 * biggest)
+    return int(np.argmax(steps)) if steps and max(steps) > 0 else None
 
 
 class _Accumulator:
@@ -85,8 +99,8 @@ class _Accumulator:
         self.n += 1
 
     def blocks(self) -> list[dict[str, float]]:
-        return [{"block": i, "mean_rel_error": float(self.rel[i] / max(self.n, 1)), "min_cosine": float(self.min_cos[i])}
-                for i in range(len(self.rel))]
+        return [{"block": i, "mean_rel_error": float(self.rel[i] / max(self.n, 1)),
+                 "min_cosine": float(self.min_cos[i])} for i in range(len(self.rel))]
 
 
 def _fp32_export(net, labels, pre, source: dict[str, Any], target: str, cache_dir: Path) -> tuple[Path, str]:
@@ -104,7 +118,8 @@ def _fp32_export(net, labels, pre, source: dict[str, Any], target: str, cache_di
     return path, attention
 
 
-def precision_report(model: str, clips: str | None = None, n_clips: int = 64, precisions: tuple[str, ...] = ("fp32", "fp16", "int8"),
+def precision_report(model: str, clips: str | None = None, n_clips: int = 64,
+                     precisions: tuple[str, ...] = ("fp32", "fp16", "int8"),
                      targets: tuple[str, ...] = ("onnxruntime", "tensorrt"), calib: str | None = None,
                      calib_clips: int = 32, method: str = "max", cache_dir: str | os.PathLike = "artifacts/cache",
                      seed: int = 0, threads: int | None = None, progress: bool = True) -> dict[str, Any]:
@@ -182,14 +197,18 @@ def precision_report(model: str, clips: str | None = None, n_clips: int = 64, pr
         blocks = a.blocks()
         errs = [b["mean_rel_error"] for b in blocks]
         rows.append({"precision": m["precision"], "target": m["target"], "attention": m["attention"], "form": m["form"],
-                     "onnx": str(m["onnx"]), **metrics, "blocks": blocks, "first_jump_block": first_jump_block(errs),
+                     "onnx": str(m["onnx"]), **metrics, "blocks": blocks,
+                     "first_jump_block": first_jump_block(errs, JUMP_FLOOR[m["precision"]]),
+                     "largest_step_block": largest_step_block(errs),
                      "final_block_rel_error": errs[-1] if errs else None, "build": m["build"]})
     return {
         "model": model, "source": source, "model_config": net.config.to_dict(),
-        "clips": {**evalset.info(), "selection": evalset.selection[:8] + ([{"...": len(evalset) - 8}] if len(evalset) > 8 else [])},
+        "clips": {**evalset.info(),
+                  "selection": evalset.selection[:8] + ([{"...": len(evalset) - 8}] if len(evalset) > 8 else [])},
         "labels": bool(lab is not None), "calibration": {"calib": calib or "synthetic", "clips": calib_clips,
                                                          "method": method, "seed": seed},
-        "reference": "PyTorch FP32 (models.TimeSformer.forward_with_blocks)", "runtime": f"onnxruntime {ort.__version__} CPU",
+        "reference": "PyTorch FP32 (models.TimeSformer.forward_with_blocks)",
+        "runtime": f"onnxruntime {ort.__version__} CPU",
         "rows": rows, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "host": platform.node(),
         "seconds": round(time.perf_counter() - t0, 1),
     }
@@ -203,7 +222,7 @@ def _markdown(rep: dict[str, Any]) -> str:
     has_acc = rep["labels"]
     head = ["precision", "target", "form"] + (["top-1 acc (ref → this)"] if has_acc else []) + [
         "top-1 agree", "top-5 agree", "min cosine", "mean cosine", "max abs Δlogit", "first jump block",
-        "last block rel err"]
+        "largest step block", "last block rel err"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rep["rows"]:
         cells = [r["precision"], r["target"], str(r["form"])]
@@ -211,10 +230,13 @@ def _markdown(rep: dict[str, Any]) -> str:
             cells.append(f"{100 * r['top1_accuracy_reference']:.1f}% → {100 * r['top1_accuracy']:.1f}%")
         cells += [f"{100 * r['top1_agreement']:.1f}%", f"{100 * r['top5_agreement']:.1f}%", f"{r['min_cosine']:.6f}",
                   f"{r['mean_cosine']:.6f}", f"{r['max_abs_logit']:.3g}",
-                  "-" if r["first_jump_block"] is None else str(r["first_jump_block"]),
+                  "none" if r["first_jump_block"] is None else str(r["first_jump_block"]),
+                  "-" if r["largest_step_block"] is None else str(r["largest_step_block"]),
                   f"{r['final_block_rel_error']:.3g}"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Per block mean relative error (‖engine − reference‖ / ‖reference‖ of `block_{i}_output`):", ""]
+    lines += ["", f"A block jumps when its relative error is >= {JUMP_FACTOR:g}x the previous block's and above the "
+              f"precision's floor {JUMP_FLOOR}.", "",
+              "Per block mean relative error (‖engine − reference‖ / ‖reference‖ of `block_{i}_output`):", ""]
     depth = len(rep["rows"][0]["blocks"]) if rep["rows"] else 0
     lines += ["| precision / target | " + " | ".join(str(i) for i in range(depth)) + " |", "|---|" + "---|" * depth]
     for r in rep["rows"]:
@@ -223,7 +245,8 @@ def _markdown(rep: dict[str, Any]) -> str:
     kept = [(r["target"], r["build"].get("kept_fp32_counts"), r["build"].get("kept_fp32"))
             for r in rep["rows"] if r["precision"] == "fp16" and r["build"]]
     for target, counts, nodes in kept:
-        lines += ["", f"FP16 for {target}: kept FP32 {counts}" + (f"; measured: {', '.join(nodes[:20])}" if nodes else "")]
+        lines += ["", f"FP16 for {target}: kept FP32 {counts}"
+                  + (f"; measured: {', '.join(nodes[:20])}" if nodes else "")]
     return "\n".join(lines) + "\n"
 
 

@@ -32,7 +32,7 @@ CONTAINERS: dict[str, tuple[str, str]] = {"mp4": ("libx264", "yuv420p"), "mkv": 
                                           "avi": ("mpeg4", "yuv420p")}
 
 _SHAPES = ("triangle", "bar", "ell", "tee", "notched_ellipse")
-_SHAKE = 3  # maximum camera shake, pixels
+_SHAKE = 2  # maximum camera shake, pixels
 
 
 def _shape_mask(kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -59,7 +59,7 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     for _ in range(3):
         fx, fy = rng.uniform(-0.25, 0.25, size=2)
         phase = rng.uniform(0, 2 * np.pi)
-        amp = rng.uniform(6, 22, size=3).astype(np.float32)
+        amp = rng.uniform(5, 18, size=3).astype(np.float32)
         img += np.sin(fx * x + fy * y + phase)[..., None] * amp
     for _ in range(int(rng.integers(2, 6))):
         cy, cx = rng.uniform(0, height), rng.uniform(0, width)
@@ -93,7 +93,7 @@ def render_clip(label: int, rng: np.random.Generator, width: int = 128, height: 
     colour = _contrasting_colour(rng, bg.mean(axis=(0, 1)))
     shade = rng.uniform(-40, 40)
     kind = _SHAPES[int(rng.integers(len(_SHAPES)))]
-    size_mid = rng.uniform(9.0, 15.0) * scale_px  # half-size at the clip's middle
+    size_mid = rng.uniform(10.0, 16.0) * scale_px  # half-size at the clip's middle
     angle0 = rng.uniform(0, 2 * np.pi)
     cx0 = width / 2 + rng.uniform(-12, 12) * scale_px
     cy0 = height / 2 + rng.uniform(-8, 8) * scale_px

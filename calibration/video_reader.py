@@ -184,12 +184,16 @@ def video_info(path: str | os.PathLike) -> dict:
         s = v.stream
         frames = v.count_frames()
         rate = s.average_rate or s.guessed_rate
+        span = 0.0
         if v.pts is not None and s.time_base is not None and frames > 1:
             span = float((v.pts[-1] - v.pts[0]) * s.time_base)
-            duration = span * frames / (frames - 1)
-            fps = (frames - 1) / span if span > 0 else float(rate or 0)
+        if rate:  # the container's average rate (the nominal rate of constant-rate files)
+            fps = float(rate)
         else:
-            fps = float(rate) if rate else 0.0
+            fps = (frames - 1) / span if span > 0 else 0.0
+        if span > 0:  # first to last frame, plus one mean frame interval
+            duration = span * frames / (frames - 1)
+        else:
             duration = frames / fps if fps else float(v.container.duration or 0) / 1e6
         return {"frames": frames, "fps": float(fps), "width": int(s.codec_context.width),
                 "height": int(s.codec_context.height), "duration": float(duration), "codec": s.codec_context.name}

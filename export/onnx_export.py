@@ -90,10 +90,32 @@ def _export_copy(net: "TimeSformer", mode: str, frames: int | None, image_size: 
         model.config = cfg.replace(num_frames=frames, image_size=image_size)
     if mode == "decomposed":
         fold_query_scale(model)  # no scaling Mul between the matmuls
+    model.norm = _class_token_norm(model.norm)
     model.set_attention_impl(EXPORT_IMPL)
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def _class_token_norm(norm: "torch.nn.Module") -> "torch.nn.Module":
+    """The final LayerNorm applied to the class token only (the model reads row 0 of its output).
+
+    LayerNorm is per token, so the logits are unchanged; the graph normalises one token instead of all of
+    them, and the last block's output stays a tensor of its own: ONNX Runtime would otherwise fuse the
+    residual ``Add`` that produces ``block_{depth-1}_output`` into a ``SkipLayerNormalization`` with
+    the final norm, and the name would vanish from its optimised model.
+    """
+    import torch
+
+    class ClassTokenNorm(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = norm
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.norm(x[:, :1])  # (B, 1, D): the caller's [:, 0] gives (B, D) as before
+
+    return ClassTokenNorm()
 
 
 def _traced_module(model: "TimeSformer", uint8_input: bool, preprocess: "PreprocessConfig") -> "torch.nn.Module":
@@ -397,7 +419,8 @@ def _dims(value_info: Any) -> list[int | str] | None:
 
 def _attention_subgraphs(graph: Any) -> Iterator[dict[str, Any]]:
     """Every attention in ``graph``: ``Attention`` ops, ``com.microsoft.MultiHeadAttention`` ops and
-    ``MatMul -> Softmax -> MatMul`` chains, with the ``(batch, seq, width)`` shape of their query."""
+    ``MatMul -> Softmax -> MatMul`` chains (also with a scaling ``Mul``/``Div`` before the softmax, as
+    other exporters write it), with the ``(batch, seq, width)`` shape of their query where known."""
     import onnx
 
     producer = {o: n for n in graph.node for o in n.output}
@@ -428,9 +451,14 @@ def _attention_subgraphs(graph: Any) -> Iterator[dict[str, Any]]:
                    "dtype": dtypes.get(n.input[0])}
         elif n.op_type == "Softmax":
             first = producer.get(n.input[0])
+            kind = "MatMul-Softmax-MatMul"
+            if first is not None and first.op_type in ("Mul", "Div"):  # a scale between (not TensorRT's pattern)
+                scaled = [producer.get(i) for i in first.input]
+                first = next((p for p in scaled if p is not None and p.op_type == "MatMul"), None)
+                kind = "MatMul-Scale-Softmax-MatMul"
             second = [c for c in consumers.get(n.output[0], []) if c.op_type == "MatMul" and c.input[0] == n.output[0]]
             if first is not None and first.op_type == "MatMul" and second:
-                yield {"kind": "MatMul-Softmax-MatMul", "node": n.name, "query_shape": query_shape(first.input[0]),
+                yield {"kind": kind, "node": n.name, "query_shape": query_shape(first.input[0]),
                        "dtype": dtypes.get(first.input[0])}
 
 
@@ -443,9 +471,6 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
                               for n in g.node)
     attn = list(_attention_subgraphs(g))
     data_files = sorted({e.value for t in g.initializer for e in t.external_data if e.key == "location"})
-    weight_bytes = sum(len(t.raw_data) for t in g.initializer)
-    for f in data_files:
-        weight_bytes += (path.parent / f).stat().st_size
 
     def io(vis: Any) -> list[dict[str, Any]]:
         import onnx
