@@ -106,7 +106,10 @@ PRESETS: dict[str, Preset] = {
                PreprocessConfig(8, 32, "dense", 224, 224), "Space-only attention baseline"),
         Preset("tiny_8x64", TimeSformerConfig(image_size=64, patch_size=8, num_frames=8, embed_dim=192, depth=4,
                                               num_heads=3, num_classes=8),
-               PreprocessConfig(8, 2, "dense", 64, 64), "Tiny divided model for tests and the motion demo"),
+               PreprocessConfig(8, 2, "dense", 64, 64), "Tiny divided model for tests"),
+        Preset("motion_8x64", TimeSformerConfig(image_size=64, patch_size=16, num_frames=8, embed_dim=192, depth=4,
+                                                num_heads=3, num_classes=8),
+               PreprocessConfig(8, 2, "dense", 64, 64), "The committed motion model (make train-motion), 4x4 patches"),
     ]
 }
 # Short aliases users type on the command line.

@@ -1,4 +1,4 @@
-"""Train the committed motion model: ``tiny_8x64`` on the synthetic action clips of :mod:`calibration.synthetic`.
+"""Train the committed motion model: ``motion_8x64`` (TimeSformer, divided attention, width 192, depth 4, 8 frames of 64 px, 16 px patches) on the synthetic action clips of :mod:`calibration.synthetic`.
 
 ``python -m models.train_motion [--out models/weights/motion_tiny.safetensors] [--seed 0] [--clips N] [--epochs E]``
 
@@ -168,7 +168,7 @@ def train(out: str | Path = DEFAULT_OUT, seed: int = 0, clips: int = 1200, epoch
     data, labels = _load_resized(train_items, pre.short_side, progress,
                                  cache=_data_dir(root, "train", clips, seed) / f"decoded_{pre.short_side}.npy")
 
-    preset = get_preset("tiny_8x64")
+    preset = get_preset("motion_8x64")
     cfg = preset.config.replace(num_classes=len(CLASSES))
     # the decomposed attention trains about 4x faster on CPU than PyTorch's flash kernel (same arithmetic)
     model = TimeSformer(cfg).set_attention_impl("decomposed")
@@ -189,7 +189,7 @@ def train(out: str | Path = DEFAULT_OUT, seed: int = 0, clips: int = 1200, epoch
         opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup))))
     g = torch.Generator().manual_seed(seed)
     epochs_run = 0
-    bar = tqdm(total=total, desc="training tiny_8x64", unit="step", disable=not progress)
+    bar = tqdm(total=total, desc="training motion_8x64", unit="step", disable=not progress)
     for epoch in range(epochs):
         model.train()
         perm = torch.randperm(len(train_items), generator=g)
