@@ -95,9 +95,9 @@ def test_rebuild_reuses_onnx_and_failed_build_leaves_nothing(motion_model_path, 
     build_bundle(req)
     first = capsys.readouterr().err
     assert "exporting ONNX" in first and "built" in first
-    before = (tmp_path / "b" / "manifest.json").read_text()
     build_bundle(req)
     assert "ONNX export: reusing" in capsys.readouterr().err
+    before = (tmp_path / "b" / "manifest.json").read_text()
 
     def boom(*a, **k):
         raise RuntimeError("injected failure during parity")
