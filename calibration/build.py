@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.manifest import write_json_atomic
 from runtime.preprocess import PreprocessConfig
 
 from .calibset import CalibrationSet, load_calibration_set, selection_key
@@ -61,19 +62,6 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
 
 class _LazySet:
     """The calibration set, loaded on first use; its SHA-256 from the selection record when known."""
@@ -98,7 +86,7 @@ class _LazySet:
                 _log(f"warning: the clips of {self.spec!r} changed content (sha256 {self.record.get('sha256')[:12]} -> "
                      f"{info['sha256'][:12]}) without a change in names, sizes or times")
             self.record = {**info, "selection_key": self.key}
-            _write_json_atomic(self.record_path, self.record)
+            write_json_atomic(self.record_path, self.record)
         return self.set.clips
 
     def sha256(self) -> str:
@@ -236,7 +224,7 @@ def precision_onnx(fp32_onnx: Path, precision: str, target: str, calib: str | No
         _stamp_metadata(out, fp32_onnx, precision, info)
         info["seconds"] = round(time.perf_counter() - t0, 2)
         info["reused"] = False
-        _write_json_atomic(info_path, info)
+        write_json_atomic(info_path, info)
     except BaseException:
         out.unlink(missing_ok=True)  # never leave a result without its record
         raise

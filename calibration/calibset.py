@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.manifest import sha256_file
 from runtime.preprocess import PreprocessConfig
 
 __all__ = ["CalibrationError", "CalibrationSet", "load_calibration_set", "load_clips", "selection_key", "READS",
@@ -119,13 +120,6 @@ def _classify(spec: str) -> tuple[str, list[Path]]:
                            ".npy/.npz file, or 'synthetic[:SEED]')")
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
 
 def selection_key(spec: str | None, pre: PreprocessConfig, n: int, seed: int) -> str:
     """A key that changes whenever the selection or its data may change, computed without reading clips.
@@ -139,8 +133,8 @@ def selection_key(spec: str | None, pre: PreprocessConfig, n: int, seed: int) ->
     if gen_seed is not None:
         from . import synthetic, video_reader
 
-        parts += ["synthetic", gen_seed, _file_sha256(Path(synthetic.__file__)),
-                  _file_sha256(Path(video_reader.__file__))]
+        parts += ["synthetic", gen_seed, sha256_file(Path(synthetic.__file__)),
+                  sha256_file(Path(video_reader.__file__))]
     else:
         kind, files = _classify(spec)
         parts += [kind, str(Path(spec).resolve())]
@@ -149,7 +143,7 @@ def selection_key(spec: str | None, pre: PreprocessConfig, n: int, seed: int) ->
             parts.append([f.name, st.st_size, st.st_mtime_ns])
         csv_path = Path(spec) / "labels.csv"
         if csv_path.is_file():
-            parts.append(["labels.csv", _file_sha256(csv_path)])
+            parts.append(["labels.csv", sha256_file(csv_path)])
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 

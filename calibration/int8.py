@@ -21,7 +21,6 @@ Two targets:
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import tempfile
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from runtime.manifest import sha256_file
 
 __all__ = ["METHODS", "TARGETS", "ORT_FORMS", "ORT_DEFAULT_FORM", "ORT_FORM_WHY", "TRT_OP_TYPES", "QuantizationError",
            "ClipDataReader", "calibrate", "quantize_int8", "calibration_cache_path", "validate_against_fp32"]
@@ -104,13 +105,6 @@ class ClipDataReader:
     def set_range(self, start_index: int, end_index: int) -> None:
         self._i, self._end = start_index, min(end_index, len(self.clips))
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def calibration_cache_path(cache_dir: Path, model_sha256: str, set_sha256: str, method: str, target: str) -> Path:
@@ -311,7 +305,7 @@ def quantize_int8(fp32_onnx: str | os.PathLike, out: str | os.PathLike, target: 
     if not fp32_onnx.is_file():
         raise QuantizationError(f"{fp32_onnx}: FP32 ONNX not found")
     t0 = time.perf_counter()
-    model_sha = _sha256(fp32_onnx)
+    model_sha = sha256_file(fp32_onnx)
     clips_cache: dict[str, np.ndarray] = {}
 
     def clips() -> np.ndarray:

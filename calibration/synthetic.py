@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.manifest import write_text_atomic
+
 __all__ = ["CLASSES", "render_clip", "generate_dataset", "read_dataset", "write_video", "CONTAINERS"]
 
 #: Action classes; pairs (0,1), (2,3), (4,5), (6,7) differ only in the direction of time.
@@ -183,17 +185,6 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 15, cont
     return path
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
 
 def generate_dataset(out_dir: str | os.PathLike, n_clips: int, seed: int, width: int = 128, height: int = 96,
                      num_frames: int = 24, fps: int = 15, container: str = "mp4",
@@ -224,8 +215,8 @@ def generate_dataset(out_dir: str | os.PathLike, n_clips: int, seed: int, width:
     w.writerow(["file", "label_index", "label_name"])
     for path, label in items:
         w.writerow([path.name, label, CLASSES[label]])
-    _write_text_atomic(out / "classes.txt", "".join(c + "\n" for c in CLASSES))
-    _write_text_atomic(out / "labels.csv", buf.getvalue())
+    write_text_atomic(out / "classes.txt", "".join(c + "\n" for c in CLASSES))
+    write_text_atomic(out / "labels.csv", buf.getvalue())
     return items
 
 

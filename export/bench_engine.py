@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from runtime.manifest import write_json_atomic
+from runtime.manifest import write_json_atomic, write_text_atomic
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
@@ -244,10 +244,7 @@ def write(result: dict[str, Any], out_dir: str | os.PathLike) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "bench.json", result)
-    fd, tmp = tempfile.mkstemp(prefix="bench.md.", dir=out)
-    with os.fdopen(fd, "w") as f:
-        f.write(markdown(result))
-    os.replace(tmp, out / "bench.md")
+    write_text_atomic(out / "bench.md", markdown(result))
     plot(result, out / "bench.png")
     return [out / "bench.json", out / "bench.md", out / "bench.png"]
 

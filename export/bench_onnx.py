@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from runtime.manifest import write_text_atomic
+
 from .attention import ATTENTION_MODES, DEFAULT_OPSET
 
 #: the reference clip's max abs logit difference every export must stay under (float32)
@@ -227,18 +229,6 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m export.bench_onnx", description=__doc__.split("\n")[0])
@@ -259,9 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     report = run_bench(threads=a.threads, runs=a.runs, warmup=a.warmup, modes=modes, theirs_opset=a.theirs_opset,
                        batch=a.batch, seed=a.seed, work_dir=Path(a.work_dir) if a.work_dir else None)
     out = Path(a.out_dir)
-    _write_atomic(out / "onnx.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out / "onnx.json", json.dumps(report, indent=2) + "\n")
     md = markdown(report)
-    _write_atomic(out / "onnx.md", md)
+    write_text_atomic(out / "onnx.md", md)
     print(md)
     _log(f"[bench-onnx] wrote {out / 'onnx.json'} and {out / 'onnx.md'}")
     return 0

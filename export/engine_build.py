@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.manifest import SCHEMA_VERSION, write_json_atomic
+from runtime.manifest import SCHEMA_VERSION, sha256_file, write_json_atomic
 
 from .parity import TOLERANCES, check_tolerance, compare_logits
 
@@ -66,13 +66,6 @@ class BuildRequest:
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _key(*parts: Any) -> str:
@@ -129,8 +122,8 @@ def load_source(model: str, seed: int = 0):
 
 def build_bundle(req: BuildRequest) -> Path:
     """Build the bundle ``req`` describes; returns its directory."""
-    from .onnx_export import export_onnx
     from .attention import resolve_attention
+    from .onnx_export import export_onnx
 
     t_start = time.perf_counter()
     if req.precision not in PRECISIONS:
@@ -198,7 +191,7 @@ def build_bundle(req: BuildRequest) -> Path:
             "preprocess": pre.to_dict(),
             "labels_file": "labels.txt",
             "session": session,
-            "source": {**source, "onnx_sha256": _sha256_file(engine_onnx), "fp32_onnx_sha256": _sha256_file(fp32_onnx),
+            "source": {**source, "onnx_sha256": sha256_file(engine_onnx), "fp32_onnx_sha256": sha256_file(fp32_onnx),
                        "attention": attention},
             "calibration": calibration_info,
             "parity": None,

@@ -12,16 +12,14 @@ Writes ``parity.json`` and ``parity.md`` (atomically); exits non-zero when the e
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from runtime.manifest import read_manifest, write_json_atomic
+from runtime.manifest import read_manifest, write_json_atomic, write_text_atomic
 
 from .parity import TOLERANCES, check_tolerance, compare_logits
 
@@ -181,10 +179,7 @@ def write_report(report: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Pa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "parity.json", report)
-    fd, tmp = tempfile.mkstemp(prefix="parity.md.", dir=out)
-    with os.fdopen(fd, "w") as f:
-        f.write(markdown(report))
-    os.replace(tmp, out / "parity.md")
+    write_text_atomic(out / "parity.md", markdown(report))
     return out / "parity.json", out / "parity.md"
 
 

@@ -7,7 +7,6 @@ loads strictly: a missing or unexpected key, or a shape that fits no config, rai
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -19,6 +18,7 @@ from typing import Any, Mapping
 
 import torch
 
+from runtime.manifest import sha256_file
 from runtime.preprocess import PreprocessConfig
 
 from .config import TimeSformerConfig
@@ -41,14 +41,6 @@ class CheckpointInfo:
     labels: list[str] | None = None
     preprocess: PreprocessConfig | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _atomic_target(path: Path) -> tuple[int, str]:
