@@ -62,7 +62,6 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-
 class _LazySet:
     """The calibration set, loaded on first use; its SHA-256 from the selection record when known."""
 

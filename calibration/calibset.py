@@ -120,7 +120,6 @@ def _classify(spec: str) -> tuple[str, list[Path]]:
                            ".npy/.npz file, or 'synthetic[:SEED]')")
 
 
-
 def selection_key(spec: str | None, pre: PreprocessConfig, n: int, seed: int) -> str:
     """A key that changes whenever the selection or its data may change, computed without reading clips.
 

@@ -106,7 +106,6 @@ class ClipDataReader:
         self._i, self._end = start_index, min(end_index, len(self.clips))
 
 
-
 def calibration_cache_path(cache_dir: Path, model_sha256: str, set_sha256: str, method: str, target: str) -> Path:
     """Where the activation ranges of (model, calibration set, method, target) are kept (JSON)."""
     return Path(cache_dir) / "calib" / f"ranges-{model_sha256[:16]}-{set_sha256[:16]}-{method}-{target}.json"

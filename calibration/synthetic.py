@@ -185,7 +185,6 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 15, cont
     return path
 
 
-
 def generate_dataset(out_dir: str | os.PathLike, n_clips: int, seed: int, width: int = 128, height: int = 96,
                      num_frames: int = 24, fps: int = 15, container: str = "mp4",
                      progress: bool = True) -> list[tuple[Path, int]]:

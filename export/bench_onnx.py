@@ -229,7 +229,6 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m export.bench_onnx", description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)

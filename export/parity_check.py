@@ -52,10 +52,9 @@ def engine_block_outputs(onnx_path: str | os.PathLike, clips: np.ndarray, input_
     loader = SessionFromOnnx(BytesFromOnnx(marked), providers=["CPUExecutionProvider"])
     logits, blocks = [], [[] for _ in names]
     with OnnxrtRunner(loader) as runner:
+        dtype = runner.get_input_metadata()[input_name].dtype
         for i in range(0, len(clips), batch):
-            x = clips[i:i + batch]
-            meta = runner.get_input_metadata()[input_name]
-            out = runner.infer({input_name: x.astype(meta.dtype)})
+            out = runner.infer({input_name: clips[i:i + batch].astype(dtype)})
             logits.append(np.asarray(out[output_name], np.float32))
             for j, n in enumerate(names):
                 blocks[j].append(np.asarray(out[n], np.float32))
