@@ -1,7 +1,7 @@
 """Synthetic action clips whose label needs time to tell, written as real H.264 videos.
 
-Each clip shows one shape (triangle, bar, L, T or notched ellipse) on a textured, noisy background with
-camera shake, and, half of the time, a small blinking distractor. The shape moves left/right/up/down,
+Each clip shows one bright shape (triangle, bar, L, T or notched ellipse) of a random colour on a dark,
+textured, noisy background with camera shake, and, half of the time, a small blinking distractor. The shape moves left/right/up/down,
 rotates clockwise/anticlockwise, or grows/shrinks, at a random speed from a random size, colour,
 position and orientation. Every class is drawn from the same per-frame distribution of positions,
 sizes and orientations, so a single frame cannot tell a class from its pair: only the motion can.
@@ -34,7 +34,7 @@ CONTAINERS: dict[str, tuple[str, str]] = {"mp4": ("libx264", "yuv420p"), "mkv": 
                                           "avi": ("mpeg4", "yuv420p")}
 
 _SHAPES = ("triangle", "bar", "ell", "tee", "notched_ellipse")
-_SHAKE = 2  # maximum camera shake, pixels
+_SHAKE = 1  # maximum camera shake, pixels (at 96 px short side)
 
 
 def _shape_mask(kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -54,29 +54,21 @@ def _shape_mask(kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """A float32 (H, W, 3) texture: base colour, a few coloured gratings and soft blobs."""
+    """A dark float32 (H, W, 3) texture: base colour, a few coloured gratings and soft blobs."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = rng.uniform(40, 215, size=3).astype(np.float32)
+    base = rng.uniform(15, 75, size=3).astype(np.float32)
     img = np.broadcast_to(base, (height, width, 3)).copy()
     for _ in range(3):
         fx, fy = rng.uniform(-0.25, 0.25, size=2)
         phase = rng.uniform(0, 2 * np.pi)
-        amp = rng.uniform(5, 18, size=3).astype(np.float32)
+        amp = rng.uniform(2, 5, size=3).astype(np.float32)
         img += np.sin(fx * x + fy * y + phase)[..., None] * amp
     for _ in range(int(rng.integers(2, 6))):
         cy, cx = rng.uniform(0, height), rng.uniform(0, width)
         r = rng.uniform(4, 14)
         blob = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * r * r))
-        img += blob[..., None] * rng.uniform(-45, 45, size=3).astype(np.float32)
+        img += blob[..., None] * rng.uniform(-10, 10, size=3).astype(np.float32)
     return img
-
-
-def _contrasting_colour(rng: np.random.Generator, against: np.ndarray) -> np.ndarray:
-    for _ in range(100):
-        c = rng.uniform(0, 255, size=3)
-        if np.abs(c - against).sum() > 150:
-            return c.astype(np.float32)
-    return (255.0 - against).astype(np.float32)
 
 
 def render_clip(label: int, rng: np.random.Generator, width: int = 128, height: int = 96,
@@ -92,35 +84,35 @@ def render_clip(label: int, rng: np.random.Generator, width: int = 128, height: 
     t = np.arange(n, dtype=np.float32) - (n - 1) / 2.0  # centred time: the clip's middle is t = 0
 
     bg = _background(rng, height + 2 * _SHAKE, width + 2 * _SHAKE)
-    colour = _contrasting_colour(rng, bg.mean(axis=(0, 1)))
-    shade = rng.uniform(-40, 40)
+    colour = rng.uniform(170, 255, size=3).astype(np.float32)  # a bright shape on the dark scene
+    shade = rng.uniform(-20, 20)
     kind = _SHAPES[int(rng.integers(len(_SHAPES)))]
-    size_mid = rng.uniform(10.0, 16.0) * scale_px  # half-size at the clip's middle
+    size_mid = rng.uniform(13.0, 19.0) * scale_px  # half-size at the clip's middle
     angle0 = rng.uniform(0, 2 * np.pi)
-    cx0 = width / 2 + rng.uniform(-12, 12) * scale_px
-    cy0 = height / 2 + rng.uniform(-8, 8) * scale_px
-    drift = rng.uniform(-0.25, 0.25, size=2) * scale_px  # slow nuisance drift, px/frame
+    cx0 = width / 2 + rng.uniform(-6, 6) * scale_px
+    cy0 = height / 2 + rng.uniform(-4, 4) * scale_px
+    drift = rng.uniform(-0.15, 0.15, size=2) * scale_px  # slow nuisance drift, px/frame
 
     cx = cx0 + drift[0] * t
     cy = cy0 + drift[1] * t
     angle = np.full(n, angle0, np.float32)
     size = np.full(n, size_mid, np.float32)
     if name.startswith("move_"):
-        speed = rng.uniform(0.9, 2.0) * scale_px
+        speed = rng.uniform(2.6, 3.6) * scale_px
         direction = {"move_left": (-1, 0), "move_right": (1, 0), "move_up": (0, -1), "move_down": (0, 1)}[name]
         cx = cx + direction[0] * speed * t
         cy = cy + direction[1] * speed * t
     elif name.startswith("rotate_"):
-        omega = np.deg2rad(rng.uniform(4.0, 9.0))  # image y points down: positive angle turns clockwise
+        omega = np.deg2rad(rng.uniform(10.0, 15.0))  # image y points down: positive angle turns clockwise
         angle = angle0 + (omega if name == "rotate_cw" else -omega) * t
     else:
-        ratio = rng.uniform(1.8, 2.6)  # size at the end / size at the start
+        ratio = rng.uniform(2.6, 3.4)  # size at the end / size at the start
         rate = np.log(ratio) / (n - 1)
         size = size_mid * np.exp((rate if name == "grow" else -rate) * t)
 
     # camera shake: a bounded random walk of integer offsets applied to the whole frame
     shake = np.clip(np.cumsum(rng.integers(-1, 2, size=(n, 2)), axis=0), -_SHAKE, _SHAKE)
-    noise_std = rng.uniform(2.0, 7.0)
+    noise_std = rng.uniform(2.0, 4.0)
     blink = None
     if rng.random() < 0.5:  # a small static distractor that blinks at random
         blink = (rng.uniform(8, width - 8), rng.uniform(8, height - 8), rng.uniform(3, 5) * scale_px,

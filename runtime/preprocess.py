@@ -108,7 +108,7 @@ class FramePreprocessor:
     Each output value is the bilinear blend of four source bytes at ``base``, ``base + 3`` (the pixel to
     the right), ``base + 3W`` (below) and ``base + 3W + 3``. One index array serves all four taps (as
     offset views of the frame), and the four weights (with ``1/(255*std)`` folded in) are computed once
-    per source size, so a frame costs four gathers and one weighted sum: about 0.6 ms for
+    per source size, so a frame costs four gathers and one weighted sum: about 0.45 ms for
     640x480 -> 224 on one core.
     """
 
@@ -125,6 +125,8 @@ class FramePreprocessor:
         dy = (y1[0] - y0[0]) * width * 3
         dx = (x1[0] - x0[0]) * 3
         self.offsets = (0, dx, dy, dy + dx)
+        if int(self.index.max()) + dy + dx >= height * width * 3 or int(self.index.min()) < 0:
+            raise AssertionError(f"resize taps out of range for a {height}x{width} frame")  # a bug, not bad input
         self.weight = np.stack([np.broadcast_to(
             (wys[None, :, None] * wxs[None, None, :]) / (255.0 * std), (3, cfg.crop_size, cfg.crop_size)
         ).astype(np.float32).ravel() for wys in (1 - wy, wy) for wxs in (1 - wx, wx)])
@@ -149,7 +151,9 @@ class FramePreprocessor:
         o = dst.reshape(-1)
         taps = self._taps
         for i, off in enumerate(self.offsets):
-            np.take(flat[off:], self.index, out=taps[i])
+            # every index is in range (checked in __init__); a mode other than "raise" lets numpy write
+            # straight into ``out`` instead of through a buffer: about 30% faster
+            np.take(flat[off:], self.index, out=taps[i], mode="wrap")
         np.einsum("in,in->n", taps, self.weight, out=o, casting="unsafe")
         np.subtract(o, self.shift, out=o)
         return dst

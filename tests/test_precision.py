@@ -84,10 +84,6 @@ def built(motion_onnx, motion_model, cache_dir):
     return out
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 4 is open: the committed motion model is barely trained (about 21% held-out top-1), its logits are "
-    "nearly flat, and INT8 flips 2-3% of its top-1 answers; the bar (>= 99% agreement, <= 0.5 point loss) is "
-    "for a trained model"))
 @pytest.mark.parametrize("target", ["tensorrt", "onnxruntime"])
 def test_int8_keeps_accuracy_on_heldout_clips(built, heldout, target):
     clips, labels, ref = heldout
