@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.manifest import temp_beside
 from runtime.preprocess import PreprocessConfig, preprocess_frames
 
 from .synthetic import render_clip, write_video
@@ -82,7 +83,7 @@ def run(out_json: str | os.PathLike = "artifacts/bench/reader.json", frames: int
     }
     out = Path(out_json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_json = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    fd, tmp_json = temp_beside(out)
     with os.fdopen(fd, "w") as f:
         f.write(json.dumps(report, indent=2) + "\n")
     os.replace(tmp_json, out)

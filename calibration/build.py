@@ -17,14 +17,13 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from runtime.manifest import write_json_atomic
+from runtime.manifest import temp_beside, write_json_atomic
 from runtime.preprocess import PreprocessConfig
 
 from .calibset import CalibrationSet, load_calibration_set, selection_key
@@ -143,7 +142,7 @@ def _stamp_metadata(path: Path, fp32_onnx: Path, precision: str, info: dict[str,
     del model.metadata_props[:]
     for k, v in props.items():
         model.metadata_props.add(key=k, value=v)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".onnx", dir=path.parent)
+    fd, tmp = temp_beside(path, ".onnx")
     os.close(fd)
     try:
         onnx.save(model, tmp)

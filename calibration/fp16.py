@@ -30,6 +30,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from runtime.manifest import temp_beside
+
 __all__ = ["ALWAYS_FP32_OPS", "FP16_MAX", "DEFAULT_OVERFLOW_THRESHOLD", "DEFAULT_ERROR_THRESHOLD", "FP16Error",
            "measure_activations", "decide_fp32_nodes", "convert_fp16", "fp32_node_types"]
 
@@ -339,7 +341,10 @@ def convert_fp16(fp32_onnx: str | os.PathLike, out: str | os.PathLike, get_clips
     stay FP32). ``stats_cache``: JSON file (or a callable giving it) for the measured activations, reused when present.
     """
     import onnx
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    from onnxruntime.transformers.float16 import (
+        DEFAULT_OP_BLOCK_LIST,
+        convert_float_to_float16,
+    )
 
     fp32_onnx, out = Path(fp32_onnx), Path(out)
     t0 = time.perf_counter()
@@ -427,8 +432,7 @@ def convert_fp16(fp32_onnx: str | os.PathLike, out: str | os.PathLike, get_clips
 
 
 def _tmp_beside(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".tmp", dir=path.parent)
+    fd, tmp = temp_beside(path, path.suffix or ".tmp")
     os.close(fd)
     return Path(tmp)
 

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from runtime.manifest import sha256_file
+from runtime.manifest import sha256_file, temp_beside
 
 __all__ = ["METHODS", "TARGETS", "ORT_FORMS", "ORT_DEFAULT_FORM", "ORT_FORM_WHY", "TRT_OP_TYPES", "QuantizationError",
            "ClipDataReader", "calibrate", "quantize_int8", "calibration_cache_path", "validate_against_fp32"]
@@ -123,8 +123,7 @@ def _input_name(path: Path) -> str:
 
 
 def _tmp_beside(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".onnx", dir=path.parent)
+    fd, tmp = temp_beside(path, ".onnx")
     os.close(fd)
     return Path(tmp)
 

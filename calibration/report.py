@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from runtime.manifest import temp_beside
+
 __all__ = ["precision_report", "block_outputs_model", "first_jump_block", "largest_step_block", "write_report", "main"]
 
 TARGETS = ("onnxruntime", "tensorrt")
@@ -258,7 +260,7 @@ def write_report(rep: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path,
     out.mkdir(parents=True, exist_ok=True)
     js, md = out / "report.json", out / "report.md"
     write_json_atomic(js, rep)
-    fd, tmp = tempfile.mkstemp(prefix=".report.md.", suffix=".tmp", dir=out)
+    fd, tmp = temp_beside(md)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(_markdown(rep))

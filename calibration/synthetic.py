@@ -17,12 +17,11 @@ import csv
 import io
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from runtime.manifest import write_text_atomic
+from runtime.manifest import temp_beside, write_text_atomic
 
 __all__ = ["CLASSES", "render_clip", "generate_dataset", "read_dataset", "write_video", "CONTAINERS"]
 
@@ -152,7 +151,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 15, cont
         raise ValueError(f"{path}: frames: expected (N, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
     codec, pix_fmt = CONTAINERS[container]
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".{container}", dir=path.parent)
+    fd, tmp = temp_beside(path, f".{container}")
     os.close(fd)
     try:
         with av.open(tmp, "w", format="matroska" if container == "mkv" else container) as out:

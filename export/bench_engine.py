@@ -13,14 +13,13 @@ import argparse
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from runtime.manifest import write_json_atomic, write_text_atomic
+from runtime.manifest import temp_beside, write_json_atomic, write_text_atomic
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
@@ -235,7 +234,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_title(Path(result["bundle"]).name)
     ax.grid(alpha=0.3)
     ax.legend()
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".png", dir=path.parent)
+    fd, tmp = temp_beside(path, ".png")
     os.close(fd)
     fig.savefig(tmp, dpi=100, bbox_inches="tight")
     plt.close(fig)

@@ -33,7 +33,6 @@ import hashlib
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -41,6 +40,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from runtime.manifest import temp_beside
 
 PRECISIONS = ("fp32", "fp16", "int8")
 HARDWARE_COMPATIBILITY = {
@@ -618,8 +619,7 @@ def tensorrt_available() -> tuple[bool, str]:
 
 
 def _write_bytes_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -9,12 +9,13 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from runtime.manifest import temp_beside
 
 from .config import get_preset
 from .flops import count_flops, count_params
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{'-' if bf16 is None else f'{bf16:.3f}'} |", flush=True)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", dir=out.parent)
+    fd, tmp = temp_beside(out)
     with os.fdopen(fd, "w") as f:
         json.dump({"rows": rows, "torch": torch.__version__, "cores": os.cpu_count()}, f, indent=2)
     os.replace(tmp, out)

@@ -11,14 +11,13 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-from runtime.manifest import sha256_file
+from runtime.manifest import plain_file_mode, sha256_file, temp_beside
 from runtime.preprocess import PreprocessConfig
 
 from .config import TimeSformerConfig
@@ -44,8 +43,7 @@ class CheckpointInfo:
 
 
 def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    return temp_beside(path)
 
 
 def _write_atomic(path: Path, write) -> None:
@@ -53,6 +51,7 @@ def _write_atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, plain_file_mode())  # some writers (safetensors) replace the file mkstemp made
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -276,15 +275,22 @@ def sidecar_path(path: str | os.PathLike) -> Path:
 
 
 def save_checkpoint(model: TimeSformer, path: str | os.PathLike, labels: list[str] | None = None,
-                    preprocess: PreprocessConfig | None = None, metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``path`` (safetensors, official key names) and ``<stem>.json`` with config, labels, preprocessing."""
+                    preprocess: PreprocessConfig | None = None, metadata: dict[str, Any] | None = None,
+                    dtype: torch.dtype | None = None) -> Path:
+    """Write ``path`` (safetensors, official key names) and ``<stem>.json`` with config, labels, preprocessing.
+
+    ``dtype`` (e.g. ``torch.float16``) stores the floating-point weights in that type (half the bytes);
+    loading always builds a float32 model from them."""
     from safetensors.torch import save_file
 
     path = Path(path)
     cfg = model.config
     if labels is not None and len(labels) != cfg.num_classes:
         raise ValueError(f"labels: expected {cfg.num_classes} names, got {len(labels)}")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if dtype is not None and not dtype.is_floating_point:
+        raise ValueError(f"dtype: expected a floating-point torch dtype, got {dtype}")
+    state = {k: v.detach().cpu().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous()
+             for k, v in model.state_dict().items()}
     header = {"format": OUR_FORMAT, "config": json.dumps(cfg.to_dict())}
     _write_atomic(path, lambda tmp: save_file(state, tmp, metadata=header))
     side = {"format": OUR_FORMAT, "weights": path.name, "sha256": sha256_file(path), "config": cfg.to_dict(),

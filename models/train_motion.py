@@ -210,7 +210,7 @@ def fold_standardisation(model: TimeSformer, cfg) -> TimeSformer:
 def train(out: str | Path = DEFAULT_OUT, seed: int = 0, clips: int = 1600, epochs: int = 16, batch: int = 32,
           lr: float = 5e-4, heldout_clips: int = 160, heldout_seed: int | None = None, data_dir: str = DEFAULT_DATA,
           threads: int = 2, progress: bool = True, command: str | None = None, min_accuracy: float = 0.0,
-          stop_train_acc: float = 1.01) -> dict:
+          stop_train_acc: float = 1.01, weights_dtype: str = "float16") -> dict:
     """Train, evaluate on held-out files, save ``out`` (+ JSON sidecar); returns the metadata written.
 
     A model below ``min_accuracy`` is written as ``<stem>.below_min.safetensors`` instead of ``out``."""
@@ -280,13 +280,17 @@ def train(out: str | Path = DEFAULT_OUT, seed: int = 0, clips: int = 1600, epoch
     bar.close()
 
     final = fold_standardisation(model, cfg)  # the plain TimeSformer, default (sdpa) attention
+    dtype = getattr(torch, weights_dtype)
+    with torch.no_grad():  # evaluate exactly the weights that are stored
+        for p in final.parameters():
+            p.copy_(p.to(dtype).float())
     train_seconds = time.time() - t0
     acc, confusion = evaluate(final, heldout_items, pre, progress)
     metadata = {
         "task": "synthetic motion clips (calibration.synthetic)", "seed": seed, "heldout_seed": heldout_seed,
         "heldout_accuracy": round(acc, 4), "heldout_clips": len(heldout_items), "train_clips": len(train_items),
         "epochs": epochs, "epochs_run": epochs_run, "batch": batch, "lr": lr, "seconds": round(time.time() - t0, 1),
-        "train_seconds": round(train_seconds, 1), "threads": threads,
+        "train_seconds": round(train_seconds, 1), "threads": threads, "weights_dtype": weights_dtype,
         "confusion": confusion.tolist(), "command": command or "python -m models.train_motion",
         "torch": torch.__version__,
     }
@@ -294,7 +298,7 @@ def train(out: str | Path = DEFAULT_OUT, seed: int = 0, clips: int = 1600, epoch
     if acc < min_accuracy:  # keep a good committed model: write the weak one beside it
         out = out.with_name(out.stem + ".below_min" + out.suffix)
     metadata["path"] = str(out)
-    save_checkpoint(final, out, labels=list(CLASSES), preprocess=pre, metadata=metadata)
+    save_checkpoint(final, out, labels=list(CLASSES), preprocess=pre, metadata=metadata, dtype=dtype)
     return metadata
 
 
@@ -311,12 +315,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heldout-clips", type=int, default=160)
     ap.add_argument("--data", default=DEFAULT_DATA, help="cache folder for the generated clips")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--weights-dtype", default="float16", choices=["float16", "float32"],
+                    help="type the weights are stored in (float16: half the size; the model always runs in float32)")
     ap.add_argument("--min-accuracy", type=float, default=0.95, help="exit 1 when held-out accuracy is below this")
     a = ap.parse_args(argv)
     out = Path(a.out)
     command = "python -m models.train_motion " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
     meta = train(out, a.seed, a.clips, a.epochs, a.batch, a.lr, a.heldout_clips, data_dir=a.data, threads=a.threads,
-                 command=command.strip(), min_accuracy=a.min_accuracy, stop_train_acc=a.stop_train_acc)
+                 command=command.strip(), min_accuracy=a.min_accuracy, stop_train_acc=a.stop_train_acc,
+                 weights_dtype=a.weights_dtype)
     print(f"held-out top-1 {meta['heldout_accuracy']:.4f} on {meta['heldout_clips']} clips (seed {meta['heldout_seed']}); "
           f"{meta['seconds']:.0f} s; wrote {meta['path']}")
     if meta["heldout_accuracy"] < a.min_accuracy:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -124,7 +125,24 @@ def test_our_safetensors_round_trip(tmp_path: Path) -> None:
     x = torch.randn(2, 4, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
+    umask = os.umask(0)
+    os.umask(umask)
+    for written in ("m.safetensors", "m.json"):  # readable as a plain open() would make them, not mkstemp's 0600
+        assert (tmp_path / written).stat().st_mode & 0o777 == 0o666 & ~umask, written
+
+
+def test_float16_weights_load_as_the_rounded_float32_model(tmp_path: Path) -> None:
+    model = _small()
+    full = save_checkpoint(model, tmp_path / "full.safetensors")
+    half = save_checkpoint(model, tmp_path / "half.safetensors", dtype=torch.float16)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded = load_checkpoint(half)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    for (name, p), q in zip(model.named_parameters(), loaded.parameters()):
+        assert torch.equal(q, p.detach().half().float()), name
+    with pytest.raises(ValueError, match="floating-point"):
+        save_checkpoint(model, tmp_path / "bad.safetensors", dtype=torch.int8)
 
 
 def test_resize_frames_and_resolution_keeps_class_path() -> None:
