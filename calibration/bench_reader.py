@@ -9,7 +9,6 @@ decode only (PyAV, one decoder thread, frames converted to RGB) and decode + pre
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.manifest import temp_beside
+from runtime.manifest import write_json_atomic
 from runtime.preprocess import PreprocessConfig, preprocess_frames
 
 from .synthetic import render_clip, write_video
@@ -81,12 +80,7 @@ def run(out_json: str | os.PathLike = "artifacts/bench/reader.json", frames: int
         "meets_target": rows[0]["fps"] >= TARGET_FPS,
         "note": "timings on a shared machine are noisy; medians of the repeats",
     }
-    out = Path(out_json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_json = temp_beside(out)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp_json, out)
+    write_json_atomic(out_json, report)
     return report
 
 

@@ -142,10 +142,9 @@ def _stamp_metadata(path: Path, fp32_onnx: Path, precision: str, info: dict[str,
     del model.metadata_props[:]
     for k, v in props.items():
         model.metadata_props.add(key=k, value=v)
-    fd, tmp = temp_beside(path, ".onnx")
-    os.close(fd)
+    tmp = temp_beside(path, ".onnx")
     try:
-        onnx.save(model, tmp)
+        onnx.save(model, str(tmp))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from runtime.manifest import temp_beside
+from runtime.manifest import temp_beside, write_text_atomic
 
 __all__ = ["ALWAYS_FP32_OPS", "FP16_MAX", "DEFAULT_OVERFLOW_THRESHOLD", "DEFAULT_ERROR_THRESHOLD", "FP16Error",
            "measure_activations", "decide_fp32_nodes", "convert_fp16", "fp32_node_types"]
@@ -373,7 +373,7 @@ def convert_fp16(fp32_onnx: str | os.PathLike, out: str | os.PathLike, get_clips
             stats = measure_activations(fp32_onnx, clips(), progress)
             cache_state = "miss"
             if cpath is not None:
-                _write_text_atomic(cpath, json.dumps(stats))
+                write_text_atomic(cpath, json.dumps(stats))
     if stats is not None:
         kept = decide_fp32_nodes(fp32_onnx, stats, overflow_threshold, error_threshold)
     else:
@@ -405,7 +405,7 @@ def convert_fp16(fp32_onnx: str | os.PathLike, out: str | os.PathLike, get_clips
         if prop.key == "precision":
             converted.metadata_props.remove(prop)
     converted.metadata_props.add(key="precision", value="fp16")
-    tmp = _tmp_beside(out)
+    tmp = temp_beside(out, out.suffix or ".tmp")
     try:
         onnx.save(converted, str(tmp))
         os.replace(tmp, out)
@@ -429,18 +429,3 @@ def convert_fp16(fp32_onnx: str | os.PathLike, out: str | os.PathLike, get_clips
     info["seconds"] = round(time.perf_counter() - t0, 2)
     info["clips_read"] = "c" in clips_cache
     return info
-
-
-def _tmp_beside(path: Path) -> Path:
-    fd, tmp = temp_beside(path, path.suffix or ".tmp")
-    os.close(fd)
-    return Path(tmp)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = _tmp_beside(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

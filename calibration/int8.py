@@ -122,12 +122,6 @@ def _input_name(path: Path) -> str:
     return names[0]
 
 
-def _tmp_beside(path: Path) -> Path:
-    fd, tmp = temp_beside(path, ".onnx")
-    os.close(fd)
-    return Path(tmp)
-
-
 def _session(path: Path):
     import onnxruntime as ort
 
@@ -215,7 +209,7 @@ def _quantize_tensorrt_ort(fp32_onnx: Path, out: Path, method: str, get_clips: C
         "DedicatedQDQPair": False,
         "AddQDQPairToWeight": False,
     }
-    tmp = _tmp_beside(out)
+    tmp = temp_beside(out, ".onnx")
     try:
         q.quantize_static(str(fp32_onnx), str(tmp), None, quant_format=q.QuantFormat.QDQ,
                           op_types_to_quantize=list(TRT_OP_TYPES), per_channel=True,
@@ -240,7 +234,7 @@ def _quantize_tensorrt_modelopt(fp32_onnx: Path, out: Path, method: str, get_cli
     if method not in ("max", "entropy"):
         raise QuantizationError(f"engine='modelopt' calibrates with 'max' or 'entropy'; got {method!r}")
     clips = get_clips()
-    tmp = _tmp_beside(out)
+    tmp = temp_beside(out, ".onnx")
     try:
         mo_quantize(str(fp32_onnx), quantize_mode="int8", calibration_data={_input_name(fp32_onnx): clips},
                     calibration_method=method, calibration_eps=["cpu"], output_path=str(tmp))
@@ -253,7 +247,7 @@ def _quantize_tensorrt_modelopt(fp32_onnx: Path, out: Path, method: str, get_cli
 def _quantize_ort_form(fp32_onnx: Path, out: Path, form: str, method: str, get_clips: Callable[[], np.ndarray],
                        ranges_path: Callable[[], Path], progress: bool) -> dict[str, Any]:
     q = _ort_quant()
-    tmp = _tmp_beside(out)
+    tmp = temp_beside(out, ".onnx")
     try:
         if form == "dynamic":
             q.quantize_dynamic(str(fp32_onnx), str(tmp), op_types_to_quantize=["MatMul", "Gemm"], per_channel=False,

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.manifest import temp_beside
+from runtime.manifest import write_json_atomic, write_text_atomic
 
 __all__ = ["precision_report", "block_outputs_model", "first_jump_block", "largest_step_block", "write_report", "main"]
 
@@ -254,20 +254,11 @@ def _markdown(rep: dict[str, Any]) -> str:
 
 def write_report(rep: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """``report.json`` and ``report.md`` in ``out_dir``, each written atomically."""
-    from runtime.manifest import write_json_atomic
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     js, md = out / "report.json", out / "report.md"
     write_json_atomic(js, rep)
-    fd, tmp = temp_beside(md)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(_markdown(rep))
-        os.replace(tmp, md)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_text_atomic(md, _markdown(rep))
     return js, md
 
 

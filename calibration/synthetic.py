@@ -151,10 +151,9 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 15, cont
         raise ValueError(f"{path}: frames: expected (N, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
     codec, pix_fmt = CONTAINERS[container]
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_beside(path, f".{container}")
-    os.close(fd)
+    tmp = temp_beside(path, f".{container}")
     try:
-        with av.open(tmp, "w", format="matroska" if container == "mkv" else container) as out:
+        with av.open(str(tmp), "w", format="matroska" if container == "mkv" else container) as out:
             stream = out.add_stream(codec, rate=fps)
             stream.height, stream.width = frames.shape[1:3]
             stream.pix_fmt = pix_fmt

@@ -619,9 +619,9 @@ def tensorrt_available() -> tuple[bool, str]:
 
 
 def _write_bytes_atomic(path: Path, data: Any) -> None:
-    fd, tmp = temp_beside(path)
+    tmp = temp_beside(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

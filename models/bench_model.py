@@ -6,16 +6,14 @@ Prints a Markdown table and writes ``artifacts/bench/model.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from runtime.manifest import temp_beside
+from runtime.manifest import write_json_atomic
 
 from .config import get_preset
 from .flops import count_flops, count_params
@@ -59,12 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"| {name} | {cfg.attention_type} | {row['params']:,} | {row['gmacs']:.1f} | {fp32:.3f} | "
               f"{'-' if bf16 is None else f'{bf16:.3f}'} |", flush=True)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_beside(out)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"rows": rows, "torch": torch.__version__, "cores": os.cpu_count()}, f, indent=2)
-    os.replace(tmp, out)
+    write_json_atomic(a.out, {"rows": rows, "torch": torch.__version__, "cores": os.cpu_count()})
     return 0
 
 

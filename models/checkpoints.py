@@ -17,7 +17,12 @@ from typing import Any, Mapping
 
 import torch
 
-from runtime.manifest import plain_file_mode, sha256_file, temp_beside
+from runtime.manifest import (
+    PLAIN_FILE_MODE,
+    sha256_file,
+    temp_beside,
+    write_json_atomic,
+)
 from runtime.preprocess import PreprocessConfig
 
 from .config import TimeSformerConfig
@@ -42,16 +47,12 @@ class CheckpointInfo:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
-    return temp_beside(path)
-
-
 def _write_atomic(path: Path, write) -> None:
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
+    """``write(temp path)``, then rename the temp file onto ``path``."""
+    tmp = str(temp_beside(path))
     try:
         write(tmp)
-        os.chmod(tmp, plain_file_mode())  # some writers (safetensors) replace the file mkstemp made
+        os.chmod(tmp, PLAIN_FILE_MODE)  # some writers (safetensors) replace the file temp_beside made
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -295,7 +296,7 @@ def save_checkpoint(model: TimeSformer, path: str | os.PathLike, labels: list[st
     _write_atomic(path, lambda tmp: save_file(state, tmp, metadata=header))
     side = {"format": OUR_FORMAT, "weights": path.name, "sha256": sha256_file(path), "config": cfg.to_dict(),
             "labels": labels, "preprocess": preprocess.to_dict() if preprocess else None, "metadata": metadata or {}}
-    _write_atomic(sidecar_path(path), lambda tmp: Path(tmp).write_text(json.dumps(side, indent=2) + "\n"))
+    write_json_atomic(sidecar_path(path), side)
     return path
 
 

@@ -20,7 +20,6 @@ the head and the gradients find it at once). The BatchNorm folds exactly into th
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import os
 import shlex
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from runtime.manifest import sha256_file
 from runtime.preprocess import PreprocessConfig
 
 from .checkpoints import save_checkpoint
@@ -67,7 +67,7 @@ def _dataset(root: Path, name: str, n: int, seed: int, progress: bool) -> list[t
 def _data_dir(root: Path, name: str, n: int, seed: int) -> Path:
     import calibration.synthetic as synthetic
 
-    version = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:8]
+    version = sha256_file(synthetic.__file__)[:8]
     return root / f"{name}_seed{seed}_n{n}_{version}"
 
 

@@ -48,29 +48,33 @@ class BundleError(ValueError):
     """A bundle that is missing, corrupt or of an unsupported schema."""
 
 
-def temp_beside(path: str | os.PathLike, suffix: str = ".tmp") -> tuple[int, str]:
-    """``(fd, name)`` of a new temp file in ``path``'s folder (created if needed), for writing and then
-    ``os.replace`` onto ``path``; its mode is what a plain ``open`` would give (``mkstemp`` gives 0600)."""
+def _read_umask() -> int:
+    umask = os.umask(0)  # the only portable way to read it; done once, at import, not while threads write files
+    os.umask(umask)
+    return umask
+
+
+#: the permission bits ``open()`` gives a new file in this process (``mkstemp`` would give 0600)
+PLAIN_FILE_MODE = 0o666 & ~_read_umask()
+
+
+def temp_beside(path: str | os.PathLike, suffix: str = ".tmp") -> Path:
+    """A new, empty temp file in ``path``'s folder (created if needed) with :data:`PLAIN_FILE_MODE`, for
+    writing and then ``os.replace`` onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.fchmod(fd, plain_file_mode())
-    return fd, tmp
-
-
-def plain_file_mode() -> int:
-    """The permission bits ``open()`` gives a new file under the current umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    os.fchmod(fd, PLAIN_FILE_MODE)
+    os.close(fd)
+    return Path(tmp)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to a temp file beside ``path`` and rename it into place (readable as umask allows)."""
     path = Path(path)
-    fd, tmp = temp_beside(path)
+    tmp = temp_beside(path)
     try:
-        with os.fdopen(fd, "w", newline="") as f:
+        with open(tmp, "w", newline="") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:

@@ -104,15 +104,10 @@ def test_fp16_agrees_on_heldout_clips(built, heldout, target):
     assert m["min_cosine"] >= 0.999, m
 
 
-def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
-    return {o: n for n in model.graph.node for o in n.output}
-
-
 def test_tensorrt_int8_qdq_is_what_tensorrt_builds(built, motion_model):
     path, info = built[("int8", "tensorrt")]
     model = onnx.load(str(path))
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    prod = _producers(model)
     qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert qdq and all(n.domain in ("", "ai.onnx") for n in qdq)
     for n in qdq:  # symmetric int8: every zero point is an int8 zero
