@@ -1,71 +1,78 @@
 # TimeSformer deployment pipeline. Every target that needs Python makes the venv first.
+# `make help` lists the targets and their options (from the `## ` comments below).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-# Options (see README.md for each target's options)
-MODEL ?= models/weights/motion_tiny.safetensors
-PRECISION ?= fp32
-BACKEND ?= auto
-ATTENTION ?= auto
-OUT ?=
-ENGINE ?=
-CLIPS ?=
-CALIB ?=
-BATCH ?=
-PYTEST_ARGS ?=
+# ---- Options: one name, one meaning, for every target that takes it (README.md has the details).
+MODEL ?= models/weights/motion_tiny.safetensors# preset name or checkpoint (.pyth, HF folder, .safetensors)
+PRECISION ?= fp32#       fp32 | fp16 | int8
+BACKEND ?= auto#         auto | onnxruntime | tensorrt
+ATTENTION ?= auto#       auto | onnx | decomposed | ort
+OUT ?=#                  output path (bundle folder, ONNX file, report folder)
+ENGINE ?=#               a bundle folder, e.g. engines/motion_tiny-fp32-onnxruntime
+CLIPS ?=#                evaluation clips: a videos folder | synthetic[:SEED] | clips.npz
+CALIB ?=#                calibration clips, same forms as CLIPS
+BATCH ?=#                the engine's batch range min:opt:max (make engine)
+BATCHES ?=#              batch sizes to measure, comma-separated (make bench)
+THREADS ?=#              intra-op threads (0: the backend's default)
+N ?=#                    number of clips (make parity)
+MODEL_REF ?=#            FP32 reference checkpoint for parity (default: the bundle's source)
+ALLOW_PARITY_FAILURE ?=# 1: publish a bundle whose parity is outside tolerance
+PYTEST_ARGS ?=#          extra pytest arguments
 
-.PHONY: help setup test test-fast demo onnx engine parity bench bench-onnx train-motion clean
+.PHONY: help setup test test-fast demo onnx engine parity bench bench-onnx bench-precision train-motion clean
 
-help:
-	@echo "make setup | test | demo | onnx | engine | parity | bench | train-motion | clean   (README.md has the options)"
+help: ## this list
+	@echo "Targets (options in [brackets]; README.md describes each):"
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-zA-Z_-]+):.*## (.*)/  make \1\t\2/' | expand -t 24
+	@echo "Options:"
+	@grep -hE '^[A-Z_]+ \?=.*# ' $(MAKEFILE_LIST) | sed -E 's/^([A-Z_]+) \?= *([^#]*)#[ ]*(.*)/  \1=\2\t\3/' | expand -t 24
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml runtime/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e ./runtime -e '.[dev]'
 	@touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) ## the virtual environment (.venv; torch==2.13.0 CPU is pinned)
 
-test: $(STAMP)
+test: $(STAMP) ## the whole test suite [PYTEST_ARGS]
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) ## the tests not marked slow [PYTEST_ARGS]
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-engine: $(STAMP)
+demo: $(STAMP) ## FP32 and INT8 bundles of the motion model, run on a video: labels, parity, latency
+	$(PY) -m export.demo
+
+onnx: $(STAMP) ## export ONNX [MODEL ATTENTION OUT]
+	$(PY) -m export.onnx_export --model $(MODEL) $(if $(filter-out auto,$(ATTENTION)),--attention $(ATTENTION)) $(if $(OUT),--out $(OUT))
+
+engine: $(STAMP) ## build an engine bundle [PRECISION MODEL BACKEND CALIB BATCH ATTENTION OUT ALLOW_PARITY_FAILURE]
 	$(PY) -m export.engine_build --model $(MODEL) --precision $(PRECISION) --backend $(BACKEND) \
 		$(if $(OUT),--out $(OUT)) $(if $(CALIB),--calib $(CALIB)) $(if $(BATCH),--batch $(BATCH)) \
 		$(if $(filter-out auto,$(ATTENTION)),--attention $(ATTENTION)) $(if $(ALLOW_PARITY_FAILURE),--allow-parity-failure)
 
-# make onnx [MODEL=<preset|checkpoint>] [ATTENTION=auto|onnx|decomposed|ort] [OUT=<file.onnx>]
-onnx: $(STAMP)
-	$(PY) -m export.onnx_export --model $(MODEL) $(if $(filter-out auto,$(ATTENTION)),--attention $(ATTENTION)) $(if $(OUT),--out $(OUT))
-
-# make bench-onnx: ours (each attention mode) vs the plain transformers export on ONNX Runtime CPU, ~10 min on 2 cores
-bench-onnx: $(STAMP)
-	$(PY) -m export.bench_onnx
-
-# make train-motion [OUT=models/weights/motion_tiny.safetensors]: about 4 min on 2 cores (clips cached: 3 min)
-train-motion: $(STAMP)
-	$(PY) -m models.train_motion $(if $(OUT),--out $(OUT))
-
-# make parity ENGINE=<bundle> [CLIPS=<folder|synthetic|.npz>] [MODEL_REF=<checkpoint>]: exits non-zero on failure
-parity: $(STAMP)
+parity: $(STAMP) ## a bundle against FP32 PyTorch, exit 1 on failure: ENGINE=<bundle> [CLIPS MODEL_REF N]
 	@test -n "$(ENGINE)" || { echo "make parity: set ENGINE=<bundle directory> (e.g. engines/motion_tiny-fp32-onnxruntime)" >&2; exit 2; }
 	$(PY) -m export.parity_check --engine $(ENGINE) $(if $(CLIPS),--clips $(CLIPS)) $(if $(MODEL_REF),--model $(MODEL_REF)) \
 		$(if $(N),--n $(N))
 
-# make bench ENGINE=<bundle> [BATCH=1,2,4,8] [THREADS=n]
-bench: $(STAMP)
+bench: $(STAMP) ## latency and throughput of a bundle: ENGINE=<bundle> [BATCHES THREADS]
 	@test -n "$(ENGINE)" || { echo "make bench: set ENGINE=<bundle directory> (e.g. engines/motion_tiny-fp32-onnxruntime)" >&2; exit 2; }
-	$(PY) -m export.bench_engine --engine $(ENGINE) $(if $(BATCH),--batch $(BATCH)) $(if $(THREADS),--threads $(THREADS))
+	$(PY) -m export.bench_engine --engine $(ENGINE) $(if $(BATCHES),--batch $(BATCHES)) $(if $(THREADS),--threads $(THREADS))
 
-demo: $(STAMP)
-	$(PY) -m export.demo
+bench-onnx: $(STAMP) ## our ONNX (each attention form) vs the plain transformers export, ONNX Runtime CPU (~10 min)
+	$(PY) -m export.bench_onnx
 
-clean:
+bench-precision: $(STAMP) ## FP32 vs INT8 (vs FP16) on ONNX Runtime CPU [MODEL]
+	$(PY) -m export.bench_precision $(if $(filter-out models/weights/motion_tiny.safetensors,$(MODEL)),--model $(MODEL))
+
+train-motion: $(STAMP) ## train the motion model (~4 min on 2 cores) [OUT]
+	$(PY) -m models.train_motion $(if $(OUT),--out $(OUT))
+
+clean: ## remove artifacts/ and engines/ (bundles you built) and the pytest cache
 	rm -rf artifacts engines .pytest_cache

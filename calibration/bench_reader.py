@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.manifest import write_json_atomic
+from runtime.files import write_json_atomic
 from runtime.preprocess import PreprocessConfig, preprocess_frames
 
 from .synthetic import render_clip, write_video

@@ -13,22 +13,21 @@ Two cache levels under ``cache_dir``:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from runtime.manifest import temp_beside, write_json_atomic
+from runtime.files import sha256_file, sha256_json, temp_path_beside, write_json_atomic
 from runtime.preprocess import PreprocessConfig
 
 from .calibset import CalibrationSet, load_calibration_set, selection_key
 
-__all__ = ["precision_onnx", "PrecisionBuildError", "PRECISIONS", "TARGETS", "BUILD_VERSION", "plan_check"]
+__all__ = ["precision_onnx", "PrecisionBuildError", "PRECISIONS", "TARGETS", "BUILD_VERSION"]
 
 PRECISIONS = ("fp16", "int8")
 TARGETS = ("tensorrt", "onnxruntime")
@@ -42,23 +41,6 @@ class PrecisionBuildError(RuntimeError):
 
 def _log(msg: str) -> None:
     print(f"[precision] {msg}", file=sys.stderr, flush=True)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    data = path.with_name(path.name + ".data")  # external weights (models over 2 GB)
-    if data.is_file():
-        with open(data, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-    return h.hexdigest()
-
-
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class _LazySet:
@@ -101,21 +83,6 @@ class _LazySet:
                 "source": r.get("source")}
 
 
-def plan_check(path: Path, precision: str) -> dict[str, Any]:
-    """``export.tensorrt_build.plan_build`` for a strongly typed ``precision`` build (installed TensorRT, else a
-    nominal 10.3, or 10.14 when the graph has the ONNX Attention operator); raises on what TensorRT refuses."""
-    from export.tensorrt_build import TensorRTBuildOptions, inspect_onnx, plan_build
-
-    try:
-        import tensorrt as trt  # noqa: F401
-        version = str(trt.__version__)
-    except Exception:  # noqa: BLE001 - the stub packages raise OSError too
-        version = "10.14.0" if inspect_onnx(path)["attention_nodes"] else "10.3.0"
-    plan = plan_build(path, TensorRTBuildOptions(precision=precision, strongly_typed=True), trt_version=version)
-    return {"trt_version": version, "precision_detected": plan["onnx"]["precision_detected"],
-            "qdq_nodes": plan["onnx"]["qdq_nodes"], "warnings": plan["warnings"]}
-
-
 def _ort_check(path: Path) -> None:
     import onnxruntime as ort
 
@@ -142,7 +109,7 @@ def _stamp_metadata(path: Path, fp32_onnx: Path, precision: str, info: dict[str,
     del model.metadata_props[:]
     for k, v in props.items():
         model.metadata_props.add(key=k, value=v)
-    tmp = temp_beside(path, ".onnx")
+    tmp = temp_path_beside(path, ".onnx")
     try:
         onnx.save(model, str(tmp))
         os.replace(tmp, path)
@@ -155,12 +122,15 @@ def precision_onnx(fp32_onnx: Path, precision: str, target: str, calib: str | No
                    n_clips: int, method: str, cache_dir: Path, seed: int, *, form: str | None = None,
                    keep_io_types: bool = True, fp16_overflow_threshold: float | None = None,
                    fp16_error_threshold: float | None = None, validate_clips: int = 4,
-                   progress: bool = True) -> tuple[Path, dict[str, Any]]:
+                   progress: bool = True,
+                   target_check: Callable[[Path, str], dict[str, Any]] | None = None) -> tuple[Path, dict[str, Any]]:
     """The ``precision`` ONNX of ``fp32_onnx`` for ``target`` (path in ``cache_dir``) and what was done.
 
     ``calib`` None means synthetic clips. ``method`` (INT8 calibration): max | entropy | percentile.
     ``form`` (INT8 for onnxruntime): see :data:`calibration.int8.ORT_FORMS` (None: the fastest that
     meets the bar). The result is reused when its inputs are unchanged (no clip is read then).
+    ``target_check(path, precision)``, when given, vets the result for its target (e.g. what TensorRT's parser
+    and builder would accept); its answer is recorded as ``info["target_check"]``, and what it raises aborts.
     """
     from . import fp16 as fp16_mod
     from . import int8 as int8_mod
@@ -176,13 +146,13 @@ def precision_onnx(fp32_onnx: Path, precision: str, target: str, calib: str | No
         raise PrecisionBuildError(f"{fp32_onnx}: FP32 ONNX not found")
     t0 = time.perf_counter()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    model_sha = _sha256(fp32_onnx)
+    model_sha = sha256_file(fp32_onnx, external_data=True)
     lazy = _LazySet(calib, preprocess, n_clips, seed, cache_dir, progress)
     overflow = fp16_overflow_threshold if fp16_overflow_threshold is not None else fp16_mod.DEFAULT_OVERFLOW_THRESHOLD
     err = fp16_error_threshold if fp16_error_threshold is not None else fp16_mod.DEFAULT_ERROR_THRESHOLD
     options = ({"method": method, "form": form} if precision == "int8"
                else {"keep_io_types": keep_io_types, "overflow": overflow, "error": err})
-    key = _key(BUILD_VERSION, model_sha, precision, target, lazy.key, options, validate_clips)
+    key = sha256_json(BUILD_VERSION, model_sha, precision, target, lazy.key, options, validate_clips)
     out = cache_dir / f"{precision}-{target}-{key}.onnx"
     info_path = out.with_suffix(".json")
     if out.is_file() and info_path.is_file():
@@ -216,8 +186,8 @@ def precision_onnx(fp32_onnx: Path, precision: str, target: str, calib: str | No
             info["kept_fp32"] = detail["kept_fp32"]
             info["kept_fp32_counts"] = detail["kept_fp32_counts"]
         _ort_check(out)
-        if target == "tensorrt":
-            info["tensorrt_plan"] = plan_check(out, precision)
+        if target_check is not None:
+            info["target_check"] = target_check(out, precision)
         _stamp_metadata(out, fp32_onnx, precision, info)
         info["seconds"] = round(time.perf_counter() - t0, 2)
         info["reused"] = False

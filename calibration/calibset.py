@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.manifest import sha256_file
+from runtime.files import sha256_file
 from runtime.preprocess import PreprocessConfig
 
 __all__ = ["CalibrationError", "CalibrationSet", "load_calibration_set", "load_clips", "selection_key", "READS",

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from runtime.manifest import temp_beside, write_text_atomic
+from runtime.files import temp_path_beside, write_text_atomic
 
 __all__ = ["ALWAYS_FP32_OPS", "FP16_MAX", "DEFAULT_OVERFLOW_THRESHOLD", "DEFAULT_ERROR_THRESHOLD", "FP16Error",
            "measure_activations", "decide_fp32_nodes", "convert_fp16", "fp32_node_types"]
@@ -405,7 +405,7 @@ def convert_fp16(fp32_onnx: str | os.PathLike, out: str | os.PathLike, get_clips
         if prop.key == "precision":
             converted.metadata_props.remove(prop)
     converted.metadata_props.add(key="precision", value="fp16")
-    tmp = temp_beside(out, out.suffix or ".tmp")
+    tmp = temp_path_beside(out, out.suffix or ".tmp")
     try:
         onnx.save(converted, str(tmp))
         os.replace(tmp, out)

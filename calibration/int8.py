@@ -15,7 +15,7 @@ Two targets:
 
 ``onnxruntime`` (CPU)
     The INT8 form ONNX Runtime runs fastest on this CPU while meeting the accuracy bar: see
-    :data:`ORT_FORMS` and :data:`ORT_FORM_WHY` (measured with ``python -m calibration.bench_precision
+    :data:`ORT_FORMS` and :data:`ORT_FORM_WHY` (measured with ``python -m export.bench_precision
     --all-forms``). The form is validated against the FP32 model on calibration clips; when it misses
     the bar the next form is tried.
 """
@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from runtime.manifest import sha256_file, temp_beside
+from runtime.files import sha256_file, temp_path_beside
 
 __all__ = ["METHODS", "TARGETS", "ORT_FORMS", "ORT_DEFAULT_FORM", "ORT_FORM_WHY", "TRT_OP_TYPES", "QuantizationError",
            "ClipDataReader", "calibrate", "quantize_int8", "calibration_cache_path", "validate_against_fp32"]
@@ -50,7 +50,7 @@ ORT_FORM_WHY = (
     "QDQ U8S8 0.61 s (2.4x); under load ~5: FP32 5.13 s, dynamic 2.07 s (2.5x), QOperator 2.90 s, QDQ 2.78 s. "
     "It needs no calibration ranges, meets the accuracy bar (cosine 0.999 vs FP32 on base; static forms 0.9993), "
     "is validated on the calibration clips, and the static forms are the fallback. Re-measure with "
-    "python -m calibration.bench_precision --all-forms.")
+    "python -m export.bench_precision --all-forms.")
 #: the accuracy bar a form must meet against FP32 on the validation clips (export/parity.py TOLERANCES["int8"])
 VALIDATION_MIN_COSINE = 0.99
 _ORT_METHOD = {"max": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -133,7 +133,7 @@ def _session(path: Path):
 def validate_against_fp32(fp32_onnx: Path, quant_onnx: Path, clips: np.ndarray, reference: np.ndarray | None = None
                           ) -> tuple[dict[str, Any], np.ndarray]:
     """Logit parity of ``quant_onnx`` against ``fp32_onnx`` on ``clips`` in ONNX Runtime CPU (and the FP32 logits)."""
-    from export.parity import compare_logits
+    from calibration.metrics import compare_logits
 
     if reference is None:
         s32 = _session(fp32_onnx)
@@ -209,7 +209,7 @@ def _quantize_tensorrt_ort(fp32_onnx: Path, out: Path, method: str, get_clips: C
         "DedicatedQDQPair": False,
         "AddQDQPairToWeight": False,
     }
-    tmp = temp_beside(out, ".onnx")
+    tmp = temp_path_beside(out, ".onnx")
     try:
         q.quantize_static(str(fp32_onnx), str(tmp), None, quant_format=q.QuantFormat.QDQ,
                           op_types_to_quantize=list(TRT_OP_TYPES), per_channel=True,
@@ -234,7 +234,7 @@ def _quantize_tensorrt_modelopt(fp32_onnx: Path, out: Path, method: str, get_cli
     if method not in ("max", "entropy"):
         raise QuantizationError(f"engine='modelopt' calibrates with 'max' or 'entropy'; got {method!r}")
     clips = get_clips()
-    tmp = temp_beside(out, ".onnx")
+    tmp = temp_path_beside(out, ".onnx")
     try:
         mo_quantize(str(fp32_onnx), quantize_mode="int8", calibration_data={_input_name(fp32_onnx): clips},
                     calibration_method=method, calibration_eps=["cpu"], output_path=str(tmp))
@@ -247,7 +247,7 @@ def _quantize_tensorrt_modelopt(fp32_onnx: Path, out: Path, method: str, get_cli
 def _quantize_ort_form(fp32_onnx: Path, out: Path, form: str, method: str, get_clips: Callable[[], np.ndarray],
                        ranges_path: Callable[[], Path], progress: bool) -> dict[str, Any]:
     q = _ort_quant()
-    tmp = temp_beside(out, ".onnx")
+    tmp = temp_path_beside(out, ".onnx")
     try:
         if form == "dynamic":
             q.quantize_dynamic(str(fp32_onnx), str(tmp), op_types_to_quantize=["MatMul", "Gemm"], per_channel=False,

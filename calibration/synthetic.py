@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.manifest import temp_beside, write_text_atomic
+from runtime.files import temp_path_beside, write_text_atomic
 
 __all__ = ["CLASSES", "render_clip", "generate_dataset", "read_dataset", "write_video", "CONTAINERS"]
 
@@ -151,7 +151,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 15, cont
         raise ValueError(f"{path}: frames: expected (N, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
     codec, pix_fmt = CONTAINERS[container]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_beside(path, f".{container}")
+    tmp = temp_path_beside(path, f".{container}")
     try:
         with av.open(str(tmp), "w", format="matroska" if container == "mkv" else container) as out:
             stream = out.add_stream(codec, rate=fps)

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from runtime.manifest import temp_beside, write_json_atomic, write_text_atomic
+from runtime.files import temp_path_beside, write_json_atomic, write_text_atomic
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
@@ -234,7 +234,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_title(Path(result["bundle"]).name)
     ax.grid(alpha=0.3)
     ax.legend()
-    tmp = temp_beside(path, ".png")
+    tmp = temp_path_beside(path, ".png")
     fig.savefig(tmp, dpi=100, bbox_inches="tight")
     plt.close(fig)
     os.replace(tmp, path)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.manifest import write_text_atomic
+from runtime.files import write_text_atomic
 
 from .attention import ATTENTION_MODES, DEFAULT_OPSET
 

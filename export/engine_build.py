@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
-import json
 import os
 import platform
 import shutil
@@ -23,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from runtime.manifest import SCHEMA_VERSION, sha256_file, write_json_atomic
+from runtime.files import sha256_file, write_json_atomic
+from runtime.manifest import SCHEMA_VERSION
 
-from .parity import TOLERANCES, check_tolerance, compare_logits
+from calibration.metrics import TOLERANCES, check_tolerance, compare_logits
 
 PRECISIONS = ("fp32", "fp16", "int8")
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
@@ -67,10 +66,6 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def choose_backend(requested: str) -> tuple[str, str]:
     """The backend to build for, and why."""
     if requested not in BACKENDS:
@@ -90,39 +85,12 @@ def choose_backend(requested: str) -> tuple[str, str]:
     return "onnxruntime", f"auto: TensorRT not usable here ({reason}); ONNX Runtime on the CPU"
 
 
-def load_source(model: str, seed: int = 0):
-    """A preset name (random weights, temporal layers perturbed) or a checkpoint path -> model, labels, pre, source."""
-    import torch
-
-    from models import PRESETS, TimeSformer, load_checkpoint
-
-    if model in PRESETS:
-        preset = PRESETS[model]
-        torch.manual_seed(seed)
-        net = TimeSformer(preset.config).eval()
-        with torch.no_grad():  # random weights: make the zero-initialised temporal layers matter
-            for blk in net.blocks:
-                if hasattr(blk, "temporal_fc"):
-                    blk.temporal_fc.weight.normal_(0, 0.02)
-        source = {"checkpoint": f"preset:{model} (random weights, seed {seed})",
-                  "checkpoint_sha256": _key("preset", model, seed)}
-        return net, None, preset.preprocess, source
-    path = Path(model)
-    if not path.exists():
-        raise BuildError(f"MODEL={model!r}: neither a preset ({', '.join(sorted(PRESETS))}) nor an existing path")
-    net = load_checkpoint(path)
-    pre = net.preprocess
-    if pre is None:
-        from runtime.preprocess import PreprocessConfig
-        c = net.config
-        pre = PreprocessConfig(num_frames=c.num_frames, short_side=c.image_size, crop_size=c.image_size)
-    return net, net.labels, pre, {"checkpoint": str(path), "checkpoint_sha256": net.checkpoint.sha256}
-
-
 def build_bundle(req: BuildRequest) -> Path:
     """Build the bundle ``req`` describes; returns its directory."""
+    from models import load_source
+
     from .attention import resolve_attention
-    from .onnx_export import export_onnx
+    from .fp32_cache import cached_fp32_onnx
 
     t_start = time.perf_counter()
     if req.precision not in PRECISIONS:
@@ -144,20 +112,14 @@ def build_bundle(req: BuildRequest) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
 
     # 2. FP32 ONNX, cached by the source and the export settings.
-    onnx_key = _key(source["checkpoint_sha256"], cfg.to_dict(), attention, "onnx-v1")
-    fp32_onnx = cache / f"fp32-{onnx_key}.onnx"
-    if fp32_onnx.is_file():
-        _log(f"[engine] 2/5 ONNX export: reusing {fp32_onnx}")
-    else:
-        _log(f"[engine] 2/5 exporting ONNX (attention={attention}) -> {fp32_onnx}")
-        export_onnx(net, fp32_onnx, attention=attention, labels=labels, preprocess=pre, source=source["checkpoint"],
-                    source_sha256=source["checkpoint_sha256"])
+    _log("[engine] 2/5 FP32 ONNX")
+    fp32_onnx = cached_fp32_onnx(net, labels, pre, source, attention, cache)
 
     # 3. Precision: calibration clips, FP16 conversion or INT8 Q/DQ (cached inside calibration/).
     calibration_info = None
     engine_onnx = fp32_onnx
     if req.precision != "fp32":
-        from calibration.build import precision_onnx
+        from .precision_step import precision_onnx
 
         _log(f"[engine] 3/5 {req.precision}: calibrating on {req.calib or 'synthetic clips'}")
         engine_onnx, calibration_info = precision_onnx(
@@ -331,9 +293,11 @@ def main(argv: list[str] | None = None) -> int:
                        cache_dir=a.cache_dir, workspace_mib=a.workspace_mib, dla_core=a.dla_core,
                        hardware_compatibility=a.hardware_compatibility, version_compatible=a.version_compatible,
                        timing_cache=a.timing_cache, strongly_typed=not a.builder_flags)
+    from models import SourceError
+
     try:
         out = build_bundle(req)
-    except BuildError as e:
+    except (BuildError, SourceError) as e:
         print(f"make engine: {e}", file=sys.stderr)
         return 2
     print(out)

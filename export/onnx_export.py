@@ -541,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
 
-    from .engine_build import BuildError, load_source
+    from models import SourceError, load_source
 
     mode = resolve_attention(a.attention, "onnxruntime")
     out = Path(a.out) if a.out else Path("artifacts/onnx") / (
@@ -552,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
                     source=source["checkpoint"], source_sha256=source["checkpoint_sha256"],
                     uint8_input=a.uint8_input, batch=a.batch, verbose=not a.quiet, frames=a.frames,
                     image_size=a.image_size)
-    except (BuildError, ExportError, ValueError, OSError) as e:
+    except (SourceError, ExportError, ValueError, OSError) as e:
         print(f"make onnx: {e}", file=sys.stderr)
         return 2
     print(out)

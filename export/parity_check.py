@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from runtime.manifest import read_manifest, write_json_atomic, write_text_atomic
+from runtime.files import write_json_atomic, write_text_atomic
+from runtime.manifest import read_manifest
 
-from .parity import TOLERANCES, check_tolerance, compare_logits
+from calibration.metrics import TOLERANCES, check_tolerance, compare_logits
 
 #: relative L2 error of a block's output tokens above which that block counts as diverged, per precision
 BLOCK_THRESHOLD = {"fp32": 1e-3, "fp16": 3e-2, "int8": 0.25}
@@ -81,7 +82,7 @@ def block_errors(reference: list[np.ndarray], engine: list[np.ndarray], precisio
 
 def reference_model(manifest: dict[str, Any], override: str | None):
     """The FP32 PyTorch model the bundle was built from (or ``override``)."""
-    from .engine_build import load_source
+    from models import load_source
 
     request = manifest.get("build", {}).get("request", {})
     model = override or request.get("model")

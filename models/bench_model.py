@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from runtime.manifest import write_json_atomic
+from runtime.files import write_json_atomic
 
 from .config import get_preset
 from .flops import count_flops, count_params

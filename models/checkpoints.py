@@ -17,12 +17,7 @@ from typing import Any, Mapping
 
 import torch
 
-from runtime.manifest import (
-    PLAIN_FILE_MODE,
-    sha256_file,
-    temp_beside,
-    write_json_atomic,
-)
+from runtime.files import sha256_file, temp_path_beside, write_json_atomic
 from runtime.preprocess import PreprocessConfig
 
 from .config import TimeSformerConfig
@@ -49,10 +44,9 @@ class CheckpointInfo:
 
 def _write_atomic(path: Path, write) -> None:
     """``write(temp path)``, then rename the temp file onto ``path``."""
-    tmp = str(temp_beside(path))
+    tmp = str(temp_path_beside(path))
     try:
         write(tmp)
-        os.chmod(tmp, PLAIN_FILE_MODE)  # some writers (safetensors) replace the file temp_beside made
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runtime.manifest import sha256_file
+from runtime.files import sha256_file
 from runtime.preprocess import PreprocessConfig
 
 from .checkpoints import save_checkpoint

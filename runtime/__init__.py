@@ -3,8 +3,9 @@
 Imports numpy and, when an engine is opened, its backend (onnxruntime, or tensorrt + cuda-python).
 Never torch, never the rest of this project.
 """
-from .engine import Engine, InputError, Prediction
-from .manifest import BundleError
+from .engine import Engine
+from .errors import BundleError, InputError
+from .prediction import Prediction
 from .preprocess import PreprocessConfig, preprocess_frames
 from .stream import ClipStream
 

@@ -6,42 +6,18 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .manifest import BundleError, read_labels, read_manifest
+from .errors import BundleError, InputError
+from .manifest import read_labels, read_manifest
+from .prediction import Prediction, top_k
 from .preprocess import PreprocessConfig, preprocess_frames, sample_indices
+from .stream import ClipStream
 
 _DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
-
-
-class InputError(ValueError):
-    """Input that does not fit the engine: the message says what was expected and what came."""
-
-
-@dataclass
-class Prediction:
-    """Top-k labels of one clip."""
-
-    top_k: list[tuple[str, float]]  # (label, probability), best first
-    logits: np.ndarray = field(repr=False)
-    latency_ms: float = 0.0  # preprocessing + inference for this call
-
-    @property
-    def label(self) -> str:
-        return self.top_k[0][0]
-
-    @property
-    def index(self) -> int:
-        return int(np.argmax(self.logits))
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def _open_backend(bundle: Path, manifest: dict[str, Any], device: str, options: dict[str, Any]):
@@ -148,10 +124,7 @@ class Engine:
         return preprocess_frames(arr, cfg, bgr=bgr)
 
     def _top_k(self, logits: np.ndarray, k: int) -> list[tuple[str, float]]:
-        probs = _softmax(logits.astype(np.float64))
-        order = np.argsort(-probs)[:k]
-        names = self.labels or [str(i) for i in range(self.num_classes)]
-        return [(names[i], float(probs[i])) for i in order]
+        return top_k(logits, self.labels, k)
 
     def predict(self, frames: np.ndarray | Sequence[np.ndarray], bgr: bool = False, top_k: int = 5) -> Prediction:
         """Raw frames of one clip (RGB uint8, or BGR as OpenCV gives them with ``bgr=True``) -> top-k labels."""
@@ -160,9 +133,8 @@ class Engine:
         logits = self.infer(clip[None])[0]
         return Prediction(self._top_k(logits, top_k), logits, (time.perf_counter() - t0) * 1e3)
 
-    def stream(self, every: int | None = None, bgr: bool = False, top_k: int = 5) -> "ClipStream":
+    def stream(self, every: int | None = None, bgr: bool = False, top_k: int = 5) -> ClipStream:
         """A streaming clip buffer for a live camera: push frames, get a prediction every ``every`` frames."""
-        from .stream import ClipStream
         return ClipStream(self, every=every, bgr=bgr, top_k=top_k)
 
     # ----------------------------------------------------------------- housekeeping

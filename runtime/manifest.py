@@ -31,71 +31,19 @@ Schema (version 1)::
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from .errors import BundleError
+
+__all__ = ["BundleError", "SCHEMA_VERSION", "MANIFEST_NAME", "read_manifest", "read_labels"]
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 REQUIRED_KEYS = ("schema_version", "backend", "engine_file", "precision", "model_config", "input", "output",
                  "preprocess")
-
-
-class BundleError(ValueError):
-    """A bundle that is missing, corrupt or of an unsupported schema."""
-
-
-def _read_umask() -> int:
-    umask = os.umask(0)  # the only portable way to read it; done once, at import, not while threads write files
-    os.umask(umask)
-    return umask
-
-
-#: the permission bits ``open()`` gives a new file in this process (``mkstemp`` would give 0600)
-PLAIN_FILE_MODE = 0o666 & ~_read_umask()
-
-
-def temp_beside(path: str | os.PathLike, suffix: str = ".tmp") -> Path:
-    """A new, empty temp file in ``path``'s folder (created if needed) with :data:`PLAIN_FILE_MODE`, for
-    writing and then ``os.replace`` onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.fchmod(fd, PLAIN_FILE_MODE)
-    os.close(fd)
-    return Path(tmp)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to a temp file beside ``path`` and rename it into place (readable as umask allows)."""
-    path = Path(path)
-    tmp = temp_beside(path)
-    try:
-        with open(tmp, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """Write JSON to a temp file beside ``path`` and rename it into place."""
-    return write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_manifest(bundle_dir: str | os.PathLike) -> dict[str, Any]:

@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .errors import InputError
+from .prediction import Prediction
 from .preprocess import FramePreprocessor
 
-if TYPE_CHECKING:
-    from .engine import Engine, Prediction
+if TYPE_CHECKING:  # annotations only: the engine imports this module
+    from .engine import Engine
 
 
 class ClipStream:
@@ -51,10 +53,8 @@ class ClipStream:
         start = self._sampled % t
         return self._ring[start:start + t][None]
 
-    def push(self, frame: np.ndarray) -> "Prediction | None":
+    def push(self, frame: np.ndarray) -> Prediction | None:
         """Add one ``(H, W, 3)`` uint8 frame; returns a prediction when one is due."""
-        from .engine import InputError, Prediction
-
         frame = np.asarray(frame)
         if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
             raise InputError(f"frame: expected (H, W, 3) uint8, got {tuple(frame.shape)} {frame.dtype}")

@@ -131,7 +131,7 @@ def test_selection_key_changes_with_the_files_not_with_reading(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_decomposed(tmp_path_factory) -> Path:
-    from export.engine_build import load_source
+    from models import load_source
     from export.onnx_export import export_onnx
 
     net, _, pre, _ = load_source("tiny_8x64", 0)
@@ -141,7 +141,7 @@ def tiny_decomposed(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("precision", ["int8", "fp16"])
 def test_precision_build_is_cached_and_a_warm_cache_reads_no_clip(tiny_decomposed, tmp_path, precision):
-    from calibration.build import precision_onnx
+    from export.precision_step import precision_onnx
 
     cache = tmp_path / "cache"
     args = (tiny_decomposed, precision, "tensorrt", "synthetic:11", PRE, 6, "max", cache, 0)
@@ -174,7 +174,7 @@ def test_calibration_methods_give_tensorrt_qdq_with_their_own_ranges(tiny_decomp
     from onnx import numpy_helper
 
     from calibration import int8
-    from calibration.build import precision_onnx
+    from export.precision_step import precision_onnx
 
     # A coarser entropy histogram (512 bins, not 2048) keeps ONNX Runtime's Python KL search short here.
     monkeypatch.setitem(int8.CALIBRATOR_OPTIONS, "entropy", {"num_bins": 512, "num_quantized_bins": 128})
@@ -183,7 +183,7 @@ def test_calibration_methods_give_tensorrt_qdq_with_their_own_ranges(tiny_decomp
     for method in ("max", "entropy", "percentile"):
         out, info = precision_onnx(tiny_decomposed, "int8", "tensorrt", "synthetic:13", PRE, 4, method, tmp_path, 0,
                                    validate_clips=2, progress=False)
-        assert info["method"] == method and info["calibrated"] and info["tensorrt_plan"]["precision_detected"] == "int8"
+        assert info["method"] == method and info["calibrated"] and info["target_check"]["precision_detected"] == "int8"
         assert info["detail"]["validation"]["min_cosine"] > 0.95
         model = onnx.load(str(out))
         inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
@@ -201,7 +201,7 @@ def test_calibration_methods_give_tensorrt_qdq_with_their_own_ranges(tiny_decomp
 
 
 def test_first_jump_block():
-    from calibration.report import first_jump_block, largest_step_block
+    from export.precision_report import first_jump_block, largest_step_block
 
     assert first_jump_block([1e-3, 1.1e-3, 1.2e-3], floor=1e-2) is None  # steady noise below the floor
     assert first_jump_block([1e-3, 1.2e-3, 0.3, 0.31], floor=1e-2) == 2  # block 2 breaks
@@ -210,7 +210,7 @@ def test_first_jump_block():
 
 
 def test_precision_report_on_real_clips(tmp_path):
-    from calibration.report import precision_report, write_report
+    from export.precision_report import precision_report, write_report
 
     rep = precision_report("tiny_8x64", clips="synthetic:21", n_clips=4, precisions=("fp32", "int8"),
                            targets=("tensorrt",), calib="synthetic:22", calib_clips=4, cache_dir=tmp_path / "cache",

@@ -14,7 +14,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from export.parity import compare_logits
+from calibration.metrics import compare_logits
 from export.tensorrt_build import TensorRTBuildOptions, plan_build
 
 #: held-out clips for the accuracy bar: a seed neither training (0, <1000), conftest (4242) nor calibration uses
@@ -74,7 +74,7 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def built(motion_onnx, motion_model, cache_dir):
     """{(precision, target): (path, info)} built by the code path make engine uses."""
-    from calibration.build import precision_onnx
+    from export.precision_step import precision_onnx
 
     out = {}
     for precision in ("int8", "fp16"):
@@ -136,7 +136,7 @@ def test_tensorrt_int8_qdq_is_what_tensorrt_builds(built, motion_model):
     for version in ("10.3.0", "11.0.0"):
         plan = plan_build(path, TensorRTBuildOptions(precision="int8"), trt_version=version)
         assert plan["onnx"]["precision_detected"] == "int8" and plan["strongly_typed"]
-    assert info["tensorrt_plan"]["qdq_nodes"] == len(qdq)
+    assert info["target_check"]["qdq_nodes"] == len(qdq)
 
 
 def test_fp16_keeps_layernorm_and_softmax_fp32_and_passes_the_plan(built):
@@ -210,10 +210,10 @@ def test_fp16_keeps_a_node_whose_activation_overflows(motion_model, heldout, tmp
 @pytest.fixture(scope="module")
 def base_models(tmp_path_factory):
     """Base 8x224 (random weights, temporal layers perturbed): FP32 exports, FP16 and both INT8 forms, 2 eval clips."""
-    from calibration.build import precision_onnx
+    from export.precision_step import precision_onnx
     from calibration.calibset import load_clips
     from export.attention import ORT_DEFAULT
-    from export.engine_build import load_source
+    from models import load_source
     from export.onnx_export import export_onnx
 
     d = tmp_path_factory.mktemp("base")

@@ -1,6 +1,6 @@
 """ONNX Runtime CPU latency by precision: FP32 vs the chosen INT8 form (and FP16, for information).
 
-``python -m calibration.bench_precision [--model base] [--runs 5] [--warmup 2] [--all-forms] [--no-fp16]``
+``python -m export.bench_precision [--model base] [--runs 5] [--warmup 2] [--all-forms] [--no-fp16]``
 
 Base 8x224 with random weights (temporal layers perturbed, as ``make engine`` does for presets),
 exported with the attention mode ONNX Runtime uses (:data:`export.attention.ORT_DEFAULT`), batch 1.
@@ -62,25 +62,22 @@ def run_bench(model: str = "base", runs: int = 5, warmup: int = 2, all_forms: bo
     """Build and time FP32 / INT8 (/ FP16) of ``model``; returns the results dict."""
     import onnxruntime as ort
 
-    from export.attention import ORT_DEFAULT
-    from export.engine_build import _key, load_source
-    from export.onnx_export import export_onnx
-    from export.parity import cosine_rows
+    from .attention import ORT_DEFAULT
+    from models import load_source
 
-    from .build import precision_onnx
-    from .calibset import load_clips
-    from .int8 import ORT_FORM_WHY, ORT_FORMS
+    from .fp32_cache import cached_fp32_onnx
+    from calibration.metrics import cosine_rows
+
+    from .precision_step import precision_onnx
+    from calibration.calibset import load_clips
+    from calibration.int8 import ORT_FORM_WHY, ORT_FORMS
 
     load_start = os.getloadavg()[0]
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     net, labels, pre, source = load_source(model, seed)
     attention = ORT_DEFAULT
-    fp32 = cache / f"fp32-{_key(source['checkpoint_sha256'], net.config.to_dict(), attention, 'onnx-v1')}.onnx"
-    if not fp32.is_file():
-        _log(f"exporting {model} (attention={attention}) -> {fp32}")
-        export_onnx(net, fp32, attention=attention, labels=labels, preprocess=pre, source=source["checkpoint"],
-                    source_sha256=source["checkpoint_sha256"], verbose=False)
+    fp32 = cached_fp32_onnx(net, labels, pre, source, attention, cache, verbose=False)
     del net
     gc.collect()
     variants: list[tuple[str, str | None, Path, dict[str, Any] | None]] = [("fp32", "fp32", fp32, None)]
@@ -139,7 +136,7 @@ def format_table(res: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m calibration.bench_precision", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m export.bench_precision", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="base", help="preset or checkpoint (default base = base_8x224_k400)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
@@ -153,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     res = run_bench(a.model, a.runs, a.warmup, a.all_forms, not a.no_fp16, a.calib, a.calib_clips, a.cache_dir,
                     a.threads)
-    from runtime.manifest import write_json_atomic
+    from runtime.files import write_json_atomic
 
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Precision report: FP32 / FP16 / INT8 ONNX models in ONNX Runtime against the FP32 PyTorch reference.
 
-``python -m calibration.report --model <checkpoint|preset> [--clips <folder|synthetic[:SEED]|x.npz>]
+``python -m export.precision_report --model <checkpoint|preset> [--clips <folder|synthetic[:SEED]|x.npz>]
 [--precisions fp32,fp16,int8] [--targets onnxruntime,tensorrt] [--out artifacts/reports/<name>]``
 
 Per precision and target (each target gets its own FP32 export: ``ort`` attention for ONNX Runtime,
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.manifest import write_json_atomic, write_text_atomic
+from runtime.files import write_json_atomic, write_text_atomic
 
 __all__ = ["precision_report", "block_outputs_model", "first_jump_block", "largest_step_block", "write_report", "main"]
 
@@ -106,18 +106,11 @@ class _Accumulator:
 
 
 def _fp32_export(net, labels, pre, source: dict[str, Any], target: str, cache_dir: Path) -> tuple[Path, str]:
-    from export.attention import default_attention
-    from export.engine_build import _key
-    from export.onnx_export import export_onnx
+    from .attention import default_attention
+    from .fp32_cache import cached_fp32_onnx
 
     attention = default_attention(target)
-    key = _key(source["checkpoint_sha256"], net.config.to_dict(), attention, "onnx-v1")  # shared with make engine
-    path = cache_dir / f"fp32-{key}.onnx"
-    if not path.is_file():
-        _log(f"exporting the FP32 ONNX for {target} (attention={attention}) -> {path}")
-        export_onnx(net, path, attention=attention, labels=labels, preprocess=pre, source=source["checkpoint"],
-                    source_sha256=source["checkpoint_sha256"], verbose=False)
-    return path, attention
+    return cached_fp32_onnx(net, labels, pre, source, attention, cache_dir, verbose=False), attention
 
 
 def precision_report(model: str, clips: str | None = None, n_clips: int = 64,
@@ -134,11 +127,11 @@ def precision_report(model: str, clips: str | None = None, n_clips: int = 64,
     import torch
     from tqdm import tqdm
 
-    from export.engine_build import load_source
-    from export.parity import compare_logits
+    from models import load_source
+    from calibration.metrics import compare_logits
 
-    from .build import precision_onnx
-    from .calibset import load_calibration_set
+    from .precision_step import precision_onnx
+    from calibration.calibset import load_calibration_set
 
     t0 = time.perf_counter()
     cache = Path(cache_dir)
@@ -263,7 +256,7 @@ def write_report(rep: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m calibration.report", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m export.precision_report", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="models/weights/motion_tiny.safetensors", help="checkpoint path or preset name")
     ap.add_argument("--clips", default=None, help="evaluation clips: folder | synthetic[:SEED] | .npy/.npz "
                                                   "(default synthetic:SEED+9000)")
