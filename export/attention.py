@@ -21,7 +21,6 @@ Which mode to use where: :func:`default_attention`.
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Callable
 
 import torch
@@ -68,38 +67,31 @@ def export_mha(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int
 ATTENTION_IMPLS.setdefault(EXPORT_IMPL, export_mha)
 
 
-def parse_version(version: str | tuple[int, ...] | None) -> tuple[int, ...] | None:
-    if version is None:
-        return None
-    if isinstance(version, tuple):
-        return version
-    nums = re.findall(r"\d+", str(version))
-    if not nums:
-        raise ValueError(f"cannot read a version from {version!r}")
-    return tuple(int(n) for n in nums[:3])
-
-
-def default_attention(backend: str = "onnxruntime", trt_version: str | tuple[int, ...] | None = None) -> str:
+def default_attention(backend: str = "onnxruntime", trt_version: str | tuple[int, ...] | None = None,
+                      precision: str = "fp32", strongly_typed: bool = True) -> str:
     """The attention mode to export for ``backend``.
 
     * ``onnxruntime`` (CPU or CUDA provider): :data:`ORT_DEFAULT` (the fastest here; see the bench).
-    * ``tensorrt``: ``decomposed`` before TensorRT 10.14 (its ONNX parser has no ``Attention``; plain
-      MatMul/Softmax/MatMul is what it fuses) and for unknown versions; ``onnx`` from 10.14 on.
+    * ``tensorrt``: per precision and version, from what TensorRT's parser accepts and fuses
+      (:func:`export.tensorrt_plan.tensorrt_attention`): ``onnx`` only for strongly typed FP16 on >= 10.14;
+      ``decomposed`` for FP32 (no FP32 fused kernel for the parser's non-decomposable ``IAttention``), INT8
+      (Q/DQ around the plain matmuls), the builder-flag path, TensorRT < 10.14 and unknown versions.
     """
     b = backend.lower().replace("-", "").replace("_", "")
     if b in ("onnxruntime", "ort", "cpu"):
         return ORT_DEFAULT
     if b in ("tensorrt", "trt"):
-        v = parse_version(trt_version)
-        if v is not None and v[:2] >= TRT_ATTENTION_MIN:
-            return "onnx"
-        return "decomposed"
+        from .tensorrt_plan import tensorrt_attention
+
+        return tensorrt_attention(precision, trt_version, strongly_typed)
     raise ValueError(f"backend: expected 'onnxruntime' or 'tensorrt', got {backend!r}")
 
 
-def resolve_attention(attention: str, backend: str = "onnxruntime", trt_version: str | None = None) -> str:
+def resolve_attention(attention: str, backend: str = "onnxruntime", trt_version: str | None = None,
+                      precision: str = "fp32", strongly_typed: bool = True) -> str:
+    """``auto`` -> :func:`default_attention`; an explicit mode is checked against the choices."""
     if attention == "auto":
-        return default_attention(backend, trt_version)
+        return default_attention(backend, trt_version, precision, strongly_typed)
     if attention not in ATTENTION_MODES:
         raise ValueError(f"attention: expected one of {ATTENTION_CHOICES}, got {attention!r}")
     return attention

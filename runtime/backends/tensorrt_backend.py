@@ -1,12 +1,13 @@
 """TensorRT backend: runs a bundle's ``model.plan`` with the TensorRT 10/11 runtime and cuda-python.
 
-Dependencies: numpy, ``tensorrt`` and ``cuda-python`` (``pip install .[tensorrt]``), nothing from the
+Dependencies: numpy, ``tensorrt`` and ``cuda-python`` >= 12.6 of the driver's CUDA major (README: Deploying), nothing from the
 build side (no torch, no ``models``/``export``).
 
 Manifest keys read (``runtime/manifest.py``): ``backend_version`` (the TensorRT that built the plan),
 ``input``/``output`` (names, batch range), ``precision`` and ``session``:
-``version_compatible`` (plan built with ``BuilderFlag.VERSION_COMPATIBLE``), ``dla_core``,
-``cuda_graph``. Constructor options override ``session`` (``cuda_graph=True``, ``version_compatible``).
+:class:`runtime.backends.tensorrt_session.TensorRTSession` (the one definition the builder writes):
+``version_compatible`` (plan built with ``BuilderFlag.VERSION_COMPATIBLE``: host code allowed), ``dla_core``
+(the runtime's ``DLA_core``), ``cuda_graph``. Constructor options override it (``cuda_graph=True``, ...).
 
 Per instance: one execution context, one non-blocking CUDA stream, pinned host buffers
 (``cudaMallocHost``) and device buffers (``cudaMalloc``) sized for the profile's max batch, bound once
@@ -32,10 +33,12 @@ from typing import Any
 
 import numpy as np
 
+from runtime.backends import tensorrt_detect
 from runtime.backends.base import Backend
-
-INSTALL_HINT = ("install TensorRT and cuda-python with `pip install .[tensorrt]` on a machine with an NVIDIA GPU, "
-                "or use an ONNX Runtime bundle (BACKEND=onnxruntime)")
+from runtime.backends.tensorrt_detect import stream_handle
+from runtime.backends.tensorrt_session import TensorRTSession
+from runtime.errors import BundleError
+from runtime.versions import VersionError, parse_version
 
 
 class TensorRTBackendError(RuntimeError):
@@ -49,23 +52,18 @@ class CudaError(RuntimeError):
 # ------------------------------------------------------------------------------------------ imports
 
 def import_cudart() -> Any:
-    """cuda-python's runtime module: ``cuda.bindings.runtime`` (>= 12.6) or the older ``cuda.cudart``."""
+    """cuda-python's ``cuda.bindings.runtime`` (see ``tensorrt_detect``); raises TensorRTBackendError."""
     try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart  # type: ignore[no-redef]
-        except ImportError as e:
-            raise TensorRTBackendError(f"cuda-python is not importable ({e}); {INSTALL_HINT}") from e
-    return cudart
+        return tensorrt_detect.import_cudart()
+    except tensorrt_detect.TensorRTUnavailable as e:
+        raise TensorRTBackendError(str(e)) from e
 
 
 def _import_tensorrt() -> Any:
     try:
-        import tensorrt as trt
-    except Exception as e:  # noqa: BLE001 - stub wheels fail with OSError as well as ImportError
-        raise TensorRTBackendError(f"TensorRT is not importable ({type(e).__name__}: {e}); {INSTALL_HINT}") from e
-    return trt
+        return tensorrt_detect.import_tensorrt()
+    except tensorrt_detect.TensorRTUnavailable as e:
+        raise TensorRTBackendError(str(e)) from e
 
 
 # ----------------------------------------------------------------------------------- cuda-python glue
@@ -106,9 +104,11 @@ def cuda_call(cudart: Any, fn_name: str, *args: Any) -> Any:
 
 # ------------------------------------------------------------------------------------ compatibility
 
-def _version_tuple(version: str) -> tuple[int, int, int] | None:
-    m = re.match(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?", str(version or ""))
-    return (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)) if m else None
+def _version_tuple(version: str | None) -> tuple[int, int, int] | None:
+    try:
+        return parse_version(version) if version else None
+    except VersionError:
+        return None
 
 
 def check_plan_compatibility(plan_path: str | Path, built_version: str | None, installed_version: str,
@@ -204,10 +204,14 @@ class TensorRTBackend(Backend):
         trt = _import_tensorrt()
         cudart = import_cudart()
         self._trt, self._cudart = trt, cudart
-        session = manifest.get("session") or {}
-        self.version_compatible = bool(options.get("version_compatible", session.get("version_compatible", False)))
-        self.cuda_graph = bool(options.get("cuda_graph", session.get("cuda_graph", False)))
-        dla_core = options.get("dla_core", session.get("dla_core"))
+        try:
+            session = TensorRTSession.from_dict(manifest.get("session") or {}, where=f"{engine_path}: manifest session")
+        except BundleError as e:
+            raise TensorRTBackendError(str(e)) from e
+        self.session = session
+        self.version_compatible = bool(options.get("version_compatible", session.version_compatible))
+        self.cuda_graph = bool(options.get("cuda_graph", session.cuda_graph))
+        dla_core = options.get("dla_core", session.dla_core)
         self.trt_version = str(trt.__version__)
         self.built_version = manifest.get("backend_version")
         self.device_id = _parse_device(device)
@@ -303,7 +307,7 @@ class TensorRTBackend(Backend):
                 raise TensorRTBackendError(f"{self.engine_path}: set_tensor_address failed for '{b.name}'")
 
     def _execute(self, context: Any) -> None:
-        if not context.execute_async_v3(int(self._stream)):
+        if not context.execute_async_v3(stream_handle(self._stream)):
             raise TensorRTBackendError(f"{self.engine_path}: execute_async_v3 failed (see TensorRT's log)")
 
     def _capture(self, shape: tuple[int, ...]) -> tuple[Any, Any, Any] | None:
@@ -328,7 +332,7 @@ class TensorRTBackend(Backend):
             cuda_call(cudart, "cudaStreamBeginCapture", self._stream,
                       cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal)
             try:
-                ok = context.execute_async_v3(int(self._stream))
+                ok = context.execute_async_v3(stream_handle(self._stream))
             finally:
                 graph = cuda_call(cudart, "cudaStreamEndCapture", self._stream)  # always leave capture mode
             if not ok:
