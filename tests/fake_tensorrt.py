@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import importlib.machinery
 import json
 import sys
 import types
@@ -344,6 +345,7 @@ def fake_tensorrt(cuda: FakeCudart, version: str = "10.3.0", fail_parse: bool = 
 
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
+    trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)  # torch.export looks for optional backends
     trt.builds = []
     trt.runtimes = []
     major, minor = (int(v) for v in version.split(".")[:2])
@@ -575,7 +577,7 @@ def fake_tensorrt(cuda: FakeCudart, version: str = "10.3.0", fail_parse: bool = 
             return ok
 
         def get_tensor_shape(self, name):
-            return (self.shapes[self.engine.input][0], CLASSES)
+            return (self.shapes[self.engine.input][0], self.engine.classes)
 
         def set_tensor_address(self, name, ptr):
             self.addresses[name] = ptr
@@ -604,6 +606,7 @@ def fake_tensorrt(cuda: FakeCudart, version: str = "10.3.0", fail_parse: bool = 
             self.session = ort.InferenceSession(meta["onnx"], providers=["CPUExecutionProvider"])
             self.input, self.pmin, self.pmax = meta["input"], tuple(meta["min"]), tuple(meta["max"])
             self.contexts, self.executions = 0, 0
+            self.classes = int(self.session.get_outputs()[0].shape[-1])
             self.num_io_tensors = 2
 
         def get_tensor_name(self, i):
