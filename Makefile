@@ -23,7 +23,7 @@ MODEL_REF ?=#            FP32 reference checkpoint for parity (default: the bund
 ALLOW_PARITY_FAILURE ?=# 1: publish a bundle whose parity is outside tolerance
 PYTEST_ARGS ?=#          extra pytest arguments
 
-.PHONY: help setup test test-fast demo onnx engine parity bench bench-onnx bench-precision train-motion clean
+.PHONY: help setup test test-fast demo onnx engine parity bench bench-onnx bench-precision train-motion gpu-check clean
 
 help: ## this list
 	@echo "Targets (options in [brackets]; README.md describes each):"
@@ -47,6 +47,9 @@ test-fast: $(STAMP) ## the tests not marked slow [PYTEST_ARGS]
 
 demo: $(STAMP) ## FP32 and INT8 bundles of the motion model, run on a video: labels, parity, latency
 	$(PY) -m export.demo
+
+gpu-check: $(STAMP) ## NVIDIA GPU + TensorRT: TensorRT tests, FP32/FP16/INT8 engines vs ONNX Runtime, CUDA graphs, device memory; JSON report (~10 min); exits 2 naming what is missing
+	$(PY) -m export.gpu_check $(if $(OUT),--out $(OUT))
 
 onnx: $(STAMP) ## export ONNX [MODEL ATTENTION OUT]
 	$(PY) -m export.onnx_export --model $(MODEL) $(if $(filter-out auto,$(ATTENTION)),--attention $(ATTENTION)) $(if $(OUT),--out $(OUT))
