@@ -1,17 +1,22 @@
-"""``python -m runtime BUNDLE SOURCE``: run an engine bundle on a video file, an RTSP URL or a camera.
+"""``python -m runtime BUNDLE SOURCE [SOURCE ...]``: run an engine bundle on video files, RTSP URLs or cameras.
 
-Prints the running top-k with latency; ``--out annotated.mp4`` also draws it onto the frames.
+One source: prints the running top-k with latency; ``--out annotated.mp4`` also draws it onto the frames.
+Several: runs them through one camera hub (windows of all cameras batched into one engine call) and
+prints each camera's results, then per-camera metrics. A source that yields no prediction (an image, a
+video shorter than one clip, no frames) is reported and the exit status is 1; user errors exit 2.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from .engine import Engine, InputError
 from .manifest import BundleError
+from .sources import VideoSource, is_live
 from .video_source import iter_frames
 
 
@@ -39,7 +44,8 @@ def _draw(frame: np.ndarray, lines: list[str]) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m runtime", description=__doc__.splitlines()[0])
     ap.add_argument("bundle", help="engine bundle directory (holds manifest.json)")
-    ap.add_argument("source", help="video file, rtsp:// URL, or camera index (0 = /dev/video0)")
+    ap.add_argument("source", nargs="+", help="video file, rtsp:// URL, or camera index (0 = /dev/video0); several "
+                    "run through one batching camera hub")
     ap.add_argument("--device", default="auto", help="cpu, cuda[:N], tensorrt (ONNX Runtime providers) or auto")
     ap.add_argument("--every", type=int, default=None, help="predict every N frames (a multiple of the sampling rate)")
     ap.add_argument("--top-k", type=int, default=3)
@@ -47,17 +53,41 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-frames", type=int, default=None)
     ap.add_argument("--out", default=None, help="write the frames with the running top-k drawn on them (.mp4)")
     ap.add_argument("--fps", type=int, default=25, help="frame rate of --out")
+    ap.add_argument("--max-wait-ms", type=float, default=20.0,
+                    help="several sources: longest a due window waits for others to share its engine call")
+    ap.add_argument("--realtime", action="store_true",
+                    help="several sources: read files at their frame rate (as cameras), dropping windows the device "
+                         "cannot keep up with, instead of predicting every window")
     args = ap.parse_args(argv)
+    if args.out and len(args.source) > 1:
+        print("python -m runtime: --out draws one source; got several", file=sys.stderr)
+        return 2
+    for src in args.source:  # a missing file is a user error, found before the engine loads
+        if not is_live(src) and not Path(src).exists():
+            print(f"python -m runtime: {src}: no such file", file=sys.stderr)
+            return 2
 
     opts = {"threads": args.threads} if args.threads is not None else {}
     try:
-        return _run(args, Engine(args.bundle, device=args.device, **opts))
+        engine = Engine(args.bundle, device=args.device, **opts)
+        if len(args.source) == 1:
+            return _run(args, engine, args.source[0])
+        return _run_hub(args, engine)
     except (BundleError, InputError, RuntimeError, ValueError) as e:
         print(f"python -m runtime: {e}", file=sys.stderr)
         return 2
 
 
-def _run(args: argparse.Namespace, engine: Engine) -> int:
+def _no_prediction(source: str, frames: int, cfg) -> str:
+    window = (cfg.num_frames - 1) * max(1, cfg.sampling_rate) + 1
+    if frames == 0:
+        return f"{source}: no frames decoded, no prediction"
+    what = "an image" if frames == 1 else "a video"
+    return (f"{source}: {frames} frame{'s' * (frames != 1)} ({what}), shorter than one clip ({window} frames: "
+            f"{cfg.num_frames} sampled every {cfg.sampling_rate}); no prediction")
+
+
+def _run(args: argparse.Namespace, engine: Engine, source: str) -> int:
     stream = engine.stream(every=args.every, top_k=args.top_k)
     print(f"engine: {engine.describe()['backend']} {engine.precision}, clip {engine.clip_shape}, "
           f"predicting every {stream.every} frames", flush=True)
@@ -65,7 +95,7 @@ def _run(args: argparse.Namespace, engine: Engine) -> int:
     lines: list[str] = ["(filling the window)"]
     t_start, n, predictions = time.perf_counter(), 0, 0
     try:
-        for frame in iter_frames(args.source, args.max_frames):
+        for frame in iter_frames(source, args.max_frames):
             n += 1
             pred = stream.push(frame)
             if pred is not None:
@@ -90,10 +120,52 @@ def _run(args: argparse.Namespace, engine: Engine) -> int:
         engine.close()
     dt = time.perf_counter() - t_start
     print(f"{n} frames, {predictions} predictions in {dt:.1f} s ({n / max(dt, 1e-9):.1f} frames/s)")
-    if n == 0:
-        print(f"{args.source}: no frames decoded", file=sys.stderr)
+    if predictions == 0:
+        print(_no_prediction(source, n, engine.preprocess), file=sys.stderr)
         return 1
     return 0
+
+
+def _run_hub(args: argparse.Namespace, engine: Engine) -> int:
+    from .hub import CameraHub
+
+    def show(r) -> None:
+        top = ", ".join(f"{label} {p:.2f}" for label, p in r.top_k)
+        print(f"camera {r.camera} frames {r.first_frame}-{r.last_frame}: {top}  ({r.latency_ms:.1f} ms, "
+              f"batch {r.batch_size})", flush=True)
+
+    hub = CameraHub(engine, max_wait_ms=args.max_wait_ms, results=0, on_result=show)
+    print(f"engine: {engine.describe()['backend']} {engine.precision}, clip {engine.clip_shape}, "
+          f"{len(args.source)} cameras, batches up to {hub.max_batch}", flush=True)
+    t_start = time.perf_counter()
+    try:
+        for i, src in enumerate(args.source):
+            hub.add_camera(VideoSource(src, realtime=args.realtime, max_frames=args.max_frames), camera_id=i,
+                           every=args.every, top_k=args.top_k)
+        hub.wait_sources()  # files end; live sources run until Ctrl-C
+        hub.drain()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        m = hub.metrics()
+        hub.close()
+        engine.close()
+    dt = time.perf_counter() - t_start
+    status = 0
+    print(f"{len(args.source)} cameras in {dt:.1f} s; batch sizes {m['batch_sizes']}, device busy "
+          f"{100 * m['device_time_share']:.0f}% of the time")
+    for cid, c in m["cameras"].items():
+        src = args.source[int(cid)]
+        lat = f", latency p50 {c['p50_ms']:.1f} ms p99 {c['p99_ms']:.1f} ms" if c["p50_ms"] is not None else ""
+        print(f"camera {cid} ({src}): {c['frames']} frames, {c['predictions']} predictions, {c['dropped']} dropped, "
+              f"{c['reconnects']} reconnects{lat}")
+        if c["predictions"] == 0:
+            status = 1
+            if c["status"] == "failed" and c["last_error"] and c["last_error"] != "no frames":
+                print(f"{src}: {c['last_error']}", file=sys.stderr)
+            else:
+                print(_no_prediction(src, c["frames"], engine.preprocess), file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -1,0 +1,528 @@
+"""A camera hub: many cameras, one engine, batched across cameras.
+
+Each camera keeps a ring of preprocessed frames, as :class:`runtime.ClipStream` does: only the frames
+the model samples are preprocessed, once, on arrival. A window that falls due is queued as a
+reference into the ring (no copy). Unlike ClipStream's, the ring holds each frame once (a window that
+wraps around is copied in two pieces): it is copied into the batch anyway, and with many cameras the
+ring is the memory that counts. One inference thread (or a few) gathers
+the due windows across cameras into one ``engine.infer`` call of up to the engine's largest batch,
+copying each window into the batch at that moment; it waits at most ``max_wait_ms`` after the oldest
+due window, so a lone camera is never held back for company.
+
+When the device falls behind, each camera's queue holds at most ``queue`` windows: a live camera
+drops its oldest (counted per camera), and the ring, sized for exactly that queue, bounds memory; a
+file that is not read in real time makes its decoding thread wait instead. Batches are filled oldest
+window first, one window per camera per round, so a busy camera cannot starve the others.
+
+Sources (files, URLs, camera indices, frame factories, or frames pushed by the app) decode on their
+own threads and are re-opened with exponential backoff when they drop (see :mod:`runtime.sources`).
+
+Works with any engine object offering ``preprocess``, ``clip_shape``, ``batch_range``, ``labels`` and
+``infer(x)`` (``runtime.Engine`` or a remote engine with the same surface).
+"""
+from __future__ import annotations
+
+import itertools
+import queue as queue_mod
+import sys
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .errors import InputError
+from .prediction import top_k as _top_k
+from .preprocess import FramePreprocessor
+from .sources import FrameSource, PushSource, as_source
+
+__all__ = ["CameraHub", "HubResult"]
+
+CameraId = Any  # any hashable the app chooses (defaults to 0, 1, 2, ...)
+
+
+@dataclass
+class HubResult:
+    """One window of one camera, predicted."""
+
+    camera: CameraId
+    first_frame: int  # index of the window's first frame among the frames this camera delivered (0-based)
+    last_frame: int  # ... and of its last frame (the prediction is due when it arrives)
+    top_k: list[tuple[str, float]]  # (label, probability), best first
+    logits: np.ndarray = field(repr=False)
+    latency_ms: float = 0.0  # from the arrival of the last frame to the result
+    batch_size: int = 1  # windows in the engine call that computed it
+
+    @property
+    def label(self) -> str:
+        return self.top_k[0][0]
+
+
+@dataclass
+class _Window:
+    start: int  # first sampled frame (a monotonic ring index)
+    first_frame: int
+    last_frame: int
+    arrived: float  # perf_counter() of the last frame's arrival
+
+
+class _Camera:
+    """One camera's ring, queue and counters. Queue fields are guarded by the hub's lock."""
+
+    def __init__(self, cid: CameraId, source: FrameSource, engine: Any, every: int | None, bgr: bool, top_k: int,
+                 queue: int, on_result: Callable[[HubResult], None] | None, block: bool) -> None:
+        cfg = engine.preprocess
+        self.id, self.source, self.cfg, self.bgr, self.top_k = cid, source, cfg, bgr, top_k
+        self.on_result, self.block = on_result, block
+        self.stride = max(1, cfg.sampling_rate)
+        self.T = cfg.num_frames
+        self.span = (cfg.num_frames - 1) * self.stride + 1  # source frames one window covers
+        if every is None:  # as ClipStream: half a window, on the sampling grid
+            every = max(self.stride, (cfg.num_frames * self.stride // 2) // self.stride * self.stride)
+        if every <= 0 or every % self.stride:
+            raise ValueError(f"every: expected a positive multiple of the sampling rate {self.stride}, got {every} "
+                             "(windows must fall on the sampling grid to reuse the preprocessed frames)")
+        if queue < 1:
+            raise ValueError(f"queue: expected at least 1 window per camera, got {queue}")
+        self.every, self.queue = every, queue
+        # Enough sampled frames for `queue` pending windows plus the frames arriving before the next is due.
+        self.capacity = self.T + queue * (every // self.stride)
+        self.ring = np.empty((self.capacity, 3, cfg.crop_size, cfg.crop_size), np.float32)
+        self.pending: deque[_Window] = deque()
+        self.push_lock = threading.Lock()  # one producer at a time (the preprocessor has scratch buffers)
+        self.pre: FramePreprocessor | None = None
+        self.sampled = 0  # sampled frames written, ever (ring index; never reset so queued windows stay valid)
+        self.seg_start = 0  # frame index where the current unbroken run of frames began
+        self.frames = 0
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.removed = False
+        # counters (read by metrics(); ints are updated under the hub lock or by the one producer)
+        self.windows_due = self.predictions = self.dropped = self.failed = self.discarded = 0
+        self.reconnects = self.reconnect_attempts = self.restarts = 0
+        self.status = "waiting for frames" if isinstance(source, PushSource) else "connecting"
+        self.last_error: str | None = None
+        self.latencies: deque[float] = deque(maxlen=8192)
+
+    def reset(self) -> None:
+        """The next frame starts a new run (after a reconnect, a loop or a resolution change)."""
+        self.seg_start = self.frames
+
+    def copy_window(self, w: _Window, out: np.ndarray) -> None:
+        """The window's ``T`` frames into ``out`` (one or two slices of the ring)."""
+        s, c, t = w.start % self.capacity, self.capacity, self.T
+        head = min(t, c - s)
+        out[:head] = self.ring[s:s + head]
+        if head < t:
+            out[head:] = self.ring[:t - head]
+
+    def ring_bytes(self) -> int:
+        return self.ring.nbytes
+
+
+class CameraHub:
+    """Many cameras, one engine: per-camera clip buffers and one batched engine call for the windows due.
+
+    >>> hub = CameraHub(engine, max_wait_ms=20)
+    >>> hub.add_camera("rtsp://cam1/stream", on_result=print)
+    >>> hub.add_camera("lobby.mp4", camera_id="lobby")
+    >>> for r in hub.results(): print(r.camera, r.first_frame, r.last_frame, r.label, r.latency_ms)
+    """
+
+    def __init__(self, engine: Any, max_batch: int | None = None, max_wait_ms: float = 20.0, queue: int = 4,
+                 workers: int = 1, results: int = 1024, on_result: Callable[[HubResult], None] | None = None,
+                 backoff: tuple[float, float] = (0.5, 30.0)) -> None:
+        self.engine = engine
+        cfg = engine.preprocess
+        expected = (cfg.num_frames, 3, cfg.crop_size, cfg.crop_size)
+        if tuple(engine.clip_shape) != expected:
+            raise InputError(f"engine clip shape: expected {expected} (frames, 3, crop, crop) from its preprocessing, "
+                             f"got {tuple(engine.clip_shape)}")
+        lo, hi = (int(v) for v in engine.batch_range)
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch: expected at least 1, got {max_batch}")
+        self.min_batch, self.max_batch = lo, hi if max_batch is None else min(hi, max_batch)
+        self.max_batch = max(self.max_batch, lo)
+        self.max_wait = max_wait_ms / 1e3
+        self.queue, self.backoff, self.on_result = queue, backoff, on_result
+        self._cv = threading.Condition()
+        self._cams: dict[CameraId, _Camera] = {}
+        self._ids = itertools.count()
+        self._pending = 0
+        self._inflight = 0
+        self._closing = False
+        self._drain_on_close = False
+        self._results: queue_mod.Queue | None = queue_mod.Queue(results) if results else None
+        self.results_dropped = 0
+        self.batch_sizes: Counter[int] = Counter()
+        self.busy_s = 0.0
+        self.calls = 0
+        self.engine_errors = 0
+        self.callback_errors = 0
+        self.last_engine_error: str | None = None
+        self._t0 = time.perf_counter()
+        self._workers = [threading.Thread(target=self._work, name=f"hub-infer-{i}", daemon=True) for i in range(workers)]
+        for t in self._workers:
+            t.start()
+
+    @classmethod
+    def from_bundle(cls, bundle: str, device: str = "auto", **kwargs: Any) -> "CameraHub":
+        """A hub on a new :class:`runtime.Engine` for ``bundle`` (closed with the hub)."""
+        from .engine import Engine
+
+        hub = cls(Engine(bundle, device=device), **kwargs)
+        hub._owns_engine = True
+        return hub
+
+    # ----------------------------------------------------------------- cameras
+    def add_camera(self, source: Any = None, camera_id: CameraId | None = None, *, every: int | None = None,
+                   bgr: bool = False, top_k: int = 5, on_result: Callable[[HubResult], None] | None = None,
+                   loop: bool = False, queue: int | None = None, drop_oldest: bool | None = None) -> CameraId:
+        """Add a camera while the hub runs; returns its id.
+
+        ``source``: a :class:`~runtime.sources.FrameSource`, a file path, URL or camera index, a function
+        returning an iterable of frames (called again on each reconnect), or ``None`` for frames the app
+        pushes with :meth:`push`. ``every``: frames between windows (a multiple of the sampling rate).
+        ``drop_oldest``: what a full queue does (default: drop for live sources, wait for files).
+        """
+        src = as_source(source, loop=loop)
+        block = (not src.live) if drop_oldest is None else not drop_oldest
+        with self._cv:
+            if self._closing:
+                raise RuntimeError("add_camera: the hub is closed")
+            cid = camera_id
+            if cid is None:
+                cid = next(self._ids)
+                while cid in self._cams:
+                    cid = next(self._ids)
+            elif cid in self._cams:
+                raise ValueError(f"camera_id: {cid!r} is already in use")
+            cam = _Camera(cid, src, self.engine, every, bgr, top_k, self.queue if queue is None else queue, on_result,
+                          block)
+            self._cams[cid] = cam
+        if not isinstance(src, PushSource):
+            cam.thread = threading.Thread(target=self._run_source, args=(cam,), name=f"hub-source-{cid}", daemon=True)
+            cam.thread.start()
+        return cid
+
+    def remove_camera(self, camera_id: CameraId, timeout: float = 5.0) -> dict[str, Any]:
+        """Stop a camera and forget its queued windows; returns its final metrics."""
+        with self._cv:
+            cam = self._cams.pop(camera_id, None)
+            if cam is None:
+                raise KeyError(f"camera_id: no camera {camera_id!r} (cameras: {sorted(map(str, self._cams))})")
+            cam.removed = True
+            cam.stop.set()
+            cam.discarded += len(cam.pending)
+            self._pending -= len(cam.pending)
+            cam.pending.clear()
+            self._cv.notify_all()  # a producer waiting for room must see the stop
+        if cam.thread is not None and cam.thread is not threading.current_thread():
+            cam.thread.join(timeout)
+        cam.status = "removed"
+        return self._camera_metrics(cam)
+
+    @property
+    def cameras(self) -> list[CameraId]:
+        with self._cv:
+            return list(self._cams)
+
+    def push(self, camera_id: CameraId, frame: np.ndarray, arrived: float | None = None) -> None:
+        """Hand one ``(H, W, 3)`` uint8 frame of a camera to the hub (for cameras added with ``source=None``)."""
+        with self._cv:
+            cam = self._cams.get(camera_id)
+        if cam is None:
+            raise KeyError(f"camera_id: no camera {camera_id!r}")
+        self._push(cam, frame, time.perf_counter() if arrived is None else arrived)
+
+    def _push(self, cam: _Camera, frame: np.ndarray, arrived: float) -> None:
+        frame = np.asarray(frame)
+        if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
+            raise InputError(f"camera {cam.id!r}: frame: expected (H, W, 3) uint8, got {tuple(frame.shape)} {frame.dtype}")
+        with cam.push_lock:
+            if cam.pre is None or (cam.pre.height, cam.pre.width) != frame.shape[:2]:
+                if cam.pre is not None:
+                    cam.reset()  # the camera changed resolution: start a new window
+                cam.pre = FramePreprocessor(cam.cfg, frame.shape[0], frame.shape[1], bgr=cam.bgr)
+            if cam.status == "waiting for frames":
+                cam.status = "running"
+            k = cam.frames - cam.seg_start  # index within the current unbroken run
+            cam.frames += 1
+            if k % cam.stride:
+                return
+            s = cam.sampled
+            with self._cv:  # the slots about to be written must not hold a queued window (safety net: the ring
+                # is sized so that the queue bound drops first)
+                while cam.pending and cam.pending[0].start <= s - cam.capacity:
+                    cam.pending.popleft()
+                    cam.dropped += 1
+                    self._pending -= 1
+            slot = s % cam.capacity
+            cam.pre(frame, cam.ring[slot])
+            cam.sampled = s + 1
+            if k < cam.span - 1 or (k - (cam.span - 1)) % cam.every:
+                return
+            w = _Window(s + 1 - cam.T, cam.frames - cam.span, cam.frames - 1, arrived)
+            with self._cv:
+                if cam.removed:
+                    return
+                cam.windows_due += 1
+                if len(cam.pending) >= cam.queue:
+                    if cam.block:  # a file: wait for room rather than lose a window
+                        while len(cam.pending) >= cam.queue and not (cam.stop.is_set() or self._closing):
+                            self._cv.wait(0.5)
+                        if cam.stop.is_set() or self._closing:
+                            cam.discarded += 1
+                            return
+                    else:
+                        cam.pending.popleft()
+                        cam.dropped += 1
+                        self._pending -= 1
+                cam.pending.append(w)
+                self._pending += 1
+                self._cv.notify_all()
+
+    # ----------------------------------------------------------------- decoding threads
+    def _run_source(self, cam: _Camera) -> None:
+        src, attempt, recovering = cam.source, 0, False
+        initial, longest = self.backoff
+        while not cam.stop.is_set():
+            got, reason = 0, "ended"
+            try:
+                for frame in src.open():
+                    if cam.stop.is_set():
+                        break
+                    arrived = time.perf_counter()
+                    if got == 0:
+                        cam.status, attempt = "running", 0
+                        if recovering:  # frames again after a drop: reconnected
+                            cam.reconnects += 1
+                            recovering = False
+                    got += 1
+                    self._push(cam, frame, arrived)
+            except Exception as e:  # noqa: BLE001 - any failure of a source is reported per camera, then retried
+                reason = f"{type(e).__name__}: {e}"
+                cam.last_error = reason
+            if cam.stop.is_set():
+                break
+            cam.reset()
+            if reason == "ended" and src.ends:  # a file came to its end: normal, not a drop
+                if not src.loop:
+                    cam.status = "ended" if got else "failed"
+                    cam.last_error = None if got else "no frames"
+                    break
+                if got:
+                    cam.restarts += 1
+                    continue
+            if not src.retry:
+                cam.status = "ended" if reason == "ended" else "failed"
+                break
+            # a dropped stream, an error, or a file that is gone: back off, then reconnect
+            if reason == "ended":
+                cam.last_error = "stream ended" if got else "no frames"
+            cam.status, recovering = "reconnecting", True
+            cam.reconnect_attempts += 1
+            delay = min(longest, initial * (2 ** attempt))
+            attempt += 1
+            cam.stop.wait(delay)
+
+    # ----------------------------------------------------------------- scheduling and inference
+    def _select(self) -> list[tuple[_Camera, _Window]]:
+        """Up to max_batch windows: oldest first, one per camera per round (no camera starves). Hub lock held."""
+        chosen: list[tuple[_Camera, _Window]] = []
+        depth = 0
+        cams = [c for c in self._cams.values() if c.pending]
+        while len(chosen) < self.max_batch:
+            cands = [c for c in cams if len(c.pending) > depth]
+            if not cands:
+                break
+            cands.sort(key=lambda c: c.pending[depth].arrived)
+            chosen += [(c, c.pending[depth]) for c in cands[:self.max_batch - len(chosen)]]
+            depth += 1
+        for c, _ in chosen:
+            c.pending.popleft()  # a camera's chosen windows are its oldest ones, in order
+        self._pending -= len(chosen)
+        return chosen
+
+    def _oldest(self) -> float:
+        return min(c.pending[0].arrived for c in self._cams.values() if c.pending)
+
+    def _work(self) -> None:
+        cfg = self.engine.preprocess
+        batch = np.empty((self.max_batch, cfg.num_frames, 3, cfg.crop_size, cfg.crop_size), np.float32)
+        while True:
+            with self._cv:
+                while True:
+                    if self._closing and (not self._drain_on_close or self._pending == 0):
+                        return
+                    if self._pending == 0:
+                        self._cv.wait()
+                        continue
+                    wait = self._oldest() + self.max_wait - time.perf_counter()
+                    if self._pending >= self.max_batch or wait <= 0 or self._closing:
+                        break
+                    self._cv.wait(wait)
+                chosen = self._select()
+                # Copy while the lock is held: a producer overwrites only slots no queued window uses, and these
+                # windows left the queue just now, so their slots are intact until the lock is released.
+                for i, (cam, w) in enumerate(chosen):
+                    cam.copy_window(w, batch[i])
+                self._inflight += 1
+                self._cv.notify_all()  # producers waiting for room
+            try:
+                self._infer(batch, chosen)
+            finally:
+                with self._cv:
+                    self._inflight -= 1
+                    self._cv.notify_all()
+
+    def _infer(self, batch: np.ndarray, chosen: list[tuple[_Camera, _Window]]) -> None:
+        n = len(chosen)
+        m = max(n, self.min_batch)
+        if m > n:  # an engine whose smallest batch exceeds the windows due: pad with copies, discard their rows
+            batch[n:m] = batch[n - 1]
+        t0 = time.perf_counter()
+        try:
+            logits = np.asarray(self.engine.infer(batch[:m]))[:n]
+        except Exception as e:  # noqa: BLE001 - one failed call must not stop the hub; counted per camera
+            t1 = time.perf_counter()
+            with self._cv:
+                self.busy_s += t1 - t0
+                self.calls += 1
+                self.engine_errors += 1
+                self.last_engine_error = f"{type(e).__name__}: {e}"
+                for cam, _ in chosen:
+                    cam.failed += 1
+            if self.engine_errors == 1:
+                print(f"runtime.hub: engine call failed ({type(e).__name__}: {e}); counted per camera as failed",
+                      file=sys.stderr)
+            return
+        t1 = time.perf_counter()
+        results = []
+        with self._cv:
+            self.busy_s += t1 - t0
+            self.calls += 1
+            self.batch_sizes[n] += 1
+            for i, (cam, w) in enumerate(chosen):
+                if cam.removed:
+                    continue
+                lat = (t1 - w.arrived) * 1e3
+                cam.predictions += 1
+                cam.latencies.append(lat)
+                results.append((cam, HubResult(cam.id, w.first_frame, w.last_frame,
+                                               _top_k(logits[i], self.engine.labels, cam.top_k), logits[i].copy(),
+                                               lat, n)))
+        for cam, r in results:
+            for cb in (cam.on_result, self.on_result):
+                if cb is not None:
+                    try:
+                        cb(r)
+                    except Exception as e:  # noqa: BLE001 - an app's callback must not stop the hub
+                        self.callback_errors += 1
+                        if self.callback_errors == 1:
+                            print(f"runtime.hub: on_result raised {type(e).__name__}: {e}", file=sys.stderr)
+            if self._results is not None:
+                while True:
+                    try:
+                        self._results.put_nowait(r)
+                        break
+                    except queue_mod.Full:  # nobody reads the iterator: keep the newest results, count the rest
+                        try:
+                            self._results.get_nowait()
+                            self.results_dropped += 1
+                        except queue_mod.Empty:
+                            pass
+
+    # ----------------------------------------------------------------- results, waiting, metrics
+    def results(self, timeout: float | None = None) -> Iterator[HubResult]:
+        """Results of every camera as they come; ends when the hub is closed (or after ``timeout`` s of silence)."""
+        if self._results is None:
+            raise RuntimeError("results: this hub was made with results=0 (callbacks only)")
+        while True:
+            try:
+                r = self._results.get(timeout=0.1 if timeout is None else min(timeout, 0.1))
+            except queue_mod.Empty:
+                if self._closing and not any(t.is_alive() for t in self._workers):
+                    if self._results.empty():
+                        return
+                if timeout is not None:
+                    timeout -= 0.1
+                    if timeout <= 0:
+                        return
+                continue
+            yield r
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until no window is queued or being predicted; False on timeout."""
+        end = None if timeout is None else time.perf_counter() + timeout
+        with self._cv:
+            while self._pending or self._inflight:
+                left = None if end is None else end - time.perf_counter()
+                if left is not None and left <= 0:
+                    return False
+                self._cv.wait(left if left is not None else 0.5)
+        return True
+
+    def wait_sources(self, timeout: float | None = None) -> bool:
+        """Wait until every source thread has finished (files that ended, failed sources); False on timeout."""
+        end = None if timeout is None else time.perf_counter() + timeout
+        for cam in list(self._cams.values()):
+            if cam.thread is not None:
+                cam.thread.join(None if end is None else max(0.0, end - time.perf_counter()))
+                if cam.thread.is_alive():
+                    return False
+        return True
+
+    def _camera_metrics(self, cam: _Camera) -> dict[str, Any]:
+        lat = np.asarray(cam.latencies, np.float64)
+        return {"source": cam.source.name, "status": cam.status, "frames": cam.frames,
+                "windows_due": cam.windows_due, "predictions": cam.predictions, "dropped": cam.dropped,
+                "failed": cam.failed, "discarded": cam.discarded, "queued": len(cam.pending),
+                "reconnects": cam.reconnects, "reconnect_attempts": cam.reconnect_attempts, "restarts": cam.restarts,
+                "last_error": cam.last_error,
+                "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
+                "p99_ms": float(np.percentile(lat, 99)) if lat.size else None}
+
+    def metrics(self) -> dict[str, Any]:
+        """Per camera: predictions, drops, reconnects, latency p50/p99; the batch-size histogram; device time share
+        (time inside ``engine.infer`` / wall time since the hub started, summed over inference threads)."""
+        with self._cv:
+            cams = list(self._cams.values())
+            wall = time.perf_counter() - self._t0
+            hist = dict(sorted(self.batch_sizes.items()))
+            per = {str(c.id): self._camera_metrics(c) for c in cams}
+            n = sum(hist.values())
+            return {"cameras": per, "batch_sizes": hist, "calls": self.calls,
+                    "mean_batch": (sum(k * v for k, v in hist.items()) / n) if n else None,
+                    "device_time_share": self.busy_s / wall / len(self._workers) if wall > 0 else 0.0,
+                    "busy_s": self.busy_s, "wall_s": wall, "queued": self._pending,
+                    "ring_bytes": sum(c.ring_bytes() for c in cams),
+                    "engine_errors": self.engine_errors, "last_engine_error": self.last_engine_error,
+                    "callback_errors": self.callback_errors, "results_dropped": self.results_dropped}
+
+    def close(self, drain: bool = False, timeout: float = 10.0) -> None:
+        """Stop the sources and the inference threads and join them; ``drain=True`` first predicts what is queued."""
+        with self._cv:
+            if self._closing and not any(t.is_alive() for t in self._workers):
+                return
+            for cam in self._cams.values():
+                cam.stop.set()
+            self._drain_on_close = drain
+            self._closing = True
+            self._cv.notify_all()
+        for cam in list(self._cams.values()):
+            if cam.thread is not None and cam.thread is not threading.current_thread():
+                cam.thread.join(timeout)
+        for t in self._workers:
+            if t is not threading.current_thread():
+                t.join(timeout)
+        if getattr(self, "_owns_engine", False):
+            self.engine.close()
+
+    def __enter__(self) -> "CameraHub":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
