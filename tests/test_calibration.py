@@ -223,7 +223,7 @@ def test_precision_report_on_real_clips(tmp_path):
     assert fp32["max_abs_logit"] < 1e-3 and fp32["blocks"][-1]["mean_rel_error"] < 1e-5
     assert fp32["first_jump_block"] is None
     assert int8["blocks"][-1]["mean_rel_error"] > 10 * fp32["blocks"][-1]["mean_rel_error"]  # int8 really differs
-    assert int8["form"] == "qdq-static" and rep["clips"]["n_clips"] == 4 and not rep["labels"]  # preset: no names
+    assert int8["form"] == "qdq-fp16" and rep["clips"]["n_clips"] == 4 and not rep["labels"]  # preset: no names
     js, md = write_report(rep, tmp_path / "out")
     assert json.loads(js.read_text())["rows"][1]["precision"] == "int8"
-    assert "| int8 | tensorrt | qdq-static |" in md.read_text()
+    assert "| int8 | tensorrt | qdq-fp16 |" in md.read_text()

@@ -15,7 +15,7 @@ import torch
 from onnx import numpy_helper
 
 from calibration.metrics import compare_logits
-from export.tensorrt_build import TensorRTBuildOptions, plan_build
+from export.tensorrt_plan import TensorRTBuildOptions, plan_build
 
 #: held-out clips for the accuracy bar: a seed neither training (0, <1000), conftest (4242) nor calibration uses
 PRECISION_HELDOUT_SEED = 5151
@@ -92,7 +92,7 @@ def test_int8_keeps_accuracy_on_heldout_clips(built, heldout, target):
     assert m["top1_accuracy"] >= m["top1_accuracy_reference"] - 0.005, m
     assert m["top1_agreement"] >= 0.99, m
     assert info["n_clips"] == CALIB_CLIPS and info["set_sha256"] and info["skipped"] == 0
-    assert info["form"] == ("qdq-static" if target == "tensorrt" else "dynamic")
+    assert info["form"] == ("qdq-fp16" if target == "tensorrt" else "dynamic")
 
 
 @pytest.mark.parametrize("target", ["tensorrt", "onnxruntime"])
@@ -135,7 +135,7 @@ def test_tensorrt_int8_qdq_is_what_tensorrt_builds(built, motion_model):
         "the softmax output should be quantized for INT8 fused attention"
     for version in ("10.3.0", "11.0.0"):
         plan = plan_build(path, TensorRTBuildOptions(precision="int8"), trt_version=version)
-        assert plan["onnx"]["precision_detected"] == "int8" and plan["strongly_typed"]
+        assert plan.onnx["precision_detected"] == "int8" and plan.strongly_typed
     assert info["target_check"]["qdq_nodes"] == len(qdq)
 
 
@@ -162,7 +162,7 @@ def test_fp16_keeps_layernorm_and_softmax_fp32_and_passes_the_plan(built):
         assert meta["precision"] == "fp16" and "model_config" in meta  # the export's metadata travels along
     path, info = built[("fp16", "tensorrt")]
     plan = plan_build(path, TensorRTBuildOptions(precision="fp16", strongly_typed=True), trt_version="10.3.0")
-    assert plan["onnx"]["precision_detected"] == "fp16" and not plan["warnings"]
+    assert plan.onnx["precision_detected"] == "fp16" and not plan.warnings
 
 
 def test_fp16_keeps_a_node_whose_activation_overflows(motion_model, heldout, tmp_path):
