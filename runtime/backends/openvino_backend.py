@@ -1,0 +1,180 @@
+"""OpenVINO backend (Intel and AMD x86 CPUs): the bundle's ONNX compiled by OpenVINO's CPU plugin.
+
+OpenVINO reads the ONNX file itself, including the Q/DQ INT8 model that TensorRT gets, so one quantised file
+serves every backend. What the manifest's ``session`` asks for (``runtime/backends/openvino_session.py``):
+
+* the inference precision: FP32 bundles run with ``INFERENCE_PRECISION_HINT=f32`` set explicitly, since OpenVINO
+  defaults to bf16 on CPUs that have it and an FP32 bundle must stay exact; FP16 bundles run in bf16 (or f16) where
+  ``OPTIMIZATION_CAPABILITIES`` has it, in f32 otherwise;
+* ``PERFORMANCE_HINT=LATENCY`` (one clip at a time, as a camera sends them);
+* a compiled-model cache (``CACHE_DIR``) in a user cache folder, never inside the bundle: the second load of a
+  bundle imports the compiled blob instead of reading and compiling the ONNX. The folder is keyed by the engine
+  file's SHA-256, because OpenVINO's own key for ``compile_model(path)`` is the path, not the content.
+
+Thread safety: a ``CompiledModel`` may be shared, an ``InferRequest`` may not. Each call takes an idle request
+from a pool (making a new one when all are busy) and puts it back afterwards, so threads never share a request.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BundleError
+from .base import Backend
+from .openvino_session import OpenVINOSession, choose_precision
+
+__all__ = ["OpenVINOBackend", "OpenVINOUnavailable", "import_openvino", "openvino_available", "default_cache_root",
+           "INSTALL_HINT"]
+
+INSTALL_HINT = "pip install 'timesformer-runtime[openvino]' (or pip install 'openvino>=2025.0')"
+
+
+class OpenVINOUnavailable(RuntimeError):
+    """OpenVINO cannot be imported here; the message says how to install it."""
+
+
+def import_openvino() -> Any:
+    """``import openvino``; raises :class:`OpenVINOUnavailable` with the install command."""
+    try:
+        import openvino as ov
+    except Exception as e:  # noqa: BLE001 - a broken install raises more than ImportError
+        raise OpenVINOUnavailable(f"this bundle needs OpenVINO, which is not importable ({type(e).__name__}: {e}); "
+                                  f"{INSTALL_HINT}") from e
+    return ov
+
+
+def default_cache_root() -> Path:
+    """Where compiled models are cached: ``$TIMESFORMER_CACHE/openvino``, else the user cache folder."""
+    root = os.environ.get("TIMESFORMER_CACHE")
+    if root:
+        return Path(root) / "openvino"
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "timesformer" / "openvino"
+
+
+class OpenVINOBackend(Backend):
+    """``CompiledModel`` with the settings the bundle recorded, and a pool of infer requests."""
+
+    name = "openvino"
+    thread_safe = True
+
+    def __init__(self, engine_path: Path, manifest: dict[str, Any], device: str = "cpu", threads: int | None = None,
+                 cache_dir: str | os.PathLike | bool | None = None, **options: Any) -> None:
+        """``cache_dir``: None (the user cache folder, when the bundle asks for caching), False (no cache) or a
+        folder. ``threads``: INFERENCE_NUM_THREADS instead of the bundle's."""
+        super().__init__(engine_path, manifest, device, **options)
+        if options:
+            raise TypeError(f"OpenVINO backend: unknown options {sorted(options)}; expected threads, cache_dir")
+        ov = import_openvino()
+        settings = OpenVINOSession.from_dict(manifest.get("session") or {}, "manifest.json: session")
+        core = ov.Core()
+        ov_device = settings.device if device in ("cpu", "auto") else device.split(":")[0].upper()
+        if ov_device not in core.available_devices:
+            raise ValueError(f"device: OpenVINO {ov.__version__} has {core.available_devices} here, not {ov_device!r} "
+                             f"(from device={device!r})")
+        caps = list(core.get_property(ov_device, "OPTIMIZATION_CAPABILITIES"))
+        precision = choose_precision(settings, caps)
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision,
+                                  "PERFORMANCE_HINT": settings.performance_hint}
+        n = threads if threads is not None else settings.num_threads
+        if n:
+            config["INFERENCE_NUM_THREADS"] = int(n)
+        cache = self._cache_folder(engine_path, manifest, settings, cache_dir, ov.__version__)
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            config["CACHE_DIR"] = str(cache)
+        t0 = time.perf_counter()
+        try:
+            # compile_model(path): on a cache hit OpenVINO imports the blob without reading the ONNX at all.
+            self.compiled = core.compile_model(str(engine_path), ov_device, config)
+        except Exception as e:  # OpenVINO raises RuntimeError subclasses with long C++ traces
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise RuntimeError(f"{engine_path}: OpenVINO {ov.__version__} cannot compile it for {ov_device} "
+                               f"({type(e).__name__}: {first})") from e
+        self.load_seconds = time.perf_counter() - t0
+        try:
+            self.loaded_from_cache = bool(self.compiled.get_property("LOADED_FROM_CACHE"))
+        except Exception:  # noqa: BLE001 - older plugins may lack the property
+            self.loaded_from_cache = False
+        self.input_port = self.compiled.input(0)
+        self.output_port = self.compiled.output(0)
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()
+        self._idle.put(self.compiled.create_infer_request())
+        self.settings = {
+            "openvino": ov.__version__, "ov_device": ov_device, "inference_precision": precision,
+            "inference_precision_asked": list(settings.inference_precision), "capabilities": caps,
+            "performance_hint": settings.performance_hint,
+            "num_threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
+            "cache_dir": str(cache) if cache is not None else None, "loaded_from_cache": self.loaded_from_cache,
+            "load_seconds": round(self.load_seconds, 3)}
+
+    @staticmethod
+    def _cache_folder(engine_path: Path, manifest: dict[str, Any], settings: OpenVINOSession,
+                      cache_dir: str | os.PathLike | bool | None, version: str) -> Path | None:
+        """``<root>/<engine sha256[:16]>-<openvino version>``, or None when caching is off."""
+        if cache_dir is False or (cache_dir is None and not settings.model_cache):
+            return None
+        root = default_cache_root() if cache_dir is None or cache_dir is True else Path(cache_dir)
+        entry = (manifest.get("files") or {}).get(manifest.get("engine_file", ""), {})
+        sha = entry.get("sha256") if isinstance(entry, dict) else None
+        if not sha:  # bundles without a files table: hash the engine here (once per load, ~1 s per GB)
+            from ..files import sha256_file
+
+            sha = sha256_file(engine_path)
+        bundle = Path(engine_path).resolve().parent
+        root = Path(root).expanduser().resolve()
+        if root == bundle or bundle in root.parents:
+            raise BundleError(f"cache_dir {root}: inside the bundle {bundle}; the compiled-model cache must live "
+                              "outside it (a bundle stays as built)")
+        return root / f"{sha[:16]}-{version.split('-')[0]}"
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        try:
+            request = self._idle.get_nowait()
+        except queue.Empty:  # every request is busy in another thread: one more (cheap; shares the model)
+            request = self.compiled.create_infer_request()
+        try:
+            request.set_input_tensor(0, _tensor(x))
+            request.infer()
+            # the output tensor belongs to the request, which the next call reuses: copy it out
+            out = np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+        finally:
+            self._idle.put(request)
+        return out
+
+    def close(self) -> None:
+        self._idle = queue.SimpleQueue()
+        self.compiled = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "device": self.device, **self.settings}
+
+
+def _tensor(x: np.ndarray) -> Any:
+    import openvino as ov
+
+    # shares x's memory (x is contiguous, validated by Engine); no copy of a base-size clip per call
+    return ov.Tensor(x, shared_memory=True)
+
+
+def openvino_available() -> tuple[bool, str]:
+    """Whether OpenVINO can run bundles on this machine's CPU, and a one-line why (version, capabilities)."""
+    try:
+        ov = import_openvino()
+        core = ov.Core()
+        caps = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        name = str(core.get_property("CPU", "FULL_DEVICE_NAME"))
+    except Exception as e:  # noqa: BLE001 - not installed, or no CPU plugin
+        return False, f"OpenVINO not usable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    return True, f"OpenVINO {ov.__version__.split('-')[0]} on {name} ({', '.join(caps)})"
