@@ -8,17 +8,55 @@ then a centre crop (or three crops along the long side).
 """
 from __future__ import annotations
 
+import math
+import threading
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["PreprocessConfig", "FramePreprocessor", "preprocess_frames", "resize_crop_indices", "normalize"]
+__all__ = ["PreprocessConfig", "FramePreprocessor", "preprocess_frames", "resize_crop_indices", "normalize",
+           "CHANNEL_ORDERS"]
+
+CHANNEL_ORDERS = ("RGB", "BGR")
+SAMPLINGS = ("dense", "uniform")
+#: upper bound of every integer field: sizes and counts are int32 dimensions for the engines
+MAX_INT = 2**31 - 1
+STD_RANGE = (1e-6, 1e6)
+MEAN_LIMIT = 1e6
+
+
+def _check_int(name: str, v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= MAX_INT:
+        raise ValueError(f"preprocess.{name}: expected an integer in 1..{MAX_INT}, got {v!r}")
+
+
+def _three_floats(name: str, v: Any, positive: bool) -> tuple[float, float, float]:
+    if isinstance(v, (str, bytes, dict)) or not hasattr(v, "__len__") or len(v) != 3:
+        raise ValueError(f"preprocess.{name}: expected 3 numbers (one per channel), got {v!r}")
+    out = []
+    for x in v:
+        if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)) or not math.isfinite(x):
+            raise ValueError(f"preprocess.{name}: expected 3 finite numbers, got {list(v)!r}")
+        # bounds that keep (pixel / 255 - mean) / std finite in float32 (and catch 0..255 units by mistake)
+        if positive and not STD_RANGE[0] <= x <= STD_RANGE[1]:
+            raise ValueError(f"preprocess.{name}: expected 3 numbers in {STD_RANGE[0]:g}..{STD_RANGE[1]:g} (pixels "
+                             f"are divided by them), got {list(v)!r}")
+        if not positive and not abs(x) <= MEAN_LIMIT:
+            raise ValueError(f"preprocess.{name}: expected 3 numbers within +-{MEAN_LIMIT:g}, got {list(v)!r}")
+        out.append(float(x))
+    return out[0], out[1], out[2]
 
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """How raw video becomes the canonical tensor."""
+    """How raw video becomes the canonical tensor; validated on construction (``ValueError`` naming the field).
+
+    ``channel_order`` is the order the MODEL expects its three input channels in ("RGB", or "BGR" for models
+    trained on frames decoded by OpenCV, such as the official Something-Something-v2 checkpoints); ``mean``
+    and ``std`` are per model input channel, in that order. The frames handed to the preprocessing carry
+    their own flag (``bgr=``); the two are compared and the channels flipped when they differ.
+    """
 
     num_frames: int = 8
     sampling_rate: int = 32  # take every n-th frame of the source (dense sampling)
@@ -30,21 +68,43 @@ class PreprocessConfig:
     std: tuple[float, float, float] = (0.225, 0.225, 0.225)
     channel_order: str = "RGB"
 
+    def __post_init__(self) -> None:
+        # mean/std become tuples of floats (hashable: the config keys the preprocessor cache)
+        object.__setattr__(self, "mean", _three_floats("mean", self.mean, positive=False))
+        object.__setattr__(self, "std", _three_floats("std", self.std, positive=True))
+        for name in ("num_frames", "sampling_rate", "short_side", "crop_size", "num_crops"):
+            _check_int(name, getattr(self, name))
+        if self.num_crops not in (1, 3):
+            raise ValueError(f"preprocess.num_crops: expected 1 (centre crop) or 3, got {self.num_crops!r}")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"preprocess.sampling: expected one of {SAMPLINGS}, got {self.sampling!r}")
+        if self.crop_size > self.short_side:
+            # the crop is taken from the frame resized to short_side: it cannot be larger
+            raise ValueError(f"preprocess.crop_size: expected at most short_side ({self.short_side}), got "
+                             f"{self.crop_size}")
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise ValueError(f"preprocess.channel_order: expected one of {CHANNEL_ORDERS}, got {self.channel_order!r}")
+
+    @property
+    def model_bgr(self) -> bool:
+        """Whether the model expects BGR channels."""
+        return self.channel_order == "BGR"
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":
+    def from_dict(cls, d: Any) -> "PreprocessConfig":
+        """Parse and validate (missing keys take the defaults); ``ValueError`` names the field."""
+        if not isinstance(d, dict):
+            raise ValueError(f"preprocess: expected a JSON object, got {type(d).__name__}")
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"preprocessing contract: unknown keys {sorted(unknown)}; expected a subset of {sorted(known)}")
-        d = dict(d)
-        for k in ("mean", "std"):
-            if k in d:
-                d[k] = tuple(float(v) for v in d[k])
+            raise ValueError(f"preprocessing contract: unknown keys {sorted(map(str, unknown))}; expected a subset of "
+                             f"{sorted(known)}")
         return cls(**d)
 
     def window(self) -> int:
@@ -110,14 +170,22 @@ class FramePreprocessor:
     offset views of the frame), and the four weights (with ``1/(255*std)`` folded in) are computed once
     per source size, so a frame costs four gathers and one weighted sum: about 0.45 ms for
     640x480 -> 224 on one core.
+
+    ``bgr`` says the order of the frames given; ``cfg.channel_order`` the order the model expects. When they
+    differ, output channel ``c`` reads source byte ``2 - c``.
+
+    Thread safety: an instance may be called from several threads at once (``preprocess_frames`` shares one
+    per frame size between threads). The taps are read-only after ``__init__``; the gather scratch buffer is
+    per thread.
     """
 
     def __init__(self, cfg: PreprocessConfig, height: int, width: int, bgr: bool = False, crop_index: int = 1) -> None:
         self.cfg, self.height, self.width, self.bgr = cfg, height, width, bgr
+        self.flip = bool(bgr) != cfg.model_bgr
         (y0, y1, wy), (x0, x1, wx) = resize_crop_indices(height, width, cfg.short_side, cfg.crop_size, crop_index,
                                                          cfg.num_crops)
         ch = np.arange(3)[:, None, None]
-        if bgr:  # output channel c (RGB) reads source byte 2 - c
+        if self.flip:  # output channel c (the model's order) reads source byte 2 - c
             ch = 2 - ch
         std = np.asarray(cfg.std, np.float32)[:, None, None]
         mean = np.asarray(cfg.mean, np.float32)[:, None, None]
@@ -132,7 +200,10 @@ class FramePreprocessor:
         ).astype(np.float32).ravel() for wys in (1 - wy, wy) for wxs in (1 - wx, wx)])
         self.shift = np.ascontiguousarray(np.broadcast_to(mean / std, (3, cfg.crop_size, cfg.crop_size)),
                                           np.float32).ravel()
-        self._taps = np.empty((4, self.shift.size), np.uint8)
+        # Per-thread gather scratch: one shared buffer let two threads overwrite each other's taps between
+        # the gathers and the weighted sum (issue 13: wrong logits under concurrent predict). A thread-local
+        # costs one attribute lookup per frame; a fresh buffer per call would page-fault ~600 kB per frame.
+        self._scratch = threading.local()
 
     @property
     def out_shape(self) -> tuple[int, int, int]:
@@ -149,7 +220,9 @@ class FramePreprocessor:
             raise ValueError(f"out: expected a C-contiguous float32 array of shape {self.out_shape}, got "
                              f"{dst.shape} {dst.dtype}{'' if dst.flags.c_contiguous else ' (not contiguous)'}")
         o = dst.reshape(-1)
-        taps = self._taps
+        taps = getattr(self._scratch, "taps", None)
+        if taps is None:
+            taps = self._scratch.taps = np.empty((4, self.shift.size), np.uint8)
         for i, off in enumerate(self.offsets):
             # every index is in range (checked in __init__); a mode other than "raise" lets numpy write
             # straight into ``out`` instead of through a buffer: about 30% faster
@@ -161,7 +234,10 @@ class FramePreprocessor:
 
 def preprocess_frames(frames: np.ndarray | Sequence[np.ndarray], cfg: PreprocessConfig, bgr: bool = False,
                       crop_index: int = 1, out: np.ndarray | None = None) -> np.ndarray:
-    """Frames ``(T, H, W, 3)`` uint8 (already temporally sampled) -> ``(T, 3, crop, crop)`` float32."""
+    """Frames ``(T, H, W, 3)`` uint8 (already temporally sampled) -> ``(T, 3, crop, crop)`` float32.
+
+    ``bgr``: the frames are BGR (as OpenCV decodes them); the output is in ``cfg.channel_order``. Thread-safe.
+    """
     arr = frames if isinstance(frames, np.ndarray) else np.stack([np.asarray(f) for f in frames])
     if arr.ndim != 4 or arr.shape[-1] != 3:
         raise ValueError(f"frames: expected (T, H, W, 3), got shape {tuple(arr.shape)}")
@@ -180,7 +256,9 @@ _CACHE: dict[tuple, FramePreprocessor] = {}
 
 
 def _cached(cfg: PreprocessConfig, h: int, w: int, bgr: bool, crop_index: int) -> FramePreprocessor:
-    key = (cfg, h, w, bgr, crop_index)
+    # Shared by threads: dict get/set are atomic under the GIL, and a preprocessor dropped by clear() stays
+    # valid for a thread still holding it; two threads may build the same one once, which is harmless.
+    key = (cfg, h, w, bool(bgr), crop_index)
     pre = _CACHE.get(key)
     if pre is None:
         if len(_CACHE) > 16:

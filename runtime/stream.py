@@ -5,24 +5,38 @@ frame) are preprocessed, once, when they arrive, into a ring of ``2 x num_frames
 frame is written twice (slot ``j`` and ``j + T``): the last ``T`` sampled frames are then always one
 contiguous slice of the ring, which is handed to the engine as it is. No prediction copies or
 re-preprocesses the window.
+
+A ``ClipStream`` is one camera's buffer: its frames must arrive in order, from one thread at a time. The
+engine behind it may be shared by many streams on many threads; a second thread calling :meth:`push` (or
+:meth:`reset`) while a call is in progress is refused with :class:`StreamBusyError` rather than allowed to
+interleave frames or overwrite the window the engine is reading.
 """
 from __future__ import annotations
 
+import threading
 import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import InputError
-from .prediction import Prediction
+from .prediction import Prediction, top_k
 from .preprocess import FramePreprocessor
 
 if TYPE_CHECKING:  # annotations only: the engine imports this module
     from .engine import Engine
 
 
+class StreamBusyError(RuntimeError):
+    """Two threads used one ClipStream at once; a stream is per camera (use one per camera and thread)."""
+
+
 class ClipStream:
-    """Push frames; every ``every`` frames (once the window is full) :meth:`push` returns a prediction."""
+    """Push frames; every ``every`` frames (once the window is full) :meth:`push` returns a prediction.
+
+    Per camera and per thread (see the module docstring); uses only the engine's public surface (``preprocess``,
+    ``infer``, ``labels``), so any engine object offering it works.
+    """
 
     def __init__(self, engine: "Engine", every: int | None = None, bgr: bool = False, top_k: int = 5) -> None:
         cfg = engine.preprocess
@@ -39,10 +53,25 @@ class ClipStream:
         t = cfg.num_frames
         self._ring = np.empty((2 * t, 3, cfg.crop_size, cfg.crop_size), np.float32)
         self._pre: FramePreprocessor | None = None
-        self.reset()
+        self._busy = threading.Lock()
+        self._reset()
+
+    def _enter(self, what: str) -> None:
+        # non-blocking: a stream used by two threads at once is a bug in the caller (frame order undefined)
+        if not self._busy.acquire(blocking=False):
+            raise StreamBusyError(f"ClipStream.{what}: another thread is using this stream; a ClipStream is one "
+                                  "camera's buffer and takes its frames in order from one thread: create one "
+                                  "stream per camera (engine.stream()), the Engine itself may be shared")
 
     def reset(self) -> None:
         """Forget the frames seen so far (e.g. after a camera reconnect)."""
+        self._enter("reset")
+        try:
+            self._reset()
+        finally:
+            self._busy.release()
+
+    def _reset(self) -> None:
         self.frames_seen = 0
         self._sampled = 0
 
@@ -55,12 +84,19 @@ class ClipStream:
 
     def push(self, frame: np.ndarray) -> Prediction | None:
         """Add one ``(H, W, 3)`` uint8 frame; returns a prediction when one is due."""
+        self._enter("push")
+        try:
+            return self._push(frame)
+        finally:
+            self._busy.release()
+
+    def _push(self, frame: np.ndarray) -> Prediction | None:
         frame = np.asarray(frame)
         if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
             raise InputError(f"frame: expected (H, W, 3) uint8, got {tuple(frame.shape)} {frame.dtype}")
         if self._pre is None or (self._pre.height, self._pre.width) != frame.shape[:2]:
             if self._pre is not None:
-                self.reset()  # the camera changed resolution: start a new window
+                self._reset()  # the camera changed resolution: start a new window
             self._pre = FramePreprocessor(self.engine.preprocess, frame.shape[0], frame.shape[1], bgr=self.bgr)
         k = self.frames_seen
         self.frames_seen += 1
@@ -75,4 +111,4 @@ class ClipStream:
         if k < self.window - 1 or (k - (self.window - 1)) % self.every:
             return None
         logits = self.engine.infer(self.window_view)[0]
-        return Prediction(self.engine._top_k(logits, self.top_k), logits, (time.perf_counter() - t0) * 1e3)
+        return Prediction(top_k(logits, self.engine.labels, self.top_k), logits, (time.perf_counter() - t0) * 1e3)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from runtime import BundleError, ClipStream, Engine, InputError, PreprocessConfig, preprocess_frames
+from runtime.manifest import describe_files
 from runtime.preprocess import sample_indices
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,6 +194,13 @@ def _copy_bundle(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _rehash(bundle: Path) -> None:
+    """Record the bundle's current files in its manifest (as a builder would), so the test reaches later checks."""
+    m = json.loads((bundle / "manifest.json").read_text())
+    m["files"] = describe_files(bundle, m["files"])
+    (bundle / "manifest.json").write_text(json.dumps(m))
+
+
 def test_bundle_errors_name_the_file(fp32_bundle, tmp_path):
     with pytest.raises(BundleError, match="not a bundle directory"):
         Engine(tmp_path / "nowhere")
@@ -202,21 +210,23 @@ def test_bundle_errors_name_the_file(fp32_bundle, tmp_path):
         Engine(b)
     b = _copy_bundle(fp32_bundle, tmp_path / "b")
     (b / "model.onnx").unlink()
-    with pytest.raises(BundleError, match="engine_file 'model.onnx' not found"):
+    with pytest.raises(BundleError, match=r"b/model.onnx: missing from the bundle"):
         Engine(b)
     b = _copy_bundle(fp32_bundle, tmp_path / "c")
     (b / "labels.txt").write_text("one\ntwo\n")
+    _rehash(b)
     with pytest.raises(BundleError, match=r"labels.txt: 2 labels, but the engine outputs 8 classes"):
         Engine(b)
     b = _copy_bundle(fp32_bundle, tmp_path / "d")
     (b / "model.onnx").write_bytes(b"\x08\x07garbage" * 10)
+    _rehash(b)
     with pytest.raises(RuntimeError, match=r"d/model.onnx: ONNX Runtime cannot load it"):
         Engine(b)
     b = _copy_bundle(fp32_bundle, tmp_path / "e")
     m = json.loads((b / "manifest.json").read_text())
     m["schema_version"] = 99
     (b / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(BundleError, match="schema_version 99 not supported"):
+    with pytest.raises(BundleError, match=r"e/manifest.json: schema_version: expected 2, got 99"):
         Engine(b)
     with pytest.raises(ValueError, match="device: expected one of"):
         Engine(fp32_bundle, device="npu")

@@ -13,17 +13,30 @@ class Backend(ABC):
 
     ``infer`` takes the model input exactly as the manifest's ``input`` describes it (name, dtype,
     shape with the batch inside the bundle's range) and returns the logits as float32 numpy.
+
+    ``engine_bytes``: the engine file's content, read and verified once by ``runtime.Engine`` (size and
+    SHA-256 against the manifest). A backend should load from these bytes (:meth:`engine_data`) rather
+    than open ``engine_path`` again, so a file swapped after the check is never used; ``engine_path`` is
+    for messages and for engines that need a path (external data files).
     """
 
     name: str = "base"
     #: whether one instance may be called from several threads at once
     thread_safe: bool = False
 
-    def __init__(self, engine_path: Path, manifest: dict[str, Any], device: str = "cpu", **options: Any) -> None:
+    def __init__(self, engine_path: Path, manifest: dict[str, Any], device: str = "cpu",
+                 engine_bytes: bytes | None = None, **options: Any) -> None:
         self.engine_path = Path(engine_path)
         self.manifest = manifest
         self.device = device
+        self.engine_bytes = engine_bytes
         self.options = options
+
+    def engine_data(self) -> bytes:
+        """The engine file's bytes: the verified copy when the Engine handed one over, else read from the path."""
+        if self.engine_bytes is not None:
+            return self.engine_bytes
+        return self.engine_path.read_bytes()
 
     @abstractmethod
     def infer(self, x: np.ndarray) -> np.ndarray:

@@ -6,7 +6,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import BundleError
 from .base import Backend
+from .onnxruntime_session import OnnxRuntimeSession
 
 _PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -18,7 +20,11 @@ _LEVELS = {"disable_all": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "exten
 
 
 class OnnxRuntimeBackend(Backend):
-    """``InferenceSession`` with the settings the bundle recorded; ``run`` is thread-safe in ONNX Runtime."""
+    """``InferenceSession`` with the settings the bundle recorded; ``run`` is thread-safe in ONNX Runtime.
+
+    The model is loaded from the bytes ``runtime.Engine`` verified (never re-read from the path), except for
+    models with an external-data file (over 2 GB), which ONNX Runtime must open by path.
+    """
 
     name = "onnxruntime"
     thread_safe = True
@@ -28,7 +34,7 @@ class OnnxRuntimeBackend(Backend):
         super().__init__(engine_path, manifest, device, **options)
         import onnxruntime as ort
 
-        settings = dict(manifest.get("session") or {})
+        session = OnnxRuntimeSession.from_dict(manifest.get("session") or {}, where=f"{engine_path}: manifest session")
         kind = device.split(":")[0]
         if providers is None:
             if kind not in _PROVIDERS:
@@ -42,18 +48,33 @@ class OnnxRuntimeBackend(Backend):
         device_id = int(device.split(":")[1]) if ":" in device else 0
         provider_args = [(p, {"device_id": device_id}) if p != "CPUExecutionProvider" else p for p in providers]
         so = ort.SessionOptions()
-        level = settings.get("graph_optimization_level", "all")
+        level = session.graph_optimization_level
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
-        n = threads if threads is not None else settings.get("intra_op_num_threads", 0)
+        n = threads if threads is not None else session.intra_op_num_threads
         so.intra_op_num_threads = int(n)
-        so.inter_op_num_threads = 1
+        so.inter_op_num_threads = session.inter_op_num_threads
         so.log_severity_level = 3
+        external = (manifest.get("files") or {}).get(self.engine_path.name + ".data") is not None
+        model: bytes | str = str(engine_path) if external or self.engine_bytes is None else self.engine_bytes
         try:
-            self.session = ort.InferenceSession(str(engine_path), sess_options=so, providers=provider_args)
+            self.session = ort.InferenceSession(model, sess_options=so, providers=provider_args)
         except Exception as e:  # onnxruntime raises its own exception types for corrupt or foreign files
             raise RuntimeError(f"{engine_path}: ONNX Runtime cannot load it ({type(e).__name__}: {e})") from e
+        finally:
+            self.engine_bytes = None  # ONNX Runtime holds its own copy
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
+        # Cheap checks that the model is the one the manifest describes (they matter with verify=False).
+        want_in, want_out = manifest["input"]["name"], manifest["output"]["name"]
+        if self.input_name != want_in or want_out not in [o.name for o in self.session.get_outputs()]:
+            raise BundleError(f"{engine_path}: the model's input/outputs are {self.input_name!r}/"
+                              f"{[o.name for o in self.session.get_outputs()]}, the manifest says {want_in!r}/"
+                              f"{want_out!r}: not the model this bundle was built with")
+        self.output_name = want_out
+        classes = next(o.shape for o in self.session.get_outputs() if o.name == want_out)[-1]
+        if isinstance(classes, int) and classes != manifest["output"]["shape"][-1]:
+            raise BundleError(f"{engine_path}: the model outputs {classes} classes, the manifest says "
+                              f"{manifest['output']['shape'][-1]}: not the model this bundle was built with")
         self.settings = {"providers": self.session.get_providers(), "intra_op_num_threads": so.intra_op_num_threads,
                          "graph_optimization_level": level, "onnxruntime": ort.__version__}
 
