@@ -123,7 +123,8 @@ def precision_onnx(fp32_onnx: Path, precision: str, target: str, calib: str | No
                    keep_io_types: bool = True, fp16_overflow_threshold: float | None = None,
                    fp16_error_threshold: float | None = None, validate_clips: int = 4,
                    progress: bool = True,
-                   target_check: Callable[[Path, str], dict[str, Any]] | None = None) -> tuple[Path, dict[str, Any]]:
+                   target_check: Callable[[Path, str], dict[str, Any]] | None = None,
+                   int8_options: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """The ``precision`` ONNX of ``fp32_onnx`` for ``target`` (path in ``cache_dir``) and what was done.
 
     ``calib`` None means synthetic clips. ``method`` (INT8 calibration): max | entropy | percentile.
@@ -131,6 +132,7 @@ def precision_onnx(fp32_onnx: Path, precision: str, target: str, calib: str | No
     meets the bar). The result is reused when its inputs are unchanged (no clip is read then).
     ``target_check(path, precision)``, when given, vets the result for its target (e.g. what TensorRT's parser
     and builder would accept); its answer is recorded as ``info["target_check"]``, and what it raises aborts.
+    ``int8_options``: outlier handling passed to :func:`calibration.int8.quantize_int8` (``smooth``, ``keep_float``).
     """
     from . import fp16 as fp16_mod
     from . import int8 as int8_mod
@@ -150,7 +152,9 @@ def precision_onnx(fp32_onnx: Path, precision: str, target: str, calib: str | No
     lazy = _LazySet(calib, preprocess, n_clips, seed, cache_dir, progress)
     overflow = fp16_overflow_threshold if fp16_overflow_threshold is not None else fp16_mod.DEFAULT_OVERFLOW_THRESHOLD
     err = fp16_error_threshold if fp16_error_threshold is not None else fp16_mod.DEFAULT_ERROR_THRESHOLD
-    options = ({"method": method, "form": form} if precision == "int8"
+    int8_options = dict(int8_options or {})
+    options = ({"method": method, "form": form, "outliers": {**int8_mod.outlier_defaults(), **int8_options}}
+               if precision == "int8"
                else {"keep_io_types": keep_io_types, "overflow": overflow, "error": err})
     key = sha256_json(BUILD_VERSION, model_sha, precision, target, lazy.key, options, validate_clips)
     out = cache_dir / f"{precision}-{target}-{key}.onnx"
@@ -164,7 +168,7 @@ def precision_onnx(fp32_onnx: Path, precision: str, target: str, calib: str | No
     if precision == "int8":
         _log(f"int8 for {target}: {method} calibration on {lazy.spec}")
         detail = int8_mod.quantize_int8(fp32_onnx, out, target, method, lazy.clips, lazy.sha256, cache_dir, form=form,
-                                        validate_clips=validate_clips, progress=progress)
+                                        validate_clips=validate_clips, progress=progress, **int8_options)
     else:
         _log(f"fp16 for {target}: measuring activations on {lazy.spec}")
 

@@ -35,7 +35,7 @@ from runtime.files import sha256_file, temp_path_beside
 __all__ = ["METHODS", "TARGETS", "ORT_FORMS", "ORT_DEFAULT_FORM", "ORT_FORM_WHY", "TRT_OP_TYPES", "QuantizationError",
            "ClipDataReader", "calibrate", "quantize_int8", "calibration_cache_path", "validate_against_fp32"]
 
-METHODS = ("max", "entropy", "percentile")
+METHODS = ("max", "entropy", "percentile", "mse")  # mse: calibration.clipping (issue 15)
 TARGETS = ("tensorrt", "onnxruntime")
 #: op types that get Q/DQ for TensorRT (everything else stays float)
 TRT_OP_TYPES = ("MatMul", "Gemm", "Conv")
@@ -53,7 +53,8 @@ ORT_FORM_WHY = (
     "python -m export.bench_precision --all-forms.")
 #: the accuracy bar a form must meet against FP32 on the validation clips (export/parity.py TOLERANCES["int8"])
 VALIDATION_MIN_COSINE = 0.99
-_ORT_METHOD = {"max": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+_ORT_METHOD = {"max": "MinMax", "entropy": "Entropy", "percentile": "Percentile",
+               "mse": "MinMax"}  # mse ranges are written as a MinMax cache (calibration.clipping)
 
 
 class QuantizationError(RuntimeError):
@@ -160,6 +161,59 @@ def _check_tensorrt_qdq(path: Path) -> dict[str, Any]:
                                                                if k in _QDQ_COUNT_OPS}}
 
 
+# ---- Outlier-aware INT8 (issue 15): SmoothQuant before calibration, MSE clipping, MatMuls kept float ---------------
+#: SmoothQuant's migration strength applied before every INT8 build (None: off). Exact in FP32 and free at run time
+#: (the scales fold into the LayerNorms and the MatMul weights: calibration.smoothquant); it is what lets the
+#: per-call, per-tensor activation quantization of the dynamic form survive outlier channels.
+SMOOTH_DEFAULT_ALPHA: float | None = 0.5
+#: bumped when the outlier handling changes what an INT8 build produces (part of the precision cache key)
+OUTLIER_HANDLING_VERSION = 1
+
+
+def outlier_defaults() -> dict[str, Any]:
+    """The default outlier handling, for cache keys and build records."""
+    return {"smooth": SMOOTH_DEFAULT_ALPHA, "keep_float": None, "version": OUTLIER_HANDLING_VERSION}
+
+
+def _calibrate_mse_hook(fp32_onnx: Path, reader: Any, op_types: list[str], ranges: Path, symmetric: bool) -> None:
+    from .clipping import calibrate_mse
+
+    calibrate_mse(fp32_onnx, reader, op_types, ranges, symmetric)
+
+
+def _smooth_hook(fp32_onnx: Path, model_sha: str, smooth: float | None | str, clips: Callable[[], np.ndarray],
+                 set_sha256: Callable[[], str] | str, cache_dir: Path) -> tuple[Path, dict[str, Any] | None]:
+    """The SmoothQuant'ed FP32 model (cached by model, calibration set and alpha) and what was smoothed."""
+    import json
+
+    from runtime.files import write_json_atomic
+
+    from .smoothquant import SmoothQuantError, smooth_onnx
+
+    alpha = SMOOTH_DEFAULT_ALPHA if smooth == "default" else smooth
+    if alpha is None:
+        return fp32_onnx, None
+    if isinstance(alpha, str) or not 0.0 <= float(alpha) <= 1.0:
+        raise QuantizationError(f"smooth: expected a SmoothQuant alpha in 0..1, None or 'default'; got {smooth!r}")
+    sha = set_sha256() if callable(set_sha256) else set_sha256
+    path = Path(cache_dir) / "smooth" / f"smooth-{model_sha[:16]}-{sha[:16]}-a{float(alpha):.3f}.onnx"
+    record = path.with_suffix(".json")
+    if path.is_file() and record.is_file():
+        info = json.loads(record.read_text())
+        info["cache"] = "hit"
+        return path, info
+    try:
+        info = smooth_onnx(fp32_onnx, path, clips(), float(alpha))
+    except SmoothQuantError as e:
+        _log(f"SmoothQuant skipped: {e}")
+        return fp32_onnx, {"alpha": float(alpha), "skipped": str(e)}
+    info["engine"] = "calibration.smoothquant"
+    write_json_atomic(record, info)
+    _log(f"SmoothQuant (alpha {alpha}): {info['layernorms_smoothed']} LayerNorms, {info['matmuls_smoothed']} MatMuls")
+    return path, {**info, "cache": "miss"}
+# ---- end of outlier-aware INT8 ------------------------------------------------------------------------------------
+
+
 _QDQ_COUNT_OPS = ("QuantizeLinear", "DequantizeLinear", "MatMul", "Gemm", "Conv", "Softmax", "LayerNormalization")
 
 
@@ -179,6 +233,9 @@ def calibrate(fp32_onnx: Path, clips: np.ndarray, method: str, op_types: list[st
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
     reader = ClipDataReader(clips, _input_name(fp32_onnx), progress, desc=f"calibrating ({method})")
+    if method == "mse":  # issue 15 hook: MSE clipping search (calibration.clipping)
+        _calibrate_mse_hook(fp32_onnx, reader, op_types, ranges, symmetric)
+        return
     options = dict(CALIBRATOR_OPTIONS[method], symmetric=symmetric)
     _log(f"calibrating {fp32_onnx.name} on {len(clips)} clips ({method}) -> {ranges}")
     with tempfile.TemporaryDirectory(prefix="int8-calib-") as tmp:
@@ -192,7 +249,7 @@ def calibrate(fp32_onnx: Path, clips: np.ndarray, method: str, op_types: list[st
 
 
 def _quantize_tensorrt_ort(fp32_onnx: Path, out: Path, method: str, get_clips: Callable[[], np.ndarray],
-                           ranges: Path, progress: bool) -> dict[str, Any]:
+                           ranges: Path, progress: bool, exclude: list[str] | None = None) -> dict[str, Any]:
     q = _ort_quant()
     hit = ranges.is_file()
     if not hit:
@@ -215,7 +272,7 @@ def _quantize_tensorrt_ort(fp32_onnx: Path, out: Path, method: str, get_clips: C
                           op_types_to_quantize=list(TRT_OP_TYPES), per_channel=True,
                           activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
                           calibrate_method=getattr(q.CalibrationMethod, _ORT_METHOD[method]), extra_options=extra,
-                          calibration_cache_path=str(ranges))
+                          calibration_cache_path=str(ranges), nodes_to_exclude=list(exclude or []))
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -245,13 +302,14 @@ def _quantize_tensorrt_modelopt(fp32_onnx: Path, out: Path, method: str, get_cli
 
 
 def _quantize_ort_form(fp32_onnx: Path, out: Path, form: str, method: str, get_clips: Callable[[], np.ndarray],
-                       ranges_path: Callable[[], Path], progress: bool) -> dict[str, Any]:
+                       ranges_path: Callable[[], Path], progress: bool, exclude: list[str] | None = None
+                       ) -> dict[str, Any]:
     q = _ort_quant()
     tmp = temp_path_beside(out, ".onnx")
     try:
         if form == "dynamic":
             q.quantize_dynamic(str(fp32_onnx), str(tmp), op_types_to_quantize=["MatMul", "Gemm"], per_channel=False,
-                               weight_type=q.QuantType.QInt8)
+                               weight_type=q.QuantType.QInt8, nodes_to_exclude=list(exclude or []))
             info: dict[str, Any] = {"calibration_cache": None, "op_types": ["MatMul", "Gemm"],
                                     "weights": "int8 per-tensor", "activations": "uint8, quantized at run time"}
         else:
@@ -266,7 +324,7 @@ def _quantize_ort_form(fp32_onnx: Path, out: Path, form: str, method: str, get_c
                               op_types_to_quantize=["MatMul", "Gemm", "Conv"], per_channel=True,
                               activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
                               calibrate_method=getattr(q.CalibrationMethod, _ORT_METHOD[method]), extra_options=extra,
-                              calibration_cache_path=str(ranges))
+                              calibration_cache_path=str(ranges), nodes_to_exclude=list(exclude or []))
             info = {"calibration_cache": "hit" if hit else "miss", "ranges_file": str(ranges),
                     "op_types": ["MatMul", "Gemm", "Conv"], "weights": "int8 per-channel symmetric",
                     "activations": "uint8 per-tensor (calibrated)"}
@@ -281,13 +339,16 @@ def quantize_int8(fp32_onnx: str | os.PathLike, out: str | os.PathLike, target: 
                   get_clips: Callable[[], np.ndarray], set_sha256: Callable[[], str] | str,
                   cache_dir: str | os.PathLike,
                   form: str | None = None, engine: str = "onnxruntime", validate_clips: int = 4,
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, smooth: float | None | str = "default",
+                  keep_float: list[str] | None = None) -> dict[str, Any]:
     """Write the INT8 model of ``fp32_onnx`` for ``target`` to ``out`` (atomically); returns what was done.
 
     ``get_clips`` returns the calibration clips; it is called only when the clips are needed (a cold
     range cache, or validation), so a warm cache reads no video. ``set_sha256`` (or a callable giving
     it) keys the range cache. ``form`` (onnxruntime only): one of :data:`ORT_FORMS`, or None to take
-    the fastest that meets the accuracy bar on ``validate_clips`` clips.
+    the fastest that meets the accuracy bar on ``validate_clips`` clips. ``smooth``: SmoothQuant alpha applied
+    first ("default": :data:`SMOOTH_DEFAULT_ALPHA`; None: off); ``keep_float``: MatMul/Gemm node names left in
+    float (from :func:`calibration.int8_search.choose_keep_float`).
     """
     fp32_onnx, out, cache_dir = Path(fp32_onnx), Path(out), Path(cache_dir)
     if target not in TARGETS:
@@ -309,13 +370,18 @@ def quantize_int8(fp32_onnx: str | os.PathLike, out: str | os.PathLike, target: 
         sha = set_sha256() if callable(set_sha256) else set_sha256
         return calibration_cache_path(cache_dir, model_sha, sha, method, t)
 
+    # issue 15 hook: SmoothQuant folded into the FP32 model first (exact in FP32); ranges then key on the result
+    fp32_onnx, smooth_info = _smooth_hook(fp32_onnx, model_sha, smooth, clips, set_sha256, cache_dir)
+    model_sha = sha256_file(fp32_onnx) if smooth_info and not smooth_info.get("skipped") else model_sha
+
     if target == "tensorrt":
         if form not in (None, "qdq", "qdq-static"):
             raise QuantizationError(f"target 'tensorrt' takes the Q/DQ form only; got form {form!r}")
         if engine == "modelopt":
             info = _quantize_tensorrt_modelopt(fp32_onnx, out, method, clips)
         elif engine == "onnxruntime":
-            info = _quantize_tensorrt_ort(fp32_onnx, out, method, clips, ranges_for("tensorrt"), progress)
+            info = _quantize_tensorrt_ort(fp32_onnx, out, method, clips, ranges_for("tensorrt"), progress,
+                                          keep_float)
         else:
             raise QuantizationError(f"engine {engine!r}: expected 'onnxruntime' or 'modelopt'")
         info.update(_check_tensorrt_qdq(out))
@@ -332,7 +398,7 @@ def quantize_int8(fp32_onnx: str | os.PathLike, out: str | os.PathLike, target: 
         info = {}
         for i, f in enumerate(candidates):
             info = _quantize_ort_form(fp32_onnx, out, f, method, clips, lambda: ranges_for("onnxruntime-static"),
-                                      progress)
+                                      progress, keep_float)
             if not validate_clips:
                 info["validation"] = None
                 break
@@ -348,6 +414,7 @@ def quantize_int8(fp32_onnx: str | os.PathLike, out: str | os.PathLike, target: 
                  f"trying {candidates[i + 1]}")
         info["forms_tried"] = tried
         info["why"] = ORT_FORM_WHY if form is None else f"form {form!r} asked for"
+    info.update({"smoothquant": smooth_info, "kept_float": list(keep_float or [])})  # issue 15
     info.update({"target": target, "method": method if info.get("calibration_cache") is not None else None,
                  "seconds": round(time.perf_counter() - t0, 2), "clips_read": "c" in clips_cache})
     return info
