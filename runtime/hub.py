@@ -91,7 +91,9 @@ class _Camera:
         self.capacity = self.T + queue * (every // self.stride)
         self.ring = np.empty((self.capacity, 3, cfg.crop_size, cfg.crop_size), np.float32)
         self.pending: deque[_Window] = deque()
-        self.push_lock = threading.Lock()  # one producer at a time (the preprocessor has scratch buffers)
+        self.push_lock = threading.Lock()  # one producer at a time: frames of a camera arrive in order
+        self.deliver_lock = threading.RLock()  # remove_camera waits out a delivery in progress (re-entrant: a
+        # callback may remove its own camera)
         self.pre: FramePreprocessor | None = None
         self.sampled = 0  # sampled frames written, ever (ring index; never reset so queued windows stay valid)
         self.seg_start = 0  # frame index where the current unbroken run of frames began
@@ -101,6 +103,7 @@ class _Camera:
         self.removed = False
         # counters (read by metrics(); ints are updated under the hub lock or by the one producer)
         self.windows_due = self.predictions = self.dropped = self.failed = self.discarded = 0
+        self.inflight = 0  # windows in an engine call now
         self.reconnects = self.reconnect_attempts = self.restarts = 0
         self.status = "waiting for frames" if isinstance(source, PushSource) else "connecting"
         self.last_error: str | None = None
@@ -219,6 +222,11 @@ class CameraHub:
             self._pending -= len(cam.pending)
             cam.pending.clear()
             self._cv.notify_all()  # a producer waiting for room must see the stop
+            if threading.current_thread() not in self._workers:  # (a callback may remove a camera: no wait there)
+                while cam.inflight:  # its windows in an engine call now end as discarded, then the counts are final
+                    self._cv.wait()
+        with cam.deliver_lock:  # no result of this camera is delivered once this returns
+            pass
         if cam.thread is not None and cam.thread is not threading.current_thread():
             cam.thread.join(timeout)
         cam.status = "removed"
@@ -311,7 +319,8 @@ class CameraHub:
             if reason == "ended" and src.ends:  # a file came to its end: normal, not a drop
                 if not src.loop:
                     cam.status = "ended" if got else "failed"
-                    cam.last_error = None if got else "no frames"
+                    if not got:
+                        cam.last_error = "no frames"
                     break
                 if got:
                     cam.restarts += 1
@@ -343,6 +352,7 @@ class CameraHub:
             depth += 1
         for c, _ in chosen:
             c.pending.popleft()  # a camera's chosen windows are its oldest ones, in order
+            c.inflight += 1
         self._pending -= len(chosen)
         return chosen
 
@@ -394,6 +404,7 @@ class CameraHub:
                 self.engine_errors += 1
                 self.last_engine_error = f"{type(e).__name__}: {e}"
                 for cam, _ in chosen:
+                    cam.inflight -= 1
                     cam.failed += 1
             if self.engine_errors == 1:
                 print(f"runtime.hub: engine call failed ({type(e).__name__}: {e}); counted per camera as failed",
@@ -406,7 +417,9 @@ class CameraHub:
             self.calls += 1
             self.batch_sizes[n] += 1
             for i, (cam, w) in enumerate(chosen):
+                cam.inflight -= 1
                 if cam.removed:
+                    cam.discarded += 1
                     continue
                 lat = (t1 - w.arrived) * 1e3
                 cam.predictions += 1
@@ -415,25 +428,31 @@ class CameraHub:
                                                _top_k(logits[i], self.engine.labels, cam.top_k), logits[i].copy(),
                                                lat, n)))
         for cam, r in results:
-            for cb in (cam.on_result, self.on_result):
-                if cb is not None:
+            with cam.deliver_lock:
+                if cam.removed:
+                    continue
+                self._deliver(cam, r)
+
+    def _deliver(self, cam: _Camera, r: HubResult) -> None:
+        for cb in (cam.on_result, self.on_result):
+            if cb is not None:
+                try:
+                    cb(r)
+                except Exception as e:  # noqa: BLE001 - an app's callback must not stop the hub
+                    self.callback_errors += 1
+                    if self.callback_errors == 1:
+                        print(f"runtime.hub: on_result raised {type(e).__name__}: {e}", file=sys.stderr)
+        if self._results is not None:
+            while True:
+                try:
+                    self._results.put_nowait(r)
+                    break
+                except queue_mod.Full:  # nobody reads the iterator: keep the newest results, count the rest
                     try:
-                        cb(r)
-                    except Exception as e:  # noqa: BLE001 - an app's callback must not stop the hub
-                        self.callback_errors += 1
-                        if self.callback_errors == 1:
-                            print(f"runtime.hub: on_result raised {type(e).__name__}: {e}", file=sys.stderr)
-            if self._results is not None:
-                while True:
-                    try:
-                        self._results.put_nowait(r)
-                        break
-                    except queue_mod.Full:  # nobody reads the iterator: keep the newest results, count the rest
-                        try:
-                            self._results.get_nowait()
-                            self.results_dropped += 1
-                        except queue_mod.Empty:
-                            pass
+                        self._results.get_nowait()
+                        self.results_dropped += 1
+                    except queue_mod.Empty:
+                        pass
 
     # ----------------------------------------------------------------- results, waiting, metrics
     def results(self, timeout: float | None = None) -> Iterator[HubResult]:
@@ -480,6 +499,7 @@ class CameraHub:
         return {"source": cam.source.name, "status": cam.status, "frames": cam.frames,
                 "windows_due": cam.windows_due, "predictions": cam.predictions, "dropped": cam.dropped,
                 "failed": cam.failed, "discarded": cam.discarded, "queued": len(cam.pending),
+                "in_flight": cam.inflight,
                 "reconnects": cam.reconnects, "reconnect_attempts": cam.reconnect_attempts, "restarts": cam.restarts,
                 "last_error": cam.last_error,
                 "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
