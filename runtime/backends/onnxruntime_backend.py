@@ -15,6 +15,7 @@ _PROVIDERS = {
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
+_ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "uint8": "tensor(uint8)"}
 _LEVELS = {"disable_all": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
            "all": "ORT_ENABLE_ALL"}
 
@@ -71,6 +72,11 @@ class OnnxRuntimeBackend(Backend):
                               f"{[o.name for o in self.session.get_outputs()]}, the manifest says {want_in!r}/"
                               f"{want_out!r}: not the model this bundle was built with")
         self.output_name = want_out
+        got_type = self.session.get_inputs()[0].type
+        want_type = _ORT_TYPES.get(manifest["input"]["dtype"])
+        if got_type != want_type:
+            raise BundleError(f"{engine_path}: the model's input {self.input_name!r} is {got_type}, the manifest's "
+                              f"input.dtype is {manifest['input']['dtype']!r}: not the model this bundle was built with")
         classes = next(o.shape for o in self.session.get_outputs() if o.name == want_out)[-1]
         if isinstance(classes, int) and classes != manifest["output"]["shape"][-1]:
             raise BundleError(f"{engine_path}: the model outputs {classes} classes, the manifest says "
