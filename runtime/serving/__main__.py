@@ -1,0 +1,64 @@
+"""``python -m runtime.serving --engine <bundle> [--port 8000] [--replicas n|auto]``: serve until Ctrl-C."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+
+from ..errors import BundleError
+from .app import ServeOptions, deploy, shutdown
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m runtime.serving", description=__doc__)
+    p.add_argument("--engine", required=True, help="engine bundle directory")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address the HTTP proxy binds (default loopback only; 0.0.0.0 exposes it to the network)")
+    p.add_argument("--replicas", default="1", help="number of replicas, or 'auto' (autoscaling on queue length)")
+    p.add_argument("--no-batching", action="store_true", help="one clip per engine call (no @serve.batch)")
+    p.add_argument("--max-batch", type=int, default=None, help="largest batch (default: the bundle's maximum)")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    p.add_argument("--cpus-per-replica", type=float, default=1.0)
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads per replica")
+    p.add_argument("--device", default="auto")
+    a = p.parse_args(argv)
+    opts = ServeOptions(bundle=a.engine, replicas=a.replicas, batching=not a.no_batching, max_batch=a.max_batch,
+                        batch_wait_ms=a.batch_wait_ms, cpus_per_replica=a.cpus_per_replica, threads=a.threads,
+                        device=a.device, host=a.host, port=a.port)
+    try:
+        opts.check()
+    except (BundleError, ValueError) as e:
+        print(f"make serve: {e}", file=sys.stderr)
+        return 2
+    try:
+        import ray  # noqa: F401
+        from ray import serve  # noqa: F401
+    except ImportError as e:
+        print(f"make serve: Ray Serve is not installed ({e}); pip install './runtime[serve]'", file=sys.stderr)
+        return 2
+    try:
+        url = deploy(opts)
+    except (RuntimeError, TimeoutError) as e:
+        print(f"make serve: {e}", file=sys.stderr)
+        shutdown()
+        return 1
+    where = f"cluster {os.environ['RAY_ADDRESS']}" if os.environ.get("RAY_ADDRESS") else "a local Ray (127.0.0.1)"
+    print(f"serving {opts.bundle} at {url}/v1/predict on {where}: {opts.replicas} replica(s), "
+          f"batching {'up to ' + str(opts.max_batch) if opts.batching else 'off'}; health at {url}/v1/health; "
+          "Ctrl-C stops", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    # on a cluster the application stays deployed only while this process lives, as it does locally
+    shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,352 @@
+"""The Ray Serve application: replicas of ``runtime.Engine`` behind one HTTP endpoint, with request batching.
+
+Ray is imported inside the functions that need it (``pip install './runtime[serve]'``), so the runtime installs
+and imports without it. The same code serves on a laptop, on this 2-core machine (Ray started small: no
+dashboard, a small object store, loopback only) or on a cluster (``RAY_ADDRESS`` set: Ray is joined, not
+started; the bundle path must then exist on every node, e.g. on a shared filesystem).
+
+The wire format is in :mod:`runtime.serving.protocol`.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..manifest import read_manifest
+from ..prediction import top_k
+from ..preprocess import preprocess_frames
+from .protocol import API_PREFIX, MAX_BODY_BYTES, HttpError, decode_body, error_body
+
+__all__ = ["ServeOptions", "build_app", "start_ray", "deploy", "shutdown", "replica_actors", "kill_replica", "APP_NAME",
+           "DEPLOYMENT_NAME"]
+
+APP_NAME = "timesformer"
+DEPLOYMENT_NAME = "EngineReplica"
+
+
+@dataclasses.dataclass
+class ServeOptions:
+    """How the bundle is served."""
+
+    bundle: str
+    replicas: int | str = 1  # a count, or "auto": autoscale between 1 and max_replicas on queue length
+    max_replicas: int | None = None  # for "auto"; default: the cluster's CPUs // cpus_per_replica
+    batching: bool = True  # @serve.batch across requests up to the bundle's max batch; off: one clip per call
+    max_batch: int | None = None  # default: the bundle's maximum batch
+    batch_wait_ms: float = 5.0  # how long a batch waits to fill once its first request came
+    cpus_per_replica: float = 1.0  # Ray's CPU reservation per replica
+    threads: int | None = None  # ONNX Runtime intra-op threads per replica; default max(1, int(cpus_per_replica))
+    device: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    def check(self) -> "ServeOptions":
+        """Validate against the bundle's manifest; returns self with ``max_batch`` filled in."""
+        manifest = read_manifest(self.bundle)  # BundleError names the file and field
+        hi = int(manifest["input"]["batch"]["max"])
+        if self.max_batch is None:
+            self.max_batch = hi
+        if not 1 <= self.max_batch <= hi:
+            raise ValueError(f"max_batch: expected 1..{hi} (the bundle's batch range), got {self.max_batch}")
+        if isinstance(self.replicas, str) and self.replicas != "auto":
+            try:
+                self.replicas = int(self.replicas)
+            except ValueError:
+                raise ValueError(f"replicas: expected a positive integer or 'auto', got {self.replicas!r}") from None
+        if isinstance(self.replicas, int) and self.replicas < 1:
+            raise ValueError(f"replicas: expected a positive integer or 'auto', got {self.replicas}")
+        if self.batch_wait_ms < 0:
+            raise ValueError(f"batch_wait_ms: expected >= 0, got {self.batch_wait_ms}")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port: expected 1..65535, got {self.port}")
+        return self
+
+
+class _Replica:
+    """What one replica holds: the engine, and the code that turns a decoded request into canonical rows.
+
+    Plain Python (no Ray) so that it can be tested and reused; :func:`build_app` wraps it in a Serve deployment.
+    """
+
+    def __init__(self, bundle: str, device: str, threads: int) -> None:
+        from ..engine import Engine
+
+        # only ONNX Runtime takes a thread count; TensorRT runs on the GPU
+        backend_options = {"threads": threads} if read_manifest(bundle)["backend"] == "onnxruntime" else {}
+        self.engine = Engine(bundle, device=device, **backend_options)
+        e = self.engine
+        cfg = e.preprocess
+        # "clip" requests are already resized and cropped: the engine's own preprocessing with an identity
+        # resize (short side = crop size, one crop) does the rest, so channel order and normalisation stay
+        # exactly the engine's
+        self.clip_cfg = dataclasses.replace(cfg, short_side=cfg.crop_size, num_crops=1)
+        self.lo, self.hi = e.batch_range
+
+    def meta(self) -> dict[str, Any]:
+        e = self.engine
+        return {"bundle": Path(e.bundle_dir).name, "precision": e.precision, "input": e.manifest["input"],
+                "output": e.manifest["output"], "clip_shape": list(e.clip_shape), "batch_range": list(e.batch_range),
+                "input_dtype": str(e.input_dtype), "num_classes": e.num_classes, "labels": e.labels,
+                "preprocess": e.preprocess.to_dict()}
+
+    def decode(self, body: bytes, headers: Any, kind: str, max_batch: int):
+        cfg = self.engine.preprocess
+        return decode_body(body, headers, kind=kind, clip_shape=self.engine.clip_shape, num_frames=cfg.num_frames,
+                           crop_size=cfg.crop_size, input_dtype=self.engine.input_dtype, max_batch=max_batch)
+
+    def rows(self, req) -> np.ndarray:
+        """A decoded request -> canonical rows ``(n, T, 3, H, W)`` in the engine's dtype."""
+        if req.kind == "canonical":
+            return req.array
+        if req.kind == "clip":
+            clip = preprocess_frames(req.array, self.clip_cfg, bgr=req.bgr)
+        else:
+            clip = self.engine.clip_from_frames(req.array, bgr=req.bgr)
+        return clip[None].astype(self.engine.input_dtype, copy=False)
+
+    def infer_rows(self, rows: list[np.ndarray]) -> list[np.ndarray]:
+        """Run several requests' rows as few engine calls as the batch range allows; logits per request."""
+        x = rows[0] if len(rows) == 1 else np.concatenate(rows)
+        outs = []
+        for s in range(0, len(x), self.hi):
+            chunk = x[s:s + self.hi]
+            n = len(chunk)
+            if n < self.lo:  # a TensorRT profile may start above 1: pad with copies of the last row
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.lo - n, axis=0)])
+            outs.append(self.engine.infer(chunk)[:n])
+        logits = outs[0] if len(outs) == 1 else np.concatenate(outs)
+        bounds = np.cumsum([len(r) for r in rows])[:-1]
+        return np.split(logits, bounds)
+
+
+def _json(content: Any, status: int = 200):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(content, status_code=status)
+
+
+def build_app(opts: ServeOptions):
+    """The Serve application (a bound deployment) for ``opts``; deploy it with :func:`deploy`."""
+    from ray import serve
+
+    opts.check()
+    bundle = str(Path(opts.bundle).resolve())
+    max_batch = int(opts.max_batch)
+    batching = opts.batching
+    threads = opts.threads or max(1, int(opts.cpus_per_replica))
+    device = opts.device
+
+    if opts.replicas == "auto":
+        scaling: dict[str, Any] = {"autoscaling_config": {
+            "min_replicas": 1, "max_replicas": int(opts.max_replicas or 1),
+            # a replica is busy with one batch and one forming: scale out when more wait
+            "target_ongoing_requests": max(2, max_batch)}}
+    else:
+        scaling = {"num_replicas": int(opts.replicas)}
+
+    @serve.deployment(
+        name=DEPLOYMENT_NAME,
+        ray_actor_options={"num_cpus": opts.cpus_per_replica},
+        # Serve's own limit must admit a full batch plus the next one forming
+        max_ongoing_requests=max(8, 2 * max_batch),
+        graceful_shutdown_timeout_s=2, graceful_shutdown_wait_loop_s=0.5,
+        health_check_period_s=2, health_check_timeout_s=10,
+        **scaling,
+    )
+    class EngineReplica:
+        def __init__(self) -> None:
+            import ray
+
+            os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+            self.core = _Replica(bundle, device, threads)
+            ctx = serve.get_replica_context()
+            self.replica = ctx.replica_id.unique_id
+            rt = ray.get_runtime_context()
+            self.actor_name = rt.get_actor_name()
+            self.namespace = rt.namespace
+            self.served = 0
+
+        @serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=opts.batch_wait_ms / 1e3,
+                     batch_size_fn=lambda items: sum(len(r) for r in items))
+        async def _batched(self, items: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
+            # inference in a thread: the event loop keeps taking requests, and the next batch forms meanwhile
+            outs = await asyncio.get_running_loop().run_in_executor(None, self.core.infer_rows, items)
+            n = sum(len(r) for r in items)
+            return [(o, n) for o in outs]
+
+        async def _run(self, rows: np.ndarray) -> tuple[np.ndarray, int]:
+            if batching:
+                return await self._batched(rows)
+            out = await asyncio.get_running_loop().run_in_executor(None, self.core.infer_rows, [rows])
+            return out[0], len(rows)
+
+        async def __call__(self, request):
+            path = request.url.path.rstrip("/")
+            try:
+                if path in (f"{API_PREFIX}/predict", f"{API_PREFIX}/infer"):
+                    if request.method != "POST":
+                        raise HttpError(405, f"{path}: expected POST with the array as the body, got {request.method}")
+                    size = request.headers.get("content-length")
+                    if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
+                        raise HttpError(413, f"Content-Length: {size} bytes is over the {MAX_BODY_BYTES}-byte limit")
+                    body = await request.body()
+                    t0 = time.perf_counter()
+                    kind = "frames" if path.endswith("predict") else "canonical"
+                    req = self.core.decode(body, request.headers, kind, max_batch)
+                    rows = await asyncio.get_running_loop().run_in_executor(None, self.core.rows, req)
+                    logits, batch = await self._run(rows)
+                    self.served += 1
+                    out: dict[str, Any] = {"server_ms": round((time.perf_counter() - t0) * 1e3, 3), "batch": batch,
+                                           "replica": self.replica}
+                    if kind == "canonical":
+                        out["logits"] = logits.tolist()
+                    else:
+                        out["top_k"] = top_k(logits[0], self.core.engine.labels, req.top_k)
+                        out["logits"] = logits[0].tolist()
+                    return _json(out)
+                if path in (f"{API_PREFIX}/health", f"{API_PREFIX}/meta"):
+                    if request.method != "GET":
+                        raise HttpError(405, f"{path}: expected GET, got {request.method}")
+                    if path.endswith("meta"):
+                        return _json(self.core.meta())
+                    return _json({"status": "ok", "replica": self.replica, "actor": self.actor_name,
+                                  "namespace": self.namespace, "pid": os.getpid(), "served": self.served,
+                                  "batching": batching, "max_batch": max_batch, **self.core.engine.describe()})
+                raise HttpError(404, f"{request.url.path}: no such endpoint; expected {API_PREFIX}/predict, "
+                                     f"{API_PREFIX}/infer, {API_PREFIX}/health or {API_PREFIX}/meta")
+            except HttpError as e:
+                return _json({"error": e.message}, e.status)
+            except InputError as e:  # what the engine itself refuses (too few frames, a frame too small, ...)
+                return _json({"error": str(e)}, 400)
+            except ValueError as e:  # preprocessing's refusals (crop larger than the frame)
+                return _json({"error": f"input: {e}"}, 400)
+
+        async def check_health(self) -> None:
+            if self.core.engine is None:
+                raise RuntimeError("engine closed")
+
+    return EngineReplica.bind()
+
+
+def start_ray(num_cpus: int | None = None, object_store_mb: int = 100) -> bool:
+    """Join the cluster at ``RAY_ADDRESS`` when set, else start a small local Ray on the loopback interface.
+
+    Returns True when this call started (or joined) Ray, False when it was already initialised.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves this machine
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+        return True
+    ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
+             object_store_memory=object_store_mb << 20, _node_ip_address="127.0.0.1",
+             log_to_driver=False, configure_logging=True, logging_level="warning")
+    return True
+
+
+def deploy(opts: ServeOptions, wait: bool = True) -> str:
+    """Start Ray (or join it), start Serve's HTTP proxy on ``opts.host:opts.port`` and deploy; returns the URL."""
+    import ray
+    from ray import serve
+
+    opts.check()
+    start_ray()
+    if opts.replicas == "auto" and not opts.max_replicas:
+        opts.max_replicas = max(1, int(ray.cluster_resources().get("CPU", 1) // opts.cpus_per_replica))
+    serve.start(http_options={"host": opts.host, "port": opts.port}, proxy_location="HeadOnly")
+    serve.run(build_app(opts), name=APP_NAME, route_prefix="/", blocking=False)
+    if wait:
+        _wait_running()
+    host = "127.0.0.1" if opts.host in ("0.0.0.0", "::") else opts.host
+    return f"http://{host}:{opts.port}"
+
+
+def _wait_running(timeout_s: float = 120.0) -> None:
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        st = serve.status().applications.get(APP_NAME)
+        if st is not None and str(st.status).endswith("RUNNING"):
+            return
+        if st is not None and str(st.status).endswith("DEPLOY_FAILED"):
+            raise RuntimeError(f"Serve application {APP_NAME!r} failed to deploy: {st.message}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Serve application {APP_NAME!r} not running after {timeout_s:.0f} s "
+                               f"(status {getattr(st, 'status', None)})")
+        time.sleep(0.2)
+
+
+def shutdown() -> None:
+    """Take the application down: on a local Ray, Serve and Ray stop; on a joined cluster (``RAY_ADDRESS``) only
+    this application is deleted and the driver disconnects, leaving the cluster's other applications alone."""
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        serve.delete(APP_NAME)
+    else:
+        serve.shutdown()
+    ray.shutdown()
+
+
+def replica_actors(url: str, tries: int = 40) -> dict[str, tuple[str, str]]:
+    """The replicas answering at ``url``: ``{replica id: (actor name, namespace)}`` read from their health endpoint
+    (the proxy spreads the calls, so a few calls find every replica)."""
+    from ..remote import RemoteEngine
+
+    client = RemoteEngine(url, fetch_meta=False, retries=0)
+    found: dict[str, tuple[str, str]] = {}
+    for _ in range(tries):
+        h = client.health()
+        found[h["replica"]] = (h["actor"], h["namespace"])
+    return found
+
+
+def kill_replica(url: str) -> str:
+    """``ray.kill`` one replica of the application at ``url`` (Serve starts a replacement); returns its id.
+
+    A process not yet connected to Ray joins ``RAY_ADDRESS`` (or the local cluster) for the call."""
+    import ray
+
+    joined = not ray.is_initialized()
+    if joined:  # attach to the cluster serving ``url`` (RAY_ADDRESS, or the local one `make serve` started)
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=False, logging_level="warning")
+    try:
+        return _kill_one(url)
+    finally:
+        if joined:
+            ray.shutdown()  # disconnects this driver; the cluster and the application keep running
+
+
+def _kill_one(url: str) -> str:
+    import ray
+
+    replicas = replica_actors(url)
+    if not replicas:
+        raise RuntimeError(f"{url}: no replica answered the health endpoint")
+    rid, (name, ns) = sorted(replicas.items())[0]
+    for namespace in ("serve", ns):  # Serve keeps its replicas in its own namespace ("serve" since Ray 2.x)
+        try:
+            handle = ray.get_actor(name, namespace=namespace)
+            break
+        except ValueError:
+            continue
+    else:
+        raise RuntimeError(f"replica actor {name!r} not found in namespace 'serve' or {ns!r}")
+    ray.kill(handle, no_restart=True)
+    return rid
+
