@@ -21,6 +21,7 @@ import numpy as np
 from runtime.files import write_json_atomic
 from runtime.preprocess import PreprocessConfig, preprocess_frames
 
+from .cli import user_errors
 from .synthetic import render_clip, write_video
 from .video_reader import decode_frames, read_clip, video_info
 
@@ -84,6 +85,7 @@ def run(out_json: str | os.PathLike = "artifacts/bench/reader.json", frames: int
     return report
 
 
+@user_errors("python -m calibration.bench_reader")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m calibration.bench_reader", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="artifacts/bench/reader.json")

@@ -9,6 +9,9 @@ Three sources, named by one ``spec`` string:
 * saved tensors: a ``.npy``/``.npz`` file, or a folder of them, in the canonical layout
   ``(N, T, 3, H, W)`` (or one ``(T, 3, H, W)`` clip) float32; an ``.npz`` may hold ``clips`` and ``labels``.
 
+Decoded video is handed over in the model's channel order (``PreprocessConfig.channel_order``: RGB, or
+BGR for models trained on BGR frames); saved tensors are taken as they are, already in that order.
+
 The selection (files and clip offsets) is a function of the spec, ``n`` and ``seed`` only, and is
 recorded together with a SHA-256 of the selection and the clip data. Unreadable files are reported by
 name and skipped; a set with no usable clip is an error. :func:`selection_key` identifies a selection
@@ -289,7 +292,7 @@ def _from_tensors(spec: str, files: list[Path], pre: PreprocessConfig, n: int, s
     for f in files:
         try:
             arrays = _tensor_arrays(f)
-        except (OSError, ValueError, EOFError) as e:
+        except Exception as e:  # noqa: BLE001 - numpy/zipfile raise many types for garbage files; skip like a bad video
             skipped.append({"file": f.name, "error": f"{type(e).__name__}: {e}"})
             _log(f"skipping unreadable {f} ({type(e).__name__}: {e})")
             continue

@@ -23,6 +23,8 @@ import numpy as np
 
 from runtime.files import temp_path_beside, write_text_atomic
 
+from .cli import user_errors
+
 __all__ = ["CLASSES", "render_clip", "generate_dataset", "read_dataset", "write_video", "CONTAINERS"]
 
 #: Action classes; pairs (0,1), (2,3), (4,5), (6,7) differ only in the direction of time.
@@ -234,6 +236,7 @@ def read_dataset(directory: str | os.PathLike) -> list[tuple[Path, int]]:
     return items
 
 
+@user_errors("python -m calibration.synthetic")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m calibration.synthetic", description=__doc__.splitlines()[0])
     ap.add_argument("out_dir")

@@ -206,7 +206,8 @@ def clip_indices(num_frames: int, pre: PreprocessConfig, clip_index: int = -1, n
 
 def read_clip(path: str | os.PathLike, pre: PreprocessConfig, clip_index: int = -1, num_clips: int = 1,
               crop_index: int = 1, threads: int = 1) -> np.ndarray:
-    """One clip in the canonical layout ``(T, 3, crop, crop)`` float32.
+    """One clip in the canonical layout ``(T, 3, crop, crop)`` float32, channels in the model's order
+    (``pre.channel_order``): frames are decoded as RGB, and ``preprocess_frames`` flips them for a BGR model.
 
     ``clip_index`` of ``num_clips`` evenly spaced windows (``-1``: the centre window) for dense sampling;
     ``crop_index`` 0/1/2 picks the first/centre/last of three crops when ``pre.num_crops == 3``.
@@ -221,7 +222,7 @@ def read_clip(path: str | os.PathLike, pre: PreprocessConfig, clip_index: int = 
         got = v.frames(idx.tolist())
     frames = np.stack([got[int(i)] for i in idx])
     try:
-        return preprocess_frames(frames, pre, crop_index=crop_index)
+        return preprocess_frames(frames, pre, bgr=False, crop_index=crop_index)  # decoded as rgb24
     except ValueError as e:
         raise VideoReadError(f"{path}: frames of {frames.shape[2]}x{frames.shape[1]} do not fit the "
                              f"preprocessing ({e})") from e

@@ -21,6 +21,8 @@ import numpy as np
 
 from runtime.files import temp_path_beside, write_json_atomic, write_text_atomic
 
+from calibration.cli import user_errors
+
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
     a = np.asarray(samples) * 1e3
@@ -249,6 +251,7 @@ def write(result: dict[str, Any], out_dir: str | os.PathLike) -> list[Path]:
     return [out / "bench.json", out / "bench.md", out / "bench.png"]
 
 
+@user_errors("make bench")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m export.bench_engine", description=__doc__.splitlines()[0])
     ap.add_argument("--engine", required=True, help="engine bundle directory")

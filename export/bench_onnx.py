@@ -26,6 +26,8 @@ import numpy as np
 
 from runtime.files import write_text_atomic
 
+from calibration.cli import user_errors
+
 from .attention import ATTENTION_MODES, DEFAULT_OPSET
 
 #: the reference clip's max abs logit difference every export must stay under (float32)
@@ -229,6 +231,7 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@user_errors("make bench-onnx")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m export.bench_onnx", description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)

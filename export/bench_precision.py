@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from calibration.cli import user_errors
+
 GOAL_SPEEDUP = 2.5
 
 
@@ -135,6 +137,7 @@ def format_table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@user_errors("make bench-precision")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m export.bench_precision", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="base", help="preset or checkpoint (default base = base_8x224_k400)")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from calibration.cli import user_errors
+
 MODEL = "models/weights/motion_tiny.safetensors"
 
 
@@ -50,6 +52,7 @@ def write_demo_video(path: Path, seed: int = 7, clips_per_class: int = 1) -> lis
     return segments
 
 
+@user_errors("make demo")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m export.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=MODEL)

@@ -33,6 +33,8 @@ from importlib import metadata as _importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from calibration.cli import user_errors
+
 from .attention import (ATTENTION_CHOICES, DEFAULT_OPSET, EXPORT_IMPL, MIN_OPSET, MS_DOMAIN, fold_query_scale,
                         resolve_attention, translation_table)
 
@@ -524,6 +526,7 @@ def _model_name(model: str) -> str:
     return Path(model).stem if Path(model).suffix else Path(model).name
 
 
+@user_errors("make onnx")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m export.onnx_export",
                                  description="Export a TimeSformer to ONNX with explicit attention subgraphs.")

@@ -22,6 +22,7 @@ import numpy as np
 from runtime.files import write_json_atomic, write_text_atomic
 from runtime.manifest import read_manifest
 
+from calibration.cli import user_errors
 from calibration.metrics import TOLERANCES, check_tolerance, compare_logits
 
 #: relative L2 error of a block's output tokens above which that block counts as diverged, per precision
@@ -183,6 +184,7 @@ def write_report(report: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Pa
     return out / "parity.json", out / "parity.md"
 
 
+@user_errors("make parity")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m export.parity_check", description=__doc__.splitlines()[0])
     ap.add_argument("--engine", required=True, help="engine bundle directory")

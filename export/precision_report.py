@@ -28,6 +28,8 @@ import numpy as np
 
 from runtime.files import write_json_atomic, write_text_atomic
 
+from calibration.cli import user_errors
+
 __all__ = ["precision_report", "block_outputs_model", "first_jump_block", "largest_step_block", "write_report", "main"]
 
 TARGETS = ("onnxruntime", "tensorrt")
@@ -255,6 +257,7 @@ def write_report(rep: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path,
     return js, md
 
 
+@user_errors("python -m export.precision_report")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m export.precision_report", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="models/weights/motion_tiny.safetensors", help="checkpoint path or preset name")

@@ -15,6 +15,8 @@ import torch
 
 from runtime.files import write_json_atomic
 
+from calibration.cli import user_errors
+
 from .config import get_preset
 from .flops import count_flops, count_params
 from .timesformer import TimeSformer
@@ -32,6 +34,7 @@ def time_forward(net: TimeSformer, x: torch.Tensor, iters: int, bf16: bool = Fal
     return samples
 
 
+@user_errors("python -m models.bench_model", (KeyError,))
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m models.bench_model", description=__doc__.splitlines()[0])
     ap.add_argument("--presets", default="base,base_8x224_k400_joint,base_8x224_k400_space")

@@ -3,7 +3,9 @@
 Every loader infers the config from the weights where it can (frames from the time embedding,
 resolution from the position embedding, classes from the head, attention type from the keys) and
 loads strictly: a missing or unexpected key, or a shape that fits no config, raises
-:class:`CheckpointError` naming the file and the key.
+:class:`CheckpointError` naming the file and the key. So do NaN/Inf weights (naming the tensor), a
+label list whose length is not the number of classes, and, for our safetensors, weights whose sha256
+no longer matches the one recorded in the JSON sidecar.
 """
 from __future__ import annotations
 
@@ -114,8 +116,30 @@ def build_from_state(state: Mapping[str, torch.Tensor], cfg: TimeSformerConfig, 
     for k, v in expected.items():
         if tuple(state[k].shape) != tuple(v.shape):
             raise CheckpointError(f"{source}: key {k!r}: expected shape {tuple(v.shape)}, got {tuple(state[k].shape)}")
+    check_finite(state, source)
     model.load_state_dict({k: state[k].to(torch.float32) for k in expected}, strict=True)
     return model.eval()
+
+
+def check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """CheckpointError naming the first tensor with NaN or Inf values (a corrupt or diverged checkpoint)."""
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            bad = int((~torch.isfinite(v)).sum())
+            raise CheckpointError(f"{source}: tensor {k!r} has {bad} NaN/Inf value(s) of {v.numel()}; expected "
+                                  "finite weights (a corrupt file or a diverged training run)")
+
+
+def check_labels(labels: list[str] | None, num_classes: int, source: str) -> None:
+    """CheckpointError when a label list does not have one name per class."""
+    if labels is None:
+        return
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise CheckpointError(f"{source}: labels: expected a list of {num_classes} strings, got "
+                              f"{type(labels).__name__}")
+    if len(labels) != num_classes:
+        raise CheckpointError(f"{source}: labels: {len(labels)} names, but the model's head has {num_classes} "
+                              "classes")
 
 
 # --------------------------------------------------------------------------- official (.pyth)
@@ -257,9 +281,17 @@ def load_hf(path: str | os.PathLike) -> tuple[TimeSformer, CheckpointInfo]:
     model = build_from_state(state, cfg, str(weights))
     labels = None
     if "id2label" in hf:
-        id2label = {int(k): v for k, v in hf["id2label"].items()}
+        try:
+            id2label = {int(k): str(v) for k, v in hf["id2label"].items()}
+        except (AttributeError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{cfg_path}: id2label: expected {{index: name}}, got {hf['id2label']!r:.80}") from e
+        placeholders = all(v == f"LABEL_{i}" for i, v in id2label.items())  # transformers' default, not labels
         if sorted(id2label) == list(range(cfg.num_classes)):
             labels = [id2label[i] for i in range(cfg.num_classes)]
+        elif not placeholders:
+            raise CheckpointError(f"{cfg_path}: id2label has {len(id2label)} labels (indices "
+                                  f"{min(id2label, default=0)}..{max(id2label, default=-1)}), but the head in "
+                                  f"{weights.name} has {cfg.num_classes} classes")
     return model, CheckpointInfo(str(path), "huggingface", sha256_file(weights), labels=labels)
 
 
@@ -307,20 +339,35 @@ def load_ours(path: str | os.PathLike) -> tuple[TimeSformer, CheckpointInfo]:
         raise CheckpointError(f"{path}: cannot read safetensors ({e})") from e
     side_path = sidecar_path(path)
     side: dict[str, Any] = {}
+    digest = sha256_file(path)
     if side_path.is_file():
         try:
             side = json.loads(side_path.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{side_path}: not valid JSON ({e})") from e
-    if "config" in side:
-        cfg = TimeSformerConfig.from_dict(side["config"])
-    elif "config" in header:
-        cfg = TimeSformerConfig.from_dict(json.loads(header["config"]))
-    else:
-        cfg = infer_config(state, str(path))
+        if not isinstance(side, dict):
+            raise CheckpointError(f"{side_path}: expected a JSON object, got {type(side).__name__}")
+        recorded = side.get("sha256")
+        if recorded is not None and recorded != digest:
+            raise CheckpointError(f"{path}: sha256 {digest[:16]}... does not match {recorded[:16]}... recorded in "
+                                  f"{side_path.name}: the weights file changed after it was saved (or the sidecar "
+                                  "belongs to another file)")
+    try:
+        if "config" in side:
+            cfg = TimeSformerConfig.from_dict(side["config"])
+        elif "config" in header:
+            cfg = TimeSformerConfig.from_dict(json.loads(header["config"]))
+        else:
+            cfg = infer_config(state, str(path))
+    except (TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{side_path if 'config' in side else path}: config: {e}") from e
     model = build_from_state(state, cfg, str(path))
-    pre = PreprocessConfig.from_dict(side["preprocess"]) if side.get("preprocess") else None
-    return model, CheckpointInfo(str(path), "ours", sha256_file(path), labels=side.get("labels"), preprocess=pre,
+    check_labels(side.get("labels"), cfg.num_classes, str(side_path))
+    try:
+        pre = PreprocessConfig.from_dict(side["preprocess"]) if side.get("preprocess") else None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{side_path}: preprocess: {e}") from e
+    return model, CheckpointInfo(str(path), "ours", digest, labels=side.get("labels"), preprocess=pre,
                                  metadata=side.get("metadata") or {})
 
 

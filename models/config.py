@@ -94,8 +94,11 @@ PRESETS: dict[str, Preset] = {
                "TimeSformer (divided), 8x32, 224px, Kinetics-400"),
         Preset("base_8x224_k600", _base(num_classes=600), PreprocessConfig(8, 32, "dense", 224, 224),
                "TimeSformer (divided), 8x32, 224px, Kinetics-600"),
-        Preset("base_8x224_ssv2", _base(num_classes=174), PreprocessConfig(8, 1, "uniform", 224, 224),
-               "TimeSformer (divided), 8 frames uniform, 224px, Something-Something-v2"),
+        # The official SSv2 loader decodes JPEGs with cv2.imdecode and never converts them
+        # (DATA.REVERSE_INPUT_CHANNEL defaults to False): these checkpoints were trained on BGR frames.
+        Preset("base_8x224_ssv2", _base(num_classes=174),
+               PreprocessConfig(8, 1, "uniform", 224, 224, channel_order="BGR"),
+               "TimeSformer (divided), 8 frames uniform, 224px, Something-Something-v2 (BGR input)"),
         Preset("hr_16x448_k400", _base(image_size=448, num_frames=16, num_classes=400),
                PreprocessConfig(16, 16, "dense", 448, 448), "TimeSformer-HR, 16x16, 448px, Kinetics-400"),
         Preset("l_96x224_k400", _base(num_frames=96, num_classes=400), PreprocessConfig(96, 4, "dense", 224, 224),

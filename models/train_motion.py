@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from runtime.files import sha256_file
 from runtime.preprocess import PreprocessConfig
 
+from calibration.cli import user_errors
+
 from .checkpoints import save_checkpoint
 from .config import get_preset
 from .timesformer import TimeSformer
@@ -302,6 +304,7 @@ def train(out: str | Path = DEFAULT_OUT, seed: int = 0, clips: int = 1600, epoch
     return metadata
 
 
+@user_errors("make train-motion")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m models.train_motion", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=DEFAULT_OUT, help="safetensors path (a .json sidecar is written beside it)")
