@@ -43,8 +43,10 @@ class Engine:
     path leaving the bundle, a symlink or a bundle whose parity was never measured raises ``BundleError``
     naming the file and field), every file the manifest lists is checked (regular file, size, SHA-256),
     and the engine and labels are read once, through the bundle directory's descriptor, and used from
-    those verified bytes: no file outside the bundle is opened, and a file swapped after the check is
-    not used. ``verify=False`` skips the SHA-256 (about 1.3 ms per MB here), not the other checks.
+    those verified bytes (``Backend.engine_data()``): no file outside the bundle is opened, and a file
+    swapped after the check is not used (a backend that re-opens ``engine_path`` instead, or an ONNX
+    model with an external-data file, leaves that window open). ``verify=False`` skips the SHA-256 (about 1.1 ms per MB here: ~105 ms for a 100 MB
+    plan), not the other checks.
     ``manifest=``: a manifest not yet written to the bundle (the builder's parity check before it
     publishes); validated the same way, except that ``parity`` may still be missing.
 
