@@ -87,8 +87,9 @@ class _Camera:
         if queue < 1:
             raise ValueError(f"queue: expected at least 1 window per camera, got {queue}")
         self.every, self.queue = every, queue
-        # Enough sampled frames for `queue` pending windows plus the frames arriving before the next is due.
-        self.capacity = self.T + queue * (every // self.stride)
+        # Sampled frames the ring keeps: `queue` pending windows, plus a whole new window after a reconnect (the
+        # old windows stay queued while the new run fills its first window, which the queue bound cannot see).
+        self.capacity = 2 * self.T + (queue - 1) * (every // self.stride)
         self.ring = np.empty((self.capacity, 3, cfg.crop_size, cfg.crop_size), np.float32)
         self.pending: deque[_Window] = deque()
         self.push_lock = threading.Lock()  # one producer at a time: frames of a camera arrive in order
@@ -261,9 +262,12 @@ class CameraHub:
             if k % cam.stride:
                 return
             s = cam.sampled
-            with self._cv:  # the slots about to be written must not hold a queued window (safety net: the ring
-                # is sized so that the queue bound drops first)
+            with self._cv:  # the slot about to be written must not hold a queued window (the ring is sized so that
+                # the queue bound acts first; this catches runs broken again and again before a window fills)
                 while cam.pending and cam.pending[0].start <= s - cam.capacity:
+                    if cam.block and not (cam.stop.is_set() or self._closing):
+                        self._cv.wait(0.5)
+                        continue
                     cam.pending.popleft()
                     cam.dropped += 1
                     self._pending -= 1
@@ -276,18 +280,16 @@ class CameraHub:
             with self._cv:
                 if cam.removed:
                     return
+                if cam.block:  # a file: wait for room rather than lose a window
+                    while len(cam.pending) >= cam.queue and not (cam.stop.is_set() or self._closing):
+                        self._cv.wait(0.5)
+                    if cam.stop.is_set() or self._closing:  # stopped while waiting: as if it came after the stop
+                        return
+                elif len(cam.pending) >= cam.queue:  # live: the newest window matters most; drop the oldest
+                    cam.pending.popleft()
+                    cam.dropped += 1
+                    self._pending -= 1
                 cam.windows_due += 1
-                if len(cam.pending) >= cam.queue:
-                    if cam.block:  # a file: wait for room rather than lose a window
-                        while len(cam.pending) >= cam.queue and not (cam.stop.is_set() or self._closing):
-                            self._cv.wait(0.5)
-                        if cam.stop.is_set() or self._closing:
-                            cam.discarded += 1
-                            return
-                    else:
-                        cam.pending.popleft()
-                        cam.dropped += 1
-                        self._pending -= 1
                 cam.pending.append(w)
                 self._pending += 1
                 self._cv.notify_all()
