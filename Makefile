@@ -22,8 +22,15 @@ N ?=#                    number of clips (make parity)
 MODEL_REF ?=#            FP32 reference checkpoint for parity (default: the bundle's source)
 ALLOW_PARITY_FAILURE ?=# 1: publish a bundle whose parity is outside tolerance
 PYTEST_ARGS ?=#          extra pytest arguments
+PORT ?= 8000#            HTTP port of make serve
+REPLICAS ?= 1#           serving replicas: a count, or auto (autoscaling)
+BATCHING ?= 1#           make serve: 1 batches requests up to the bundle's max batch (@serve.batch), 0 one clip per call
+URL ?= http://127.0.0.1:8000# the served endpoint (make load-test)
+CLIENTS ?= 8#            concurrent clients (make load-test)
+SECONDS ?= 20#           how long a load runs, seconds
+KILL_AFTER ?=#           make load-test: ray.kill one replica this many seconds in
 
-.PHONY: help setup test test-fast demo onnx engine parity bench bench-onnx bench-precision train-motion gpu-check clean
+.PHONY: help setup test test-fast demo onnx engine parity bench bench-onnx bench-precision train-motion gpu-check serve load-test triton clean
 
 help: ## this list
 	@echo "Targets (options in [brackets]; README.md describes each):"
@@ -76,6 +83,18 @@ bench-precision: $(STAMP) ## FP32 vs INT8 (vs FP16) on ONNX Runtime CPU [MODEL]
 
 train-motion: $(STAMP) ## train the motion model (~4 min on 2 cores) [OUT]
 	$(PY) -m models.train_motion $(if $(OUT),--out $(OUT))
+
+serve: $(STAMP) ## serve a bundle on Ray Serve at 127.0.0.1 (RAY_ADDRESS: join a cluster): ENGINE=<bundle> [PORT REPLICAS BATCHING]
+	@test -n "$(ENGINE)" || { echo "make serve: set ENGINE=<bundle directory> (e.g. engines/motion_tiny-fp32-onnxruntime)" >&2; exit 2; }
+	$(PY) -m runtime.serving --engine $(ENGINE) --port $(PORT) --replicas $(REPLICAS) $(if $(filter 0,$(BATCHING)),--no-batching)
+
+load-test: $(STAMP) ## load a served engine, one JSON line of counts and latencies [URL CLIENTS SECONDS KILL_AFTER ENGINE]
+	$(PY) -m export.load_test --url $(URL) --clients $(CLIENTS) --seconds $(SECONDS) \
+		$(if $(KILL_AFTER),--kill-after $(KILL_AFTER)) $(if $(ENGINE),--engine $(ENGINE))
+
+triton: $(STAMP) ## a Triton model repository for a bundle: ENGINE=<bundle> [OUT=artifacts/triton]
+	@test -n "$(ENGINE)" || { echo "make triton: set ENGINE=<bundle directory> (e.g. engines/motion_tiny-fp32-onnxruntime)" >&2; exit 2; }
+	$(PY) -m export.triton_repo --engine $(ENGINE) --out $(if $(OUT),$(OUT),artifacts/triton)
 
 clean: ## remove artifacts/ and engines/ (bundles you built) and the pytest cache
 	rm -rf artifacts engines .pytest_cache
