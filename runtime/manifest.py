@@ -194,8 +194,9 @@ def _validate_files(where: str, files: Any) -> dict[str, dict[str, Any]]:
 
 
 def _shape(where: str, field: str, v: Any, rank: int) -> list[int]:
-    if not isinstance(v, list) or len(v) != rank:
+    if not isinstance(v, (list, tuple)) or len(v) != rank:  # tuples: a manifest built in memory (the builder)
         raise _fail(where, field, f"a list of {rank} dimensions", v)
+    v = list(v)
     first = v[0]
     if first != -1 or isinstance(first, bool):
         _int(where, f"{field}[0]", first)  # a fixed batch dimension is allowed; -1 is dynamic
@@ -227,7 +228,7 @@ def _validate_io(where: str, inp: Any, outp: Any, pre: PreprocessConfig) -> tupl
     _str(where, "output.name", outp.get("name"))
     _str(where, "output.dtype", outp.get("dtype", "float32"), OUTPUT_DTYPES)
     oshape = _shape(where, "output.shape", outp.get("shape"), 2)
-    return {**inp, "layout": layout, "batch": {"min": lo, "opt": opt, "max": hi}}, oshape[1]
+    return {**inp, "shape": shape, "layout": layout, "batch": {"min": lo, "opt": opt, "max": hi}}, oshape[1]
 
 
 def _validate_model_config(where: str, cfg: Any, inp: dict[str, Any], classes: int) -> None:
