@@ -29,8 +29,10 @@ URL ?= http://127.0.0.1:8000# the served endpoint (make load-test)
 CLIENTS ?= 8#            concurrent clients (make load-test)
 SECONDS ?= 20#           how long a load runs, seconds
 KILL_AFTER ?=#           make load-test: ray.kill one replica this many seconds in
+CAMERAS ?= 16#           simulated cameras (make bench-cameras)
+FPS ?= 25#               frames per second of each simulated camera (make bench-cameras)
 
-.PHONY: help setup test test-fast demo onnx engine parity bench bench-onnx bench-precision train-motion gpu-check serve load-test triton clean
+.PHONY: help setup test test-fast demo onnx engine parity bench bench-onnx bench-precision train-motion gpu-check serve load-test triton bench-cameras clean
 
 help: ## this list
 	@echo "Targets (options in [brackets]; README.md describes each):"
@@ -74,6 +76,11 @@ parity: $(STAMP) ## a bundle against FP32 PyTorch, exit 1 on failure: ENGINE=<bu
 bench: $(STAMP) ## latency and throughput of a bundle: ENGINE=<bundle> [BATCHES THREADS]
 	@test -n "$(ENGINE)" || { echo "make bench: set ENGINE=<bundle directory> (e.g. engines/motion_tiny-fp32-onnxruntime)" >&2; exit 2; }
 	$(PY) -m export.bench_engine --engine $(ENGINE) $(if $(BATCHES),--batch $(BATCHES)) $(if $(THREADS),--threads $(THREADS))
+
+bench-cameras: $(STAMP) ## many cameras through the batching hub: ENGINE=<bundle> [CAMERAS FPS SECONDS THREADS]
+	@test -n "$(ENGINE)" || { echo "make bench-cameras: set ENGINE=<bundle directory> (e.g. engines/motion_tiny-int8-onnxruntime)" >&2; exit 2; }
+	$(PY) -m export.bench_cameras --engine $(ENGINE) --cameras $(CAMERAS) --fps $(FPS) --seconds $(SECONDS) \
+		$(if $(THREADS),--threads $(THREADS))
 
 bench-onnx: $(STAMP) ## our ONNX (each attention form) vs the plain transformers export, ONNX Runtime CPU (~10 min)
 	$(PY) -m export.bench_onnx

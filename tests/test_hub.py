@@ -324,3 +324,41 @@ def test_cli_runs_several_sources_through_the_hub(fp32_bundle, heldout_videos, t
     res = subprocess.run([sys.executable, "-m", "runtime", str(fp32_bundle), a, str(tmp_path / "gone.mp4")],
                          cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert res.returncode == 2 and res.stderr.strip() == f"python -m runtime: {tmp_path / 'gone.mp4'}: no such file"
+
+
+# --------------------------------------------------------------------------- the benchmark's own logic
+
+def test_bench_cameras_accounts_for_every_window(fp32_bundle, tmp_path):
+    import json
+
+    from export import bench_cameras
+
+    out = tmp_path / "cams.json"
+    assert bench_cameras.main(["--engine", str(fp32_bundle), "--cameras", "3", "--seconds", "1.2", "--fps", "25",
+                               "--search-seconds", "0", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    for key in ("cameras", "fps", "seconds", "windows_due", "predictions", "dropped", "p50_ms", "p99_ms", "mean_batch"):
+        assert key in r
+    for run in r["batched"] + r["unbatched"]:
+        assert run["predictions"] + run["dropped"] == run["windows_due"] == run["windows_expected"] > 0
+    assert r["unbatched"][0]["mean_batch"] == 1.0 and r["batching_gain"]["logits_batched_vs_unbatched"]["windows"] > 0
+    assert bench_cameras.main(["--engine", str(tmp_path / "nope"), "--search-seconds", "0"]) == 2
+
+
+def test_capacity_search_finds_the_largest_served_count(monkeypatch):
+    from export import bench_cameras
+
+    tried = []
+
+    def fake_run(engine, frames, cameras, *a, **kw):
+        tried.append(cameras)
+        return {"served": cameras <= 37, "cameras": cameras, "max_batch": 8, "windows_due": 0, "predictions": 0,
+                "dropped": 0, "p50_ms": None, "p99_ms": None, "mean_batch": None, "engine_ms_per_window": 0.0,
+                "device_time_share": 0.0, "pace_lag_p99_ms": 0.0}
+
+    monkeypatch.setattr(bench_cameras, "run_cameras", fake_run)
+    n, runs = bench_cameras.max_served(None, None, 16, 25, 1, None, {})
+    assert 34 <= n <= 37 and tried[:3] == [16, 32, 64] and len(runs) == len(tried) <= 8
+    tried.clear()
+    n, _ = bench_cameras.max_served(None, None, 100, 25, 1, None, {})
+    assert 34 <= n <= 37 and tried[:2] == [100, 50]
