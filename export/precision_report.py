@@ -11,6 +11,13 @@ cosine similarity and max |Δ| of the logits, and per block the relative error o
 ``TimeSformer.forward_with_blocks``) with the first block where the error jumps. The TensorRT models
 run here in ONNX Runtime (same graph and precision; TensorRT's kernels differ in rounding only).
 Written as ``report.json`` and ``report.md``, atomically.
+
+Outlier handling (issue 15): ``--smooth default|off|ALPHA`` (SmoothQuant before INT8; the default is
+:data:`calibration.int8.SMOOTH_DEFAULT_ALPHA`), ``--outliers S,C`` (report on the function-preserving outlier version
+of the model, :func:`models.outliers.add_outliers`), ``--sensitivity`` (per-layer sensitivity of every INT8 target:
+one MatMul quantized at a time) and ``--keep-float auto`` (rebuild with the most sensitive MatMuls in float, within
+:data:`calibration.int8_search.KEEP_FLOAT_BUDGET` of the MACs). The report records what was smoothed, what was kept
+in float, and which tools did it (:data:`TOOLS`).
 """
 from __future__ import annotations
 
@@ -33,6 +40,19 @@ from calibration.cli import user_errors
 __all__ = ["precision_report", "block_outputs_model", "first_jump_block", "largest_step_block", "write_report", "main"]
 
 TARGETS = ("onnxruntime", "tensorrt")
+#: what quantizes and what smooths, and the libraries measured against (recorded in every report)
+TOOLS = {
+    "int8": "onnxruntime.quantization (quantize_static Q/DQ for TensorRT and ONNX Runtime static; quantize_dynamic)",
+    "smoothquant": "calibration.smoothquant (ours: folded into LayerNorm and MatMul weights on the FP32 ONNX)",
+    "smoothquant_alternatives": (
+        "onnxruntime.quantization quantize_static(extra_options={'SmoothQuant': True}) needs Intel Neural "
+        "Compressor 2.x (neural_compressor.adaptor.ox_utils, gone from 3.x; pulls opencv, scikit-learn, scipy, "
+        "pycocotools); measured with INC 2.6 on the S=40/4-channel motion model it equals ours (static Q/DQ min "
+        "cosine 0.99948 both) but covers only quantize_static, not the dynamic form ONNX Runtime ships, so ours is "
+        "used. NVIDIA ModelOpt's SmoothQuant: not installed (optional and heavy: pulls CUDA PyTorch)."),
+    "clipping": "max | percentile | entropy (onnxruntime calibrators) | mse (calibration.clipping, ours)",
+    "sensitivity": "calibration.int8_search (ours: one node quantized at a time, logits vs FP32)",
+}
 
 
 def _log(msg: str) -> None:
@@ -119,8 +139,14 @@ def precision_report(model: str, clips: str | None = None, n_clips: int = 64,
                      precisions: tuple[str, ...] = ("fp32", "fp16", "int8"),
                      targets: tuple[str, ...] = ("onnxruntime", "tensorrt"), calib: str | None = None,
                      calib_clips: int = 32, method: str = "max", cache_dir: str | os.PathLike = "artifacts/cache",
-                     seed: int = 0, threads: int | None = None, progress: bool = True) -> dict[str, Any]:
+                     seed: int = 0, threads: int | None = None, progress: bool = True,
+                     smooth: float | None | str = "default", outliers: tuple[float, int] | None = None,
+                     sensitivity: bool = False, keep_float: str | None = None,
+                     sensitivity_clips: int = 16) -> dict[str, Any]:
     """Measure every (precision, target) on ``n_clips`` clips of ``clips``; returns the report dict.
+
+    ``smooth``/``outliers``/``sensitivity``/``keep_float``: see the module doc (``keep_float="auto"`` implies
+    ``sensitivity``); sensitivity is measured on the first ``sensitivity_clips`` evaluation clips.
 
     ``clips`` defaults to ``synthetic:{seed + 9000}`` (never the calibration clips, which default to
     ``synthetic`` with ``seed``).
@@ -140,6 +166,17 @@ def precision_report(model: str, clips: str | None = None, n_clips: int = 64,
     cache.mkdir(parents=True, exist_ok=True)
     net, labels, pre, source = load_source(model, seed)
     net.eval()
+    outlier_record = None
+    if outliers is not None:
+        from models.outliers import add_outliers
+        from runtime.files import sha256_json
+
+        net, outlier_record = add_outliers(net, float(outliers[0]), int(outliers[1]), seed)
+        source = {"checkpoint": f"{source['checkpoint']} + outliers S={outliers[0]:g} C={outliers[1]}",
+                  "checkpoint_sha256": sha256_json(source["checkpoint_sha256"], outlier_record)}
+    int8_options: dict[str, Any] = {"smooth": smooth}
+    sensitivity = sensitivity or keep_float == "auto"
+    sens_by_target: dict[str, Any] = {}
     depth = net.config.depth
     eval_spec = clips or f"synthetic:{seed + 9000}"
     evalset = load_calibration_set(eval_spec, pre, n_clips, seed, progress=progress)
@@ -155,10 +192,21 @@ def precision_report(model: str, clips: str | None = None, n_clips: int = 64,
             if p == "fp32":
                 entry.update(onnx=fp32, form="fp32", build=None)
             else:
+                opts = int8_options if p == "int8" else None
                 path, info = precision_onnx(fp32, p, target, calib, pre, calib_clips, method, cache, seed,
-                                            progress=progress)
+                                            progress=progress, int8_options=opts)
+                if p == "int8" and sensitivity:
+                    sens_by_target[target] = _sensitivity(fp32, target, info, calib, pre, calib_clips, seed, cache,
+                                                          evalset.clips[:sensitivity_clips], smooth, method, progress)
+                    if keep_float == "auto" and sens_by_target[target]["keep_float"]:
+                        opts = {**int8_options, "keep_float": sens_by_target[target]["keep_float"]}
+                        path, info = precision_onnx(fp32, p, target, calib, pre, calib_clips, method, cache, seed,
+                                                    progress=progress, int8_options=opts)
                 entry.update(onnx=path, form=info.get("form"), build={k: info.get(k) for k in (
                     "set_sha256", "calib", "n_clips", "skipped", "method", "kept_fp32_counts", "seconds", "reused")})
+                if p == "int8":
+                    entry["build"]["smoothquant"] = _smooth_summary(info.get("detail", {}).get("smoothquant"))
+                    entry["build"]["kept_float"] = info.get("detail", {}).get("kept_float", [])
                 if p == "fp16":
                     entry["build"]["kept_fp32"] = [k["node"] for k in info.get("kept_fp32", [])]
             models.append(entry)
@@ -204,11 +252,43 @@ def precision_report(model: str, clips: str | None = None, n_clips: int = 64,
                   "selection": evalset.selection[:8] + ([{"...": len(evalset) - 8}] if len(evalset) > 8 else [])},
         "labels": bool(lab is not None), "calibration": {"calib": calib or "synthetic", "clips": calib_clips,
                                                          "method": method, "seed": seed},
+        "outliers": outlier_record, "int8_options": {**int8_options, "keep_float": keep_float},
+        "sensitivity": sens_by_target, "tools": TOOLS,
         "reference": "PyTorch FP32 (models.TimeSformer.forward_with_blocks)",
         "runtime": f"onnxruntime {ort.__version__} CPU",
         "rows": rows, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "host": platform.node(),
         "seconds": round(time.perf_counter() - t0, 1),
     }
+
+
+def _smooth_summary(sq: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What SmoothQuant did, in brief: alpha, counts and the worst max/median activation ratio before and after."""
+    if not sq:
+        return None
+    if sq.get("skipped"):
+        return {"alpha": sq.get("alpha"), "skipped": sq["skipped"]}
+    groups = sq.get("groups", [])
+    return {"alpha": sq.get("alpha"), "layernorms": sq.get("layernorms_smoothed"), "matmuls": sq.get("matmuls_smoothed"),
+            "max_outlier_ratio_before": max((g["outlier_ratio_before"] for g in groups), default=None),
+            "max_outlier_ratio_after": max((g["outlier_ratio_after"] for g in groups), default=None),
+            "per_layernorm": [{k: g[k] for k in ("layernorm", "matmuls", "outlier_ratio_before",
+                                                 "outlier_ratio_after")} for g in groups]}
+
+
+def _sensitivity(fp32: Path, target: str, info: dict[str, Any], calib: str | None, pre: Any, calib_clips: int,
+                 seed: int, cache: Path, eval_clips: np.ndarray, smooth: float | None | str, method: str,
+                 progress: bool) -> dict[str, Any]:
+    """Per-layer sensitivity of ``target``'s INT8 form and the nodes to keep float within the budget."""
+    from calibration.calibset import load_calibration_set
+    from calibration.int8_search import choose_keep_float, layer_sensitivity
+
+    cset = load_calibration_set(calib, pre, calib_clips, seed, progress=progress)
+    form = info.get("form")
+    form = {"dynamic": "dynamic", "qdq-static": "qdq", "qoperator-static": "qoperator"}.get(form) \
+        if target == "onnxruntime" else None
+    sens = layer_sensitivity(fp32, target, cset.clips, eval_clips, cset.sha256, cache, form=form,
+                             method=method, smooth=smooth)
+    return {**sens, **choose_keep_float(sens)}
 
 
 def _markdown(rep: dict[str, Any]) -> str:
@@ -244,7 +324,43 @@ def _markdown(rep: dict[str, Any]) -> str:
     for target, counts, nodes in kept:
         lines += ["", f"FP16 for {target}: kept FP32 {counts}"
                   + (f"; measured: {', '.join(nodes[:20])}" if nodes else "")]
+    lines += _outlier_markdown(rep)
     return "\n".join(lines) + "\n"
+
+
+def _outlier_markdown(rep: dict[str, Any]) -> list[str]:
+    lines = ["", "## INT8 outlier handling", ""]
+    if rep.get("outliers"):
+        o = rep["outliers"]
+        lines += [f"Model made with activation outliers (function-preserving): S = {o['scale']:g}, {o['channels']} "
+                  f"channels in each of {o['layernorms']} LayerNorms (seed {o['seed']}).", ""]
+    lines += [f"Options: {rep.get('int8_options')}.", ""]
+    for r in rep["rows"]:
+        if r["precision"] != "int8" or not r["build"]:
+            continue
+        sq = r["build"].get("smoothquant")
+        if sq is None:
+            what = "SmoothQuant off"
+        elif sq.get("skipped"):
+            what = f"SmoothQuant skipped ({sq['skipped']})"
+        else:
+            what = (f"SmoothQuant α {sq['alpha']}: {sq['layernorms']} LayerNorms / {sq['matmuls']} MatMuls, worst "
+                    f"max/median activation ratio {sq['max_outlier_ratio_before']} → {sq['max_outlier_ratio_after']}")
+        kept = r["build"].get("kept_float") or []
+        lines.append(f"- {r['target']} ({r['form']}): {what}; kept float: {', '.join(kept) if kept else 'none'}")
+    for target, s in (rep.get("sensitivity") or {}).items():
+        b = s["budget"]
+        lines += ["", f"Per-layer sensitivity, {target} ({s['form'] or 'Q/DQ'}, {s['clips']} clips; {s['metric']}); "
+                  f"all INT8: mean cosine {s['all_int8']['mean_cosine']:.6f}, min {s['all_int8']['min_cosine']:.5f}. "
+                  f"Budget: at most {100 * b['max_mac_share']:g}% of the MACs and {b['max_nodes']} nodes, each with at "
+                  f"least {100 * b['min_error_share_of_worst']:g}% of the worst node's error; chosen: "
+                  f"{', '.join(s['keep_float']) or 'none'} ({100 * s['mac_share_kept_float']:.2f}% of the MACs).", "",
+                  "| node | op | MAC share | 1 − mean cos | min cos |", "|---|---|---|---|---|"]
+        for n in s["nodes"][:10]:
+            lines.append(f"| {n['node']} | {n['op']} | {100 * n['mac_share']:.2f}% | {n['error']:.2e} | "
+                         f"{n['min_cosine']:.5f} |")
+    lines += ["", "Tools: " + "; ".join(f"{k}: {v}" for k, v in (rep.get("tools") or {}).items())]
+    return lines
 
 
 def write_report(rep: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
@@ -268,7 +384,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targets", default="onnxruntime,tensorrt")
     ap.add_argument("--calib", default=None, help="calibration clips (default: synthetic)")
     ap.add_argument("--calib-clips", type=int, default=32)
-    ap.add_argument("--method", default="max", choices=("max", "entropy", "percentile"))
+    ap.add_argument("--method", default="max", choices=("max", "entropy", "percentile", "mse"))
+    ap.add_argument("--smooth", default="default", help="SmoothQuant alpha before INT8: default | off | 0..1")
+    ap.add_argument("--outliers", default=None, metavar="S,C",
+                    help="report on the outlier version of the model: scale S, C channels per LayerNorm")
+    ap.add_argument("--sensitivity", action="store_true", help="per-layer INT8 sensitivity of each target")
+    ap.add_argument("--keep-float", default=None, choices=("auto",),
+                    help="auto: keep the most sensitive MatMuls float within the budget (implies --sensitivity)")
     ap.add_argument("--cache-dir", default="artifacts/cache")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
@@ -279,8 +401,32 @@ def main(argv: list[str] | None = None) -> int:
     for t in targets:
         if t not in TARGETS:
             ap.error(f"--targets: {t!r} is not one of {TARGETS}")
-    rep = precision_report(a.model, a.clips, a.n, precisions, targets, a.calib, a.calib_clips, a.method, a.cache_dir,
-                           a.seed, a.threads)
+    smooth: float | None | str
+    if a.smooth in ("default", "off"):
+        smooth = None if a.smooth == "off" else "default"
+    else:
+        try:
+            smooth = float(a.smooth)
+        except ValueError:
+            ap.error(f"--smooth: expected default, off or a number in 0..1; got {a.smooth!r}")
+        if not 0.0 <= smooth <= 1.0:
+            ap.error(f"--smooth: alpha must be in 0..1; got {smooth}")
+    outliers = None
+    if a.outliers:
+        try:
+            s, c = a.outliers.split(",")
+            outliers = (float(s), int(c))
+        except ValueError:
+            ap.error(f"--outliers: expected S,C (e.g. 40,4); got {a.outliers!r}")
+    from models import SourceError
+
+    try:
+        rep = precision_report(a.model, a.clips, a.n, precisions, targets, a.calib, a.calib_clips, a.method,
+                               a.cache_dir, a.seed, a.threads, smooth=smooth, outliers=outliers,
+                               sensitivity=a.sensitivity, keep_float=a.keep_float)
+    except (SourceError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     out = a.out or f"artifacts/reports/{Path(a.model).stem if Path(a.model).suffix else a.model}"
     js, md = write_report(rep, out)
     print(md.read_text())
