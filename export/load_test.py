@@ -144,7 +144,14 @@ def run_load(url: str, clients: int = 8, seconds: float = 20.0, kill_after: floa
             killed["error"] = f"{type(e).__name__}: {e}"
 
     threads = [threading.Thread(target=worker, args=(k,), daemon=True, name=f"load-{k}") for k in range(clients)]
+    joined = False
     if kill_after is not None:
+        from runtime.serving.app import connect_ray
+
+        joined = connect_ray()  # in the main thread, before the clock starts: joining Ray takes a second or two
+        t_start = time.perf_counter()
+        deadline = t_start + seconds
+        last_done[0] = t_start
         threads.append(threading.Thread(target=killer, daemon=True, name="kill-replica"))
     for t in threads:
         t.start()
@@ -152,6 +159,10 @@ def run_load(url: str, clients: int = 8, seconds: float = 20.0, kill_after: floa
     grace = deadline + (timeout_s + 1.0) * (retries + 1) + 2.0 * (2 ** retries)
     for t in threads:
         t.join(max(0.0, grace - time.perf_counter()))
+    if joined:
+        import ray
+
+        ray.shutdown()  # only this driver disconnects; the cluster and the application keep running
     with lock:  # threads still running past the grace period are counted as lost, and never silently
         ok, errors, issued = counts["ok"], counts["errors"], counts["issued"]
         lat = np.asarray(latencies)

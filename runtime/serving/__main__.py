@@ -50,11 +50,11 @@ def main(argv: list[str] | None = None) -> int:
           f"batching {'up to ' + str(opts.max_batch) if opts.batching else 'off'}; health at {url}/v1/health; "
           "Ctrl-C stops", flush=True)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
+    # both signals stop cleanly, also when a shell started this in the background (SIGINT then arrives ignored)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    print("stopping: deleting the application", flush=True)
     # on a cluster the application stays deployed only while this process lives, as it does locally
     shutdown()
     return 0

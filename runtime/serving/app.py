@@ -24,7 +24,8 @@ from ..prediction import top_k
 from ..preprocess import preprocess_frames
 from .protocol import API_PREFIX, MAX_BODY_BYTES, HttpError, decode_body, error_body
 
-__all__ = ["ServeOptions", "build_app", "start_ray", "deploy", "shutdown", "replica_actors", "kill_replica", "APP_NAME",
+__all__ = ["ServeOptions", "build_app", "start_ray", "deploy", "shutdown", "replica_actors", "kill_replica", "connect_ray",
+           "APP_NAME",
            "DEPLOYMENT_NAME"]
 
 APP_NAME = "timesformer"
@@ -321,15 +322,25 @@ def kill_replica(url: str) -> str:
     A process not yet connected to Ray joins ``RAY_ADDRESS`` (or the local cluster) for the call."""
     import ray
 
-    joined = not ray.is_initialized()
-    if joined:  # attach to the cluster serving ``url`` (RAY_ADDRESS, or the local one `make serve` started)
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=False, logging_level="warning")
+    joined = connect_ray()
     try:
         return _kill_one(url)
     finally:
         if joined:
             ray.shutdown()  # disconnects this driver; the cluster and the application keep running
+
+
+def connect_ray() -> bool:
+    """Attach this process to the running cluster (``RAY_ADDRESS``, or the local one ``make serve`` started) unless
+    it is connected already; returns True when it connected (the caller then disconnects with ``ray.shutdown()``).
+    Call it from the main thread: Ray installs signal handlers there."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=False, logging_level="warning")
+    return True
 
 
 def _kill_one(url: str) -> str:
