@@ -126,6 +126,14 @@ class _Camera:
         return self.ring.nbytes
 
 
+def _stale(cam: _Camera, s: int) -> bool:
+    """Whether writing sampled frame ``s`` would overwrite the oldest queued window of ``cam``."""
+    try:
+        return cam.pending[0].start <= s - cam.capacity
+    except IndexError:  # empty (or emptied by the scheduler just now)
+        return False
+
+
 class CameraHub:
     """Many cameras, one engine: per-camera clip buffers and one batched engine call for the windows due.
 
@@ -240,8 +248,7 @@ class CameraHub:
 
     def push(self, camera_id: CameraId, frame: np.ndarray, arrived: float | None = None) -> None:
         """Hand one ``(H, W, 3)`` uint8 frame of a camera to the hub (for cameras added with ``source=None``)."""
-        with self._cv:
-            cam = self._cams.get(camera_id)
+        cam = self._cams.get(camera_id)  # a dict read is atomic; add/remove hold the lock to write
         if cam is None:
             raise KeyError(f"camera_id: no camera {camera_id!r}")
         self._push(cam, frame, time.perf_counter() if arrived is None else arrived)
@@ -262,15 +269,18 @@ class CameraHub:
             if k % cam.stride:
                 return
             s = cam.sampled
-            with self._cv:  # the slot about to be written must not hold a queued window (the ring is sized so that
-                # the queue bound acts first; this catches runs broken again and again before a window fills)
-                while cam.pending and cam.pending[0].start <= s - cam.capacity:
-                    if cam.block and not (cam.stop.is_set() or self._closing):
-                        self._cv.wait(0.5)
-                        continue
-                    cam.pending.popleft()
-                    cam.dropped += 1
-                    self._pending -= 1
+            # The slot about to be written must not hold a queued window. The ring is sized so that the queue bound
+            # acts first; this catches runs broken again and again before a window fills. Only this producer
+            # appends to cam.pending, so a check without the lock that finds nothing stale is final.
+            if _stale(cam, s):
+                with self._cv:
+                    while _stale(cam, s):
+                        if cam.block and not (cam.stop.is_set() or self._closing):
+                            self._cv.wait(0.5)
+                            continue
+                        cam.pending.popleft()
+                        cam.dropped += 1
+                        self._pending -= 1
             slot = s % cam.capacity
             cam.pre(frame, cam.ring[slot])
             cam.sampled = s + 1
