@@ -407,7 +407,12 @@ class CameraHub:
             batch[n:m] = batch[n - 1]
         t0 = time.perf_counter()
         try:
-            logits = np.asarray(self.engine.infer(batch[:m]))[:n]
+            logits = np.asarray(self.engine.infer(batch[:m]))
+            if logits.ndim != 2 or logits.shape[0] != m or (self.engine.labels and
+                                                             logits.shape[1] != len(self.engine.labels)):
+                raise InputError(f"engine.infer: expected logits ({m}, {len(self.engine.labels or []) or 'classes'}), "
+                                 f"got {logits.shape}")
+            logits = logits[:n]
         except Exception as e:  # noqa: BLE001 - one failed call must not stop the hub; counted per camera
             t1 = time.perf_counter()
             with self._cv:
@@ -544,12 +549,11 @@ class CameraHub:
             self._drain_on_close = drain
             self._closing = True
             self._cv.notify_all()
-        for cam in list(self._cams.values()):
-            if cam.thread is not None and cam.thread is not threading.current_thread():
-                cam.thread.join(timeout)
-        for t in self._workers:
+        end = time.perf_counter() + timeout  # one deadline for all: a source stuck in a read must not add up
+        threads = [c.thread for c in list(self._cams.values()) if c.thread is not None] + self._workers
+        for t in threads:
             if t is not threading.current_thread():
-                t.join(timeout)
+                t.join(max(0.0, end - time.perf_counter()))
         if getattr(self, "_owns_engine", False):
             self.engine.close()
 

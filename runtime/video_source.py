@@ -26,8 +26,12 @@ def open_source(source: str | int):
         fmt = "v4l2" if sys.platform.startswith("linux") else ("avfoundation" if sys.platform == "darwin" else "dshow")
     elif src.startswith("/dev/video"):
         fmt = "v4l2"
-    elif src.startswith("rtsp://"):
-        options = {"rtsp_transport": "tcp", "fflags": "nobuffer"}
+    elif src.startswith(("rtsp://", "rtsps://")):
+        # a socket timeout (microseconds): a camera that stops sending raises instead of blocking the reader
+        # forever, so the hub can reconnect it
+        options = {"rtsp_transport": "tcp", "fflags": "nobuffer", "timeout": "5000000"}
+    elif src.startswith(("http://", "https://")):
+        options = {"rw_timeout": "5000000"}
     try:
         return av.open(src, format=fmt, options=options)
     except (av.error.FFmpegError, OSError) as e:
