@@ -224,10 +224,8 @@ def build_app(opts: ServeOptions):
                                      f"{API_PREFIX}/infer, {API_PREFIX}/health or {API_PREFIX}/meta")
             except HttpError as e:
                 return _json({"error": e.message}, e.status)
-            except InputError as e:  # what the engine itself refuses (too few frames, a frame too small, ...)
+            except InputError as e:  # what the engine itself refuses; anything else is a server fault (500)
                 return _json({"error": str(e)}, 400)
-            except ValueError as e:  # preprocessing's refusals (crop larger than the frame)
-                return _json({"error": f"input: {e}"}, 400)
 
         async def check_health(self) -> None:
             if self.core.engine is None:
