@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import torch
 
-from runtime.files import sha256_file, temp_path_beside, write_json_atomic
+from runtime.files import sha256_file, temp_path_beside, write_bytes_atomic, write_json_atomic
 from runtime.preprocess import PreprocessConfig
 
 from .config import TimeSformerConfig
@@ -308,7 +308,7 @@ def save_checkpoint(model: TimeSformer, path: str | os.PathLike, labels: list[st
 
     ``dtype`` (e.g. ``torch.float16``) stores the floating-point weights in that type (half the bytes);
     loading always builds a float32 model from them."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     cfg = model.config
@@ -319,7 +319,9 @@ def save_checkpoint(model: TimeSformer, path: str | os.PathLike, labels: list[st
     state = {k: v.detach().cpu().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous()
              for k, v in model.state_dict().items()}
     header = {"format": OUR_FORMAT, "config": json.dumps(cfg.to_dict())}
-    _write_atomic(path, lambda tmp: save_file(state, tmp, metadata=header))
+    # Serialised in memory and written by our atomic writer: safetensors >= 0.8 writes files itself with mode
+    # 0600, which a camera service running as another user could not read.
+    write_bytes_atomic(path, save(state, metadata=header))
     side = {"format": OUR_FORMAT, "weights": path.name, "sha256": sha256_file(path), "config": cfg.to_dict(),
             "labels": labels, "preprocess": preprocess.to_dict() if preprocess else None, "metadata": metadata or {}}
     write_json_atomic(sidecar_path(path), side)

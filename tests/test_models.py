@@ -232,3 +232,43 @@ def test_presets_are_consistent() -> None:
     for name, preset in PRESETS.items():
         assert preset.preprocess.num_frames == preset.config.num_frames, name
         assert preset.preprocess.crop_size == preset.config.image_size, name
+
+
+def test_checkpoint_integrity_sidecar_hash_nan_weights_and_label_count(tmp_path: Path) -> None:
+    """Our safetensors are checked against the sidecar's sha256; NaN/Inf weights (every format) and a label list
+    of the wrong length are CheckpointErrors naming the file and the tensor or field."""
+    from safetensors.torch import load_file, save_file
+
+    model = _small()
+    path = save_checkpoint(model, tmp_path / "m.safetensors", labels=list("abcde"))
+    load_checkpoint(path)  # intact: loads
+    # The weights file changed after it was saved (here: one head bias edited, same size).
+    state = load_file(str(path))
+    state["head.bias"] = state["head.bias"] + 1.0
+    save_file(state, str(path), metadata={"format": "timesformer-deploy/1"})
+    with pytest.raises(CheckpointError, match=r"m\.safetensors: sha256 .* does not match .* recorded in m\.json"):
+        load_checkpoint(path)
+    # NaN in one tensor, with a consistent sidecar: named; also through the official format.
+    bad = _small()
+    with torch.no_grad():
+        bad.blocks[1].mlp.fc1.weight[3, 7] = float("nan")
+        bad.head.bias[0] = float("inf")
+    nan_path = save_checkpoint(bad, tmp_path / "nan.safetensors")
+    with pytest.raises(CheckpointError, match=r"nan\.safetensors: tensor 'blocks\.1\.mlp\.fc1\.weight' has 1 NaN/Inf"):
+        load_checkpoint(nan_path)
+    save_official(bad, tmp_path / "nan.pyth")
+    with pytest.raises(CheckpointError, match=r"nan\.pyth: tensor 'blocks\.1\.mlp\.fc1\.weight'"):
+        load_checkpoint(tmp_path / "nan.pyth", num_heads=2)
+    # A sidecar with 3 labels for a 5-class head.
+    path = save_checkpoint(model, tmp_path / "lab.safetensors", labels=list("abcde"))
+    side = json.loads((tmp_path / "lab.json").read_text())
+    side["labels"] = ["a", "b", "c"]
+    (tmp_path / "lab.json").write_text(json.dumps(side))
+    with pytest.raises(CheckpointError, match=r"lab\.json: labels: 3 names, but the model's head has 5 classes"):
+        load_checkpoint(path)
+
+
+def test_ssv2_preset_expects_bgr_and_others_rgb() -> None:
+    """The official SSv2 checkpoints were trained on frames cv2.imdecode left in BGR (facts.md)."""
+    assert get_preset("base_8x224_ssv2").preprocess.channel_order == "BGR"
+    assert {p.preprocess.channel_order for n, p in PRESETS.items() if n != "base_8x224_ssv2"} == {"RGB"}
