@@ -7,9 +7,13 @@ serves every backend. What the manifest's ``session`` asks for (``runtime/backen
   defaults to bf16 on CPUs that have it and an FP32 bundle must stay exact; FP16 bundles run in bf16 (or f16) where
   ``OPTIMIZATION_CAPABILITIES`` has it, in f32 otherwise;
 * ``PERFORMANCE_HINT=LATENCY`` (one clip at a time, as a camera sends them);
-* a compiled-model cache (``CACHE_DIR``) in a user cache folder, never inside the bundle: the second load of a
-  bundle imports the compiled blob instead of reading and compiling the ONNX. The folder is keyed by the engine
-  file's SHA-256, because OpenVINO's own key for ``compile_model(path)`` is the path, not the content.
+* a compiled-model cache in a user cache folder (never inside the bundle): the first load reads the ONNX from the
+  bytes ``runtime.Engine`` verified, compiles it and exports the compiled model to
+  ``<cache>/<engine sha256>/<settings>.blob``; later loads import that blob and never parse the ONNX, so a camera
+  app starts fast. The blob is keyed by the engine's SHA-256 (the one the manifest lists and the Engine checks),
+  the OpenVINO version and the compile settings. OpenVINO's own ``CACHE_DIR`` is not used: it keys
+  ``compile_model(path)`` by the file's path, not its content (a rebuilt bundle at the same path would get the old
+  compiled model), and ``compile_model(model)`` re-reads and hashes the whole model on every load.
 
 Thread safety: a ``CompiledModel`` may be shared, an ``InferRequest`` may not. Each call takes an idle request
 from a pool (making a new one when all are busy) and puts it back afterwards, so threads never share a request.
@@ -70,9 +74,11 @@ class OpenVINOBackend(Backend):
     thread_safe = True
 
     def __init__(self, engine_path: Path, manifest: dict[str, Any], device: str = "cpu", threads: int | None = None,
-                 cache_dir: str | os.PathLike | bool | None = None, **options: Any) -> None:
+                 cache_dir: str | os.PathLike | bool | None = None, engine_bytes: bytes | None = None,
+                 **options: Any) -> None:
         """``cache_dir``: None (the user cache folder, when the bundle asks for caching), False (no cache) or a
-        folder. ``threads``: INFERENCE_NUM_THREADS instead of the bundle's."""
+        folder. ``threads``: INFERENCE_NUM_THREADS instead of the bundle's. ``engine_bytes``: the engine file as
+        ``runtime.Engine`` read and verified it (else it is read from ``engine_path``)."""
         super().__init__(engine_path, manifest, device, **options)
         if options:
             raise TypeError(f"OpenVINO backend: unknown options {sorted(options)}; expected threads, cache_dir")
@@ -90,25 +96,38 @@ class OpenVINOBackend(Backend):
         n = threads if threads is not None else settings.num_threads
         if n:
             config["INFERENCE_NUM_THREADS"] = int(n)
-        cache = self._cache_folder(engine_path, manifest, settings, cache_dir, ov.__version__)
-        if cache is not None:
-            cache.mkdir(parents=True, exist_ok=True)
-            config["CACHE_DIR"] = str(cache)
+        blob = self._cache_file(engine_path, manifest, settings, cache_dir, ov.__version__, ov_device, config)
         t0 = time.perf_counter()
-        try:
-            # compile_model(path): on a cache hit OpenVINO imports the blob without reading the ONNX at all.
-            self.compiled = core.compile_model(str(engine_path), ov_device, config)
-        except Exception as e:  # OpenVINO raises RuntimeError subclasses with long C++ traces
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise RuntimeError(f"{engine_path}: OpenVINO {ov.__version__} cannot compile it for {ov_device} "
-                               f"({type(e).__name__}: {first})") from e
+        self.loaded_from_cache = False
+        self.compiled = None
+        if blob is not None and blob.is_file():
+            try:
+                self.compiled = core.import_model(blob.read_bytes(), ov_device, config)
+                self.loaded_from_cache = True
+            except Exception:  # noqa: BLE001 - a truncated or foreign blob: compile again and replace it
+                self.compiled = None
+        if self.compiled is None:
+            data = engine_bytes if engine_bytes is not None else Path(engine_path).read_bytes()
+            try:
+                model = core.read_model(data)  # ONNX from the verified bytes (OpenVINO's ONNX frontend)
+                self.compiled = core.compile_model(model, ov_device, config)
+            except Exception as e:  # OpenVINO raises RuntimeError subclasses with long C++ traces
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                raise RuntimeError(f"{engine_path}: OpenVINO {ov.__version__} cannot read or compile it for "
+                                   f"{ov_device} ({type(e).__name__}: {first})") from e
+            if blob is not None:
+                self._write_blob(blob)
         self.load_seconds = time.perf_counter() - t0
-        try:
-            self.loaded_from_cache = bool(self.compiled.get_property("LOADED_FROM_CACHE"))
-        except Exception:  # noqa: BLE001 - older plugins may lack the property
-            self.loaded_from_cache = False
-        self.input_port = self.compiled.input(0)
-        self.output_port = self.compiled.output(0)
+        # Cheap checks that the model is the one the manifest describes (they matter with verify=False).
+        names_in = set(self.compiled.input(0).get_names())
+        names_out = set(self.compiled.output(0).get_names())
+        want_in, want_out = manifest["input"]["name"], manifest["output"]["name"]
+        classes = self.compiled.output(0).get_partial_shape()[-1]
+        if want_in not in names_in or want_out not in names_out or (
+                classes.is_static and classes.get_length() != manifest["output"]["shape"][-1]):
+            raise BundleError(f"{engine_path}: the model's input/output are {sorted(names_in)}/{sorted(names_out)} "
+                              f"with {classes} classes, the manifest says {want_in!r}/{want_out!r} with "
+                              f"{manifest['output']['shape'][-1]}: not the model this bundle was built with")
         self._idle: queue.SimpleQueue = queue.SimpleQueue()
         self._idle.put(self.compiled.create_infer_request())
         self.settings = {
@@ -116,19 +135,20 @@ class OpenVINOBackend(Backend):
             "inference_precision_asked": list(settings.inference_precision), "capabilities": caps,
             "performance_hint": settings.performance_hint,
             "num_threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
-            "cache_dir": str(cache) if cache is not None else None, "loaded_from_cache": self.loaded_from_cache,
+            "model_cache": str(blob) if blob is not None else None, "loaded_from_cache": self.loaded_from_cache,
             "load_seconds": round(self.load_seconds, 3)}
 
     @staticmethod
-    def _cache_folder(engine_path: Path, manifest: dict[str, Any], settings: OpenVINOSession,
-                      cache_dir: str | os.PathLike | bool | None, version: str) -> Path | None:
-        """``<root>/<engine sha256[:16]>-<openvino version>``, or None when caching is off."""
+    def _cache_file(engine_path: Path, manifest: dict[str, Any], settings: OpenVINOSession,
+                    cache_dir: str | os.PathLike | bool | None, version: str, device: str,
+                    config: dict[str, Any]) -> Path | None:
+        """``<root>/<engine sha256>/<openvino version>-<device>-<settings>.blob``, or None when caching is off."""
         if cache_dir is False or (cache_dir is None and not settings.model_cache):
             return None
         root = default_cache_root() if cache_dir is None or cache_dir is True else Path(cache_dir)
         entry = (manifest.get("files") or {}).get(manifest.get("engine_file", ""), {})
         sha = entry.get("sha256") if isinstance(entry, dict) else None
-        if not sha:  # bundles without a files table: hash the engine here (once per load, ~1 s per GB)
+        if not sha:  # a manifest without a files table (schema 1): hash the engine here
             from ..files import sha256_file
 
             sha = sha256_file(engine_path)
@@ -137,7 +157,21 @@ class OpenVINOBackend(Backend):
         if root == bundle or bundle in root.parents:
             raise BundleError(f"cache_dir {root}: inside the bundle {bundle}; the compiled-model cache must live "
                               "outside it (a bundle stays as built)")
-        return root / f"{sha[:16]}-{version.split('-')[0]}"
+        key = "-".join([version.split("-")[0], device] + [f"{k}={v}" for k, v in sorted(config.items())])
+        return root / sha / (key.replace("/", "_").replace(" ", "") + ".blob")
+
+    def _write_blob(self, blob: Path) -> None:
+        """Export the compiled model to ``blob`` (atomically); a read-only or full cache only costs speed."""
+        from ..files import write_bytes_atomic
+
+        try:
+            stream = self.compiled.export_model()
+            data = stream.getvalue() if hasattr(stream, "getvalue") else bytes(stream)
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(blob, data)
+        except OSError as e:
+            print(f"[openvino] warning: cannot write the compiled-model cache {blob} ({e}); the next load compiles "
+                  "again", file=sys.stderr)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         try:
