@@ -354,7 +354,7 @@ def test_capacity_search_finds_the_largest_served_count(monkeypatch):
         tried.append(cameras)
         return {"served": cameras <= 37, "cameras": cameras, "max_batch": 8, "windows_due": 0, "predictions": 0,
                 "dropped": 0, "p50_ms": None, "p99_ms": None, "mean_batch": None, "engine_ms_per_window": 0.0,
-                "device_time_share": 0.0, "pace_lag_p99_ms": 0.0}
+                "device_time_share": 0.0, "pace_lag_p90_ms": 0.0}
 
     monkeypatch.setattr(bench_cameras, "run_cameras", fake_run)
     n, runs = bench_cameras.max_served(None, None, 16, 25, 1, None, {})
