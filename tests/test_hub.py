@@ -321,6 +321,12 @@ def test_cli_runs_several_sources_through_the_hub(fp32_bundle, heldout_videos, t
         res = subprocess.run([sys.executable, "-m", "runtime", str(fp32_bundle), *argv], cwd=ROOT,
                              capture_output=True, text=True, timeout=180)
         assert res.returncode == 1 and "shorter than one clip" in res.stderr and "short.mp4" in res.stderr, res.stderr
+    from PIL import Image
+
+    Image.fromarray(list(iter_frames(a))[0]).save(tmp_path / "still.png")
+    res = subprocess.run([sys.executable, "-m", "runtime", str(fp32_bundle), str(tmp_path / "still.png")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=180)
+    assert res.returncode == 1 and "still.png: 1 frame (an image), shorter than one clip" in res.stderr, res.stderr
     res = subprocess.run([sys.executable, "-m", "runtime", str(fp32_bundle), a, str(tmp_path / "gone.mp4")],
                          cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert res.returncode == 2 and res.stderr.strip() == f"python -m runtime: {tmp_path / 'gone.mp4'}: no such file"
