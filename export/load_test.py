@@ -6,7 +6,8 @@
 one JSON object::
 
     {"requests": issued, "ok": n, "errors": n, "lost": issued - ok - errors, "retried": n, "p50_ms", "p99_ms",
-     "throughput": ok per second, "mean_batch", "replicas_seen", "mismatches" (with --engine), "killed", ...}
+     "throughput": ok per second, "mean_batch", "replicas_seen", "mismatches" (with --engine), "killed",
+     "ok_after_kill", ...}
 
 Every request is accounted for: it ends ``ok``, or as an ``error`` with the client's message (after its retries),
 or, if its thread is still stuck when the run is collected, as ``lost`` (which must be 0). ``--kill-after S`` calls
@@ -51,6 +52,7 @@ class LoadResult:
     replicas_seen: int
     mismatches: int | None
     killed: dict[str, Any] | None
+    ok_after_kill: int | None  # answers completed after the replica was killed: the service went on
     error_messages: dict[str, int]
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,6 +100,7 @@ def run_load(url: str, clients: int = 8, seconds: float = 20.0, kill_after: floa
     lock = threading.Lock()
     counts = {"issued": 0, "ok": 0, "errors": 0, "mismatches": 0}
     latencies: list[float] = []
+    done_at: list[float] = []
     batches: list[int] = []
     replicas: set[str] = set()
     messages: collections.Counter[str] = collections.Counter()
@@ -129,6 +132,7 @@ def run_load(url: str, clients: int = 8, seconds: float = 20.0, kill_after: floa
                 counts["ok"] += 1
                 counts["mismatches"] += bad
                 latencies.append(dt)
+                done_at.append(time.perf_counter() - t_start)
                 batches.append(int(out.get("batch", 1)))
                 replicas.add(str(out.get("replica")))
                 last_done[0] = time.perf_counter()
@@ -139,7 +143,7 @@ def run_load(url: str, clients: int = 8, seconds: float = 20.0, kill_after: floa
         time.sleep(max(0.0, t_start + kill_after - time.perf_counter()))
         try:
             killed["replica"] = kill_replica(url)
-            killed["at_s"] = round(time.perf_counter() - t_start, 2)
+            killed["at_s"] = time.perf_counter() - t_start
         except Exception as e:  # noqa: BLE001 - reported in the result, not raised from a thread
             killed["error"] = f"{type(e).__name__}: {e}"
 
@@ -174,6 +178,7 @@ def run_load(url: str, clients: int = 8, seconds: float = 20.0, kill_after: floa
             throughput=round(ok / elapsed, 2), seconds=round(elapsed, 2), clients=clients,
             mean_batch=round(float(np.mean(batches)), 2) if batches else None, replicas_seen=len(replicas),
             mismatches=counts["mismatches"] if expected is not None else None, killed=killed or None,
+            ok_after_kill=sum(t > killed["at_s"] for t in done_at) if "at_s" in killed else None,
             error_messages=dict(messages.most_common(3)))
 
 

@@ -154,6 +154,29 @@ def test_remote_engine_is_a_drop_in_for_engine(served, fp32_bundle, clips_and_ex
         remote.infer(np.concatenate([x, x]))
 
 
+def test_the_camera_hub_runs_on_the_remote_engine_unchanged(served, fp32_bundle, clips_and_expected) -> None:
+    """The gateway case: the hub takes RemoteEngine(url) where it took Engine(bundle); same windows, same answers."""
+    from runtime.hub import CameraHub
+    from runtime.remote import RemoteEngine
+    from runtime.sources import ArraySource
+
+    clips, _ = clips_and_expected
+    videos = [np.concatenate([clips[i], clips[i + 1]]) for i in (0, 2, 4)]  # 30 frames: several windows each
+    local = Engine(fp32_bundle)
+    cfg = local.preprocess
+    results = []
+    with CameraHub(RemoteEngine(served), max_wait_ms=5, on_result=results.append, results=0) as hub:
+        for i, v in enumerate(videos):
+            hub.add_camera(ArraySource(v, fps=None), camera_id=i, every=cfg.sampling_rate)  # not live: no drops
+        assert hub.wait_sources(60) and hub.drain(60)
+    per_camera = (len(videos[0]) - cfg.window()) // cfg.sampling_rate + 1
+    assert len(results) == len(videos) * per_camera
+    for r in results:
+        ref = local.predict(videos[r.camera][r.first_frame:r.last_frame + 1])
+        np.testing.assert_allclose(r.logits, ref.logits, atol=1e-5)
+        assert r.label == ref.label
+
+
 def _post(url: str, body: bytes, headers: dict[str, str], method: str = "POST") -> tuple[int, dict]:
     req = urllib.request.Request(url, data=body if method == "POST" else None, headers=headers, method=method)
     try:
@@ -196,5 +219,6 @@ def test_a_replica_killed_mid_run_loses_no_request(served, clips_and_expected) -
     res = run_load(served, clients=6, seconds=4.0, kill_after=1.0, clips=clips, expected=expected)
     _check_accounting(res)
     assert res.killed and "replica" in res.killed and "error" not in res.killed, res.killed
+    assert res.ok_after_kill > 0, res  # the surviving replica (and Serve's replacement) went on answering
     assert res.errors == 0 or res.error_messages, res  # a failure is reported with its message
     assert RemoteEngine(served).health()["status"] == "ok"  # the surviving (or replacement) replica answers
