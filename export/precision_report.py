@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
                                a.cache_dir, a.seed, a.threads, smooth=smooth, outliers=outliers,
                                sensitivity=a.sensitivity, keep_float=a.keep_float)
     except (SourceError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"python -m export.precision_report: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     out = a.out or f"artifacts/reports/{Path(a.model).stem if Path(a.model).suffix else a.model}"
     js, md = write_report(rep, out)
