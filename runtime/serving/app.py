@@ -22,7 +22,7 @@ from ..errors import InputError
 from ..manifest import read_manifest
 from ..prediction import top_k
 from ..preprocess import preprocess_frames
-from .protocol import API_PREFIX, MAX_BODY_BYTES, HttpError, decode_body, error_body
+from .protocol import API_PREFIX, MAX_BODY_BYTES, HttpError, decode_body
 
 __all__ = ["ServeOptions", "build_app", "start_ray", "deploy", "shutdown", "replica_actors", "kill_replica", "connect_ray",
            "APP_NAME",

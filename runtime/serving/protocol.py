@@ -26,16 +26,14 @@ and what came: 400 bad headers/shape/size, 404 unknown path, 405 wrong method, 4
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
 
-from ..errors import InputError
 
 __all__ = ["API_PREFIX", "CONTENT_TYPE", "MAX_BODY_BYTES", "HttpError", "DecodedRequest", "encode_array",
-           "parse_shape", "decode_body", "error_body", "as_input_error"]
+           "parse_shape", "decode_body"]
 
 API_PREFIX = "/v1"
 CONTENT_TYPE = "application/octet-stream"
@@ -58,10 +56,6 @@ class DecodedRequest:
     kind: str  # "frames" | "clip" | "canonical"
     bgr: bool
     top_k: int
-
-
-def error_body(message: str) -> bytes:
-    return json.dumps({"error": message}).encode()
 
 
 _OPTION_HEADERS = {"top_k": "X-Top-K", "input": "X-Input", "channel_order": "X-Channel-Order"}
@@ -161,7 +155,3 @@ def decode_body(body: bytes, headers: Mapping[str, str], *, kind: str, clip_shap
         raise HttpError(400, f"body: X-Shape {shape} {dtype_name} needs {expected} bytes, got {len(body)}")
     return DecodedRequest(np.frombuffer(body, dtype).reshape(shape), kind, opts["bgr"], opts["top_k"])
 
-
-def as_input_error(e: HttpError) -> InputError:
-    """What a client raises for a 4xx: the runtime's own InputError, with the server's message."""
-    return InputError(f"server refused the request ({e.status}): {e.message}")
