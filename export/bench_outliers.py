@@ -24,6 +24,8 @@ import numpy as np
 
 from runtime.files import sha256_json, write_json_atomic, write_text_atomic
 
+from calibration.cli import user_errors
+
 BAR = {"mean_cosine": 0.999, "min_cosine": 0.99, "top1_agreement": 0.99}
 
 
@@ -111,6 +113,7 @@ def markdown(rep: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@user_errors("python -m export.bench_outliers")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m export.bench_outliers", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="models/weights/motion_tiny.safetensors")

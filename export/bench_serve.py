@@ -19,7 +19,10 @@ import numpy as np
 from runtime.errors import BundleError
 from runtime.files import write_json_atomic
 
+from calibration.cli import user_errors
 
+
+@user_errors("python -m export.bench_serve")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.bench_serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--engine", required=True)

@@ -25,6 +25,8 @@ import numpy as np
 
 from runtime.files import sha256_file, write_json_atomic
 
+from calibration.cli import user_errors
+
 BUDGET_S = 600
 BATCHES = (1, 3, 4, 3, 1)
 MODELS = ("models/weights/motion_tiny.safetensors", "base")
@@ -92,6 +94,7 @@ def check_bundle(bundle: Path, cache: Path, clips: np.ndarray) -> dict[str, Any]
     return res
 
 
+@user_errors("python -m export.gpu_check")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m export.gpu_check", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="artifacts/gpu_check.json")

@@ -33,6 +33,8 @@ from runtime.errors import BundleError, InputError
 from runtime.preprocess import preprocess_frames, sample_indices
 from runtime.remote import RemoteEngine, RemoteEngineError
 
+from calibration.cli import user_errors
+
 __all__ = ["LoadResult", "make_clips", "expected_logits", "run_load", "main"]
 
 
@@ -182,6 +184,7 @@ def run_load(url: str, clients: int = 8, seconds: float = 20.0, kill_after: floa
             error_messages=dict(messages.most_common(3)))
 
 
+@user_errors("python -m export.load_test")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.load_test", description=__doc__.split("\n\n")[0])
     p.add_argument("--url", required=True, help="the served endpoint, e.g. http://127.0.0.1:8000")

@@ -31,6 +31,8 @@ from runtime.errors import BundleError
 from runtime.files import sha256_file, write_text_atomic
 from runtime.manifest import read_manifest, verify_files
 
+from calibration.cli import user_errors
+
 __all__ = ["TRITON_TYPES", "make_config", "parse_config", "write_repository", "main"]
 
 #: manifest dtype -> Triton data type
@@ -190,6 +192,7 @@ def write_repository(bundle: str | Path, out_dir: str | Path, name: str | None =
     return final
 
 
+@user_errors("make triton")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.triton_repo", description=__doc__.split("\n\n")[0])
     p.add_argument("--engine", required=True, help="engine bundle directory")

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from calibration.cli import user_errors
+
 from .timesformer import TimeSformer
 
 __all__ = ["ln_linear_pairs", "add_outliers", "outlier_grid", "SCALES", "CHANNEL_COUNTS", "main"]
@@ -78,6 +80,7 @@ def outlier_grid(scales: tuple[float, ...] = SCALES, channel_counts: tuple[int, 
     return [(float(s), int(c)) for s in scales for c in channel_counts]
 
 
+@user_errors("python -m models.outliers")
 def main(argv: list[str] | None = None) -> int:
     from .checkpoints import save_checkpoint
     from .source import SourceError, load_source
