@@ -145,7 +145,7 @@ class CameraHub:
 
     def __init__(self, engine: Any, max_batch: int | None = None, max_wait_ms: float = 20.0, queue: int = 4,
                  workers: int = 1, results: int = 1024, on_result: Callable[[HubResult], None] | None = None,
-                 backoff: tuple[float, float] = (0.5, 30.0)) -> None:
+                 backoff: tuple[float, float] = (0.5, 30.0), max_age_ms: float | None = None) -> None:
         self.engine = engine
         cfg = engine.preprocess
         expected = (cfg.num_frames, 3, cfg.crop_size, cfg.crop_size)
@@ -158,6 +158,9 @@ class CameraHub:
         self.min_batch, self.max_batch = lo, hi if max_batch is None else min(hi, max_batch)
         self.max_batch = max(self.max_batch, lo)
         self.max_wait = max_wait_ms / 1e3
+        # Under a long overload the per-camera bound still lets (cameras x queue) windows wait; an app that wants
+        # only fresh answers drops windows older than this when a batch is formed (counted as dropped).
+        self.max_age = None if max_age_ms is None else max_age_ms / 1e3
         self.queue, self.backoff, self.on_result = queue, backoff, on_result
         self._cv = threading.Condition()
         self._cams: dict[CameraId, _Camera] = {}
@@ -352,6 +355,13 @@ class CameraHub:
     # ----------------------------------------------------------------- scheduling and inference
     def _select(self) -> list[tuple[_Camera, _Window]]:
         """Up to max_batch windows: oldest first, one per camera per round (no camera starves). Hub lock held."""
+        if self.max_age is not None:
+            old = time.perf_counter() - self.max_age
+            for c in self._cams.values():
+                while c.pending and not c.block and c.pending[0].arrived < old:  # (a file's windows wait)
+                    c.pending.popleft()
+                    c.dropped += 1
+                    self._pending -= 1
         chosen: list[tuple[_Camera, _Window]] = []
         depth = 0
         cams = [c for c in self._cams.values() if c.pending]
@@ -387,6 +397,9 @@ class CameraHub:
                         break
                     self._cv.wait(wait)
                 chosen = self._select()
+                if not chosen:  # all were too old
+                    self._cv.notify_all()
+                    continue
                 # Copy while the lock is held: a producer overwrites only slots no queued window uses, and these
                 # windows left the queue just now, so their slots are intact until the lock is released.
                 for i, (cam, w) in enumerate(chosen):
