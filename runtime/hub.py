@@ -489,18 +489,17 @@ class CameraHub:
         """Results of every camera as they come; ends when the hub is closed (or after ``timeout`` s of silence)."""
         if self._results is None:
             raise RuntimeError("results: this hub was made with results=0 (callbacks only)")
+        last = time.perf_counter()
         while True:
             try:
-                r = self._results.get(timeout=0.1 if timeout is None else min(timeout, 0.1))
+                r = self._results.get(timeout=0.1)
             except queue_mod.Empty:
-                if self._closing and not any(t.is_alive() for t in self._workers):
-                    if self._results.empty():
-                        return
-                if timeout is not None:
-                    timeout -= 0.1
-                    if timeout <= 0:
-                        return
+                if self._closing and not any(t.is_alive() for t in self._workers) and self._results.empty():
+                    return
+                if timeout is not None and time.perf_counter() - last >= timeout:
+                    return
                 continue
+            last = time.perf_counter()
             yield r
 
     def drain(self, timeout: float | None = None) -> bool:
