@@ -232,7 +232,7 @@ class TensorRTBackend(Backend):
         if dla_core is not None:
             self._runtime.DLA_core = int(dla_core)
         try:
-            blob = plan_path.read_bytes()
+            blob = self.engine_data()  # the bytes Engine verified against the manifest, not a second read
         except OSError as e:
             raise TensorRTBackendError(f"{plan_path}: cannot read the plan ({e})") from e
         self._engine = self._runtime.deserialize_cuda_engine(blob)
