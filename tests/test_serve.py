@@ -69,6 +69,17 @@ def test_the_serve_command_refuses_a_bad_bundle_in_one_line(tmp_path: Path) -> N
     assert r.returncode == 2 and "Traceback" not in r.stderr and "nope" in r.stderr, r.stderr
 
 
+def test_the_serve_command_refuses_a_busy_port_in_one_line(fp32_bundle: Path) -> None:
+    pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install './runtime[serve]')")
+    with socket.socket() as s:  # someone else listens on the port
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "runtime.serving", "--engine", str(fp32_bundle), "--port", str(port)],
+                           capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and f"127.0.0.1:{port}" in r.stderr, r.stderr
+
+
 def test_the_load_test_refuses_an_unreachable_url_in_one_line() -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))

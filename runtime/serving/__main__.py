@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import sys
 import threading
 
@@ -39,10 +40,20 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as e:
         print(f"make serve: Ray Serve is not installed ({e}); pip install './runtime[serve]'", file=sys.stderr)
         return 2
+    if not os.environ.get("RAY_ADDRESS"):  # a local proxy: say a busy port in one line, before Ray starts
+        try:
+            with socket.socket(socket.AF_INET6 if ":" in opts.host else socket.AF_INET) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the proxy binds: TIME_WAIT is no conflict
+                s.bind((opts.host, opts.port))
+        except OSError as e:
+            print(f"make serve: cannot listen on {opts.host}:{opts.port} ({e.strerror}); choose another PORT=",
+                  file=sys.stderr)
+            return 2
     try:
         url = deploy(opts)
-    except (RuntimeError, TimeoutError) as e:
-        print(f"make serve: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - Ray wraps the cause in its own types; report its last line only
+        lines = [ln for ln in str(e).strip().splitlines() if ln.strip()] or [type(e).__name__]
+        print(f"make serve: the application did not start: {lines[-1].strip()}", file=sys.stderr)
         shutdown()
         return 1
     where = f"cluster {os.environ['RAY_ADDRESS']}" if os.environ.get("RAY_ADDRESS") else "a local Ray (127.0.0.1)"
