@@ -260,6 +260,12 @@ def deploy(opts: ServeOptions, wait: bool = True) -> str:
 
     opts.check()
     start_ray()
+    cpus = ray.cluster_resources().get("CPU", 0)
+    need = (opts.replicas if isinstance(opts.replicas, int) else 1) * opts.cpus_per_replica
+    if need > cpus and not os.environ.get("RAY_ADDRESS"):  # a local Ray cannot grow: Serve would wait forever
+        n = need / opts.cpus_per_replica
+        raise ValueError(f"replicas: {n:g} x {opts.cpus_per_replica:g} CPU need {need:g} CPUs, this Ray has {cpus:g}; "
+                         f"use fewer replicas or --cpus-per-replica {int(cpus / n * 100) / 100:g}")
     if opts.replicas == "auto" and not opts.max_replicas:
         opts.max_replicas = max(1, int(ray.cluster_resources().get("CPU", 1) // opts.cpus_per_replica))
     serve.start(http_options={"host": opts.host, "port": opts.port}, proxy_location="HeadOnly")
