@@ -99,7 +99,8 @@ def served(fp32_bundle):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    url = deploy(ServeOptions(bundle=str(fp32_bundle), replicas=2, port=port, batch_wait_ms=5, threads=1))
+    url = deploy(ServeOptions(bundle=str(fp32_bundle), replicas=2, port=port, batch_wait_ms=5, threads=1,
+                             cpus_per_replica=0.5))  # fits any machine with one core or more
     try:
         yield url
     finally:
