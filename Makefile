@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # ---- Options: one name, one meaning, for every target that takes it (README.md has the details).
 MODEL ?= models/weights/motion_tiny.safetensors# preset name or checkpoint (.pyth, HF folder, .safetensors)
 PRECISION ?= fp32#       fp32 | fp16 | int8
-BACKEND ?= auto#         auto | onnxruntime | tensorrt
+BACKEND ?= auto#         auto | onnxruntime | tensorrt | openvino
 ATTENTION ?= auto#       auto | onnx | decomposed | ort
 OUT ?=#                  output path (bundle folder, ONNX file, report folder)
 ENGINE ?=#               a bundle folder, e.g. engines/motion_tiny-fp32-onnxruntime
@@ -32,7 +32,7 @@ KILL_AFTER ?=#           make load-test: ray.kill one replica this many seconds 
 CAMERAS ?= 16#           simulated cameras (make bench-cameras)
 FPS ?= 25#               frames per second of each simulated camera (make bench-cameras)
 
-.PHONY: help setup test test-fast demo onnx engine parity bench bench-onnx bench-precision train-motion gpu-check serve load-test triton bench-cameras clean
+.PHONY: help setup test test-fast demo onnx engine parity bench bench-onnx bench-cpu bench-precision train-motion gpu-check serve load-test triton bench-cameras clean
 
 help: ## this list
 	@echo "Targets (options in [brackets]; README.md describes each):"
@@ -84,6 +84,10 @@ bench-cameras: $(STAMP) ## many cameras through the batching hub: ENGINE=<bundle
 
 bench-onnx: $(STAMP) ## our ONNX (each attention form) vs the plain transformers export, ONNX Runtime CPU (~10 min)
 	$(PY) -m export.bench_onnx
+
+bench-cpu: $(STAMP) ## every CPU backend and precision vs PyTorch and transformers, GEMM peak (base: ~10 min) [MODEL THREADS OUT]
+	$(PY) -m export.bench_cpu $(if $(filter-out models/weights/motion_tiny.safetensors,$(MODEL)),--model $(MODEL)) \
+		$(if $(THREADS),--threads $(THREADS)) $(if $(OUT),--out-dir $(OUT))
 
 bench-precision: $(STAMP) ## FP32 vs INT8 (vs FP16) on ONNX Runtime CPU [MODEL]
 	$(PY) -m export.bench_precision $(if $(filter-out models/weights/motion_tiny.safetensors,$(MODEL)),--model $(MODEL))

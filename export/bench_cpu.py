@@ -38,6 +38,8 @@ from runtime.files import write_json_atomic, write_text_atomic
 from calibration.cli import user_errors
 from calibration.metrics import compare_logits, cosine_rows
 
+from .engine_build import BuildError
+
 __all__ = ["run_bench", "markdown", "plot", "TARGETS", "main"]
 
 #: what must show (issue 18): latency ratio vs our ONNX Runtime FP32 (at most) and mean cosine (at least)
@@ -159,8 +161,11 @@ def _build(model: str, precision: str, backend: str, out: Path, cache: Path, cal
            seed: int) -> Path:
     from .engine_build import BuildRequest, build_bundle
 
+    # Parity is recorded, not enforced: this benchmark measures accuracy itself, on more clips (random-weight presets
+    # have flat logits over 400 classes, where a 2-clip top-5 agreement says little).
     req = BuildRequest(model=model, precision=precision, backend=backend, out=str(out), cache_dir=str(cache),
-                       calib_clips=calib_clips, parity_clips=2, threads=threads, seed=seed, batch=(1, 1, 1))
+                       calib_clips=calib_clips, parity_clips=2, threads=threads, seed=seed, batch=(1, 1, 1),
+                       allow_parity_failure=True)
     return build_bundle(req)
 
 
@@ -283,7 +288,8 @@ def run_bench(model: str = "base", threads: int | None = None, rounds: int = 7, 
         engines[name] = e
         d = e.describe()
         info = {"bundle": str(bundle), "backend_version": e.manifest.get("backend_version"),
-                "parity_at_build": {k: e.manifest["parity"].get(k) for k in ("passed", "min_cosine", "max_abs_logit")}}
+                "parity_at_build": {k: e.manifest["parity"].get(k) for k in ("passed", "failures", "min_cosine",
+                                                                             "max_abs_logit")}}
         if d["backend"] == "openvino":
             info["inference_precision"] = d["inference_precision"]
             if name == "ov-fp16" and d["inference_precision"] == "f32":
@@ -465,7 +471,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
-@user_errors("make bench-cpu")
+@user_errors("make bench-cpu", extra=(BuildError,))
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m export.bench_cpu", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help="preset (default base) or checkpoint (.safetensors, .pyth, "
