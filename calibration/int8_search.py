@@ -114,9 +114,7 @@ def run_logits(onnx_path: str | os.PathLike, clips: np.ndarray, threads: int | N
 
 
 def _builder(fp32_onnx: Path, target: str, form: str | None, calib_clips: np.ndarray, set_sha256: str,
-             cache_dir: Path, smooth: float | None | str) -> Callable[..., tuple[Path, dict[str, Any]]]:
-    work = Path(tempfile.mkdtemp(prefix="int8-search-"))
-
+             cache_dir: Path, smooth: float | None | str, work: Path) -> Callable[..., tuple[Path, dict[str, Any]]]:
     def build(method: str, keep_float: list[str] | None, tag: str) -> tuple[Path, dict[str, Any]]:
         out = work / f"{tag}.onnx"
         info = quantize_int8(fp32_onnx, out, target, method, lambda: calib_clips, set_sha256, cache_dir, form=form,
@@ -141,19 +139,22 @@ def layer_sensitivity(fp32_onnx: str | os.PathLike, target: str, calib_clips: np
     if target == "onnxruntime" and form is None:
         form = "dynamic"
     ref = run_logits(fp32_onnx, eval_clips) if reference is None else reference
-    build = _builder(fp32_onnx, target, form, calib_clips, set_sha256, cache_dir, smooth)
     names = quantizable_nodes(fp32_onnx, target, form)
     ops = {n.name: n.op_type for n in onnx.load(str(fp32_onnx), load_external_data=False).graph.node}
     macs = node_macs(fp32_onnx, eval_clips[:1])
     total = max(sum(macs.get(n, 0) for n in names), 1)
-    path, _ = build(method, None, "all")
-    all_metrics = compare_logits(ref, run_logits(path, eval_clips))
     rows = []
-    for i, n in enumerate(names):
-        path, _ = build(method, [m for m in names if m != n], f"only-{i}")
-        m = compare_logits(ref, run_logits(path, eval_clips))
-        rows.append({"node": n, "op": ops.get(n), "macs": macs.get(n, 0), "mac_share": macs.get(n, 0) / total,
-                     "error": 1.0 - m["mean_cosine"], "min_cosine": m["min_cosine"]})
+    with tempfile.TemporaryDirectory(prefix="int8-sensitivity-") as work:  # one model at a time on disk
+        build = _builder(fp32_onnx, target, form, calib_clips, set_sha256, cache_dir, smooth, Path(work))
+        path, _ = build(method, None, "all")
+        all_metrics = compare_logits(ref, run_logits(path, eval_clips))
+        path.unlink()
+        for i, n in enumerate(names):
+            path, _ = build(method, [m for m in names if m != n], f"only-{i}")
+            m = compare_logits(ref, run_logits(path, eval_clips))
+            path.unlink()
+            rows.append({"node": n, "op": ops.get(n), "macs": macs.get(n, 0), "mac_share": macs.get(n, 0) / total,
+                         "error": 1.0 - m["mean_cosine"], "min_cosine": m["min_cosine"]})
     rows.sort(key=lambda r: -r["error"])
     _log(f"sensitivity of {len(rows)} nodes ({target}, {form or 'qdq'}): worst {rows[0]['node']} "
          f"(1 - cos {rows[0]['error']:.2e})" if rows else "no quantizable nodes")
@@ -192,13 +193,16 @@ def search_clipping(fp32_onnx: str | os.PathLike, target: str, calib_clips: np.n
         raise ValueError("search_clipping: the dynamic form has no calibrated ranges; pass form='qdq' or "
                          "'qoperator' for ONNX Runtime, or target='tensorrt'")
     ref = run_logits(fp32_onnx, eval_clips) if reference is None else reference
-    build = _builder(fp32_onnx, target, form, calib_clips, set_sha256, cache_dir, smooth)
     results = []
-    for m in methods:
-        path, _ = build(m, keep_float, f"clip-{m}")
-        metrics = compare_logits(ref, run_logits(path, eval_clips))
-        results.append({"method": m, "mean_cosine": metrics["mean_cosine"], "min_cosine": metrics["min_cosine"],
-                        "top1_agreement": metrics["top1_agreement"]})
-        _log(f"{target} {form or 'qdq'} {m}: mean cosine {metrics['mean_cosine']:.6f}, min {metrics['min_cosine']:.5f}")
+    with tempfile.TemporaryDirectory(prefix="int8-clipping-") as work:
+        build = _builder(fp32_onnx, target, form, calib_clips, set_sha256, cache_dir, smooth, Path(work))
+        for m in methods:
+            path, _ = build(m, keep_float, f"clip-{m}")
+            metrics = compare_logits(ref, run_logits(path, eval_clips))
+            path.unlink()
+            results.append({"method": m, "mean_cosine": metrics["mean_cosine"], "min_cosine": metrics["min_cosine"],
+                            "top1_agreement": metrics["top1_agreement"]})
+            _log(f"{target} {form or 'qdq'} {m}: mean cosine {metrics['mean_cosine']:.6f}, "
+                 f"min {metrics['min_cosine']:.5f}")
     best = max(results, key=lambda r: (r["mean_cosine"], r["min_cosine"]))
     return {"best": best["method"], "results": results, "target": target, "form": form}

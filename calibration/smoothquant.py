@@ -238,8 +238,8 @@ def smooth_onnx(fp32_onnx: str | os.PathLike, out: str | os.PathLike, clips: np.
                 act_max: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Write the smoothed FP32 model of ``fp32_onnx`` to ``out`` (atomically); returns what was done.
 
-    ``act_max`` (from an earlier call's ``info["act_max"]``-free run of :func:`activation_channel_max`) saves the
-    measurement when several alphas are tried on the same clips.
+    ``act_max`` (from :func:`activation_channel_max` on the same model and clips) saves the measurement when
+    several alphas are tried.
     """
     import onnx
 

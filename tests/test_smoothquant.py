@@ -148,3 +148,19 @@ def test_node_macs_from_a_real_run(outlier_motion):
     d = 192
     expected = 4 * (128 * 5 + 136 * 4 + 129 * 8) * d * d + 128 * d * 3 * 16 * 16 + d * 8
     assert sum(macs.values()) == expected
+
+
+def test_clipping_search_builds_each_method_and_keeps_the_best(outlier_motion, tmp_path):
+    from calibration.int8_search import search_clipping
+
+    path, calib, held_out = outlier_motion
+    res = search_clipping(path, "onnxruntime", calib, held_out[:8], "set-b", tmp_path / "cache", form="qdq",
+                          methods=("max", "mse"))
+    assert [r["method"] for r in res["results"]] == ["max", "mse"]
+    best = max(res["results"], key=lambda r: (r["mean_cosine"], r["min_cosine"]))
+    assert res["best"] == best["method"]
+    # the two methods wrote different ranges: mse clipped at least one tensor below its max
+    import json
+
+    files = {p.name.split("-")[-3]: json.loads(p.read_text()) for p in (tmp_path / "cache" / "calib").glob("*.json")}
+    assert set(files) >= {"max", "mse"} and files["max"] != files["mse"]
