@@ -423,7 +423,7 @@ def convert_fp16(fp32_onnx: str | os.PathLike, out: str | os.PathLike, get_clips
         "initializers_duplicated": copies, "fp32_edges_rewired": rewired, "validation": None,
     }
     if validate_clips and get_clips is not None:
-        from .int8 import validate_against_fp32
+        from .onnx_compare import validate_against_fp32
 
         info["validation"], _ = validate_against_fp32(fp32_onnx, out, clips()[:validate_clips])
     info["seconds"] = round(time.perf_counter() - t0, 2)

@@ -32,7 +32,9 @@ import numpy as np
 
 from runtime.files import sha256_file, temp_path_beside
 
-__all__ = ["METHODS", "TARGETS", "ORT_FORMS", "ORT_DEFAULT_FORM", "ORT_FORM_WHY", "TRT_OP_TYPES", "QuantizationError",
+from .onnx_compare import validate_against_fp32
+
+__all__ = ["METHODS", "TARGETS", "TRT_FORMS", "TRT_DEFAULT_FORM", "to_tensorrt_fp16_form", "ORT_FORMS", "ORT_DEFAULT_FORM", "ORT_FORM_WHY", "TRT_OP_TYPES", "QuantizationError",
            "ClipDataReader", "calibrate", "quantize_int8", "calibration_cache_path", "validate_against_fp32"]
 
 METHODS = ("max", "entropy", "percentile", "mse")  # mse: calibration.clipping (issue 15)
@@ -123,32 +125,9 @@ def _input_name(path: Path) -> str:
     return names[0]
 
 
-def _session(path: Path):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def validate_against_fp32(fp32_onnx: Path, quant_onnx: Path, clips: np.ndarray, reference: np.ndarray | None = None
-                          ) -> tuple[dict[str, Any], np.ndarray]:
-    """Logit parity of ``quant_onnx`` against ``fp32_onnx`` on ``clips`` in ONNX Runtime CPU (and the FP32 logits)."""
-    from calibration.metrics import compare_logits
-
-    if reference is None:
-        s32 = _session(fp32_onnx)
-        name = s32.get_inputs()[0].name
-        reference = np.concatenate([s32.run(None, {name: clips[i:i + 1]})[0] for i in range(len(clips))])
-    sq = _session(quant_onnx)
-    name = sq.get_inputs()[0].name
-    out = np.concatenate([sq.run(None, {name: clips[i:i + 1]})[0] for i in range(len(clips))])
-    return compare_logits(reference, out), reference
-
-
 def _check_tensorrt_qdq(path: Path) -> dict[str, Any]:
     """Zero points all 0, int8 only, Q/DQ in the ONNX domain: what TensorRT's explicit quantization accepts."""
-    from export.tensorrt_build import inspect_onnx
+    from .onnx_inspect import inspect_onnx
 
     info = inspect_onnx(path)
     if info["qdq_problems"]:
@@ -159,6 +138,61 @@ def _check_tensorrt_qdq(path: Path) -> dict[str, Any]:
                                 f"Q/DQ on the inputs of {', '.join(TRT_OP_TYPES)}")
     return {"qdq_nodes": len(info["qdq_nodes"]), "op_counts": {k: v for k, v in info["op_counts"].items()
                                                                if k in _QDQ_COUNT_OPS}}
+
+
+# ---- TensorRT INT8+FP16 form (issue 14, point 5) ----------------------------------------------------------------
+#: the TensorRT Q/DQ forms: "qdq-fp16" (default) has FP16 scales, so that in a strongly typed build each
+#: DequantizeLinear outputs FP16 and everything between the INT8 matmuls runs in FP16, with LayerNorm and Softmax
+#: kept FP32 as in calibration.fp16; "qdq-fp32" keeps FP32 around the INT8 matmuls (a DequantizeLinear's output
+#: type follows its scale's type). "qdq"/"qdq-static"/None mean the default.
+TRT_FORMS = (None, "qdq", "qdq-static", "qdq-fp16", "qdq-fp32")
+TRT_DEFAULT_FORM = "qdq-fp16"
+#: QuantizeLinear/DequantizeLinear take FP16 scales from opset 19
+_FP16_QDQ_OPSET = 19
+
+
+def _toposort(graph: Any) -> None:
+    """Order ``graph.node`` topologically (the FP16 converter appends its I/O casts at the end)."""
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = [n for n in pending if not all(i in known for i in n.input)]
+        ready = [n for n in pending if all(i in known for i in n.input)]
+        if not ready:
+            raise QuantizationError(f"cycle or missing input around node '{rest[0].name}' ({rest[0].op_type})")
+        for n in ready:
+            ordered.append(n)
+            known.update(n.output)
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def to_tensorrt_fp16_form(path: Path) -> dict[str, Any]:
+    """Rewrite the FP32-form Q/DQ ONNX at ``path`` in place into the INT8+FP16 form; returns what was done."""
+    import onnx
+    from onnx import version_converter
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from .fp16 import ALWAYS_FP32_OPS, _remove_cast_roundtrips
+
+    model = onnx.load(str(path))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < _FP16_QDQ_OPSET:
+        model = version_converter.convert_version(model, _FP16_QDQ_OPSET)
+    model = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(ALWAYS_FP32_OPS))
+    _remove_cast_roundtrips(model)
+    _toposort(model.graph)
+    onnx.checker.check_model(model)
+    tmp = temp_path_beside(path, ".onnx")
+    try:
+        onnx.save(model, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"form": "qdq-fp16", "opset": max(opset, _FP16_QDQ_OPSET), "fp32_ops": list(ALWAYS_FP32_OPS),
+            "between_matmuls": "float16 (FP16 Q/DQ scales)"}
+# ---- end of the TensorRT INT8+FP16 form ---------------------------------------------------------------------------
 
 
 # ---- Outlier-aware INT8 (issue 15): SmoothQuant before calibration, MSE clipping, MatMuls kept float ---------------
@@ -375,8 +409,9 @@ def quantize_int8(fp32_onnx: str | os.PathLike, out: str | os.PathLike, target: 
     model_sha = sha256_file(fp32_onnx) if smooth_info and not smooth_info.get("skipped") else model_sha
 
     if target == "tensorrt":
-        if form not in (None, "qdq", "qdq-static"):
-            raise QuantizationError(f"target 'tensorrt' takes the Q/DQ form only; got form {form!r}")
+        if form not in TRT_FORMS:
+            raise QuantizationError(f"target 'tensorrt' takes the Q/DQ forms {TRT_FORMS} (None: "
+                                    f"{TRT_DEFAULT_FORM!r}); got form {form!r}")
         if engine == "modelopt":
             info = _quantize_tensorrt_modelopt(fp32_onnx, out, method, clips)
         elif engine == "onnxruntime":
@@ -384,6 +419,10 @@ def quantize_int8(fp32_onnx: str | os.PathLike, out: str | os.PathLike, target: 
                                           keep_float)
         else:
             raise QuantizationError(f"engine {engine!r}: expected 'onnxruntime' or 'modelopt'")
+        if (form or TRT_DEFAULT_FORM) == "qdq-fp16":
+            info.update(to_tensorrt_fp16_form(out))
+        else:
+            info["form"] = "qdq-fp32"
         info.update(_check_tensorrt_qdq(out))
         info["validation"] = None
         if validate_clips:
