@@ -183,7 +183,8 @@ def precision_onnx(fp32_onnx: Path, precision: str, target: str, calib: str | No
         info: dict[str, Any] = {"precision": precision, "target": target,
                                 "method": method if precision == "int8" else None,
                                 "form": detail.get("form"), "calibrated": detail.get("calibration_cache") is not None
-                                or detail.get("stats_cache") is not None,
+                                or detail.get("stats_cache") is not None
+                                or bool((detail.get("smoothquant") or {}).get("layernorms_smoothed")),
                                 **lazy.summary(), "fp32_onnx_sha256": model_sha,
                                 "onnx": str(out), "detail": detail}
         if precision == "fp16":

@@ -359,7 +359,8 @@ def _outlier_markdown(rep: dict[str, Any]) -> list[str]:
         for n in s["nodes"][:10]:
             lines.append(f"| {n['node']} | {n['op']} | {100 * n['mac_share']:.2f}% | {n['error']:.2e} | "
                          f"{n['min_cosine']:.5f} |")
-    lines += ["", "Tools: " + "; ".join(f"{k}: {v}" for k, v in (rep.get("tools") or {}).items())]
+    lines += ["", "Tools: " + "; ".join(f"{k}: {str(v).rstrip('.')}" for k, v in (rep.get("tools") or {}).items())
+              + "."]
     return lines
 
 
