@@ -48,3 +48,20 @@ class Backend(ABC):
     def describe(self) -> dict[str, Any]:
         """Backend name, version and settings, for logs and benchmark reports."""
         return {"backend": self.name, "device": self.device}
+
+
+def session_entries(cls: type, d: Any, where: str) -> dict[str, Any]:
+    """The manifest's ``session`` object ``d`` as a dict, checked against the dataclass ``cls``'s fields: a JSON
+    object with no key that ``cls`` does not know. Raises :class:`runtime.errors.BundleError` naming ``where``."""
+    from dataclasses import fields
+
+    from runtime.errors import BundleError
+
+    if not isinstance(d, dict):
+        raise BundleError(f"{where}: expected a JSON object, got {type(d).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(str(k) for k in set(d) - known)
+    if unknown:
+        raise BundleError(f"{where}: unknown keys {unknown}; expected only {sorted(known)} (a bundle written by "
+                          "another version of the builder? rebuild it)")
+    return dict(d)

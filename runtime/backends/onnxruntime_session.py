@@ -17,6 +17,8 @@ from typing import Any
 
 from runtime.errors import BundleError
 
+from .base import session_entries
+
 __all__ = ["GRAPH_OPTIMIZATION_LEVELS", "MAX_THREADS", "OnnxRuntimeSession", "validate_session"]
 
 GRAPH_OPTIMIZATION_LEVELS = ("disable_all", "basic", "extended", "all")
@@ -37,12 +39,7 @@ class OnnxRuntimeSession:
     @classmethod
     def from_dict(cls, d: Any, where: str = "session") -> "OnnxRuntimeSession":
         """Parse and validate; raises :class:`runtime.errors.BundleError` naming ``where.<field>``."""
-        if not isinstance(d, dict):
-            raise BundleError(f"{where}: expected a JSON object, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(str(k) for k in set(d) - known)
-        if unknown:
-            raise BundleError(f"{where}: unknown keys {unknown}; expected only {sorted(known)}")
+        d = session_entries(cls, d, where)
         kw = {f.name: d.get(f.name, f.default) for f in fields(cls)}
         providers = kw["providers"]
         if (not isinstance(providers, (list, tuple)) or not providers

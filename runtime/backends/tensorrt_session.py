@@ -21,6 +21,8 @@ from typing import Any
 
 from runtime.errors import BundleError
 
+from .base import session_entries
+
 __all__ = ["HARDWARE_COMPATIBILITY_LEVELS", "TensorRTSession", "validate_session"]
 
 HARDWARE_COMPATIBILITY_LEVELS = ("none", "ampere_plus", "same_compute_capability")
@@ -47,13 +49,7 @@ class TensorRTSession:
     @classmethod
     def from_dict(cls, d: Any, where: str = "session") -> "TensorRTSession":
         """Parse and validate; raises :class:`runtime.errors.BundleError` naming ``where.<field>``, expected, got."""
-        if not isinstance(d, dict):
-            raise BundleError(f"{where}: expected a JSON object, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise BundleError(f"{where}: unknown keys {unknown}; expected only {sorted(known)} (a bundle written by "
-                              "another version of the builder? rebuild it)")
+        d = session_entries(cls, d, where)
         kw = dict(d)
         flags = kw.get("builder_flags", ())
         if not isinstance(flags, (list, tuple)):
