@@ -133,10 +133,117 @@ def test_tensorrt_int8_qdq_is_what_tensorrt_builds(built, motion_model):
             assert not any(i in dq_out for i in n.input), f"{n.name} ({n.op_type}) reads a dequantized tensor"
     assert any(n.op_type == "Softmax" and n.output[0] in {q.input[0] for q in qdq} for n in model.graph.node), \
         "the softmax output should be quantized for INT8 fused attention"
+    # the INT8+FP16 form: every attention MatMul -> Softmax -> Q -> DQ -> MatMul with nothing in between
+    assert info["form"] == "qdq-fp16"
+    _assert_int8_fp16_form(model, attentions=2 * cfg.depth, fp32_softmax=0)
     for version in ("10.3.0", "11.0.0"):
         plan = plan_build(path, TensorRTBuildOptions(precision="int8"), trt_version=version)
         assert plan.onnx["precision_detected"] == "int8" and plan.strongly_typed
     assert info["target_check"]["qdq_nodes"] == len(qdq)
+    assert plan_build(path, TensorRTBuildOptions(precision="int8"), trt_version="10.3.0").onnx_precision \
+        == "int8-qdq-fp16"
+
+
+def _assert_int8_fp16_form(model: onnx.ModelProto, attentions: int, fp32_softmax: int) -> None:
+    """What TensorRT's INT8 fused attention and a strongly typed INT8+FP16 build need of the Q/DQ ONNX:
+
+    each quantized Softmax sits in ``DQ -> MatMul -> Softmax -> Q -> DQ -> MatMul`` with no Cast (no node at all)
+    between the two matmuls, and runs in FP16; no Cast sits directly in front of a QuantizeLinear (an FP32 island
+    feeds its Q with an FP32 scale, the DQ keeps the FP16 one); the DequantizeLinear outputs the INT8 matmuls read
+    are FP16; LayerNormalization (and any Softmax whose output is not quantized) runs in FP32."""
+    onnx.checker.check_model(model, full_check=True)
+    inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    g = inferred.graph
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(g.value_info) + list(g.input) + list(g.output)}
+    inits = {t.name: t for t in g.initializer}
+    types.update({name: t.data_type for name, t in inits.items()})
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+
+    def op(name: str) -> str | None:
+        return producer[name].op_type if name in producer else None
+
+    for q in (n for n in g.node if n.op_type == "QuantizeLinear"):
+        assert op(q.input[0]) != "Cast", f"{q.name}: a Cast ({producer[q.input[0]].name}) in front of the Q"
+        assert types[q.input[0]] == types[q.input[1]] in (FLOAT, FLOAT16), f"{q.name}: x and y_scale types differ"
+        for dq in consumers[q.output[0]]:  # the same scale value on both sides of the int8 tensor
+            assert dq.op_type == "DequantizeLinear" and inits[dq.input[1]].data_type == FLOAT16, dq.name
+            assert np.array_equal(numpy_helper.to_array(inits[q.input[1]]).astype(np.float32),
+                                  numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32)), (q.name, dq.name)
+    for n in g.node:
+        if n.op_type in ("MatMul", "Gemm", "Conv") and op(n.input[0]) == "DequantizeLinear":
+            assert types[n.input[0]] == types[n.input[1]] == FLOAT16, f"{n.name}: the DQ outputs it reads not FP16"
+        if n.op_type == "LayerNormalization":
+            assert types[n.input[0]] == types[n.output[0]] == inits[n.input[1]].data_type == FLOAT, n.name
+    chains = kept = 0
+    for sm in (n for n in g.node if n.op_type == "Softmax"):
+        readers = consumers[sm.output[0]]
+        if not any(r.op_type == "QuantizeLinear" for r in readers):
+            assert types[sm.output[0]] == FLOAT, f"{sm.name}: an unquantized Softmax should stay FP32"
+            kept += 1
+            continue
+        first = producer[sm.input[0]]
+        assert first.op_type == "MatMul", f"{sm.name}: reads {first.op_type} ({first.name}), not the q·kᵀ MatMul"
+        assert op(first.input[0]) == op(first.input[1]) == "DequantizeLinear", first.name
+        assert [r.op_type for r in readers] == ["QuantizeLinear"], f"{sm.name}: the softmax output feeds {readers}"
+        dqs = consumers[readers[0].output[0]]
+        assert [d.op_type for d in dqs] == ["DequantizeLinear"], dqs
+        second = consumers[dqs[0].output[0]]
+        assert [m.op_type for m in second] == ["MatMul"] and second[0].input[0] == dqs[0].output[0], second
+        assert types[first.output[0]] == types[sm.output[0]] == FLOAT16, f"{sm.name}: not FP16"
+        chains += 1
+    assert (chains, kept) == (attentions, fp32_softmax)
+
+
+def test_tensorrt_int8_fp16_form_of_a_small_graph(tmp_path):
+    """Two attentions after LayerNorms; the second's p·v MatMul kept float (``keep_float``): the first fuses
+    (FP16 Softmax between the matmuls, no Cast), the second Softmax stays FP32, each LayerNorm feeds its Q directly;
+    the result runs in ONNX Runtime and stays within the INT8 bar of the FP32 graph."""
+    from onnx import TensorProto, helper
+
+    from calibration.int8 import quantize_int8
+    from calibration.onnx_inspect import inspect_onnx
+
+    rng = np.random.default_rng(7)
+    dim, tokens, classes = 16, 8, 4
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * scale, name) for name, shape, scale
+             in [("ln_s", (dim,), 1.0), ("ln_b", (dim,), 0.1), ("ln2_s", (dim,), 1.0), ("ln2_b", (dim,), 0.1),
+                 *[(f"w{i}", (dim, dim), dim ** -0.5) for i in range(6)], ("wo", (tokens * dim, classes), 0.1)]]
+    inits.append(numpy_helper.from_array(np.array([1, tokens * dim], np.int64), "flat"))
+
+    def attention(x: str, ln: str, w: int, tag: str) -> list:
+        return [helper.make_node("LayerNormalization", [x, f"{ln}_s", f"{ln}_b"], [f"{tag}_h"], axis=-1,
+                                 name=f"{tag}_ln"),
+                *[helper.make_node("MatMul", [f"{tag}_h", f"w{w + i}"], [f"{tag}_{t}"], name=f"{tag}_{t}_proj")
+                  for i, t in enumerate("qkv")],
+                helper.make_node("Transpose", [f"{tag}_k"], [f"{tag}_kt"], perm=[0, 2, 1], name=f"{tag}_kt"),
+                helper.make_node("MatMul", [f"{tag}_q", f"{tag}_kt"], [f"{tag}_s"], name=f"{tag}_qk"),
+                helper.make_node("Softmax", [f"{tag}_s"], [f"{tag}_p"], axis=-1, name=f"{tag}_softmax"),
+                helper.make_node("MatMul", [f"{tag}_p", f"{tag}_v"], [f"{tag}_a"], name=f"{tag}_pv")]
+
+    nodes = [*attention("video", "ln", 0, "a1"), helper.make_node("Add", ["a1_a", "video"], ["r1"], name="residual"),
+             *attention("r1", "ln2", 3, "a2"), helper.make_node("Reshape", ["a2_a", "flat"], ["f"], name="flatten"),
+             helper.make_node("MatMul", ["f", "wo"], ["logits"], name="head")]
+    graph = helper.make_graph(nodes, "two_attentions",
+                              [helper.make_tensor_value_info("video", TensorProto.FLOAT, [1, tokens, dim])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, classes])], inits)
+    fp32 = tmp_path / "small.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(fp32))
+    clips = rng.standard_normal((16, tokens, dim)).astype(np.float32)
+
+    out = tmp_path / "small_int8.onnx"
+    info = quantize_int8(fp32, out, "tensorrt", "max", lambda: clips, "small-set", tmp_path / "cache", smooth=None,
+                         keep_float=["a2_pv"], validate_clips=8, progress=False)
+    assert info["form"] == "qdq-fp16" and info["fp16_softmax"] == 1 and info["fp32_softmax"] == 1
+    assert info["fp32_scale_q"] == 2  # both LayerNorms quantize their FP32 output directly
+    model = onnx.load(str(out))
+    _assert_int8_fp16_form(model, attentions=1, fp32_softmax=1)
+    assert inspect_onnx(out)["int8_form"] == "fp16"
+    assert info["validation"]["min_cosine"] >= 0.99, info["validation"]
 
 
 def test_fp16_keeps_layernorm_and_softmax_fp32_and_passes_the_plan(built):
