@@ -34,8 +34,9 @@ from .bundle_publish import PublishError, check_out, clean_stale, file_records, 
 PRECISIONS = ("fp32", "fp16", "int8")
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino")
 #: why ``auto`` prefers OpenVINO to ONNX Runtime on x86 CPUs (``make bench-cpu``, base 8x224, batch 1, one run)
-OPENVINO_WHY = ("faster than ONNX Runtime on x86 CPUs in make bench-cpu (base 8x224, AMD Zen 5, 2 cores: "
-                "FP32 0.9x, FP16 bundle in bf16 0.5x, INT8 Q/DQ 0.3x the latency of ONNX Runtime FP32)")
+OPENVINO_WHY = ("as fast as ONNX Runtime at FP32 and faster at FP16 and INT8 in make bench-cpu (base 8x224, 2-core "
+                "AMD Zen 5, two runs, medians against ONNX Runtime FP32: OpenVINO FP32 0.95-1.0x, FP16 bundle in bf16 "
+                "0.53-0.58x, INT8 Q/DQ 0.32-0.35x; ONNX Runtime INT8 0.35-0.48x)")
 
 
 class BuildError(RuntimeError):
@@ -378,7 +379,7 @@ def plan_only(req: BuildRequest, trt_version: str) -> dict[str, Any]:
                     "max": [b[2], *clip_shape]}
     d["model"] = req.model
     d["onnx_handed_to_tensorrt"] = {
-        "fp32": "the FP32 ONNX", "fp16": "the FP16 ONNX (LayerNorm/Softmax FP32)",
+        "fp32": "the FP32 ONNX", "fp16": "the FP16 ONNX (LayerNorm FP32; a softmax whose output is re-quantized runs FP16 so MatMul-Softmax-MatMul fuses)",
         "int8-qdq-fp16": "the Q/DQ ONNX, FP16 scales and activations between the INT8 matmuls, LayerNorm/Softmax FP32",
         "int8-qdq-fp32": "the Q/DQ ONNX, FP32 around the INT8 matmuls"}[plan.onnx_precision]
     return d
