@@ -23,6 +23,7 @@ import numpy as np
 
 from .int8 import TRT_OP_TYPES, quantize_int8
 from .metrics import compare_logits
+from .onnx_compare import session_with_outputs
 
 __all__ = ["KEEP_FLOAT_BUDGET", "KEEP_FLOAT_MAX_NODES", "quantizable_nodes", "node_macs", "run_logits",
            "layer_sensitivity", "choose_keep_float", "search_clipping", "STATIC_METHODS"]
@@ -61,18 +62,10 @@ def node_macs(fp32_onnx: str | os.PathLike, clip: np.ndarray | None = None) -> d
     model = onnx.load(str(fp32_onnx), load_external_data=False)
     shapes: dict[str, list[int]] = {}
     if clip is not None:
-        import onnxruntime as ort
-
         nodes = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")]
         names = sorted({t for n in nodes for t in (n.input[0], n.input[1], n.output[0])}
                        - {t.name for t in model.graph.initializer} - {i.name for i in model.graph.input})
-        have = {o.name for o in model.graph.output}
-        for t in names:
-            if t not in have:
-                model.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        s = session_with_outputs(model, names)
         res = s.run(names, {s.get_inputs()[0].name: np.ascontiguousarray(clip[:1], np.float32)})
         shapes.update({t: list(v.shape) for t, v in zip(names, res)})
     else:

@@ -8,7 +8,7 @@ import numpy as np
 
 from .metrics import compare_logits
 
-__all__ = ["cpu_session", "validate_against_fp32"]
+__all__ = ["cpu_session", "session_with_outputs", "validate_against_fp32"]
 
 
 def cpu_session(path: Path) -> Any:
@@ -18,6 +18,21 @@ def cpu_session(path: Path) -> Any:
     so = ort.SessionOptions()
     so.log_severity_level = 3
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def session_with_outputs(model: Any, names: list[str]) -> Any:
+    """An ONNX Runtime CPU session of the ``onnx.ModelProto`` ``model`` in which each float tensor of ``names`` is
+    also a graph output (added to ``model`` in place), to read intermediate activations."""
+    import onnx
+    import onnxruntime as ort
+
+    have = {o.name for o in model.graph.output}
+    for t in names:
+        if t not in have:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
 def validate_against_fp32(fp32_onnx: Path, quant_onnx: Path, clips: np.ndarray, reference: np.ndarray | None = None

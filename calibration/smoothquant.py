@@ -25,6 +25,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from .onnx_compare import session_with_outputs
+
 __all__ = ["SmoothGroup", "SmoothQuantError", "find_smooth_groups", "activation_channel_max", "smooth_model",
            "smooth_onnx", "search_alpha", "ort_smoothquant_available", "DEFAULT_ALPHA", "ALPHAS"]
 
@@ -136,17 +138,10 @@ def activation_channel_max(fp32_onnx: str | os.PathLike, clips: np.ndarray, tens
                            input_name: str | None = None) -> dict[str, np.ndarray]:
     """Per tensor, ``max |x|`` per channel (last axis) over ``clips`` run one by one in ONNX Runtime CPU."""
     import onnx
-    import onnxruntime as ort
 
     model = onnx.load(str(fp32_onnx))
     names = sorted(set(tensors))
-    have = {o.name for o in model.graph.output}
-    for t in names:
-        if t not in have:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = session_with_outputs(model, names)
     name = input_name or sess.get_inputs()[0].name
     out: dict[str, np.ndarray] = {}
     clips = np.ascontiguousarray(clips, np.float32)

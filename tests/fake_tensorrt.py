@@ -648,3 +648,31 @@ def install(monkeypatch, cuda: FakeCudart, version: str = "10.3.0", **kw: Any) -
     monkeypatch.setattr(detect, "import_cudart", lambda: cuda)
     monkeypatch.setattr(detect, "cuda_python_version", lambda: "12.6.0")
     return trt
+
+
+# ---- shared by the TensorRT test files ------------------------------------------------------------------------------
+def opts(**kw: Any) -> Any:
+    """Build options for the small models here: batch profile (1, 2, 4) unless given."""
+    from export.tensorrt_plan import TensorRTBuildOptions
+
+    kw.setdefault("batch", (1, 2, 4))
+    return TensorRTBuildOptions(**kw)
+
+
+def backend_manifest(info: dict, precision: str, **session: Any) -> dict:
+    """The manifest entries ``TensorRTBackend`` reads, for a plan ``build_engine`` returned ``info`` about."""
+    return {
+        "schema_version": 1, "backend": "tensorrt", "backend_version": info["trt_version"],
+        "engine_file": "model.plan", "precision": precision,
+        "input": {"name": "video", "dtype": "float32", "layout": "BTCHW", "shape": [-1, *CLIP],
+                  "batch": dict(zip(("min", "opt", "max"), (1, 2, 4)))},
+        "output": {"name": "logits", "dtype": "float32", "shape": [-1, CLASSES]},
+        "session": {**info["session"], **session},
+    }
+
+
+def run_ort(path: Path, x: np.ndarray) -> np.ndarray:
+    """The ONNX model at ``path`` on ``x`` in ONNX Runtime CPU: the reference a TensorRT engine is compared with."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"video": x})[0]

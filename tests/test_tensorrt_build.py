@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_tensorrt import CLASSES, CLIP, FakeCudart, install, make_models  # noqa: E402
+from fake_tensorrt import CLIP, FakeCudart, install, make_models, opts  # noqa: E402
+from fake_tensorrt import backend_manifest as _manifest, run_ort as _ort  # noqa: E402
 
-from export.tensorrt_build import TensorRTBuildError, TensorRTBuildOptions, build_engine  # noqa: E402
+from export.tensorrt_build import TensorRTBuildError, build_engine  # noqa: E402
 from export.tensorrt_plan import plan_build  # noqa: E402
 from runtime.backends.tensorrt_backend import (CudaError, TensorRTBackend, TensorRTBackendError,  # noqa: E402
                                                check_plan_compatibility, cuda_call, cuda_check)
@@ -43,25 +44,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     return make_models(tmp_path_factory.mktemp("trt_models"))
 
 
-def opts(**kw) -> TensorRTBuildOptions:
-    kw.setdefault("batch", (1, 2, 4))
-    return TensorRTBuildOptions(**kw)
 
-
-def _manifest(info: dict, precision: str, **session) -> dict:
-    return {
-        "schema_version": 1, "backend": "tensorrt", "backend_version": info["trt_version"],
-        "engine_file": "model.plan", "precision": precision,
-        "input": {"name": "video", "dtype": "float32", "layout": "BTCHW", "shape": [-1, *CLIP],
-                  "batch": dict(zip(("min", "opt", "max"), (1, 2, 4)))},
-        "output": {"name": "logits", "dtype": "float32", "shape": [-1, CLASSES]},
-        "session": {**info["session"], **session},
-    }
-
-
-def _ort(path: Path, x: np.ndarray) -> np.ndarray:
-    ort = pytest.importorskip("onnxruntime")
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"video": x})[0]
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import onnx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_tensorrt import CLASSES, CLIP, FakeCudart, install, make_fp32, make_models  # noqa: E402
+from fake_tensorrt import CLASSES, CLIP, FakeCudart, install, make_fp32, make_models, opts  # noqa: E402
 
 from calibration.onnx_inspect import inspect_onnx  # noqa: E402
 from export.tensorrt_plan import (TensorRTBuildError, TensorRTBuildOptions, parse_trt_version, plan_build,  # noqa: E402
@@ -29,10 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def models(tmp_path_factory) -> dict[str, Path]:
     return make_models(tmp_path_factory.mktemp("trt_models"))
 
-
-def opts(**kw) -> TensorRTBuildOptions:
-    kw.setdefault("batch", (1, 2, 4))
-    return TensorRTBuildOptions(**kw)
 
 
 def test_models_are_valid_and_run_in_onnxruntime(models):
