@@ -70,7 +70,8 @@ def imports_of(path: Path, root: Path) -> list[tuple[str, int, bool, list[str]]]
 
 def check_tree(root: Path, layers: tuple[str, ...] = LAYERS) -> list[str]:
     """Every violation of the layer order and every import cycle under ``root``, as readable lines."""
-    modules = {module_name(p, root): p for layer in layers for p in sorted((root / layer).rglob("*.py"))}
+    modules = {module_name(p, root): p for layer in layers for p in sorted((root / layer).rglob("*.py"))
+               if not {"build", "dist"} & set(p.relative_to(root).parts)}  # pip's build copies are not code
     problems: list[str] = []
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for mod, path in modules.items():

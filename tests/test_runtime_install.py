@@ -6,6 +6,7 @@ Needs the package index or pip's cache for numpy, onnxruntime, PyAV and Pillow (
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -45,8 +46,11 @@ def runtime_venv(tmp_path_factory) -> Path:
     env_dir = tmp_path_factory.mktemp("runtime-venv") / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     py = env_dir / "bin" / "python"
+    # a copy, so pip's in-tree build folders land in the temp dir and not in the checkout
+    src = shutil.copytree(ROOT / "runtime", env_dir.parent / "runtime",
+                          ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     res = subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                          f"{ROOT / 'runtime'}[video]"], capture_output=True, text=True, timeout=600)
+                          f"{src}[video]"], capture_output=True, text=True, timeout=600)
     if res.returncode != 0 and "Could not find a version" in res.stderr + res.stdout:
         pytest.skip(f"no package index or cache for the runtime's dependencies: {res.stderr.strip()[-300:]}")
     assert res.returncode == 0, res.stderr[-3000:]

@@ -36,7 +36,7 @@ from .openvino_session import OpenVINOSession, choose_precision
 __all__ = ["OpenVINOBackend", "OpenVINOUnavailable", "import_openvino", "openvino_available", "default_cache_root",
            "INSTALL_HINT"]
 
-INSTALL_HINT = "pip install 'timesformer-runtime[openvino]' (or pip install 'openvino>=2025.0')"
+INSTALL_HINT = "pip install './runtime[openvino]' (the runtime's openvino extra), or pip install 'openvino>=2025.0'"
 
 
 class OpenVINOUnavailable(RuntimeError):
