@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 __all__ = ["atomic_write", "atomic_output", "write_bytes_atomic", "write_text_atomic", "write_json_atomic", "temp_path_beside",
-           "sha256_file", "sha256_json"]
+           "sha256_file", "sha256_stream", "sha256_json"]
 
 
 def temp_path_beside(path: str | os.PathLike, suffix: str = ".tmp") -> Path:
@@ -105,9 +105,19 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20, external_data: bo
         paths.append(data)
     for p in paths:
         with open(p, "rb") as f:
-            while block := f.read(chunk):
-                h.update(block)
+            sha256_stream(f, chunk, h)
     return h.hexdigest()
+
+
+def sha256_stream(f: IO[bytes], chunk: int = 1 << 20, h: Any = None) -> tuple[str, int]:
+    """Hex SHA-256 and byte count of what is left to read in the binary file object ``f`` (fed into ``h``
+    when given, for hashing several files as one)."""
+    h = hashlib.sha256() if h is None else h
+    size = 0
+    while block := f.read(chunk):
+        h.update(block)
+        size += len(block)
+    return h.hexdigest(), size
 
 
 def sha256_json(*parts: Any, length: int = 16) -> str:

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BundleError
+from .files import sha256_stream
 from .preprocess import MAX_INT, PreprocessConfig
 
 __all__ = ["BundleError", "SCHEMA_VERSION", "MANIFEST_NAME", "BACKENDS", "PRECISIONS", "validate_manifest",
@@ -374,8 +375,9 @@ class BundleFiles:
             os.close(fd)
         if left != 0:
             raise BundleError(f"{full}: changed size while being read (another process writing it?)")
-        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-            raise BundleError(f"{full}: sha256 {hashlib.sha256(data).hexdigest()} differs from the manifest's "
+        digest = hashlib.sha256(data).hexdigest() if sha256 is not None else None
+        if digest != sha256:
+            raise BundleError(f"{full}: sha256 {digest} differs from the manifest's "
                               f"files[{name!r}].sha256 {sha256}: the file was replaced or edited after the build")
         return data
 
@@ -389,14 +391,12 @@ class BundleFiles:
                                   "the file was changed or truncated after the build")
             if sha256 is None:
                 return
-            h = hashlib.sha256()
             with open(fd, "rb", closefd=False) as f:
-                while block := f.read(1 << 24):
-                    h.update(block)
+                digest, _ = sha256_stream(f, 1 << 24)
         finally:
             os.close(fd)
-        if h.hexdigest() != sha256:
-            raise BundleError(f"{full}: sha256 {h.hexdigest()} differs from the manifest's files[{name!r}].sha256 "
+        if digest != sha256:
+            raise BundleError(f"{full}: sha256 {digest} differs from the manifest's files[{name!r}].sha256 "
                               f"{sha256}: the file was replaced or edited after the build")
 
     def manifest(self, require_parity: bool = True) -> dict[str, Any]:
@@ -456,14 +456,10 @@ def describe_files(bundle_dir: str | os.PathLike, names: Iterable[str]) -> dict[
     with BundleFiles(bundle_dir) as files:
         for name in sorted(set(names)):
             data_fd, st = files._open(check_file_name(name, str(bundle_dir)))
-            h = hashlib.sha256()
-            size = 0
             try:
                 with open(data_fd, "rb", closefd=False) as f:
-                    while block := f.read(1 << 24):
-                        h.update(block)
-                        size += len(block)
+                    digest, size = sha256_stream(f, 1 << 24)
             finally:
                 os.close(data_fd)
-            out[name] = {"sha256": h.hexdigest(), "size": size}
+            out[name] = {"sha256": digest, "size": size}
     return out
