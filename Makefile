@@ -18,7 +18,7 @@ CALIB ?=#                calibration clips, same forms as CLIPS
 BATCH ?=#                the engine's batch range min:opt:max (make engine)
 BATCHES ?=#              batch sizes to measure, comma-separated (make bench)
 THREADS ?=#              intra-op threads (0: the backend's default)
-N ?=#                    number of clips (make parity)
+N ?=#                    number of clips (make parity, make bench-accuracy)
 MODEL_REF ?=#            FP32 reference checkpoint for parity (default: the bundle's source)
 ALLOW_PARITY_FAILURE ?=# 1: publish a bundle whose parity is outside tolerance
 PYTEST_ARGS ?=#          extra pytest arguments
@@ -31,8 +31,9 @@ SECONDS ?= 20#           how long a load runs, seconds
 KILL_AFTER ?=#           make load-test: ray.kill one replica this many seconds in
 CAMERAS ?= 16#           simulated cameras (make bench-cameras)
 FPS ?= 25#               frames per second of each simulated camera (make bench-cameras)
+TASK ?= motion#          synthetic task of make train-motion: motion (8 classes) | motion16 (16: slow/fast, harder)
 
-.PHONY: help setup test test-fast demo onnx engine parity bench bench-onnx bench-cpu bench-precision train-motion gpu-check serve load-test triton bench-cameras clean
+.PHONY: help setup test test-fast demo onnx engine parity bench bench-onnx bench-cpu bench-precision bench-accuracy train-motion gpu-check serve load-test triton bench-cameras clean
 
 help: ## this list
 	@echo "Targets (options in [brackets]; README.md describes each):"
@@ -92,8 +93,12 @@ bench-cpu: $(STAMP) ## every CPU backend and precision vs PyTorch and transforme
 bench-precision: $(STAMP) ## FP32 vs INT8 (vs FP16) on ONNX Runtime CPU [MODEL]
 	$(PY) -m export.bench_precision $(if $(filter-out models/weights/motion_tiny.safetensors,$(MODEL)),--model $(MODEL))
 
-train-motion: $(STAMP) ## train the motion model (~4 min on 2 cores) [OUT]
-	$(PY) -m models.train_motion $(if $(OUT),--out $(OUT))
+bench-accuracy: $(STAMP) ## accuracy of every bundle of a trained model vs FP32 PyTorch, 1600 held-out clips (motion16: ~10 min) [MODEL N OUT]
+	$(PY) -m export.bench_accuracy $(if $(filter-out models/weights/motion_tiny.safetensors,$(MODEL)),--model $(MODEL)) \
+		$(if $(N),--n $(N)) $(if $(THREADS),--threads $(THREADS)) $(if $(OUT),--out-dir $(OUT))
+
+train-motion: $(STAMP) ## train a motion model (motion ~4 min, motion16 ~12 min on 2 cores) [TASK OUT]
+	$(PY) -m models.train_motion $(if $(filter-out motion,$(TASK)),--task $(TASK)) $(if $(OUT),--out $(OUT))
 
 serve: $(STAMP) ## serve a bundle on Ray Serve at 127.0.0.1 (RAY_ADDRESS: join a cluster): ENGINE=<bundle> [PORT REPLICAS BATCHING]
 	@test -n "$(ENGINE)" || { echo "make serve: set ENGINE=<bundle directory> (e.g. engines/motion_tiny-fp32-onnxruntime)" >&2; exit 2; }

@@ -4,8 +4,10 @@ Three sources, named by one ``spec`` string:
 
 * a folder of video files (decoded through :mod:`calibration.video_reader`; labels from its
   ``labels.csv`` when present), or a single video file;
-* ``"synthetic"`` / ``"synthetic:SEED"``: clips rendered by :mod:`calibration.synthetic`, written as
-  H.264 files and decoded through the same reader (so calibration sees the real decode path);
+* ``"synthetic"`` / ``"synthetic:SEED"``: clips of the 8-class ``motion`` task rendered by
+  :mod:`calibration.synthetic`, written as H.264 files and decoded through the same reader (so
+  calibration sees the real decode path); ``"synthetic-TASK"`` / ``"synthetic-TASK:SEED"`` name another
+  task of :data:`calibration.synthetic.TASKS` (``synthetic-motion16:SEED``: 16 classes, slow/fast);
 * saved tensors: a ``.npy``/``.npz`` file, or a folder of them, in the canonical layout
   ``(N, T, 3, H, W)`` (or one ``(T, 3, H, W)`` clip) float32; an ``.npz`` may hold ``clips`` and ``labels``.
 
@@ -65,6 +67,7 @@ class CalibrationSet:
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"file", "error"}
     requested: int = 0
     seed: int = 0
+    classes: list[str] | None = None  # names of the label indices, when known (synthetic tasks and their folders)
 
     def __len__(self) -> int:
         return int(len(self.clips))
@@ -73,25 +76,41 @@ class CalibrationSet:
         """JSON-friendly description (no clip data)."""
         return {"spec": self.spec, "source": self.source, "n_clips": len(self), "requested": self.requested,
                 "seed": self.seed, "sha256": self.sha256, "labels": self.labels is not None,
-                "selection": self.selection, "skipped": self.skipped}
+                "classes": self.classes, "selection": self.selection, "skipped": self.skipped}
 
 
 def _log(msg: str) -> None:
     print(f"[calib] {msg}", file=sys.stderr, flush=True)
 
 
-def _parse_synthetic(spec: str, seed: int) -> int | None:
-    """The generator seed of a ``synthetic[:SEED]`` spec, or None for other specs."""
-    if spec == "synthetic":
-        return seed
-    if spec.startswith("synthetic:"):
-        text = spec.split(":", 1)[1]
-        try:
-            return int(text)
-        except ValueError:
-            raise CalibrationError(f"calibration set {spec!r}: expected 'synthetic' or 'synthetic:SEED' with an "
-                                   f"integer SEED, got {text!r}") from None
-    return None
+SYNTHETIC_FORMS = "'synthetic[:SEED]' or 'synthetic-TASK[:SEED]'"
+
+
+def _parse_synthetic(spec: str, seed: int) -> tuple[str, int] | None:
+    """``(task, generator seed)`` of a ``synthetic[-TASK][:SEED]`` spec, or None for other specs.
+
+    A ``synthetic-...`` spec naming no known task is a path when that path exists, an error otherwise."""
+    from .synthetic import DEFAULT_TASK, TASKS
+
+    head, colon, text = spec.partition(":")
+    if head == "synthetic":
+        task = DEFAULT_TASK
+    elif head.startswith("synthetic-"):
+        task = head[len("synthetic-"):]
+        if task not in TASKS:
+            if Path(spec).exists():
+                return None
+            raise CalibrationError(f"calibration set {spec!r}: unknown synthetic task {task!r}; expected "
+                                   f"{SYNTHETIC_FORMS} with TASK one of {', '.join(TASKS)}")
+    else:
+        return None
+    if not colon:
+        return task, seed
+    try:
+        return task, int(text)
+    except ValueError:
+        raise CalibrationError(f"calibration set {spec!r}: expected {SYNTHETIC_FORMS} with an integer SEED, "
+                               f"got {text!r}") from None
 
 
 def _list_files(folder: Path, exts: tuple[str, ...]) -> list[Path]:
@@ -120,23 +139,24 @@ def _classify(spec: str) -> tuple[str, list[Path]]:
         raise CalibrationError(f"calibration set {spec!r}: unsupported file type {ext!r}; expected a video "
                                f"({', '.join(VIDEO_EXTS)}) or .npy/.npz tensors")
     raise CalibrationError(f"calibration set {spec!r}: no such file or folder (expected a folder of videos, a "
-                           ".npy/.npz file, or 'synthetic[:SEED]')")
+                           f".npy/.npz file, or {SYNTHETIC_FORMS})")
 
 
 def selection_key(spec: str | None, pre: PreprocessConfig, n: int, seed: int) -> str:
     """A key that changes whenever the selection or its data may change, computed without reading clips.
 
     Folders and files are keyed by names, sizes and modification times (and ``labels.csv``'s content);
-    synthetic sets by the generator seed and the generator's source code.
+    synthetic sets by the task, the generator seed and the source code of the task's generator and the reader.
     """
     spec = spec or "synthetic"
     parts: list[Any] = [SELECTION_VERSION, pre.to_dict(), int(n), int(seed)]
-    gen_seed = _parse_synthetic(spec, seed)
-    if gen_seed is not None:
-        from . import synthetic, video_reader
+    synthetic_spec = _parse_synthetic(spec, seed)
+    if synthetic_spec is not None:
+        from . import video_reader
+        from .synthetic import get_task
 
-        parts += ["synthetic", gen_seed, sha256_file(Path(synthetic.__file__)),
-                  sha256_file(Path(video_reader.__file__))]
+        task, gen_seed = synthetic_spec
+        parts += ["synthetic", task, gen_seed, get_task(task).source_hash(), sha256_file(Path(video_reader.__file__))]
     else:
         kind, files = _classify(spec)
         parts += [kind, str(Path(spec).resolve())]
@@ -159,18 +179,20 @@ def _digest(selection: list[dict[str, Any]], clips: np.ndarray, labels: np.ndarr
     return h.hexdigest()
 
 
-def _read_labels_csv(folder: Path) -> dict[str, int]:
-    """``labels.csv`` -> {file name: class index}; {} when absent."""
+def _read_labels_csv(folder: Path) -> tuple[dict[str, int], list[str] | None]:
+    """``labels.csv`` -> ({file name: class index}, class names when the folder is a synthetic task's); ({}, None)
+    when absent."""
     path = folder / "labels.csv"
     if not path.is_file():
-        return {}
+        return {}, None
     try:
-        from .synthetic import read_dataset
+        from .synthetic import TASKS, dataset_task, read_dataset
     except ImportError:  # pragma: no cover - the generator ships with the package
         read_dataset = None
     if read_dataset is not None:
         try:
-            return {Path(p).name: int(label) for p, label in read_dataset(folder)}
+            return ({Path(p).name: int(label) for p, label in read_dataset(folder)},
+                    list(TASKS[dataset_task(folder)].classes))
         except (ValueError, KeyError, OSError):
             pass  # not the generator's layout: fall back to plain "file,label" rows
     out: dict[str, int] = {}
@@ -183,7 +205,7 @@ def _read_labels_csv(folder: Path) -> dict[str, int]:
             except ValueError:
                 if out:  # a header is only allowed as the first row
                     raise CalibrationError(f"{path}: label {row[1]!r} for {row[0]!r} is not a class index") from None
-    return out
+    return out, None
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
@@ -193,7 +215,8 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
 
 
 def _from_videos(spec: str, files: list[Path], pre: PreprocessConfig, n: int, seed: int, labels_by_name: dict[str, int],
-                 progress: bool, source: str, display_root: Path | None = None) -> CalibrationSet:
+                 progress: bool, source: str, display_root: Path | None = None,
+                 classes: list[str] | None = None) -> CalibrationSet:
     from .video_reader import VideoReadError, read_clip
 
     k = max(1, math.ceil(n / len(files)))  # clips per file when the folder has fewer files than n
@@ -226,7 +249,9 @@ def _from_videos(spec: str, files: list[Path], pre: PreprocessConfig, n: int, se
             if labels_by_name:
                 labels.append(labels_by_name.get(f.name, -1))
             bar.update(1)
-    return _finish(spec, source, clips, labels if labels_by_name else None, selection, skipped, pre, n, seed)
+    cset = _finish(spec, source, clips, labels if labels_by_name else None, selection, skipped, pre, n, seed)
+    cset.classes = classes if cset.labels is not None else None
+    return cset
 
 
 def _finish(spec: str, source: str, clips: list[np.ndarray], labels: list[int] | None, selection: list[dict[str, Any]],
@@ -327,28 +352,32 @@ def load_calibration_set(spec: str | None, pre: PreprocessConfig, n: int, seed: 
                          progress: bool = True) -> CalibrationSet:
     """The ``n`` clips ``spec`` selects with ``seed`` (fewer when the source has fewer), with their record.
 
-    ``spec``: a folder of videos or tensors, a video/.npy/.npz file, ``"synthetic"`` or ``"synthetic:SEED"``
-    (None means ``"synthetic"``). Raises CalibrationError for bad specs, wrong tensor shapes and empty sets.
+    ``spec``: a folder of videos or tensors, a video/.npy/.npz file, ``"synthetic[:SEED]"`` (the ``motion``
+    task) or ``"synthetic-TASK[:SEED]"`` (None means ``"synthetic"``). Raises CalibrationError for bad specs,
+    wrong tensor shapes and empty sets.
     """
     spec = spec or "synthetic"
     if n < 1:
         raise CalibrationError(f"calibration set {spec!r}: n = {n}; expected at least 1 clip")
-    gen_seed = _parse_synthetic(spec, seed)
-    if gen_seed is not None:
-        from .synthetic import generate_dataset
+    synthetic_spec = _parse_synthetic(spec, seed)
+    if synthetic_spec is not None:
+        from .synthetic import generate_dataset, get_task
 
+        task, gen_seed = synthetic_spec
         tmp = Path(tempfile.mkdtemp(prefix="synthetic-calib-"))
         try:
-            made = generate_dataset(tmp, n, gen_seed, progress=False)
+            made = generate_dataset(tmp, n, gen_seed, progress=False, task=task)
             labels = {Path(p).name: int(lab) for p, lab in made}
             files = sorted(Path(p) for p, _ in made)
-            return _from_videos(spec, files, pre, n, seed, labels, progress, "synthetic", display_root=tmp)
+            return _from_videos(spec, files, pre, n, seed, labels, progress, "synthetic", display_root=tmp,
+                                classes=list(get_task(task).classes))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     kind, files = _classify(spec)
     if kind == "videos":
         folder = Path(spec) if Path(spec).is_dir() else Path(spec).parent
-        return _from_videos(spec, files, pre, n, seed, _read_labels_csv(folder), progress, "videos")
+        labels_by_name, classes = _read_labels_csv(folder)
+        return _from_videos(spec, files, pre, n, seed, labels_by_name, progress, "videos", classes=classes)
     return _from_tensors(spec, files, pre, n, seed, progress)
 
 

@@ -6,9 +6,13 @@ rotates clockwise/anticlockwise, or grows/shrinks, at a random speed from a rand
 position and orientation. Every class is drawn from the same per-frame distribution of positions,
 sizes and orientations, so a single frame cannot tell a class from its pair: only the motion can.
 
-``generate_dataset`` writes balanced clips as ``clip_NNNNN.mp4`` (libx264, yuv420p) with
-``labels.csv`` (``file,label_index,label_name``) and ``classes.txt``; the same seed gives the same
-decoded frames. CLI: ``python -m calibration.synthetic OUT_DIR --clips N --seed S``.
+This is the task ``motion``; :data:`TASKS` also holds ``motion16`` (:mod:`calibration.synthetic_hard`:
+the same motions, slow or fast, with a moving distractor and an occluder).
+
+``generate_dataset`` writes balanced clips of a task as ``clip_NNNNN.mp4`` (libx264, yuv420p) with
+``labels.csv`` (``file,label_index,label_name``), ``classes.txt`` and ``task.txt`` (the task's name; a
+folder without it is the ``motion`` task); the same seed gives the same decoded frames.
+CLI: ``python -m calibration.synthetic OUT_DIR --clips N --seed S [--task motion16]``.
 """
 from __future__ import annotations
 
@@ -17,60 +21,27 @@ import csv
 import io
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
-from runtime.files import temp_path_beside, write_text_atomic
+from runtime.files import sha256_file, sha256_json, temp_path_beside, write_text_atomic
 
+from . import synthetic_hard, synthetic_scene
 from .cli import user_errors
+from .synthetic_scene import _SHAKE, _SHAPES, MOTIONS, _background, _shape_mask
 
-__all__ = ["CLASSES", "render_clip", "generate_dataset", "read_dataset", "write_video", "CONTAINERS"]
+__all__ = ["CLASSES", "render_clip", "generate_dataset", "read_dataset", "write_video", "CONTAINERS", "SyntheticTask",
+           "TASKS", "DEFAULT_TASK", "get_task", "dataset_task", "task_of_metadata"]
 
 #: Action classes; pairs (0,1), (2,3), (4,5), (6,7) differ only in the direction of time.
-CLASSES: list[str] = ["move_left", "move_right", "move_up", "move_down", "rotate_cw", "rotate_ccw", "grow", "shrink"]
+CLASSES: list[str] = list(MOTIONS)
 
 #: container -> (codec, pix_fmt) used by :func:`write_video`
 CONTAINERS: dict[str, tuple[str, str]] = {"mp4": ("libx264", "yuv420p"), "mkv": ("libx264", "yuv420p"),
                                           "avi": ("mpeg4", "yuv420p")}
-
-_SHAPES = ("triangle", "bar", "ell", "tee", "notched_ellipse")
-_SHAKE = 1  # maximum camera shake, pixels (at 96 px short side)
-
-
-def _shape_mask(kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Inside-test in the shape's own unit coordinates (none of the shapes is rotation invariant)."""
-    if kind == "triangle":  # isosceles, apex at v = -1
-        return (v <= 0.8) & (np.abs(u) <= 0.5 * (v + 1.0))
-    if kind == "bar":
-        return (np.abs(u) <= 0.95) & (np.abs(v) <= 0.4)
-    if kind == "ell":
-        return (((u >= -0.8) & (u <= 0.8) & (v >= 0.35) & (v <= 0.8))
-                | ((u >= -0.8) & (u <= -0.35) & (v >= -0.8) & (v <= 0.8)))
-    if kind == "tee":
-        return (((np.abs(u) <= 0.85) & (v >= -0.85) & (v <= -0.4)) | ((np.abs(u) <= 0.22) & (v >= -0.85) & (v <= 0.85)))
-    if kind == "notched_ellipse":
-        return ((u / 0.95) ** 2 + (v / 0.6) ** 2 <= 1.0) & ~(((u - 0.55) / 0.3) ** 2 + (v / 0.3) ** 2 <= 1.0)
-    raise ValueError(f"unknown shape {kind!r}")
-
-
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """A dark float32 (H, W, 3) texture: base colour, a few coloured gratings and soft blobs."""
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = rng.uniform(15, 75, size=3).astype(np.float32)
-    img = np.broadcast_to(base, (height, width, 3)).copy()
-    for _ in range(3):
-        fx, fy = rng.uniform(-0.25, 0.25, size=2)
-        phase = rng.uniform(0, 2 * np.pi)
-        amp = rng.uniform(2, 5, size=3).astype(np.float32)
-        img += np.sin(fx * x + fy * y + phase)[..., None] * amp
-    for _ in range(int(rng.integers(2, 6))):
-        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
-        r = rng.uniform(4, 14)
-        blob = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * r * r))
-        img += blob[..., None] * rng.uniform(-10, 10, size=3).astype(np.float32)
-    return img
-
 
 def render_clip(label: int, rng: np.random.Generator, width: int = 128, height: int = 96,
                 num_frames: int = 24) -> np.ndarray:
@@ -139,6 +110,63 @@ def render_clip(label: int, rng: np.random.Generator, width: int = 128, height: 
     return out
 
 
+@dataclass(frozen=True)
+class SyntheticTask:
+    """A synthetic task: its classes, renderer, and the class each label becomes when a clip is mirrored
+    left-right (``hflip``), top-bottom (``vflip``) or played backwards (``reverse``)."""
+
+    name: str
+    classes: list[str]
+    render: Callable[..., np.ndarray]  # (label, rng, width, height, num_frames) -> (N, H, W, 3) uint8
+    hflip: list[int]
+    vflip: list[int]
+    reverse: list[int]
+    sources: tuple[str, ...]  # the files whose code decides the clips
+
+    def source_hash(self) -> str:
+        """SHA-256 over the generator's source files."""
+        return sha256_json(*[sha256_file(f) for f in self.sources], length=64)
+
+
+# the 8 motions mirrored or reversed: left<->right, up<->down, cw<->ccw, grow<->shrink
+_HFLIP = [1, 0, 2, 3, 5, 4, 6, 7]
+_VFLIP = [0, 1, 3, 2, 5, 4, 6, 7]
+_REVERSE = [1, 0, 3, 2, 5, 4, 7, 6]
+
+
+def _with_speeds(perm: list[int]) -> list[int]:
+    """A permutation of the 8 motions applied to motion16's ``2 * motion + fast`` (the speed is kept)."""
+    return [2 * perm[k // 2] + k % 2 for k in range(2 * len(perm))]
+
+
+_MOTION_SOURCES = (__file__, synthetic_scene.__file__)
+DEFAULT_TASK = "motion"
+#: the synthetic tasks by name
+TASKS: dict[str, SyntheticTask] = {
+    "motion": SyntheticTask("motion", CLASSES, render_clip, _HFLIP, _VFLIP, _REVERSE, _MOTION_SOURCES),
+    "motion16": SyntheticTask("motion16", synthetic_hard.CLASSES, synthetic_hard.render_clip, _with_speeds(_HFLIP),
+                              _with_speeds(_VFLIP), _with_speeds(_REVERSE), _MOTION_SOURCES + (synthetic_hard.__file__,)),
+}
+
+
+def get_task(name: str) -> SyntheticTask:
+    """The task called ``name``; ValueError naming the known tasks otherwise."""
+    if name not in TASKS:
+        raise ValueError(f"synthetic task: expected one of {', '.join(TASKS)}, got {name!r}")
+    return TASKS[name]
+
+
+def task_of_metadata(metadata: dict[str, Any]) -> str | None:
+    """The synthetic task a checkpoint was trained on, from its metadata (None: not a synthetic task).
+
+    ``synthetic_task`` names it; ``motion_tiny``, written before that key, says so in ``task``."""
+    if "synthetic_task" in metadata:
+        return str(metadata["synthetic_task"])
+    if str(metadata.get("task", "")).startswith("synthetic motion clips"):
+        return DEFAULT_TASK
+    return None
+
+
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 15, container: str | None = None,
                 crf: int = 18) -> Path:
     """Encode ``(N, H, W, 3)`` uint8 RGB frames to ``path`` atomically (codec chosen by the container)."""
@@ -179,41 +207,64 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 15, cont
 
 def generate_dataset(out_dir: str | os.PathLike, n_clips: int, seed: int, width: int = 128, height: int = 96,
                      num_frames: int = 24, fps: int = 15, container: str = "mp4",
-                     progress: bool = True) -> list[tuple[Path, int]]:
-    """Write ``n_clips`` balanced clips (labels cycle through the classes, order shuffled) plus labels.
+                     progress: bool = True, task: str = DEFAULT_TASK) -> list[tuple[Path, int]]:
+    """Write ``n_clips`` balanced clips of ``task`` (labels cycle through its classes, order shuffled) plus
+    ``labels.csv``, ``classes.txt`` and ``task.txt``.
 
     Clip ``i`` is rendered from its own generator seeded with ``(seed, i)``, so a clip does not depend
     on how many others are made. Returns ``[(path, label_index), ...]`` in file order.
     """
     from tqdm import tqdm
 
+    spec = get_task(task)
+    classes = spec.classes
     if n_clips <= 0:
         raise ValueError(f"n_clips: expected a positive number, got {n_clips}")
     if container not in CONTAINERS:
         raise ValueError(f"container: expected one of {sorted(CONTAINERS)}, got {container!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    labels = np.arange(n_clips) % len(CLASSES)
+    labels = np.arange(n_clips) % len(classes)
     np.random.default_rng([seed, 1 << 20]).shuffle(labels)
     items: list[tuple[Path, int]] = []
-    for i in tqdm(range(n_clips), desc=f"clips -> {out}", unit="clip", disable=not progress):
+    for i in tqdm(range(n_clips), desc=f"{task} clips -> {out}", unit="clip", disable=not progress):
         label = int(labels[i])
-        frames = render_clip(label, np.random.default_rng([seed, i]), width, height, num_frames)
+        frames = spec.render(label, np.random.default_rng([seed, i]), width, height, num_frames)
         path = write_video(out / f"clip_{i:05d}.{container}", frames, fps=fps, container=container)
         items.append((path, label))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["file", "label_index", "label_name"])
     for path, label in items:
-        w.writerow([path.name, label, CLASSES[label]])
-    write_text_atomic(out / "classes.txt", "".join(c + "\n" for c in CLASSES))
+        w.writerow([path.name, label, classes[label]])
+    write_text_atomic(out / "task.txt", task + "\n")
+    write_text_atomic(out / "classes.txt", "".join(c + "\n" for c in classes))
     write_text_atomic(out / "labels.csv", buf.getvalue())
     return items
 
 
-def read_dataset(directory: str | os.PathLike) -> list[tuple[Path, int]]:
-    """``[(path, label_index), ...]`` from ``labels.csv`` in ``directory`` (as written by :func:`generate_dataset`)."""
+def dataset_task(directory: str | os.PathLike) -> str:
+    """The task of a folder written by :func:`generate_dataset`: ``task.txt``, or ``motion`` without one."""
+    path = Path(directory) / "task.txt"
+    if not path.is_file():
+        return DEFAULT_TASK
+    name = path.read_text().strip()
+    if name not in TASKS:
+        raise ValueError(f"{path}: expected a synthetic task name ({', '.join(TASKS)}), got {name!r}")
+    return name
+
+
+def read_dataset(directory: str | os.PathLike, task: str | None = None) -> list[tuple[Path, int]]:
+    """``[(path, label_index), ...]`` from ``labels.csv`` in ``directory`` (as written by :func:`generate_dataset`).
+
+    Labels are checked against the classes of the folder's task (:func:`dataset_task`); with ``task``,
+    the folder must be of that task."""
     d = Path(directory)
+    found = dataset_task(d)
+    if task is not None and found != get_task(task).name:
+        where = "" if (d / "task.txt").is_file() else " (no task.txt: written before tasks had names)"
+        raise ValueError(f"{d / 'task.txt'}: expected clips of the synthetic task {task!r}, found {found!r}{where}")
+    classes = TASKS[found].classes
     labels = d / "labels.csv"
     if not labels.is_file():
         raise FileNotFoundError(f"{labels}: no labels file; expected a directory written by "
@@ -227,8 +278,9 @@ def read_dataset(directory: str | os.PathLike) -> list[tuple[Path, int]]:
         if len(row) != 3 or not row[1].lstrip("-").isdigit():
             raise ValueError(f"{labels}:{line}: expected 'file,label_index,label_name', got {row}")
         idx = int(row[1])
-        if not 0 <= idx < len(CLASSES) or CLASSES[idx] != row[2]:
-            raise ValueError(f"{labels}:{line}: label {idx} {row[2]!r} is not one of {list(enumerate(CLASSES))}")
+        if not 0 <= idx < len(classes) or classes[idx] != row[2]:
+            raise ValueError(f"{labels}:{line}: label {idx} {row[2]!r} is not a class of the task {found!r}: "
+                             f"expected one of {list(enumerate(classes))}")
         path = d / row[0]
         if not path.is_file():
             raise FileNotFoundError(f"{labels}:{line}: {path} is missing")
@@ -240,7 +292,8 @@ def read_dataset(directory: str | os.PathLike) -> list[tuple[Path, int]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m calibration.synthetic", description=__doc__.splitlines()[0])
     ap.add_argument("out_dir")
-    ap.add_argument("--clips", type=int, default=len(CLASSES) * 8)
+    ap.add_argument("--task", default=DEFAULT_TASK, choices=list(TASKS), help="which synthetic task's clips")
+    ap.add_argument("--clips", type=int, default=None, help="number of clips (default: 8 per class)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--height", type=int, default=96)
@@ -248,8 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fps", type=int, default=15)
     ap.add_argument("--container", default="mp4", choices=sorted(CONTAINERS))
     a = ap.parse_args(argv)
-    items = generate_dataset(a.out_dir, a.clips, a.seed, a.width, a.height, a.frames, a.fps, a.container)
-    print(f"wrote {len(items)} clips, labels.csv and classes.txt to {a.out_dir}", file=sys.stderr)
+    clips = a.clips if a.clips is not None else 8 * len(TASKS[a.task].classes)
+    items = generate_dataset(a.out_dir, clips, a.seed, a.width, a.height, a.frames, a.fps, a.container, task=a.task)
+    print(f"wrote {len(items)} {a.task} clips, labels.csv, classes.txt and task.txt to {a.out_dir}", file=sys.stderr)
     return 0
 
 

@@ -6,7 +6,8 @@ What runs (batch 1, the same thread count everywhere):
   (``export.bench_onnx._export_theirs``) on ONNX Runtime FP32;
 * ours, as bundles built by ``make engine``'s code (``build_bundle``) and run through ``runtime.Engine``: ONNX
   Runtime FP32 and INT8 (its dynamic form); OpenVINO FP32, FP16 (run in bf16 where the CPU has it) and INT8 (the
-  TensorRT Q/DQ file); and that same Q/DQ file in a plain ONNX Runtime session;
+  TensorRT Q/DQ file, q/k/v projections split as every OpenVINO bundle has them); and the TensorRT Q/DQ file in a
+  plain ONNX Runtime session;
 * a GEMM microbenchmark (torch: FP32, BF16, INT8 ``_int_mm``; numpy FP32; OpenVINO MatMul in f32, bf16 and int8)
   for this machine's peak, measured in the same rounds: the best of them per dtype is the peak each engine's
   achieved GFLOP/s (``models.count_flops``) is held to. It is a lower bound of the hardware's peak: an engine can
@@ -318,7 +319,7 @@ def run_bench(model: str = "base", threads: int | None = None, rounds: int = 7, 
     engines: dict[str, Any] = {}
     what = {"ort-fp32": "ours, ONNX Runtime FP32", "ort-int8-dynamic": "ours, ONNX Runtime INT8 (dynamic)",
             "ov-fp32": "ours, OpenVINO FP32 (f32 hint)", "ov-fp16": "ours, OpenVINO FP16 bundle",
-            "ov-int8": "ours, OpenVINO INT8 (the TensorRT Q/DQ file)"}
+            "ov-int8": "ours, OpenVINO INT8 (the TensorRT Q/DQ file, q/k/v split)"}
     dtype = {"ort-fp32": "fp32", "ort-int8-dynamic": "int8", "ov-fp32": "fp32", "ov-fp16": "bf16", "ov-int8": "int8"}
     for name, bundle in bundles.items():
         e = Engine(bundle, threads=threads)

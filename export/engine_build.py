@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.files import sha256_file, write_json_atomic, write_text_atomic
+from runtime.files import sha256_file, write_bytes_atomic, write_json_atomic, write_text_atomic
 from runtime.manifest import SCHEMA_VERSION
 
 from calibration.cli import user_errors
@@ -148,10 +148,11 @@ def build_bundle(req: BuildRequest) -> Path:
     cfg = net.config
     if labels is None:
         labels = [f"class_{i}" for i in range(cfg.num_classes)]
-    if req.calib:  # a missing or empty CALIB folder fails now, not after the export (it is read without decoding)
+    calib = req.calib or task_calib(model_task(net))  # a model trained on a synthetic task calibrates on it
+    if calib:  # a missing or empty CALIB folder fails now, not after the export (it is read without decoding)
         from calibration.calibset import selection_key
 
-        selection_key(req.calib, pre, req.calib_clips, req.seed)
+        selection_key(calib, pre, req.calib_clips, req.seed)
     cache = Path(req.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
 
@@ -171,27 +172,28 @@ def build_bundle(req: BuildRequest) -> Path:
     elif req.precision != "fp32":
         from .precision_step import precision_onnx
 
-        _log(f"[engine] 3/5 {req.precision}: calibrating on {req.calib or 'synthetic clips'}")
+        _log(f"[engine] 3/5 {req.precision}: calibrating on {calib or 'synthetic clips'}")
         engine_onnx, calibration_info = precision_onnx(
-            fp32_onnx, req.precision, target=_precision_target(backend), calib=req.calib, preprocess=pre,
+            fp32_onnx, req.precision, target=_precision_target(backend), calib=calib, preprocess=pre,
             n_clips=req.calib_clips, method=req.calib_method, cache_dir=cache, seed=req.seed,
             **_tensorrt_int8_form(req, backend))
     else:
         _log("[engine] 3/5 fp32: no calibration")
     if backend == "openvino" and calibration_info is not None:
         calibration_info = {**calibration_info, "shared_with": ["tensorrt", "openvino"],
-                            "note": "the TensorRT Q/DQ INT8 ONNX, unchanged: one file, calibrated once, for every "
-                                    "backend that reads Q/DQ"}
+                            "note": "the TensorRT Q/DQ INT8 ONNX: one file, calibrated once, for every backend that "
+                                    "reads Q/DQ (OpenVINO's copy has its q/k/v projections split: the same weights, "
+                                    "scales and Q/DQ, laid out as three matmuls)"}
 
     tmp = make_staging(out)
     try:
         _log(f"[engine] 4/5 building the {backend} engine")
         clip_shape = [cfg.num_frames, cfg.in_chans, cfg.image_size, cfg.image_size]
-        trt_build_info = None
+        trt_build_info = ov_build_info = None
         if backend == "tensorrt":
             engine_file, backend_version, session, trt_build_info = _build_tensorrt(engine_onnx, tmp, req, clip_shape)
         elif backend == "openvino":
-            engine_file, backend_version, session = _build_openvino(engine_onnx, tmp, req)
+            engine_file, backend_version, session, ov_build_info = _build_openvino(engine_onnx, tmp, req)
         else:
             engine_file, backend_version, session = _build_onnxruntime(engine_onnx, tmp, req)
         input_dtype = _onnx_input_dtype(engine_onnx)
@@ -219,6 +221,8 @@ def build_bundle(req: BuildRequest) -> Path:
         }
         if trt_build_info is not None:
             manifest["build"]["tensorrt"] = trt_build_info
+        if ov_build_info is not None:
+            manifest["build"]["openvino"] = ov_build_info
         write_text_atomic(tmp / "labels.txt", "\n".join(labels) + "\n")
         # Every file but the manifest, hashed once the engine is written: the runtime checks them on load.
         manifest["files"] = file_records(tmp)
@@ -227,7 +231,7 @@ def build_bundle(req: BuildRequest) -> Path:
         # Parity runs on the staged files with the manifest in memory: manifest.json is written only after
         # it, so a staging folder is never a loadable bundle until it has passed (or ALLOW_PARITY_FAILURE).
         _log(f"[engine] 5/5 parity against PyTorch on {req.parity_clips} clips")
-        parity = run_parity(net, tmp, pre, req.parity_clips, req.seed, req.calib, manifest=manifest)
+        parity = run_parity(net, tmp, pre, req.parity_clips, req.seed, calib, manifest=manifest)
         failures = check_tolerance(parity, req.precision)
         parity["passed"] = not failures
         parity["failures"] = failures
@@ -254,6 +258,23 @@ def build_bundle(req: BuildRequest) -> Path:
          f"{'passed' if parity['passed'] else 'FAILED'} (max |dlogit| {parity['max_abs_logit']:.2e}, "
          f"min cosine {parity['min_cosine']:.6f}, top-1 agreement {parity['top1_agreement']:.3f})")
     return out
+
+
+def model_task(net: Any) -> str | None:
+    """The synthetic task a checkpoint was trained on (from its metadata), or None (a preset, a real checkpoint)."""
+    from calibration.synthetic import task_of_metadata
+
+    return task_of_metadata(getattr(getattr(net, "checkpoint", None), "metadata", None) or {})
+
+
+def task_calib(task: str | None, seed: int | None = None) -> str | None:
+    """The clip spec of ``task``'s synthetic clips (``synthetic-TASK[:SEED]``); without a seed, None for no task and
+    for the default task, so that those builds keep the default spec (``synthetic``) and its cache keys."""
+    from calibration.synthetic import DEFAULT_TASK
+
+    if not task or task == DEFAULT_TASK:
+        return None if seed is None else f"synthetic:{seed}"
+    return f"synthetic-{task}" + ("" if seed is None else f":{seed}")
 
 
 def _onnx_input_dtype(path: Path) -> str:
@@ -296,9 +317,10 @@ def _precision_target(backend: str) -> str:
     return "tensorrt" if backend == "openvino" else backend
 
 
-def _build_openvino(onnx_path: Path, out: Path, req: BuildRequest) -> tuple[str, str, dict[str, Any]]:
-    """Copy the ONNX into the bundle (OpenVINO reads it, Q/DQ included) and record the session; the parity step
-    compiles it. FP32 runs with an explicit f32 hint (OpenVINO would pick bf16 on BF16 CPUs), FP16 in bf16/f16."""
+def _build_openvino(onnx_path: Path, out: Path, req: BuildRequest) -> tuple[str, str, dict[str, Any], dict[str, Any]]:
+    """Write the ONNX into the bundle (OpenVINO reads it, Q/DQ included) with its q/k/v projections split, and record
+    the session; the parity step compiles it. FP32 runs with an explicit f32 hint (OpenVINO would pick bf16 on BF16
+    CPUs), FP16 in bf16/f16."""
     from runtime.backends.openvino_backend import import_openvino
     from runtime.backends.openvino_session import OpenVINOSession
 
@@ -307,14 +329,20 @@ def _build_openvino(onnx_path: Path, out: Path, req: BuildRequest) -> tuple[str,
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     if any(i.data_location == onnx.TensorProto.EXTERNAL for i in graph.initializer):
         raise BuildError(f"{onnx_path}: holds external data (over 2 GB); the OpenVINO bundle takes one ONNX file")
+    from .qkv_split import split_qkv_projections
+
+    model = onnx.load(str(onnx_path))
+    split = split_qkv_projections(model)  # exact; faster on OpenVINO's CPU plugin (see export/qkv_split.py)
     target = out / "model.onnx"
-    shutil.copyfile(onnx_path, target)
+    write_bytes_atomic(target, model.SerializeToString())
     # INT8: the float parts (softmax, norms, GELU, residuals) in bf16 too where the CPU has it: 0.28 s vs 0.60 s
     # with f32 on base 8x224 here, at the same cosine (0.9994) against FP32 PyTorch.
     hints = {"fp32": ["f32"], "fp16": ["bf16", "f16", "f32"], "int8": ["bf16", "f16", "f32"]}[req.precision]
     session = OpenVINOSession(inference_precision=tuple(hints), performance_hint="LATENCY",
                               num_threads=req.threads or 0, model_cache=True).to_dict()
-    return target.name, str(import_openvino().__version__).split("-")[0], session
+    info = {"qkv_split": split, "rewrite": "export/qkv_split.py: fused q/k/v projections split into three "
+            "(exact; weights, scales and activation Q/DQ unchanged)"}
+    return target.name, str(import_openvino().__version__).split("-")[0], session, info
 
 
 def _trt_options(req: BuildRequest, clip_shape: list[int] | None = None) -> Any:

@@ -107,7 +107,10 @@ def check_bundle(bundle: str | os.PathLike, clips: str | None = None, n: int = 1
     precision = manifest["precision"]
     pre = PreprocessConfig.from_dict(manifest["preprocess"])
     net, model_name = reference_model(manifest, model)
-    cset = load_calibration_set(clips or "synthetic", pre, n, seed + 2000)
+    from .engine_build import model_task, task_calib
+
+    clips = clips or task_calib(model_task(net)) or "synthetic"  # a model's own synthetic task, if it has one
+    cset = load_calibration_set(clips, pre, n, seed + 2000)
     x = cset.clips
     with torch.no_grad():
         refs = [net.forward_with_blocks(torch.from_numpy(x[i:i + 1])) for i in range(len(x))]
@@ -117,16 +120,14 @@ def check_bundle(bundle: str | os.PathLike, clips: str | None = None, n: int = 1
         out = np.concatenate([engine.infer(x[i:i + step]) for i in range(0, len(x), step)])
         describe = engine.describe()
         labels = cset.labels
-        if cset.source == "synthetic":  # the generator's classes mean something only to a model trained on them
-            from calibration.synthetic import CLASSES
-
-            labels = labels if engine.labels == list(CLASSES) else None
+        if cset.classes is not None:  # a synthetic task's labels mean something only to a model trained on it
+            labels = labels if engine.labels == list(cset.classes) else None
     metrics = compare_logits(ref_logits, out, labels)
     tolerance = manifest.get("tolerance") or TOLERANCES[precision]
     failures = check_tolerance(metrics, precision, tolerance)
     report: dict[str, Any] = {
         "bundle": str(bundle), "precision": precision, "backend": manifest["backend"], "engine": describe,
-        "reference": model_name, "clips": {"spec": clips or "synthetic", "count": int(len(x)), "sha256": cset.sha256,
+        "reference": model_name, "clips": {"spec": clips, "count": int(len(x)), "sha256": cset.sha256,
                                            "skipped": cset.skipped},
         "metrics": metrics, "tolerance": tolerance, "passed": not failures, "failures": failures, "blocks": None,
     }

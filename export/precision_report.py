@@ -149,7 +149,8 @@ def precision_report(model: str, clips: str | None = None, n_clips: int = 64,
     ``sensitivity``); sensitivity is measured on the first ``sensitivity_clips`` evaluation clips.
 
     ``clips`` defaults to ``synthetic:{seed + 9000}`` (never the calibration clips, which default to
-    ``synthetic`` with ``seed``).
+    ``synthetic`` with ``seed``); for a checkpoint trained on another synthetic task (``synthetic_task`` in its
+    metadata), both default to that task's clips (``synthetic-TASK``).
     """
     import onnxruntime as ort
     import torch
@@ -178,7 +179,11 @@ def precision_report(model: str, clips: str | None = None, n_clips: int = 64,
     sensitivity = sensitivity or keep_float == "auto"
     sens_by_target: dict[str, Any] = {}
     depth = net.config.depth
-    eval_spec = clips or f"synthetic:{seed + 9000}"
+    from .engine_build import model_task, task_calib
+
+    task = model_task(net)
+    calib = calib or task_calib(task)  # a model trained on a synthetic task: its own clips, for both
+    eval_spec = clips or task_calib(task or "motion", seed + 9000)
     evalset = load_calibration_set(eval_spec, pre, n_clips, seed, progress=progress)
     use_labels = evalset.labels is not None and labels is not None
     for p in precisions:

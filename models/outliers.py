@@ -103,8 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         ref, got = net(x), out(x)
     rel = float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
-    path = save_checkpoint(out, Path(a.out), labels, pre, metadata={"outliers": rec, "source": source,
-                                                                     "max_rel_logit_change": rel})
+    meta = {"outliers": rec, "source": source, "max_rel_logit_change": rel}
+    task = (getattr(getattr(net, "checkpoint", None), "metadata", None) or {}).get("synthetic_task")
+    if task:  # the same function, so the same task: its clips stay the right ones to calibrate and evaluate on
+        meta["synthetic_task"] = task
+    path = save_checkpoint(out, Path(a.out), labels, pre, metadata=meta)
     print(f"wrote {path}: S={a.scale:g}, {a.channels} channels x {rec['layernorms']} LayerNorms, "
           f"logits changed by {rel:.2e} relative")
     return 0

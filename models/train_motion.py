@@ -1,14 +1,19 @@
-"""Train the committed motion model: ``motion_8x64`` (TimeSformer, divided attention, width 192, depth 4, 8 frames of 64 px, 16 px patches) on the synthetic action clips of :mod:`calibration.synthetic`.
+"""Train the committed motion models: ``motion_8x64`` (TimeSformer, divided attention, width 192, depth 4, 8 frames of 64 px, 16 px patches) on the clips of a synthetic task.
 
-``python -m models.train_motion [--out models/weights/motion_tiny.safetensors] [--seed 0] [--clips N] [--epochs E]``
+``python -m models.train_motion [--task motion|motion16] [--out PATH] [--seed 0] [--clips N] [--epochs E]``
+
+Tasks (:data:`calibration.synthetic.TASKS`): ``motion`` (8 classes; ``models/weights/motion_tiny``) and
+``motion16`` (8 motions x slow/fast, with a distractor and an occluder; ``models/weights/motion16``).
+Each task has its own defaults (:data:`TASK_DEFAULTS`); the checkpoint's metadata records the task
+(``synthetic_task``), the command, seeds, clip counts, epochs and the held-out accuracy and confusion.
 
 Training and held-out clips are written as real H.264 files (cached under ``--data``) and read back
 through :mod:`calibration.video_reader`, so the model sees the codec's artefacts. Training decodes
 each clip once, resizes its short side to 64 as the preprocessing does, and augments with a random
 temporal window, a random horizontal crop, a random channel order, and label-aware mirroring and
-time reversal (a mirrored "move_left" is a "move_right"; a reversed "grow" is a "shrink"). The
-held-out set comes from a different seed and is read clip by clip with :func:`read_clip` exactly as
-at test time (centre window, centre crop). AdamW, warm-up then cosine decay, bf16 autocast on CPU.
+time reversal (a mirrored "move_left" is a "move_right"; a reversed "grow" is a "shrink"; the task
+gives these label maps). The held-out set comes from a different seed and is read clip by clip with
+:func:`read_clip` exactly as at test time (centre window, centre crop). AdamW, warm-up then cosine decay, bf16 autocast on CPU.
 
 Two things make a from-scratch TimeSformer learn these clips in minutes (without them, a run on the
 first version of the clips was still at chance after 68 epochs): :func:`init_for_motion`, which starts
@@ -26,12 +31,12 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runtime.files import sha256_file
 from runtime.preprocess import PreprocessConfig
 
 from calibration.cli import user_errors
@@ -40,37 +45,43 @@ from .checkpoints import save_checkpoint
 from .config import get_preset
 from .timesformer import TimeSformer
 
-DEFAULT_OUT = "models/weights/motion_tiny.safetensors"
+if TYPE_CHECKING:
+    from calibration.synthetic import SyntheticTask
+
 DEFAULT_DATA = "artifacts/motion_data"
 PREPROCESS = PreprocessConfig(num_frames=8, sampling_rate=2, sampling="dense", short_side=64, crop_size=64)
+#: per task: output, training clips, epochs, held-out clips, --min-accuracy (the command line's defaults)
+TASK_DEFAULTS: dict[str, dict] = {
+    "motion": {"out": "models/weights/motion_tiny.safetensors", "clips": 1600, "epochs": 16, "heldout_clips": 160,
+               "min_accuracy": 0.95},
+    "motion16": {"out": "models/weights/motion16.safetensors", "clips": 3200, "epochs": 20, "heldout_clips": 960,
+                 "min_accuracy": 0.85},
+}
+DEFAULT_OUT = TASK_DEFAULTS["motion"]["out"]
 
-# class index permutations of the label-aware augmentations (see calibration.synthetic.CLASSES)
-_HFLIP = [1, 0, 2, 3, 5, 4, 6, 7]  # left<->right, cw<->ccw
-_VFLIP = [0, 1, 3, 2, 5, 4, 6, 7]  # up<->down, cw<->ccw
-_REVERSE = [1, 0, 3, 2, 5, 4, 7, 6]  # every class into its pair
 
-
-def _dataset(root: Path, name: str, n: int, seed: int, progress: bool) -> list[tuple[Path, int]]:
+def _dataset(root: Path, name: str, n: int, seed: int, progress: bool, task: str = "motion") -> list[tuple[Path, int]]:
     """Clips on disk, generated once and reused (the folder name carries the generator's source hash)."""
     from calibration.synthetic import generate_dataset, read_dataset
 
-    d = _data_dir(root, name, n, seed)
+    d = _data_dir(root, name, n, seed, task)
     try:
-        items = read_dataset(d)
+        items = read_dataset(d, task=task)
         if len(items) == n:
             return items
     except (FileNotFoundError, ValueError):
         pass
     for stale in d.glob("decoded_*.npy"):
         stale.unlink()
-    return generate_dataset(d, n, seed, progress=progress)
+    return generate_dataset(d, n, seed, progress=progress, task=task)
 
 
-def _data_dir(root: Path, name: str, n: int, seed: int) -> Path:
-    import calibration.synthetic as synthetic
+def _data_dir(root: Path, name: str, n: int, seed: int, task: str = "motion") -> Path:
+    from calibration.synthetic import get_task
 
-    version = sha256_file(synthetic.__file__)[:8]
-    return root / f"{name}_seed{seed}_n{n}_{version}"
+    version = get_task(task).source_hash()[:8]
+    prefix = "" if task == "motion" else f"{task}_"
+    return root / f"{prefix}{name}_seed{seed}_n{n}_{version}"
 
 
 def _load_resized(items: list[tuple[Path, int]], short_side: int, progress: bool,
@@ -103,8 +114,9 @@ def _load_resized(items: list[tuple[Path, int]], short_side: int, progress: bool
 
 
 def _batch(data: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, pre: PreprocessConfig,
-           g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """An augmented, normalised batch ``(B, T, 3, crop, crop)`` and its labels."""
+           g: torch.Generator, task: SyntheticTask) -> tuple[torch.Tensor, torch.Tensor]:
+    """An augmented, normalised batch ``(B, T, 3, crop, crop)`` and its labels (the task's label maps follow
+    the mirroring and time reversal)."""
     n_src, t, crop = data.shape[1], pre.num_frames, pre.crop_size
     window = pre.window()
     xs, ys = [], []
@@ -119,11 +131,11 @@ def _batch(data: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, pre: Pre
         y = int(labels[i])
         flips = torch.rand(3, generator=g)
         if flips[0] < 0.5:
-            clip, y = clip.flip(-1), _HFLIP[y]
+            clip, y = clip.flip(-1), task.hflip[y]
         if flips[1] < 0.5:
-            clip, y = clip.flip(-2), _VFLIP[y]
+            clip, y = clip.flip(-2), task.vflip[y]
         if flips[2] < 0.5:
-            clip, y = clip.flip(0), _REVERSE[y]
+            clip, y = clip.flip(0), task.reverse[y]
         clip = clip[:, torch.randperm(3, generator=g)]
         xs.append(clip)
         ys.append(y)
@@ -209,16 +221,26 @@ def fold_standardisation(model: TimeSformer, cfg) -> TimeSformer:
     return final.eval()
 
 
-def train(out: str | Path = DEFAULT_OUT, seed: int = 0, clips: int = 1600, epochs: int = 16, batch: int = 32,
-          lr: float = 5e-4, heldout_clips: int = 160, heldout_seed: int | None = None, data_dir: str = DEFAULT_DATA,
-          threads: int = 2, progress: bool = True, command: str | None = None, min_accuracy: float = 0.0,
-          stop_train_acc: float = 1.01, weights_dtype: str = "float16") -> dict:
-    """Train, evaluate on held-out files, save ``out`` (+ JSON sidecar); returns the metadata written.
+def train(out: str | Path | None = None, seed: int = 0, clips: int | None = None, epochs: int | None = None,
+          batch: int = 32, lr: float = 5e-4, heldout_clips: int | None = None, heldout_seed: int | None = None,
+          data_dir: str = DEFAULT_DATA, threads: int = 2, progress: bool = True, command: str | None = None, min_accuracy: float = 0.0,
+          stop_train_acc: float = 1.01, weights_dtype: str = "float16", task: str = "motion") -> dict:
+    """Train on the synthetic ``task``, evaluate on held-out files, save ``out`` (+ JSON sidecar); returns the
+    metadata written.
 
-    A model below ``min_accuracy`` is written as ``<stem>.below_min.safetensors`` instead of ``out``."""
+    ``out``, ``clips``, ``epochs`` and ``heldout_clips`` default to the task's :data:`TASK_DEFAULTS`. A model
+    below ``min_accuracy`` is written as ``<stem>.below_min.safetensors`` instead of ``out``."""
     from tqdm import tqdm
 
-    from calibration.synthetic import CLASSES
+    from calibration.synthetic import get_task
+
+    spec = get_task(task)
+    classes = spec.classes
+    defaults = TASK_DEFAULTS[task]
+    out = defaults["out"] if out is None else out
+    clips = defaults["clips"] if clips is None else clips
+    epochs = defaults["epochs"] if epochs is None else epochs
+    heldout_clips = defaults["heldout_clips"] if heldout_clips is None else heldout_clips
 
     t0 = time.time()
     torch.set_num_threads(threads)
@@ -228,13 +250,13 @@ def train(out: str | Path = DEFAULT_OUT, seed: int = 0, clips: int = 1600, epoch
         raise ValueError(f"heldout_seed must differ from the training seed {seed}")
     pre = PREPROCESS
     root = Path(data_dir)
-    train_items = _dataset(root, "train", clips, seed, progress)
-    heldout_items = _dataset(root, "heldout", heldout_clips, heldout_seed, progress)
+    train_items = _dataset(root, "train", clips, seed, progress, task)
+    heldout_items = _dataset(root, "heldout", heldout_clips, heldout_seed, progress, task)
     data, labels = _load_resized(train_items, pre.short_side, progress,
-                                 cache=_data_dir(root, "train", clips, seed) / f"decoded_{pre.short_side}.npy")
+                                 cache=_data_dir(root, "train", clips, seed, task) / f"decoded_{pre.short_side}.npy")
 
     preset = get_preset("motion_8x64")
-    cfg = preset.config.replace(num_classes=len(CLASSES))
+    cfg = preset.config.replace(num_classes=len(classes))
     # the decomposed attention trains about 4x faster on CPU than PyTorch's flash kernel (same arithmetic)
     model = TimeSformer(cfg).set_attention_impl("decomposed")
     init_for_motion(model)
@@ -259,7 +281,7 @@ def train(out: str | Path = DEFAULT_OUT, seed: int = 0, clips: int = 1600, epoch
         seen = correct = 0
         loss_sum = 0.0
         for s in range(steps_per_epoch):
-            x, y = _batch(data, labels, perm[s * batch:(s + 1) * batch], pre, g)
+            x, y = _batch(data, labels, perm[s * batch:(s + 1) * batch], pre, g, spec)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=0.1)
@@ -288,8 +310,10 @@ def train(out: str | Path = DEFAULT_OUT, seed: int = 0, clips: int = 1600, epoch
             p.copy_(p.to(dtype).float())
     train_seconds = time.time() - t0
     acc, confusion = evaluate(final, heldout_items, pre, progress)
+    module = "calibration.synthetic" if task == "motion" else "calibration.synthetic_hard"
     metadata = {
-        "task": "synthetic motion clips (calibration.synthetic)", "seed": seed, "heldout_seed": heldout_seed,
+        "task": f"synthetic {task} clips ({module})", "synthetic_task": task,
+        "generator_sha256": spec.source_hash(), "seed": seed, "heldout_seed": heldout_seed,
         "heldout_accuracy": round(acc, 4), "heldout_clips": len(heldout_items), "train_clips": len(train_items),
         "epochs": epochs, "epochs_run": epochs_run, "batch": batch, "lr": lr, "seconds": round(time.time() - t0, 1),
         "train_seconds": round(train_seconds, 1), "threads": threads, "weights_dtype": weights_dtype,
@@ -300,33 +324,42 @@ def train(out: str | Path = DEFAULT_OUT, seed: int = 0, clips: int = 1600, epoch
     if acc < min_accuracy:  # keep a good committed model: write the weak one beside it
         out = out.with_name(out.stem + ".below_min" + out.suffix)
     metadata["path"] = str(out)
-    save_checkpoint(final, out, labels=list(CLASSES), preprocess=pre, metadata=metadata, dtype=dtype)
+    save_checkpoint(final, out, labels=list(classes), preprocess=pre, metadata=metadata, dtype=dtype)
     return metadata
 
 
 @user_errors("make train-motion")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m models.train_motion", description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=DEFAULT_OUT, help="safetensors path (a .json sidecar is written beside it)")
+    ap.add_argument("--task", default="motion", choices=list(TASK_DEFAULTS),
+                    help="synthetic task (calibration.synthetic.TASKS); it chooses the defaults marked 'per task'")
+    ap.add_argument("--out", default=None, help="safetensors path (a .json sidecar is written beside it); per task: "
+                    + ", ".join(f"{k} {v['out']}" for k, v in TASK_DEFAULTS.items()))
     ap.add_argument("--seed", type=int, default=0, help="training clips' seed (held-out clips use seed+1)")
-    ap.add_argument("--clips", type=int, default=1600, help="training clips")
-    ap.add_argument("--epochs", type=int, default=16)
+    ap.add_argument("--clips", type=int, default=None, help="training clips; per task: "
+                    + ", ".join(f"{k} {v['clips']}" for k, v in TASK_DEFAULTS.items()))
+    ap.add_argument("--epochs", type=int, default=None, help="per task: "
+                    + ", ".join(f"{k} {v['epochs']}" for k, v in TASK_DEFAULTS.items()))
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--stop-train-acc", type=float, default=1.01,
                     help="end training after an epoch with at least this (augmented) training accuracy")
-    ap.add_argument("--heldout-clips", type=int, default=160)
+    ap.add_argument("--heldout-clips", type=int, default=None, help="per task: "
+                    + ", ".join(f"{k} {v['heldout_clips']}" for k, v in TASK_DEFAULTS.items()))
     ap.add_argument("--data", default=DEFAULT_DATA, help="cache folder for the generated clips")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--weights-dtype", default="float16", choices=["float16", "float32"],
                     help="type the weights are stored in (float16: half the size; the model always runs in float32)")
-    ap.add_argument("--min-accuracy", type=float, default=0.95, help="exit 1 when held-out accuracy is below this")
+    ap.add_argument("--min-accuracy", type=float, default=None, help="exit 1 when held-out accuracy is below this; "
+                    "per task: " + ", ".join(f"{k} {v['min_accuracy']}" for k, v in TASK_DEFAULTS.items()))
     a = ap.parse_args(argv)
-    out = Path(a.out)
+    for key, value in TASK_DEFAULTS[a.task].items():
+        if getattr(a, key) is None:
+            setattr(a, key, value)
     command = "python -m models.train_motion " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
-    meta = train(out, a.seed, a.clips, a.epochs, a.batch, a.lr, a.heldout_clips, data_dir=a.data, threads=a.threads,
-                 command=command.strip(), min_accuracy=a.min_accuracy, stop_train_acc=a.stop_train_acc,
-                 weights_dtype=a.weights_dtype)
+    meta = train(Path(a.out), a.seed, a.clips, a.epochs, a.batch, a.lr, a.heldout_clips, data_dir=a.data,
+                 threads=a.threads, command=command.strip(), min_accuracy=a.min_accuracy,
+                 stop_train_acc=a.stop_train_acc, weights_dtype=a.weights_dtype, task=a.task)
     print(f"held-out top-1 {meta['heldout_accuracy']:.4f} on {meta['heldout_clips']} clips (seed {meta['heldout_seed']}); "
           f"{meta['seconds']:.0f} s; wrote {meta['path']}")
     if meta["heldout_accuracy"] < a.min_accuracy:

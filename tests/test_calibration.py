@@ -127,6 +127,28 @@ def test_selection_key_changes_with_the_files_not_with_reading(tmp_path):
     assert selection_key(str(tmp_path), PRE, 2, 0) != k1
 
 
+def test_synthetic_task_specs_name_the_task_and_key_by_it(tmp_path):
+    from calibration.synthetic import CLASSES, TASKS, generate_dataset
+
+    s = load_calibration_set("synthetic-motion16:5", PRE, 16, 0, progress=False)
+    assert s.source == "synthetic" and s.clips.shape == (16,) + CLIP_SHAPE
+    assert sorted(s.labels.tolist()) == list(range(16)) and s.classes == TASKS["motion16"].classes
+    assert load_calibration_set("synthetic:5", PRE, 2, 0, progress=False).classes == CLASSES
+    key = selection_key("synthetic:5", PRE, 4, 0)
+    assert selection_key("synthetic-motion:5", PRE, 4, 0) == key  # the same set, spelled out
+    others = {selection_key(spec, PRE, 4, 0) for spec in ("synthetic-motion16:5", "synthetic-motion16:6")}
+    assert len(others) == 2 and key not in others
+    assert selection_key("synthetic-motion16", PRE, 4, 6) == selection_key("synthetic-motion16:6", PRE, 4, 6)
+    with pytest.raises(CalibrationError, match=r"unknown synthetic task 'motion17'.*one of motion, motion16"):
+        load_calibration_set("synthetic-motion17:1", PRE, 2, 0)
+    with pytest.raises(CalibrationError, match=r"synthetic-TASK\[:SEED\]' with an integer SEED, got 'x'"):
+        selection_key("synthetic-motion16:x", PRE, 2, 0)
+    # a folder written by the generator for motion16: its labels and class names come with the clips
+    generate_dataset(tmp_path / "m16", 4, seed=2, width=64, height=48, num_frames=20, progress=False, task="motion16")
+    f = load_calibration_set(str(tmp_path / "m16"), PRE, 4, 0, progress=False)
+    assert f.labels is not None and f.classes == TASKS["motion16"].classes
+
+
 # ------------------------------------------------------------------------------- precision build caches
 
 @pytest.fixture(scope="module")

@@ -67,8 +67,8 @@ def test_bundle_manifest_and_parity(ov_bundles, precision):
 
 
 def test_int8_is_the_tensorrt_qdq_file(ov_bundles, motion_model_path):
-    """One quantised file for every backend: the OpenVINO INT8 engine is, byte for byte, the Q/DQ ONNX that the
-    precision step makes for TensorRT (same cache, same calibration)."""
+    """One quantised file for every backend: the OpenVINO INT8 engine is the Q/DQ ONNX that the precision step makes
+    for TensorRT (same cache, same calibration), with only its q/k/v projections split (export.qkv_split)."""
     import onnx
 
     from export.attention import resolve_attention
@@ -86,8 +86,14 @@ def test_int8_is_the_tensorrt_qdq_file(ov_bundles, motion_model_path):
     trt_file, info = precision_onnx(fp32, "int8", "tensorrt", None, pre, 16, "max", ov_bundles["cache"], 0,
                                     form="qdq-fp16", progress=False)
     assert info["reused"] is True  # calibrated once: the TensorRT request found the OpenVINO build's file
-    assert sha256_file(trt_file) == m["files"]["model.onnx"]["sha256"] == m["source"]["onnx_sha256"]
-    ops = {n.op_type for n in onnx.load(str(ov_bundles["int8"] / "model.onnx")).graph.node}
+    assert sha256_file(trt_file) == m["source"]["onnx_sha256"]
+    from export.qkv_split import split_qkv_projections
+
+    model = onnx.load(str(trt_file))
+    assert split_qkv_projections(model) == m["build"]["openvino"]["qkv_split"] == 2 * 4  # 4 blocks, 2 attentions
+    engine = (ov_bundles["int8"] / "model.onnx").read_bytes()
+    assert engine == model.SerializeToString()  # byte for byte: the TensorRT file, re-laid out, nothing else
+    ops = {n.op_type for n in onnx.load_from_string(engine).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
 
 
