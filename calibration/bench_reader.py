@@ -8,7 +8,6 @@ decode only (PyAV, one decoder thread, frames converted to RGB) and decode + pre
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import statistics
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.cli_args import ArgumentParser
 from runtime.files import write_json_atomic
 from runtime.preprocess import PreprocessConfig, preprocess_frames
 
@@ -87,7 +87,7 @@ def run(out_json: str | os.PathLike = "artifacts/bench/reader.json", frames: int
 
 @user_errors("python -m calibration.bench_reader")
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m calibration.bench_reader", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m calibration.bench_reader", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="artifacts/bench/reader.json")
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=5)

@@ -18,7 +18,6 @@ and the reverse (a difference of k clips is ``100 k / n`` points), top-1 agreeme
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import os
 import platform
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.cli_args import ArgumentParser
 from runtime.files import write_json_atomic, write_text_atomic
 
 from calibration.cli import user_errors
@@ -209,7 +209,7 @@ def markdown(rep: dict[str, Any]) -> str:
 
 @user_errors("python -m export.bench_accuracy")
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m export.bench_accuracy", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m export.bench_accuracy", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=DEFAULT_MODEL, help="a trained checkpoint with class names")
     ap.add_argument("--n", type=int, default=1600, help="held-out clips (>= 1000 for a verdict on the bars)")
     ap.add_argument("--clips", default=None, help="evaluation clips (default: the model's task, seed + 9000)")

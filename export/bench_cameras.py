@@ -22,7 +22,6 @@ Writes ``artifacts/bench/cameras/<bundle name>.json``.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import threading
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from calibration.cli import user_errors
+from runtime.cli_args import ArgumentParser
 from runtime.files import write_json_atomic
 
 
@@ -214,7 +214,7 @@ def compare_logits(a: dict, b: dict) -> dict[str, Any]:
 
 @user_errors("make bench-cameras")
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m export.bench_cameras", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m export.bench_cameras", description=__doc__.splitlines()[0])
     ap.add_argument("--engine", required=True, help="engine bundle directory")
     ap.add_argument("--cameras", type=int, default=16)
     ap.add_argument("--fps", type=float, default=25.0)

@@ -24,7 +24,6 @@ the motion-sized preset, a few rounds, ``artifacts/bench/cpu-quick``: seconds, u
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -36,6 +35,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from runtime.cli_args import ArgumentParser
 from runtime.files import write_json_atomic, write_text_atomic
 
 from calibration.cli import user_errors
@@ -514,7 +514,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 @user_errors("make bench-cpu", extra=(BuildError,))
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m export.bench_cpu", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m export.bench_cpu", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help="preset (default base) or checkpoint (.safetensors, .pyth, "
                     "transformers folder)")
     ap.add_argument("--quick", action="store_true", help="the committed motion model, few rounds: seconds")

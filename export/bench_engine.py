@@ -16,7 +16,6 @@ says ``speedup_vs_torch_eager: null`` with the reason, and the table, the plot a
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import sys
@@ -26,6 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from runtime.cli_args import ArgumentParser
 from runtime.files import temp_path_beside, write_json_atomic, write_text_atomic
 
 from calibration.cli import user_errors
@@ -375,7 +375,7 @@ def write(result: dict[str, Any], out_dir: str | os.PathLike) -> list[Path]:
 
 @user_errors("make bench")
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m export.bench_engine", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m export.bench_engine", description=__doc__.splitlines()[0])
     ap.add_argument("--engine", required=True, help="engine bundle directory")
     ap.add_argument("--batch", default=None, help="comma-separated batch sizes (default: 1,2,4,8 within the range)")
     ap.add_argument("--iters", type=int, default=20)

@@ -12,7 +12,6 @@ Writes ``<out-dir>/onnx.json`` and ``<out-dir>/onnx.md``.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.cli_args import ArgumentParser
 from runtime.files import write_text_atomic
 
 from calibration.cli import user_errors
@@ -233,7 +233,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 @user_errors("make bench-onnx")
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m export.bench_onnx", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m export.bench_onnx", description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)

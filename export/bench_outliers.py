@@ -12,7 +12,6 @@ calibrated on). S = 1 is the model as it is. Writes ``outliers.json`` and ``outl
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import platform
 import sys
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.cli_args import ArgumentParser
 from runtime.files import sha256_json, write_json_atomic, write_text_atomic
 
 from calibration.cli import user_errors
@@ -115,7 +115,7 @@ def markdown(rep: dict[str, Any]) -> str:
 
 @user_errors("python -m export.bench_outliers")
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m export.bench_outliers", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m export.bench_outliers", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="models/weights/motion_tiny.safetensors")
     ap.add_argument("--scales", default="10,40,100")
     ap.add_argument("--channels", default="1,4,8")

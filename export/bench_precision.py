@@ -12,7 +12,6 @@ The goal: INT8 at least :data:`GOAL_SPEEDUP` times faster than FP32.
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import gc
 import os
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from runtime.cli_args import ArgumentParser
 
 from calibration.cli import user_errors
 
@@ -139,7 +140,7 @@ def format_table(res: dict[str, Any]) -> str:
 
 @user_errors("make bench-precision")
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m export.bench_precision", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m export.bench_precision", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="base", help="preset or checkpoint (default base = base_8x224_k400)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)

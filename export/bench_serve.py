@@ -7,7 +7,6 @@ The load generator runs on the same machine as the replicas and competes with th
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -16,6 +15,7 @@ import time
 
 import numpy as np
 
+from runtime.cli_args import ArgumentParser
 from runtime.errors import BundleError
 from runtime.files import write_json_atomic
 
@@ -24,7 +24,7 @@ from calibration.cli import user_errors
 
 @user_errors("python -m export.bench_serve")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.bench_serve", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m export.bench_serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--engine", required=True)
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--seconds", type=float, default=8.0)

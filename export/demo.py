@@ -8,12 +8,13 @@
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from runtime.cli_args import ArgumentParser
 
 from calibration.cli import user_errors
 
@@ -54,7 +55,7 @@ def write_demo_video(path: Path, seed: int = 7, clips_per_class: int = 1) -> lis
 
 @user_errors("make demo")
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m export.demo", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m export.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=MODEL)
     ap.add_argument("--precisions", default="fp32,int8")
     ap.add_argument("--out", default="artifacts/demo")

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.cli_args import ArgumentParser
 from runtime.files import sha256_file, write_bytes_atomic, write_json_atomic, write_text_atomic
 from runtime.manifest import SCHEMA_VERSION
 
@@ -487,7 +488,7 @@ def _parse_batch(text: str) -> tuple[int, int, int]:
 
 @user_errors("make engine", (BuildError,))
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m export.engine_build", description="Build an engine bundle.")
+    ap = ArgumentParser(prog="python -m export.engine_build", description="Build an engine bundle.")
     ap.add_argument("--model", default=BuildRequest.model, help="preset name or checkpoint path")
     ap.add_argument("--precision", default="fp32", choices=PRECISIONS)
     ap.add_argument("--backend", default="auto", choices=BACKENDS)

@@ -13,7 +13,6 @@ Writes one JSON report (``--out``, default ``artifacts/gpu_check.json``) and exi
 """
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.cli_args import ArgumentParser
 from runtime.files import sha256_file, write_json_atomic
 
 from calibration.cli import user_errors
@@ -96,7 +96,7 @@ def check_bundle(bundle: Path, cache: Path, clips: np.ndarray) -> dict[str, Any]
 
 @user_errors("python -m export.gpu_check")
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m export.gpu_check", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m export.gpu_check", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="artifacts/gpu_check.json")
     ap.add_argument("--work", default="artifacts/gpu_check")
     ap.add_argument("--budget-s", type=int, default=BUDGET_S)

@@ -17,7 +17,6 @@ Exit status: 0 when nothing was lost and no answer differed, 1 otherwise, 2 for 
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import json
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.cli_args import ArgumentParser
 from runtime.errors import BundleError, InputError
 from runtime.preprocess import preprocess_frames, sample_indices
 from runtime.remote import RemoteEngine, RemoteEngineError
@@ -186,7 +186,7 @@ def run_load(url: str, clients: int = 8, seconds: float = 20.0, kill_after: floa
 
 @user_errors("python -m export.load_test")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.load_test", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m export.load_test", description=__doc__.split("\n\n")[0])
     p.add_argument("--url", required=True, help="the served endpoint, e.g. http://127.0.0.1:8000")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients, each one request at a time")
     p.add_argument("--seconds", type=float, default=20.0)

@@ -3,7 +3,8 @@
 The graph (see :mod:`export.attention` for the three attention forms)::
 
     video  (batch, frames, 3, H, W) float32, normalised    -- or, with uint8_input:
-    frames (batch, frames, H, W, 3) uint8 RGB at the model size (normalisation and layout change in the graph)
+    frames (batch, frames, H, W, 3) uint8 RGB at the model size (normalisation, layout change and, for a model
+           that expects BGR, the channel swap in the graph)
       -> ... block_0_output ... block_{depth-1}_output (intermediate tensors, names kept on purpose)
       -> logits (batch, classes) float32
 
@@ -19,7 +20,6 @@ strict shape inference) and only then renamed into place; a failure leaves no fi
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import copy
 import dataclasses
@@ -32,6 +32,8 @@ import time
 from importlib import metadata as _importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
+
+from runtime.cli_args import ArgumentParser
 
 from calibration.cli import user_errors
 
@@ -139,7 +141,10 @@ def _traced_module(model: "TimeSformer", uint8_input: bool, preprocess: "Preproc
 
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
             if uint8_input:  # (B, T, H, W, 3) uint8 -> (B, T, 3, H, W) float32; transpose the bytes, then cast
-                x = x.permute(0, 1, 4, 2, 3).to(torch.float32) * self.scale - self.shift
+                x = x.permute(0, 1, 4, 2, 3)
+                if preprocess.model_bgr:  # the input is RGB; mean/std are in the model's (BGR) order
+                    x = x[:, :, [2, 1, 0]]
+                x = x.to(torch.float32) * self.scale - self.shift
             logits, blocks = self.net.forward_with_blocks(x)
             return (logits, *blocks)
 
@@ -528,7 +533,7 @@ def _model_name(model: str) -> str:
 
 @user_errors("make onnx")
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m export.onnx_export",
+    ap = ArgumentParser(prog="python -m export.onnx_export",
                                  description="Export a TimeSformer to ONNX with explicit attention subgraphs.")
     ap.add_argument("--model", required=True, help="preset name (random weights) or checkpoint path")
     ap.add_argument("--attention", default="auto", choices=ATTENTION_CHOICES,

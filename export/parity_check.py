@@ -11,7 +11,6 @@ Writes ``parity.json`` and ``parity.md`` (atomically); exits non-zero when the e
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.cli_args import ArgumentParser
 from runtime.files import write_json_atomic, write_text_atomic
 from runtime.manifest import read_manifest
 
@@ -187,7 +187,7 @@ def write_report(report: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Pa
 
 @user_errors("make parity")
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m export.parity_check", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m export.parity_check", description=__doc__.splitlines()[0])
     ap.add_argument("--engine", required=True, help="engine bundle directory")
     ap.add_argument("--clips", default=None, help="folder of videos, .npy/.npz clips, or 'synthetic[:SEED]'")
     ap.add_argument("--n", type=int, default=16, help="clips to compare")

@@ -21,7 +21,6 @@ in float, and which tools did it (:data:`TOOLS`).
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import os
 import platform
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.cli_args import ArgumentParser
 from runtime.files import write_json_atomic, write_text_atomic
 
 from calibration.cli import user_errors
@@ -381,7 +381,7 @@ def write_report(rep: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path,
 
 @user_errors("python -m export.precision_report")
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m export.precision_report", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m export.precision_report", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="models/weights/motion_tiny.safetensors", help="checkpoint path or preset name")
     ap.add_argument("--clips", default=None, help="evaluation clips: folder | synthetic[:SEED] | .npy/.npz "
                                                   "(default synthetic:SEED+9000)")

@@ -17,7 +17,6 @@ place and renamed into it, so a failure leaves the previous one as it was.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import re
@@ -27,6 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from runtime.cli_args import ArgumentParser
 from runtime.errors import BundleError
 from runtime.files import sha256_file, write_text_atomic
 from runtime.manifest import read_manifest, verify_files
@@ -194,7 +194,7 @@ def write_repository(bundle: str | Path, out_dir: str | Path, name: str | None =
 
 @user_errors("make triton")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.triton_repo", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m export.triton_repo", description=__doc__.split("\n\n")[0])
     p.add_argument("--engine", required=True, help="engine bundle directory")
     p.add_argument("--out", required=True, help="the model repository folder (created; other models in it are kept)")
     p.add_argument("--name", default=None, help="model name (default: the bundle folder's name)")

@@ -5,7 +5,6 @@ Prints a Markdown table and writes ``artifacts/bench/model.json``.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -13,6 +12,7 @@ import time
 import numpy as np
 import torch
 
+from runtime.cli_args import ArgumentParser
 from runtime.files import write_json_atomic
 
 from calibration.cli import user_errors
@@ -36,7 +36,7 @@ def time_forward(net: TimeSformer, x: torch.Tensor, iters: int, bf16: bool = Fal
 
 @user_errors("python -m models.bench_model", (KeyError,))
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m models.bench_model", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m models.bench_model", description=__doc__.splitlines()[0])
     ap.add_argument("--presets", default="base,base_8x224_k400_joint,base_8x224_k400_space")
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)

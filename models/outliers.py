@@ -15,7 +15,6 @@ divided columns differently from the scaled ones and break the exactness).
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 from pathlib import Path
@@ -23,6 +22,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from runtime.cli_args import ArgumentParser
 
 from calibration.cli import user_errors
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoints import save_checkpoint
     from .source import SourceError, load_source
 
-    ap = argparse.ArgumentParser(prog="python -m models.outliers", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m models.outliers", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="models/weights/motion_tiny.safetensors", help="checkpoint path or preset")
     ap.add_argument("--scale", type=float, default=40.0, help="outlier factor S (default 40)")
     ap.add_argument("--channels", type=int, default=4, help="outlier channels per LayerNorm (default 4)")

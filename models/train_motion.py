@@ -24,7 +24,6 @@ the head and the gradients find it at once). The BatchNorm folds exactly into th
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import shlex
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from runtime.cli_args import ArgumentParser
 from runtime.preprocess import PreprocessConfig
 
 from calibration.cli import user_errors
@@ -330,7 +330,7 @@ def train(out: str | Path | None = None, seed: int = 0, clips: int | None = None
 
 @user_errors("make train-motion")
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m models.train_motion", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m models.train_motion", description=__doc__.splitlines()[0])
     ap.add_argument("--task", default="motion", choices=list(TASK_DEFAULTS),
                     help="synthetic task (calibration.synthetic.TASKS); it chooses the defaults marked 'per task'")
     ap.add_argument("--out", default=None, help="safetensors path (a .json sidecar is written beside it); per task: "

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli_args import ArgumentParser, UsageError
 from .engine import Engine, InputError
 from .manifest import BundleError
 from .sources import VideoSource, is_live
@@ -42,7 +43,7 @@ def _draw(frame: np.ndarray, lines: list[str]) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m runtime", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m runtime", description=__doc__.splitlines()[0])
     ap.add_argument("bundle", help="engine bundle directory (holds manifest.json)")
     ap.add_argument("source", nargs="+", help="video file, rtsp:// URL, or camera index (0 = /dev/video0); several "
                     "run through one batching camera hub")
@@ -58,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--realtime", action="store_true",
                     help="several sources: read files at their frame rate (as cameras), dropping windows the device "
                          "cannot keep up with, instead of predicting every window")
-    args = ap.parse_args(argv)
+    try:
+        args = ap.parse_args(argv)
+    except UsageError as e:
+        print(f"python -m runtime: {e}", file=sys.stderr)
+        return 2
     if args.out and len(args.source) > 1:
         print("python -m runtime: --out draws one source; got several", file=sys.stderr)
         return 2

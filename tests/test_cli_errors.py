@@ -60,6 +60,16 @@ def _cases(d: Path, bundle: Path) -> dict[str, tuple[list[str], str]]:
                                        r"bench_model: unknown preset 'bogus'"),
         "synthetic_out_is_a_file": (["calibration.synthetic", str(d / "a_file"), "--clips", "1"],
                                     r"calibration\.synthetic: .*a_file"),
+        # usage errors: one line pointing to --help, not argparse's usage block
+        "engine_unknown_option": (eng + ["--bogus"],
+                                  r"make engine: unrecognized arguments: --bogus \(see .* --help\)"),
+        "engine_not_an_int": (eng + ["--calib-clips", "many"],
+                              r"make engine: argument --calib-clips: invalid int value: 'many' \(see .* --help\)"),
+        "accuracy_bad_choice": (["export.bench_accuracy", "--n", "x"], r"bench_accuracy: argument --n: invalid int"),
+        "runtime_missing_arguments": (["runtime"], r"python -m runtime: the following arguments are required: "
+                                                   r"bundle, source \(see .* --help\)"),
+        "serving_missing_engine": (["runtime.serving"], r"python -m runtime\.serving: the following arguments are "
+                                                        r"required: --engine"),
     }
 
 
@@ -85,7 +95,8 @@ CASES = ["parity_missing_bundle", "parity_corrupt_bundle", "bench_missing_bundle
          "engine_bad_checkpoint", "engine_missing_model", "engine_empty_calib_folder", "engine_garbage_npz",
          "engine_bad_attention", "engine_out_is_users_folder", "engine_out_under_a_file", "onnx_bad_checkpoint",
          "precision_report_missing_model", "demo_bad_checkpoint", "bench_model_unknown_preset",
-         "synthetic_out_is_a_file"]
+         "synthetic_out_is_a_file", "engine_unknown_option", "engine_not_an_int", "accuracy_bad_choice",
+         "runtime_missing_arguments", "serving_missing_engine"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -93,7 +104,7 @@ def test_user_error_is_one_line_and_exit_2(results, case):
     import re
 
     res, pattern = results[case]
-    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr and "usage:" not in res.stderr, res.stderr[-3000:]
     assert res.returncode == 2, (res.returncode, res.stderr[-3000:])
     last = res.stderr.strip().splitlines()[-1]
     assert re.search(pattern, last), last

@@ -244,11 +244,13 @@ def test_other_frames_and_resolution(mode: str, small_net: TimeSformer, tmp_path
 
 # --------------------------------------------------------------------------- uint8 input, metadata, batch
 
-@pytest.mark.parametrize("mode", ["ort", "decomposed"])
-def test_uint8_input_matches_preprocess_and_float_model(mode: str, small_net: TimeSformer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode, order", [("ort", "RGB"), ("decomposed", "RGB"), ("ort", "BGR")])
+def test_uint8_input_matches_preprocess_and_float_model(mode: str, order: str, small_net: TimeSformer,
+                                                        tmp_path: Path) -> None:
+    """RGB frames in; the graph normalises (and swaps to BGR for a BGR model) exactly as runtime.preprocess does."""
     cfg = small_net.config
     pre = PreprocessConfig(num_frames=cfg.num_frames, short_side=cfg.image_size, crop_size=cfg.image_size,
-                           mean=(0.43, 0.45, 0.48), std=(0.22, 0.225, 0.23))
+                           mean=(0.43, 0.45, 0.48), std=(0.22, 0.225, 0.23), channel_order=order)
     path = export_onnx(small_net, tmp_path / "u8.onnx", attention=mode, uint8_input=True, preprocess=pre,
                        verbose=False)
     s = summarize(path)
@@ -262,7 +264,9 @@ def test_uint8_input_matches_preprocess_and_float_model(mode: str, small_net: Ti
     video = torch.from_numpy(np.stack([preprocess_frames(f, pre) for f in frames]))
     with torch.no_grad():
         ref = small_net(video).numpy()
+        swapped = small_net(video.flip(2)).numpy()  # the other channel order: what a missing swap would give
     assert float(np.abs(out - ref).max()) < TOL
+    assert float(np.abs(out - swapped).max()) > 100 * TOL
 
 
 def test_metadata_round_trip(small_net: TimeSformer, tmp_path: Path) -> None:

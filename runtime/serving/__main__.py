@@ -1,19 +1,19 @@
 """``python -m runtime.serving --engine <bundle> [--port 8000] [--replicas n|auto]``: serve until Ctrl-C."""
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
 import sys
 import threading
 
+from ..cli_args import ArgumentParser, UsageError
 from ..errors import BundleError
 from .app import ServeOptions, deploy, shutdown
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m runtime.serving", description=__doc__)
+    p = ArgumentParser(prog="python -m runtime.serving", description=__doc__)
     p.add_argument("--engine", required=True, help="engine bundle directory")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--host", default="127.0.0.1",
@@ -25,7 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus-per-replica", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads per replica")
     p.add_argument("--device", default="auto")
-    a = p.parse_args(argv)
+    try:
+        a = p.parse_args(argv)
+    except UsageError as e:
+        print(f"python -m runtime.serving: {e}", file=sys.stderr)
+        return 2
     opts = ServeOptions(bundle=a.engine, replicas=a.replicas, batching=not a.no_batching, max_batch=a.max_batch,
                         batch_wait_ms=a.batch_wait_ms, cpus_per_replica=a.cpus_per_replica, threads=a.threads,
                         device=a.device, host=a.host, port=a.port)
