@@ -93,7 +93,7 @@ bench-cpu: $(STAMP) ## every CPU backend and precision vs PyTorch and transforme
 bench-precision: $(STAMP) ## FP32 vs INT8 (vs FP16) on ONNX Runtime CPU [MODEL]
 	$(PY) -m export.bench_precision $(if $(filter-out models/weights/motion_tiny.safetensors,$(MODEL)),--model $(MODEL))
 
-bench-accuracy: $(STAMP) ## accuracy of every bundle of a trained model vs FP32 PyTorch, 1600 held-out clips (motion16: ~10 min) [MODEL N OUT]
+bench-accuracy: $(STAMP) ## accuracy of every bundle of a trained model vs FP32 PyTorch, 1600 held-out clips (motion16: ~3 min) [MODEL N OUT]
 	$(PY) -m export.bench_accuracy $(if $(filter-out models/weights/motion_tiny.safetensors,$(MODEL)),--model $(MODEL)) \
 		$(if $(N),--n $(N)) $(if $(THREADS),--threads $(THREADS)) $(if $(OUT),--out-dir $(OUT))
 

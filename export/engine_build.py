@@ -35,9 +35,9 @@ from .bundle_publish import PublishError, check_out, clean_stale, file_records, 
 PRECISIONS = ("fp32", "fp16", "int8")
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino")
 #: why ``auto`` prefers OpenVINO to ONNX Runtime on x86 CPUs (``make bench-cpu``, base 8x224, batch 1, one run)
-OPENVINO_WHY = ("as fast as ONNX Runtime at FP32 and faster at FP16 and INT8 in make bench-cpu (base 8x224, 2-core "
-                "AMD Zen 5, two runs, medians against ONNX Runtime FP32: OpenVINO FP32 0.95-1.0x, FP16 bundle in bf16 "
-                "0.53-0.58x, INT8 Q/DQ 0.32-0.35x; ONNX Runtime INT8 0.35-0.48x)")
+OPENVINO_WHY = ("faster than ONNX Runtime at every precision in make bench-cpu (base 8x224, 2-core AMD Zen 5, two "
+                "runs, medians against ONNX Runtime FP32: OpenVINO FP32 0.87-0.88x, FP16 bundle in bf16 0.43-0.45x, "
+                "INT8 Q/DQ 0.26-0.27x; ONNX Runtime INT8 0.38x)")
 
 
 class BuildError(RuntimeError):
