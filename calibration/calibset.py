@@ -86,6 +86,16 @@ def _log(msg: str) -> None:
 SYNTHETIC_FORMS = "'synthetic[:SEED]' or 'synthetic-TASK[:SEED]'"
 
 
+def synthetic_spec(task: str | None, seed: int | None = None) -> str | None:
+    """The spec of ``task``'s synthetic clips, ``synthetic-TASK[:SEED]``. Without a seed, None for no task and for the
+    default task, so that those callers keep the default spec (``synthetic``) and its cache keys."""
+    from .synthetic import DEFAULT_TASK
+
+    if not task or task == DEFAULT_TASK:
+        return None if seed is None else f"synthetic:{seed}"
+    return f"synthetic-{task}" + ("" if seed is None else f":{seed}")
+
+
 def _parse_synthetic(spec: str, seed: int) -> tuple[str, int] | None:
     """``(task, generator seed)`` of a ``synthetic[-TASK][:SEED]`` spec, or None for other specs.
 

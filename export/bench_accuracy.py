@@ -90,12 +90,13 @@ def run_bench(model: str = DEFAULT_MODEL, n: int = 1600, clips: str | None = Non
     """Build, run and score every bundle; returns the report."""
     import torch
 
-    from calibration.calibset import load_calibration_set
+    from calibration.calibset import load_calibration_set, synthetic_spec
     from calibration.int8_search import run_logits
-    from models import load_source
+    from calibration.synthetic import DEFAULT_TASK
+    from models import load_source, model_task
 
     from .attention import resolve_attention
-    from .engine_build import BuildRequest, build_bundle, model_task, task_calib
+    from .engine_build import BuildRequest, build_bundle
     from .fp32_cache import cached_fp32_onnx
     from .precision_step import precision_onnx
 
@@ -106,9 +107,9 @@ def run_bench(model: str = DEFAULT_MODEL, n: int = 1600, clips: str | None = Non
     if labels is None:
         raise ValueError(f"--model {model}: has no class names, so there is no accuracy to measure (a preset has "
                          "random weights); use a trained checkpoint such as models/weights/motion16.safetensors")
-    task = model_task(net) or "motion"
-    calib = task_calib(task, seed)
-    spec = clips or task_calib(task, seed + EVAL_SEED_OFFSET)
+    task = model_task(net) or DEFAULT_TASK
+    calib = synthetic_spec(task, seed)
+    spec = clips or synthetic_spec(task, seed + EVAL_SEED_OFFSET)
     _log(f"1/4 {n} held-out clips of task {task!r} ({spec}); calibration on {calib}")
     evalset = load_calibration_set(spec, pre, n, seed)
     if evalset.labels is None:

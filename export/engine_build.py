@@ -115,7 +115,8 @@ def _openvino_available() -> tuple[bool, str]:
 
 def build_bundle(req: BuildRequest) -> Path:
     """Build the bundle ``req`` describes; returns its directory."""
-    from models import load_source
+    from calibration.calibset import synthetic_spec
+    from models import load_source, model_task
 
     from .attention import resolve_attention
     from .fp32_cache import cached_fp32_onnx
@@ -149,7 +150,7 @@ def build_bundle(req: BuildRequest) -> Path:
     cfg = net.config
     if labels is None:
         labels = [f"class_{i}" for i in range(cfg.num_classes)]
-    calib = req.calib or task_calib(model_task(net))  # a model trained on a synthetic task calibrates on it
+    calib = req.calib or synthetic_spec(model_task(net))  # a model trained on a synthetic task calibrates on it
     if calib:  # a missing or empty CALIB folder fails now, not after the export (it is read without decoding)
         from calibration.calibset import selection_key
 
@@ -261,23 +262,6 @@ def build_bundle(req: BuildRequest) -> Path:
     return out
 
 
-def model_task(net: Any) -> str | None:
-    """The synthetic task a checkpoint was trained on (from its metadata), or None (a preset, a real checkpoint)."""
-    from calibration.synthetic import task_of_metadata
-
-    return task_of_metadata(getattr(getattr(net, "checkpoint", None), "metadata", None) or {})
-
-
-def task_calib(task: str | None, seed: int | None = None) -> str | None:
-    """The clip spec of ``task``'s synthetic clips (``synthetic-TASK[:SEED]``); without a seed, None for no task and
-    for the default task, so that those builds keep the default spec (``synthetic``) and its cache keys."""
-    from calibration.synthetic import DEFAULT_TASK
-
-    if not task or task == DEFAULT_TASK:
-        return None if seed is None else f"synthetic:{seed}"
-    return f"synthetic-{task}" + ("" if seed is None else f":{seed}")
-
-
 def _onnx_input_dtype(path: Path) -> str:
     import onnx
 
@@ -327,12 +311,11 @@ def _build_openvino(onnx_path: Path, out: Path, req: BuildRequest) -> tuple[str,
 
     import onnx
 
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    if any(i.data_location == onnx.TensorProto.EXTERNAL for i in graph.initializer):
-        raise BuildError(f"{onnx_path}: holds external data (over 2 GB); the OpenVINO bundle takes one ONNX file")
     from .qkv_split import split_qkv_projections
 
-    model = onnx.load(str(onnx_path))
+    model = onnx.load(str(onnx_path), load_external_data=False)  # complete unless it has external data
+    if any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer):
+        raise BuildError(f"{onnx_path}: holds external data (over 2 GB); the OpenVINO bundle takes one ONNX file")
     split = split_qkv_projections(model)  # exact; faster on OpenVINO's CPU plugin (see export/qkv_split.py)
     target = out / "model.onnx"
     write_bytes_atomic(target, model.SerializeToString())

@@ -107,9 +107,10 @@ def check_bundle(bundle: str | os.PathLike, clips: str | None = None, n: int = 1
     precision = manifest["precision"]
     pre = PreprocessConfig.from_dict(manifest["preprocess"])
     net, model_name = reference_model(manifest, model)
-    from .engine_build import model_task, task_calib
+    from calibration.calibset import synthetic_spec
+    from models import model_task
 
-    clips = clips or task_calib(model_task(net)) or "synthetic"  # a model's own synthetic task, if it has one
+    clips = clips or synthetic_spec(model_task(net)) or "synthetic"  # a model's own synthetic task, if it has one
     cset = load_calibration_set(clips, pre, n, seed + 2000)
     x = cset.clips
     with torch.no_grad():

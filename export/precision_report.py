@@ -179,11 +179,12 @@ def precision_report(model: str, clips: str | None = None, n_clips: int = 64,
     sensitivity = sensitivity or keep_float == "auto"
     sens_by_target: dict[str, Any] = {}
     depth = net.config.depth
-    from .engine_build import model_task, task_calib
+    from calibration.calibset import synthetic_spec
+    from models import model_task
 
     task = model_task(net)
-    calib = calib or task_calib(task)  # a model trained on a synthetic task: its own clips, for both
-    eval_spec = clips or task_calib(task or "motion", seed + 9000)
+    calib = calib or synthetic_spec(task)  # a model trained on a synthetic task: its own clips, for both
+    eval_spec = clips or synthetic_spec(task, seed + 9000)
     evalset = load_calibration_set(eval_spec, pre, n_clips, seed, progress=progress)
     use_labels = evalset.labels is not None and labels is not None
     for p in precisions:

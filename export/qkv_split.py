@@ -30,14 +30,7 @@ def _attr(node: Any, name: str, default: Any = None) -> Any:
     return default
 
 
-def _rank(model: Any, name: str) -> int | None:
-    for vi in list(model.graph.value_info) + list(model.graph.output):
-        if vi.name == name and vi.type.tensor_type.HasField("shape"):
-            return len(vi.type.tensor_type.shape.dim)
-    return None
-
-
-def _split_sizes(model: Any, split: Any, inits: dict[str, Any], width: int) -> list[int] | None:
+def _split_sizes(split: Any, inits: dict[str, Any], width: int) -> list[int] | None:
     """The output sizes of ``split`` (input, attribute or equal parts), or None if they cannot be known."""
     from onnx import numpy_helper
 
@@ -71,6 +64,8 @@ def split_qkv_projections(model: Any) -> int:
     for n in g.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
+    ranks = {vi.name: len(vi.type.tensor_type.shape.dim) for vi in list(g.value_info) + list(g.output)
+             if vi.type.tensor_type.HasField("shape")}
     taken = {i.name for i in g.initializer} | {o for n in g.node for o in n.output} | {n.name for n in g.node}
 
     def fresh(base: str) -> str:
@@ -113,10 +108,10 @@ def split_qkv_projections(model: Any) -> int:
         if w.ndim != 2 or bias.shape != (w.shape[1],):
             continue
         axis = int(_attr(split, "axis", 0))
-        rank = _rank(model, split.input[0])
+        rank = ranks.get(split.input[0])
         if not (axis == -1 or (rank is not None and axis == rank - 1)):
             continue
-        sizes = _split_sizes(model, split, inits, w.shape[1])
+        sizes = _split_sizes(split, inits, w.shape[1])
         if sizes is None:
             continue
         if dq is not None:

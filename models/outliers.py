@@ -84,7 +84,7 @@ def outlier_grid(scales: tuple[float, ...] = SCALES, channel_counts: tuple[int, 
 @user_errors("python -m models.outliers")
 def main(argv: list[str] | None = None) -> int:
     from .checkpoints import save_checkpoint
-    from .source import SourceError, load_source
+    from .source import SourceError, load_source, model_task
 
     ap = ArgumentParser(prog="python -m models.outliers", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="models/weights/motion_tiny.safetensors", help="checkpoint path or preset")
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         ref, got = net(x), out(x)
     rel = float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
     meta = {"outliers": rec, "source": source, "max_rel_logit_change": rel}
-    task = (getattr(getattr(net, "checkpoint", None), "metadata", None) or {}).get("synthetic_task")
+    task = model_task(net)
     if task:  # the same function, so the same task: its clips stay the right ones to calibrate and evaluate on
         meta["synthetic_task"] = task
     path = save_checkpoint(out, Path(a.out), labels, pre, metadata=meta)

@@ -11,7 +11,7 @@ from .checkpoints import load_checkpoint
 from .config import PRESETS
 from .timesformer import TimeSformer
 
-__all__ = ["SourceError", "load_source"]
+__all__ = ["SourceError", "load_source", "model_task"]
 
 
 class SourceError(ValueError):
@@ -43,3 +43,10 @@ def load_source(model: str, seed: int = 0) -> tuple[TimeSformer, list[str] | Non
         c = net.config
         pre = PreprocessConfig(num_frames=c.num_frames, short_side=c.image_size, crop_size=c.image_size)
     return net, net.labels, pre, {"checkpoint": str(path), "checkpoint_sha256": net.checkpoint.sha256}
+
+
+def model_task(net: TimeSformer) -> str | None:
+    """The synthetic task a checkpoint was trained on (from its metadata), or None (a preset, a real checkpoint)."""
+    from calibration.synthetic import task_of_metadata
+
+    return task_of_metadata(getattr(getattr(net, "checkpoint", None), "metadata", None) or {})

@@ -23,6 +23,7 @@ import pytest
 from runtime import BundleError, Engine, InputError, PreprocessConfig, preprocess_frames
 from runtime.manifest import SCHEMA_VERSION, describe_files, read_manifest, validate_manifest, verify_files
 from runtime.stream import StreamBusyError
+from concurrency import run_in_threads
 
 # --------------------------------------------------------------------------------------------- helpers
 
@@ -421,22 +422,12 @@ def test_one_engine_hammered_from_8_threads_gives_the_sequential_results_bit_for
 
     expected = [run(*job) for job in jobs]
     results: dict[tuple[int, int], np.ndarray] = {}
-    errors: list[BaseException] = []
-    start = threading.Barrier(8)
 
     def worker(t: int) -> None:
-        try:
-            start.wait()
-            for j in range(t, len(jobs) + t):  # every thread runs every job, in a different order
-                results[(t, j % len(jobs))] = run(*jobs[j % len(jobs)])
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+        for j in range(t, len(jobs) + t):  # every thread runs every job, in a different order
+            results[(t, j % len(jobs))] = run(*jobs[j % len(jobs)])
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_in_threads(worker, 8)
     assert not errors, errors
     assert len(results) == 8 * len(jobs)
     bad = [k for k, v in results.items() if not np.array_equal(v, expected[k[1]])]

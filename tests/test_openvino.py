@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ pytest.importorskip("openvino", reason="openvino is not installed (pip install -
 from export.engine_build import BuildError, BuildRequest, build_bundle, choose_backend  # noqa: E402
 from runtime import BundleError, Engine  # noqa: E402
 from runtime.backends.openvino_session import OpenVINOSession, choose_precision, validate_session  # noqa: E402
+from concurrency import run_in_threads  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -153,22 +153,12 @@ def test_one_engine_shared_by_8_threads_is_bit_exact(ov_bundles, precision):
         clips = rng.standard_normal((16, 1) + e.clip_shape).astype(np.float32)
         expected = [e.infer(c) for c in clips]
         results: dict[int, np.ndarray] = {}
-        errors: list[BaseException] = []
-        start = threading.Barrier(8)
 
         def work(t: int) -> None:
-            try:
-                start.wait()
-                for i in range(t, len(clips), 8):
-                    results[i] = e.infer(clips[i])
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
+            for i in range(t, len(clips), 8):
+                results[i] = e.infer(clips[i])
 
-        threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        errors = run_in_threads(work, 8)
     assert not errors, errors
     for i, ref in enumerate(expected):
         assert np.array_equal(results[i], ref), f"clip {i}: concurrent result differs from the sequential one"

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from runtime import BundleError, ClipStream, Engine, InputError, PreprocessConfig, preprocess_frames
 from runtime.manifest import describe_files
 from runtime.preprocess import sample_indices
+from concurrency import run_in_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -240,20 +241,12 @@ def test_one_engine_shared_by_threads(engine):
     clips = rng.standard_normal((8, 1) + engine.clip_shape).astype(np.float32)
     expected = [engine.infer(c) for c in clips]
     results: dict[int, np.ndarray] = {}
-    errors: list[BaseException] = []
 
     def work(i: int) -> None:
-        try:
-            for _ in range(3):
-                results[i] = engine.infer(clips[i])
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+        for _ in range(3):
+            results[i] = engine.infer(clips[i])
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_in_threads(work, 8)
     assert not errors
     for i in range(8):
         assert np.abs(results[i] - expected[i]).max() < 1e-5
