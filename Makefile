@@ -59,42 +59,42 @@ demo: $(STAMP) ## FP32 and INT8 bundles of the motion model, run on a video: lab
 	$(PY) -m export.demo
 
 gpu-check: $(STAMP) ## NVIDIA GPU + TensorRT: TensorRT tests, FP32/FP16/INT8 engines vs ONNX Runtime, CUDA graphs, device memory; JSON report (~10 min); exits 2 naming what is missing
-	$(PY) -m export.gpu_check $(if $(OUT),--out $(OUT))
+	$(PY) -m export.tensorrt.gpu_check $(if $(OUT),--out $(OUT))
 
 onnx: $(STAMP) ## export ONNX [MODEL ATTENTION OUT]
-	$(PY) -m export.onnx_export --model $(MODEL) $(if $(filter-out auto,$(ATTENTION)),--attention $(ATTENTION)) $(if $(OUT),--out $(OUT))
+	$(PY) -m export.onnx.export --model $(MODEL) $(if $(filter-out auto,$(ATTENTION)),--attention $(ATTENTION)) $(if $(OUT),--out $(OUT))
 
 engine: $(STAMP) ## build an engine bundle [PRECISION MODEL BACKEND CALIB BATCH ATTENTION OUT ALLOW_PARITY_FAILURE]
-	$(PY) -m export.engine_build --model $(MODEL) --precision $(PRECISION) --backend $(BACKEND) \
+	$(PY) -m export.bundle.build --model $(MODEL) --precision $(PRECISION) --backend $(BACKEND) \
 		$(if $(OUT),--out $(OUT)) $(if $(CALIB),--calib $(CALIB)) $(if $(BATCH),--batch $(BATCH)) \
 		$(if $(filter-out auto,$(ATTENTION)),--attention $(ATTENTION)) $(if $(ALLOW_PARITY_FAILURE),--allow-parity-failure)
 
 parity: $(STAMP) ## a bundle against FP32 PyTorch, exit 1 on failure: ENGINE=<bundle> [CLIPS MODEL_REF N]
 	@test -n "$(ENGINE)" || { echo "make parity: set ENGINE=<bundle directory> (e.g. engines/motion_tiny-fp32-onnxruntime)" >&2; exit 2; }
-	$(PY) -m export.parity_check --engine $(ENGINE) $(if $(CLIPS),--clips $(CLIPS)) $(if $(MODEL_REF),--model $(MODEL_REF)) \
+	$(PY) -m export.bundle.parity --engine $(ENGINE) $(if $(CLIPS),--clips $(CLIPS)) $(if $(MODEL_REF),--model $(MODEL_REF)) \
 		$(if $(N),--n $(N))
 
 bench: $(STAMP) ## latency and throughput of a bundle: ENGINE=<bundle> [BATCHES THREADS]
 	@test -n "$(ENGINE)" || { echo "make bench: set ENGINE=<bundle directory> (e.g. engines/motion_tiny-fp32-onnxruntime)" >&2; exit 2; }
-	$(PY) -m export.bench_engine --engine $(ENGINE) $(if $(BATCHES),--batch $(BATCHES)) $(if $(THREADS),--threads $(THREADS))
+	$(PY) -m export.bench.engine --engine $(ENGINE) $(if $(BATCHES),--batch $(BATCHES)) $(if $(THREADS),--threads $(THREADS))
 
 bench-cameras: $(STAMP) ## many cameras through the batching hub: ENGINE=<bundle> [CAMERAS FPS SECONDS THREADS]
 	@test -n "$(ENGINE)" || { echo "make bench-cameras: set ENGINE=<bundle directory> (e.g. engines/motion_tiny-int8-onnxruntime)" >&2; exit 2; }
-	$(PY) -m export.bench_cameras --engine $(ENGINE) --cameras $(CAMERAS) --fps $(FPS) --seconds $(SECONDS) \
+	$(PY) -m export.bench.cameras --engine $(ENGINE) --cameras $(CAMERAS) --fps $(FPS) --seconds $(SECONDS) \
 		$(if $(THREADS),--threads $(THREADS))
 
 bench-onnx: $(STAMP) ## our ONNX (each attention form) vs the plain transformers export, ONNX Runtime CPU (~10 min)
-	$(PY) -m export.bench_onnx
+	$(PY) -m export.bench.onnx_forms
 
 bench-cpu: $(STAMP) ## every CPU backend and precision vs PyTorch and transformers, GEMM peak (base: ~10 min) [MODEL THREADS OUT]
-	$(PY) -m export.bench_cpu $(if $(filter-out models/weights/motion_tiny.safetensors,$(MODEL)),--model $(MODEL)) \
+	$(PY) -m export.bench.cpu $(if $(filter-out models/weights/motion_tiny.safetensors,$(MODEL)),--model $(MODEL)) \
 		$(if $(THREADS),--threads $(THREADS)) $(if $(OUT),--out-dir $(OUT))
 
 bench-precision: $(STAMP) ## FP32 vs INT8 (vs FP16) on ONNX Runtime CPU [MODEL]
-	$(PY) -m export.bench_precision $(if $(filter-out models/weights/motion_tiny.safetensors,$(MODEL)),--model $(MODEL))
+	$(PY) -m export.bench.precision $(if $(filter-out models/weights/motion_tiny.safetensors,$(MODEL)),--model $(MODEL))
 
 bench-accuracy: $(STAMP) ## accuracy of every bundle of a trained model vs FP32 PyTorch, 1600 held-out clips (motion16: ~3 min) [MODEL N OUT]
-	$(PY) -m export.bench_accuracy $(if $(filter-out models/weights/motion_tiny.safetensors,$(MODEL)),--model $(MODEL)) \
+	$(PY) -m export.bench.accuracy $(if $(filter-out models/weights/motion_tiny.safetensors,$(MODEL)),--model $(MODEL)) \
 		$(if $(N),--n $(N)) $(if $(THREADS),--threads $(THREADS)) $(if $(OUT),--out-dir $(OUT))
 
 train-motion: $(STAMP) ## train a motion model (motion ~4 min, motion16 ~12 min on 2 cores) [TASK OUT]
@@ -105,12 +105,12 @@ serve: $(STAMP) ## serve a bundle on Ray Serve at 127.0.0.1 (RAY_ADDRESS: join a
 	$(PY) -m runtime.serving --engine $(ENGINE) --port $(PORT) --replicas $(REPLICAS) $(if $(filter 0,$(BATCHING)),--no-batching)
 
 load-test: $(STAMP) ## load a served engine, one JSON line of counts and latencies [URL CLIENTS SECONDS KILL_AFTER ENGINE]
-	$(PY) -m export.load_test --url $(URL) --clients $(CLIENTS) --seconds $(SECONDS) \
+	$(PY) -m export.serving.load_test --url $(URL) --clients $(CLIENTS) --seconds $(SECONDS) \
 		$(if $(KILL_AFTER),--kill-after $(KILL_AFTER)) $(if $(ENGINE),--engine $(ENGINE))
 
 triton: $(STAMP) ## a Triton model repository for a bundle: ENGINE=<bundle> [OUT=artifacts/triton]
 	@test -n "$(ENGINE)" || { echo "make triton: set ENGINE=<bundle directory> (e.g. engines/motion_tiny-fp32-onnxruntime)" >&2; exit 2; }
-	$(PY) -m export.triton_repo --engine $(ENGINE) --out $(if $(OUT),$(OUT),artifacts/triton)
+	$(PY) -m export.serving.triton --engine $(ENGINE) --out $(if $(OUT),$(OUT),artifacts/triton)
 
 clean: ## remove artifacts/ and engines/ (bundles you built) and the pytest cache
 	rm -rf artifacts engines .pytest_cache

@@ -16,7 +16,7 @@ import numpy as np
 
 from runtime.cli_args import ArgumentParser
 
-from calibration.cli import user_errors
+from runtime.cli_args import user_errors
 
 MODEL = "models/weights/motion_tiny.safetensors"
 
@@ -25,7 +25,7 @@ def write_demo_video(path: Path, seed: int = 7, clips_per_class: int = 1) -> lis
     """One video of consecutive motion clips; returns (first frame, last frame, true label) per segment."""
     import av
 
-    from calibration.synthetic import CLASSES, render_clip
+    from calibration.clips.synthetic import CLASSES, render_clip
 
     rng = np.random.default_rng(seed)
     order = [c for c in range(len(CLASSES)) for _ in range(clips_per_class)]
@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precisions", default="fp32,int8")
     ap.add_argument("--out", default="artifacts/demo")
     a = ap.parse_args(argv)
-    from export.bench_engine import time_call
-    from export.engine_build import BuildRequest, build_bundle
+    from export.bench.engine import time_call
+    from export.bundle.build import BuildRequest, build_bundle
     from runtime import Engine
     from runtime.video_source import iter_frames
 

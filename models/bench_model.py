@@ -15,7 +15,7 @@ import torch
 from runtime.cli_args import ArgumentParser
 from runtime.files import write_json_atomic
 
-from calibration.cli import user_errors
+from runtime.cli_args import user_errors
 
 from .config import get_preset
 from .flops import count_flops, count_params

@@ -25,7 +25,7 @@ from torch import nn
 
 from runtime.cli_args import ArgumentParser
 
-from calibration.cli import user_errors
+from runtime.cli_args import user_errors
 
 from .timesformer import TimeSformer
 

@@ -47,6 +47,6 @@ def load_source(model: str, seed: int = 0) -> tuple[TimeSformer, list[str] | Non
 
 def model_task(net: TimeSformer) -> str | None:
     """The synthetic task a checkpoint was trained on (from its metadata), or None (a preset, a real checkpoint)."""
-    from calibration.synthetic import task_of_metadata
+    from calibration.clips.synthetic import task_of_metadata
 
     return task_of_metadata(getattr(getattr(net, "checkpoint", None), "metadata", None) or {})

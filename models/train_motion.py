@@ -2,13 +2,13 @@
 
 ``python -m models.train_motion [--task motion|motion16] [--out PATH] [--seed 0] [--clips N] [--epochs E]``
 
-Tasks (:data:`calibration.synthetic.TASKS`): ``motion`` (8 classes; ``models/weights/motion_tiny``) and
+Tasks (:data:`calibration.clips.synthetic.TASKS`): ``motion`` (8 classes; ``models/weights/motion_tiny``) and
 ``motion16`` (8 motions x slow/fast, with a distractor and an occluder; ``models/weights/motion16``).
 Each task has its own defaults (:data:`TASK_DEFAULTS`); the checkpoint's metadata records the task
 (``synthetic_task``), the command, seeds, clip counts, epochs and the held-out accuracy and confusion.
 
 Training and held-out clips are written as real H.264 files (cached under ``--data``) and read back
-through :mod:`calibration.video_reader`, so the model sees the codec's artefacts. Training decodes
+through :mod:`calibration.clips.video_reader`, so the model sees the codec's artefacts. Training decodes
 each clip once, resizes its short side to 64 as the preprocessing does, and augments with a random
 temporal window, a random horizontal crop, a random channel order, and label-aware mirroring and
 time reversal (a mirrored "move_left" is a "move_right"; a reversed "grow" is a "shrink"; the task
@@ -39,14 +39,14 @@ import torch.nn.functional as F
 from runtime.cli_args import ArgumentParser
 from runtime.preprocess import PreprocessConfig
 
-from calibration.cli import user_errors
+from runtime.cli_args import user_errors
 
 from .checkpoints import save_checkpoint
 from .config import get_preset
 from .timesformer import TimeSformer
 
 if TYPE_CHECKING:
-    from calibration.synthetic import SyntheticTask
+    from calibration.clips.synthetic import SyntheticTask
 
 DEFAULT_DATA = "artifacts/motion_data"
 PREPROCESS = PreprocessConfig(num_frames=8, sampling_rate=2, sampling="dense", short_side=64, crop_size=64)
@@ -62,7 +62,7 @@ DEFAULT_OUT = TASK_DEFAULTS["motion"]["out"]
 
 def _dataset(root: Path, name: str, n: int, seed: int, progress: bool, task: str = "motion") -> list[tuple[Path, int]]:
     """Clips on disk, generated once and reused (the folder name carries the generator's source hash)."""
-    from calibration.synthetic import generate_dataset, read_dataset
+    from calibration.clips.synthetic import generate_dataset, read_dataset
 
     d = _data_dir(root, name, n, seed, task)
     try:
@@ -77,7 +77,7 @@ def _dataset(root: Path, name: str, n: int, seed: int, progress: bool, task: str
 
 
 def _data_dir(root: Path, name: str, n: int, seed: int, task: str = "motion") -> Path:
-    from calibration.synthetic import get_task
+    from calibration.clips.synthetic import get_task
 
     version = get_task(task).source_hash()[:8]
     prefix = "" if task == "motion" else f"{task}_"
@@ -91,7 +91,7 @@ def _load_resized(items: list[tuple[Path, int]], short_side: int, progress: bool
     With ``cache``, the decoded tensor is kept in ``cache`` (``.npy``) and reused while it fits the clips."""
     from tqdm import tqdm
 
-    from calibration.video_reader import decode_frames
+    from calibration.clips.video_reader import decode_frames
 
     labels = torch.tensor([label for _, label in items])
     if cache is not None and cache.is_file():
@@ -148,10 +148,10 @@ def _batch(data: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, pre: Pre
 @torch.no_grad()
 def evaluate(model: TimeSformer, items: list[tuple[Path, int]], pre: PreprocessConfig, progress: bool = True,
              batch: int = 16) -> tuple[float, np.ndarray]:
-    """Top-1 accuracy over files read by :func:`calibration.video_reader.read_clip`, and the confusion matrix."""
+    """Top-1 accuracy over files read by :func:`calibration.clips.video_reader.read_clip`, and the confusion matrix."""
     from tqdm import tqdm
 
-    from calibration.video_reader import read_clip
+    from calibration.clips.video_reader import read_clip
 
     model.eval()
     k = model.config.num_classes
@@ -232,7 +232,7 @@ def train(out: str | Path | None = None, seed: int = 0, clips: int | None = None
     below ``min_accuracy`` is written as ``<stem>.below_min.safetensors`` instead of ``out``."""
     from tqdm import tqdm
 
-    from calibration.synthetic import get_task
+    from calibration.clips.synthetic import get_task
 
     spec = get_task(task)
     classes = spec.classes
@@ -310,7 +310,7 @@ def train(out: str | Path | None = None, seed: int = 0, clips: int | None = None
             p.copy_(p.to(dtype).float())
     train_seconds = time.time() - t0
     acc, confusion = evaluate(final, heldout_items, pre, progress)
-    module = "calibration.synthetic" if task == "motion" else "calibration.synthetic_hard"
+    module = "calibration.clips.synthetic" if task == "motion" else "calibration.clips.synthetic_hard"
     metadata = {
         "task": f"synthetic {task} clips ({module})", "synthetic_task": task,
         "generator_sha256": spec.source_hash(), "seed": seed, "heldout_seed": heldout_seed,
@@ -332,7 +332,7 @@ def train(out: str | Path | None = None, seed: int = 0, clips: int | None = None
 def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(prog="python -m models.train_motion", description=__doc__.splitlines()[0])
     ap.add_argument("--task", default="motion", choices=list(TASK_DEFAULTS),
-                    help="synthetic task (calibration.synthetic.TASKS); it chooses the defaults marked 'per task'")
+                    help="synthetic task (calibration.clips.synthetic.TASKS); it chooses the defaults marked 'per task'")
     ap.add_argument("--out", default=None, help="safetensors path (a .json sidecar is written beside it); per task: "
                     + ", ".join(f"{k} {v['out']}" for k, v in TASK_DEFAULTS.items()))
     ap.add_argument("--seed", type=int, default=0, help="training clips' seed (held-out clips use seed+1)")

@@ -32,7 +32,7 @@ def motion_model(motion_model_path):
 @pytest.fixture(scope="session")
 def heldout_videos(tmp_path_factory) -> list[tuple[Path, int]]:
     """16 real H.264 files of the motion classes, from a seed never used in training (2 per class)."""
-    from calibration.synthetic import generate_dataset
+    from calibration.clips.synthetic import generate_dataset
 
     return generate_dataset(tmp_path_factory.mktemp("heldout"), 16, HELDOUT_SEED, progress=False)
 
@@ -40,7 +40,7 @@ def heldout_videos(tmp_path_factory) -> list[tuple[Path, int]]:
 @pytest.fixture(scope="session")
 def fp32_bundle(tmp_path_factory, motion_model_path) -> Path:
     """An ONNX Runtime FP32 bundle of the motion model, built once through ``make engine``'s code path."""
-    from export.engine_build import BuildRequest, build_bundle
+    from export.bundle.build import BuildRequest, build_bundle
 
     base = tmp_path_factory.mktemp("bundles")
     req = BuildRequest(model=str(motion_model_path), precision="fp32", backend="onnxruntime", out=str(base / "fp32"),

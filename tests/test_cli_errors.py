@@ -28,13 +28,13 @@ def _cases(d: Path, bundle: Path) -> dict[str, tuple[list[str], str]]:
     (d / "a_file").write_text("not a folder")
     m = str(ROOT / "models" / "weights" / "motion_tiny.safetensors")
     cache = str(d / "cache")
-    eng = ["export.engine_build", "--backend", "onnxruntime", "--cache-dir", cache]
+    eng = ["export.bundle.build", "--backend", "onnxruntime", "--cache-dir", cache]
     return {
-        "parity_missing_bundle": (["export.parity_check", "--engine", str(d / "nope")], r"make parity: .*nope"),
-        "parity_corrupt_bundle": (["export.parity_check", "--engine", str(d / "corrupt_bundle")],
+        "parity_missing_bundle": (["export.bundle.parity", "--engine", str(d / "nope")], r"make parity: .*nope"),
+        "parity_corrupt_bundle": (["export.bundle.parity", "--engine", str(d / "corrupt_bundle")],
                                   r"make parity: .*manifest\.json: not valid JSON"),
-        "bench_missing_bundle": (["export.bench_engine", "--engine", str(d / "nope")], r"make bench: .*nope"),
-        "bench_bad_batches": (["export.bench_engine", "--engine", str(bundle), "--batch", "1,x"],
+        "bench_missing_bundle": (["export.bench.engine", "--engine", str(d / "nope")], r"make bench: .*nope"),
+        "bench_bad_batches": (["export.bench.engine", "--engine", str(bundle), "--batch", "1,x"],
                               r"make bench: --batch '1,x': expected comma-separated integers"),
         "engine_bad_checkpoint": (eng + ["--model", str(d / "bad.safetensors"), "--out", str(d / "o1")],
                                   r"make engine: .*bad\.safetensors: cannot read safetensors"),
@@ -50,22 +50,22 @@ def _cases(d: Path, bundle: Path) -> dict[str, tuple[list[str], str]]:
                                        r"make engine: OUT=.*mine: an existing folder that is not an engine bundle"),
         "engine_out_under_a_file": (eng + ["--model", m, "--out", str(d / "a_file" / "b")],
                                     r"make engine: OUT=.*its parent .*a_file is a file"),
-        "onnx_bad_checkpoint": (["export.onnx_export", "--model", str(d / "bad.safetensors"), "--out",
+        "onnx_bad_checkpoint": (["export.onnx.export", "--model", str(d / "bad.safetensors"), "--out",
                                  str(d / "x.onnx")], r"make onnx: .*bad\.safetensors"),
-        "precision_report_missing_model": (["export.precision_report", "--model", "no_such_model", "--out",
+        "precision_report_missing_model": (["export.bench.precision_report", "--model", "no_such_model", "--out",
                                             str(d / "rep")], r"precision_report: .*no_such_model"),
         "demo_bad_checkpoint": (["export.demo", "--model", str(d / "bad.safetensors"), "--out", str(d / "demo")],
                                 r"make demo: .*bad\.safetensors"),
         "bench_model_unknown_preset": (["models.bench_model", "--preset", "bogus"],
                                        r"bench_model: unknown preset 'bogus'"),
-        "synthetic_out_is_a_file": (["calibration.synthetic", str(d / "a_file"), "--clips", "1"],
+        "synthetic_out_is_a_file": (["calibration.clips.synthetic", str(d / "a_file"), "--clips", "1"],
                                     r"calibration\.synthetic: .*a_file"),
         # usage errors: one line pointing to --help, not argparse's usage block
         "engine_unknown_option": (eng + ["--bogus"],
                                   r"make engine: unrecognized arguments: --bogus \(see .* --help\)"),
         "engine_not_an_int": (eng + ["--calib-clips", "many"],
                               r"make engine: argument --calib-clips: invalid int value: 'many' \(see .* --help\)"),
-        "accuracy_bad_choice": (["export.bench_accuracy", "--n", "x"], r"bench_accuracy: argument --n: invalid int"),
+        "accuracy_bad_choice": (["export.bench.accuracy", "--n", "x"], r"bench_accuracy: argument --n: invalid int"),
         "runtime_missing_arguments": (["runtime"], r"python -m runtime: the following arguments are required: "
                                                    r"bundle, source \(see .* --help\)"),
         "serving_missing_engine": (["runtime.serving"], r"python -m runtime\.serving: the following arguments are "
@@ -122,7 +122,7 @@ def test_nothing_of_the_users_was_touched(results):
 
 def test_garbage_npz_in_a_calibration_folder_is_skipped_and_reported(tmp_path):
     """Like an unreadable video: the good files are used, the garbage one is named in ``skipped``."""
-    from calibration.calibset import load_calibration_set
+    from calibration.clips.calibset import load_calibration_set
     from runtime.preprocess import PreprocessConfig
 
     pre = PreprocessConfig(num_frames=2, sampling_rate=1, short_side=8, crop_size=8)

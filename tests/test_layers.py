@@ -148,7 +148,7 @@ def _write(root: Path, files: dict[str, str]) -> None:
 
 @pytest.mark.parametrize("rel, text, needle", [
     ("runtime/bad.py", "def f():\n    from models import TimeSformer\n", "layer runtime) imports models"),
-    ("calibration/bad.py", "from export.onnx_export import export_onnx\n", "layer calibration) imports export"),
+    ("calibration/bad.py", "from export.onnx.export import export_onnx\n", "layer calibration) imports export"),
     ("models/bad.py", "import export.demo\n", "layer models) imports export"),
     ("runtime/bad.py", "def f():\n    import torch\n", "never need"),
     ("runtime/bad.py", "import onnxruntime\n", "at module level"),

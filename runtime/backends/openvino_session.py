@@ -1,6 +1,6 @@
 """The ``session`` entry of an OpenVINO bundle's manifest: one definition, written by the builder, read by the backend.
 
-``export/engine_build.py`` writes ``OpenVINOSession(...).to_dict()``; ``OpenVINOBackend`` reads
+``export/bundle/build.py`` writes ``OpenVINOSession(...).to_dict()``; ``OpenVINOBackend`` reads
 ``OpenVINOSession.from_dict(manifest["session"])``; ``runtime.manifest`` calls :func:`validate_session` for
 ``backend == "openvino"``. Unknown keys are refused, so a builder and a backend cannot silently disagree.
 

@@ -1,6 +1,6 @@
 """The ``session`` entry of a TensorRT bundle's manifest: one definition, written by the builder, read by the backend.
 
-``export/engine_build.py`` writes ``TensorRTSession(...).to_dict()``; ``TensorRTBackend`` reads
+``export/bundle/build.py`` writes ``TensorRTSession(...).to_dict()``; ``TensorRTBackend`` reads
 ``TensorRTSession.from_dict(manifest["session"])``; ``runtime.manifest`` calls :func:`validate_session` for
 ``backend == "tensorrt"``. Unknown keys are refused, so a builder and a backend can never silently disagree
 on the layout (the old builder nested everything under ``options``/``build``; the backend read the top level).

@@ -1,0 +1,318 @@
+"""``make bench-cameras ENGINE=<bundle>``: many simulated cameras at real-time pace through the camera hub.
+
+Frames are rendered before the clock starts (the synthetic motion clips of :mod:`calibration.clips.synthetic`,
+or a video's decoded frames), so generating them is not measured. Each camera delivers its frames on a
+fixed schedule at ``FPS`` (cameras out of phase with each other, as real ones are), pushed into a
+:class:`runtime.hub.CameraHub` by a few pacing threads; the hub preprocesses, batches across cameras
+and predicts. Measured:
+
+1. ``CAMERAS`` cameras for ``SECONDS`` s with batching on, then the same run with batching off (max
+   batch 1), alternating for ``--rounds`` rounds: windows due, predicted, dropped, latency p50/p99 from
+   the last frame's arrival, the batch-size histogram, engine time per window and device time share;
+   the batched and unbatched logits of the same windows compared (a dynamically quantised INT8 engine
+   scales each batch as a whole, so a camera's logits depend on its batch partners).
+2. The largest number of cameras served with no drops (doubling, then bisecting, with short runs), with
+   batching on and off. Served means no window dropped and the cameras kept their pace (the pacing
+   threads' lag p90 under one frame period: otherwise the machine could not even deliver the frames; a
+   few late frames, e.g. from other load on the machine, are tolerated when the pacers catch up).
+3. Overload at ``--overload`` times the cameras served: memory (resident set sampled through the run
+   and the rings' bytes), drops per camera, and the fewest predictions any camera got (no starvation).
+
+Writes ``artifacts/bench/cameras/<bundle name>.json``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.cli_args import user_errors
+from runtime.cli_args import ArgumentParser
+from runtime.files import write_json_atomic
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def render_frames(width: int, height: int, seed: int = 0, video: str | None = None) -> np.ndarray:
+    """The frames every simulated camera replays (each from its own offset): a video's, or one synthetic clip
+    of each motion class."""
+    if video:
+        from runtime.video_source import iter_frames
+        frames = np.stack(list(iter_frames(video, max_frames=600)))
+        if len(frames) < 2:
+            raise ValueError(f"--video {video}: {len(frames)} frames; expected a video")
+        return frames
+    from calibration.clips.synthetic import CLASSES, render_clip
+    rng = np.random.default_rng(seed)
+    return np.concatenate([render_clip(i, rng, width, height, num_frames=48) for i in range(len(CLASSES))])
+
+
+def run_cameras(engine: Any, frames: np.ndarray, cameras: int, fps: float, seconds: float, max_batch: int | None,
+                max_wait_ms: float, queue: int, pacers: int, keep_logits: bool = False,
+                skip_late: bool = False) -> dict[str, Any]:
+    """One run: ``cameras`` cameras at ``fps`` for ``seconds``; returns the counts, latencies and memory.
+
+    A pacing thread that falls behind delivers late frames late (and catches up); with ``skip_late`` it skips
+    frames more than a period late instead, as a live camera's frames are lost when nobody reads them (the
+    overload run, where the machine cannot even take every frame)."""
+    from runtime.hub import CameraHub
+
+    n_frames = int(round(fps * seconds))
+    latencies: list[float] = []
+    logits: dict[tuple[int, int], np.ndarray] = {}
+
+    def collect(r) -> None:  # called on the inference thread: keep it cheap
+        latencies.append(r.latency_ms)
+        if keep_logits:
+            logits[(r.camera, r.last_frame)] = r.logits
+
+    hub = CameraHub(engine, max_batch=max_batch, max_wait_ms=max_wait_ms, queue=queue, results=0, on_result=collect)
+    for i in range(cameras):
+        hub.add_camera(camera_id=i)
+    period = 1.0 / fps
+    lags: list[list[float]] = [[] for _ in range(pacers)]
+    skipped = [0] * pacers
+    rss: list[float] = []
+    done = threading.Event()
+
+    def sample_memory() -> None:
+        while not done.wait(0.25):
+            rss.append(_rss_mb())
+
+    def pace(p: int, t0: float) -> None:
+        mine = list(range(p, cameras, pacers))
+        phase = {c: (c / cameras) * period for c in mine}  # cameras out of phase, as real ones are
+        offset = {c: (c * 37) % len(frames) for c in mine}
+        for f in range(n_frames):
+            for c in mine:
+                due = t0 + f * period + phase[c]
+                now = time.perf_counter()
+                if due > now:
+                    time.sleep(due - now)
+                    now = time.perf_counter()
+                lags[p].append(now - due)
+                if skip_late and now - due > period:
+                    skipped[p] += 1
+                    continue
+                hub.push(c, frames[(offset[c] + f) % len(frames)], arrived=now)
+
+    rss0 = _rss_mb()
+    monitor = threading.Thread(target=sample_memory, daemon=True)
+    monitor.start()
+    t0 = time.perf_counter() + 0.2
+    threads = [threading.Thread(target=pace, args=(p, t0), daemon=True) for p in range(pacers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    drained = hub.drain(timeout=60)
+    m = hub.metrics()
+    hub.close()
+    done.set()
+    monitor.join()
+    cfg = engine.preprocess
+    span = (cfg.num_frames - 1) * cfg.sampling_rate + 1
+    every = max(cfg.sampling_rate, (cfg.num_frames * cfg.sampling_rate // 2) // cfg.sampling_rate * cfg.sampling_rate)
+    expected = cameras * len(range(span - 1, n_frames, every))
+    cams = m["cameras"].values()
+    lat = np.asarray(latencies)
+    lag = np.concatenate([np.asarray(x) for x in lags]) * 1e3
+    calls = m["calls"]
+    out = {
+        "cameras": cameras, "fps": fps, "seconds": seconds, "max_batch": hub.max_batch, "max_wait_ms": max_wait_ms,
+        "queue": queue, "windows_due": sum(c["windows_due"] for c in cams), "windows_expected": expected,
+        "frames_pushed": sum(c["frames"] for c in cams), "frames_skipped_late": sum(skipped),
+        "predictions": sum(c["predictions"] for c in cams), "dropped": sum(c["dropped"] for c in cams),
+        "failed": sum(c["failed"] for c in cams), "drained": drained,
+        "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
+        "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
+        "mean_batch": m["mean_batch"], "batch_sizes": {str(k): v for k, v in m["batch_sizes"].items()},
+        "engine_calls": calls, "engine_ms_per_window": 1e3 * m["busy_s"] / max(1, sum(c["predictions"] for c in cams)),
+        "engine_ms_per_call": 1e3 * m["busy_s"] / max(1, calls), "device_time_share": m["device_time_share"],
+        "predictions_per_camera": [min(c["predictions"] for c in cams), max(c["predictions"] for c in cams)],
+        "dropped_per_camera": [min(c["dropped"] for c in cams), max(c["dropped"] for c in cams)],
+        "starved_cameras": sum(1 for c in cams if c["predictions"] == 0),
+        "pace_lag_p90_ms": float(np.percentile(lag, 90)), "pace_lag_p99_ms": float(np.percentile(lag, 99)),
+        "pace_lag_max_ms": float(lag.max()),
+        "rss_start_mb": rss0, "rss_peak_mb": max(rss, default=rss0), "rss_end_mb": rss[-1] if rss else rss0,
+        "rss_every_second_mb": [round(v, 1) for v in rss[3::4]],  # flat once the rings exist: memory is bounded
+        "ring_mb": m["ring_bytes"] / 2**20,
+    }
+    out["served"] = (out["dropped"] == 0 and out["failed"] == 0 and drained
+                     and out["predictions"] == out["windows_due"] == expected and out["pace_lag_p90_ms"] < 1e3 * period)
+    if keep_logits:
+        out["_logits"] = logits
+    return out
+
+
+def _line(r: dict[str, Any]) -> str:
+    p50 = f"{r['p50_ms']:.1f}" if r["p50_ms"] is not None else "-"
+    p99 = f"{r['p99_ms']:.1f}" if r["p99_ms"] is not None else "-"
+    mb = f"{r['mean_batch']:.2f}" if r["mean_batch"] else "-"
+    return (f"{r['cameras']:5d} cameras, max batch {r['max_batch']}: due {r['windows_due']}, predicted "
+            f"{r['predictions']}, dropped {r['dropped']}, p50 {p50} ms, p99 {p99} ms, mean batch {mb}, "
+            f"{r['engine_ms_per_window']:.2f} ms engine/window, device {100 * r['device_time_share']:.0f}%, "
+            f"pace lag p90 {r['pace_lag_p90_ms']:.1f} ms{'' if r['served'] else '  (not served)'}")
+
+
+def max_served(engine: Any, frames: np.ndarray, start: int, fps: float, seconds: float, max_batch: int | None,
+               kw: dict[str, Any], limit: int = 2048, tries: int = 2) -> tuple[int, list[dict[str, Any]]]:
+    """The most cameras served with no drops: double from ``start`` until a count fails, then bisect (to ~10%).
+
+    A count is served when one of ``tries`` runs drops nothing (every run is recorded)."""
+    runs: list[dict[str, Any]] = []
+
+    def ok(n: int) -> bool:
+        for attempt in range(tries):  # other load on the machine can stall the device for seconds: retry a failure
+            r = run_cameras(engine, frames, n, fps, seconds, max_batch, **kw)
+            runs.append({k: v for k, v in r.items() if not k.startswith("_")} | {"attempt": attempt + 1})
+            print("  search: " + _line(r), file=sys.stderr, flush=True)
+            if r["served"]:
+                return True
+        return False
+
+    lo, n = 0, max(1, start)
+    while n <= limit and ok(n):
+        lo, n = n, n * 2
+    hi = n
+    if lo == 0:  # even `start` failed: search below it
+        hi, n = start, max(1, start // 2)
+        while n >= 1 and not ok(n):
+            hi, n = n, n // 2
+        lo = n if n >= 1 else 0
+    while hi - lo > max(1, lo // 10):
+        mid = (lo + hi) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo, runs
+
+
+def compare_logits(a: dict, b: dict) -> dict[str, Any]:
+    """Batched vs unbatched logits of the windows both runs predicted."""
+    keys = sorted(set(a) & set(b))
+    if not keys:
+        return {"windows": 0}
+    x, y = np.stack([a[k] for k in keys]), np.stack([b[k] for k in keys])
+    return {"windows": len(keys), "identical": int(sum(np.array_equal(a[k], b[k]) for k in keys)),
+            "max_abs_diff": float(np.abs(x - y).max()),
+            "top1_agreement": float((x.argmax(1) == y.argmax(1)).mean())}
+
+
+@user_errors("make bench-cameras")
+def main(argv: list[str] | None = None) -> int:
+    ap = ArgumentParser(prog="python -m export.bench.cameras", description=__doc__.splitlines()[0])
+    ap.add_argument("--engine", required=True, help="engine bundle directory")
+    ap.add_argument("--cameras", type=int, default=16)
+    ap.add_argument("--fps", type=float, default=25.0)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--rounds", type=int, default=1, help="batched/unbatched runs alternated this many times")
+    ap.add_argument("--max-wait-ms", type=float, default=20.0)
+    ap.add_argument("--queue", type=int, default=4, help="windows queued per camera before the oldest is dropped")
+    ap.add_argument("--pacers", type=int, default=4, help="threads delivering the simulated cameras' frames")
+    ap.add_argument("--search-seconds", type=float, default=4.0, help="length of each run of the capacity search "
+                    "(0: no search)")
+    ap.add_argument("--tries", type=int, default=2, help="runs per camera count in the search before it counts as "
+                    "not served")
+    ap.add_argument("--overload", type=float, default=10.0, help="overload run at this many times the cameras "
+                    "served (0: none)")
+    ap.add_argument("--overload-seconds", type=float, default=6.0)
+    ap.add_argument("--overload-max", type=int, default=2000, help="at most this many cameras in the overload run")
+    ap.add_argument("--video", default=None, help="replay this video's frames instead of the synthetic clips")
+    ap.add_argument("--size", default="128x96", help="synthetic frame size WxH")
+    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    ap.add_argument("--out", default=None, help="JSON path (default artifacts/bench/cameras/<bundle name>.json)")
+    a = ap.parse_args(argv)
+    for name in ("cameras", "rounds", "queue", "pacers"):
+        if getattr(a, name) < 1:
+            raise ValueError(f"--{name}: expected at least 1, got {getattr(a, name)}")
+    if a.fps <= 0 or a.seconds <= 0:
+        raise ValueError(f"--fps and --seconds: expected positive numbers, got {a.fps} and {a.seconds}")
+    try:
+        width, height = (int(v) for v in a.size.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size: expected WxH (e.g. 128x96), got {a.size!r}") from None
+
+    from runtime import Engine
+
+    engine = Engine(a.engine, **({"threads": a.threads} if a.threads is not None else {}))
+    frames = render_frames(width, height, video=a.video)
+    kw = {"max_wait_ms": a.max_wait_ms, "queue": a.queue, "pacers": a.pacers}
+    result: dict[str, Any] = {"bundle": str(Path(a.engine).resolve()), "engine": engine.describe(),
+                              "frame_size": list(frames.shape[1:3]), "load_average_before": list(os.getloadavg()),
+                              "cpus": os.cpu_count()}
+    print(f"[bench-cameras] {a.cameras} cameras at {a.fps:g} fps for {a.seconds:g} s, batches up to "
+          f"{engine.batch_range[1]} vs 1 ({a.rounds} round(s))", file=sys.stderr, flush=True)
+    # Warm-up: the first call at each batch size plans and allocates (ONNX Runtime), then the hub's threads.
+    cfg = engine.preprocess
+    for bs in range(engine.batch_range[0], engine.batch_range[1] + 1):
+        for _ in range(3):
+            engine.infer(np.zeros((bs, cfg.num_frames, 3, cfg.crop_size, cfg.crop_size), np.float32))
+    run_cameras(engine, frames, 2, a.fps, 1.0, None, **kw)
+    batched, single = [], []
+    for _ in range(a.rounds):
+        for runs, mb in ((batched, None), (single, 1)):
+            r = run_cameras(engine, frames, a.cameras, a.fps, a.seconds, mb, keep_logits=True, **kw)
+            print("  " + _line(r), file=sys.stderr, flush=True)
+            runs.append(r)
+    logits = compare_logits(batched[-1].pop("_logits"), single[-1].pop("_logits"))
+    for r in batched + single:
+        r.pop("_logits", None)
+    worst = max(batched, key=lambda r: (r["dropped"], r["p99_ms"] or 0))  # the headline is the worst round
+    result.update({k: worst[k] for k in ("cameras", "fps", "seconds", "windows_due", "predictions", "dropped",
+                                         "p50_ms", "p99_ms", "mean_batch")})
+    result["headline"] = "the batched round with the most drops (then the highest p99); every round is listed"
+    result["batched"] = batched
+    result["unbatched"] = single
+    per_b = [r["engine_ms_per_window"] for r in batched]
+    per_s = [r["engine_ms_per_window"] for r in single]
+    result["batching_gain"] = {
+        "engine_ms_per_window_batched": per_b, "engine_ms_per_window_unbatched": per_s,
+        "gain": float(np.median(per_s) / np.median(per_b)),
+        "note": "engine time per predicted window, one call per window over batched calls (same cameras, same "
+                "frames); medians over the rounds, each round listed",
+        "logits_batched_vs_unbatched": logits}
+    if a.search_seconds > 0:
+        print("[bench-cameras] largest number of cameras served with no drops", file=sys.stderr, flush=True)
+        n_b, runs_b = max_served(engine, frames, a.cameras, a.fps, a.search_seconds, None, kw, tries=a.tries)
+        n_s, runs_s = max_served(engine, frames, a.cameras, a.fps, a.search_seconds, 1, kw, tries=a.tries)
+        result["max_cameras_no_drops"] = n_b
+        result["max_cameras_no_drops_unbatched"] = n_s
+        result["search"] = {"seconds": a.search_seconds, "tries": a.tries, "batched": runs_b, "unbatched": runs_s}
+        if a.overload > 0 and n_b > 0:
+            n = min(a.overload_max, int(round(a.overload * n_b)))
+            print(f"[bench-cameras] overload: {n} cameras ({a.overload:g}x)", file=sys.stderr, flush=True)
+            r = run_cameras(engine, frames, n, a.fps, a.overload_seconds, None, skip_late=True, **kw)
+            print("  " + _line(r), file=sys.stderr, flush=True)
+            result["overload"] = r
+    result["load_average_after"] = list(os.getloadavg())
+    engine.close()
+    out = Path(a.out or f"artifacts/bench/cameras/{Path(a.engine).resolve().name}.json")
+    write_json_atomic(out, result)
+    g = result["batching_gain"]
+    print(f"{result['cameras']} cameras at {a.fps:g} fps for {a.seconds:g} s: {result['predictions']} predicted + "
+          f"{result['dropped']} dropped of {result['windows_due']} due; p50 {result['p50_ms']:.1f} ms, p99 "
+          f"{result['p99_ms']:.1f} ms, mean batch {result['mean_batch']:.2f}; engine time per window "
+          f"{np.median(per_b):.2f} ms batched vs {np.median(per_s):.2f} ms one call per window ({g['gain']:.2f}x)")
+    if "max_cameras_no_drops" in result:
+        print(f"most cameras served with no drops: {result['max_cameras_no_drops']} batched, "
+              f"{result['max_cameras_no_drops_unbatched']} with batching off")
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""INT8 on outlier versions of a model: plain vs SmoothQuant, for the TensorRT Q/DQ ONNX and the shipped ONNX Runtime
+form, against the FP32 PyTorch reference (issue 15's bar: mean cosine >= 0.999, min cosine >= 0.99, top-1
+agreement >= 99%).
+
+``python -m export.bench.outliers [--model models/weights/motion_tiny.safetensors] [--scales 10,40,100]
+[--channels 1,4,8] [--n 200] [--out artifacts/bench/outliers]``
+
+Each outlier model (:func:`models.outliers.add_outliers`, exact in FP32) is exported once per target attention
+form, built through :func:`export.bundle.precision_step.precision_onnx` exactly as ``make engine`` builds it (``smooth``
+off, then the default), and run in ONNX Runtime CPU on ``--n`` held-out synthetic clips (seed 9000, never
+calibrated on). S = 1 is the model as it is. Writes ``outliers.json`` and ``outliers.md`` atomically.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.cli_args import ArgumentParser
+from runtime.files import sha256_json, write_json_atomic, write_text_atomic
+
+from runtime.cli_args import user_errors
+
+BAR = {"mean_cosine": 0.999, "min_cosine": 0.99, "top1_agreement": 0.99}
+
+
+def _log(msg: str) -> None:
+    print(f"[bench-outliers] {msg}", file=sys.stderr, flush=True)
+
+
+def meets_bar(m: dict[str, Any]) -> bool:
+    return all(m[k] >= v for k, v in BAR.items())
+
+
+def run(model: str, scales: list[float], channels: list[int], n: int, calib_clips: int, method: str,
+        cache_dir: str, seed: int = 0, smooths: tuple[Any, ...] = (None, "default")) -> dict[str, Any]:
+    import torch
+
+    from calibration.clips.calibset import load_calibration_set
+    from calibration.precision.int8 import outlier_defaults
+    from calibration.precision.int8_search import run_logits
+    from calibration.precision.metrics import compare_logits
+    from calibration.precision.smoothquant import ort_smoothquant_available
+    from models import load_source
+    from models.outliers import add_outliers
+
+    from export.onnx.attention import default_attention
+    from export.bundle.fp32_cache import cached_fp32_onnx
+    from export.bundle.precision_step import precision_onnx
+
+    t0 = time.perf_counter()
+    cache = Path(cache_dir)
+    net, labels, pre, source = load_source(model, seed)
+    ev = load_calibration_set(f"synthetic:{seed + 9000}", pre, n, seed, progress=False)
+    rows = []
+    combos = [(1.0, 0)] + [(float(s), int(c)) for s in scales for c in channels]
+    for s, c in combos:
+        onet, rec = (net, None) if c == 0 else add_outliers(net, s, c, seed)
+        with torch.no_grad():
+            ref = torch.cat([onet(torch.from_numpy(ev.clips[i:i + 8])) for i in range(0, len(ev), 8)]).numpy()
+        src = {"checkpoint": f"{source['checkpoint']} + outliers S={s:g} C={c}",
+               "checkpoint_sha256": sha256_json(source["checkpoint_sha256"], rec)}
+        for target in ("tensorrt", "onnxruntime"):
+            fp32 = cached_fp32_onnx(onet, labels, pre, src, default_attention(target), cache, verbose=False)
+            for smooth in smooths:
+                path, info = precision_onnx(fp32, "int8", target, None, pre, calib_clips, method, cache, seed,
+                                            progress=False, int8_options={"smooth": smooth})
+                m = compare_logits(ref, run_logits(path, ev.clips), ev.labels)
+                sq = info["detail"].get("smoothquant")
+                row = {"scale": s, "channels": c, "target": target, "form": info["form"],
+                       "smooth": None if sq is None else sq.get("alpha"), **{k: m[k] for k in (
+                           "mean_cosine", "min_cosine", "top1_agreement", "top5_agreement", "top1_accuracy",
+                           "top1_accuracy_reference")}, "meets_bar": meets_bar(m),
+                       "forms_tried": info["detail"].get("forms_tried")}
+                rows.append(row)
+                _log(f"S={s:g} C={c} {target} {row['form']} smooth={row['smooth']}: mean cos {m['mean_cosine']:.5f} "
+                     f"min {m['min_cosine']:.4f} top-1 agree {m['top1_agreement']:.3f} -> "
+                     f"{'meets' if row['meets_bar'] else 'MISSES'} the bar")
+    ok, why = ort_smoothquant_available()
+    return {"model": model, "clips": {"spec": ev.spec, "n": len(ev), "sha256": ev.sha256},
+            "calibration": {"calib": "synthetic", "clips": calib_clips, "method": method, "seed": seed},
+            "bar": BAR, "outlier_defaults": outlier_defaults(), "rows": rows,
+            "ort_smoothquant": {"available": ok, "note": why},
+            "reference": "PyTorch FP32 of the same outlier model", "host": platform.node(),
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def markdown(rep: dict[str, Any]) -> str:
+    lines = [f"# INT8 on outlier versions of `{rep['model']}`", "",
+             f"{rep['clips']['n']} held-out clips `{rep['clips']['spec']}`; calibration {rep['calibration']}; "
+             f"bar {rep['bar']} vs {rep['reference']}.", "",
+             "| S | channels | target | form | SmoothQuant α | mean cos | min cos | top-1 agree | top-5 agree | "
+             "acc (FP32 → INT8) | bar |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rep["rows"]:
+        acc = (f"{100 * r['top1_accuracy_reference']:.1f}% → {100 * r['top1_accuracy']:.1f}%"
+               if r.get("top1_accuracy") is not None else "-")
+        lines.append(f"| {r['scale']:g} | {r['channels']} | {r['target']} | {r['form']} | "
+                     f"{'off' if r['smooth'] is None else r['smooth']} | {r['mean_cosine']:.5f} | {r['min_cosine']:.4f} "
+                     f"| {100 * r['top1_agreement']:.1f}% | {100 * r['top5_agreement']:.1f}% | {acc} | "
+                     f"{'yes' if r['meets_bar'] else '**no**'} |")
+    sm = [r for r in rep["rows"] if r["smooth"] is not None]
+    lines += ["", f"With SmoothQuant: {sum(r['meets_bar'] for r in sm)}/{len(sm)} meet the bar; without: "
+              f"{sum(r['meets_bar'] for r in rep['rows'] if r['smooth'] is None)}/"
+              f"{sum(1 for r in rep['rows'] if r['smooth'] is None)}.",
+              f"ONNX Runtime's own SmoothQuant: {'available' if rep['ort_smoothquant']['available'] else 'not usable'}"
+              f" ({rep['ort_smoothquant']['note']}).", f"{rep['seconds']} s on {rep['host']}, {rep['date']}."]
+    return "\n".join(lines) + "\n"
+
+
+@user_errors("python -m export.bench.outliers")
+def main(argv: list[str] | None = None) -> int:
+    ap = ArgumentParser(prog="python -m export.bench.outliers", description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="models/weights/motion_tiny.safetensors")
+    ap.add_argument("--scales", default="10,40,100")
+    ap.add_argument("--channels", default="1,4,8")
+    ap.add_argument("--n", type=int, default=200, help="held-out clips (default 200)")
+    ap.add_argument("--calib-clips", type=int, default=32)
+    ap.add_argument("--method", default="max", choices=("max", "entropy", "percentile", "mse"))
+    ap.add_argument("--cache-dir", default="artifacts/cache")
+    ap.add_argument("--out", default="artifacts/bench/outliers")
+    a = ap.parse_args(argv)
+    try:
+        scales = [float(s) for s in a.scales.split(",") if s.strip()]
+        chans = [int(c) for c in a.channels.split(",") if c.strip()]
+    except ValueError as e:
+        ap.error(f"--scales/--channels: comma-separated numbers expected ({e})")
+    rep = run(a.model, scales, chans, a.n, a.calib_clips, a.method, a.cache_dir)
+    out = Path(a.out)
+    write_json_atomic(out / "outliers.json", rep)
+    write_text_atomic(out / "outliers.md", markdown(rep))
+    print(markdown(rep))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""Build TensorRT engines (plan files) with the TensorRT 10 / 11 Python API: builder, ONNX parser, config,
+progress monitor, timing cache, and the atomic write of the plan.
+
+What is built is decided first, without TensorRT, by :func:`export.tensorrt.plan.plan_build` (flags, profile,
+pinned layers, session); :func:`build_engine` only carries that plan out. Notes on the API, from TensorRT's
+binding sources:
+
+* ``INetworkDefinition.get_layer`` returns the base ``ILayer``; type-specific attributes (e.g.
+  ``INormalizationLayer.compute_precision``) need the layer cast to its class (``layer.__class__ = ...``).
+* ``ILayer.precision`` / ``set_output_type`` exist on TensorRT 10 only (deprecated in 10.12, removed in 11);
+  they are used only on the builder-flag path, which TensorRT 11 does not have.
+* ``IBuilderConfig.set_timing_cache`` returns False for another TensorRT/GPU's cache (``ignore_mismatch=False``).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from runtime.backends.tensorrt_detect import TensorRTUnavailable, import_tensorrt, tensorrt_available
+from runtime.files import write_bytes_atomic
+
+from export.tensorrt.plan import (TensorRTBuildError, TensorRTBuildOptions, TensorRTPlan, parse_trt_version,  # noqa: F401
+                            plan_build)
+
+__all__ = ["TensorRTBuildError", "TensorRTBuildOptions", "build_engine", "tensorrt_available"]
+
+
+def _import_tensorrt() -> Any:
+    try:
+        return import_tensorrt()
+    except TensorRTUnavailable as e:
+        raise TensorRTBuildError(str(e)) from e
+
+
+def _make_logger(trt: Any, verbose: bool) -> Any:
+    """An ILogger that prints WARNING+ (VERBOSE+ with verbose) and keeps the errors for our messages."""
+
+    class _Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+            self.threshold = int(trt.ILogger.Severity.VERBOSE if verbose else trt.ILogger.Severity.WARNING)
+
+        def log(self, severity: Any, msg: str) -> None:
+            if int(severity) <= int(trt.ILogger.Severity.ERROR):
+                self.errors.append(msg)
+            if int(severity) <= self.threshold:
+                print(f"[TensorRT {getattr(severity, 'name', severity)}] {msg}", file=sys.stderr)
+
+    return _Logger()
+
+
+def _make_progress_monitor(trt: Any) -> Any | None:
+    """An IProgressMonitor driving one tqdm bar per optimiser phase (TensorRT >= 10), or None."""
+    if not hasattr(trt, "IProgressMonitor"):
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+
+    class _TqdmMonitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self._lock = threading.Lock()  # TensorRT may call from several threads
+            self._bars: dict[str, Any] = {}
+            self._depth: dict[str, int] = {}
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            try:
+                with self._lock:
+                    depth = self._depth.get(parent_phase, -1) + 1 if parent_phase else 0
+                    self._depth[phase_name] = depth
+                    self._bars[phase_name] = tqdm(total=num_steps, desc=phase_name, position=depth,
+                                                  leave=depth == 0, dynamic_ncols=True)
+            except Exception:  # noqa: BLE001 - never let a progress bar break a build
+                pass
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            try:
+                with self._lock:
+                    bar = self._bars.get(phase_name)
+                    if bar is not None and step + 1 > bar.n:
+                        bar.update(step + 1 - bar.n)
+            except Exception:  # noqa: BLE001
+                pass
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name: str) -> None:
+            try:
+                with self._lock:
+                    bar = self._bars.pop(phase_name, None)
+                    self._depth.pop(phase_name, None)
+                    if bar is not None:
+                        bar.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+        def close_all(self) -> None:
+            with self._lock:
+                for bar in self._bars.values():
+                    bar.close()
+                self._bars.clear()
+
+    return _TqdmMonitor()
+
+
+def _enum(trt: Any, enum_name: str, member: str, version: str, what: str) -> Any:
+    enum = getattr(trt, enum_name, None)
+    if enum is None or not hasattr(enum, member):
+        raise TensorRTBuildError(f"TensorRT {version} has no {enum_name}.{member} ({what})")
+    return getattr(enum, member)
+
+
+def _parser_errors(parser: Any) -> list[str]:
+    out = []
+    for i in range(parser.num_errors):
+        err = parser.get_error(i)
+        parts = []
+        node_name = err.node_name() if hasattr(err, "node_name") else ""
+        node_op = err.node_operator() if hasattr(err, "node_operator") else ""
+        if node_name or node_op:
+            parts.append(f"node '{node_name}' ({node_op})")
+        elif hasattr(err, "node") and err.node() >= 0:
+            parts.append(f"node #{err.node()}")
+        parts.append(err.desc() if hasattr(err, "desc") else str(err))
+        out.append(": ".join(parts))
+    return out
+
+
+def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike,
+                 options: TensorRTBuildOptions | None = None, progress: bool = True) -> dict[str, Any]:
+    """Build ``onnx_path`` into the TensorRT plan ``plan_path`` (written atomically); returns build info.
+
+    Raises TensorRTBuildError when TensorRT is missing, the plan is refused (see :func:`plan_build`),
+    the parser fails (its errors listed) or the builder returns no engine (TensorRT's errors listed).
+    """
+    options = options or TensorRTBuildOptions()
+    trt = _import_tensorrt()
+    version = str(trt.__version__)
+    plan = plan_build(onnx_path, options, trt_version=version)
+    onnx_file = Path(onnx_path)
+    out = Path(plan_path)
+    logger = _make_logger(trt, options.verbose)
+
+    def fail(msg: str) -> TensorRTBuildError:
+        errs = logger.errors[-10:]
+        return TensorRTBuildError(msg + ("\nTensorRT errors:\n  - " + "\n  - ".join(errs) if errs else ""))
+
+    builder = trt.Builder(logger)
+    flags = 0
+    for name in plan.creation_flags:
+        flags |= 1 << int(_enum(trt, "NetworkDefinitionCreationFlag", name, version, "network creation flag"))
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_file)):  # from the file, so external data is found beside it
+        errors = _parser_errors(parser)
+        raise fail(f"{onnx_file}: TensorRT {version}'s ONNX parser failed ({len(errors)} errors):\n  - "
+                   + "\n  - ".join(errors[:20]))
+
+    net_inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    input_name = plan.profile["input"]
+    if input_name not in [t.name for t in net_inputs]:
+        raise fail(f"{onnx_file}: the parsed network's inputs are {[t.name for t in net_inputs]}; expected "
+                   f"'{input_name}'")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.config["workspace_bytes"])
+    for name in plan.builder_flags:
+        config.set_flag(_enum(trt, "BuilderFlag", name, version, f"needed for precision {plan.precision!r}"))
+    for name in plan.clear_builder_flags:
+        if hasattr(trt.BuilderFlag, name):
+            config.clear_flag(getattr(trt.BuilderFlag, name))
+
+    pinned = 0
+    if plan.fp32_layer_types:  # the builder-flag path only (TensorRT 10): LayerNorm and Softmax stay FP32
+        pin_types = {_enum(trt, "LayerType", t, version, "layer type pinned to FP32") for t in plan.fp32_layer_types}
+        norm_type = getattr(trt.LayerType, "NORMALIZATION", None)
+        for i in range(network.num_layers):
+            layer = network.get_layer(i)  # the base ILayer
+            if layer.type not in pin_types:
+                continue
+            layer.precision = trt.float32
+            for j in range(layer.num_outputs):
+                layer.set_output_type(j, trt.float32)
+            if layer.type == norm_type and hasattr(trt, "INormalizationLayer"):
+                layer.__class__ = trt.INormalizationLayer  # compute_precision lives on the subclass
+                layer.compute_precision = trt.float32  # LayerNorm's accumulation type
+            pinned += 1
+
+    profile = builder.create_optimization_profile()
+    prof = plan.profile
+    profile.set_shape(input_name, prof["min"], prof["opt"], prof["max"])
+    if config.add_optimization_profile(profile) < 0:
+        raise fail(f"{onnx_file}: TensorRT rejected the optimisation profile {prof}")
+
+    if options.dla_core is not None:
+        cores = getattr(builder, "num_DLA_cores", None)  # Builder.num_DLA_cores: DLA engines on this device
+        if cores is not None and not 0 <= options.dla_core < int(cores):
+            raise fail(f"dla_core={options.dla_core}, but this device has {int(cores)} DLA core(s); expected "
+                       f"0..{int(cores) - 1} (none: build for the GPU with dla_core=None)")
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = int(options.dla_core)
+    level = plan.config["hardware_compatibility_level"]
+    if level != "NONE":
+        config.hardware_compatibility_level = _enum(trt, "HardwareCompatibilityLevel", level, version,
+                                                    f"hardware_compatibility={options.hardware_compatibility!r}")
+    if options.builder_optimization_level is not None:
+        config.builder_optimization_level = int(options.builder_optimization_level)
+
+    warnings = list(plan.warnings)
+    cache_info: dict[str, Any] = {"path": options.timing_cache, "loaded": False, "saved": False}
+    if options.timing_cache:
+        cache_path = Path(options.timing_cache)
+        blob = cache_path.read_bytes() if cache_path.is_file() else b""
+        # IBuilderConfig.create_timing_cache(bytes) gives no cache for an unreadable blob, and
+        # set_timing_cache(cache, ignore_mismatch=False) returns False for another TensorRT/GPU's cache.
+        cache = config.create_timing_cache(blob)
+        if cache is None or not config.set_timing_cache(cache, False):
+            warnings.append(f"{cache_path}: timing cache unreadable or made by another TensorRT/GPU; "
+                                    "starting empty")
+            cache = config.create_timing_cache(b"")
+            if cache is None or not config.set_timing_cache(cache, False):
+                raise fail(f"{onnx_file}: TensorRT {version} could not create an empty timing cache")
+        else:
+            cache_info["loaded"] = bool(blob)
+
+    # ProgressMonitor.html: the monitor must outlive the config/builder using it (both are locals here).
+    monitor = _make_progress_monitor(trt) if progress and hasattr(config, "progress_monitor") else None
+    if monitor is not None:
+        config.progress_monitor = monitor
+
+    t0 = time.perf_counter()
+    try:
+        serialized = builder.build_serialized_network(network, config)
+    finally:
+        if monitor is not None:
+            monitor.close_all()
+    seconds = time.perf_counter() - t0
+    if serialized is None:
+        raise fail(f"{onnx_file}: TensorRT {version} failed to build the engine (precision {plan.precision}, "
+                   f"flags {plan.builder_flags}, profile {prof})")
+    data = memoryview(serialized)
+    write_bytes_atomic(out, data)
+    plan_sha = hashlib.sha256(data).hexdigest()
+
+    if options.timing_cache:
+        timing = config.get_timing_cache()
+        if timing is not None:
+            write_bytes_atomic(Path(options.timing_cache), memoryview(timing.serialize()))
+            cache_info["saved"] = True
+
+    return {
+        "trt_version": version,
+        "seconds": round(seconds, 3),
+        "plan_path": str(out),
+        "plan_bytes": out.stat().st_size,
+        "plan_sha256": plan_sha,
+        "onnx_sha256": plan.onnx["sha256"],
+        "precision": plan.precision,
+        "strongly_typed": plan.strongly_typed,
+        "creation_flags": list(plan.creation_flags),
+        "builder_flags": list(plan.builder_flags),
+        "fp32_pinned_layers": pinned,
+        "profile": {k: list(v) if isinstance(v, tuple) else v for k, v in prof.items()},
+        "input": plan.input,
+        "outputs": list(plan.outputs or ()),
+        "version_compatible": bool(options.version_compatible),
+        "hardware_compatibility": options.hardware_compatibility,
+        "dla_core": options.dla_core,
+        "timing_cache": cache_info,
+        "warnings": warnings,
+        "session": plan.session.to_dict(),
+        "build_plan": plan.to_dict(),
+    }
+
+
