@@ -1,17 +1,19 @@
 # TimeSformer deployment pipeline. Every target that needs Python makes the venv first.
 # `make help` lists the targets and their options (from the `## ` comments below).
 SHELL := /bin/bash
-PYTHON ?= python3
+PYTHON ?= python3#       the Python that makes the venv (any target)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-# ---- Options: one name, one meaning, for every target that takes it (README.md has the details).
+# ---- Options: one name, one meaning, in every target that takes it (docs/ has the details). A target's `## `
+# comment below lists the options it takes: NAME=<...> outside the brackets is required, [NAMES] are optional.
+# An option a target does not take, or a misspelled one, is an error (exit 2) rather than silently ignored.
 MODEL ?= models/weights/motion_tiny.safetensors# preset name or checkpoint (.pyth, HF folder, .safetensors)
 PRECISION ?= fp32#       fp32 | fp16 | int8
 BACKEND ?= auto#         auto | onnxruntime | tensorrt | openvino
 ATTENTION ?= auto#       auto | onnx | decomposed | ort
-OUT ?=#                  output path (bundle folder, ONNX file, report folder)
+OUT ?=#                  where the target writes its result (bundle or report folder, ONNX, JSON or checkpoint file); default: the target's own
 ENGINE ?=#               a bundle folder, e.g. engines/motion_tiny-fp32-onnxruntime
 CLIPS ?=#                evaluation clips: a videos folder | synthetic[:SEED] | clips.npz
 CALIB ?=#                calibration clips, same forms as CLIPS
@@ -31,12 +33,51 @@ SECONDS ?= 20#           how long a load runs, seconds
 KILL_AFTER ?=#           make load-test: ray.kill one replica this many seconds in
 CAMERAS ?= 16#           simulated cameras (make bench-cameras)
 FPS ?= 25#               frames per second of each simulated camera (make bench-cameras)
+SOURCE ?=#               make bench-cameras: a video file every camera loops, decode included (synthetic-720p: made here)
 TASK ?= motion#          synthetic task of make train-motion: motion (8 classes) | motion16 (16: slow/fast, harder)
 
-.PHONY: help setup test test-fast demo onnx engine parity bench bench-onnx bench-cpu bench-precision bench-accuracy train-motion gpu-check serve load-test triton bench-cameras clean
+# ---- Checking the command line (at parse time, so `make -n` checks too).
+OPTION_NAMES := $(shell sed -nE 's/^([A-Z_]+) \?=.*/\1/p' $(firstword $(MAKEFILE_LIST)))
+#: options every target takes (PYTHON makes the venv)
+GLOBAL_OPTIONS := PYTHON
+#: variables make itself reads from the command line; never options of ours
+MAKE_VARIABLES := MAKEFLAGS MFLAGS MAKEOVERRIDES MAKEFILES MAKELEVEL SHELL .SHELLFLAGS
+#: the command line's NAME=value variables (environment variables are not among them)
+COMMAND_LINE_VARIABLES := $(filter-out $(MAKE_VARIABLES),$(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),$(v))))
+GOALS := $(or $(MAKECMDGOALS),help)
+# $(call target_doc,TARGET): the `## ` comment of TARGET
+target_doc = $(shell sed -nE 's/^$(1):.*## (.*)/\1/p' $(firstword $(MAKEFILE_LIST)))
+# $(call required_options,TARGET): the NAME=<...> options outside the brackets of TARGET's comment
+required_options = $(filter $(OPTION_NAMES),$(shell sed -nE 's/^$(1):.*## (.*)/\1/p' $(firstword $(MAKEFILE_LIST)) | sed -E 's/\[[^]]*\]//g' | grep -oE '[A-Z_]+=' | tr -d =))
+# $(call target_options,TARGET): every option TARGET takes (required and [optional])
+target_options = $(filter $(OPTION_NAMES),$(subst =, ,$(subst ], ,$(subst [, ,$(call target_doc,$(1))))))
+# $(call closest,NAME,CANDIDATES): the candidate nearest to NAME by spelling, or nothing
+closest = $(shell $(PYTHON) -c 'import difflib, sys; m = difflib.get_close_matches(sys.argv[1].upper(), sys.argv[2:], 1, 0.6); print(m[0] if m else "")' $(1) $(2) 2>/dev/null)
+did_you_mean = $(if $(1), (did you mean $(1)?))
+
+ifneq ($(COMMAND_LINE_VARIABLES),)
+_unknown := $(firstword $(filter-out $(OPTION_NAMES) $(GLOBAL_OPTIONS),$(COMMAND_LINE_VARIABLES)))
+ifneq ($(_unknown),)
+$(error make: unknown option $(_unknown)$(call did_you_mean,$(call closest,$(_unknown),$(OPTION_NAMES) $(GLOBAL_OPTIONS))); `make help` lists the options)
+endif
+_taken := $(sort $(GLOBAL_OPTIONS) $(foreach g,$(GOALS),$(call target_options,$(g))))
+# a goal without a `## ` comment (a file, a misspelled target) is left to make itself
+_undocumented := $(strip $(foreach g,$(GOALS),$(if $(call target_doc,$(g)),,$(g))))
+_untaken := $(if $(_undocumented),,$(firstword $(filter-out $(_taken),$(COMMAND_LINE_VARIABLES))))
+ifneq ($(_untaken),)
+$(error make $(GOALS): $(_untaken) is not an option of $(GOALS)$(call did_you_mean,$(call closest,$(_untaken),$(_taken))); it takes: $(or $(filter-out $(GLOBAL_OPTIONS),$(_taken)),no options))
+endif
+endif
+# Required options (the guard, written once): `make bench` without ENGINE stops here, before the venv is made.
+$(foreach g,$(GOALS),$(foreach o,$(call required_options,$(g)),$(if $($(o)),,$(error make $(g): set $(o)=<...> ($(strip $(shell sed -nE 's/^$(o) \?=[^#]*# *(.*)/\1/p' $(firstword $(MAKEFILE_LIST))))); `make help` lists the options))))
+
+# $(call out_arg): the output path, passed as --out to every target that writes something
+out_arg = $(if $(OUT),--out $(OUT))
+
+.PHONY: help setup lint test test-fast demo onnx engine parity bench bench-onnx bench-cpu bench-precision bench-accuracy train-motion gpu-check serve load-test triton bench-cameras clean
 
 help: ## this list
-	@echo "Targets (options in [brackets]; README.md describes each):"
+	@echo "Targets (options in [brackets] are optional; docs/ describes each):"
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-zA-Z_-]+):.*## (.*)/  make \1\t\2/' | expand -t 24
 	@echo "Options:"
 	@grep -hE '^[A-Z_]+ \?=.*# ' $(MAKEFILE_LIST) | sed -E 's/^([A-Z_]+) \?= *([^#]*)#[ ]*(.*)/  \1=\2\t\3/' | expand -t 24
@@ -44,7 +85,7 @@ help: ## this list
 $(STAMP): pyproject.toml runtime/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ./runtime -e '.[dev]'
+	$(PY) -m pip install -q -e ./runtime -e '.[cpu,dev]'
 	@touch $(STAMP)
 
 setup: $(STAMP) ## the virtual environment (.venv; torch==2.13.0 CPU is pinned)
@@ -55,62 +96,79 @@ test: $(STAMP) ## the whole test suite [PYTEST_ARGS]
 test-fast: $(STAMP) ## the tests not marked slow [PYTEST_ARGS]
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-demo: $(STAMP) ## FP32 and INT8 bundles of the motion model, run on a video: labels, parity, latency
-	$(PY) -m export.demo
+lint: $(STAMP) ## ruff (lint and format check) and mypy over runtime/ (configured in pyproject.toml)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
-gpu-check: $(STAMP) ## NVIDIA GPU + TensorRT: TensorRT tests, FP32/FP16/INT8 engines vs ONNX Runtime, CUDA graphs, device memory; JSON report (~10 min); exits 2 naming what is missing
-	$(PY) -m export.tensorrt.gpu_check $(if $(OUT),--out $(OUT))
+demo: $(STAMP) ## FP32 and INT8 bundles of the motion model, run on a video: labels, parity, latency [OUT]
+	$(PY) -m export.demo $(out_arg)
+
+gpu-check: ## NVIDIA GPU: installs TensorRT by the driver CUDA major (tensorrt-cu12 or -cu13) or uses the JetPack TensorRT; engines vs ONNX Runtime, CUDA graphs, device memory; JSON report after each step (~10 min); exits 2 naming what is missing [OUT]
+	$(PYTHON) export/tensorrt/gpu_env.py --venv $(VENV) --stamp $(STAMP)
+	$(PY) -m export.tensorrt.gpu_check $(out_arg)
 
 onnx: $(STAMP) ## export ONNX [MODEL ATTENTION OUT]
-	$(PY) -m export.onnx.export --model $(MODEL) $(if $(filter-out auto,$(ATTENTION)),--attention $(ATTENTION)) $(if $(OUT),--out $(OUT))
+	$(PY) -m export.onnx.export --model $(MODEL) --attention $(ATTENTION) $(out_arg)
 
 engine: $(STAMP) ## build an engine bundle [PRECISION MODEL BACKEND CALIB BATCH ATTENTION OUT ALLOW_PARITY_FAILURE]
 	$(PY) -m export.bundle.build --model $(MODEL) --precision $(PRECISION) --backend $(BACKEND) \
-		$(if $(OUT),--out $(OUT)) $(if $(CALIB),--calib $(CALIB)) $(if $(BATCH),--batch $(BATCH)) \
-		$(if $(filter-out auto,$(ATTENTION)),--attention $(ATTENTION)) $(if $(ALLOW_PARITY_FAILURE),--allow-parity-failure)
+		--attention $(ATTENTION) $(out_arg) $(if $(CALIB),--calib $(CALIB)) $(if $(BATCH),--batch $(BATCH)) \
+		$(if $(ALLOW_PARITY_FAILURE),--allow-parity-failure)
 
-parity: $(STAMP) ## a bundle against FP32 PyTorch, exit 1 on failure: ENGINE=<bundle> [CLIPS MODEL_REF N]
-	@test -n "$(ENGINE)" || { echo "make parity: set ENGINE=<bundle directory> (e.g. engines/motion_tiny-fp32-onnxruntime)" >&2; exit 2; }
-	$(PY) -m export.bundle.parity --engine $(ENGINE) $(if $(CLIPS),--clips $(CLIPS)) $(if $(MODEL_REF),--model $(MODEL_REF)) \
-		$(if $(N),--n $(N))
+# make parity / make bench on a device: the project's venv if there is one, else $(PYTHON) with the runtime installed
+# (pip install ./runtime). Without torch they run python -m runtime check: the bundle against the reference stored in
+# it, and its latency (runtime/check.py); with torch, parity takes a fresh PyTorch reference (on new CLIPS too).
+RUN_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+has_torch = $(RUN_PY) -c 'import torch' >/dev/null 2>&1
+check_out = $(if $(OUT),--out $(OUT)/check.json)
+no_torch_options = CLIPS, MODEL_REF and N take a fresh PyTorch reference: they need torch in $(RUN_PY)
 
-bench: $(STAMP) ## latency and throughput of a bundle: ENGINE=<bundle> [BATCHES THREADS]
-	@test -n "$(ENGINE)" || { echo "make bench: set ENGINE=<bundle directory> (e.g. engines/motion_tiny-fp32-onnxruntime)" >&2; exit 2; }
-	$(PY) -m export.bench.engine --engine $(ENGINE) $(if $(BATCHES),--batch $(BATCHES)) $(if $(THREADS),--threads $(THREADS))
+parity: $(if $(wildcard $(PY)),$(STAMP)) ## a bundle against FP32 PyTorch (without torch: against its stored reference), exit 1 on failure: ENGINE=<bundle> [CLIPS MODEL_REF N OUT]
+	@if $(has_torch); then set -x; \
+		$(RUN_PY) -m export.bundle.parity --engine $(ENGINE) $(if $(CLIPS),--clips $(CLIPS)) \
+			$(if $(MODEL_REF),--model $(MODEL_REF)) $(if $(N),--n $(N)) $(out_arg); \
+	else $(if $(CLIPS)$(MODEL_REF)$(N),echo "make parity: $(no_torch_options)" >&2; exit 2;) \
+		echo "make parity: no torch in $(RUN_PY): checking $(ENGINE) against the reference stored in the bundle (python -m runtime check)" >&2; \
+		$(if $(OUT),mkdir -p $(OUT) &&) set -x && $(RUN_PY) -m runtime check $(ENGINE) --no-latency --no-profile $(check_out); fi
 
-bench-cameras: $(STAMP) ## many cameras through the batching hub: ENGINE=<bundle> [CAMERAS FPS SECONDS THREADS]
-	@test -n "$(ENGINE)" || { echo "make bench-cameras: set ENGINE=<bundle directory> (e.g. engines/motion_tiny-int8-onnxruntime)" >&2; exit 2; }
+bench: $(if $(wildcard $(PY)),$(STAMP)) ## latency and throughput of a bundle (without torch: python -m runtime check): ENGINE=<bundle> [BATCHES THREADS OUT]
+	@if $(has_torch); then set -x; \
+		$(RUN_PY) -m export.bench.engine --engine $(ENGINE) $(if $(BATCHES),--batch $(BATCHES)) \
+			$(if $(THREADS),--threads $(THREADS)) $(out_arg); \
+	else echo "make bench: no torch in $(RUN_PY): timing $(ENGINE) with python -m runtime check (parity against its stored reference, latency, per-layer profile)" >&2; \
+		$(if $(OUT),mkdir -p $(OUT) &&) set -x && $(RUN_PY) -m runtime check $(ENGINE) $(if $(BATCHES),--batch $(BATCHES)) \
+			$(if $(THREADS),--threads $(THREADS)) $(check_out); fi
+
+bench-cameras: $(STAMP) ## many cameras through the batching hub: ENGINE=<bundle> [CAMERAS FPS SECONDS THREADS SOURCE OUT]
 	$(PY) -m export.bench.cameras --engine $(ENGINE) --cameras $(CAMERAS) --fps $(FPS) --seconds $(SECONDS) \
-		$(if $(THREADS),--threads $(THREADS))
+		$(if $(THREADS),--threads $(THREADS)) $(if $(SOURCE),--source $(SOURCE)) $(out_arg)
 
-bench-onnx: $(STAMP) ## our ONNX (each attention form) vs the plain transformers export, ONNX Runtime CPU (~10 min)
-	$(PY) -m export.bench.onnx_forms
+bench-onnx: $(STAMP) ## our ONNX (each attention form) vs the plain transformers export, ONNX Runtime CPU (~10 min) [OUT]
+	$(PY) -m export.bench.onnx_forms $(out_arg)
 
-bench-cpu: $(STAMP) ## every CPU backend and precision vs PyTorch and transformers, GEMM peak (base: ~10 min) [MODEL THREADS OUT]
-	$(PY) -m export.bench.cpu $(if $(filter-out models/weights/motion_tiny.safetensors,$(MODEL)),--model $(MODEL)) \
-		$(if $(THREADS),--threads $(THREADS)) $(if $(OUT),--out-dir $(OUT))
+bench-cpu: $(STAMP) ## every CPU backend and precision vs PyTorch and transformers, GEMM peak (MODEL=base: ~10 min) [MODEL THREADS OUT]
+	$(PY) -m export.bench.cpu --model $(MODEL) $(if $(THREADS),--threads $(THREADS)) $(out_arg)
 
-bench-precision: $(STAMP) ## FP32 vs INT8 (vs FP16) on ONNX Runtime CPU [MODEL]
-	$(PY) -m export.bench.precision $(if $(filter-out models/weights/motion_tiny.safetensors,$(MODEL)),--model $(MODEL))
+bench-precision: $(STAMP) ## FP32 vs INT8 (vs FP16) on ONNX Runtime CPU [MODEL OUT]
+	$(PY) -m export.bench.precision --model $(MODEL) $(out_arg)
 
-bench-accuracy: $(STAMP) ## accuracy of every bundle of a trained model vs FP32 PyTorch, 1600 held-out clips (motion16: ~3 min) [MODEL N OUT]
-	$(PY) -m export.bench.accuracy $(if $(filter-out models/weights/motion_tiny.safetensors,$(MODEL)),--model $(MODEL)) \
-		$(if $(N),--n $(N)) $(if $(THREADS),--threads $(THREADS)) $(if $(OUT),--out-dir $(OUT))
+bench-accuracy: $(STAMP) ## accuracy of every bundle of a trained model vs FP32 PyTorch, 1600 held-out clips (MODEL=models/weights/motion16.safetensors: ~3 min) [MODEL N THREADS OUT]
+	$(PY) -m export.bench.accuracy --model $(MODEL) $(if $(N),--n $(N)) $(if $(THREADS),--threads $(THREADS)) $(out_arg)
 
 train-motion: $(STAMP) ## train a motion model (motion ~4 min, motion16 ~12 min on 2 cores) [TASK OUT]
-	$(PY) -m models.train_motion $(if $(filter-out motion,$(TASK)),--task $(TASK)) $(if $(OUT),--out $(OUT))
+	$(PY) -m models.train_motion --task $(TASK) $(out_arg)
 
-serve: $(STAMP) ## serve a bundle on Ray Serve at 127.0.0.1 (RAY_ADDRESS: join a cluster): ENGINE=<bundle> [PORT REPLICAS BATCHING]
-	@test -n "$(ENGINE)" || { echo "make serve: set ENGINE=<bundle directory> (e.g. engines/motion_tiny-fp32-onnxruntime)" >&2; exit 2; }
-	$(PY) -m runtime.serving --engine $(ENGINE) --port $(PORT) --replicas $(REPLICAS) $(if $(filter 0,$(BATCHING)),--no-batching)
+serve: $(STAMP) ## serve a bundle on Ray Serve at 127.0.0.1 (RAY_ADDRESS: join a cluster): ENGINE=<bundle> [PORT REPLICAS BATCHING THREADS]
+	$(PY) -m runtime.serving --engine $(ENGINE) --port $(PORT) --replicas $(REPLICAS) $(if $(filter 0,$(BATCHING)),--no-batching) \
+		$(if $(THREADS),--threads $(THREADS))
 
-load-test: $(STAMP) ## load a served engine, one JSON line of counts and latencies [URL CLIENTS SECONDS KILL_AFTER ENGINE]
+load-test: $(STAMP) ## load a served engine, one JSON line of counts and latencies [URL CLIENTS SECONDS KILL_AFTER ENGINE OUT]
 	$(PY) -m export.serving.load_test --url $(URL) --clients $(CLIENTS) --seconds $(SECONDS) \
-		$(if $(KILL_AFTER),--kill-after $(KILL_AFTER)) $(if $(ENGINE),--engine $(ENGINE))
+		$(if $(KILL_AFTER),--kill-after $(KILL_AFTER)) $(if $(ENGINE),--engine $(ENGINE)) $(out_arg)
 
 triton: $(STAMP) ## a Triton model repository for a bundle: ENGINE=<bundle> [OUT=artifacts/triton]
-	@test -n "$(ENGINE)" || { echo "make triton: set ENGINE=<bundle directory> (e.g. engines/motion_tiny-fp32-onnxruntime)" >&2; exit 2; }
-	$(PY) -m export.serving.triton --engine $(ENGINE) --out $(if $(OUT),$(OUT),artifacts/triton)
+	$(PY) -m export.serving.triton --engine $(ENGINE) --out $(or $(OUT),artifacts/triton)
 
 clean: ## remove artifacts/ and engines/ (bundles you built) and the pytest cache
 	rm -rf artifacts engines .pytest_cache

@@ -6,6 +6,7 @@
    next to the true action;
 4. prints each bundle's build-time parity summary and its latency on this machine.
 """
+
 from __future__ import annotations
 
 import sys
@@ -14,9 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.cli_args import ArgumentParser
-
-from runtime.cli_args import user_errors
+from runtime.cli_args import ArgumentParser, user_errors
 
 MODEL = "models/weights/motion_tiny.safetensors"
 
@@ -60,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precisions", default="fp32,int8")
     ap.add_argument("--out", default="artifacts/demo")
     a = ap.parse_args(argv)
-    from export.bench.engine import time_call
+    from export.bench.harness import percentiles, time_call
     from export.bundle.build import BuildRequest, build_bundle
     from runtime import Engine
     from runtime.video_source import iter_frames
@@ -70,8 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     bundles = {}
     for precision in a.precisions.split(","):
         print(f"\n== make engine PRECISION={precision} (ONNX Runtime, CPU)", flush=True)
-        req = BuildRequest(model=a.model, precision=precision, backend="onnxruntime",
-                           out=str(Path("engines") / f"motion_tiny-{precision}-onnxruntime"), calib_clips=32)
+        req = BuildRequest(
+            model=a.model,
+            precision=precision,
+            backend="onnxruntime",
+            out=str(Path("engines") / f"motion_tiny-{precision}-onnxruntime"),
+            calib_clips=32,
+        )
         bundles[precision] = build_bundle(req)
 
     video = out / "demo.mp4"
@@ -99,11 +103,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  frame {i:4d}: {top:60s} {pred.latency_ms:6.1f} ms  {mark}")
         parity = engine.manifest["parity"]
         x = np.random.default_rng(0).standard_normal((1,) + engine.clip_shape).astype(np.float32)
-        lat = np.median(time_call(lambda: engine.infer(x), 20, 3)) * 1e3
-        print(f"  {precision}: {hits}/{total} windows inside a clip correct; build parity "
-              f"{'passed' if parity['passed'] else 'FAILED'} (max |dlogit| {parity['max_abs_logit']:.2e}, "
-              f"min cosine {parity['min_cosine']:.5f}, top-1 agreement {parity['top1_agreement']:.2f}); "
-              f"inference p50 {lat:.1f} ms per clip")
+        lat = percentiles(time_call(lambda e=engine, x=x: e.infer(x), 20, 3))["p50_ms"]
+        print(
+            f"  {precision}: {hits}/{total} windows inside a clip correct; build parity "
+            f"{'passed' if parity['passed'] else 'FAILED'} (max |dlogit| {parity['max_abs_logit']:.2e}, "
+            f"min cosine {parity['min_cosine']:.5f}, top-1 agreement {parity['top1_agreement']:.2f}); "
+            f"inference p50 {lat:.1f} ms per clip"
+        )
         engine.close()
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; bundles in engines/, video in {video}")
     return 0

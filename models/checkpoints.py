@@ -22,7 +22,7 @@ import torch
 from runtime.files import sha256_file, temp_path_beside, write_bytes_atomic, write_json_atomic
 from runtime.preprocess import PreprocessConfig
 
-from .config import TimeSformerConfig
+from .config import LIMITS, TimeSformerConfig, check_field
 from .timesformer import TimeSformer
 
 OUR_FORMAT = "timesformer-deploy/1"
@@ -100,8 +100,52 @@ def infer_config(state: Mapping[str, torch.Tensor], source: str, num_heads: int 
         raise CheckpointError(f"{source}: weights fit no valid config: {e}") from e
 
 
+def _expected_shapes(cfg: TimeSformerConfig) -> dict[str, tuple[tuple[int, ...], str]]:
+    """A few tensors' shapes as the config implies them, with the config fields that set them."""
+    d = cfg.embed_dim
+    shapes = {"patch_embed.proj.weight": ((d, cfg.in_chans, cfg.patch_size, cfg.patch_size),
+                                          "embed_dim, in_chans, patch_size"),
+              "pos_embed": ((1, cfg.num_patches + 1, d), "image_size / patch_size, embed_dim"),
+              "head.weight": ((cfg.num_classes, d), "num_classes, embed_dim"),
+              "blocks.0.mlp.fc1.weight": ((cfg.mlp_hidden, d), "mlp_ratio (intermediate_size), embed_dim")}
+    if cfg.attention_type != "space_only":
+        shapes["time_embed"] = ((1, cfg.num_frames, d), "num_frames, embed_dim")
+    return shapes
+
+
+def check_fits(state: Mapping[str, torch.Tensor], cfg: TimeSformerConfig, source: str) -> None:
+    """CheckpointError, naming the config field, when the (validated) config cannot describe these weights: its
+    attention type, its depth, or its parameter count (computed from the config alone) differs from the file's.
+    Runs before any model is built, so a config that would allocate more than the file holds never does."""
+    from .flops import count_params
+
+    divided = "blocks.0.temporal_fc.weight" in state
+    timed = "time_embed" in state
+    kind = "divided_space_time" if divided else ("joint_space_time" if timed else "space_only")
+    if cfg.attention_type != kind:
+        raise CheckpointError(f"{source}: attention_type: the config says {cfg.attention_type}, the weights are "
+                              f"{kind} (temporal_fc {'present' if divided else 'absent'}, time_embed "
+                              f"{'present' if timed else 'absent'})")
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
+    if len(blocks) != cfg.depth:
+        raise CheckpointError(f"{source}: depth: the config says {cfg.depth} blocks, the weights hold {len(blocks)}"
+                              + (f" (blocks.{min(blocks)}..blocks.{max(blocks)})" if blocks else ""))
+    want = count_params(cfg)
+    got = sum(int(v.numel()) for v in state.values() if isinstance(v, torch.Tensor))
+    if want != got:
+        for key, (shape, fields) in _expected_shapes(cfg).items():
+            if key in state and tuple(state[key].shape) != shape:
+                raise CheckpointError(f"{source}: config fields {fields}: they give {key} the shape {shape}, the "
+                                      f"weights have {tuple(state[key].shape)} (the config describes {want:,} "
+                                      f"parameters, the file holds {got:,})")
+        raise CheckpointError(f"{source}: the config describes {want:,} parameters, the file holds {got:,}: the "
+                              "config does not fit these weights")
+
+
 def build_from_state(state: Mapping[str, torch.Tensor], cfg: TimeSformerConfig, source: str) -> TimeSformer:
-    """A model with exactly these weights; any missing, unexpected or mis-shaped key is an error."""
+    """A model with exactly these weights; any missing, unexpected or mis-shaped key is an error (the config
+    is checked against the weights first, :func:`check_fits`, so nothing is allocated for a config that lies)."""
+    check_fits(state, cfg, source)
     model = TimeSformer(cfg)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -203,6 +247,12 @@ _HF_RULES = [
 ]
 
 
+#: Hugging Face config key -> our config field (checked with :func:`models.config.check_field`)
+_HF_FIELDS = {"image_size": "image_size", "patch_size": "patch_size", "num_frames": "num_frames",
+              "num_channels": "in_chans", "hidden_size": "embed_dim", "num_hidden_layers": "depth",
+              "num_attention_heads": "num_heads", "layer_norm_eps": "layer_norm_eps"}
+
+
 def hf_to_official(state: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
     """Rename ``transformers`` Timesformer keys to the official names."""
     out = {}
@@ -260,8 +310,22 @@ def load_hf(path: str | os.PathLike) -> tuple[TimeSformer, CheckpointInfo]:
         raise CheckpointError(f"{cfg_path}: missing; a Hugging Face checkpoint directory needs config.json")
     try:
         hf = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from e
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{cfg_path}: expected a JSON object of config fields, got {type(hf).__name__}")
+    try:  # every field before the weights are read or a model is built
+        for hf_key, ours in _HF_FIELDS.items():
+            if hf_key in hf:
+                check_field(ours, hf[hf_key], hf_key)
+        inter = hf.get("intermediate_size", 3072)
+        if isinstance(inter, bool) or not isinstance(inter, int) or not 1 <= inter <= 64 * LIMITS["embed_dim"][2]:
+            raise ValueError(f"intermediate_size: expected an integer in 1..{64 * LIMITS['embed_dim'][2]}, "
+                             f"got {inter!r:.40}")
+        if not isinstance(hf.get("qkv_bias", True), bool):
+            raise ValueError(f"qkv_bias: expected true or false, got {hf['qkv_bias']!r:.40}")
+    except ValueError as e:
+        raise CheckpointError(f"{cfg_path}: {e}") from e
     if hf.get("model_type") not in (None, "timesformer"):
         raise CheckpointError(f"{cfg_path}: model_type: expected 'timesformer', got {hf.get('model_type')!r}")
     if hf.get("hidden_act", "gelu") != "gelu":
@@ -270,14 +334,21 @@ def load_hf(path: str | os.PathLike) -> tuple[TimeSformer, CheckpointInfo]:
     state = hf_to_official(state, str(weights))
     attention_type = hf.get("attention_type", "divided_space_time")
     # transformers' space_only returns one row of logits per frame; ours averages as the official model does.
-    cfg = TimeSformerConfig(
-        image_size=hf.get("image_size", 224), patch_size=hf.get("patch_size", 16), num_frames=hf.get("num_frames", 8),
-        in_chans=hf.get("num_channels", 3), embed_dim=hf.get("hidden_size", 768),
-        depth=hf.get("num_hidden_layers", 12), num_heads=hf.get("num_attention_heads", 12),
-        mlp_ratio=hf.get("intermediate_size", 3072) / hf.get("hidden_size", 768), qkv_bias=hf.get("qkv_bias", True),
-        layer_norm_eps=hf.get("layer_norm_eps", 1e-6), num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0,
-        attention_type=attention_type,
-    )
+    head = state.get("head.weight")
+    if head is None or head.ndim != 2:
+        raise CheckpointError(f"{weights}: no 2-D classifier.weight; not a TimesformerForVideoClassification")
+    try:
+        cfg = TimeSformerConfig(
+            image_size=hf.get("image_size", 224), patch_size=hf.get("patch_size", 16),
+            num_frames=hf.get("num_frames", 8), in_chans=hf.get("num_channels", 3),
+            embed_dim=hf.get("hidden_size", 768), depth=hf.get("num_hidden_layers", 12), num_heads=hf.get("num_attention_heads", 12),
+            mlp_ratio=hf.get("intermediate_size", 3072) / hf.get("hidden_size", 768),
+            qkv_bias=hf.get("qkv_bias", True),
+            layer_norm_eps=hf.get("layer_norm_eps", 1e-6), num_classes=int(head.shape[0]),
+            attention_type=attention_type,
+        )
+    except ValueError as e:
+        raise CheckpointError(f"{cfg_path}: {e}") from e
     model = build_from_state(state, cfg, str(weights))
     labels = None
     if "id2label" in hf:
@@ -350,6 +421,8 @@ def load_ours(path: str | os.PathLike) -> tuple[TimeSformer, CheckpointInfo]:
         if not isinstance(side, dict):
             raise CheckpointError(f"{side_path}: expected a JSON object, got {type(side).__name__}")
         recorded = side.get("sha256")
+        if recorded is not None and not (isinstance(recorded, str) and re.fullmatch(r"[0-9a-f]{64}", recorded)):
+            raise CheckpointError(f"{side_path}: sha256: expected 64 lowercase hex digits, got {recorded!r:.80}")
         if recorded is not None and recorded != digest:
             raise CheckpointError(f"{path}: sha256 {digest[:16]}... does not match {recorded[:16]}... recorded in "
                                   f"{side_path.name}: the weights file changed after it was saved (or the sidecar "

@@ -1,12 +1,43 @@
 """TimeSformer configuration and the published presets."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from runtime.preprocess import PreprocessConfig
 
 ATTENTION_TYPES = ("divided_space_time", "joint_space_time", "space_only")
+
+#: type and range of every numeric field (far beyond any published TimeSformer): a checkpoint's config is
+#: checked against these before a model is built, so a hostile ``depth: 10**9`` never allocates
+LIMITS: dict[str, tuple[type, float, float]] = {
+    "image_size": (int, 1, 4096), "patch_size": (int, 1, 512), "num_frames": (int, 1, 1024), "in_chans": (int, 1, 64),
+    "embed_dim": (int, 1, 16384), "depth": (int, 1, 256), "num_heads": (int, 1, 1024), "num_classes": (int, 1, 100_000),
+    "mlp_ratio": (float, 0.0, 64.0), "layer_norm_eps": (float, 0.0, 1.0), "drop_rate": (float, 0.0, 1.0),
+    "attn_drop_rate": (float, 0.0, 1.0), "drop_path_rate": (float, 0.0, 1.0),
+}
+
+
+def check_field(name: str, value: Any, label: str | None = None) -> Any:
+    """``value`` when it has the type and range :data:`LIMITS` gives ``name``; else ValueError naming ``label``
+    (default ``name``: a Hugging Face config passes its own key), e.g. ``depth: expected an integer in 1..256``.
+    Floats are in the open interval above ``lo`` (an epsilon, a ratio) and below ``hi`` for the drop rates."""
+    kind, lo, hi = LIMITS[name]
+    label = label or name
+    text = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ValueError(f"{label}: expected an integer in {lo}..{hi}, got {text}")
+        return value
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    upper_open = name.endswith("drop_rate") or name == "drop_path_rate"
+    if ok:
+        ok = (lo <= value if lo == 0.0 and upper_open else lo < value) and (value < hi if upper_open else value <= hi)
+    if not ok:
+        lo_text = "[0" if upper_open else f"({lo:g}"
+        raise ValueError(f"{label}: expected a number in {lo_text}, {hi:g}{')' if upper_open else ']'}, got {text}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -30,15 +61,18 @@ class TimeSformerConfig:
     drop_path_rate: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.attention_type not in ATTENTION_TYPES:
+        for name in LIMITS:
+            check_field(name, getattr(self, name))
+        if not isinstance(self.qkv_bias, bool):
+            raise ValueError(f"qkv_bias: expected true or false, got {self.qkv_bias!r:.40}")
+        if not isinstance(self.attention_type, str) or self.attention_type not in ATTENTION_TYPES:
             raise ValueError(f"attention_type: expected one of {ATTENTION_TYPES}, got {self.attention_type!r}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        for name in ("image_size", "patch_size", "num_frames", "embed_dim", "depth", "num_heads", "num_classes"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.mlp_hidden < 1:
+            raise ValueError(f"mlp_ratio: {self.mlp_ratio} x embed_dim {self.embed_dim} leaves no MLP width")
 
     @property
     def grid(self) -> int:
@@ -63,6 +97,8 @@ class TimeSformerConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TimeSformerConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a JSON object of config fields, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:

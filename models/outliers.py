@@ -65,7 +65,7 @@ def add_outliers(net: TimeSformer, scale: float, channels: int, seed: int = 0, i
     gen = torch.Generator().manual_seed(seed)
     picked: dict[str, list[int]] = {}
     with torch.no_grad():
-        for ln_name, ln, lin_name, lin in ln_linear_pairs(out):
+        for ln_name, ln, _lin_name, lin in ln_linear_pairs(out):
             idx = torch.randperm(d, generator=gen)[:channels].sort().values
             ln.weight[idx] *= scale
             ln.bias[idx] *= scale

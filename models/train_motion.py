@@ -1,4 +1,5 @@
-"""Train the committed motion models: ``motion_8x64`` (TimeSformer, divided attention, width 192, depth 4, 8 frames of 64 px, 16 px patches) on the clips of a synthetic task.
+"""Train the committed motion models: ``motion_8x64`` (TimeSformer, divided attention, width 192, depth 4, 8 frames of
+64 px, 16 px patches) on the clips of a synthetic task.
 
 ``python -m models.train_motion [--task motion|motion16] [--out PATH] [--seed 0] [--clips N] [--epochs E]``
 
@@ -13,7 +14,8 @@ each clip once, resizes its short side to 64 as the preprocessing does, and augm
 temporal window, a random horizontal crop, a random channel order, and label-aware mirroring and
 time reversal (a mirrored "move_left" is a "move_right"; a reversed "grow" is a "shrink"; the task
 gives these label maps). The held-out set comes from a different seed and is read clip by clip with
-:func:`read_clip` exactly as at test time (centre window, centre crop). AdamW, warm-up then cosine decay, bf16 autocast on CPU.
+:func:`read_clip` exactly as at test time (centre window, centre crop). AdamW, warm-up then cosine decay, bf16 autocast
+on CPU.
 
 Two things make a from-scratch TimeSformer learn these clips in minutes (without them, a run on the
 first version of the clips was still at chance after 68 epochs): :func:`init_for_motion`, which starts
@@ -360,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = train(Path(a.out), a.seed, a.clips, a.epochs, a.batch, a.lr, a.heldout_clips, data_dir=a.data,
                  threads=a.threads, command=command.strip(), min_accuracy=a.min_accuracy,
                  stop_train_acc=a.stop_train_acc, weights_dtype=a.weights_dtype, task=a.task)
-    print(f"held-out top-1 {meta['heldout_accuracy']:.4f} on {meta['heldout_clips']} clips (seed {meta['heldout_seed']}); "
+    print(f"held-out top-1 {meta['heldout_accuracy']:.4f} on {meta['heldout_clips']} clips "
+          f"(seed {meta['heldout_seed']}); "
           f"{meta['seconds']:.0f} s; wrote {meta['path']}")
     if meta["heldout_accuracy"] < a.min_accuracy:
         print(f"held-out accuracy {meta['heldout_accuracy']:.4f} is below --min-accuracy {a.min_accuracy}", file=sys.stderr)

@@ -1,5 +1,8 @@
 """``python -m runtime BUNDLE SOURCE [SOURCE ...]``: run an engine bundle on video files, RTSP URLs or cameras.
 
+``python -m runtime check BUNDLE``: check the bundle on this device (parity against its stored reference, latency,
+the device fingerprint; see ``runtime/check.py``).
+
 One source: prints the running top-k with latency; ``--out annotated.mp4`` also draws it onto the frames.
 Several: runs them through one camera hub (windows of all cameras batched into one engine call) and
 prints each camera's results, then per-camera metrics. A source that yields no prediction (an image, a
@@ -11,17 +14,23 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .cli_args import ArgumentParser, UsageError
 from .engine import Engine, InputError
+from .files import check_output_file
 from .manifest import BundleError
 from .sources import VideoSource, is_live
 from .video_source import iter_frames
 
+if TYPE_CHECKING:  # annotations only (the hub is imported when several sources are given)
+    from .hub import HubResult
+    from .preprocess import PreprocessConfig
 
-def _writer(path: str, width: int, height: int, fps: int):
+
+def _writer(path: str, width: int, height: int, fps: int) -> tuple[Any, Any]:
     import av
     out = av.open(path, "w")
     stream = out.add_stream("libx264", rate=fps)
@@ -43,6 +52,11 @@ def _draw(frame: np.ndarray, lines: list[str]) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["check"]:  # python -m runtime check BUNDLE: parity, latency, fingerprint (runtime/check.py)
+        from .check import main as check_main
+
+        return check_main(argv[1:])
     ap = ArgumentParser(prog="python -m runtime", description=__doc__.splitlines()[0])
     ap.add_argument("bundle", help="engine bundle directory (holds manifest.json)")
     ap.add_argument("source", nargs="+", help="video file, rtsp:// URL, or camera index (0 = /dev/video0); several "
@@ -71,6 +85,18 @@ def main(argv: list[str] | None = None) -> int:
         if not is_live(src) and not Path(src).exists():
             print(f"python -m runtime: {src}: no such file", file=sys.stderr)
             return 2
+    for name in ("max_frames", "top_k", "every", "threads", "fps"):  # counts: 0 or less is a typo, not a request
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            print(f"python -m runtime: --{name.replace('_', '-')}: expected a positive integer, got {v}",
+                  file=sys.stderr)
+            return 2
+    if args.out:
+        try:  # never the input (issue 28 #2), and a folder that exists (#19)
+            check_output_file(args.out, [s for s in args.source if not is_live(s)] + [args.bundle])
+        except ValueError as e:
+            print(f"python -m runtime: {e}", file=sys.stderr)
+            return 2
 
     opts = {"threads": args.threads} if args.threads is not None else {}
     try:
@@ -83,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _no_prediction(source: str, frames: int, cfg) -> str:
+def _no_prediction(source: str, frames: int, cfg: PreprocessConfig) -> str:
     window = (cfg.num_frames - 1) * max(1, cfg.sampling_rate) + 1
     if frames == 0:
         return f"{source}: no frames decoded, no prediction"
@@ -134,7 +160,7 @@ def _run(args: argparse.Namespace, engine: Engine, source: str) -> int:
 def _run_hub(args: argparse.Namespace, engine: Engine) -> int:
     from .hub import CameraHub
 
-    def show(r) -> None:
+    def show(r: HubResult) -> None:
         top = ", ".join(f"{label} {p:.2f}" for label, p in r.top_k)
         print(f"camera {r.camera} frames {r.first_frame}-{r.last_frame}: {top}  ({r.latency_ms:.1f} ms, "
               f"batch {r.batch_size})", flush=True)

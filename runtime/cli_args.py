@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Any, Callable, NoReturn, TypeVar
 
+from .log import setup_logging
 
 
 class UsageError(ValueError):
@@ -49,6 +50,7 @@ def user_errors(prog: str, extra: tuple[type[BaseException], ...] = ()) -> Calla
     def wrap(main: F) -> F:
         @functools.wraps(main)
         def run(*args: Any, **kwargs: Any) -> int:
+            setup_logging()  # the one logging setup of every entry point (runtime/log.py)
             try:
                 return main(*args, **kwargs)
             except KeyboardInterrupt:

@@ -4,6 +4,7 @@ Needs numpy and one backend package (onnxruntime, or tensorrt + cuda-python); ne
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -11,16 +12,61 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .backends.base import Backend
 from .errors import BundleError, InputError
 from .manifest import MANIFEST_NAME, BundleFiles, parse_labels, validate_manifest
-from .prediction import Prediction, top_k
+from .prediction import Prediction, check_top_k, top_k
 from .preprocess import PreprocessConfig, preprocess_frames, sample_indices
 from .stream import ClipStream
 
 _DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
+#: the largest share of this machine's memory one batch of input may take (the hub holds a float32 copy as well,
+#: the engine its activations): a bundle asking for more is refused at load, not killed mid-run (issue 28 #10)
+MEMORY_SHARE = 0.25
 
 
-def _open_backend(bundle: Path, manifest: dict[str, Any], device: str, options: dict[str, Any]):
+class EngineClosedError(RuntimeError):
+    """The Engine was closed (``close()``); calls made afterwards are refused with this, not a crash."""
+
+
+def machine_memory_bytes() -> int | None:
+    """Physical memory available to this process: the RAM, or a smaller cgroup (container) limit; None if unknown."""
+    sizes = []
+    try:
+        sizes.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:
+            sizes.append(int(text))
+    return min(sizes) if sizes else None
+
+
+def check_batch_memory(manifest: dict[str, Any], where: str | os.PathLike, memory: int | None = None) -> None:
+    """Refuse a bundle whose largest input batch cannot fit this machine (``MEMORY_SHARE`` of its memory).
+
+    One line naming ``input.batch.max``, the bytes it needs and what the machine has; ``BundleError``."""
+    memory = machine_memory_bytes() if memory is None else memory
+    if not memory:
+        return
+    spec = manifest["input"]
+    per_clip = int(np.prod(spec["shape"][1:], dtype=np.int64)) * max(np.dtype(_DTYPES[spec["dtype"]]).itemsize, 4)
+    hi = int(spec["batch"]["max"])
+    need, limit = hi * per_clip, int(memory * MEMORY_SHARE)
+    if need > limit:
+        fits = max(0, limit // per_clip)
+        fix = f"rebuild with BATCH=min:opt:max at most {fits}" if fits else "one clip is too large for this machine"
+        raise BundleError(f"{where}: input.batch.max {hi}: a batch of {hi} clips {tuple(spec['shape'][1:])} needs "
+                          f"{need / 2**30:.2f} GiB of input, over {MEMORY_SHARE:.0%} of this machine's "
+                          f"{memory / 2**30:.1f} GiB; {fix}")
+
+
+def _open_backend(bundle: Path, manifest: dict[str, Any], device: str, options: dict[str, Any]) -> Backend:
     engine_path = bundle / manifest["engine_file"]
     backend = manifest["backend"]
     if backend == "onnxruntime":
@@ -45,10 +91,15 @@ class Engine:
     and the engine and labels are read once, through the bundle directory's descriptor, and used from
     those verified bytes (``Backend.engine_data()``): no file outside the bundle is opened, and a file
     swapped after the check is not used (a backend that re-opens ``engine_path`` instead, or an ONNX
-    model with an external-data file, leaves that window open). ``verify=False`` skips the SHA-256 (about 1.1 ms per MB here: ~105 ms for a 100 MB
+    model with an external-data file, leaves that window open). ``verify=False`` skips the SHA-256 (about 1.1 ms per MB
+    here: ~105 ms for a 100 MB
     plan), not the other checks.
     ``manifest=``: a manifest not yet written to the bundle (the builder's parity check before it
     publishes); validated the same way, except that ``parity`` may still be missing.
+    ``verify_on_device``: ``"once"`` (default), ``"always"`` or ``"never"``: run the bundle's stored parity at
+    load, once per device fingerprint with the verdict cached in the user's cache (``verify_cache``: a folder,
+    or False for none); a device that computes something else raises ``DeviceMismatchError`` with the numbers.
+    ``self.verification`` is the verdict (``runtime/verify.py``).
 
     Thread safety: every method may be called from several threads at once on one ``Engine``
     (``infer``, ``predict``, ``clip_from_frames``, ``stream``). Backends whose inference is thread-safe
@@ -58,7 +109,8 @@ class Engine:
     """
 
     def __init__(self, bundle_dir: str | Path, device: str = "auto", verify: bool = True,
-                 manifest: dict[str, Any] | None = None, **backend_options: Any) -> None:
+                 manifest: dict[str, Any] | None = None, verify_on_device: str = "once",
+                 verify_cache: str | Path | bool | None = None, **backend_options: Any) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.verify = verify
         with BundleFiles(self.bundle_dir) as files:
@@ -67,6 +119,7 @@ class Engine:
             else:
                 self.manifest = validate_manifest(manifest, self.bundle_dir / MANIFEST_NAME, require_parity=False)
             m = self.manifest
+            check_batch_memory(m, self.bundle_dir / MANIFEST_NAME)
             engine_bytes = self.labels = None
             for name, entry in m["files"].items():
                 digest = entry["sha256"] if verify else None
@@ -89,6 +142,24 @@ class Engine:
         self.precision = m["precision"]
         self.backend = _open_backend(self.bundle_dir, m, device, {**backend_options, "engine_bytes": engine_bytes})
         self._lock = None if self.backend.thread_safe else threading.Lock()
+        # calls in progress, so that close() waits for them instead of pulling the backend from under them (#20)
+        self._calls = threading.Condition()
+        self._active = 0
+        self._closed = False
+        lo_hi = [((0.0 - mu) / sd, (1.0 - mu) / sd) for mu, sd in zip(self.preprocess.mean, self.preprocess.std)]
+        #: the values (pixel/255 - mean)/std can take; input far outside it is not a video (used in messages)
+        self.canonical_range = (min(a for a, _ in lo_hi), max(b for _, b in lo_hi))
+        # last, once the Engine is complete: the stored parity on this device (runtime/verify.py); a staged
+        # manifest (the builder's) has no reference yet
+        self.verification: dict[str, Any] = {"status": "skipped", "reason": "a staged manifest (the builder's)"}
+        if manifest is None:
+            from .verify import verify_on_load
+
+            try:
+                self.verification = verify_on_load(self, verify_on_device, verify_cache, device, backend_options)
+            except BaseException:
+                self.close()
+                raise
 
     # ----------------------------------------------------------------- tensors in, logits out
     def validate(self, x: np.ndarray, check_finite: bool = True) -> np.ndarray:
@@ -143,16 +214,41 @@ class Engine:
         return self._run(self.validate(x))
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        if self._lock is None:
-            out = self.backend.infer(x)
-        else:
-            with self._lock:
-                out = self.backend.infer(x)
+        with self._calls:
+            if self._closed:
+                raise EngineClosedError(f"{self.bundle_dir}: this Engine was closed; load the bundle again")
+            self._active += 1
+        try:
+            out = self._infer_backend(x)
+        finally:
+            with self._calls:
+                self._active -= 1
+                if not self._active:
+                    self._calls.notify_all()
         if not np.isfinite(out).all():
+            lo, hi = self.canonical_range
+            span = hi - lo
+            if x.dtype.kind == "f" and (float(x.min()) < lo - span or float(x.max()) > hi + span):
+                raise InputError(f"{self.input_name}: values {float(x.min()):g}..{float(x.max()):g} are far outside "
+                                 f"the canonical range {lo:.3g}..{hi:.3g} ((pixel/255 - mean)/std) and made the "
+                                 "engine overflow (NaN/Inf logits)")
             raise BundleError(f"{self.bundle_dir}: the engine returned non-finite logits (NaN/Inf) for finite input: "
                               f"the engine {self.manifest['engine_file']} is broken, or its precision "
                               f"({self.precision}) overflows on this input")
         return out
+
+    def _infer_backend(self, x: np.ndarray) -> np.ndarray:
+        try:
+            if self._lock is None:
+                return self.backend.infer(x)
+            with self._lock:
+                return self.backend.infer(x)
+        except (InputError, BundleError, EngineClosedError):
+            raise
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            raise RuntimeError(f"{self.bundle_dir}: the {self.manifest['backend']} engine failed on input "
+                               f"{tuple(x.shape)} {x.dtype} ({type(e).__name__}: {first})") from e
 
     # ----------------------------------------------------------------- raw frames in, labels out
     def clip_from_frames(self, frames: np.ndarray | Sequence[np.ndarray], bgr: bool = False) -> np.ndarray:
@@ -194,6 +290,7 @@ class Engine:
         model expects. The channels are flipped when the two differ.
         """
         t0 = time.perf_counter()
+        check_top_k(top_k)
         clip = self.clip_from_frames(frames, bgr=bgr)
         # preprocessed uint8 frames are finite by construction (the manifest's mean/std are validated)
         logits = self._run(self.validate(clip[None], check_finite=False))[0]
@@ -208,9 +305,16 @@ class Engine:
     # ----------------------------------------------------------------- housekeeping
     def describe(self) -> dict[str, Any]:
         return {"bundle": str(self.bundle_dir), "precision": self.precision, "input": self.manifest["input"],
-                **self.backend.describe()}
+                **self.backend.describe(), "verification": self.verification}
 
     def close(self) -> None:
+        """Release the backend once the calls in progress have finished; later calls raise ``EngineClosedError``."""
+        with self._calls:
+            if self._closed:
+                return
+            self._closed = True
+            while self._active:
+                self._calls.wait()
         self.backend.close()
 
     def __enter__(self) -> "Engine":

@@ -17,8 +17,8 @@ window first, one window per camera per round, so a busy camera cannot starve th
 Sources (files, URLs, camera indices, frame factories, or frames pushed by the app) decode on their
 own threads and are re-opened with exponential backoff when they drop (see :mod:`runtime.sources`).
 
-Works with any engine object offering ``preprocess``, ``clip_shape``, ``batch_range``, ``labels`` and
-``infer(x)`` (``runtime.Engine`` or a remote engine with the same surface).
+Works with any :class:`runtime.engine_api.BatchEngine` (``preprocess``, ``clip_shape``, ``batch_range``, ``labels``,
+``infer(x)``, ``close()``): ``runtime.Engine`` or ``runtime.remote.RemoteEngine``.
 """
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from .engine_api import BatchEngine
 from .errors import InputError
+from .prediction import check_top_k
 from .prediction import top_k as _top_k
 from .preprocess import FramePreprocessor
 from .sources import FrameSource, PushSource, as_source
@@ -71,7 +73,7 @@ class _Window:
 class _Camera:
     """One camera's ring, queue and counters. Queue fields are guarded by the hub's lock."""
 
-    def __init__(self, cid: CameraId, source: FrameSource, engine: Any, every: int | None, bgr: bool, top_k: int,
+    def __init__(self, cid: CameraId, source: FrameSource, engine: BatchEngine, every: int | None, bgr: bool, top_k: int,
                  queue: int, on_result: Callable[[HubResult], None] | None, block: bool) -> None:
         cfg = engine.preprocess
         self.id, self.source, self.cfg, self.bgr, self.top_k = cid, source, cfg, bgr, top_k
@@ -143,10 +145,11 @@ class CameraHub:
     >>> for r in hub.results(): print(r.camera, r.first_frame, r.last_frame, r.label, r.latency_ms)
     """
 
-    def __init__(self, engine: Any, max_batch: int | None = None, max_wait_ms: float = 20.0, queue: int = 4,
+    def __init__(self, engine: BatchEngine, max_batch: int | None = None, max_wait_ms: float = 20.0, queue: int = 4,
                  workers: int = 1, results: int = 1024, on_result: Callable[[HubResult], None] | None = None,
                  backoff: tuple[float, float] = (0.5, 30.0), max_age_ms: float | None = None) -> None:
         self.engine = engine
+        self._owns_engine = False  # from_bundle: the hub opened the engine and closes it
         cfg = engine.preprocess
         expected = (cfg.num_frames, 3, cfg.crop_size, cfg.crop_size)
         if tuple(engine.clip_shape) != expected:
@@ -179,7 +182,18 @@ class CameraHub:
         self.callback_errors = 0
         self.last_engine_error: str | None = None
         self._t0 = time.perf_counter()
-        self._workers = [threading.Thread(target=self._work, name=f"hub-infer-{i}", daemon=True) for i in range(workers)]
+        # Each inference thread's batch buffer is allocated here, in the caller's thread: a batch that does not fit
+        # in memory fails the constructor with a MemoryError, not the inference thread with windows left queued
+        # forever (issue 28 #10).
+        shape = (self.max_batch, cfg.num_frames, 3, cfg.crop_size, cfg.crop_size)
+        try:
+            batches = [np.empty(shape, np.float32) for _ in range(workers)]
+        except MemoryError:
+            gib = workers * np.prod(shape, dtype=np.float64) * 4 / 2**30
+            raise MemoryError(f"CameraHub: {workers} batch buffer(s) of {shape} float32 ({gib:.1f} GiB) do not fit in "
+                              "memory; pass a smaller max_batch") from None
+        self._workers = [threading.Thread(target=self._work, args=(b,), name=f"hub-infer-{i}", daemon=True)
+                         for i, b in enumerate(batches)]
         for t in self._workers:
             t.start()
 
@@ -203,6 +217,7 @@ class CameraHub:
         pushes with :meth:`push`. ``every``: frames between windows (a multiple of the sampling rate).
         ``drop_oldest``: what a full queue does (default: drop for live sources, wait for files).
         """
+        check_top_k(top_k)
         src = as_source(source, loop=loop)
         block = (not src.live) if drop_oldest is None else not drop_oldest
         with self._cv:
@@ -234,6 +249,7 @@ class CameraHub:
             cam.discarded += len(cam.pending)
             self._pending -= len(cam.pending)
             cam.pending.clear()
+            self._prune_preprocessors()
             self._cv.notify_all()  # a producer waiting for room must see the stop
             if threading.current_thread() not in self._workers:  # (a callback may remove a camera: no wait there)
                 while cam.inflight:  # its windows in an engine call now end as discarded, then the counts are final
@@ -257,15 +273,24 @@ class CameraHub:
             raise KeyError(f"camera_id: no camera {camera_id!r}")
         self._push(cam, frame, time.perf_counter() if arrived is None else arrived)
 
-    def _preprocessor(self, height: int, width: int, bgr: bool) -> FramePreprocessor:
+    def _preprocessor(self, height: int, width: int, bgr: bool, cam: _Camera | None = None) -> FramePreprocessor:
         """One per frame size, shared by the cameras (its taps are ~350 kB for 64 px crops; it is safe to call from
-        several threads: the scratch buffer is per thread)."""
+        several threads: the scratch buffer is per thread). Only the sizes some camera uses now are kept: a camera
+        that changes resolution again and again, or cameras removed, leave nothing behind (issue 28 #11)."""
         key = (height, width, bgr)
         with self._cv:
             pre = self._pres.get(key)
             if pre is None:
-                pre = self._pres[key] = FramePreprocessor(self.engine.preprocess, height, width, bgr=bgr)
+                pre = FramePreprocessor(self.engine.preprocess, height, width, bgr=bgr)
+            self._pres[key] = pre
+            self._prune_preprocessors(keep=pre, leaving=cam)
             return pre
+
+    def _prune_preprocessors(self, keep: FramePreprocessor | None = None, leaving: _Camera | None = None) -> None:
+        """Forget the preprocessors no camera holds (``leaving`` is about to drop its own for ``keep``). Hub lock
+        held."""
+        used = {id(c.pre) for c in self._cams.values() if c.pre is not None and c is not leaving} | {id(keep)}
+        self._pres = {k: p for k, p in self._pres.items() if id(p) in used}
 
     def _push(self, cam: _Camera, frame: np.ndarray, arrived: float) -> None:
         frame = np.asarray(frame)
@@ -275,7 +300,7 @@ class CameraHub:
             if cam.pre is None or (cam.pre.height, cam.pre.width) != frame.shape[:2]:
                 if cam.pre is not None:
                     cam.reset()  # the camera changed resolution: start a new window
-                cam.pre = self._preprocessor(frame.shape[0], frame.shape[1], cam.bgr)
+                cam.pre = self._preprocessor(frame.shape[0], frame.shape[1], cam.bgr, cam)
             if cam.status == "waiting for frames":
                 cam.status = "running"
             k = cam.frames - cam.seg_start  # index within the current unbroken run
@@ -392,9 +417,7 @@ class CameraHub:
     def _oldest(self) -> float:
         return min(c.pending[0].arrived for c in self._cams.values() if c.pending)
 
-    def _work(self) -> None:
-        cfg = self.engine.preprocess
-        batch = np.empty((self.max_batch, cfg.num_frames, 3, cfg.crop_size, cfg.crop_size), np.float32)
+    def _work(self, batch: np.ndarray) -> None:
         while True:
             with self._cv:
                 while True:
@@ -436,6 +459,8 @@ class CameraHub:
                                                              logits.shape[1] != len(self.engine.labels)):
                 raise InputError(f"engine.infer: expected logits ({m}, {len(self.engine.labels or []) or 'classes'}), "
                                  f"got {logits.shape}")
+            if not np.isfinite(logits).all():  # never deliver NaN probabilities (issue 28 #7)
+                raise InputError(f"engine.infer: returned non-finite logits (NaN/Inf) for {m} window(s)")
             logits = logits[:n]
         except Exception as e:  # noqa: BLE001 - one failed call must not stop the hub; counted per camera
             t1 = time.perf_counter()
@@ -560,7 +585,8 @@ class CameraHub:
                     "busy_s": self.busy_s, "wall_s": wall, "queued": self._pending,
                     "ring_bytes": sum(c.ring_bytes() for c in cams),
                     "engine_errors": self.engine_errors, "last_engine_error": self.last_engine_error,
-                    "callback_errors": self.callback_errors, "results_dropped": self.results_dropped}
+                    "callback_errors": self.callback_errors, "results_dropped": self.results_dropped,
+                    "verification": getattr(self.engine, "verification", None)}  # stored parity on this device
 
     def close(self, drain: bool = False, timeout: float = 10.0) -> None:
         """Stop the sources and the inference threads and join them; ``drain=True`` first predicts what is queued."""
@@ -577,7 +603,7 @@ class CameraHub:
         for t in threads:
             if t is not threading.current_thread():
                 t.join(max(0.0, end - time.perf_counter()))
-        if getattr(self, "_owns_engine", False):
+        if self._owns_engine:
             self.engine.close()
 
     def __enter__(self) -> "CameraHub":

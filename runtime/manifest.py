@@ -47,30 +47,41 @@ import importlib
 import json
 import os
 import stat
+import unicodedata
 from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from .errors import BundleError
 from .files import sha256_stream
+from .options import BACKENDS, PRECISIONS
 from .preprocess import MAX_INT, PreprocessConfig
 
-__all__ = ["BundleError", "SCHEMA_VERSION", "MANIFEST_NAME", "BACKENDS", "PRECISIONS", "validate_manifest",
-           "read_manifest", "read_labels", "describe_files", "verify_files", "check_file_name", "BundleFiles"]
+__all__ = ["BundleError", "SCHEMA_VERSION", "MANIFEST_NAME", "BACKENDS", "PRECISIONS", "Manifest", "InputSpec",
+           "OutputSpec", "BatchRange", "validate_manifest",
+           "read_manifest", "read_labels", "describe_files", "verify_files", "check_file_name", "check_labels",
+           "BundleFiles", "MAX_BATCH", "MAX_CLASSES", "MAX_LABEL_BYTES", "MAX_SESSION_THREADS"]
 
 SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
-BACKENDS = ("onnxruntime", "tensorrt", "openvino")
-PRECISIONS = ("fp32", "fp16", "int8")
 INPUT_DTYPES = ("float32", "float16", "uint8")
 OUTPUT_DTYPES = ("float32", "float16")
 LAYOUTS = ("BTCHW",)
 #: the largest manifest the runtime reads (a manifest is a few kB; this bounds a hostile one)
 MAX_MANIFEST_BYTES = 16 << 20
-_REQUIRED = ("schema_version", "backend", "engine_file", "files", "precision", "model_config", "input", "output",
-             "preprocess", "parity")
-_OPTIONAL = ("backend_version", "labels_file", "session", "source", "calibration", "tolerance", "build")
 _HEX = frozenset("0123456789abcdef")
+#: sanity bounds checked with the manifest (issue 28): a larger value is a corrupt or hostile bundle, not a model.
+#: The machine's own limits (memory for a batch, CPU threads) are checked when the Engine loads.
+MAX_BATCH = 4096
+MAX_CLASSES = 1 << 20
+MAX_LABEL_BYTES = 1024  # one label, UTF-8
+MAX_LABELS_FILE_BYTES = 16 << 20
+MAX_SESSION_THREADS = 256
+#: characters a label may not hold: control and format characters, line and paragraph separators (a label is one
+#: line of labels.txt, of a Triton config and of a terminal)
+_BAD_LABEL_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
 # ----------------------------------------------------------------------------------------- small checks
@@ -117,6 +128,109 @@ def check_file_name(name: Any, where: str = "bundle", field: str = "file name") 
         raise _fail(where, field, f"a plain file name inside the bundle (no '/', no '..', not absolute, not "
                                   f"{MANIFEST_NAME})", name)
     return name
+
+
+# ----------------------------------------------------------------------------- the typed manifest (one schema)
+
+def _required(default: Any = None) -> Any:
+    """A top-level key every manifest has (``parity`` may be null only while the builder checks its candidate)."""
+    return field(default=default, metadata={"required": True})
+
+
+@dataclass(frozen=True)
+class BatchRange:
+    """``input.batch``: the batch sizes the engine takes (``1 <= min <= opt <= max``)."""
+
+    min: int
+    opt: int
+    max: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"min": self.min, "opt": self.opt, "max": self.max}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """``input``: the engine's video input, ``(batch, T, 3, crop, crop)``; ``shape[0]`` is -1 (dynamic)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    batch: BatchRange
+    layout: str = "BTCHW"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "layout": self.layout, "shape": list(self.shape),
+                "batch": self.batch.to_dict()}
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """``output``: the logits, ``(batch, classes)``."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Manifest:
+    """``manifest.json``, typed: the builder writes :meth:`to_dict`, the runtime reads :meth:`from_dict` (which is
+    :func:`validate_manifest`). Fields are in the order they are written; the informational objects (``source``,
+    ``calibration``, ``tolerance``, ``build``, ``parity``'s metrics) stay JSON objects."""
+
+    schema_version: int = _required(SCHEMA_VERSION)
+    backend: str = _required()
+    backend_version: str | None = None
+    engine_file: str = _required()
+    precision: str = _required()
+    model_config: dict[str, Any] = _required()
+    input: InputSpec = _required()
+    output: OutputSpec = _required()
+    preprocess: PreprocessConfig = _required()
+    labels_file: str | None = None
+    session: dict[str, Any] | None = None
+    source: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None
+    parity: dict[str, Any] | None = _required()
+    tolerance: dict[str, Any] | None = None
+    build: dict[str, Any] | None = None
+    files: dict[str, dict[str, Any]] = _required()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object written as ``manifest.json`` (every key, in field order)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v.to_dict() if hasattr(v, "to_dict") else str(v) if isinstance(v, Enum) else v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Any, path: str | os.PathLike = MANIFEST_NAME, require_parity: bool = True) -> "Manifest":
+        """Validate (:func:`validate_manifest`; :class:`BundleError` names ``path`` and the field) and type."""
+        return cls._from_valid(validate_manifest(d, path, require_parity))
+
+    @classmethod
+    def read(cls, bundle_dir: str | os.PathLike, require_parity: bool = True) -> "Manifest":
+        """``bundle_dir/manifest.json``, read and validated (:func:`read_manifest`)."""
+        return cls._from_valid(read_manifest(bundle_dir, require_parity))
+
+    @classmethod
+    def _from_valid(cls, m: dict[str, Any]) -> "Manifest":
+        inp, outp = m["input"], m["output"]
+        kw = {k: m.get(k) for k in _REQUIRED + _OPTIONAL}
+        kw.update(input=InputSpec(inp["name"], inp["dtype"], tuple(inp["shape"]), BatchRange(**inp["batch"]),
+                                  inp["layout"]),
+                  output=OutputSpec(outp["name"], outp.get("dtype", "float32"), tuple(outp["shape"])),
+                  preprocess=PreprocessConfig.from_dict(m["preprocess"]))
+        return cls(**kw)
+
+
+_REQUIRED = tuple(f.name for f in fields(Manifest) if f.metadata.get("required"))
+_OPTIONAL = tuple(f.name for f in fields(Manifest) if not f.metadata.get("required"))
 
 
 # ------------------------------------------------------------------------------------------ the manifest
@@ -170,6 +284,11 @@ def validate_manifest(d: Any, path: str | os.PathLike = MANIFEST_NAME, require_p
     out["input"] = inp
     _validate_model_config(where, m["model_config"], inp, classes)
     out["session"] = _validate_session(where, m["backend"], m.get("session"))
+    if labels_file is not None:  # bounded before anything is read: a label is one short line
+        cap = min(MAX_LABELS_FILE_BYTES, classes * (MAX_LABEL_BYTES + 2))
+        if files[labels_file]["size"] > cap:
+            raise _fail(where, f"files[{labels_file!r}].size", f"at most {cap} bytes ({classes} labels of at most "
+                        f"{MAX_LABEL_BYTES} bytes)", files[labels_file]["size"])
     if "parity" in m or require_parity:
         out["parity"] = _validate_parity(where, m.get("parity"), require_parity)
     return out
@@ -197,13 +316,13 @@ def _validate_files(where: str, files: Any) -> dict[str, dict[str, Any]]:
 def _shape(where: str, field: str, v: Any, rank: int) -> list[int]:
     if not isinstance(v, (list, tuple)) or len(v) != rank:  # tuples: a manifest built in memory (the builder)
         raise _fail(where, field, f"a list of {rank} dimensions", v)
-    v = list(v)
-    first = v[0]
+    dims: list[int] = list(v)
+    first = dims[0]
     if first != -1 or isinstance(first, bool):
         _int(where, f"{field}[0]", first)  # a fixed batch dimension is allowed; -1 is dynamic
-    for i, dim in enumerate(v[1:], 1):
+    for i, dim in enumerate(dims[1:], 1):
         _int(where, f"{field}[{i}]", dim)
-    return v
+    return dims
 
 
 def _validate_io(where: str, inp: Any, outp: Any, pre: PreprocessConfig) -> tuple[dict[str, Any], int]:
@@ -218,9 +337,9 @@ def _validate_io(where: str, inp: Any, outp: Any, pre: PreprocessConfig) -> tupl
         raise BundleError(f"{where}: input.shape: expected [-1, {', '.join(map(str, want))}] (preprocess.num_frames, "
                           f"3 channels, preprocess.crop_size), got {shape}")
     batch = _obj(where, "input.batch", inp.get("batch"))
-    lo = _int(where, "input.batch.min", batch.get("min"))
-    opt = _int(where, "input.batch.opt", batch.get("opt", lo))
-    hi = _int(where, "input.batch.max", batch.get("max"))
+    lo = _int(where, "input.batch.min", batch.get("min"), 1, MAX_BATCH)
+    opt = _int(where, "input.batch.opt", batch.get("opt", lo), 1, MAX_BATCH)
+    hi = _int(where, "input.batch.max", batch.get("max"), 1, MAX_BATCH)
     if not lo <= opt <= hi:
         raise _fail(where, "input.batch", "1 <= min <= opt <= max", {"min": lo, "opt": opt, "max": hi})
     if shape[0] != -1 and not lo == hi == shape[0]:
@@ -229,6 +348,7 @@ def _validate_io(where: str, inp: Any, outp: Any, pre: PreprocessConfig) -> tupl
     _str(where, "output.name", outp.get("name"))
     _str(where, "output.dtype", outp.get("dtype", "float32"), OUTPUT_DTYPES)
     oshape = _shape(where, "output.shape", outp.get("shape"), 2)
+    _int(where, "output.shape[1]", oshape[1], 1, MAX_CLASSES)
     return {**inp, "shape": shape, "layout": layout, "batch": {"min": lo, "opt": opt, "max": hi}}, oshape[1]
 
 
@@ -260,11 +380,17 @@ def _validate_session(where: str, backend: str, session: Any) -> dict[str, Any]:
             raise BundleError(f"{where}: session: cannot load the {backend} session schema ({e})") from e
         return dict(session)
     try:
-        return module.validate_session(dict(session))
+        out: dict[str, Any] = module.validate_session(dict(session))
     except BundleError as e:
         raise BundleError(f"{where}: {e}") from e
-    except Exception as e:  # noqa: BLE001 - a malformed value must surface as a BundleError, whatever the schema code did
+    except Exception as e:
         raise BundleError(f"{where}: session: invalid for {backend} ({type(e).__name__}: {e})") from e
+    for key in ("intra_op_num_threads", "inter_op_num_threads", "num_threads"):  # issue 28 #12
+        v = out.get(key)
+        if isinstance(v, int) and not isinstance(v, bool) and v > MAX_SESSION_THREADS:
+            raise _fail(where, f"session.{key}", f"an integer in 0..{MAX_SESSION_THREADS} (0: the backend's "
+                        "default; the runtime uses at most the CPUs it has)", v)
+    return out
 
 
 def _validate_parity(where: str, parity: Any, required: bool) -> dict[str, Any] | None:
@@ -273,24 +399,24 @@ def _validate_parity(where: str, parity: Any, required: bool) -> dict[str, Any] 
             return None
         raise BundleError(f"{where}: parity: expected the build's parity result (an object with 'passed'), got null: "
                           "the bundle was never checked against its reference (an interrupted build?); rebuild it")
-    parity = _obj(where, "parity", parity)
-    passed = parity.get("passed")
+    checked = _obj(where, "parity", parity)
+    passed = checked.get("passed")
     if not isinstance(passed, bool):
         raise _fail(where, "parity.passed", "true or false", passed)
-    allowed = parity.get("allowed_failure", False)
+    allowed = checked.get("allowed_failure", False)
     if not isinstance(allowed, bool):
         raise _fail(where, "parity.allowed_failure", "true or false", allowed)
-    failures = parity.get("failures", [])
+    failures = checked.get("failures", [])
     if not isinstance(failures, list) or not all(isinstance(f, str) for f in failures):
         raise _fail(where, "parity.failures", "a list of strings", failures)
     for key in ("max_abs_logit", "mean_abs_logit", "min_cosine", "mean_cosine", "top1_agreement", "top5_agreement"):
-        v = parity.get(key)
+        v = checked.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
             raise _fail(where, f"parity.{key}", "a number", v)
     if not passed and not allowed:
         raise BundleError(f"{where}: parity.passed is false (failures: {'; '.join(failures) or 'not recorded'}) and "
                           "the build did not allow it (allowed_failure); refusing a bundle that failed its parity check")
-    return parity
+    return checked
 
 
 # ---------------------------------------------------------------------------------------- reading files
@@ -418,16 +544,47 @@ def read_manifest(bundle_dir: str | os.PathLike, require_parity: bool = True) ->
         return files.manifest(require_parity)
 
 
+def check_labels(labels: Any, where: str | os.PathLike = "labels", classes: int | None = None) -> list[str]:
+    """Class labels as a bundle may hold them: strings of at most ``MAX_LABEL_BYTES`` bytes (UTF-8) with no control or
+    format character and no line or paragraph separator (U+2028, U+2029, U+0085), ``classes`` of them when given.
+
+    Raises :class:`BundleError` naming ``where``, the label's index and the character (issue 28 #23): the builder
+    calls it before building, the runtime when it reads ``labels.txt``."""
+    if not isinstance(labels, (list, tuple)):
+        raise BundleError(f"{where}: expected a list of label strings, got {_typename(labels)}")
+    if classes is not None and len(labels) != classes:
+        raise BundleError(f"{where}: {len(labels)} labels, but the engine outputs {classes} classes")
+    for i, label in enumerate(labels):
+        if not isinstance(label, str):
+            raise BundleError(f"{where}: label {i}: expected a string, got {_typename(label)}")
+        if len(label.encode("utf-8", "surrogatepass")) > MAX_LABEL_BYTES:
+            raise BundleError(f"{where}: label {i}: longer than {MAX_LABEL_BYTES} bytes ({label[:40]!r}...)")
+        for ch in label:
+            if unicodedata.category(ch) in _BAD_LABEL_CATEGORIES:
+                raise BundleError(f"{where}: label {i} {label[:60]!r}: holds U+{ord(ch):04X} "
+                                  f"({unicodedata.name(ch, unicodedata.category(ch))}); a label is one line of "
+                                  "printable text")
+    return list(labels)
+
+
 def parse_labels(data: bytes, manifest: dict[str, Any], where: str | os.PathLike) -> list[str]:
-    """Labels from the bytes of a labels file: one per line, as many as the engine has classes."""
+    """Labels from the bytes of a labels file: one per ``\n``-terminated line, as many as the engine has classes,
+    each checked by :func:`check_labels`. The count is compared before the text is split (a hostile file costs
+    no memory beyond its bounded bytes)."""
+    n = manifest["output"]["shape"][-1]
+    if len(data) > min(MAX_LABELS_FILE_BYTES, n * (MAX_LABEL_BYTES + 2)):
+        raise BundleError(f"{where}: {len(data)} bytes, more than {n} labels of at most {MAX_LABEL_BYTES} bytes")
+    lines = data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)
+    if lines != n:
+        raise BundleError(f"{where}: {lines} labels, but the engine outputs {n} classes")
     try:
-        labels = data.decode("utf-8").splitlines()
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise BundleError(f"{where}: not UTF-8 text ({e})") from e
-    n = manifest["output"]["shape"][-1]
-    if len(labels) != n:
-        raise BundleError(f"{where}: {len(labels)} labels, but the engine outputs {n} classes")
-    return labels
+    if text.endswith("\n"):
+        text = text[:-1]
+    labels = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")] if n else []
+    return check_labels(labels, where, n)
 
 
 def read_labels(bundle_dir: str | os.PathLike, manifest: dict[str, Any], verify: bool = True) -> list[str] | None:

@@ -13,25 +13,42 @@ argument: ``Engine("engines/motion")`` -> ``RemoteEngine("http://serve-host:8000
   a timeout or a 5xx (a replica that died mid-request; Serve replaces it) is retried ``retries`` times with
   back-off, since inference is idempotent; after that ``RemoteEngineError`` says what happened, every time.
   A request is never dropped silently.
+- Every answer is checked against the metadata read at start (issue 28 #7, #21): logits of the served bundle's
+  shape (one row per clip, one column per label), finite; the answer's ``bundle_id`` the one the metadata named (a
+  server redeployed with another bundle is refused, not believed). Top-k labels are computed here from the checked
+  logits, as ``Engine.predict`` does. A malformed answer raises ``RemoteEngineError`` naming the field.
+- ``timeout_s`` bounds each attempt as a whole (connect, send, headers and body together), not each socket read: a
+  server that trickles its answer cannot hold a call longer (issue 28 #15).
 """
 from __future__ import annotations
 
+import http.client
 import json
+import math
+import socket
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from typing import Any, Sequence
 
 import numpy as np
 
 from .errors import InputError
-from .prediction import Prediction, top_k
+from .manifest import MAX_BATCH, MAX_CLASSES, check_labels
+from .prediction import Prediction, check_top_k, top_k
 from .preprocess import PreprocessConfig, preprocess_frames, sample_indices
 from .serving.protocol import API_PREFIX, encode_array
 from .stream import ClipStream
 
 __all__ = ["RemoteEngine", "RemoteEngineError"]
+
+#: the largest answer read (logits of a full batch and the labels fit many times over)
+MAX_ANSWER_BYTES = 64 << 20
+_INPUT_DTYPES = ("float32", "float16", "uint8")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 class RemoteEngineError(RuntimeError):
@@ -39,12 +56,15 @@ class RemoteEngineError(RuntimeError):
 
 
 class RemoteEngine:
-    """An HTTP client with ``runtime.Engine``'s public surface. Thread-safe: each call is its own request."""
+    """An HTTP client with ``runtime.Engine``'s public surface (:class:`runtime.engine_api.EngineAPI`). Thread-safe:
+    each call is its own request."""
 
     def __init__(self, url: str, timeout_s: float = 30.0, retries: int = 3, backoff_s: float = 0.2,
                  fetch_meta: bool = True) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"url: expected http://host:port, got {url!r}")
+        if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
+            raise ValueError(f"timeout_s: expected a positive number of seconds, got {timeout_s!r}")
         self.url = url.rstrip("/")
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
         self._lock = threading.Lock()
@@ -57,19 +77,80 @@ class RemoteEngine:
     # ----------------------------------------------------------------- what Engine exposes
     def _load_meta(self) -> None:
         m = self._request("GET", "meta")
+        where = f"{self.url}{API_PREFIX}/meta"
+
+        def bad(field: str, expected: str) -> RemoteEngineError:
+            return RemoteEngineError(f"{where}: {field}: expected {expected}, got {repr(m.get(field))[:80]}")
+
+        if not isinstance(m, dict):
+            raise RemoteEngineError(f"{where}: expected a JSON object, got {type(m).__name__}")
+        try:
+            pre = PreprocessConfig.from_dict(m.get("preprocess"))
+        except (ValueError, TypeError) as e:
+            raise RemoteEngineError(f"{where}: {e}") from None
+        shape = (pre.num_frames, 3, pre.crop_size, pre.crop_size)
+        if not isinstance(m.get("clip_shape"), list) or tuple(m["clip_shape"]) != shape:
+            raise bad("clip_shape", f"{list(shape)} (from its preprocess)")
+        br = m.get("batch_range")
+        if (not isinstance(br, list) or len(br) != 2 or not all(_is_int(v) for v in br)
+                or not 1 <= br[0] <= br[1] <= MAX_BATCH):
+            raise bad("batch_range", f"[min, max] with 1 <= min <= max <= {MAX_BATCH}")
+        n = m.get("num_classes")
+        if not _is_int(n) or not 1 <= n <= MAX_CLASSES:
+            raise bad("num_classes", f"an integer in 1..{MAX_CLASSES}")
+        labels = m.get("labels")
+        if labels is not None:
+            try:
+                labels = check_labels(labels, f"{where}: labels", n)
+            except ValueError as e:
+                raise RemoteEngineError(str(e)) from None
+        if m.get("input_dtype") not in _INPUT_DTYPES:
+            raise bad("input_dtype", f"one of {_INPUT_DTYPES}")
+        inp = m.get("input")
+        if not isinstance(inp, dict) or not isinstance(inp.get("name"), str):
+            raise bad("input", "an object with a name")
+        for field in ("precision", "bundle_id"):
+            if not isinstance(m.get(field), str) or not m[field]:
+                raise bad(field, "a non-empty string")
         self.meta = m
-        self.preprocess = PreprocessConfig.from_dict(m["preprocess"])
-        self.clip_shape: tuple[int, ...] = tuple(m["clip_shape"])
-        self.batch_range: tuple[int, int] = tuple(m["batch_range"])  # type: ignore[assignment]
-        self.labels: list[str] | None = m["labels"]
-        self.num_classes = int(m["num_classes"])
+        self.preprocess = pre
+        self.clip_shape: tuple[int, ...] = shape
+        self.batch_range: tuple[int, int] = (int(br[0]), int(br[1]))
+        self.labels: list[str] | None = labels
+        self.num_classes = int(n)
         self.input_dtype = np.dtype(m["input_dtype"])
-        self.input_name: str = m["input"]["name"]
+        self.input_name: str = inp["name"]
         self.precision: str = m["precision"]
+        self.bundle_id: str = m["bundle_id"]
+
+    def _logits(self, out: Any, rows: int, what: str) -> np.ndarray:
+        """The ``logits`` of an answer, checked against the metadata: a JSON object from the bundle the metadata
+        named, ``rows`` rows of ``num_classes`` finite numbers. Raises :class:`RemoteEngineError` naming the field."""
+        where = f"{self.url}{API_PREFIX}/{what}"
+        if not isinstance(out, dict):
+            raise RemoteEngineError(f"{where}: expected a JSON object, got {type(out).__name__}")
+        if self.meta and out.get("bundle_id") != self.bundle_id:
+            raise RemoteEngineError(f"{where}: the answer comes from bundle {out.get('bundle_id')!r}, not "
+                                    f"{self.bundle_id!r} whose metadata this client read: the server was redeployed "
+                                    "with another bundle; create a new RemoteEngine")
+        try:
+            logits = np.asarray(out.get("logits"), np.float32)
+        except (TypeError, ValueError, OverflowError):
+            raise RemoteEngineError(f"{where}: logits: expected numbers, got {str(out.get('logits'))[:80]}") from None
+        classes = self.num_classes if self.meta else (logits.shape[-1] if logits.ndim == 2 else -1)
+        if logits.shape != (rows, classes):
+            raise RemoteEngineError(f"{where}: logits: expected shape {(rows, classes)} ({rows} clip(s) x the served "
+                                    f"bundle's classes), got {logits.shape}")
+        if not np.isfinite(logits).all():
+            raise RemoteEngineError(f"{where}: logits: expected finite values, got NaN/Inf")
+        return logits
 
     def health(self) -> dict[str, Any]:
         """The health answer of whichever replica takes the call (replica id, actor name, engine settings)."""
-        return self._request("GET", "health")
+        h = self._request("GET", "health")
+        if not isinstance(h, dict):
+            raise RemoteEngineError(f"{self.url}{API_PREFIX}/health: expected a JSON object, got {type(h).__name__}")
+        return h
 
     def describe(self) -> dict[str, Any]:
         return {"url": self.url, "bundle": self.meta.get("bundle"), "precision": self.meta.get("precision"),
@@ -94,9 +175,10 @@ class RemoteEngine:
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """Canonical ``(B, T, 3, H, W)`` -> logits ``(B, classes)`` float32, computed by a replica."""
-        body, headers = encode_array(self.validate(x))
+        x = self.validate(x)
+        body, headers = encode_array(x)
         out = self._request("POST", "infer", body, headers)
-        return np.asarray(out["logits"], np.float32)
+        return self._logits(out, len(x), "infer")
 
     def clip_from_frames(self, frames: np.ndarray | Sequence[np.ndarray], bgr: bool = False) -> np.ndarray:
         """The same canonical clip ``Engine.clip_from_frames`` makes, computed here (no network)."""
@@ -118,22 +200,26 @@ class RemoteEngine:
         and cropped to the model's crop size)."""
         t0 = time.perf_counter()
         out = self.predict_json(frames, bgr=bgr, top_k=top_k, input=input)
-        return Prediction([(str(a), float(p)) for a, p in out["top_k"]], np.asarray(out["logits"], np.float32),
-                          (time.perf_counter() - t0) * 1e3)
+        logits = np.asarray(out["logits"], np.float32)  # checked by predict_json
+        return Prediction(self._top_k(logits, top_k), logits, (time.perf_counter() - t0) * 1e3)
 
     def predict_json(self, frames: np.ndarray | Sequence[np.ndarray], bgr: bool = False, top_k: int = 5,
                      input: str = "frames") -> dict[str, Any]:
-        """:meth:`predict`'s server answer as it came: ``top_k``, ``logits``, ``server_ms``, ``batch`` (rows in the
-        engine call that served it) and ``replica``."""
+        """:meth:`predict`'s server answer: ``top_k``, ``logits``, ``server_ms``, ``batch`` (rows in the engine call
+        that served it), ``replica`` and ``bundle_id``; its logits checked as :meth:`infer`'s, its ``top_k`` the
+        labels those logits give."""
         if input not in ("frames", "clip"):
             raise ValueError(f"input: expected 'frames' or 'clip', got {input!r}")
+        check_top_k(top_k)
         arr = self._sampled(frames)
         body, headers = encode_array(arr, top_k=top_k, input=input, channel_order="BGR" if bgr else "RGB")
-        return self._request("POST", "predict", body, headers)
+        out = self._request("POST", "predict", body, headers)
+        logits = self._logits({**out, "logits": [out.get("logits")]} if isinstance(out, dict) else out, 1, "predict")
+        return {**out, "logits": logits[0].tolist(), "top_k": self._top_k(logits[0], top_k)}
 
     def stream(self, every: int | None = None, bgr: bool = False, top_k: int = 5) -> ClipStream:
         """A local streaming buffer whose windows are inferred remotely."""
-        return ClipStream(self, every=every, bgr=bgr, top_k=top_k)  # type: ignore[arg-type]
+        return ClipStream(self, every=every, bgr=bgr, top_k=top_k)
 
     def _top_k(self, logits: np.ndarray, k: int) -> list[tuple[str, float]]:
         return top_k(logits, self.labels, k)
@@ -149,7 +235,7 @@ class RemoteEngine:
 
     # ----------------------------------------------------------------- HTTP with retries
     def _request(self, method: str, endpoint: str, body: bytes | None = None,
-                 headers: dict[str, str] | None = None) -> dict[str, Any]:
+                 headers: dict[str, str] | None = None) -> Any:
         url = f"{self.url}{API_PREFIX}/{endpoint}"
         last = ""
         for attempt in range(self.retries + 1):
@@ -157,22 +243,66 @@ class RemoteEngine:
                 with self._lock:
                     self.retried += 1
                 time.sleep(self.backoff_s * (2 ** (attempt - 1)))
-            req = urllib.request.Request(url, data=body, headers=headers or {}, method=method)
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
-                    return json.loads(r.read())
-            except urllib.error.HTTPError as e:
-                text = e.read().decode(errors="replace")
-                try:
-                    msg = json.loads(text).get("error", text)
-                except (json.JSONDecodeError, AttributeError):
-                    msg = text
-                if 400 <= e.code < 500:  # the request itself is wrong: retrying cannot help
-                    raise InputError(f"{url}: {e.code} {msg}") from None
-                last = f"HTTP {e.code}: {msg.strip()[:300]}"
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
-                reason = getattr(e, "reason", e)
-                last = f"{type(reason).__name__}: {reason}"
-            except json.JSONDecodeError as e:
+                status, data = self._attempt(method, url, body, headers or {})
+            except (OSError, http.client.HTTPException) as e:  # refused, reset, timed out, malformed
+                last = f"{type(e).__name__}: {e}"
+                continue
+            if 400 <= status < 500:  # the request itself is wrong: retrying cannot help
+                raise InputError(f"{url}: {status} {_error_text(data)}")
+            if status >= 500 or status < 200 or status >= 300:
+                last = f"HTTP {status}: {_error_text(data).strip()[:300]}"
+                continue
+            try:
+                return json.loads(data)
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as e:
                 last = f"the answer is not JSON ({e})"
         raise RemoteEngineError(f"{method} {url}: no answer after {self.retries + 1} attempt(s); last: {last}")
+
+    def _attempt(self, method: str, url: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, bytes]:
+        """One HTTP exchange within ``timeout_s`` in all: a timer shuts the socket down at the deadline, so a server
+        that trickles bytes cannot stretch the call (a per-read timeout would restart with every byte)."""
+        u = urllib.parse.urlsplit(url)
+        cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+        conn = cls(u.hostname or "", u.port, timeout=self.timeout_s)
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            sock = conn.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        timer = threading.Timer(self.timeout_s, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            path = u.path + (f"?{u.query}" if u.query else "")
+            conn.request(method, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read(MAX_ANSWER_BYTES + 1)
+            if len(data) > MAX_ANSWER_BYTES:
+                raise http.client.HTTPException(f"answer larger than {MAX_ANSWER_BYTES} bytes")
+            return resp.status, data
+        except (OSError, http.client.HTTPException) as e:
+            if expired.is_set():
+                raise TimeoutError(f"no complete answer within timeout_s={self.timeout_s:g} s") from e
+            raise
+        finally:
+            timer.cancel()
+            conn.close()
+            if expired.is_set():  # the deadline passed while the answer was read: it is not trusted whole
+                raise TimeoutError(f"no complete answer within timeout_s={self.timeout_s:g} s")
+
+
+def _error_text(data: bytes) -> str:
+    """The ``error`` of a JSON error answer, else the answer's text."""
+    text = data.decode(errors="replace")
+    try:
+        msg = json.loads(text)
+    except (json.JSONDecodeError, RecursionError, ValueError):
+        return text
+    return str(msg.get("error", text)) if isinstance(msg, dict) else text

@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .engine_api import ClipEngine
 from .errors import InputError
-from .prediction import Prediction, top_k
+from .prediction import Prediction, check_top_k, top_k
 from .preprocess import FramePreprocessor
-
-if TYPE_CHECKING:  # annotations only: the engine imports this module
-    from .engine import Engine
 
 
 class StreamBusyError(RuntimeError):
@@ -34,13 +31,13 @@ class StreamBusyError(RuntimeError):
 class ClipStream:
     """Push frames; every ``every`` frames (once the window is full) :meth:`push` returns a prediction.
 
-    Per camera and per thread (see the module docstring); uses only the engine's public surface (``preprocess``,
-    ``infer``, ``labels``), so any engine object offering it works.
+    Per camera and per thread (see the module docstring); uses only :class:`runtime.engine_api.ClipEngine`
+    (``preprocess``, ``infer``, ``labels``), so any engine object offering it works (local or remote).
     """
 
-    def __init__(self, engine: "Engine", every: int | None = None, bgr: bool = False, top_k: int = 5) -> None:
+    def __init__(self, engine: ClipEngine, every: int | None = None, bgr: bool = False, top_k: int = 5) -> None:
         cfg = engine.preprocess
-        self.engine, self.bgr, self.top_k = engine, bgr, top_k
+        self.engine, self.bgr, self.top_k = engine, bgr, check_top_k(top_k)
         self.stride = max(1, cfg.sampling_rate)
         self.frames_per_clip = cfg.num_frames
         self.window = (cfg.num_frames - 1) * self.stride + 1

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import sys
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
 
-def _av():
+def _av() -> Any:
     try:
         import av
     except ImportError as e:
@@ -15,7 +15,7 @@ def _av():
     return av
 
 
-def open_source(source: str | int):
+def open_source(source: str | int) -> Any:
     """Open a file path, a URL (``rtsp://``, ``http://``) or a camera index / ``/dev/videoN``."""
     av = _av()
     src = str(source)

@@ -15,6 +15,16 @@ HELDOUT_SEED = 4242
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_cache(tmp_path_factory) -> Path:
+    """The runtime's user cache (device verdicts, compiled models) in a temporary folder, not ~/.cache."""
+    path = tmp_path_factory.mktemp("user-cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TIMESFORMER_CACHE", str(path))
+    yield path
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def motion_model_path() -> Path:
     if not MOTION_MODEL.is_file():

@@ -1,7 +1,8 @@
 """Synthetic action clips whose label needs time to tell, written as real H.264 videos.
 
 Each clip shows one bright shape (triangle, bar, L, T or notched ellipse) of a random colour on a dark,
-textured, noisy background with camera shake, and, half of the time, a small blinking distractor. The shape moves left/right/up/down,
+textured, noisy background with camera shake, and, half of the time, a small blinking distractor. The shape moves
+left/right/up/down,
 rotates clockwise/anticlockwise, or grows/shrinks, at a random speed from a random size, colour,
 position and orientation. Every class is drawn from the same per-frame distribution of positions,
 sizes and orientations, so a single frame cannot tell a class from its pair: only the motion can.

@@ -84,7 +84,7 @@ def inspect_onnx(onnx_path: str | os.PathLike) -> dict[str, Any]:
         raise OnnxInspectError(f"{path}: ONNX file not found")
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - protobuf raises several types
+    except Exception as e:
         raise OnnxInspectError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
     graph = model.graph
 

@@ -23,13 +23,15 @@ from typing import Any, Callable
 import numpy as np
 
 from runtime.files import sha256_file, sha256_json, temp_path_beside, write_json_atomic
+from runtime.options import PRECISIONS as ALL_PRECISIONS, Precision
 from runtime.preprocess import PreprocessConfig
 
 from calibration.clips.calibset import CalibrationSet, load_calibration_set, selection_key
 
 __all__ = ["precision_onnx", "PrecisionBuildError", "PRECISIONS", "TARGETS", "BUILD_VERSION"]
 
-PRECISIONS = ("fp16", "int8")
+#: the precisions this step converts to (FP32 needs no conversion)
+PRECISIONS = tuple(p for p in ALL_PRECISIONS if p != Precision.FP32)
 TARGETS = ("tensorrt", "onnxruntime")
 #: bumped when the conversion changes in a way that invalidates cached precision models
 BUILD_VERSION = 1
@@ -90,7 +92,7 @@ def _ort_check(path: Path) -> None:
     so.log_severity_level = 3
     try:
         ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - ORT raises several types
+    except Exception as e:
         raise PrecisionBuildError(f"{path}: ONNX Runtime CPU cannot load the converted model ({type(e).__name__}: "
                                   f"{e})") from e
 
@@ -132,7 +134,8 @@ def precision_onnx(fp32_onnx: Path, precision: str, target: str, calib: str | No
     meets the bar). The result is reused when its inputs are unchanged (no clip is read then).
     ``target_check(path, precision)``, when given, vets the result for its target (e.g. what TensorRT's parser
     and builder would accept); its answer is recorded as ``info["target_check"]``, and what it raises aborts.
-    ``int8_options``: outlier handling passed to :func:`calibration.precision.int8.quantize_int8` (``smooth``, ``keep_float``).
+    ``int8_options``: outlier handling passed to :func:`calibration.precision.int8.quantize_int8` (``smooth``,
+    ``keep_float``).
     """
     from calibration.precision import fp16 as fp16_mod
     from calibration.precision import int8 as int8_mod

@@ -60,7 +60,7 @@ def _load(path: Path):
 
     try:
         return onnx.load(str(path))
-    except Exception as e:  # noqa: BLE001 - protobuf raises several types
+    except Exception as e:
         raise FP16Error(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
 
 

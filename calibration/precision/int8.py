@@ -143,7 +143,8 @@ def _check_tensorrt_qdq(path: Path) -> dict[str, Any]:
 # ---- TensorRT INT8+FP16 form (issue 14, point 5) ----------------------------------------------------------------
 #: the TensorRT Q/DQ forms: "qdq-fp16" (default) has FP16 scales, so that in a strongly typed build each
 #: DequantizeLinear outputs FP16 and everything between the INT8 matmuls runs in FP16, with LayerNorm (and any
-#: Softmax whose output is not quantized) kept FP32 as in calibration.precision.fp16; attention's quantized Softmax runs in
+#: Softmax whose output is not quantized) kept FP32 as in calibration.precision.fp16; attention's quantized Softmax runs
+#: in
 #: FP16 so that MatMul -> Softmax -> Q has no Cast in it (TensorRT's INT8 fused attention); "qdq-fp32" keeps FP32
 #: around the INT8 matmuls (a DequantizeLinear's output type follows its scale's type). "qdq"/"qdq-static"/None
 #: mean the default.
@@ -246,7 +247,7 @@ def _quantize_fp32_islands_directly(model: Any) -> int:
     return rewired
 
 
-def to_tensorrt_fp16_form(path: Path) -> dict[str, Any]:
+def to_tensorrt_fp16_form(path: Path, get_clips: Callable[[], np.ndarray] | None = None) -> dict[str, Any]:
     """Rewrite the FP32-form Q/DQ ONNX at ``path`` in place into the INT8+FP16 form; returns what was done.
 
     LayerNorm, and each Softmax whose output is not quantized, stay FP32; a Softmax feeding a QuantizeLinear
@@ -257,9 +258,13 @@ def to_tensorrt_fp16_form(path: Path) -> dict[str, Any]:
     from onnx import version_converter
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    from calibration.precision.fp16 import ALWAYS_FP32_OPS, _remove_cast_roundtrips
+    from calibration.precision.fp16 import ALWAYS_FP32_OPS, _name_nodes, _remove_cast_roundtrips
+    from calibration.precision.int8_fp16 import fp32_rest_nodes, guard_fp16_scales
 
     model = onnx.load(str(path))
+    _name_nodes(model)  # the names fp32_rest_nodes decides by (issue 23: FP16 analysis of the float rest)
+    kept, overflowing = fp32_rest_nodes(path, get_clips()) if get_clips is not None else ([], [])
+    raised = guard_fp16_scales(model)  # issue 23: no Q/DQ scale below FP16's smallest normal
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < _FP16_QDQ_OPSET:
         model = version_converter.convert_version(model, _FP16_QDQ_OPSET)
@@ -267,7 +272,7 @@ def to_tensorrt_fp16_form(path: Path) -> dict[str, Any]:
     # Softmax is blocked by node name (only the unquantized ones); every other always-FP32 op by type
     model = convert_float_to_float16(model, keep_io_types=True,
                                      op_block_list=[op for op in ALWAYS_FP32_OPS if op != "Softmax"],
-                                     node_block_list=fp32_softmax)
+                                     node_block_list=fp32_softmax + [k["node"] for k in kept])
     _remove_cast_roundtrips(model)
     direct_q = _quantize_fp32_islands_directly(model)
     _toposort(model.graph)
@@ -281,7 +286,8 @@ def to_tensorrt_fp16_form(path: Path) -> dict[str, Any]:
     return {"form": "qdq-fp16", "opset": max(opset, _FP16_QDQ_OPSET),
             "fp32_ops": [op for op in ALWAYS_FP32_OPS if op != "Softmax" or fp32_softmax],
             "fp16_softmax": len(fp16_softmax), "fp32_softmax": len(fp32_softmax), "fp32_scale_q": direct_q,
-            "between_matmuls": "float16 (FP16 Q/DQ scales)"}
+            "between_matmuls": "float16 (FP16 Q/DQ scales)", "fp16_scales_raised": raised,
+            "kept_fp32": kept if get_clips is not None else None, "int8_outputs_over_fp16": overflowing}
 # ---- end of the TensorRT INT8+FP16 form ---------------------------------------------------------------------------
 
 
@@ -510,7 +516,7 @@ def quantize_int8(fp32_onnx: str | os.PathLike, out: str | os.PathLike, target: 
         else:
             raise QuantizationError(f"engine {engine!r}: expected 'onnxruntime' or 'modelopt'")
         if (form or TRT_DEFAULT_FORM) == "qdq-fp16":
-            info.update(to_tensorrt_fp16_form(out))
+            info.update(to_tensorrt_fp16_form(out, clips))
         else:
             info["form"] = "qdq-fp32"
         info.update(_check_tensorrt_qdq(out))

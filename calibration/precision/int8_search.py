@@ -1,4 +1,5 @@
-"""Searches around :func:`calibration.precision.int8.quantize_int8`: the clipping method, and per-layer sensitivity with the
+"""Searches around :func:`calibration.precision.int8.quantize_int8`: the clipping method, and per-layer sensitivity with
+the
 most sensitive MatMuls kept in float within a stated budget.
 
 * :func:`search_clipping` builds the INT8 model with each calibration method (``max``, ``percentile``,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,8 @@ from runtime.cli_args import ArgumentParser
 from runtime.files import write_json_atomic, write_text_atomic
 
 from runtime.cli_args import user_errors
+
+from export.bench.harness import machine, machine_line, markdown_table
 
 __all__ = ["BARS", "run_bench", "accuracy_row", "verdicts", "markdown", "main"]
 
@@ -182,7 +183,7 @@ def run_bench(model: str = DEFAULT_MODEL, n: int = 1600, clips: str | None = Non
             "recipe_heldout_accuracy": meta.get("heldout_accuracy"),
             "clips": {**evalset.info(), "spec": spec}, "calibration": {"spec": calib, "clips": calib_clips},
             "rows": rows, "verdicts": verdicts(rows), "bars_points": BARS, "min_clips_for_bars": MIN_CLIPS_FOR_BARS,
-            "versions": versions, "host": platform.node(), "cpu": platform.processor() or platform.machine(),
+            "versions": versions, "machine": machine(),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - t0, 1)}
 
@@ -192,13 +193,14 @@ def markdown(rep: dict[str, Any]) -> str:
     lines = [f"# Accuracy: {rep['model']} (task {rep['task']}, {rep['classes']} classes)", "",
              f"{n} held-out clips from `{rep['clips']['spec']}` (one clip = {100 / n:.3f} points); calibration "
              f"`{rep['calibration']['spec']}`, {rep['calibration']['clips']} clips. Reference: FP32 PyTorch. "
-             f"{rep['date']}, {rep['seconds']} s.", "",
-             "| engine | top-1 accuracy | vs FP32 (points) | lost / gained clips | top-1 agree | mean cosine | "
-             "min cosine | what |", "|---|---|---|---|---|---|---|---|"]
-    for r in rep["rows"]:
-        lines.append(f"| {r['name']} | {100 * r['accuracy']:.2f}% | {r['delta_points']:+.2f} | {r['lost']} / "
-                     f"{r['gained']} | {100 * r['top1_agreement']:.2f}% | {r['mean_cosine']:.6f} | "
-                     f"{r['min_cosine']:.6f} | {r['what']} |")
+             f"{rep['date']}, {rep['seconds']} s.", "", machine_line(rep["machine"]), "",
+             ]
+    lines += markdown_table(
+        ["engine", "top-1 accuracy", "vs FP32 (points)", "lost / gained clips", "top-1 agree", "mean cosine",
+         "min cosine", "what"],
+        [[r["name"], f"{100 * r['accuracy']:.2f}%", f"{r['delta_points']:+.2f}", f"{r['lost']} / {r['gained']}",
+          f"{100 * r['top1_agreement']:.2f}%", f"{r['mean_cosine']:.6f}", f"{r['min_cosine']:.6f}", r["what"]]
+         for r in rep["rows"]])
     lines += ["", "Bars (issue 15): INT8 within {int8} points of FP32, FP16 within {fp16}.".format(**rep["bars_points"]),
               ""]
     for v in rep["verdicts"]:
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default="artifacts/cache")
-    ap.add_argument("--out-dir", default="artifacts/bench/accuracy")
+    ap.add_argument("--out", "--out-dir", dest="out_dir", default="artifacts/bench/accuracy")
     a = ap.parse_args(argv)
     if a.n < 1:
         raise ValueError(f"--n: expected a positive number of clips, got {a.n}")

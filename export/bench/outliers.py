@@ -13,18 +13,18 @@ calibrated on). S = 1 is the model as it is. Writes ``outliers.json`` and ``outl
 from __future__ import annotations
 
 import datetime as _dt
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from runtime.cli_args import ArgumentParser
 from runtime.files import sha256_json, write_json_atomic, write_text_atomic
 
 from runtime.cli_args import user_errors
+
+from export.bench.harness import machine, machine_line, markdown_table
 
 BAR = {"mean_cosine": 0.999, "min_cosine": 0.99, "top1_agreement": 0.99}
 
@@ -86,7 +86,7 @@ def run(model: str, scales: list[float], channels: list[int], n: int, calib_clip
             "calibration": {"calib": "synthetic", "clips": calib_clips, "method": method, "seed": seed},
             "bar": BAR, "outlier_defaults": outlier_defaults(), "rows": rows,
             "ort_smoothquant": {"available": ok, "note": why},
-            "reference": "PyTorch FP32 of the same outlier model", "host": platform.node(),
+            "reference": "PyTorch FP32 of the same outlier model", "machine": machine(),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - t0, 1)}
 
@@ -95,21 +95,25 @@ def markdown(rep: dict[str, Any]) -> str:
     lines = [f"# INT8 on outlier versions of `{rep['model']}`", "",
              f"{rep['clips']['n']} held-out clips `{rep['clips']['spec']}`; calibration {rep['calibration']}; "
              f"bar {rep['bar']} vs {rep['reference']}.", "",
-             "| S | channels | target | form | SmoothQuant α | mean cos | min cos | top-1 agree | top-5 agree | "
-             "acc (FP32 → INT8) | bar |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rep["rows"]:
-        acc = (f"{100 * r['top1_accuracy_reference']:.1f}% → {100 * r['top1_accuracy']:.1f}%"
-               if r.get("top1_accuracy") is not None else "-")
-        lines.append(f"| {r['scale']:g} | {r['channels']} | {r['target']} | {r['form']} | "
-                     f"{'off' if r['smooth'] is None else r['smooth']} | {r['mean_cosine']:.5f} | {r['min_cosine']:.4f} "
-                     f"| {100 * r['top1_agreement']:.1f}% | {100 * r['top5_agreement']:.1f}% | {acc} | "
-                     f"{'yes' if r['meets_bar'] else '**no**'} |")
+             ]
+
+    def acc(r: dict[str, Any]) -> str | None:
+        if r.get("top1_accuracy") is None:
+            return None
+        return f"{100 * r['top1_accuracy_reference']:.1f}% → {100 * r['top1_accuracy']:.1f}%"
+
+    lines += markdown_table(
+        ["S", "channels", "target", "form", "SmoothQuant α", "mean cos", "min cos", "top-1 agree", "top-5 agree",
+         "acc (FP32 → INT8)", "bar"],
+        [[f"{r['scale']:g}", r["channels"], r["target"], r["form"], "off" if r["smooth"] is None else r["smooth"],
+          f"{r['mean_cosine']:.5f}", f"{r['min_cosine']:.4f}", f"{100 * r['top1_agreement']:.1f}%",
+          f"{100 * r['top5_agreement']:.1f}%", acc(r), "yes" if r["meets_bar"] else "**no**"] for r in rep["rows"]])
     sm = [r for r in rep["rows"] if r["smooth"] is not None]
     lines += ["", f"With SmoothQuant: {sum(r['meets_bar'] for r in sm)}/{len(sm)} meet the bar; without: "
               f"{sum(r['meets_bar'] for r in rep['rows'] if r['smooth'] is None)}/"
               f"{sum(1 for r in rep['rows'] if r['smooth'] is None)}.",
               f"ONNX Runtime's own SmoothQuant: {'available' if rep['ort_smoothquant']['available'] else 'not usable'}"
-              f" ({rep['ort_smoothquant']['note']}).", f"{rep['seconds']} s on {rep['host']}, {rep['date']}."]
+              f" ({rep['ort_smoothquant']['note']}).", f"{rep['seconds']} s on {machine_line(rep['machine'])}."]
     return "\n".join(lines) + "\n"
 
 

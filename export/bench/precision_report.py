@@ -4,7 +4,8 @@
 [--precisions fp32,fp16,int8] [--targets onnxruntime,tensorrt] [--out artifacts/reports/<name>]``
 
 Per precision and target (each target gets its own FP32 export: ``ort`` attention for ONNX Runtime,
-``decomposed`` for TensorRT, and its own FP16/INT8 conversion through :func:`calibration.precision.build.precision_onnx`):
+``decomposed`` for TensorRT, and its own FP16/INT8 conversion through
+:func:`calibration.precision.build.precision_onnx`):
 top-1 accuracy (when the clips have labels and the model has named classes), top-1 and top-5 agreement,
 cosine similarity and max |Δ| of the logits, and per block the relative error of the block output
 (the exported ``block_{i}_output`` tensors, exposed as extra outputs of a copy of the model, against
@@ -13,10 +14,12 @@ run here in ONNX Runtime (same graph and precision; TensorRT's kernels differ in
 Written as ``report.json`` and ``report.md``, atomically.
 
 Outlier handling (issue 15): ``--smooth default|off|ALPHA`` (SmoothQuant before INT8; the default is
-:data:`calibration.precision.int8.SMOOTH_DEFAULT_ALPHA`), ``--outliers S,C`` (report on the function-preserving outlier version
+:data:`calibration.precision.int8.SMOOTH_DEFAULT_ALPHA`), ``--outliers S,C`` (report on the function-preserving outlier
+version
 of the model, :func:`models.outliers.add_outliers`), ``--sensitivity`` (per-layer sensitivity of every INT8 target:
 one MatMul quantized at a time) and ``--keep-float auto`` (rebuild with the most sensitive MatMuls in float, within
-:data:`calibration.precision.int8_search.KEEP_FLOAT_BUDGET` of the MACs). The report records what was smoothed, what was kept
+:data:`calibration.precision.int8_search.KEEP_FLOAT_BUDGET` of the MACs). The report records what was smoothed, what was
+kept
 in float, and which tools did it (:data:`TOOLS`).
 """
 from __future__ import annotations
@@ -25,8 +28,8 @@ import datetime as _dt
 import os
 import platform
 import sys
-import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +39,18 @@ from runtime.cli_args import ArgumentParser
 from runtime.files import write_json_atomic, write_text_atomic
 
 from runtime.cli_args import user_errors
+# the one block-divergence routine (shared with make parity); the jump rule re-exported under its old names here
+from calibration.graph.blocks import (JUMP_FACTOR, JUMP_FLOOR, BlockErrors, BlockRunner, divergence,
+                                      first_jump_block, largest_step_block)
 
-__all__ = ["precision_report", "block_outputs_model", "first_jump_block", "largest_step_block", "write_report", "main"]
+__all__ = ["precision_report", "first_jump_block", "largest_step_block", "write_report", "main"]
 
 TARGETS = ("onnxruntime", "tensorrt")
 #: what quantizes and what smooths, and the libraries measured against (recorded in every report)
 TOOLS = {
     "int8": "onnxruntime.quantization (quantize_static Q/DQ for TensorRT and ONNX Runtime static; quantize_dynamic)",
-    "smoothquant": "calibration.precision.smoothquant (ours: folded into LayerNorm and MatMul weights on the FP32 ONNX)",
+    "smoothquant": "calibration.precision.smoothquant "
+                   "(ours: folded into LayerNorm and MatMul weights on the FP32 ONNX)",
     "smoothquant_alternatives": (
         "onnxruntime.quantization quantize_static(extra_options={'SmoothQuant': True}) needs Intel Neural "
         "Compressor 2.x (neural_compressor.adaptor.ox_utils, gone from 3.x; pulls opencv, scikit-learn, scipy, "
@@ -57,74 +64,6 @@ TOOLS = {
 
 def _log(msg: str) -> None:
     print(f"[report] {msg}", file=sys.stderr, flush=True)
-
-
-def block_outputs_model(onnx_path: Path, depth: int, out_path: Path) -> list[str]:
-    """Copy ``onnx_path`` to ``out_path`` with ``block_{i}_output`` as extra float32 outputs; returns their names."""
-    import onnx
-    from onnx import helper
-
-    model = onnx.load(str(onnx_path))
-    produced = {o for n in model.graph.node for o in n.output}
-    names = []
-    for i in range(depth):
-        t = f"block_{i}_output"
-        if t not in produced:
-            raise ValueError(f"{onnx_path}: tensor {t!r} not found; expected block outputs block_0_output.."
-                             f"block_{depth - 1}_output (export with export.onnx.export.export_onnx)")
-        out = f"{t}__f32"
-        model.graph.node.append(helper.make_node("Cast", [t], [out], to=onnx.TensorProto.FLOAT,
-                                                 name=f"{t}__report_cast"))
-        model.graph.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
-        names.append(out)
-    onnx.save(model, str(out_path))
-    return names
-
-
-#: relative block error below which a block is never called a jump (the precision's normal noise level)
-JUMP_FLOOR = {"fp32": 1e-4, "fp16": 1e-2, "int8": 5e-2}
-JUMP_FACTOR = 2.0
-
-
-def first_jump_block(errors: list[float], floor: float, factor: float = JUMP_FACTOR) -> int | None:
-    """The first block whose relative error is at least ``floor`` and ``factor`` times the previous block's
-    (the input of block 0 counts as error-free); None when the error never jumps."""
-    prev = 0.0
-    for i, e in enumerate(errors):
-        if e >= floor and e >= factor * prev:
-            return i
-        prev = e
-    return None
-
-
-def largest_step_block(errors: list[float]) -> int | None:
-    """The block that adds the most error (None without any increase)."""
-    steps = [e - (errors[i - 1] if i else 0.0) for i, e in enumerate(errors)]
-    return int(np.argmax(steps)) if steps and max(steps) > 0 else None
-
-
-class _Accumulator:
-    """Per block: mean relative L2 error and min cosine over clips; logits collected."""
-
-    def __init__(self, depth: int) -> None:
-        self.rel = np.zeros(depth)
-        self.min_cos = np.ones(depth)
-        self.n = 0
-        self.logits: list[np.ndarray] = []
-
-    def add(self, logits: np.ndarray, blocks: list[np.ndarray], ref_blocks: list[np.ndarray]) -> None:
-        self.logits.append(logits)
-        for i, (b, r) in enumerate(zip(blocks, ref_blocks)):
-            b64, r64 = b.astype(np.float64).ravel(), r.astype(np.float64).ravel()
-            rn = np.linalg.norm(r64)
-            self.rel[i] += np.linalg.norm(b64 - r64) / max(rn, 1e-30)
-            cos = float(b64 @ r64 / max(np.linalg.norm(b64) * rn, 1e-30))
-            self.min_cos[i] = min(self.min_cos[i], cos)
-        self.n += 1
-
-    def blocks(self) -> list[dict[str, float]]:
-        return [{"block": i, "mean_rel_error": float(self.rel[i] / max(self.n, 1)),
-                 "min_cosine": float(self.min_cos[i])} for i in range(len(self.rel))]
 
 
 def _fp32_export(net, labels, pre, source: dict[str, Any], target: str, cache_dir: Path) -> tuple[Path, str]:
@@ -153,118 +92,145 @@ def precision_report(model: str, clips: str | None = None, n_clips: int = 64,
     metadata), both default to that task's clips (``synthetic-TASK``).
     """
     import onnxruntime as ort
-    import torch
-    from tqdm import tqdm
 
-    from models import load_source
-    from calibration.precision.metrics import compare_logits
-
-    from export.bundle.precision_step import precision_onnx
-    from calibration.clips.calibset import load_calibration_set
+    from calibration.clips.calibset import load_calibration_set, synthetic_spec
+    from models import model_task
 
     t0 = time.perf_counter()
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    net, labels, pre, source = load_source(model, seed)
-    net.eval()
-    outlier_record = None
-    if outliers is not None:
-        from models.outliers import add_outliers
-        from runtime.files import sha256_json
-
-        net, outlier_record = add_outliers(net, float(outliers[0]), int(outliers[1]), seed)
-        source = {"checkpoint": f"{source['checkpoint']} + outliers S={outliers[0]:g} C={outliers[1]}",
-                  "checkpoint_sha256": sha256_json(source["checkpoint_sha256"], outlier_record)}
-    int8_options: dict[str, Any] = {"smooth": smooth}
-    sensitivity = sensitivity or keep_float == "auto"
-    sens_by_target: dict[str, Any] = {}
-    depth = net.config.depth
-    from calibration.clips.calibset import synthetic_spec
-    from models import model_task
-
-    task = model_task(net)
-    calib = calib or synthetic_spec(task)  # a model trained on a synthetic task: its own clips, for both
-    eval_spec = clips or synthetic_spec(task, seed + 9000)
-    evalset = load_calibration_set(eval_spec, pre, n_clips, seed, progress=progress)
-    use_labels = evalset.labels is not None and labels is not None
     for p in precisions:
         if p not in ("fp32", "fp16", "int8"):
             raise ValueError(f"precision {p!r}: expected fp32, fp16 or int8")
-    models: list[dict[str, Any]] = []
-    for target in targets:
-        fp32, attention = _fp32_export(net, labels, pre, source, target, cache)
-        for p in precisions:
-            entry: dict[str, Any] = {"precision": p, "target": target, "attention": attention}
-            if p == "fp32":
-                entry.update(onnx=fp32, form="fp32", build=None)
-            else:
-                opts = int8_options if p == "int8" else None
-                path, info = precision_onnx(fp32, p, target, calib, pre, calib_clips, method, cache, seed,
-                                            progress=progress, int8_options=opts)
-                if p == "int8" and sensitivity:
-                    sens_by_target[target] = _sensitivity(fp32, target, info, calib, pre, calib_clips, seed, cache,
-                                                          evalset.clips[:sensitivity_clips], smooth, method, progress)
-                    if keep_float == "auto" and sens_by_target[target]["keep_float"]:
-                        opts = {**int8_options, "keep_float": sens_by_target[target]["keep_float"]}
-                        path, info = precision_onnx(fp32, p, target, calib, pre, calib_clips, method, cache, seed,
-                                                    progress=progress, int8_options=opts)
-                entry.update(onnx=path, form=info.get("form"), build={k: info.get(k) for k in (
-                    "set_sha256", "calib", "n_clips", "skipped", "method", "kept_fp32_counts", "seconds", "reused")})
-                if p == "int8":
-                    entry["build"]["smoothquant"] = _smooth_summary(info.get("detail", {}).get("smoothquant"))
-                    entry["build"]["kept_float"] = info.get("detail", {}).get("kept_float", [])
-                if p == "fp16":
-                    entry["build"]["kept_fp32"] = [k["node"] for k in info.get("kept_fp32", [])]
-            models.append(entry)
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    sessions = []
-    with tempfile.TemporaryDirectory(prefix="precision-report-") as tmp:
-        for j, m in enumerate(models):
-            copy = Path(tmp) / f"m{j}.onnx"
-            names = block_outputs_model(m["onnx"], depth, copy)
-            s = ort.InferenceSession(str(copy), so, providers=["CPUExecutionProvider"])
-            sessions.append((s, s.get_inputs()[0].name, [s.get_outputs()[0].name] + names))
-        acc = [_Accumulator(depth) for _ in models]
-        ref_logits = []
-        for i in tqdm(range(len(evalset)), desc="evaluating", unit="clip", disable=not progress, file=sys.stderr):
-            x = evalset.clips[i:i + 1]
-            with torch.no_grad():
-                rl, rb = net.forward_with_blocks(torch.from_numpy(np.ascontiguousarray(x)))
-            ref_logits.append(rl.numpy())
-            rb = [b.numpy() for b in rb]
-            for a, (s, name, outs) in zip(acc, sessions):
-                res = s.run(outs, {name: x})
-                a.add(res[0].astype(np.float32), res[1:], rb)
-        del sessions
-    ref = np.concatenate(ref_logits)
-    lab = evalset.labels if use_labels else None
-    rows = []
-    for m, a in zip(models, acc):
-        metrics = compare_logits(ref, np.concatenate(a.logits), lab)
-        blocks = a.blocks()
-        errs = [b["mean_rel_error"] for b in blocks]
-        rows.append({"precision": m["precision"], "target": m["target"], "attention": m["attention"], "form": m["form"],
-                     "onnx": str(m["onnx"]), **metrics, "blocks": blocks,
-                     "first_jump_block": first_jump_block(errs, JUMP_FLOOR[m["precision"]]),
-                     "largest_step_block": largest_step_block(errs),
-                     "final_block_rel_error": errs[-1] if errs else None, "build": m["build"]})
+    net, labels, pre, source, outlier_record = _reference(model, seed, outliers)
+    task = model_task(net)
+    calib = calib or synthetic_spec(task)  # a model trained on a synthetic task: its own clips, for both
+    evalset = load_calibration_set(clips or synthetic_spec(task, seed + 9000), pre, n_clips, seed, progress=progress)
+    build = _Build(pre, calib, calib_clips, method, cache, seed, progress, {"smooth": smooth},
+                   sensitivity or keep_float == "auto", keep_float, evalset.clips[:sensitivity_clips])
+    models = [m for target in targets for m in _models_for(net, labels, source, target, precisions, build)]
+    lab = evalset.labels if evalset.labels is not None and labels is not None else None
+    rows = _evaluate(net, models, evalset.clips, lab, threads, progress)
     return {
         "model": model, "source": source, "model_config": net.config.to_dict(),
         "clips": {**evalset.info(),
                   "selection": evalset.selection[:8] + ([{"...": len(evalset) - 8}] if len(evalset) > 8 else [])},
         "labels": bool(lab is not None), "calibration": {"calib": calib or "synthetic", "clips": calib_clips,
                                                          "method": method, "seed": seed},
-        "outliers": outlier_record, "int8_options": {**int8_options, "keep_float": keep_float},
-        "sensitivity": sens_by_target, "tools": TOOLS,
+        "outliers": outlier_record, "int8_options": {"smooth": smooth, "keep_float": keep_float},
+        "sensitivity": build.sensitivity_by_target, "tools": TOOLS,
         "reference": "PyTorch FP32 (models.TimeSformer.forward_with_blocks)",
         "runtime": f"onnxruntime {ort.__version__} CPU",
         "rows": rows, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "host": platform.node(),
         "seconds": round(time.perf_counter() - t0, 1),
     }
+
+
+def _reference(model: str, seed: int, outliers: tuple[float, int] | None
+               ) -> tuple[Any, Any, Any, dict[str, Any], dict[str, Any] | None]:
+    """The FP32 PyTorch reference (its outlier version when asked): net, labels, preprocessing, source, record."""
+    from models import load_source
+
+    net, labels, pre, source = load_source(model, seed)
+    net.eval()
+    if outliers is None:
+        return net, labels, pre, source, None
+    from models.outliers import add_outliers
+    from runtime.files import sha256_json
+
+    net, record = add_outliers(net, float(outliers[0]), int(outliers[1]), seed)
+    source = {"checkpoint": f"{source['checkpoint']} + outliers S={outliers[0]:g} C={outliers[1]}",
+              "checkpoint_sha256": sha256_json(source["checkpoint_sha256"], record)}
+    return net, labels, pre, source, record
+
+
+@dataclass
+class _Build:
+    """How the reduced-precision models are built (one set of options for every target)."""
+
+    pre: Any
+    calib: str | None
+    calib_clips: int
+    method: str
+    cache: Path
+    seed: int
+    progress: bool
+    int8_options: dict[str, Any]
+    sensitivity: bool
+    keep_float: str | None
+    sensitivity_clips: np.ndarray
+    sensitivity_by_target: dict[str, Any] = field(default_factory=dict)
+
+    def onnx(self, fp32: Path, precision: str, target: str, options: dict[str, Any] | None) -> tuple[Path, Any]:
+        from export.bundle.precision_step import precision_onnx
+
+        return precision_onnx(fp32, precision, target, self.calib, self.pre, self.calib_clips, self.method, self.cache,
+                              self.seed, progress=self.progress, int8_options=options)
+
+
+def _models_for(net: Any, labels: Any, source: dict[str, Any], target: str, precisions: tuple[str, ...],
+                b: _Build) -> list[dict[str, Any]]:
+    """One target's FP32 export and its FP16/INT8 conversions (INT8 with sensitivity and keep-float when asked)."""
+    fp32, attention = _fp32_export(net, labels, b.pre, source, target, b.cache)
+    out = []
+    for p in precisions:
+        entry: dict[str, Any] = {"precision": p, "target": target, "attention": attention}
+        if p == "fp32":
+            out.append({**entry, "onnx": fp32, "form": "fp32", "build": None})
+            continue
+        path, info = b.onnx(fp32, p, target, b.int8_options if p == "int8" else None)
+        if p == "int8" and b.sensitivity:
+            sens = b.sensitivity_by_target[target] = _sensitivity(
+                fp32, target, info, b.calib, b.pre, b.calib_clips, b.seed, b.cache, b.sensitivity_clips,
+                b.int8_options["smooth"], b.method, b.progress)
+            if b.keep_float == "auto" and sens["keep_float"]:
+                path, info = b.onnx(fp32, p, target, {**b.int8_options, "keep_float": sens["keep_float"]})
+        build = {k: info.get(k) for k in ("set_sha256", "calib", "n_clips", "skipped", "method", "kept_fp32_counts",
+                                          "seconds", "reused")}
+        if p == "int8":
+            build["smoothquant"] = _smooth_summary(info.get("detail", {}).get("smoothquant"))
+            build["kept_float"] = info.get("detail", {}).get("kept_float", [])
+        if p == "fp16":
+            build["kept_fp32"] = [k["node"] for k in info.get("kept_fp32", [])]
+        out.append({**entry, "onnx": path, "form": info.get("form"), "build": build})
+    return out
+
+
+def _evaluate(net: Any, models: list[dict[str, Any]], clips: np.ndarray, labels: np.ndarray | None,
+              threads: int | None, progress: bool) -> list[dict[str, Any]]:
+    """Every model on every clip against ``net.forward_with_blocks``: logit metrics and per-block divergence."""
+    import torch
+    from tqdm import tqdm
+
+    from calibration.precision.metrics import compare_logits
+
+    depth = net.config.depth
+    runners = [BlockRunner(m["onnx"], depth, threads) for m in models]
+    errors = [BlockErrors() for _ in models]
+    logits: list[list[np.ndarray]] = [[] for _ in models]
+    ref_logits = []
+    for i in tqdm(range(len(clips)), desc="evaluating", unit="clip", disable=not progress, file=sys.stderr):
+        x = np.ascontiguousarray(clips[i:i + 1])
+        with torch.no_grad():
+            rl, rb = net.forward_with_blocks(torch.from_numpy(x))
+        ref_logits.append(rl.numpy())
+        ref_blocks = [b.numpy() for b in rb]
+        for run, err, out in zip(runners, errors, logits):
+            lg, blocks = run(x)
+            out.append(lg)
+            err.add(ref_blocks, blocks)
+    del runners
+    ref = np.concatenate(ref_logits)
+    rows = []
+    for m, err, out in zip(models, errors, logits):
+        d = divergence(err.rows(), m["precision"])
+        blocks = [{"block": r["block"], "mean_rel_error": r["rel_l2"], "min_cosine": r["cosine"]} for r in d["blocks"]]
+        rows.append({"precision": m["precision"], "target": m["target"], "attention": m["attention"],
+                     "form": m["form"], "onnx": str(m["onnx"]), **compare_logits(ref, np.concatenate(out), labels),
+                     "blocks": blocks, "first_jump_block": d["first_jump_block"],
+                     "largest_step_block": d["largest_step_block"],
+                     "final_block_rel_error": blocks[-1]["mean_rel_error"] if blocks else None, "build": m["build"]})
+    return rows
 
 
 def _smooth_summary(sq: dict[str, Any] | None) -> dict[str, Any] | None:

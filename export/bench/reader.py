@@ -6,22 +6,21 @@ decode only (PyAV, one decoder thread, frames converted to RGB) and decode + pre
 :func:`calibration.clips.video_reader.read_clip` per clip. Prints a table and writes JSON
 (default ``artifacts/bench/reader.json``). Target: at least 200 frames/s decode on one core.
 """
+
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from runtime.cli_args import ArgumentParser
+from runtime.cli_args import ArgumentParser, user_errors
 from runtime.files import write_json_atomic
 from runtime.preprocess import PreprocessConfig, preprocess_frames
 
-from runtime.cli_args import user_errors
+from export.bench.harness import machine, time_call
 from calibration.clips.synthetic import render_clip, write_video
 from calibration.clips.video_reader import decode_frames, read_clip, video_info
 
@@ -35,17 +34,13 @@ def make_test_video(path: Path, frames: int = 300, width: int = 320, height: int
     return write_video(path, np.concatenate(parts)[:frames], fps=30, container="mp4", crf=23)
 
 
-def _best_of(fn, repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return times
-
-
-def run(out_json: str | os.PathLike = "artifacts/bench/reader.json", frames: int = 300, repeats: int = 5,
-        width: int = 320, height: int = 240) -> dict:
+def run(
+    out_json: str | os.PathLike = "artifacts/bench/reader.json",
+    frames: int = 300,
+    repeats: int = 5,
+    width: int = 320,
+    height: int = 240,
+) -> dict:
     """Measure and write the JSON report; returns it."""
     try:  # one core for the whole process, where the OS allows it
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
@@ -57,27 +52,48 @@ def run(out_json: str | os.PathLike = "artifacts/bench/reader.json", frames: int
         video = make_test_video(Path(tmp) / "bench_320x240.mp4", frames, width, height)
         info = video_info(video)
         n = info["frames"]
-        decode_t = _best_of(lambda: decode_frames(video, threads=1), repeats)
+        decode_t = time_call(lambda: decode_frames(video, threads=1), repeats)
 
         def decode_pre():
             all_frames = decode_frames(video, threads=1)
             for s in range(0, n - pre.num_frames + 1, pre.num_frames):
-                preprocess_frames(all_frames[s:s + pre.num_frames], pre)
+                preprocess_frames(all_frames[s : s + pre.num_frames], pre)
 
-        pre_t = _best_of(decode_pre, repeats)
-        clip_t = _best_of(lambda: read_clip(video, pre, clip_index=3, num_clips=4), repeats)
+        pre_t = time_call(decode_pre, repeats)
+        clip_t = time_call(lambda: read_clip(video, pre, clip_index=3, num_clips=4), repeats)
     rows = [
-        {"what": "decode (H.264 -> RGB uint8), 1 thread", "frames": n, "median_s": statistics.median(decode_t),
-         "fps": n / statistics.median(decode_t)},
-        {"what": "decode + preprocess (224 crop, normalised)", "frames": n, "median_s": statistics.median(pre_t),
-         "fps": n / statistics.median(pre_t)},
-        {"what": "read_clip: 8x8 dense, last of 4 windows (seek)", "frames": pre.num_frames,
-         "median_s": statistics.median(clip_t), "fps": None},
+        {
+            "what": "decode (H.264 -> RGB uint8), 1 thread",
+            "frames": n,
+            "median_s": statistics.median(decode_t),
+            "fps": n / statistics.median(decode_t),
+        },
+        {
+            "what": "decode + preprocess (224 crop, normalised)",
+            "frames": n,
+            "median_s": statistics.median(pre_t),
+            "fps": n / statistics.median(pre_t),
+        },
+        {
+            "what": "read_clip: 8x8 dense, last of 4 windows (seek)",
+            "frames": pre.num_frames,
+            "median_s": statistics.median(clip_t),
+            "fps": None,
+        },
     ]
     report = {
-        "video": {"width": info["width"], "height": info["height"], "frames": n, "codec": info["codec"], "fps": info["fps"]},
-        "repeats": repeats, "pinned_to_one_core": pinned, "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "target_decode_fps": TARGET_FPS, "results": rows,
+        "video": {
+            "width": info["width"],
+            "height": info["height"],
+            "frames": n,
+            "codec": info["codec"],
+            "fps": info["fps"],
+        },
+        "repeats": repeats,
+        "pinned_to_one_core": pinned,
+        "machine": machine(),
+        "target_decode_fps": TARGET_FPS,
+        "results": rows,
         "meets_target": rows[0]["fps"] >= TARGET_FPS,
         "note": "timings on a shared machine are noisy; medians of the repeats",
     }
@@ -94,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     r = run(a.out, a.frames, a.repeats)
     v = r["video"]
-    print(f"{v['width']}x{v['height']} {v['codec']}, {v['frames']} frames, one core"
-          f"{' (pinned)' if r['pinned_to_one_core'] else ''}, median of {r['repeats']}")
+    print(
+        f"{v['width']}x{v['height']} {v['codec']}, {v['frames']} frames, one core"
+        f"{' (pinned)' if r['pinned_to_one_core'] else ''}, median of {r['repeats']}"
+    )
     print(f"{'what':<52} {'seconds':>9} {'frames/s':>9}")
     for row in r["results"]:
         fps = f"{row['fps']:.0f}" if row["fps"] else "-"

@@ -5,21 +5,40 @@ machine's load hits all of them alike) and runs :func:`export.serving.load_test.
 object per configuration (median and spread over the rounds) and writes them to ``--out`` when given.
 The load generator runs on the same machine as the replicas and competes with them for the cores.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import socket
 import sys
-import time
+from typing import Any
 
 import numpy as np
 
-from runtime.cli_args import ArgumentParser
+from runtime.cli_args import ArgumentParser, user_errors
 from runtime.errors import BundleError
 from runtime.files import write_json_atomic
 
-from runtime.cli_args import user_errors
+from export.bench.harness import machine
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One configuration over its rounds: medians and ranges of throughput and p99, and the error counts."""
+    tp = [r["throughput"] for r in runs]
+    p99 = [r["p99_ms"] for r in runs]
+    return {
+        "throughput_median": float(np.median(tp)),
+        "throughput_range": [min(tp), max(tp)],
+        "p99_ms_median": float(np.median(p99)),
+        "p99_ms_range": [min(p99), max(p99)],
+        "p50_ms_median": float(np.median([r["p50_ms"] for r in runs])),
+        "mean_batch": float(np.mean([r["mean_batch"] for r in runs])),
+        "lost": sum(r["lost"] for r in runs),
+        "errors": sum(r["errors"] for r in runs),
+        "mismatches": sum(r["mismatches"] for r in runs),
+        "rounds": len(runs),
+    }
 
 
 @user_errors("python -m export.bench.serve")
@@ -47,8 +66,16 @@ def main(argv: list[str] | None = None) -> int:
             for replicas, batching in configs:
                 # one replica gets both cores' worth of threads; two get one each
                 threads = max(1, (os.cpu_count() or 2) // replicas)
-                url = deploy(ServeOptions(bundle=a.engine, replicas=replicas, batching=batching, port=port,
-                                          threads=threads, cpus_per_replica=1.0 / replicas))
+                url = deploy(
+                    ServeOptions(
+                        bundle=a.engine,
+                        replicas=replicas,
+                        batching=batching,
+                        port=port,
+                        threads=threads,
+                        cpus_per_replica=1.0 / replicas,
+                    )
+                )
                 if clips is None:
                     clips = make_clips(RemoteEngine(url), 16)
                     expected = expected_logits(a.engine, clips)
@@ -56,26 +83,37 @@ def main(argv: list[str] | None = None) -> int:
                 res = run_load(url, a.clients, a.seconds, clips=clips, expected=expected).to_dict()
                 key = f"replicas={replicas} batching={'on' if batching else 'off'}"
                 results.setdefault(key, []).append(res)
-                print(json.dumps({"round": rnd, "config": key, **{k: res[k] for k in (
-                    "requests", "ok", "errors", "lost", "mismatches", "throughput", "p50_ms", "p99_ms", "mean_batch")}}),
-                      file=sys.stderr, flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "round": rnd,
+                            "config": key,
+                            **{
+                                k: res[k]
+                                for k in (
+                                    "requests",
+                                    "ok",
+                                    "errors",
+                                    "lost",
+                                    "mismatches",
+                                    "throughput",
+                                    "p50_ms",
+                                    "p99_ms",
+                                    "mean_batch",
+                                )
+                            },
+                        }
+                    ),
+                    file=sys.stderr,
+                    flush=True,
+                )
     except (BundleError, ValueError) as e:
         print(f"bench_serve: {e}", file=sys.stderr)
         return 2
     finally:
         shutdown()
-    summary = {}
-    for key, runs in results.items():
-        tp = [r["throughput"] for r in runs]
-        p99 = [r["p99_ms"] for r in runs]
-        summary[key] = {"throughput_median": float(np.median(tp)), "throughput_range": [min(tp), max(tp)],
-                        "p99_ms_median": float(np.median(p99)), "p99_ms_range": [min(p99), max(p99)],
-                        "p50_ms_median": float(np.median([r["p50_ms"] for r in runs])),
-                        "mean_batch": float(np.mean([r["mean_batch"] for r in runs])),
-                        "lost": sum(r["lost"] for r in runs), "errors": sum(r["errors"] for r in runs),
-                        "mismatches": sum(r["mismatches"] for r in runs), "rounds": len(runs)}
-    out = {"engine": a.engine, "clients": a.clients, "seconds": a.seconds, "date": time.strftime("%Y-%m-%d %H:%M"),
-           "loadavg_1m": os.getloadavg()[0], "configs": summary}
+    summary = {key: _summary(runs) for key, runs in results.items()}
+    out = {"engine": a.engine, "clients": a.clients, "seconds": a.seconds, "machine": machine(), "configs": summary}
     print(json.dumps(out, indent=1))
     if a.out:
         write_json_atomic(a.out, out)

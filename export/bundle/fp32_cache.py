@@ -4,8 +4,8 @@
 """
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ __all__ = ["fp32_onnx_path", "cached_fp32_onnx"]
 
 #: bumped when the export changes in a way that invalidates cached ONNX files
 EXPORT_VERSION = "onnx-v1"
+log = logging.getLogger(__name__)
 
 
 def fp32_onnx_path(cache_dir: str | os.PathLike, source: dict[str, Any], config: dict[str, Any], attention: str) -> Path:
@@ -31,10 +32,10 @@ def cached_fp32_onnx(net: Any, labels: list[str] | None, pre: Any, source: dict[
     path = fp32_onnx_path(cache_dir, source, net.config.to_dict(), attention)
     if path.is_file():
         if verbose:
-            print(f"[export] reusing {path}", file=sys.stderr, flush=True)
+            log.info("[export] reusing %s", path)
         return path
     if verbose:
-        print(f"[export] exporting ONNX (attention={attention}) -> {path}", file=sys.stderr, flush=True)
+        log.info("[export] exporting ONNX (attention=%s) -> %s", attention, path)
     export_onnx(net, path, attention=attention, labels=labels, preprocess=pre, source=source["checkpoint"],
                 source_sha256=source["checkpoint_sha256"], verbose=verbose)
     return path

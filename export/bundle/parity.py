@@ -4,8 +4,9 @@ The engine runs through ``runtime.Engine`` (exactly what an app runs); the refer
 source checkpoint (or ``--model``) in PyTorch. Logits are compared against the bundle's tolerance
 (FP32: max abs logit error; FP16/INT8: cosine similarity, top-1 and top-5 agreement). To say where
 the network goes wrong, the engine's ONNX is re-run with every block's output marked as a graph output
-(Polygraphy's ``ModifyOutputs`` + ``OnnxrtRunner``) and compared block by block with
-``TimeSformer.forward_with_blocks``: the report names the first block whose error jumps.
+(:mod:`calibration.graph.blocks`, the routine the precision report uses too) and compared block by block with
+``TimeSformer.forward_with_blocks``: the report names the first block past the precision's threshold and the
+first block whose error jumps.
 
 Writes ``parity.json`` and ``parity.md`` (atomically); exits non-zero when the engine fails.
 """
@@ -20,66 +21,12 @@ import numpy as np
 
 from runtime.cli_args import ArgumentParser
 from runtime.files import write_json_atomic, write_text_atomic
-from runtime.manifest import read_manifest
+from runtime.manifest import Manifest
 
 from runtime.cli_args import user_errors
 from calibration.precision.metrics import TOLERANCES, check_tolerance, compare_logits
-
-#: relative L2 error of a block's output tokens above which that block counts as diverged, per precision
-BLOCK_THRESHOLD = {"fp32": 1e-3, "fp16": 3e-2, "int8": 0.25}
-
-
-def block_output_names(onnx_path: str | os.PathLike) -> list[str]:
-    """The ``block_{i}_output`` tensors present in an ONNX graph, in block order."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    produced = {o for n in model.graph.node for o in n.output}
-    names, i = [], 0
-    while f"block_{i}_output" in produced:
-        names.append(f"block_{i}_output")
-        i += 1
-    return names
-
-
-def engine_block_outputs(onnx_path: str | os.PathLike, clips: np.ndarray, input_name: str, output_name: str,
-                         names: list[str], batch: int = 1) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Run ``onnx_path`` in ONNX Runtime (CPU) with the block tensors marked as outputs (Polygraphy)."""
-    from polygraphy.backend.onnx import BytesFromOnnx, ModifyOutputs, OnnxFromPath
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-    from polygraphy.logger import G_LOGGER
-
-    G_LOGGER.module_severity = G_LOGGER.WARNING
-    marked = ModifyOutputs(OnnxFromPath(str(onnx_path)), outputs=[output_name] + names)
-    loader = SessionFromOnnx(BytesFromOnnx(marked), providers=["CPUExecutionProvider"])
-    logits, blocks = [], [[] for _ in names]
-    with OnnxrtRunner(loader) as runner:
-        dtype = runner.get_input_metadata()[input_name].dtype
-        for i in range(0, len(clips), batch):
-            out = runner.infer({input_name: clips[i:i + batch].astype(dtype)})
-            logits.append(np.asarray(out[output_name], np.float32))
-            for j, n in enumerate(names):
-                blocks[j].append(np.asarray(out[n], np.float32))
-    return np.concatenate(logits), [np.concatenate(b) for b in blocks]
-
-
-def block_errors(reference: list[np.ndarray], engine: list[np.ndarray], precision: str) -> dict[str, Any]:
-    """Per-block relative L2 error and cosine; the first block past the precision's threshold."""
-    rows = []
-    for i, (r, e) in enumerate(zip(reference, engine)):
-        if r.shape != e.shape:
-            raise ValueError(f"block_{i}_output: reference shape {r.shape} != engine shape {e.shape}")
-        r64, e64 = r.astype(np.float64).ravel(), e.astype(np.float64).ravel()
-        rel = float(np.linalg.norm(r64 - e64) / max(np.linalg.norm(r64), 1e-30))
-        cos = float(r64 @ e64 / max(np.linalg.norm(r64) * np.linalg.norm(e64), 1e-30))
-        rows.append({"block": i, "rel_l2": rel, "cosine": cos, "max_abs": float(np.abs(r64 - e64).max())})
-    threshold = BLOCK_THRESHOLD[precision]
-    first = next((row["block"] for row in rows if row["rel_l2"] > threshold), None)
-    jumps = [rows[i]["rel_l2"] / max(rows[i - 1]["rel_l2"], 1e-12) if i else float("inf") for i in range(len(rows))]
-    largest_jump = int(np.argmax(jumps[1:]) + 1) if len(rows) > 1 else 0
-    return {"threshold_rel_l2": threshold, "first_diverging_block": first, "largest_jump_block": largest_jump,
-            "blocks": rows}
-
+# the one block-divergence routine (shared with the precision report); BLOCK_THRESHOLD and block_errors re-exported
+from calibration.graph.blocks import BLOCK_THRESHOLD, block_errors, block_output_names, run_blocks  # noqa: F401
 
 def reference_model(manifest: dict[str, Any], override: str | None):
     """The FP32 PyTorch model the bundle was built from (or ``override``)."""
@@ -100,13 +47,11 @@ def check_bundle(bundle: str | os.PathLike, clips: str | None = None, n: int = 1
 
     from calibration.clips.calibset import load_calibration_set
     from runtime import Engine
-    from runtime.preprocess import PreprocessConfig
 
     bundle = Path(bundle)
-    manifest = read_manifest(bundle)
-    precision = manifest["precision"]
-    pre = PreprocessConfig.from_dict(manifest["preprocess"])
-    net, model_name = reference_model(manifest, model)
+    manifest = Manifest.read(bundle)
+    precision, pre = manifest.precision, manifest.preprocess
+    net, model_name = reference_model(manifest.to_dict(), model)
     from calibration.clips.calibset import synthetic_spec
     from models import model_task
 
@@ -124,10 +69,10 @@ def check_bundle(bundle: str | os.PathLike, clips: str | None = None, n: int = 1
         if cset.classes is not None:  # a synthetic task's labels mean something only to a model trained on it
             labels = labels if engine.labels == list(cset.classes) else None
     metrics = compare_logits(ref_logits, out, labels)
-    tolerance = manifest.get("tolerance") or TOLERANCES[precision]
+    tolerance = manifest.tolerance or TOLERANCES[precision]
     failures = check_tolerance(metrics, precision, tolerance)
     report: dict[str, Any] = {
-        "bundle": str(bundle), "precision": precision, "backend": manifest["backend"], "engine": describe,
+        "bundle": str(bundle), "precision": precision, "backend": manifest.backend, "engine": describe,
         "reference": model_name, "clips": {"spec": clips, "count": int(len(x)), "sha256": cset.sha256,
                                            "skipped": cset.skipped},
         "metrics": metrics, "tolerance": tolerance, "passed": not failures, "failures": failures, "blocks": None,
@@ -137,17 +82,15 @@ def check_bundle(bundle: str | os.PathLike, clips: str | None = None, n: int = 1
     return report
 
 
-def _block_report(bundle: Path, manifest: dict[str, Any], x: np.ndarray, refs: list, precision: str
-                  ) -> dict[str, Any]:
-    engine_file = bundle / manifest["engine_file"]
+def _block_report(bundle: Path, manifest: Manifest, x: np.ndarray, refs: list, precision: str) -> dict[str, Any]:
+    engine_file = bundle / manifest.engine_file
     if engine_file.suffix != ".onnx":
         return {"note": f"{engine_file.name}: per-block outputs need the engine's ONNX; run parity on the ONNX "
                         "Runtime bundle of the same precision to localise the error"}
     names = block_output_names(engine_file)
     if not names:
         return {"note": f"{engine_file}: no block_{{i}}_output tensors (exported by an older export/)"}
-    logits, eng_blocks = engine_block_outputs(engine_file, x, manifest["input"]["name"], manifest["output"]["name"],
-                                              names)
+    _logits, eng_blocks = run_blocks(engine_file, x)
     ref_blocks = [np.concatenate([r[1][i].numpy() for r in refs]) for i in range(len(names))]
     return block_errors(ref_blocks, eng_blocks, precision)
 

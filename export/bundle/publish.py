@@ -2,10 +2,13 @@
 
 Rules:
 
-* ``OUT`` is replaced only when it is one of our bundles (a folder holding a ``manifest.json`` that
-  parses as a bundle manifest, with plain files only and, for schema 2, no file the manifest does not
-  list) or an empty folder. Anything else (a folder with other files, a file, a symlink) is refused
-  with :class:`PublishError` before any work, and nothing of the user's is deleted or renamed.
+* ``OUT`` is replaced only when it is one of our bundles (its ``manifest.json`` passes the runtime's full
+  validation and its ``files`` table lists every other file, each present with its size and sha256) or an
+  empty folder, and never when it is, holds or lies inside the current folder, the home folder or an input
+  of the build (the checkpoint, the calibration set, the cache): the one rule of
+  :func:`runtime.files.replace_problem`, shared with ``make triton``. Anything else (a folder with other
+  files, a file, a symlink) is refused with :class:`PublishError` before any work, and nothing of the
+  user's is deleted or renamed.
 * A build is assembled in a staging folder beside ``OUT``, ``.<name>.build-<pid>-<random>``, created
   with mode ``0o777 & ~umask`` (as ``mkdir`` does; ``tempfile.mkdtemp``'s 0700 would lock out a camera
   service running as another user). The builder writes ``manifest.json`` last, after parity passed,
@@ -30,7 +33,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
-import json
 import os
 import re
 import secrets
@@ -39,7 +41,9 @@ import signal
 import stat
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
+
+from runtime.files import FolderNotReplaceable, check_replaceable, owned_folder_problem
 
 __all__ = ["PublishError", "KILL_ENV", "KILL_STEPS", "kill_point", "check_out", "bundle_problem", "make_staging",
            "clean_stale", "file_records", "publish", "exchange_supported"]
@@ -63,45 +67,31 @@ def kill_point(step: str) -> None:
 
 # --------------------------------------------------------------------------- what OUT may be
 
+def _validate_bundle_manifest(data: Any, path: Path) -> None:
+    from runtime.manifest import validate_manifest
+
+    validate_manifest(data, path)  # the runtime's full schema 2 check, parity included
+
+
 def bundle_problem(folder: Path) -> str | None:
-    """None when ``folder`` is one of our bundles, else why it is not (one phrase)."""
-    path = folder / MANIFEST
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return f"it holds no {MANIFEST}"
-    if not stat.S_ISREG(st.st_mode):
-        return f"its {MANIFEST} is not a plain file"
-    try:
-        m = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        return f"its {MANIFEST} is not readable JSON ({type(e).__name__})"
-    if not (isinstance(m, dict) and isinstance(m.get("schema_version"), int) and isinstance(m.get("engine_file"), str)
-            and isinstance(m.get("backend"), str)):
-        return f"its {MANIFEST} is not a bundle manifest (no schema_version, backend and engine_file)"
-    listed = m.get("files") if isinstance(m.get("files"), dict) else None
-    for entry in folder.iterdir():
-        if entry.is_symlink() or not entry.is_file():
-            return f"it holds {entry.name!r}, which is not a plain file (a bundle holds plain files only)"
-        if listed is not None and entry.name != MANIFEST and entry.name not in listed:
-            return f"it holds {entry.name!r}, which its manifest does not list"
-    return None
+    """None when ``folder`` is one of our bundles, else why it is not (one phrase): its ``manifest.json`` passes
+    the runtime's full validation and its ``files`` table lists every other file, each present with its size
+    and sha256 (:func:`runtime.files.owned_folder_problem`)."""
+    return owned_folder_problem(folder, MANIFEST, _validate_bundle_manifest)
 
 
-def check_out(out: str | os.PathLike) -> Path:
-    """``OUT`` as a Path when a build may publish there (absent, an empty folder or one of our bundles);
-    raises :class:`PublishError` otherwise. Creates the parent folder."""
+def check_out(out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """``OUT`` as a Path when a build may publish there: absent, an empty folder or one of our bundles
+    (:func:`bundle_problem`), not the current or home folder, apart from every path in ``inputs`` (the
+    checkpoint, the calibration set, the cache: never one of them, inside one or holding one); raises
+    :class:`PublishError` otherwise. Creates the parent folder."""
+    try:
+        check_replaceable(out, bundle_problem, "an engine bundle", inputs)
+    except FolderNotReplaceable as e:
+        raise PublishError(str(e)) from e
     out = Path(out)
-    if out.is_symlink():
-        raise PublishError(f"OUT={out}: is a symlink; refusing to replace it (give the real folder, or a new path)")
-    if out.exists():
-        if not out.is_dir():
-            raise PublishError(f"OUT={out}: is a file, not a bundle folder; refusing to replace it (choose a new path)")
-        if any(out.iterdir()):
-            why = bundle_problem(out)
-            if why:
-                raise PublishError(f"OUT={out}: an existing folder that is not an engine bundle ({why}); refusing to "
-                                   "replace it: choose a new or empty folder, or remove it yourself")
+    if out.name in ("", ".", ".."):  # "x/..": the real name, so the staging folder lands beside it
+        out = Path(os.path.abspath(out))
     parent = out.parent
     if parent.exists() and not parent.is_dir():
         raise PublishError(f"OUT={out}: its parent {parent} is a file, not a folder")
@@ -158,8 +148,8 @@ def clean_stale(out: Path, log=None) -> list[str]:
         if m and not _alive(int(m.group(2))) and entry.is_dir() and not entry.is_symlink():
             stale.append((m.group(1), entry))
     if not os.path.lexists(out):
-        olds = sorted((e for kind, e in stale if kind == "old" and bundle_problem(e) is None),
-                      key=lambda e: e.stat().st_mtime, reverse=True)
+        # an .old- folder was OUT itself until the killed build renamed it: put it back, whatever it holds
+        olds = sorted((e for kind, e in stale if kind == "old"), key=lambda e: e.stat().st_mtime, reverse=True)
         if olds:
             os.rename(olds[0], out)
             done.append(f"restored {out} from {olds[0].name} (a build was killed while publishing)")
@@ -237,10 +227,11 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def publish(staging: Path, out: Path) -> None:
-    """Make the finished bundle in ``staging`` the one at ``out`` in one atomic step (see the module
-    docstring); the old bundle, if any, is removed afterwards. ``out`` is re-checked first."""
-    check_out(out)  # it may have changed during the build
+def publish(staging: Path, out: Path, check: Callable[[Path], Any] | None = None) -> None:
+    """Make the finished folder in ``staging`` the one at ``out`` in one atomic step (see the module
+    docstring); the old one, if any, is removed afterwards. ``out`` is re-checked first with ``check``
+    (default :func:`check_out`, the bundle rule; another writer passes its own, e.g. ``make triton``)."""
+    (check or check_out)(out)  # it may have changed during the build
     _fsync_dir(staging)
     if not os.path.lexists(out):
         os.rename(staging, out)

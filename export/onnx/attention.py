@@ -27,9 +27,9 @@ import torch
 
 from models.timesformer import ATTENTION_IMPLS, Attention, sdpa_attention
 
-ATTENTION_MODES = ("onnx", "decomposed", "ort")
-#: the ``--attention`` choices: the modes plus ``auto`` (see :func:`default_attention`)
-ATTENTION_CHOICES = ATTENTION_MODES + ("auto",)
+#: the attention forms and the ``--attention`` choices (the forms plus ``auto``, see :func:`default_attention`),
+#: defined once in export/onnx/forms.py, which imports without torch (for the build's option table)
+from export.onnx.forms import ATTENTION_CHOICES, ATTENTION_MODES
 #: the opset each mode exports at by default (``onnx`` needs 23 for ``Attention``; 17 is what TensorRT 10.3 parses;
 #: ``ort`` is for ONNX Runtime >= 1.23 only, and from opset 20 on GELU is one op that it fuses with its bias, which
 #: it does not do for the opset-17 Erf form)
@@ -37,7 +37,8 @@ DEFAULT_OPSET = {"onnx": 23, "decomposed": 17, "ort": 23}
 MIN_OPSET = {"onnx": 23, "decomposed": 17, "ort": 17}
 #: the first TensorRT whose ONNX parser reads the standard ``Attention`` operator
 TRT_ATTENTION_MIN = (10, 14)
-#: the fastest mode in ONNX Runtime on the CPU (measured with ``python -m export.bench.onnx_forms``, base 8x224, batch 1,
+#: the fastest mode in ONNX Runtime on the CPU (measured with ``python -m export.bench.onnx_forms``, base 8x224, batch
+#: 1,
 #: 2 threads, ONNX Runtime 1.32: the standard ``Attention`` op, which ONNX Runtime runs as one fused CPU kernel,
 #: used the least CPU time; ``MultiHeadAttention`` was within noise, the unfused decomposed form 3-5 % slower)
 ORT_DEFAULT = "onnx"

@@ -22,24 +22,37 @@ ONNX ``Attention``             parsed from 10.14 into an ``IAttention`` that is 
                                builtin_op_importers.cpp, Attention importer), so it needs a fused kernel, and
                                there is none for FP32: FP32 engines get the ``decomposed`` form
 ``SAME_COMPUTE_CAPABILITY``    hardware-compatibility level from 10.9 (``AMPERE_PLUS`` from 8.6)
+``BuilderFlag.TF32``           set by default by TensorRT (Ampere, Hopper, Orin: FP32 matmuls in TF32). Cleared
+                               here unless ``tf32=True``: FP32 means strict FP32; TF32 is a choice of its own
+                               with its own parity tolerance (:data:`TF32_TOLERANCE`)
+DLA profiles                   min = opt = max (NvInfer.h, ``IOptimizationProfile``: DLA has no dynamic
+                               shapes): a DLA plan needs a static batch, refused here otherwise
+FP16 attention, decomposed     ``MatMul -> Softmax -> MatMul`` with FP16 matmuls fuses into TensorRT's fused
+                               MHA only with nothing between the nodes; the FP16 ONNX keeps Softmax FP32
+                               between two Casts, so the builder gets it rewritten (``export.tensorrt.
+                               fp16_attention``): the attention Softmax in FP16, no Cast (``attention_softmax``)
+ONNX ``Attention``, no kernel  a non-decomposable ``IAttention`` without a fused kernel (GPU, shape,
+                               hardware-compatibility mode) fails the build: rebuilt once with
+                               ``IAttention.decomposable = True`` (TensorRT's multi-kernel form), recorded
 =============================  ==========================================================================
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from calibration.graph.onnx_inspect import OnnxInspectError, check_precision, inspect_onnx
 from runtime.backends.tensorrt_session import TensorRTSession
+from runtime.options import PRECISIONS
 from runtime.versions import VersionError, parse_version
 
 __all__ = ["PRECISIONS", "INT8_FORMS", "HARDWARE_COMPATIBILITY", "FP32_PINNED_LAYER_TYPES", "ATTENTION_MIN_TRT",
+           "TF32_TOLERANCE",
            "TensorRTBuildError", "TensorRTBuildOptions", "TensorRTPlan", "tensorrt_attention", "plan_request",
            "plan_build", "parse_trt_version"]
 
-PRECISIONS = ("fp32", "fp16", "int8")
 INT8_FORMS = ("fp16", "fp32")
 HARDWARE_COMPATIBILITY = {
     "none": "NONE",
@@ -56,6 +69,11 @@ ATTENTION_MIN_TRT = (10, 14)
 MIN_TRT = (8, 6)
 #: NVIDIA documents 10.7 as the last TensorRT 10 release with DLA
 DLA_LAST_TRT10 = (10, 7)
+#: parity tolerance of an FP32 engine built with TF32 allowed (``tf32=True``), against FP32 PyTorch. TF32 rounds
+#: matmul inputs to a 10-bit mantissa; emulated on the CPU (every Linear's input and weight rounded to TF32,
+#: accumulation FP32) the motion model moves its logits by at most 3e-3 over 64 held-out clips (cosine > 0.99999),
+#: so FP32's max |dlogit| 1e-3 cannot hold: TF32 gets a cosine bar and a looser absolute one.
+TF32_TOLERANCE = {"max_abs_logit": 5e-2, "min_cosine": 0.9999, "top1_agreement": 0.99}
 
 
 class TensorRTBuildError(RuntimeError):
@@ -95,8 +113,11 @@ class TensorRTBuildOptions:
     version_compatible: bool = False
     #: 0..5 (TensorRT's default is 3); None leaves TensorRT's default
     builder_optimization_level: int | None = None
-    #: allow TF32 for FP32 math (TensorRT's default); False clears BuilderFlag.TF32
-    tf32: bool = True
+    #: TF32 matmuls for FP32 math (TensorRT's default on Ampere+). False (here the default): strict FP32,
+    #: BuilderFlag.TF32 cleared; True: set, and the bundle's parity is held to TF32_TOLERANCE
+    tf32: bool = False
+    #: a non-decomposable IAttention without a fused kernel: rebuild with IAttention.decomposable = True
+    attention_fallback: bool = True
     verbose: bool = False
     #: INT8 only, the Q/DQ ONNX form: "fp16" (FP16 scales and activations between the INT8 matmuls, LayerNorm and
     #: Softmax FP32: the fast GPU form) or "fp32" (everything around the INT8 matmuls FP32)
@@ -137,6 +158,13 @@ class TensorRTBuildOptions:
                 raise TensorRTBuildError(f"dla_core is set with hardware_compatibility="
                                          f"{self.hardware_compatibility!r}; hardware compatibility applies to "
                                          "GPU engines only (use 'none')")
+            if not b[0] == b[1] == b[2]:
+                raise TensorRTBuildError(
+                    f"dla_core={self.dla_core} with batch {tuple(b)}: DLA runs static shapes only (an optimization "
+                    f"profile for DLA must have min = opt = max, NvInfer.h); pass a static batch, e.g. --batch "
+                    f"{b[1]}:{b[1]}:{b[1]} (BATCH={b[1]}:{b[1]}:{b[1]})")
+        if not isinstance(self.tf32, bool):
+            raise TensorRTBuildError(f"tf32 {self.tf32!r} invalid; expected true or false")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly copy (tuples become lists)."""
@@ -214,6 +242,14 @@ class TensorRTPlan:
     session: TensorRTSession
     options: dict[str, Any]
     warnings: tuple[str, ...] = ()
+    #: TF32 allowed for FP32 math (BuilderFlag.TF32 set); False: strict FP32 (the flag cleared)
+    tf32: bool = False
+    #: the parity tolerance the bundle is held to when not its precision's own (TF32: TF32_TOLERANCE)
+    parity_tolerance: dict[str, float] | None = None
+    #: FP16 decomposed attention: how the Softmax between the two FP16 matmuls is handed to TensorRT
+    attention_softmax: str | None = None
+    #: the ONNX Attention operator: what happens when TensorRT has no fused kernel for it
+    attention_fallback: str | None = None
     onnx: dict[str, Any] | None = None
     input: dict[str, Any] | None = None
     outputs: tuple[dict[str, Any], ...] | None = None
@@ -339,7 +375,9 @@ def plan_request(options: "TensorRTBuildOptions", trt_version: str, attention: s
         if major >= 11:
             warnings.append(f"DLA support in TensorRT 11 depends on the release and platform (none in 11.0-11.3; "
                             f"Jetson AGX Orin from 11.4.1 with JetPack 7.2.2); check TensorRT {version}'s notes")
-    if not options.tf32:
+    if options.tf32:  # TensorRT sets TF32 by default; set it explicitly so that the plan and session say so
+        builder_flags.append("TF32")
+    else:  # FP32 = strict FP32
         clear_flags.append("TF32")
     hw = options.hardware_compatibility
     if hw != "none" and vtuple < HARDWARE_COMPATIBILITY_MIN_TRT[hw]:
@@ -354,6 +392,7 @@ def plan_request(options: "TensorRTBuildOptions", trt_version: str, attention: s
         "hardware_compatibility_level": HARDWARE_COMPATIBILITY[hw],
         "builder_optimization_level": options.builder_optimization_level,
         "progress_monitor": major >= 10,
+        "static_batch": options.batch[0] == options.batch[1] == options.batch[2],
     }
     session = TensorRTSession(strongly_typed=strongly_typed, builder_flags=tuple(builder_flags),
                               version_compatible=bool(options.version_compatible), hardware_compatibility=hw,
@@ -362,7 +401,34 @@ def plan_request(options: "TensorRTBuildOptions", trt_version: str, attention: s
                         onnx_precision=_onnx_precision(options, strongly_typed), strongly_typed=strongly_typed,
                         creation_flags=tuple(creation_flags), builder_flags=tuple(builder_flags),
                         clear_builder_flags=tuple(clear_flags), fp32_layer_types=tuple(fp32_layer_types),
-                        config=config, session=session, options=options.to_dict(), warnings=tuple(warnings))
+                        config=config, session=session, options=options.to_dict(), warnings=tuple(warnings),
+                        tf32=bool(options.tf32),
+                        parity_tolerance=dict(TF32_TOLERANCE) if options.tf32 and options.precision == "fp32" else None,
+                        attention_softmax=_attention_softmax(options, attention, strongly_typed),
+                        attention_fallback=_attention_fallback(options, attention))
+
+
+def _attention_softmax(options: TensorRTBuildOptions, attention: str, strongly_typed: bool) -> str | None:
+    """What the plan says about the Softmax between the attention matmuls (FP16 decomposed forms only)."""
+    if attention != "decomposed" or options.precision != "fp16":
+        return None
+    if strongly_typed:
+        return ("fp16: the FP16 ONNX's Cast -> FP32 Softmax -> Cast between two FP16 MatMuls is rewritten to an FP16 "
+                "Softmax with no Cast (export.tensorrt.fp16_attention), the plain MatMul -> Softmax -> MatMul that "
+                "TensorRT's fused MHA matches; only where both matmuls are FP16 (the FP16 analysis kept them off "
+                "the overflow list)")
+    return ("fp32: the builder-flag path pins every SOFTMAX layer to FP32 (OBEY_PRECISION_CONSTRAINTS), which puts "
+            "reformats between the FP16 matmuls: TensorRT's fused MHA is not expected on this path")
+
+
+def _attention_fallback(options: TensorRTBuildOptions, attention: str) -> str | None:
+    if attention != "onnx":
+        return None
+    if not options.attention_fallback:
+        return "none: a missing fused attention kernel fails the build"
+    return ("if TensorRT finds no fused kernel for the non-decomposable IAttention (GPU, shape or "
+            "hardware-compatibility mode), the network is rebuilt once with IAttention.decomposable = True "
+            "(TensorRT's multi-kernel form) and the build info records why")
 
 
 def _installed_trt_version() -> str:

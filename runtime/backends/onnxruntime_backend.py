@@ -1,6 +1,7 @@
 """ONNX Runtime backend: CPU (the embedded default), CUDA and TensorRT execution providers."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,11 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, engine_path: Path, manifest: dict[str, Any], device: str = "cpu", threads: int | None = None,
                  providers: list[str] | None = None, **options: Any) -> None:
         super().__init__(engine_path, manifest, device, **options)
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise RuntimeError(f"{engine_path}: this ONNX Runtime bundle needs onnxruntime, which is not installed: "
+                               "pip install './runtime[cpu]' (or './runtime[gpu]' for its CUDA provider)") from e
 
         session = OnnxRuntimeSession.from_dict(manifest.get("session") or {}, where=f"{engine_path}: manifest session")
         kind = device.split(":")[0]
@@ -44,17 +49,29 @@ class OnnxRuntimeBackend(Backend):
         available = ort.get_available_providers()
         if providers[0] not in available:
             raise RuntimeError(f"device {device!r} needs ONNX Runtime's {providers[0]}, but this onnxruntime "
-                               f"({ort.__version__}) has only {available}; install onnxruntime-gpu (pip install "
-                               "'.[gpu]') or use device='cpu'")
+                               f"({ort.__version__}) has only {available}; install onnxruntime-gpu in place of "
+                               "onnxruntime (pip uninstall onnxruntime; pip install './runtime[gpu]') or use "
+                               "device='cpu'")
         device_id = int(device.split(":")[1]) if ":" in device else 0
         provider_args = [(p, {"device_id": device_id}) if p != "CPUExecutionProvider" else p for p in providers]
         so = ort.SessionOptions()
         level = session.graph_optimization_level
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
-        n = threads if threads is not None else session.intra_op_num_threads
+        cpus = available_cpus()
+        if threads is not None:
+            if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 4 * cpus:
+                raise ValueError(f"threads: expected 1..{4 * cpus} (this machine has {cpus} CPUs), got {threads!r}")
+            n = threads
+        else:  # the bundle's value was right where it was built: never more threads than CPUs here (issue 28 #12)
+            n = min(session.intra_op_num_threads, cpus)
         so.intra_op_num_threads = int(n)
-        so.inter_op_num_threads = session.inter_op_num_threads
+        so.inter_op_num_threads = min(session.inter_op_num_threads, cpus)
         so.log_severity_level = 3
+        from ..cpu_isa import ort_int8_config
+
+        int8_config = ort_int8_config(manifest.get("precision", ""))  # issue 25: exact INT8 on x86 without VNNI
+        for k, v in int8_config.items():
+            so.add_session_config_entry(k, v)
         external = (manifest.get("files") or {}).get(self.engine_path.name + ".data") is not None
         model: bytes | str = str(engine_path) if external or self.engine_bytes is None else self.engine_bytes
         try:
@@ -77,15 +94,18 @@ class OnnxRuntimeBackend(Backend):
         if got_type != want_type:
             raise BundleError(f"{engine_path}: the model's input {self.input_name!r} is {got_type}, the manifest's "
                               f"input.dtype is {manifest['input']['dtype']!r}: not the model this bundle was built with")
+        _check_fixed_dims(engine_path, self.input_name, self.session.get_inputs()[0].shape, manifest["input"]["shape"])
         classes = next(o.shape for o in self.session.get_outputs() if o.name == want_out)[-1]
         if isinstance(classes, int) and classes != manifest["output"]["shape"][-1]:
             raise BundleError(f"{engine_path}: the model outputs {classes} classes, the manifest says "
                               f"{manifest['output']['shape'][-1]}: not the model this bundle was built with")
         self.settings = {"providers": self.session.get_providers(), "intra_op_num_threads": so.intra_op_num_threads,
-                         "graph_optimization_level": level, "onnxruntime": ort.__version__}
+                         "graph_optimization_level": level, "onnxruntime": ort.__version__, "int8_config": int8_config}
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        out = self.session.run([self.output_name], {self.input_name: x})[0]
+        if self.session is None:
+            raise RuntimeError(f"{self.engine_path}: the ONNX Runtime session was closed")
+        out: np.ndarray = self.session.run([self.output_name], {self.input_name: x})[0]
         return out.astype(np.float32, copy=False)
 
     def close(self) -> None:
@@ -93,3 +113,25 @@ class OnnxRuntimeBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "device": self.device, **self.settings}
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _check_fixed_dims(engine_path: Path, name: str, model_shape: Any, manifest_shape: list[int]) -> None:
+    """The model's fixed input dimensions must be the manifest's (frames, channels, crop): a manifest whose
+    num_frames or crop size disagrees with the engine is refused at load, not at the first call (issue 28 #16)."""
+    dims = list(model_shape or [])
+    if len(dims) != len(manifest_shape):
+        raise BundleError(f"{engine_path}: the model's input {name!r} has shape {dims}, the manifest's input.shape is "
+                          f"{manifest_shape}: not the model this bundle was built with")
+    for i, (got, want) in enumerate(zip(dims, manifest_shape)):
+        if isinstance(got, int) and got > 0 and want != -1 and got != want:
+            raise BundleError(f"{engine_path}: the model's input {name!r} has shape {dims}, the manifest's "
+                              f"input.shape is {manifest_shape} (dimension {i} differs; preprocess.num_frames and "
+                              "crop_size must match the engine): not the model this bundle was built with")

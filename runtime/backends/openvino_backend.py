@@ -11,7 +11,11 @@ serves every backend. What the manifest's ``session`` asks for (``runtime/backen
   bytes ``runtime.Engine`` verified, compiles it and exports the compiled model to
   ``<cache>/<engine sha256>/<settings>.blob``; later loads import that blob and never parse the ONNX, so a camera
   app starts fast. The blob is keyed by the engine's SHA-256 (the one the manifest lists and the Engine checks),
-  the OpenVINO version and the compile settings. OpenVINO's own ``CACHE_DIR`` is not used: it keys
+  the OpenVINO version and the compile settings, and signed: beside each blob, ``<blob>.sig`` holds an HMAC-SHA256
+  of the engine's SHA-256, the blob's name and its bytes under a per-user secret key (``cache_key_path()``, mode
+  0600, outside the cache folder). A blob whose signature does not verify (planted, edited, truncated, or written
+  by another user) is never imported: the ONNX is compiled again and the entry replaced (issue 28 #5). Without a
+  usable key (not ours, readable by others) the cache is not used. OpenVINO's own ``CACHE_DIR`` is not used: it keys
   ``compile_model(path)`` by the file's path, not its content (a rebuilt bundle at the same path would get the old
   compiled model), and ``compile_model(model)`` re-reads and hashes the whole model on every load.
 
@@ -20,8 +24,12 @@ from a pool (making a new one when all are busy) and puts it back afterwards, so
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import queue
+import secrets
+import stat
 import sys
 import time
 from pathlib import Path
@@ -34,7 +42,7 @@ from .base import Backend
 from .openvino_session import OpenVINOSession, choose_precision
 
 __all__ = ["OpenVINOBackend", "OpenVINOUnavailable", "import_openvino", "openvino_available", "default_cache_root",
-           "INSTALL_HINT"]
+           "cache_key_path", "INSTALL_HINT"]
 
 INSTALL_HINT = "pip install './runtime[openvino]' (the runtime's openvino extra), or pip install 'openvino>=2025.0'"
 
@@ -47,7 +55,7 @@ def import_openvino() -> Any:
     """``import openvino``; raises :class:`OpenVINOUnavailable` with the install command."""
     try:
         import openvino as ov
-    except Exception as e:  # noqa: BLE001 - a broken install raises more than ImportError
+    except Exception as e:
         raise OpenVINOUnavailable(f"this bundle needs OpenVINO, which is not importable ({type(e).__name__}: {e}); "
                                   f"{INSTALL_HINT}") from e
     return ov
@@ -65,6 +73,51 @@ def default_cache_root() -> Path:
     else:
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "timesformer" / "openvino"
+
+
+def cache_key_path() -> Path:
+    """This user's secret key for signing compiled models: ``$TIMESFORMER_CACHE_KEY``, else
+    ``$XDG_CONFIG_HOME/timesformer/cache.key`` (``~/.config/...``): deliberately not inside the cache folder, which
+    may be shared."""
+    env = os.environ.get("TIMESFORMER_CACHE_KEY")
+    if env:
+        return Path(env)
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "timesformer" / "cache.key"
+
+
+def _cache_key() -> bytes | None:
+    """The 32-byte key (created, mode 0600, on first use); None with a warning when it is not safely ours."""
+    path = cache_key_path()
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with open(fd, "wb") as f:
+                f.write(secrets.token_bytes(32))
+        fd = os.open(path, flags)
+        with open(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            key = f.read(33)
+    except OSError as e:
+        print(f"[openvino] warning: no compiled-model cache key at {path} ({e.strerror or e}); compiling without the "
+              "cache", file=sys.stderr)
+        return None
+    mine = not hasattr(os, "getuid") or st.st_uid == os.getuid()
+    if not stat.S_ISREG(st.st_mode) or not mine or st.st_mode & 0o077 or len(key) != 32:
+        print(f"[openvino] warning: the compiled-model cache key {path} is not a private 32-byte file of this user "
+              "(mode 0600); compiling without the cache", file=sys.stderr)
+        return None
+    return key
+
+
+def _signature(key: bytes, blob: Path, engine_sha: str, data: bytes) -> str:
+    msg = b"\0".join([b"timesformer-openvino-cache-1", engine_sha.encode(), blob.name.encode()])
+    return hmac.new(key, msg + b"\0" + hashlib.sha256(data).digest(), hashlib.sha256).hexdigest()
 
 
 class OpenVINOBackend(Backend):
@@ -90,21 +143,36 @@ class OpenVINOBackend(Backend):
             raise ValueError(f"device: OpenVINO {ov.__version__} has {core.available_devices} here, not {ov_device!r} "
                              f"(from device={device!r})")
         caps = list(core.get_property(ov_device, "OPTIMIZATION_CAPABILITIES"))
+        if ov_device == "CPU":  # issue 25: ONEDNN_MAX_CPU_ISA may have taken bf16 away
+            from ..cpu_isa import openvino_capabilities
+
+            caps = openvino_capabilities(caps)
         precision = choose_precision(settings, caps)
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision,
                                   "PERFORMANCE_HINT": settings.performance_hint}
-        n = threads if threads is not None else settings.num_threads
+        from .onnxruntime_backend import available_cpus
+
+        cpus = available_cpus()
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or not 1 <= threads <= 4 * cpus):
+            raise ValueError(f"threads: expected 1..{4 * cpus} (this machine has {cpus} CPUs), got {threads!r}")
+        n = threads if threads is not None else min(settings.num_threads, cpus)  # issue 28 #12
         if n:
             config["INFERENCE_NUM_THREADS"] = int(n)
         blob = self._cache_file(engine_path, manifest, settings, cache_dir, ov.__version__, ov_device, config)
+        key = _cache_key() if blob is not None else None
+        if key is None:
+            blob = None
         t0 = time.perf_counter()
         self.loaded_from_cache = False
         self.compiled = None
-        if blob is not None and blob.is_file():
+        self._engine_sha = blob.parent.name if blob is not None else ""
+        data = self._verified_blob(blob, key) if blob is not None else None
+        if data is not None:
             try:
-                self.compiled = core.import_model(blob.read_bytes(), ov_device, config)
+                self.compiled = core.import_model(data, ov_device, config)
                 self.loaded_from_cache = True
-            except Exception:  # noqa: BLE001 - a truncated or foreign blob: compile again and replace it
+            except Exception:  # noqa: BLE001 - a blob of another OpenVINO build: compile again and replace it
                 self.compiled = None
         if self.compiled is None:
             data = engine_bytes if engine_bytes is not None else Path(engine_path).read_bytes()
@@ -116,7 +184,7 @@ class OpenVINOBackend(Backend):
                 raise RuntimeError(f"{engine_path}: OpenVINO {ov.__version__} cannot read or compile it for "
                                    f"{ov_device} ({type(e).__name__}: {first})") from e
             if blob is not None:
-                self._write_blob(blob)
+                self._write_blob(blob, key)
         self.load_seconds = time.perf_counter() - t0
         # Cheap checks that the model is the one the manifest describes (they matter with verify=False).
         names_in = set(self.compiled.input(0).get_names())
@@ -128,6 +196,11 @@ class OpenVINOBackend(Backend):
             raise BundleError(f"{engine_path}: the model's input/output are {sorted(names_in)}/{sorted(names_out)} "
                               f"with {classes} classes, the manifest says {want_in!r}/{want_out!r} with "
                               f"{manifest['output']['shape'][-1]}: not the model this bundle was built with")
+        pshape = self.compiled.input(0).get_partial_shape()
+        dims = [d.get_length() if d.is_static else -1 for d in pshape] if pshape.rank.is_static else []
+        from .onnxruntime_backend import _check_fixed_dims
+
+        _check_fixed_dims(engine_path, want_in, dims, manifest["input"]["shape"])  # issue 28 #16
         self._idle: queue.SimpleQueue = queue.SimpleQueue()
         self._idle.put(self.compiled.create_infer_request())
         self.settings = {
@@ -137,6 +210,9 @@ class OpenVINOBackend(Backend):
             "num_threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
             "model_cache": str(blob) if blob is not None else None, "loaded_from_cache": self.loaded_from_cache,
             "load_seconds": round(self.load_seconds, 3)}
+        from ..cpu_isa import openvino_int8_check
+
+        self.settings["int8_isa"] = openvino_int8_check(manifest)  # issue 25: warns where int8 sums saturate
 
     @staticmethod
     def _cache_file(engine_path: Path, manifest: dict[str, Any], settings: OpenVINOSession,
@@ -160,20 +236,41 @@ class OpenVINOBackend(Backend):
         key = "-".join([version.split("-")[0], device] + [f"{k}={v}" for k, v in sorted(config.items())])
         return root / sha / (key.replace("/", "_").replace(" ", "") + ".blob")
 
-    def _write_blob(self, blob: Path) -> None:
-        """Export the compiled model to ``blob`` (atomically); a read-only or full cache only costs speed."""
-        from ..files import write_bytes_atomic
+    def _verified_blob(self, blob: Path, key: bytes) -> bytes | None:
+        """The blob's bytes when its signature verifies under ``key``; None (compile instead) otherwise."""
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        try:
+            with open(os.open(blob, flags), "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    return None
+                data = f.read()
+            sig = Path(str(blob) + ".sig").read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        if not hmac.compare_digest(sig, _signature(key, blob, self._engine_sha, data)):
+            print(f"[openvino] warning: {blob}: its signature does not verify (not written by this user's runtime "
+                  "for this engine); compiling the bundle's ONNX instead and replacing it", file=sys.stderr)
+            return None
+        return data
+
+    def _write_blob(self, blob: Path, key: bytes) -> None:
+        """Export the compiled model to ``blob`` and its signature to ``<blob>.sig`` (each atomically); a read-only
+        or full cache only costs speed."""
+        from ..files import write_bytes_atomic, write_text_atomic
 
         try:
             stream = self.compiled.export_model()
             data = stream.getvalue() if hasattr(stream, "getvalue") else bytes(stream)
             blob.parent.mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(blob, data)
+            write_text_atomic(Path(str(blob) + ".sig"), _signature(key, blob, self._engine_sha, data) + "\n")
         except OSError as e:
             print(f"[openvino] warning: cannot write the compiled-model cache {blob} ({e}); the next load compiles "
                   "again", file=sys.stderr)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
+        if self.compiled is None:
+            raise RuntimeError(f"{self.engine_path}: the OpenVINO model was closed")
         try:
             request = self._idle.get_nowait()
         except queue.Empty:  # every request is busy in another thread: one more (cheap; shares the model)

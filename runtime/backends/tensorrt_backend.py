@@ -1,6 +1,7 @@
 """TensorRT backend: runs a bundle's ``model.plan`` with the TensorRT 10/11 runtime and cuda-python.
 
-Dependencies: numpy, ``tensorrt`` and ``cuda-python`` >= 12.6 of the driver's CUDA major (README: Deploying), nothing from the
+Dependencies: numpy, ``tensorrt`` and ``cuda-python`` >= 12.6 of the driver's CUDA major (docs/tensorrt.md), nothing
+from the
 build side (no torch, no ``models``/``export``).
 
 Manifest keys read (``runtime/manifest.py``): ``backend_version`` (the TensorRT that built the plan),
@@ -17,8 +18,13 @@ with ``set_tensor_address``; ``infer`` does ``set_input_shape`` -> async H2D -> 
 ``cuda_graph=True``: the first call at a batch size warms up and captures ``execute_async_v3``
 (``cudaStreamBeginCapture``/``EndCapture``/``GraphInstantiate``) on an execution context of its own,
 since a graph replays its context's state for one shape; later calls at that batch size only
-``cudaGraphLaunch``. Each captured batch size therefore holds its own activation memory: meant for a
-fixed batch (or a few). A plan that cannot be captured falls back to plain execution with a warning.
+``cudaGraphLaunch``. A plan that cannot be captured falls back to plain execution with a warning.
+
+Device memory: every execution context is created with ``ExecutionContextAllocationStrategy.USER_MANAGED``
+(TensorRT >= 10) and given one activation block of ``device_memory_size_v2`` bytes (the maximum over the
+profile), allocated once by this backend (``set_device_memory``). All contexts, the main one and one per
+captured batch size, share it: they run one at a time on this backend's one stream, so a graph per batch
+size costs no activation memory of its own. ``describe()["device_memory"]`` reports the sizes.
 
 Not thread-safe (``thread_safe = False``): the context, stream and staging buffers are per instance.
 Use one backend per thread, or let ``runtime.Engine`` serialise calls with its lock.
@@ -171,6 +177,12 @@ class _Binding:
             self.free(cudart, [])
             raise
 
+    def staging(self) -> np.ndarray:
+        """The pinned host buffer (flat); refused once :meth:`free` released it."""
+        if self.host is None:
+            raise RuntimeError(f"tensor '{self.name}': its host buffer was freed (the backend is closed)")
+        return self.host
+
     def free(self, cudart: Any, errors: list[str]) -> None:
         self.host = None  # drop the view before the memory goes
         for fn, attr in (("cudaFree", "device_ptr"), ("cudaFreeHost", "host_ptr")):
@@ -199,6 +211,9 @@ class TensorRTBackend(Backend):
         self._graphs: dict[tuple[int, ...], tuple[Any, Any, Any] | None] = {}
         self._stream: Any = None
         self._context: Any = None
+        self._activation_ptr = 0  # the device memory all execution contexts share (USER_MANAGED)
+        self._activation_bytes = 0
+        self._contexts_made = 0
         self._engine: Any = None
         self._runtime: Any = None
         trt = _import_tensorrt()
@@ -265,9 +280,7 @@ class TensorRTBackend(Backend):
         self.output_names = outputs
         self.output_name = want_out or outputs[0]
 
-        self._context = engine.create_execution_context()
-        if self._context is None:
-            raise TensorRTBackendError(f"{self.engine_path}: could not create an execution context (GPU memory?)")
+        self._context = self._new_context("the main execution context")
         self._stream = cuda_call(cudart, "cudaStreamCreateWithFlags", cudart.cudaStreamNonBlocking)
 
         pmin, popt, pmax = (tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(self.input_name, 0))
@@ -292,10 +305,34 @@ class TensorRTBackend(Backend):
         self._bind(self._context)
         self._out_shapes: dict[tuple[int, ...], dict[str, tuple[int, ...]]] = {}
 
+    def _new_context(self, what: str) -> Any:
+        """An execution context on the shared activation memory (USER_MANAGED; TensorRT >= 10), else one that
+        allocates its own (TensorRT 8.6)."""
+        trt, engine = self._trt, self._engine
+        strategy = getattr(getattr(trt, "ExecutionContextAllocationStrategy", None), "USER_MANAGED", None)
+        if strategy is None:
+            context = engine.create_execution_context()
+        else:
+            if not self._activation_ptr:
+                size = getattr(engine, "device_memory_size_v2", None)  # 10.1+; device_memory_size before
+                self._activation_bytes = int(size if size is not None else engine.device_memory_size)
+                self._activation_ptr = int(cuda_call(self._cudart, "cudaMalloc", max(self._activation_bytes, 1)))
+            context = engine.create_execution_context(strategy)
+            if context is not None:
+                if hasattr(context, "set_device_memory"):
+                    context.set_device_memory(self._activation_ptr, self._activation_bytes)
+                else:  # TensorRT 10.0
+                    context.device_memory = self._activation_ptr
+        if context is None:
+            raise TensorRTBackendError(f"{self.engine_path}: could not create {what} (GPU memory?)")
+        self._contexts_made += 1
+        return context
+
     def _np_dtype(self, name: str) -> np.dtype:
         trt_dtype = self._engine.get_tensor_dtype(name)
         try:
-            return np.dtype(self._trt.nptype(trt_dtype))
+            dtype: np.dtype = np.dtype(self._trt.nptype(trt_dtype))
+            return dtype
         except (TypeError, KeyError, ValueError) as e:
             raise TensorRTBackendError(f"{self.engine_path}: tensor '{name}' has type {trt_dtype}, which numpy cannot "
                                        "hold; export the plan with float32/float16 I/O") from e
@@ -318,10 +355,7 @@ class TensorRTBackend(Backend):
         when the plan cannot be captured; the warm-up run's output is in the output buffers either way.
         """
         cudart = self._cudart
-        context = self._engine.create_execution_context()
-        if context is None:
-            raise TensorRTBackendError(f"{self.engine_path}: could not create an execution context for the CUDA graph "
-                                       f"at input shape {shape} (GPU memory?)")
+        context = self._new_context(f"the execution context for the CUDA graph at input shape {shape}")
         self._bind(context)
         if not context.set_input_shape(self.input_name, shape):
             raise TensorRTBackendError(f"{self.engine_path}: TensorRT refused input shape {shape}")
@@ -376,7 +410,7 @@ class TensorRTBackend(Backend):
                                        f"plan's profile min {pmin} .. max {pmax}")
         cuda_call(cudart, "cudaSetDevice", self.device_id)
         out_shapes = self._output_shapes(shape)
-        inp.host[: x.size] = x.reshape(-1)
+        inp.staging()[: x.size] = x.reshape(-1)
         cuda_call(cudart, "cudaMemcpyAsync", inp.device_ptr, inp.host_ptr, x.nbytes,
                   cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self._stream)
 
@@ -385,8 +419,8 @@ class TensorRTBackend(Backend):
             if shape not in self._graphs:
                 self._graphs[shape] = self._capture(shape)
                 ran = True  # the warm-up run produced this call's output
-            elif self._graphs[shape] is not None:
-                cuda_call(cudart, "cudaGraphLaunch", self._graphs[shape][2], self._stream)
+            elif (graph := self._graphs[shape]) is not None:
+                cuda_call(cudart, "cudaGraphLaunch", graph[2], self._stream)
                 ran = True
         if not ran:
             self._set_main_shape(shape)
@@ -398,7 +432,7 @@ class TensorRTBackend(Backend):
         cuda_call(cudart, "cudaMemcpyAsync", out.host_ptr, out.device_ptr, count * out.dtype.itemsize,
                   cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self._stream)
         cuda_call(cudart, "cudaStreamSynchronize", self._stream)
-        return out.host[:count].reshape(oshape).astype(np.float32, copy=True)
+        return out.staging()[:count].reshape(oshape).astype(np.float32, copy=True)
 
     # -- lifetime ----------------------------------------------------------------------------------
     def close(self) -> None:
@@ -430,7 +464,13 @@ class TensorRTBackend(Backend):
             except Exception as e:  # noqa: BLE001
                 errors.append(str(e))
             self._stream = None
-        self._context = None  # release order: context, engine, runtime
+        self._context = None  # release order: contexts, their shared memory, engine, runtime
+        if self._activation_ptr:
+            try:
+                cuda_call(cudart, "cudaFree", self._activation_ptr)
+            except Exception as e:  # noqa: BLE001
+                errors.append(f"activation memory: {e}")
+            self._activation_ptr = 0
         self._engine = None
         self._runtime = None
         self._closed = True
@@ -457,6 +497,9 @@ class TensorRTBackend(Backend):
             "version_compatible": self.version_compatible,
             "cuda_graph": self.cuda_graph,
             "graphs_captured": sorted(s[0] for s, g in self._graphs.items() if g is not None),
+            "device_memory": {"activation_bytes": self._activation_bytes,
+                              "shared_by_contexts": self._contexts_made if self._activation_bytes else 0,
+                              "io_bytes": sum(b.nbytes for b in self._bindings.values())},
         }
 
 

@@ -24,14 +24,14 @@ def install_hint() -> str:
     """How to get TensorRT + cuda-python, per platform."""
     return ("on x86 with CUDA 12: pip install '.[tensorrt-cu12]'; with CUDA 13: pip install '.[tensorrt-cu13]'; "
             "on Jetson (JetPack 6): TensorRT comes with JetPack (apt install nvidia-jetpack), then "
-            f"pip install '{CUDA_PYTHON_FOR_CUDA[12]}' (README: Deploying). Or use BACKEND=onnxruntime")
+            f"pip install '{CUDA_PYTHON_FOR_CUDA[12]}' (docs/tensorrt.md). Or use BACKEND=onnxruntime")
 
 
 def import_tensorrt() -> Any:
     """``import tensorrt``; raises :class:`TensorRTUnavailable` (the stub wheels raise OSError, not ImportError)."""
     try:
         import tensorrt as trt
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise TensorRTUnavailable(f"tensorrt is not importable ({type(e).__name__}: {e}); {install_hint()}") from e
     return trt
 
@@ -40,7 +40,7 @@ def import_cudart() -> Any:
     """cuda-python's runtime API, ``cuda.bindings.runtime``; raises :class:`TensorRTUnavailable`."""
     try:
         from cuda.bindings import runtime as cudart
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise TensorRTUnavailable(f"cuda-python's cuda.bindings.runtime is not importable ({type(e).__name__}: {e}); "
                                   f"install {CUDA_PYTHON_FOR_CUDA[12]!r} for a CUDA 12 driver (JetPack 6) or "
                                   f"{CUDA_PYTHON_FOR_CUDA[13]!r} for CUDA 13") from e
@@ -72,10 +72,23 @@ def driver_cuda_version(cudart: Any) -> tuple[int, int] | None:
 
 
 def stream_handle(stream: Any) -> int:
-    """The raw ``cudaStream_t`` for ``execute_async_v3``: ``getPtr()`` (``int(stream)`` is deprecated from
-    cuda-bindings 12.9.1), or the int itself."""
-    get_ptr = getattr(stream, "getPtr", None)
-    return int(get_ptr()) if callable(get_ptr) else int(stream)
+    """The raw ``cudaStream_t`` value for ``execute_async_v3`` and graph capture.
+
+    cuda-bindings keeps a handle in storage of its own: ``getPtr()`` is the address of that storage (a pointer TO
+    the handle), never the handle; ``int(stream)`` is the handle, and from cuda-bindings 12.9.1
+    ``cuda.bindings.utils.get_cuda_native_handle(stream)`` returns the same value (``_pvt_ptr[0]``,
+    ``cuda/bindings/utils/_get_handle.pyx``). That one is used where it exists, ``int(stream)`` otherwise.
+    """
+    if isinstance(stream, int):
+        return stream
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle
+    except ImportError:  # cuda-bindings < 12.9.1
+        return int(stream)
+    try:
+        return int(get_cuda_native_handle(stream))
+    except TypeError:  # not a cuda-bindings handle type it knows
+        return int(stream)
 
 
 def tensorrt_available() -> tuple[bool, str]:

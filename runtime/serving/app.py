@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import time
 from pathlib import Path
@@ -18,13 +19,14 @@ from typing import Any
 
 import numpy as np
 
+from ..engine_api import EngineAPI
 from ..errors import InputError
 from ..manifest import read_manifest
 from ..prediction import top_k
 from ..preprocess import preprocess_frames
-from .protocol import API_PREFIX, MAX_BODY_BYTES, HttpError, decode_body
+from .protocol import API_PREFIX, MAX_BODY_BYTES, DecodedRequest, HttpError, decode_body
 
-__all__ = ["ServeOptions", "build_app", "start_ray", "deploy", "shutdown", "replica_actors", "kill_replica", "connect_ray",
+__all__ = ["ServeOptions", "build_app", "bundle_id", "start_ray", "deploy", "shutdown", "replica_actors", "kill_replica", "connect_ray",
            "APP_NAME",
            "DEPLOYMENT_NAME"]
 
@@ -47,6 +49,9 @@ class ServeOptions:
     device: str = "auto"
     host: str = "127.0.0.1"
     port: int = 8000
+    body_timeout_s: float = 30.0  # the whole request body must arrive within this, once the headers came (408)
+    max_body_bytes: int = MAX_BODY_BYTES  # larger bodies are refused (413), whatever the transfer encoding
+    request_timeout_s: float = 120.0  # end to end, in Serve's proxy: a request still unanswered then gets 408
 
     def check(self) -> "ServeOptions":
         """Validate against the bundle's manifest; returns self with ``max_batch`` filled in."""
@@ -67,6 +72,11 @@ class ServeOptions:
             raise ValueError(f"batch_wait_ms: expected >= 0, got {self.batch_wait_ms}")
         if not 0 < self.port < 65536:
             raise ValueError(f"port: expected 1..65535, got {self.port}")
+        for name in ("body_timeout_s", "request_timeout_s"):
+            if not 0 < getattr(self, name) <= 3600:
+                raise ValueError(f"{name}: expected seconds in (0, 3600], got {getattr(self, name)}")
+        if not 1 <= self.max_body_bytes <= MAX_BODY_BYTES:
+            raise ValueError(f"max_body_bytes: expected 1..{MAX_BODY_BYTES}, got {self.max_body_bytes}")
         return self
 
 
@@ -80,9 +90,20 @@ class _Replica:
         from ..engine import Engine
 
         # only ONNX Runtime takes a thread count; TensorRT runs on the GPU
-        backend_options = {"threads": threads} if read_manifest(bundle)["backend"] == "onnxruntime" else {}
-        self.engine = Engine(bundle, device=device, **backend_options)
-        e = self.engine
+        backend_options: dict[str, Any] = {"threads": threads} if read_manifest(bundle)["backend"] == "onnxruntime" \
+            else {}
+        e = Engine(bundle, device=device, **backend_options)
+        self.engine: EngineAPI = e
+        self._meta = {"bundle": Path(e.bundle_dir).name, "precision": e.precision, "input": e.manifest["input"],
+                      "output": e.manifest["output"], "clip_shape": list(e.clip_shape),
+                      "batch_range": list(e.batch_range), "input_dtype": str(e.input_dtype),
+                      "num_classes": e.num_classes, "labels": e.labels, "preprocess": e.preprocess.to_dict(),
+                      "bundle_id": bundle_id(e.manifest),
+                      "verification": getattr(e, "verification", None)}  # the stored parity on this device
+        lo_c, hi_c = e.canonical_range
+        span = hi_c - lo_c
+        #: /infer values beyond this are not (pixel/255 - mean)/std of any video: refused with 400 before batching
+        self.value_range = (lo_c - span, hi_c + span)
         cfg = e.preprocess
         # "clip" requests are already resized and cropped: the engine's own preprocessing with an identity
         # resize (short side = crop size, one crop) does the rest, so channel order and normalisation stay
@@ -91,21 +112,30 @@ class _Replica:
         self.lo, self.hi = e.batch_range
 
     def meta(self) -> dict[str, Any]:
-        e = self.engine
-        return {"bundle": Path(e.bundle_dir).name, "precision": e.precision, "input": e.manifest["input"],
-                "output": e.manifest["output"], "clip_shape": list(e.clip_shape), "batch_range": list(e.batch_range),
-                "input_dtype": str(e.input_dtype), "num_classes": e.num_classes, "labels": e.labels,
-                "preprocess": e.preprocess.to_dict()}
+        """What a client needs to use the served engine (``RemoteEngine`` reads it once)."""
+        return dict(self._meta)
 
-    def decode(self, body: bytes, headers: Any, kind: str, max_batch: int):
+    def decode(self, body: bytes, headers: Any, kind: str, max_batch: int) -> DecodedRequest:
         cfg = self.engine.preprocess
         return decode_body(body, headers, kind=kind, clip_shape=self.engine.clip_shape, num_frames=cfg.num_frames,
                            crop_size=cfg.crop_size, input_dtype=self.engine.input_dtype, max_batch=max_batch)
 
-    def rows(self, req) -> np.ndarray:
-        """A decoded request -> canonical rows ``(n, T, 3, H, W)`` in the engine's dtype."""
+    def rows(self, req: DecodedRequest) -> np.ndarray:
+        """A decoded request -> canonical rows ``(n, T, 3, H, W)`` in the engine's dtype.
+
+        Canonical rows must be finite and within the range preprocessing can produce: checked per request, so one
+        client's NaN or 3e38 gets its own 400 and never fails the batch it would have shared (issue 28 #17)."""
         if req.kind == "canonical":
-            return req.array
+            x = req.array
+            if x.dtype.kind == "f":
+                with np.errstate(invalid="ignore"):
+                    lo, hi = float(np.min(x)), float(np.max(x))
+                if not (np.isfinite(lo) and np.isfinite(hi)):
+                    raise HttpError(400, "body: expected finite values, got NaN/Inf")
+                if lo < self.value_range[0] or hi > self.value_range[1]:
+                    raise HttpError(400, f"body: values {lo:g}..{hi:g} are outside {self.value_range[0]:.3g}.."
+                                         f"{self.value_range[1]:.3g}, far beyond what (pixel/255 - mean)/std gives")
+            return x
         if req.kind == "clip":
             clip = preprocess_frames(req.array, self.clip_cfg, bgr=req.bgr)
         else:
@@ -127,19 +157,29 @@ class _Replica:
         return np.split(logits, bounds)
 
 
-def _json(content: Any, status: int = 200):
+def bundle_id(manifest: dict[str, Any]) -> str:
+    """A short identity of a bundle's content (its files' SHA-256s): every answer carries it, so a client notices a
+    server redeployed with another bundle after it read the metadata."""
+    from ..files import sha256_json
+
+    return sha256_json({name: entry["sha256"] for name, entry in manifest["files"].items()})
+
+
+def _json(content: Any, status: int = 200) -> Any:
     from starlette.responses import JSONResponse
 
     return JSONResponse(content, status_code=status)
 
 
-def build_app(opts: ServeOptions):
+def build_app(opts: ServeOptions) -> Any:
     """The Serve application (a bound deployment) for ``opts``; deploy it with :func:`deploy`."""
     from ray import serve
 
     opts.check()
+    assert opts.max_batch is not None  # check() filled it in
     bundle = str(Path(opts.bundle).resolve())
     max_batch = int(opts.max_batch)
+    max_body = int(opts.max_body_bytes)
     batching = opts.batching
     threads = opts.threads or max(1, int(opts.cpus_per_replica))
     device = opts.device
@@ -152,7 +192,7 @@ def build_app(opts: ServeOptions):
     else:
         scaling = {"num_replicas": int(opts.replicas)}
 
-    @serve.deployment(
+    deployment = serve.deployment(
         name=DEPLOYMENT_NAME,
         ray_actor_options={"num_cpus": opts.cpus_per_replica},
         # Serve's own limit must admit a full batch plus the next one forming
@@ -161,6 +201,7 @@ def build_app(opts: ServeOptions):
         health_check_period_s=2, health_check_timeout_s=10,
         **scaling,
     )
+
     class EngineReplica:
         def __init__(self) -> None:
             import ray
@@ -188,16 +229,20 @@ def build_app(opts: ServeOptions):
             out = await asyncio.get_running_loop().run_in_executor(None, self.core.infer_rows, [rows])
             return out[0], len(rows)
 
-        async def __call__(self, request):
+        async def __call__(self, request: Any) -> Any:
             path = request.url.path.rstrip("/")
             try:
                 if path in (f"{API_PREFIX}/predict", f"{API_PREFIX}/infer"):
                     if request.method != "POST":
                         raise HttpError(405, f"{path}: expected POST with the array as the body, got {request.method}")
+                    # the proxy's BodyGuard (see deploy) already bounded the body in time and size; checked again
+                    # here for a proxy started without it
                     size = request.headers.get("content-length")
-                    if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
-                        raise HttpError(413, f"Content-Length: {size} bytes is over the {MAX_BODY_BYTES}-byte limit")
+                    if size is not None and size.isdigit() and int(size) > max_body:
+                        raise HttpError(413, f"Content-Length: {size} bytes is over the {max_body}-byte limit")
                     body = await request.body()
+                    if len(body) > max_body:
+                        raise HttpError(413, f"body: {len(body)} bytes is over the {max_body}-byte limit")
                     t0 = time.perf_counter()
                     kind = "frames" if path.endswith("predict") else "canonical"
                     req = self.core.decode(body, request.headers, kind, max_batch)
@@ -205,7 +250,7 @@ def build_app(opts: ServeOptions):
                     logits, batch = await self._run(rows)
                     self.served += 1
                     out: dict[str, Any] = {"server_ms": round((time.perf_counter() - t0) * 1e3, 3), "batch": batch,
-                                           "replica": self.replica}
+                                           "replica": self.replica, "bundle_id": self.core.meta()["bundle_id"]}
                     if kind == "canonical":
                         out["logits"] = logits.tolist()
                     else:
@@ -231,7 +276,7 @@ def build_app(opts: ServeOptions):
             if self.core.engine is None:
                 raise RuntimeError("engine closed")
 
-    return EngineReplica.bind()
+    return deployment(EngineReplica).bind()
 
 
 def start_ray(num_cpus: int | None = None, object_store_mb: int = 100) -> bool:
@@ -247,10 +292,51 @@ def start_ray(num_cpus: int | None = None, object_store_mb: int = 100) -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
         return True
+    _private_auth_token()
+    _loopback_only()
     ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
-             object_store_memory=object_store_mb << 20, _node_ip_address="127.0.0.1",
-             log_to_driver=False, configure_logging=True, logging_level="warning")
+             object_store_memory=object_store_mb << 20,
+             log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
     return True
+
+
+def _loopback_only() -> None:
+    """Make a local Ray's node address 127.0.0.1, so that its servers (GCS, raylet, workers, the dashboard agent and
+    its Prometheus metrics port, the runtime-env agent) listen on loopback only (issue 28 #6).
+
+    Ray turns an explicit ``_node_ip_address="127.0.0.1"`` into the machine's network address, and binds its agents
+    to all interfaces unless the node address is loopback; its single-machine mode (the default on Windows and
+    macOS, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``) keeps the node on 127.0.0.1. The variable is read when
+    ``ray._private.ray_constants`` is imported, so the attribute is set as well for a Ray imported earlier."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    try:
+        import ray._private.ray_constants as ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    except (ImportError, AttributeError):  # another Ray layout: the environment variable still applies
+        pass
+
+
+def _private_auth_token() -> None:
+    """Ray's token file (``~/.ray/auth_token``) readable by this user only: created here with mode 0600 when absent
+    (Ray then reads it), or narrowed to 0600 when it is ours and readable by others (Ray writes it 0644)."""
+    import secrets
+    import stat
+
+    path = Path.home() / ".ray" / "auth_token"
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except FileExistsError:
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and st.st_mode & 0o077:
+                os.chmod(path, 0o600)
+            return
+        with open(fd, "w") as f:
+            f.write(secrets.token_hex(32))  # as ray.get-auth-token --generate writes it: 256 random bits in hex
+    except OSError as e:
+        logging.getLogger(__name__).warning("cannot make %s private (%s); Ray keeps its own", path, e)
 
 
 def deploy(opts: ServeOptions, wait: bool = True) -> str:
@@ -259,6 +345,12 @@ def deploy(opts: ServeOptions, wait: bool = True) -> str:
     from ray import serve
 
     opts.check()
+    from .guard import install
+
+    # Serve's proxy bounds each request: the body in time and size before a replica sees it (BodyGuard, installed
+    # through the environment a local Ray starts with), the whole request end to end (request_timeout_s), idle
+    # keep-alive connections (keep_alive_timeout_s)
+    install(opts.max_body_bytes, opts.body_timeout_s)
     start_ray()
     cpus = ray.cluster_resources().get("CPU", 0)
     need = (opts.replicas if isinstance(opts.replicas, int) else 1) * opts.cpus_per_replica
@@ -268,7 +360,8 @@ def deploy(opts: ServeOptions, wait: bool = True) -> str:
                          f"use fewer replicas or --cpus-per-replica {int(cpus / n * 100) / 100:g}")
     if opts.replicas == "auto" and not opts.max_replicas:
         opts.max_replicas = max(1, int(ray.cluster_resources().get("CPU", 1) // opts.cpus_per_replica))
-    serve.start(http_options={"host": opts.host, "port": opts.port}, proxy_location="HeadOnly")
+    serve.start(http_options={"host": opts.host, "port": opts.port, "request_timeout_s": opts.request_timeout_s,
+                              "keep_alive_timeout_s": 5}, proxy_location="HeadOnly")
     serve.run(build_app(opts), name=APP_NAME, route_prefix="/", blocking=False)
     if wait:
         _wait_running()
@@ -343,7 +436,7 @@ def connect_ray() -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=False, logging_level="warning")
+    ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=False, logging_level=logging.WARNING)
     return True
 
 

@@ -26,6 +26,7 @@ and what came: 400 bad headers/shape/size, 404 unknown path, 405 wrong method, 4
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -40,6 +41,9 @@ CONTENT_TYPE = "application/octet-stream"
 #: a window of 96 frames of 1080p is ~600 MB; refuse anything larger than this before reading it whole
 MAX_BODY_BYTES = 256 << 20
 _DTYPES = {"uint8": np.uint8, "float32": np.float32, "float16": np.float16}
+#: X-Shape bounds: a rank and dimensions no request needs, checked before any product is formed (issue 28 #17)
+MAX_RANK = 8
+MAX_DIM = 2**31 - 1
 
 
 class HttpError(Exception):
@@ -78,12 +82,15 @@ def parse_shape(text: str | None) -> tuple[int, ...]:
     if not text:
         raise HttpError(400, "X-Shape: missing; expected the array's shape as comma-separated integers, e.g. "
                              "'8,224,224,3'")
-    try:
-        shape = tuple(int(p) for p in text.replace(" ", "").split(","))
-    except ValueError:
-        raise HttpError(400, f"X-Shape: expected comma-separated integers, got {text!r}") from None
-    if not shape or any(d <= 0 for d in shape):
-        raise HttpError(400, f"X-Shape: expected positive dimensions, got {text!r}")
+    if len(text) > 20 * MAX_RANK:
+        raise HttpError(400, f"X-Shape: expected at most {MAX_RANK} dimensions, got {len(text)} characters")
+    parts = text.replace(" ", "").split(",")
+    if len(parts) > MAX_RANK or not all(p.isdigit() and p.isascii() for p in parts):
+        raise HttpError(400, f"X-Shape: expected comma-separated integers (at most {MAX_RANK}, each positive), "
+                             f"got {text!r}")
+    shape = tuple(int(p) for p in parts)
+    if any(not 0 < d <= MAX_DIM for d in shape):
+        raise HttpError(400, f"X-Shape: expected dimensions in 1..{MAX_DIM}, got {text!r}")
     return shape
 
 
@@ -106,19 +113,19 @@ def decode_body(body: bytes, headers: Mapping[str, str], *, kind: str, clip_shap
     if ctype and ctype != CONTENT_TYPE:
         raise HttpError(415, f"Content-Type: expected {CONTENT_TYPE} (raw array bytes), got {ctype!r}")
     shape = parse_shape(_header(headers, "X-Shape"))
-    opts = {"top_k": 5, "bgr": False}
+    top_k = 5
     top = _header(headers, "X-Top-K")
     if top is not None:
         try:
-            opts["top_k"] = int(top)
+            top_k = int(top)
         except ValueError:
             raise HttpError(400, f"X-Top-K: expected a positive integer, got {top!r}") from None
-        if opts["top_k"] <= 0:
+        if top_k <= 0:
             raise HttpError(400, f"X-Top-K: expected a positive integer, got {top!r}")
     order = (_header(headers, "X-Channel-Order") or "RGB").upper()
     if order not in ("RGB", "BGR"):
         raise HttpError(400, f"X-Channel-Order: expected RGB or BGR, got {order!r}")
-    opts["bgr"] = order == "BGR"
+    bgr = order == "BGR"
     dtype_name = (_header(headers, "X-Dtype") or ("uint8" if kind == "frames" else str(np.dtype(input_dtype))))
     if dtype_name not in _DTYPES:
         raise HttpError(400, f"X-Dtype: expected one of {sorted(_DTYPES)}, got {dtype_name!r}")
@@ -147,11 +154,11 @@ def decode_body(body: bytes, headers: Mapping[str, str], *, kind: str, clip_shap
         if shape[0] > max_batch:
             raise HttpError(400, f"X-Shape: batch {shape[0]} larger than the engine's maximum {max_batch}; "
                                  "split the request")
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python integers: no int64 overflow
     if expected > MAX_BODY_BYTES:
         raise HttpError(413, f"X-Shape: {shape} {dtype_name} is {expected} bytes, over the {MAX_BODY_BYTES}-byte "
                              "limit; send fewer or smaller frames")
     if len(body) != expected:
         raise HttpError(400, f"body: X-Shape {shape} {dtype_name} needs {expected} bytes, got {len(body)}")
-    return DecodedRequest(np.frombuffer(body, dtype).reshape(shape), kind, opts["bgr"], opts["top_k"])
+    return DecodedRequest(np.frombuffer(body, dtype).reshape(shape), kind, bgr, top_k)
 

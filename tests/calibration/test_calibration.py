@@ -54,7 +54,7 @@ def test_more_clips_than_files_takes_several_offsets_per_file(tmp_path):
     s = load_calibration_set(str(tmp_path), PRE, 4, seed=0, progress=False)
     assert len(s) == 4
     by_file: dict[str, list[int]] = {}
-    for e, clip in zip(s.selection, s.clips):
+    for e, _clip in zip(s.selection, s.clips):
         assert e["num_clips"] == 2
         by_file.setdefault(e["file"], []).append(e["clip_index"])
     assert sorted(sorted(v) for v in by_file.values()) == [[0, 1], [0, 1]]

@@ -1,4 +1,5 @@
-"""SmoothQuant on the ONNX graph (calibration.precision.smoothquant), MSE clipping (calibration.precision.clipping) and the INT8 hooks:
+"""SmoothQuant on the ONNX graph (calibration.precision.smoothquant), MSE clipping (calibration.precision.clipping) and
+the INT8 hooks:
 exact in FP32, and what makes INT8 of a model with activation outliers meet the cosine bar."""
 from __future__ import annotations
 

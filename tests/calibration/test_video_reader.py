@@ -1,4 +1,5 @@
-"""The clip reader on real encoded files: containers, seeking, variable frame rate, odd sizes, crops, padding, errors."""
+"""The clip reader on real encoded files: containers, seeking, variable frame rate, odd sizes, crops, padding,
+errors."""
 from __future__ import annotations
 
 from fractions import Fraction

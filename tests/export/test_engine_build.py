@@ -1,8 +1,11 @@
 """``make engine``: ONNX Runtime bundles of every precision, manifests, incremental and atomic builds."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -99,14 +102,15 @@ def test_auto_backend_says_why():
         choose_backend("no_such_backend")
 
 
-def test_rebuild_reuses_onnx_and_failed_build_leaves_nothing(motion_model_path, tmp_path, capsys, monkeypatch):
+def test_rebuild_reuses_onnx_and_failed_build_leaves_nothing(motion_model_path, tmp_path, caplog, monkeypatch):
+    caplog.set_level(logging.INFO)  # progress lines are log records (runtime/log.py prints them for the CLIs)
     req = BuildRequest(model=str(motion_model_path), precision="fp32", backend="onnxruntime", out=str(tmp_path / "b"),
                        cache_dir=str(tmp_path / "cache"), parity_clips=2)
     build_bundle(req)
-    first = capsys.readouterr().err
-    assert "exporting ONNX" in first and "built" in first
+    assert "exporting ONNX" in caplog.text and "[engine] built" in caplog.text
+    caplog.clear()
     build_bundle(req)
-    assert "[export] reusing" in capsys.readouterr().err
+    assert "[export] reusing" in caplog.text
     before = (tmp_path / "b" / "manifest.json").read_text()
 
     def boom(*a, **k):
@@ -187,7 +191,8 @@ def test_out_that_is_not_our_bundle_is_refused_and_left_alone(kind, fp32_bundle,
 
 
 def test_rebuild_replaces_our_bundle_and_an_empty_folder(motion_model_path, tmp_path):
-    """OUT may be an empty folder or one of our bundles; the published bundle's folder is readable as the umask allows."""
+    """OUT may be an empty folder or one of our bundles; the published bundle's folder is readable as the umask
+    allows."""
     import os
     import stat
 
@@ -236,3 +241,123 @@ def test_stale_temporaries_of_dead_builds_are_removed(tmp_path):
     assert any("restored" in d for d in done)
     assert (out / "model.onnx").read_bytes() == b"engine"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["b", live.name, mine.name])
+
+
+# --------------------------------------------------------------- one table, one resolved target, one manifest type
+
+def test_options_table_drives_the_cli_and_the_makefile(capsys):
+    """BuildRequest's fields are the table: the CLI parses to its defaults with its choices, and the Makefile's
+    defaults and listed choices are the table's."""
+    from export.bundle.options import BACKEND_CHOICES, OPTIONS, add_arguments, main, request_from_args, show
+    from export.onnx.forms import ATTENTION_CHOICES
+    from runtime.cli_args import ArgumentParser
+    from runtime.options import BACKENDS, PRECISIONS
+
+    ap = ArgumentParser(prog="t")
+    add_arguments(ap)
+    assert request_from_args(ap.parse_args([])) == BuildRequest()
+    assert request_from_args(ap.parse_args(["--builder-flags", "--batch", "4"])).strongly_typed is False
+    by = {o.name: o for o in OPTIONS}
+    assert by["precision"].choices == PRECISIONS and by["backend"].choices == BACKEND_CHOICES == ("auto", *BACKENDS)
+    assert by["attention"].choices == ATTENTION_CHOICES
+    makefile = (ROOT / "Makefile").read_text()
+    rows = {m[1]: (m[2].strip(), m[3]) for m in re.finditer(r"^([A-Z_]+) \?=([^#\n]*)#([^\n]*)$", makefile, re.M)}
+    for o in OPTIONS:
+        if not o.make:
+            continue
+        default, comment = rows[o.make]
+        assert default in ("", show(o.default)), f"Makefile {o.make} ?= {default!r}, the table's default is {o.default!r}"
+        if o.choices:
+            assert {c.strip() for c in comment.split("|")} == set(o.choices), f"Makefile {o.make}: {comment!r}"
+    assert main(["--make-help"]) == 0
+    assert "PRECISION=fp32" in capsys.readouterr().out
+
+
+def test_enumerations_are_defined_once():
+    """PRECISIONS and BACKENDS are literal tuples in runtime/options.py only; everyone else imports them."""
+    import ast
+
+    owners = []
+    for layer in ("runtime", "calibration", "models", "export"):
+        for path in sorted((ROOT / layer).rglob("*.py")):
+            for node in ast.parse(path.read_text()).body:
+                if isinstance(node, (ast.Assign, ast.AnnAssign)):
+                    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                    names = {t.id for t in targets if isinstance(t, ast.Name)}
+                    if names & {"PRECISIONS", "BACKENDS"} and isinstance(node.value, (ast.Tuple, ast.List)):
+                        owners.append(str(path.relative_to(ROOT)))
+    assert owners == [], owners  # runtime/options.py derives them from its Enums
+
+
+class _FakeTensorRT:
+    __version__ = "10.3.0"
+
+
+@pytest.mark.parametrize("precision, backend, typed, want", [
+    ("fp32", "onnxruntime", True, ("onnx", "fp32", None, None)),
+    ("int8", "onnxruntime", True, ("onnx", "int8", "onnxruntime", None)),
+    ("fp16", "openvino", True, ("onnx", "fp32", None, None)),  # OpenVINO's FP16 hint on the FP32 ONNX
+    ("int8", "openvino", True, ("decomposed", "int8", "tensorrt", "qdq-fp16")),  # TensorRT's Q/DQ file
+    ("fp16", "tensorrt", True, ("decomposed", "fp16", "tensorrt", None)),  # 10.3: no Attention operator
+    ("fp16", "tensorrt", False, ("decomposed", "fp32", None, None)),  # builder flags: FP32 ONNX + BuilderFlag.FP16
+    ("int8", "tensorrt", True, ("decomposed", "int8", "tensorrt", "qdq-fp16")),
+    ("int8", "tensorrt", False, ("decomposed", "int8", "tensorrt", "qdq-fp32")),
+])
+def test_build_target_is_resolved_once(monkeypatch, tmp_path, precision, backend, typed, want):
+    from calibration.precision.metrics import TOLERANCES
+    from export.bundle import target as target_mod
+    from runtime.backends import tensorrt_detect
+
+    monkeypatch.setattr(target_mod, "choose_backend", lambda requested: (requested, "asked for"))
+    monkeypatch.setattr(tensorrt_detect, "import_tensorrt", lambda: _FakeTensorRT)
+    req = BuildRequest(precision=precision, backend=backend, strongly_typed=typed, out=str(tmp_path / "b"))
+    t = target_mod.resolve_target(req)
+    assert (t.attention, t.onnx_precision, t.precision_target, t.int8_form) == want
+    assert t.backend == backend and t.precision == precision and t.out == tmp_path / "b"
+    assert t.converts == (want[1] != "fp32") and t.tolerance == TOLERANCES[precision]
+    assert (t.trt_plan is not None) == (backend == "tensorrt") and not (tmp_path / "b").exists()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        t.backend = "onnxruntime"  # type: ignore[misc]
+
+
+def test_build_target_refuses_before_any_work(tmp_path):
+    from export.bundle.target import resolve_target
+
+    with pytest.raises(BuildError, match=r"PRECISION='int4': expected one of \('fp32', 'fp16', 'int8'\)"):
+        resolve_target(BuildRequest(precision="int4", out=str(tmp_path / "b")))
+    with pytest.raises(BuildError, match="attention"):
+        resolve_target(BuildRequest(attention="flash", backend="onnxruntime", out=str(tmp_path / "b")))
+    assert not list(tmp_path.iterdir())
+
+
+def test_bundle_functions_are_short():
+    """build_bundle only orchestrates: no function of the bundle build is over 80 lines."""
+    import ast
+
+    long = []
+    for name in ("build", "target", "options", "precision_step", "fp32_cache"):
+        path = ROOT / "export" / "bundle" / f"{name}.py"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
+                long.append(f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not long, long
+
+
+def test_manifest_is_written_by_the_type_the_runtime_reads(fp32_bundle):
+    """One schema: the builder writes runtime.manifest.Manifest.to_dict(); the runtime reads it back as the same
+    type (from_dict is the validation), every field in the written order."""
+    from runtime.errors import BundleError
+    from runtime.manifest import Manifest, read_manifest
+
+    raw = json.loads((fp32_bundle / "manifest.json").read_text())
+    m = Manifest.read(fp32_bundle)
+    assert list(raw) == [f.name for f in dataclasses.fields(Manifest)]
+    d = m.to_dict()
+    assert list(d) == list(raw)
+    assert {k: v for k, v in d.items() if k != "session"} == {k: v for k, v in raw.items() if k != "session"}
+    assert d["session"] == read_manifest(fp32_bundle)["session"]  # the backend's schema fills in its defaults
+    assert Manifest.from_dict(d) == m and m.input.batch.max == raw["input"]["batch"]["max"]
+    with pytest.raises(BundleError, match=r"unknown keys \['labels_flie'\]"):
+        Manifest.from_dict({**raw, "labels_flie": "labels.txt"})
+    with pytest.raises(BundleError, match=r"missing keys \['files'\]"):
+        Manifest.from_dict({k: v for k, v in raw.items() if k != "files"})

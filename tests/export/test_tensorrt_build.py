@@ -18,14 +18,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tests.support.fake_tensorrt import CLIP, FakeCudart, install, make_models, opts  # noqa: E402
-from tests.support.fake_tensorrt import backend_manifest as _manifest, run_ort as _ort  # noqa: E402
+from tests.support.fake_tensorrt import CLIP, FakeCudart, install, make_models, opts
+from tests.support.fake_tensorrt import backend_manifest as _manifest, run_ort as _ort
 
-from export.tensorrt.build import TensorRTBuildError, build_engine  # noqa: E402
-from export.tensorrt.plan import plan_build  # noqa: E402
-from runtime.backends.tensorrt_backend import (CudaError, TensorRTBackend, TensorRTBackendError,  # noqa: E402
+from export.tensorrt.build import TensorRTBuildError, build_engine
+from export.tensorrt.plan import plan_build
+from runtime.backends.tensorrt_backend import (CudaError, TensorRTBackend, TensorRTBackendError,
                                                check_plan_compatibility, cuda_call, cuda_check)
-from runtime.backends.tensorrt_detect import tensorrt_available  # noqa: E402
+from runtime.backends.tensorrt_detect import tensorrt_available
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -159,7 +159,7 @@ def test_fake_build_weak_fp16_trt10(models, tmp_path, fake_gpu):
     assert b.config.flags == {trt.BuilderFlag.FP16, trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS}
     norm = [layer for layer in b.network.layers if layer.type.name == "NORMALIZATION"]
     assert type(norm[0]) is trt.INormalizationLayer and norm[0].compute_precision == "float32"  # cast, then set
-    assert b.config.cleared == {trt.BuilderFlag.TF32}
+    assert trt.BuilderFlag.TF32 not in b.config.flags  # cleared: the fake's config starts with it, as TensorRT's
     assert b.config.pools == {trt.MemoryPoolType.WORKSPACE: 256 << 20}
     assert b.config.hardware_compatibility_level == trt.HardwareCompatibilityLevel.AMPERE_PLUS
     assert b.config.builder_optimization_level == 4
@@ -195,15 +195,34 @@ def test_fake_build_strongly_typed_trt10_and_trt11(models, tmp_path, fake_gpu):
 
 def test_fake_build_dla(models, tmp_path, fake_gpu):
     trt, _ = fake_gpu("10.3.0")
-    build_engine(models["fp32"], tmp_path / "m.plan", opts(precision="fp16", strongly_typed=False, dla_core=1),
-                 progress=False)
+    dla = {"precision": "fp16", "strongly_typed": False, "dla_core": 1, "batch": (2, 2, 2)}
+    build_engine(models["fp32"], tmp_path / "m.plan", opts(**dla), progress=False)
     c = trt.builds[-1].config
     assert c.default_device_type == trt.DeviceType.DLA and c.DLA_core == 1
     assert trt.BuilderFlag.GPU_FALLBACK in c.flags
+    assert c.profiles[0].shapes["video"] == ((2, *CLIP),) * 3  # DLA: min = opt = max
     trt.Builder.num_DLA_cores = 1  # the test double's device now reports one DLA core (Builder.num_DLA_cores)
     with pytest.raises(TensorRTBuildError, match=r"dla_core=1, but this device has 1 DLA core\(s\); expected 0\.\.0"):
-        build_engine(models["fp32"], tmp_path / "m.plan", opts(precision="fp16", strongly_typed=False, dla_core=1),
-                     progress=False)
+        build_engine(models["fp32"], tmp_path / "m.plan", opts(**dla), progress=False)
+
+
+def test_dla_dynamic_batch_is_refused_by_the_plan_and_by_the_fake_builder(models, tmp_path, fake_gpu, monkeypatch):
+    import export.tensorrt.build as tb
+    from export.tensorrt.plan import plan_request
+
+    trt, _ = fake_gpu("10.3.0")
+    dla = {"precision": "fp16", "strongly_typed": False, "dla_core": 0}
+    with pytest.raises(TensorRTBuildError, match=r"dla_core=0 with batch \(1, 2, 4\): DLA runs static shapes only.*"
+                                                 r"--batch 2:2:2"):
+        build_engine(models["fp32"], tmp_path / "m.plan", opts(**dla), progress=False)
+    assert not trt.builds
+    # past the plan, the test double refuses a dynamic DLA profile as TensorRT does (NvInfer.h: min = opt = max)
+    monkeypatch.setattr(tb, "plan_build", lambda onnx, o, trt_version: dataclasses.replace(
+        plan_request(dataclasses.replace(o, batch=(2, 2, 2)), trt_version),
+        profile={"input": "video", "min": (1, *CLIP), "opt": (2, *CLIP), "max": (4, *CLIP)}, onnx={"sha256": "x"}))
+    with pytest.raises(TensorRTBuildError, match=r"(?s)failed to build.*DLA requires the optimization profile's min, "
+                                                 r"opt and max dimensions to be equal"):
+        build_engine(models["fp32"], tmp_path / "m.plan", opts(**dla), progress=False)
 
 
 def test_fake_build_other_gpus_timing_cache_is_refused_and_replaced(models, tmp_path, fake_gpu):
@@ -226,7 +245,7 @@ def test_fake_build_fp32_attention_operator_finds_no_kernel(models, tmp_path, fa
                                                "max": (4, *CLIP)}, onnx={"sha256": "x"}))
     with pytest.raises(TensorRTBuildError, match=r"(?s)failed to build the engine.*blocks.0.attn: could not find any "
                                                  r"implementation for the non-decomposable IAttention in FP32"):
-        build_engine(models["attention"], tmp_path / "m.plan", opts(), progress=False)
+        build_engine(models["attention"], tmp_path / "m.plan", opts(attention_fallback=False), progress=False)
     monkeypatch.undo()
     fake_gpu("10.3.0")
     with pytest.raises(TensorRTBuildError, match="attention.onnx: node 'blocks.0.attn'"):
@@ -269,7 +288,8 @@ def test_fake_backend_runs_and_frees_everything(models, tmp_path, fake_gpu, cuda
     backend = TensorRTBackend(tmp_path / "model.plan", manifest, device="cuda:0", cuda_graph=cuda_graph)
     engine = trt.runtimes[-1].engine
     assert trt.runtimes[-1].engine_host_code_allowed is False
-    assert len(cuda.host) == len(cuda.device) == 2 and len(cuda.streams) == 1
+    # two pinned staging buffers; on the device the two I/O buffers and one activation block for every context
+    assert len(cuda.host) == 2 and len(cuda.device) == 3 and len(cuda.streams) == 1
     rng = np.random.default_rng(4)
     for batch in (3, 3, 1, 4, 3):
         x = rng.standard_normal((batch, *CLIP)).astype(np.float32)
@@ -330,21 +350,22 @@ def bundle_dir(tmp_path_factory) -> Path:
     ("10.3.0", {"version_compatible": True}, {"version_compatible": True, "builder_flags": ["VERSION_COMPATIBLE"]}),
     ("10.14.1", {"hardware_compatibility": "same_compute_capability"},
      {"hardware_compatibility": "same_compute_capability"}),
-    ("10.3.0", {"precision": "fp16", "strongly_typed": False, "dla_core": 0},
+    ("10.3.0", {"precision": "fp16", "strongly_typed": False, "dla_core": 0, "batch": (2, 2, 2)},
      {"strongly_typed": False, "dla_core": 0, "builder_flags": ["FP16", "OBEY_PRECISION_CONSTRAINTS", "GPU_FALLBACK"]}),
     ("10.3.0", {"precision": "fp16", "strongly_typed": False},
      {"strongly_typed": False, "builder_flags": ["FP16", "OBEY_PRECISION_CONSTRAINTS"]}),
     ("11.4.0", {"cuda_graph": True}, {"cuda_graph": True}),
-], ids=["version-compatible", "hardware-compatible", "dla", "builder-flags", "cuda-graph"])
+    ("10.3.0", {"tf32": True}, {"builder_flags": ["TF32"]}),
+], ids=["version-compatible", "hardware-compatible", "dla", "builder-flags", "cuda-graph", "tf32"])
 def test_bundle_round_trip_through_build_bundle(motion_model_path, bundle_dir, fake_gpu, version, request_kw, session):
     from export.bundle.build import BuildRequest, build_bundle
     from runtime import Engine
     from runtime.backends.tensorrt_session import TensorRTSession, validate_session
 
     trt, cuda = fake_gpu(version)
-    name = "-".join(f"{k}" for k in request_kw)
+    name = "-".join(f"{k}" for k in request_kw if k != "batch")
     req = BuildRequest(model=str(motion_model_path), backend="tensorrt", out=str(bundle_dir / name),
-                       cache_dir=str(bundle_dir / "cache"), parity_clips=2, batch=(1, 2, 4), **request_kw)
+                       cache_dir=str(bundle_dir / "cache"), parity_clips=2, **{"batch": (1, 2, 4), **request_kw})
     out = build_bundle(req)
     m = json.loads((out / "manifest.json").read_text())
     assert m["backend"] == "tensorrt" and m["backend_version"] == version and m["engine_file"] == "model.plan"
@@ -352,6 +373,12 @@ def test_bundle_round_trip_through_build_bundle(motion_model_path, bundle_dir, f
     expected = {**TensorRTSession().to_dict(), **session}
     assert m["session"] == expected
     assert m["build"]["tensorrt"]["plan_sha256"] and m["parity"]["passed"] is True
+    tf32 = bool(request_kw.get("tf32"))  # FP32 is strict unless TF32 is asked for; TF32 has its own tolerance
+    assert m["build"]["tensorrt"]["tf32"] is tf32 and (trt.BuilderFlag.TF32 in trt.builds[-1].config.flags) is tf32
+    if tf32:
+        from export.tensorrt.plan import TF32_TOLERANCE
+
+        assert m["tolerance"] == TF32_TOLERANCE
     assert m["source"]["attention"] == "decomposed"  # fp32 and the builder-flag path never get the Attention op
     built = trt.builds[-1].config
     if request_kw.get("dla_core") is not None:
@@ -366,9 +393,10 @@ def test_bundle_round_trip_through_build_bundle(motion_model_path, bundle_dir, f
         assert rt.engine_host_code_allowed is bool(session.get("version_compatible"))
         assert rt.DLA_core == session.get("dla_core", -1)
         assert backend.cuda_graph is bool(session.get("cuda_graph"))
-        x = np.random.default_rng(0).standard_normal((3, *engine.clip_shape)).astype(np.float32)
+        n = min(3, engine.batch_range[1])  # a DLA plan has a static batch (2)
+        x = np.random.default_rng(0).standard_normal((n, *engine.clip_shape)).astype(np.float32)
         y = engine.infer(x)
-        assert y.shape == (3, 8) and np.isfinite(y).all()
+        assert y.shape == (n, 8) and np.isfinite(y).all()
         if session.get("cuda_graph"):
             assert backend.describe()["graphs_captured"] == [1, 2, 3, 4] or 3 in backend.describe()["graphs_captured"]
 
@@ -383,3 +411,219 @@ def test_make_gpu_check_without_tensorrt_says_what_is_missing(tmp_path):
     assert "tensorrt-cu12" in r.stderr and not (tmp_path / "r.json").exists()
     make = subprocess.run(["make", "-n", "gpu-check"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert make.returncode == 0 and "export.tensorrt.gpu_check" in make.stdout
+
+
+# ------------------------------------------------- issue 23: handles, TF32, memory, attention forms
+
+@pytest.mark.parametrize("native_handle", [False, True], ids=["int(stream)", "get_cuda_native_handle"])
+def test_execute_gets_the_raw_cudaStream_t_not_the_wrappers_address(models, tmp_path, fake_gpu, monkeypatch,
+                                                                    native_handle):
+    from runtime.backends.tensorrt_detect import stream_handle
+
+    trt, cuda = fake_gpu("10.3.0", native_handle=native_handle)
+    info = build_engine(models["fp32"], tmp_path / "model.plan", opts(), progress=False)
+    backend = TensorRTBackend(tmp_path / "model.plan", _manifest(info, "fp32"), cuda_graph=True)
+    try:
+        s = backend._stream
+        assert stream_handle(s) == int(s) in cuda.streams and s.getPtr() not in cuda.streams  # as cuda-bindings
+        x = np.random.default_rng(5).standard_normal((2, *CLIP)).astype(np.float32)
+        for _ in range(2):  # the warm-up + capture, then the graph replay
+            np.testing.assert_allclose(backend.infer(x), _ort(models["fp32"], x), rtol=1e-6, atol=1e-6)
+        assert not trt.runtimes[-1].engine.errors and cuda.launches == 1
+    finally:
+        backend.close()
+
+
+def test_fp32_is_strict_fp32_and_tf32_is_a_choice(models, tmp_path, fake_gpu):
+    from export.tensorrt.plan import TF32_TOLERANCE
+
+    trt, _ = fake_gpu("10.3.0")
+    info = build_engine(models["fp32"], tmp_path / "a.plan", opts(), progress=False)
+    assert trt.BuilderFlag.TF32 not in trt.builds[-1].config.flags  # TensorRT's default cleared
+    assert info["tf32"] is False and info["cleared_builder_flags"] == ["TF32"] and info["parity_tolerance"] is None
+    info = build_engine(models["fp32"], tmp_path / "b.plan", opts(tf32=True), progress=False)
+    assert trt.BuilderFlag.TF32 in trt.builds[-1].config.flags
+    assert info["tf32"] is True and "TF32" in info["session"]["builder_flags"]
+    assert info["parity_tolerance"] == TF32_TOLERANCE and TF32_TOLERANCE["max_abs_logit"] > 1e-3
+
+
+def test_cuda_graphs_share_one_activation_block(models, tmp_path, fake_gpu):
+    from tests.support.fake_tensorrt.runtime import ACTIVATION_BYTES_PER_CLIP
+
+    trt, cuda = fake_gpu("10.3.0")
+    info = build_engine(models["fp32"], tmp_path / "model.plan", opts(), progress=False)
+    backend = TensorRTBackend(tmp_path / "model.plan", _manifest(info, "fp32"), cuda_graph=True)
+    try:
+        free0 = cuda.cudaMemGetInfo()[1]
+        rng = np.random.default_rng(6)
+        for batch in (1, 3, 4, 2):
+            x = rng.standard_normal((batch, *CLIP)).astype(np.float32)
+            np.testing.assert_allclose(backend.infer(x), _ort(models["fp32"], x), rtol=1e-6, atol=1e-6)
+        d = backend.describe()
+        assert d["graphs_captured"] == [1, 2, 3, 4] and trt.runtimes[-1].engine.contexts == 5
+        # four captured batch sizes and the main context: one activation block between them all
+        assert cuda.cudaMemGetInfo()[1] == free0
+        assert d["device_memory"] == {"activation_bytes": 4 * ACTIVATION_BYTES_PER_CLIP, "shared_by_contexts": 5,
+                                      "io_bytes": 4 * int(np.prod(CLIP)) * 4 + 4 * 5 * 4}
+    finally:
+        backend.close()
+    assert not cuda.device
+
+
+def test_fp16_decomposed_attention_is_handed_over_fusable(models, tmp_path, fake_gpu):
+    import onnx
+
+    from export.tensorrt.fp16_attention import find_attention_softmaxes, rewrite
+
+    model = onnx.load(str(models["decomposed_fp16"]))
+    assert [sm.name for _, sm, _ in find_attention_softmaxes(model)] == ["attn.softmax"]  # not the classifier's
+    assert rewrite(model) == ["attn.softmax"]
+    onnx.checker.check_model(model, full_check=True)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    sm = next(n for n in model.graph.node if n.name == "attn.softmax")
+    assert producer[sm.input[0]].name == "attn.qk"  # MatMul -> Softmax -> MatMul, no Cast between
+    assert [n.name for n in model.graph.node if sm.output[0] in n.input] == ["attn.pv"]
+    assert "cls_softmax" in [n.name for n in model.graph.node] and len(
+        [n for n in model.graph.node if n.op_type == "Cast"]) == 4  # 6 before: the attention's two went
+    x = np.random.default_rng(7).standard_normal((3, *CLIP)).astype(np.float32)
+    import onnxruntime as ort
+
+    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"video": x})[0]
+    np.testing.assert_allclose(y, _ort(models["decomposed_fp16"], x), atol=2e-3)
+
+    trt, _ = fake_gpu("10.3.0")
+    info = build_engine(models["decomposed_fp16"], tmp_path / "m.plan", opts(precision="fp16"), progress=False)
+    layers = [layer.name for layer in trt.builds[-1].network.layers]
+    assert "attn.softmax_in_fp32" not in layers and "attn.softmax_out_fp16" not in layers
+    assert info["attention_softmax"] == {"fp16_softmax": 1, "nodes": ["attn.softmax"]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.plan"]  # the rewritten ONNX is gone
+
+
+def test_attention_without_a_fused_kernel_falls_back_to_decomposable(models, tmp_path, fake_gpu):
+    trt, _ = fake_gpu("10.14.1", no_fused_attention=True)
+    info = build_engine(models["attention_fp16"], tmp_path / "m.plan", opts(precision="fp16"), progress=False)
+    fb = info["attention_fallback"]
+    assert fb["decomposable_attentions"] == 1 and "no fused attention kernel" in fb["why"][0]
+    assert all(a.decomposable for a in trt.builds[-1].network.attentions)
+    assert any("rebuilt with 1 decomposable IAttention" in w for w in info["warnings"])
+    assert "decomposable" in info["build_plan"]["attention_fallback"]
+    with pytest.raises(TensorRTBuildError, match="no fused attention kernel for this GPU"):
+        build_engine(models["attention_fp16"], tmp_path / "n.plan", opts(precision="fp16", attention_fallback=False),
+                     progress=False)
+    trt, _ = fake_gpu("10.14.1")  # a GPU with the kernel: no fallback
+    info = build_engine(models["attention_fp16"], tmp_path / "m.plan", opts(precision="fp16"), progress=False)
+    assert info["attention_fallback"] is None and not trt.builds[-1].network.attentions[0].decomposable
+
+
+# ------------------------------------------------------------------- make gpu-check: env and runner
+
+def _gpu_env(tmp_path: Path, *args: str, path: str | None = None) -> subprocess.CompletedProcess:
+    env = {"PATH": path if path is not None else "/usr/bin:/bin", "HOME": str(tmp_path)}
+    return subprocess.run([sys.executable, str(ROOT / "export/tensorrt/gpu_env.py"), "--dry-run", "--venv",
+                           str(tmp_path / "venv"), "--tegra-release", str(tmp_path / "no-tegra"), *args],
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+def _script(path: Path, body: str) -> Path:
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_gpu_env_without_a_gpu_exits_2_naming_what_is_missing(tmp_path):
+    if subprocess.run(["sh", "-c", "command -v nvidia-smi"], capture_output=True).returncode == 0:
+        pytest.skip("nvidia-smi is on PATH here")
+    r = _gpu_env(tmp_path)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip() == ("make gpu-check: missing: no NVIDIA driver: nvidia-smi is not on PATH (install the "
+                                "NVIDIA driver, or run on a GPU host)")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _script(bin_dir / "nvidia-smi", "echo 'No devices were found' >&2; exit 6")
+    r = _gpu_env(tmp_path, path=f"{bin_dir}:/usr/bin:/bin")
+    assert r.returncode == 2 and "no NVIDIA GPU usable: nvidia-smi exited 6 (No devices were found)" in r.stderr
+    make = subprocess.run(["make", "-n", "gpu-check"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert make.returncode == 0 and "export/tensorrt/gpu_env.py" in make.stdout.splitlines()[0]
+
+
+@pytest.mark.parametrize(("cuda", "extra"), [("12.4", "tensorrt-cu12"), ("13.0", "tensorrt-cu13")])
+def test_gpu_env_picks_the_extra_by_the_drivers_cuda_major(tmp_path, cuda, extra):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _script(bin_dir / "nvidia-smi", f"echo '| NVIDIA-SMI 580.65   Driver Version: 580.65   CUDA Version: {cuda} |'")
+    r = _gpu_env(tmp_path, path=f"{bin_dir}:/usr/bin:/bin")
+    assert r.returncode == 0, r.stderr
+    assert f"driver CUDA {cuda.split('.')[0]}: pip extra {extra}" in r.stdout
+    assert f"[cpu,dev,{extra}]" in r.stdout and str(tmp_path / "venv" / "bin" / "python") in r.stdout
+
+
+def test_gpu_env_on_jetson_uses_jetpacks_tensorrt(tmp_path):
+    tegra = tmp_path / "nv_tegra_release"
+    tegra.write_text("# R36 (release), REVISION: 4.0\n")
+    fake_site = tmp_path / "site"
+    (fake_site / "tensorrt").mkdir(parents=True)
+    (fake_site / "tensorrt" / "__init__.py").write_text("__version__ = '10.3.0.30'\n")
+    with_trt = _script(tmp_path / "python-with-trt", f'PYTHONPATH={fake_site} exec {sys.executable} "$@"')
+    r = _gpu_env(tmp_path, "--tegra-release", str(tegra), "--system-python", str(with_trt))
+    assert r.returncode == 0, r.stderr
+    assert "Jetson" in r.stdout and "JetPack's TensorRT 10.3.0.30 from the system Python" in r.stdout
+    assert "cuda-python>=12.6,<13" in r.stdout and "tensorrt-cu" not in r.stdout
+    r = _gpu_env(tmp_path, "--tegra-release", str(tegra), "--system-python", sys.executable)  # no tensorrt there
+    if r.returncode == 0:
+        pytest.skip("this Python imports tensorrt")
+    assert r.returncode == 2 and "Jetson, but TensorRT does not import from" in r.stderr
+    assert "sudo apt install nvidia-jetpack" in r.stderr
+
+
+def test_gpu_env_switches_an_existing_venv_to_system_site_packages(tmp_path):
+    spec = importlib.util.spec_from_file_location("gpu_env", ROOT / "export/tensorrt/gpu_env.py")
+    gpu_env = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_env)
+    (tmp_path / "pyvenv.cfg").write_text("home = /usr/bin\ninclude-system-site-packages = false\nversion = 3.10\n")
+    assert gpu_env._enable_system_site_packages(tmp_path) is True
+    assert "include-system-site-packages = true" in (tmp_path / "pyvenv.cfg").read_text()
+    assert gpu_env._enable_system_site_packages(tmp_path) is False
+
+
+_HARNESS = """
+import json, os, sys
+import export.tensorrt.gpu_check as g
+g.missing = lambda: []  # this test stands in for a GPU host: the steps are test doubles
+g._report_base = lambda: {"machine": "test double", "status": "running", "passed": False, "steps": []}
+py = sys.executable
+write = ("import json, os; "
+         "json.dump({'passed': True, 'latency_ms_batch1': 1.5}, open(os.environ['GPU_CHECK_STEP_OUT'], 'w'))")
+g.STEPS = (g.Step("motion_tiny fp16", 60, (py, "-c", write)),
+           g.Step("hangs", 1, (py, "-c", "import time; time.sleep(120)")),
+           g.Step("kills the check", 60, (py, "-c", "import os, signal; os.kill(os.getppid(), signal.SIGKILL)")),
+           g.Step("never runs", 60, (py, "-c", "pass")))
+sys.exit(g.main(["--out", sys.argv[1], "--work", sys.argv[2]]))
+"""
+
+
+def test_gpu_check_killed_mid_run_keeps_the_finished_steps(tmp_path):
+    import signal
+
+    out = tmp_path / "report.json"
+    r = subprocess.run([sys.executable, "-c", _HARNESS, str(out), str(tmp_path / "work")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    report = json.loads(out.read_text())
+    steps = {s["step"]: s for s in report["steps"]}
+    assert steps["motion_tiny fp16"]["passed"] is True and steps["motion_tiny fp16"]["latency_ms_batch1"] == 1.5
+    assert steps["hangs"]["passed"] is False and steps["hangs"]["error"] == "timed out after 1 s (killed)"
+    assert steps["kills the check"]["status"] == "running" and steps["never runs"]["status"] == "pending"
+    assert report["status"] == "running" and report["passed"] is False
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # atomic writes: no temp left
+
+
+def test_gpu_check_skipped_steps_count_as_not_passed(tmp_path):
+    from export.tensorrt import gpu_check as g
+
+    steps = (g.Step("a", 60, (sys.executable, "-c", "pass")), g.Step("b", 60, (sys.executable, "-c", "pass")))
+    report = g.run_steps(steps, tmp_path / "r.json", tmp_path, 0, {"steps": []})
+    assert [s["status"] for s in report["steps"]] == ["skipped", "skipped"] and report["passed"] is False
+    assert json.loads((tmp_path / "r.json").read_text())["passed"] is False
+    report = g.run_steps(steps, tmp_path / "r.json", tmp_path, 600, {"steps": []})
+    assert [s["status"] for s in report["steps"]] == ["passed", "passed"] and report["passed"] is True
+    assert [s.name for s in g.STEPS[:3]] == ["motion_tiny fp16", "motion_tiny int8", "motion_tiny fp32"]

@@ -3,18 +3,17 @@ Runtime. Every test skips, saying what is missing, without TensorRT, cuda-python
 runs them)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.support.fake_tensorrt import CLASSES, CLIP, make_models, opts  # noqa: E402
-from tests.support.fake_tensorrt import backend_manifest as _manifest, run_ort as _ort  # noqa: E402
+from tests.support.fake_tensorrt import CLASSES, CLIP, make_models, opts
+from tests.support.fake_tensorrt import backend_manifest as _manifest, run_ort as _ort
 
-from export.tensorrt.build import build_engine  # noqa: E402
-from runtime.backends.tensorrt_backend import TensorRTBackend, TensorRTBackendError  # noqa: E402
-from runtime.backends.tensorrt_detect import tensorrt_available  # noqa: E402
+from export.tensorrt.build import build_engine
+from runtime.backends.tensorrt_backend import TensorRTBackend, TensorRTBackendError
+from runtime.backends.tensorrt_detect import tensorrt_available
 
 
 @pytest.fixture(scope="module")

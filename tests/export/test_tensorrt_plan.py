@@ -13,13 +13,13 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.support.fake_tensorrt import CLASSES, CLIP, FakeCudart, install, make_fp32, make_models, opts  # noqa: E402
+from tests.support.fake_tensorrt import CLASSES, CLIP, FakeCudart, install, make_fp32, make_models, opts
 
-from calibration.graph.onnx_inspect import inspect_onnx  # noqa: E402
-from export.tensorrt.plan import (TensorRTBuildError, TensorRTBuildOptions, parse_trt_version, plan_build,  # noqa: E402
+from calibration.graph.onnx_inspect import inspect_onnx
+from export.tensorrt.plan import (TensorRTBuildError, TensorRTBuildOptions, parse_trt_version, plan_build,
                                   plan_request, tensorrt_attention)
-from runtime.backends.tensorrt_session import TensorRTSession, validate_session  # noqa: E402
-from runtime.errors import BundleError  # noqa: E402
+from runtime.backends.tensorrt_session import TensorRTSession, validate_session
+from runtime.errors import BundleError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -198,23 +198,27 @@ def test_dla_needs_fp16_or_int8(models):
 
 
 def test_dla_weak_fp16_on_trt10(models):
-    plan = plan_build(models["fp32"], opts(precision="fp16", strongly_typed=False, dla_core=1), trt_version="10.3.0")
+    plan = plan_build(models["fp32"], opts(precision="fp16", strongly_typed=False, dla_core=1, batch=(2, 2, 2)),
+                      trt_version="10.3.0")
     assert plan.config["default_device_type"] == "DLA" and plan.config["dla_core"] == 1
+    assert plan.config["static_batch"] is True and plan.profile["min"] == plan.profile["max"] == (2, *CLIP)
     assert list(plan.builder_flags) == ["FP16", "OBEY_PRECISION_CONSTRAINTS", "GPU_FALLBACK"]
     assert not list(plan.warnings)
 
 
 def test_dla_rules(models):
+    static = {"batch": (1, 1, 1)}
     with pytest.raises(TensorRTBuildError, match="strongly_typed=False"):
-        plan_build(models["fp16"], opts(precision="fp16", dla_core=0), trt_version="10.3.0")
+        plan_build(models["fp16"], opts(precision="fp16", dla_core=0, **static), trt_version="10.3.0")
     with pytest.raises(TensorRTBuildError, match="dla_core -1 invalid"):
-        plan_build(models["fp16"], opts(precision="fp16", dla_core=-1), trt_version="10.3.0")
+        plan_build(models["fp16"], opts(precision="fp16", dla_core=-1, **static), trt_version="10.3.0")
     with pytest.raises(TensorRTBuildError, match="GPU engines only"):
         plan_build(models["fp32"], opts(precision="fp16", strongly_typed=False, dla_core=0,
-                                        hardware_compatibility="ampere_plus"), trt_version="10.3.0")
-    plan = plan_build(models["fp32"], opts(precision="fp16", strongly_typed=False, dla_core=0), trt_version="10.8.0")
+                                        hardware_compatibility="ampere_plus", **static), trt_version="10.3.0")
+    plan = plan_build(models["fp32"], opts(precision="fp16", strongly_typed=False, dla_core=0, **static),
+                      trt_version="10.8.0")
     assert any("10.7" in w for w in list(plan.warnings))
-    plan = plan_build(models["fp16"], opts(precision="fp16", dla_core=0), trt_version="11.0.0")
+    plan = plan_build(models["fp16"], opts(precision="fp16", dla_core=0, **static), trt_version="11.0.0")
     assert list(plan.builder_flags) == ["GPU_FALLBACK"]
     assert any("DLA support in TensorRT 11" in w for w in list(plan.warnings))
 
@@ -312,7 +316,8 @@ def test_plan_request_per_version(version, precision, attention, onnx_precision,
 
 
 def test_plan_request_builder_flags_fp16_on_10_3():
-    plan = plan_request(TensorRTBuildOptions(precision="fp16", strongly_typed=False, dla_core=0), "10.3")
+    plan = plan_request(TensorRTBuildOptions(precision="fp16", strongly_typed=False, dla_core=0, batch=(1, 1, 1)),
+                        "10.3")
     assert plan.onnx_precision == "fp32" and plan.attention == "decomposed" and not plan.strongly_typed
     assert list(plan.builder_flags) == ["FP16", "OBEY_PRECISION_CONSTRAINTS", "GPU_FALLBACK"]
     assert list(plan.fp32_layer_types) == ["NORMALIZATION", "SOFTMAX"] and plan.config["default_device_type"] == "DLA"
@@ -331,12 +336,13 @@ def _plan_cli(*args: str) -> subprocess.CompletedProcess:
 def test_plan_only_cli(motion_model_path):
     """One subprocess per call is slow (torch import): the JSON paths are covered in-process below."""
     r = _plan_cli("--model", str(motion_model_path), "--precision", "fp16", "--trt-version", "10.3", "--builder-flags",
-                  "--dla-core", "0")
+                  "--dla-core", "0", "--batch", "4:4:4")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["attention"] == "decomposed" and d["onnx_precision"] == "fp32" and d["strongly_typed"] is False
     assert d["builder_flags"] == ["FP16", "OBEY_PRECISION_CONSTRAINTS", "GPU_FALLBACK"]
-    assert d["session"]["dla_core"] == 0 and d["profile"]["max"] == [8, 8, 3, 64, 64]
+    assert d["session"]["dla_core"] == 0 and d["profile"]["min"] == d["profile"]["max"] == [4, 8, 3, 64, 64]
+    assert d["config"]["static_batch"] is True and d["clear_builder_flags"] == ["TF32"] and d["tf32"] is False
     r = _plan_cli("--model", str(motion_model_path), "--precision", "fp16", "--trt-version", "11.4", "--builder-flags")
     assert r.returncode == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1
     assert "TensorRT 11 removed the FP16/INT8 builder flags" in r.stderr
@@ -355,6 +361,21 @@ def test_plan_only_json(motion_model_path, capsys, version, precision):
     assert d["attention"] == tensorrt_attention(precision, version)
     assert d["strongly_typed"] is True and d["builder_flags"] == []
     assert validate_session(d["session"]) == d["session"]
+    assert d["tf32"] is False and d["clear_builder_flags"] == ["TF32"] and d["parity_tolerance"] is None  # strict FP32
+    fused_form = precision == "fp16" and d["attention"] == "decomposed"
+    assert (d["attention_softmax"] or "").startswith("fp16: ") is fused_form  # the fusable MatMul-Softmax-MatMul
+    assert (d["attention_fallback"] is not None) is (d["attention"] == "onnx")
+
+
+def test_plan_only_tf32_is_an_explicit_choice(motion_model_path, capsys):
+    from export.bundle.build import main
+    from export.tensorrt.plan import TF32_TOLERANCE
+
+    assert main(["--model", str(motion_model_path), "--backend", "tensorrt", "--plan-only", "--trt-version", "10.3",
+                 "--tf32"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["tf32"] is True and d["builder_flags"] == ["TF32"] and d["clear_builder_flags"] == []
+    assert d["session"]["builder_flags"] == ["TF32"] and d["parity_tolerance"] == TF32_TOLERANCE
 
 
 def test_plan_only_errors_exit_2(motion_model_path, capsys):
@@ -363,7 +384,9 @@ def test_plan_only_errors_exit_2(motion_model_path, capsys):
     cases = [
         (["--precision", "fp32", "--trt-version", "10.16", "--attention", "onnx"], "none for FP32"),
         (["--precision", "fp32", "--trt-version", "10.3", "--dla-core", "0"], "DLA runs only FP16 or INT8"),
-        (["--precision", "fp16", "--trt-version", "10.3", "--dla-core", "0"], "--builder-flags"),
+        (["--precision", "fp16", "--trt-version", "10.3", "--dla-core", "0", "--batch", "2:2:2"], "--builder-flags"),
+        (["--precision", "fp16", "--trt-version", "10.3", "--dla-core", "0", "--builder-flags"],
+         "DLA runs static shapes only (an optimization profile for DLA must have min = opt = max"),
         (["--precision", "fp16", "--trt-version", "banana"], "'banana' not understood"),
     ]
     for args, needle in cases:

@@ -14,10 +14,10 @@ from runtime.errors import BundleError
 from runtime.files import sha256_file
 
 pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed (it is in the dev extra)")
-from google.protobuf import text_format  # noqa: E402
-from tritonclient.grpc import model_config_pb2  # noqa: E402
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
 
-from export.serving.triton import make_config, parse_config, write_repository  # noqa: E402
+from export.serving.triton import make_config, parse_config, write_repository
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,3 +98,162 @@ def test_a_bad_bundle_is_refused_in_one_line(fp32_bundle: Path, tmp_path: Path) 
     with pytest.raises(BundleError, match="model.onnx"):
         write_repository(bad, tmp_path / "repo2")
     assert not (tmp_path / "repo2" / "bad_bundle").exists()
+
+
+# --------------------------------------------------------------------------- issue 27: the backend per bundle
+
+def _derive(src: Path, dst: Path, backend: str, engine: str = "model.onnx", session: dict | None = None,
+            batch: dict | None = None, labels_name: str | None = None, input_name: str | None = None) -> Path:
+    """A copy of ``src`` whose manifest says another backend (engine renamed, files table re-hashed): what
+    make engine writes for that backend, without building it."""
+    import shutil
+
+    from runtime.manifest import describe_files, validate_manifest
+
+    shutil.copytree(src, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    if engine != m["engine_file"]:
+        (dst / m["engine_file"]).rename(dst / engine)
+    if labels_name is not None:
+        (dst / m["labels_file"]).rename(dst / labels_name)
+        m["labels_file"] = labels_name
+    m.update(backend=backend, engine_file=engine, session=session or {})
+    if batch is not None:
+        m["input"]["batch"] = batch
+    if input_name is not None:
+        m["input"]["name"] = input_name
+    m["files"] = describe_files(dst, [p.name for p in dst.iterdir() if p.name != "manifest.json"])
+    if labels_name is None and input_name is None:
+        validate_manifest(m, dst / "manifest.json")  # the runtime accepts it
+    (dst / "manifest.json").write_text(json.dumps(m, indent=2))
+    return dst
+
+
+@pytest.mark.parametrize("backend,engine,session,field,value,kind", [
+    ("onnxruntime", "model.onnx", {"intra_op_num_threads": 2}, "platform", "onnxruntime_onnx", "KIND_CPU"),
+    ("tensorrt", "model.plan", {}, "platform", "tensorrt_plan", "KIND_GPU"),
+    ("openvino", "model.onnx", {"performance_hint": "LATENCY", "num_threads": 2}, "backend", "openvino", "KIND_CPU"),
+])
+def test_each_backend_gets_its_triton_backend_warmup_and_perf_data(fp32_bundle, tmp_path, backend, engine, session,
+                                                                   field, value, kind):
+    import base64
+
+    import numpy as np
+
+    bundle = _derive(fp32_bundle, tmp_path / f"b_{backend}", backend, engine, session)
+    model = write_repository(bundle, tmp_path / "repo", name="m")
+    cfg = _parse(model / "config.pbtxt")  # Triton's own schema
+    other = {"platform": "backend", "backend": "platform"}[field]
+    assert (getattr(cfg, field), getattr(cfg, other)) == (value, "")
+    assert cfg.default_model_filename == engine and (model / "1" / engine).is_file()
+    assert sorted(p.name for p in (model / "1").iterdir()) == [engine]  # only the engine in the version folder
+    assert model_config_pb2.ModelInstanceGroup.Kind.Name(cfg.instance_group[0].kind) == kind
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    if backend == "openvino":  # the parameters Triton's OpenVINO backend README documents
+        assert params == {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": "2", "NUM_STREAMS": "1"}
+    elif backend == "onnxruntime":
+        assert params == {"intra_op_thread_count": "2"}
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    b = manifest["input"]["batch"]
+    assert cfg.max_batch_size == b["max"] and list(cfg.dynamic_batching.preferred_batch_size) == [b["opt"]]
+    # warm-up: the reference clip at batch 1, opt and max, from warmup/ (raw little-endian, one clip)
+    assert sorted(w.batch_size for w in cfg.model_warmup) == sorted({1, b["opt"], b["max"]})
+    clip_shape = manifest["input"]["shape"][1:]
+    raw = (model / "warmup" / "reference_clip.bin").read_bytes()
+    for w in cfg.model_warmup:
+        wi = w.inputs[manifest["input"]["name"]]
+        assert wi.input_data_file == "reference_clip.bin" and list(wi.dims) == clip_shape
+    assert len(raw) == int(np.prod(clip_shape)) * 4
+    # perf_analyzer's --input-data JSON: batch-1 entries of base64 little-endian bytes; the first is the warm-up clip
+    data = json.loads((model / "perf_analyzer_input.json").read_text())["data"]
+    clips = [np.frombuffer(base64.b64decode(d[manifest["input"]["name"]]["b64"]), "<f4").reshape(clip_shape)
+             for d in data]
+    assert len(clips) == 2 and clips[0].tobytes() == raw
+    if backend == "onnxruntime":  # the data is the bundle's reference clips: the engine gives its stored logits
+        from runtime import Engine
+        from runtime.reference import load_reference
+
+        ref = load_reference(bundle, manifest)
+        with Engine(bundle) as e:
+            got = e.infer(np.stack(clips))
+        np.testing.assert_allclose(got, ref.engine_logits[:2], rtol=0, atol=1e-4)
+
+
+def test_a_batch_1_plan_gets_two_gpu_instances(fp32_bundle, tmp_path):
+    bundle = _derive(fp32_bundle, tmp_path / "b", "tensorrt", "model.plan", batch={"min": 1, "opt": 1, "max": 1})
+    cfg = _parse(write_repository(bundle, tmp_path / "repo", name="m") / "config.pbtxt")
+    assert cfg.max_batch_size == 1 and not cfg.dynamic_batching.preferred_batch_size
+    assert cfg.instance_group[0].count == 2 and [w.batch_size for w in cfg.model_warmup] == [1]
+
+
+# --------------------------------------------------------------------------- issue 28: data loss and injection
+
+def _files(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_the_source_bundle_and_user_folders_are_never_replaced(fp32_bundle, tmp_path):
+    """Finding 1: OUT=<the bundle's parent> (the model folder would be the bundle itself), OUT inside the
+    bundle, and OUT=<a folder of the user's> with a same-named subfolder: refused, nothing changed."""
+    import shutil
+
+    from runtime import Engine
+    from runtime.files import FolderNotReplaceable
+
+    engines = tmp_path / "engines"
+    bundle = shutil.copytree(fp32_bundle, engines / "motion")
+    before = _files(bundle)
+    with pytest.raises(FolderNotReplaceable, match=r"is the input"):
+        write_repository(bundle, engines)  # the default name is the bundle folder's: engines/motion
+    with pytest.raises(FolderNotReplaceable, match=r"lies inside the input"):
+        write_repository(bundle, bundle, name="x")
+    assert _files(bundle) == before and sorted(p.name for p in engines.iterdir()) == ["motion"]
+    Engine(bundle).close()  # still loads, hashes checked
+
+    user = tmp_path / "mine"
+    (user / "motion" / "sub").mkdir(parents=True)
+    (user / "motion" / "notes.txt").write_text("keep me")
+    (user / "motion" / "sub" / "photo.jpg").write_bytes(b"\xff\xd8")
+    mine = _files(user)
+    r = subprocess.run([sys.executable, "-m", "export.serving.triton", "--engine", str(bundle), "--out", str(user)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "not a model folder written by make triton" in r.stderr
+    assert _files(user) == mine and sorted(p.name for p in user.iterdir()) == ["motion"]
+
+
+def test_our_model_folder_is_replaced_only_while_it_is_ours(fp32_bundle, tmp_path):
+    from runtime.files import FolderNotReplaceable
+
+    model = write_repository(fp32_bundle, tmp_path / "repo", name="m")
+    own = json.loads((model / "export_manifest.json").read_text())
+    assert set(own["files"]) == {p for p in _files(model) if p != "export_manifest.json"}
+    write_repository(fp32_bundle, tmp_path / "repo", name="m", instances=2)  # ours: replaced
+    (model / "notes.txt").write_text("added by someone")
+    with pytest.raises(FolderNotReplaceable, match=r"notes.txt.*does not list"):
+        write_repository(fp32_bundle, tmp_path / "repo", name="m")
+    (model / "notes.txt").unlink()
+    (model / "labels.txt").write_text("edited\n")
+    with pytest.raises(FolderNotReplaceable, match=r"labels.txt"):
+        write_repository(fp32_bundle, tmp_path / "repo", name="m")
+    assert (model / "labels.txt").read_text() == "edited\n"
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["m"]  # no staging folder left
+
+
+@pytest.mark.parametrize("what", ["labels_file", "input.name"])
+def test_names_cannot_inject_config_lines(fp32_bundle, tmp_path, what):
+    """Finding 4: a labels file (or tensor) name holding a quote and newlines loads in the runtime, but never
+    reaches config.pbtxt: refused by the strict name pattern, before anything is written."""
+    evil = ('labels.txt"\nbackend: "python"\n'
+            'parameters { key: "EXECUTION_ENV_PATH" value { string_value: "env.tar.gz" } }\n#')
+    kw = {"labels_name": evil} if what == "labels_file" else {"input_name": 'video"\n  dims: [ 1 ]\n#'}
+    bundle = _derive(fp32_bundle, tmp_path / "b", "onnxruntime", **kw)
+    with pytest.raises(BundleError, match=what.replace(".", r"\.")):  # refused here, or by the runtime's manifest check
+        write_repository(bundle, tmp_path / "repo", name="m")
+    assert not (tmp_path / "repo" / "m").exists()
+    # the text itself comes from protobuf's writer: a hostile string stays one quoted, escaped value
+    cfg = model_config_pb2.ModelConfig(name="m")
+    cfg.output.add(name="logits", label_filename=evil)
+    text = text_format.MessageToString(cfg)
+    back = text_format.Parse(text, model_config_pb2.ModelConfig())
+    assert back.output[0].label_filename == evil and back.backend == "" and not back.parameters

@@ -1,4 +1,4 @@
-"""``pip install ./runtime`` alone is enough to run a bundle: a fresh virtual environment without torch (or any
+"""``pip install './runtime[cpu]'`` alone is enough to run a bundle: a fresh virtual environment without torch (or any
 other part of this project) loads the demo's bundle and labels the demo's video.
 
 Needs the package index or pip's cache for numpy, onnxruntime, PyAV and Pillow (what ``make setup`` fetched).
@@ -50,7 +50,7 @@ def runtime_venv(tmp_path_factory) -> Path:
     src = shutil.copytree(ROOT / "runtime", env_dir.parent / "runtime",
                           ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     res = subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                          f"{src}[video]"], capture_output=True, text=True, timeout=600)
+                          f"{src}[cpu,video]"], capture_output=True, text=True, timeout=600)
     if res.returncode != 0 and "Could not find a version" in res.stderr + res.stdout:
         pytest.skip(f"no package index or cache for the runtime's dependencies: {res.stderr.strip()[-300:]}")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -114,3 +114,57 @@ print(sorted(k for k in sys.modules if k.split(".")[0] in ("torch", "onnx", "mod
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------- one ONNX Runtime per install (issue 27)
+#: distributions that all install the ``onnxruntime`` module: two of them in one environment overwrite each other
+ORT_DISTRIBUTIONS = {"onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
+                     "onnxruntime-qnn", "onnxruntime-training"}
+LOCAL_PROJECTS = {"timesformer-deploy": ROOT / "pyproject.toml", "timesformer-runtime": ROOT / "runtime" / "pyproject.toml"}
+
+
+def resolve_names(project: str, extras: set[str]) -> set[str]:
+    """Every distribution ``pip install 'project[extras]'`` asks for, read from metadata: this repository's two
+    pyproject files, then the installed packages' own requirements (what this environment knows of them)."""
+    import tomllib
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    def requirements(name: str, wanted: set[str]) -> list[Requirement]:
+        if name in LOCAL_PROJECTS:
+            meta = tomllib.loads(LOCAL_PROJECTS[name].read_text())["project"]
+            unknown = wanted - set(meta.get("optional-dependencies", {}))
+            assert not unknown, f"{LOCAL_PROJECTS[name]}: no extra {sorted(unknown)}"
+            texts = meta["dependencies"] + [r for e in sorted(wanted) for r in meta["optional-dependencies"][e]]
+        else:
+            try:
+                texts = metadata.requires(name) or []
+            except metadata.PackageNotFoundError:
+                return []  # not installed here: only the name is known
+        reqs = [Requirement(t) for t in texts]
+        return [r for r in reqs if r.marker is None or any(r.marker.evaluate({"extra": e}) for e in wanted | {""})]
+
+    seen: dict[str, set[str]] = {}
+    todo = [(canonicalize_name(project), set(extras))]
+    while todo:
+        name, wanted = todo.pop()
+        if name in seen and wanted <= seen[name]:
+            continue
+        seen[name] = seen.get(name, set()) | wanted
+        todo += [(canonicalize_name(r.name), set(r.extras)) for r in requirements(name, wanted)]
+    return set(seen)
+
+
+@pytest.mark.parametrize("project, extras, expected", [
+    ("timesformer-deploy", {"gpu"}, {"onnxruntime-gpu"}),
+    ("timesformer-deploy", {"gpu", "dev"}, {"onnxruntime-gpu"}),
+    ("timesformer-deploy", {"cpu", "dev"}, {"onnxruntime"}),  # make setup
+    ("timesformer-deploy", {"cpu", "dev", "tensorrt-cu12"}, {"onnxruntime"}),  # make gpu-check on x86
+    ("timesformer-runtime", {"gpu", "video", "serve"}, {"onnxruntime-gpu"}),
+    ("timesformer-runtime", {"cpu", "video"}, {"onnxruntime"}),
+    ("timesformer-runtime", {"openvino"}, set()),  # an OpenVINO bundle needs no ONNX Runtime
+])
+def test_each_install_has_at_most_one_onnx_runtime(project: str, extras: set[str], expected: set[str]) -> None:
+    assert resolve_names(project, extras) & ORT_DISTRIBUTIONS == expected

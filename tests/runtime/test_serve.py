@@ -89,6 +89,51 @@ def test_the_load_test_refuses_an_unreachable_url_in_one_line() -> None:
     assert r.returncode == 2 and "Traceback" not in r.stderr and f"127.0.0.1:{port}" in r.stderr, r.stderr
 
 
+def test_the_proxy_body_guard_bounds_time_and_size_whatever_the_encoding() -> None:
+    # issue 28 #8 and #9, the middleware alone (no Ray): a body is read whole before the app sees it, within one
+    # deadline (a stalled or trickling client gets 408) and a byte cap counted as it arrives (413, chunked or not)
+    import asyncio
+
+    from runtime.serving.guard import BodyGuard
+
+    def run(messages: list[dict], headers: tuple = (), delay: float = 0.0, **kw) -> tuple[list[dict], list, int]:
+        sent: list[dict] = []
+        seen: list[bytes] = []
+        left = list(messages)
+
+        async def app(scope, receive, send) -> None:
+            seen.append((await receive())["body"])
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        async def receive() -> dict:
+            if not left:
+                await asyncio.sleep(3600)  # a client that stalls
+            await asyncio.sleep(delay)
+            return left.pop(0)
+
+        async def send(m: dict) -> None:
+            sent.append(m)
+
+        asyncio.run(BodyGuard(app, **kw)({"type": "http", "headers": list(headers)}, receive, send))
+        return sent, seen, len(left)
+
+    def part(n: int, more: bool = True) -> dict:
+        return {"type": "http.request", "body": bytes(n), "more_body": more}
+
+    sent, seen, _ = run([part(40), part(40, False)], max_body_bytes=100)
+    assert sent[0]["status"] == 200 and seen == [bytes(80)]  # whole, in one piece
+    sent, seen, unread = run([part(40)] * 5 + [part(0, False)], max_body_bytes=100)  # chunked: no Content-Length
+    assert sent[0]["status"] == 413 and not seen and unread == 3 and b"transfer encoding" in sent[1]["body"]
+    sent, seen, unread = run([part(40, False)], headers=((b"content-length", b"1000"),), max_body_bytes=100)
+    assert sent[0]["status"] == 413 and not seen and unread == 1  # refused before a byte is read
+    assert (b"connection", b"close") in sent[0]["headers"]
+    sent, seen, _ = run([part(10)], body_timeout_s=0.2)  # headers and a little body, then nothing
+    assert sent[0]["status"] == 408 and not seen
+    sent, seen, _ = run([part(1)] * 50 + [part(0, False)], delay=0.02, body_timeout_s=0.2)  # every read fast
+    assert sent[0]["status"] == 408 and not seen
+
+
 # ---------------------------------------------------------------------- the served application (one Ray start)
 @pytest.fixture(scope="module")
 def served(fp32_bundle):
@@ -141,9 +186,9 @@ def test_remote_engine_is_a_drop_in_for_engine(served, fp32_bundle, clips_and_ex
            (local.clip_shape, local.batch_range, local.labels, local.num_classes, local.input_dtype)
     assert remote.preprocess == local.preprocess
     for frames in clips[:3]:
-        r, l = remote.predict(frames, top_k=3), local.predict(frames, top_k=3)
-        assert [a for a, _ in r.top_k] == [a for a, _ in l.top_k]
-        np.testing.assert_allclose(r.logits, l.logits, atol=1e-5)
+        r, want = remote.predict(frames, top_k=3), local.predict(frames, top_k=3)
+        assert [a for a, _ in r.top_k] == [a for a, _ in want.top_k]
+        np.testing.assert_allclose(r.logits, want.logits, atol=1e-5)
         rb, lb = remote.predict(frames[..., ::-1], bgr=True), local.predict(frames[..., ::-1].copy(), bgr=True)
         np.testing.assert_allclose(rb.logits, lb.logits, atol=1e-5)
         np.testing.assert_allclose(remote.clip_from_frames(frames), local.clip_from_frames(frames))
@@ -234,3 +279,110 @@ def test_a_replica_killed_mid_run_loses_no_request(served, clips_and_expected) -
     assert res.ok_after_kill > 0, res  # the surviving replica (and Serve's replacement) went on answering
     assert res.errors == 0 or res.error_messages, res  # a failure is reported with its message
     assert RemoteEngine(served).health()["status"] == "ok"  # the surviving (or replacement) replica answers
+
+
+# ------------------------------------------------------------------------- issue 28: a hostile client, Ray bounds
+
+def _stalled(url: str, n: int) -> list[socket.socket]:
+    """``n`` clients that send a valid /v1/predict's headers and 1 KB of its 98,304-byte body, then stall."""
+    host, port = url.removeprefix("http://").split(":")
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection((host, int(port)), timeout=10)
+        s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+                  b"X-Shape: 8,64,64,3\r\nContent-Length: 98304\r\n\r\n" + bytes(1024))
+        socks.append(s)
+    return socks
+
+
+def test_stalled_clients_do_not_block_the_others(served, clips_and_expected) -> None:
+    # issue 28 #8: 16 stalled connections (= the replicas' max_ongoing_requests) blocked every other request
+    from runtime.remote import RemoteEngine
+
+    clips, expected = clips_and_expected
+    socks = _stalled(served, 24)  # more than every replica slot together (2 x 8)
+    try:
+        client = RemoteEngine(served, timeout_s=20, retries=0)
+        for i in range(3):
+            assert len(client.predict(clips[i]).top_k) == 5
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_a_chunked_body_over_the_limit_is_refused_while_it_arrives(served) -> None:
+    # issue 28 #9: Transfer-Encoding: chunked bypassed the 256 MB limit (a 600 MB body buffered before the 400)
+    import threading
+
+    from runtime.serving.protocol import MAX_BODY_BYTES
+
+    host, port = served.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)), timeout=60)
+    s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+              b"X-Shape: 8,64,64,3\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunk = b"%x\r\n" % (1 << 20) + bytes(1 << 20) + b"\r\n"
+    sent = [0]
+
+    def send() -> None:
+        try:
+            for _ in range(MAX_BODY_BYTES // (1 << 20) + 64):  # bounded: 64 MB past the limit
+                s.sendall(chunk)
+                sent[0] += 1 << 20
+            s.sendall(b"0\r\n\r\n")
+        except OSError:  # the server answered and closed: expected
+            pass
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    answer = b""
+    try:
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            part = s.recv(65536)
+            if not part:
+                break
+            answer += part
+    except ConnectionResetError:
+        pass
+    finally:
+        t.join(60)
+        s.close()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+    assert b"whatever the transfer encoding" in answer
+    assert sent[0] < MAX_BODY_BYTES + (64 << 20)  # reading stopped: the sender could not push all it had
+
+
+def test_malformed_shapes_and_huge_values_are_4xx_and_not_retried(served, fp32_bundle) -> None:
+    # issue 28 #17: an X-Shape whose product overflows int64, or finite but huge values (3e38), got HTTP 500 (and
+    # RemoteEngine retried those 4 times)
+    from runtime.remote import RemoteEngine
+
+    big = "8,4294967296,4294967296,3"  # 8 * 2**64 * 3 bytes: 0 modulo 2**64
+    for path, shape, dtype in (("/v1/predict", big, "uint8"), ("/v1/infer", "1," + big, "float32"),
+                               ("/v1/predict", "9" * 30 + ",64,64,3", "uint8"), ("/v1/predict", "1,2,3,4,5,6,7,8,9,3",
+                                                                                   "uint8")):
+        status, out = _post(served + path, b"", {"Content-Type": "application/octet-stream", "X-Shape": shape,
+                                                 "X-Dtype": dtype})
+        assert 400 <= status < 500 and "X-Shape" in out["error"], (shape, status, out)
+    client = RemoteEngine(served, retries=3)
+    x = np.full((1, 8, 3, 64, 64), 3e38, np.float32)
+    with pytest.raises(InputError, match="400 body: values 3e.38"):
+        client.infer(x)
+    assert client.retried == 0
+
+
+def test_a_local_ray_listens_on_loopback_only(served) -> None:
+    # issue 28 #6: Prometheus endpoints on 0.0.0.0, the dashboard agent on a non-loopback address, and
+    # ~/.ray/auth_token mode 0644
+    psutil = pytest.importorskip("psutil")
+
+    me = psutil.Process()
+    pids = {p.pid for p in me.children(recursive=True)} | {me.pid}
+    listening = [(c.laddr.ip, c.laddr.port, c.pid) for c in psutil.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN and c.pid in pids]
+    assert len(listening) >= 4, listening  # GCS, raylet, agents, the HTTP proxy at least
+    exposed = [(ip, port, psutil.Process(pid).name()) for ip, port, pid in listening
+               if ip not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")]
+    assert not exposed, exposed
+    token = Path.home() / ".ray" / "auth_token"
+    if token.exists():
+        assert token.stat().st_mode & 0o077 == 0, oct(token.stat().st_mode)
