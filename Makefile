@@ -74,7 +74,7 @@ $(foreach g,$(GOALS),$(foreach o,$(call required_options,$(g)),$(if $($(o)),,$(e
 # $(call out_arg): the output path, passed as --out to every target that writes something
 out_arg = $(if $(OUT),--out $(OUT))
 
-.PHONY: help setup lint test test-fast demo onnx engine parity bench bench-onnx bench-cpu bench-precision bench-accuracy train-motion gpu-check serve load-test triton bench-cameras clean
+.PHONY: help setup lint test test-fast demo onnx engine parity bench bench-onnx bench-cpu bench-precision bench-accuracy train-motion gpu-check serve load-test triton bench-cameras footage clean
 
 help: ## this list
 	@echo "Targets (options in [brackets] are optional; docs/ describes each):"
@@ -169,6 +169,9 @@ load-test: $(STAMP) ## load a served engine, one JSON line of counts and latenci
 
 triton: $(STAMP) ## a Triton model repository for a bundle: ENGINE=<bundle> [OUT=artifacts/triton]
 	$(PY) -m export.serving.triton --engine $(ENGINE) --out $(or $(OUT),artifacts/triton)
+
+footage: $(STAMP) ## real camera footage for INT8 tests and benchmarks: OpenCV's sample videos (Debian opencv-doc) into artifacts/footage
+	$(PY) -m calibration.clips.footage --install
 
 clean: ## remove artifacts/ and engines/ (bundles you built) and the pytest cache
 	rm -rf artifacts engines .pytest_cache

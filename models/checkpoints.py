@@ -100,54 +100,60 @@ def infer_config(state: Mapping[str, torch.Tensor], source: str, num_heads: int 
         raise CheckpointError(f"{source}: weights fit no valid config: {e}") from e
 
 
-def _expected_shapes(cfg: TimeSformerConfig) -> dict[str, tuple[tuple[int, ...], str]]:
-    """A few tensors' shapes as the config implies them, with the config fields that set them."""
-    d = cfg.embed_dim
-    shapes = {"patch_embed.proj.weight": ((d, cfg.in_chans, cfg.patch_size, cfg.patch_size),
-                                          "embed_dim, in_chans, patch_size"),
-              "pos_embed": ((1, cfg.num_patches + 1, d), "image_size / patch_size, embed_dim"),
-              "head.weight": ((cfg.num_classes, d), "num_classes, embed_dim"),
-              "blocks.0.mlp.fc1.weight": ((cfg.mlp_hidden, d), "mlp_ratio (intermediate_size), embed_dim")}
+def expected_shapes(cfg: TimeSformerConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor of ``TimeSformer(cfg).state_dict()`` with its shape, computed from the config alone (nothing
+    allocated; tests check it against the module)."""
+    d, h, k = cfg.embed_dim, cfg.mlp_hidden, cfg.num_classes
+    out: dict[str, tuple[int, ...]] = {"patch_embed.proj.weight": (d, cfg.in_chans, cfg.patch_size, cfg.patch_size),
+                                       "patch_embed.proj.bias": (d,), "cls_token": (1, 1, d),
+                                       "pos_embed": (1, cfg.num_patches + 1, d)}
     if cfg.attention_type != "space_only":
-        shapes["time_embed"] = ((1, cfg.num_frames, d), "num_frames, embed_dim")
-    return shapes
+        out["time_embed"] = (1, cfg.num_frames, d)
+
+    def attention(prefix: str) -> None:
+        out[f"{prefix}.qkv.weight"] = (3 * d, d)
+        if cfg.qkv_bias:
+            out[f"{prefix}.qkv.bias"] = (3 * d,)
+        out[f"{prefix}.proj.weight"], out[f"{prefix}.proj.bias"] = (d, d), (d,)
+
+    for i in range(cfg.depth):
+        b = f"blocks.{i}"
+        for norm in ("norm1", "norm2") + (("temporal_norm1",) if cfg.attention_type == "divided_space_time" else ()):
+            out[f"{b}.{norm}.weight"], out[f"{b}.{norm}.bias"] = (d,), (d,)
+        attention(f"{b}.attn")
+        if cfg.attention_type == "divided_space_time":
+            attention(f"{b}.temporal_attn")
+            out[f"{b}.temporal_fc.weight"], out[f"{b}.temporal_fc.bias"] = (d, d), (d,)
+        out[f"{b}.mlp.fc1.weight"], out[f"{b}.mlp.fc1.bias"] = (h, d), (h,)
+        out[f"{b}.mlp.fc2.weight"], out[f"{b}.mlp.fc2.bias"] = (d, h), (d,)
+    out["norm.weight"], out["norm.bias"] = (d,), (d,)
+    out["head.weight"], out["head.bias"] = (k, d), (k,)
+    return out
+
+
+#: the config fields that set a tensor's shape, for the error message
+_SHAPE_FIELDS = {"patch_embed.proj.weight": "embed_dim, in_chans, patch_size", "pos_embed": "image_size / patch_size",
+                 "time_embed": "num_frames", "head.weight": "num_classes", "head.bias": "num_classes",
+                 "mlp.fc1.weight": "mlp_ratio (intermediate_size)", "mlp.fc1.bias": "mlp_ratio (intermediate_size)",
+                 "mlp.fc2.weight": "mlp_ratio (intermediate_size)"}
+
+
+def _fields_of(key: str) -> str:
+    for suffix, fields in _SHAPE_FIELDS.items():
+        if key == suffix or key.endswith("." + suffix):
+            return f"set by the config's {fields}; "
+    return "set by the config's embed_dim; " if key.endswith(("weight", "bias", "token")) else ""
 
 
 def check_fits(state: Mapping[str, torch.Tensor], cfg: TimeSformerConfig, source: str) -> None:
-    """CheckpointError, naming the config field, when the (validated) config cannot describe these weights: its
-    attention type, its depth, or its parameter count (computed from the config alone) differs from the file's.
-    Runs before any model is built, so a config that would allocate more than the file holds never does."""
-    from .flops import count_params
-
-    divided = "blocks.0.temporal_fc.weight" in state
-    timed = "time_embed" in state
-    kind = "divided_space_time" if divided else ("joint_space_time" if timed else "space_only")
-    if cfg.attention_type != kind:
-        raise CheckpointError(f"{source}: attention_type: the config says {cfg.attention_type}, the weights are "
-                              f"{kind} (temporal_fc {'present' if divided else 'absent'}, time_embed "
-                              f"{'present' if timed else 'absent'})")
+    """CheckpointError, naming the config field, when the (validated) config does not describe these weights:
+    its depth, its keys, every tensor's shape and so its parameter count (from the config alone) against the
+    file's. Runs before any model is built: a config that would allocate more than the file holds never does."""
     blocks = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
     if len(blocks) != cfg.depth:
         raise CheckpointError(f"{source}: depth: the config says {cfg.depth} blocks, the weights hold {len(blocks)}"
                               + (f" (blocks.{min(blocks)}..blocks.{max(blocks)})" if blocks else ""))
-    want = count_params(cfg)
-    got = sum(int(v.numel()) for v in state.values() if isinstance(v, torch.Tensor))
-    if want != got:
-        for key, (shape, fields) in _expected_shapes(cfg).items():
-            if key in state and tuple(state[key].shape) != shape:
-                raise CheckpointError(f"{source}: config fields {fields}: they give {key} the shape {shape}, the "
-                                      f"weights have {tuple(state[key].shape)} (the config describes {want:,} "
-                                      f"parameters, the file holds {got:,})")
-        raise CheckpointError(f"{source}: the config describes {want:,} parameters, the file holds {got:,}: the "
-                              "config does not fit these weights")
-
-
-def build_from_state(state: Mapping[str, torch.Tensor], cfg: TimeSformerConfig, source: str) -> TimeSformer:
-    """A model with exactly these weights; any missing, unexpected or mis-shaped key is an error (the config
-    is checked against the weights first, :func:`check_fits`, so nothing is allocated for a config that lies)."""
-    check_fits(state, cfg, source)
-    model = TimeSformer(cfg)
-    expected = model.state_dict()
+    expected = expected_shapes(cfg)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -157,11 +163,21 @@ def build_from_state(state: Mapping[str, torch.Tensor], cfg: TimeSformerConfig, 
         if unexpected:
             parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
         raise CheckpointError(f"{source}: does not match the {cfg.attention_type} model: " + "; ".join(parts))
-    for k, v in expected.items():
-        if tuple(state[k].shape) != tuple(v.shape):
-            raise CheckpointError(f"{source}: key {k!r}: expected shape {tuple(v.shape)}, got {tuple(state[k].shape)}")
+    want = sum(math.prod(s) for s in expected.values())
+    got = sum(int(state[k].numel()) for k in expected)
+    for k, shape in expected.items():
+        if tuple(state[k].shape) != shape:
+            raise CheckpointError(f"{source}: key {k!r}: expected shape {shape}, got {tuple(state[k].shape)} "
+                                  f"({_fields_of(k)}the config describes {want:,} parameters, the file holds {got:,})")
+
+
+def build_from_state(state: Mapping[str, torch.Tensor], cfg: TimeSformerConfig, source: str) -> TimeSformer:
+    """A model with exactly these weights; any missing, unexpected or mis-shaped key is an error, found from
+    the config alone before anything is allocated (:func:`check_fits`)."""
+    check_fits(state, cfg, source)
+    model = TimeSformer(cfg)
     check_finite(state, source)
-    model.load_state_dict({k: state[k].to(torch.float32) for k in expected}, strict=True)
+    model.load_state_dict({k: state[k].to(torch.float32) for k in model.state_dict()}, strict=True)
     return model.eval()
 
 
@@ -341,9 +357,9 @@ def load_hf(path: str | os.PathLike) -> tuple[TimeSformer, CheckpointInfo]:
         cfg = TimeSformerConfig(
             image_size=hf.get("image_size", 224), patch_size=hf.get("patch_size", 16),
             num_frames=hf.get("num_frames", 8), in_chans=hf.get("num_channels", 3),
-            embed_dim=hf.get("hidden_size", 768), depth=hf.get("num_hidden_layers", 12), num_heads=hf.get("num_attention_heads", 12),
-            mlp_ratio=hf.get("intermediate_size", 3072) / hf.get("hidden_size", 768),
-            qkv_bias=hf.get("qkv_bias", True),
+            embed_dim=hf.get("hidden_size", 768), depth=hf.get("num_hidden_layers", 12),
+            num_heads=hf.get("num_attention_heads", 12),
+            mlp_ratio=hf.get("intermediate_size", 3072) / hf.get("hidden_size", 768), qkv_bias=hf.get("qkv_bias", True),
             layer_norm_eps=hf.get("layer_norm_eps", 1e-6), num_classes=int(head.shape[0]),
             attention_type=attention_type,
         )

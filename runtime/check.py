@@ -34,7 +34,7 @@ def run_check(bundle: str | Path, device: str = "auto", threads: int | None = No
 
     if blocks not in ("always", "on-failure", "never"):
         raise ValueError(f"--blocks: expected always, on-failure or never, got {blocks!r}")
-    opts = {"threads": threads} if threads is not None else {}
+    opts: dict[str, Any] = {"threads": threads} if threads is not None else {}
     with Engine(bundle, device=device, verify_on_device="never", **opts) as engine:
         m = engine.manifest
         # before any timing: a tampered or missing reference stops here (only --no-parity runs without one)
@@ -48,7 +48,7 @@ def run_check(bundle: str | Path, device: str = "auto", threads: int | None = No
                       "parity": {k: (m.get("parity") or {}).get(k) for k in
                                  ("max_abs_logit", "min_cosine", "top1_agreement", "passed")}},
             "parity": None, "blocks": None, "latency": None, "profile": None}
-        if parity:
+        if parity and ref is not None:  # with parity, the reference was loaded above (or raised)
             report["parity"] = stored_parity(engine, ref)
             if blocks == "always" or (blocks == "on-failure" and not report["parity"]["passed"]):
                 report["blocks"] = block_report(engine, ref)
@@ -74,7 +74,7 @@ def _fmt(v: float) -> str:
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """The short human summary of a report."""
-    e, b = report["engine"], report["built"]
+    b = report["built"]
     lines = [f"check {report['bundle']}: {b['backend']} {b['precision']} (built {b.get('date') or '?'} on "
              f"{b.get('host') or '?'} {b.get('machine') or ''})".rstrip(),
              f"device: {summary(report['device'])}"]

@@ -60,7 +60,7 @@ class CpuIsa:
 
 def onednn_cap_below_vnni(value: str | None) -> bool:
     """Whether an ``ONEDNN_MAX_CPU_ISA`` value leaves oneDNN without VNNI/AMX (``AVX2``, ``AVX512_CORE``...)."""
-    return bool(value) and value.strip().upper() in _ONEDNN_NO_VNNI
+    return bool(value and value.strip().upper() in _ONEDNN_NO_VNNI)
 
 
 def openvino_capabilities(caps: list[str], cap: str | None = None) -> list[str]:
@@ -150,3 +150,22 @@ def openvino_int8_check(manifest: dict[str, Any], isa: CpuIsa | None = None) -> 
                       "lower accuracy; rebuild it with make engine PRECISION=int8 (the portable form)",
                       RuntimeWarning, stacklevel=3)
     return {"cpu": isa.describe(), "form": record.get("form"), "saturation_safe": safe, "exact_here": exact}
+
+
+#: measured on an AVX2-only CPU (AMD Zen 3, 2 cores, base 8x224, interleaved, quiet machine; issue 25): OpenVINO INT8
+#: Q/DQ 4.05 s against 3.26 s for our ONNX Runtime FP32 bundle
+AVX2_OPENVINO_INT8_VS_ORT_FP32 = 4.05 / 3.26
+
+
+def auto_cpu_backend(precision: str | None, openvino_ok: bool, isa: CpuIsa | None = None) -> tuple[str | None, str]:
+    """``auto``'s CPU backend for ``precision`` on this ISA, and the reason naming it: None (no preference: OpenVINO
+    where it runs, for its speed on VNNI/AMX x86) or ``"onnxruntime"`` for INT8 where oneDNN's INT8 saturates
+    (x86 without VNNI), where OpenVINO INT8 was slower than ONNX Runtime FP32 and needs the 7-bit form, and ONNX
+    Runtime's dynamic INT8 runs exact (``session.x64quantprecision``, :func:`ort_int8_config`)."""
+    isa = isa or cpu_isa()
+    if precision == "int8" and isa.onednn_pairs_saturate and isa.int8_dot != "unknown":
+        return "onnxruntime", (f"this CPU is {isa.describe()}: OpenVINO INT8 measured {AVX2_OPENVINO_INT8_VS_ORT_FP32:.2f}x "
+                               "the latency of ONNX Runtime FP32 on such a CPU (AMD Zen 3, base 8x224) and needs 7-bit "
+                               "weights there; ONNX Runtime dynamic INT8 runs with its exact U8U8 kernels "
+                               f"({ORT_PRECISE_INT8_KEY}=1)")
+    return (None, f"this CPU is {isa.describe()}" + ("" if openvino_ok else "; OpenVINO not usable"))

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .backends.base import Backend
+from .engine_api import EngineAPI
 from .errors import BundleError, InputError
 from .manifest import MANIFEST_NAME, BundleFiles, parse_labels, validate_manifest
 from .prediction import Prediction, check_top_k, top_k
@@ -30,21 +31,11 @@ class EngineClosedError(RuntimeError):
 
 
 def machine_memory_bytes() -> int | None:
-    """Physical memory available to this process: the RAM, or a smaller cgroup (container) limit; None if unknown."""
-    sizes = []
+    """This machine's physical memory (``sysconf``; no file is opened), or None where the OS does not say."""
     try:
-        sizes.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
-        pass
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            with open(path) as f:
-                text = f.read().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) < 1 << 60:
-            sizes.append(int(text))
-    return min(sizes) if sizes else None
+        return None
 
 
 def check_batch_memory(manifest: dict[str, Any], where: str | os.PathLike, memory: int | None = None) -> None:
@@ -322,3 +313,8 @@ class Engine:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _satisfies_engine_api(engine: Engine) -> EngineAPI:
+    """Never called: mypy checks here that ``Engine`` has the whole :class:`runtime.engine_api.EngineAPI` surface."""
+    return engine

@@ -73,8 +73,8 @@ class _Window:
 class _Camera:
     """One camera's ring, queue and counters. Queue fields are guarded by the hub's lock."""
 
-    def __init__(self, cid: CameraId, source: FrameSource, engine: BatchEngine, every: int | None, bgr: bool, top_k: int,
-                 queue: int, on_result: Callable[[HubResult], None] | None, block: bool) -> None:
+    def __init__(self, cid: CameraId, source: FrameSource, engine: BatchEngine, every: int | None, bgr: bool,
+                 top_k: int, queue: int, on_result: Callable[[HubResult], None] | None, block: bool) -> None:
         cfg = engine.preprocess
         self.id, self.source, self.cfg, self.bgr, self.top_k = cid, source, cfg, bgr, top_k
         self.on_result, self.block = on_result, block

@@ -221,7 +221,7 @@ class Manifest:
     @classmethod
     def _from_valid(cls, m: dict[str, Any]) -> "Manifest":
         inp, outp = m["input"], m["output"]
-        kw = {k: m.get(k) for k in _REQUIRED + _OPTIONAL}
+        kw: dict[str, Any] = {k: m.get(k) for k in _REQUIRED + _OPTIONAL}
         kw.update(input=InputSpec(inp["name"], inp["dtype"], tuple(inp["shape"]), BatchRange(**inp["batch"]),
                                   inp["layout"]),
                   output=OutputSpec(outp["name"], outp.get("dtype", "float32"), tuple(outp["shape"])),

@@ -15,8 +15,11 @@ __all__ = ["Precision", "Backend", "PRECISIONS", "BACKENDS"]
 class _StrEnum(str, Enum):
     """``enum.StrEnum`` (Python 3.11) for 3.10 too: the member is its value in ``str()``, f-strings and JSON."""
 
-    __str__ = str.__str__
-    __format__ = str.__format__
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, format_spec: str) -> str:
+        return str.__format__(self, format_spec)
 
 
 class Precision(_StrEnum):

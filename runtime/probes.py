@@ -18,7 +18,7 @@ import json
 import tempfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -109,7 +109,7 @@ def _one_clip(engine: Any, clip: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(clip[None], engine.batch_range[0], axis=0))
 
 
-def _block_runner(engine: Any, names: list[str]):
+def _block_runner(engine: Any, names: list[str]) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
     x_name = engine.input_name
     if engine.manifest["backend"] == "onnxruntime":
         sess = _ort_session(engine, names)
@@ -127,7 +127,7 @@ def block_report(engine: Any, ref: ReferenceSet) -> dict[str, Any]:
     """Per block: the relative L2 error of the stored sample of its output, and its norm against the stored norm;
     the first block past the reference's threshold. ``{"available": False, "note": ...}`` where the backend cannot
     expose block outputs or the reference holds no block statistics."""
-    if ref.block_samples is None:
+    if ref.block_samples is None or ref.block_index is None or ref.block_norm is None:
         return {"available": False, "note": "the reference set holds no block statistics"}
     why = _not_available(engine, "block outputs")
     if why:
@@ -150,7 +150,7 @@ def block_report(engine: Any, ref: ReferenceSet) -> dict[str, Any]:
             want = ref.block_samples[c, j].astype(np.float64)
             rel[c, j] = np.linalg.norm(flat[index] - want) / max(np.linalg.norm(want), 1e-30)
             ratio[c, j] = np.linalg.norm(flat) / max(float(ref.block_norm[c, j]), 1e-30)
-    rows = [{"block": j, "name": n, "rel_l2": float(rel[:, j].max()), "norm_ratio_min": float(ratio[:, j].min()),
+    rows: list[dict[str, Any]] = [{"block": j, "name": n, "rel_l2": float(rel[:, j].max()), "norm_ratio_min": float(ratio[:, j].min()),
              "norm_ratio_max": float(ratio[:, j].max())} for j, n in enumerate(names)]
     threshold = float(ref.block_threshold or 0.0)
     first = next((r["block"] for r in rows if r["rel_l2"] > threshold), None)

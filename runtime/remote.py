@@ -29,10 +29,11 @@ import socket
 import threading
 import time
 import urllib.parse
-from typing import Any, Sequence
+from typing import Any, Sequence, TypeGuard
 
 import numpy as np
 
+from .engine_api import EngineAPI
 from .errors import InputError
 from .manifest import MAX_BATCH, MAX_CLASSES, check_labels
 from .prediction import Prediction, check_top_k, top_k
@@ -47,7 +48,7 @@ MAX_ANSWER_BYTES = 64 << 20
 _INPUT_DTYPES = ("float32", "float16", "uint8")
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -306,3 +307,8 @@ def _error_text(data: bytes) -> str:
     except (json.JSONDecodeError, RecursionError, ValueError):
         return text
     return str(msg.get("error", text)) if isinstance(msg, dict) else text
+
+
+def _satisfies_engine_api(engine: RemoteEngine) -> EngineAPI:
+    """Never called: mypy checks here that ``RemoteEngine`` has the :class:`runtime.engine_api.EngineAPI` surface."""
+    return engine

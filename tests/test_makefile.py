@@ -116,7 +116,7 @@ def test_out_is_always_passed_as_out(target: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("target", sorted(t for t in targets() if "MODEL" in taken(t)))
 def test_the_model_default_reaches_every_target_that_takes_model(target: str) -> None:
-    default = re.search(r"^MODEL \?= ([^#\s]+)", MAKEFILE, re.M).group(1)  # type: ignore[union-attr]
+    (default,) = re.findall(r"^MODEL \?= ([^#\s]+)", MAKEFILE, re.M)
     assert f"--model {default}" in command(target)
 
 

@@ -15,21 +15,42 @@ in float
 ================================================  =========  =========================
 
 Both changes are needed: the weight matmuls saturate through their 8-bit weights, and the attention matmuls
-(q·kᵀ, p·v) have an activation as their s8 operand, which no weight narrowing reaches. Those two matmuls are a
-few percent of the model's MACs; the weight narrowing changes no kernel. ``portable`` is therefore the default on
-every CPU (one bundle, the same numbers on AVX2, VNNI, AMX and ARM); ``vnni`` keeps the TensorRT file unchanged
-and is only chosen on request, on a CPU whose INT8 does not saturate.
+(q·kᵀ, p·v) have an activation as their s8 operand, which no weight narrowing reaches. 7 bits cost accuracy where
+8 bits are exact: base 8x224 (random weights), 3 synthetic clips, VNNI, bf16: cosine 0.9995 with the file as is,
+0.9986 ``portable``; on the AVX2 path (f32) the file as is falls to 0.9969 (0.889 on noise frames). So the form
+follows the CPU the bundle is built on (:func:`choose_cpu_int8_form`): ``portable`` where oneDNN's INT8 saturates
+(x86 without VNNI/AMX, or ``ONEDNN_MAX_CPU_ISA`` capped below VNNI), ``vnni`` (the TensorRT file unchanged)
+elsewhere; ``TIMESFORMER_CPU_INT8_FORM=portable|vnni`` overrides it for a bundle meant for another machine. The
+manifest records the form and the runtime warns when a ``vnni`` bundle loads on a CPU that saturates.
 """
 from __future__ import annotations
 
 from typing import Any
 
+import os
+
+from runtime.cpu_isa import CpuIsa, cpu_isa
+
 from calibration.precision.overflow import WEIGHT_BITS_SAFE, narrow_weights
 
-__all__ = ["CPU_INT8_FORMS", "DEFAULT_CPU_INT8_FORM", "float_activation_matmuls", "to_cpu_int8_form"]
+__all__ = ["CPU_INT8_FORMS", "FORM_ENV", "choose_cpu_int8_form", "float_activation_matmuls", "to_cpu_int8_form"]
 
 CPU_INT8_FORMS = ("portable", "vnni")
-DEFAULT_CPU_INT8_FORM = "portable"
+#: overrides the form chosen from this CPU (a bundle built here for another machine)
+FORM_ENV = "TIMESFORMER_CPU_INT8_FORM"
+
+
+def choose_cpu_int8_form(isa: CpuIsa | None = None) -> tuple[str, str]:
+    """The CPU INT8 form for a bundle built here, and why (naming the ISA)."""
+    isa = isa or cpu_isa()
+    asked = os.environ.get(FORM_ENV, "").strip()
+    if asked:
+        if asked not in CPU_INT8_FORMS:
+            raise ValueError(f"{FORM_ENV}={asked!r}: expected one of {CPU_INT8_FORMS}")
+        return asked, f"{FORM_ENV}={asked} (this CPU: {isa.describe()})"
+    if isa.onednn_pairs_saturate:
+        return "portable", f"{isa.describe()}: 8-bit weights and int8 q·kᵀ/p·v would saturate 16-bit pair sums"
+    return "vnni", f"{isa.describe()}: INT8 sums in 32 bits here, 8-bit weights are exact"
 
 
 def float_activation_matmuls(model: Any) -> list[str]:
@@ -72,18 +93,21 @@ def _drop_unread(g: Any) -> None:
             g.node.remove(n)
 
 
-def to_cpu_int8_form(model: Any, form: str = DEFAULT_CPU_INT8_FORM) -> dict[str, Any]:
-    """Rewrite the Q/DQ ONNX ``model`` in place into ``form`` (:data:`CPU_INT8_FORMS`); returns the record the
-    manifest keeps (``build.openvino.cpu_int8``), which the runtime checks against the CPU it loads on."""
+def to_cpu_int8_form(model: Any, form: str | None = None) -> dict[str, Any]:
+    """Rewrite the Q/DQ ONNX ``model`` in place into ``form`` (:data:`CPU_INT8_FORMS`; None: :func:`choose_cpu_int8_form`);
+    returns the record the manifest keeps (``build.openvino.cpu_int8``), which the runtime checks on load."""
+    why = f"{form!r} asked for"
+    if form is None:
+        form, why = choose_cpu_int8_form()
     if form not in CPU_INT8_FORMS:
         raise ValueError(f"cpu INT8 form {form!r}: expected one of {CPU_INT8_FORMS}")
     if form == "vnni":
-        return {"form": "vnni", "weight_bits": 8, "float_matmuls": [], "saturation_safe": False,
+        return {"form": "vnni", "why": why, "weight_bits": 8, "float_matmuls": [], "saturation_safe": False,
                 "note": "the TensorRT Q/DQ file unchanged: exact only where INT8 sums in 32 bits (VNNI, AMX, ARM); "
                         "x86 without VNNI saturates its 16-bit pair sums"}
     narrowed = narrow_weights(model, WEIGHT_BITS_SAFE)
     floats = float_activation_matmuls(model)
-    return {"form": "portable", "weight_bits": WEIGHT_BITS_SAFE, "weights_narrowed": narrowed["tensors"],
+    return {"form": "portable", "why": why, "weight_bits": WEIGHT_BITS_SAFE, "weights_narrowed": narrowed["tensors"],
             "float_matmuls": floats, "saturation_safe": True,
             "note": "7-bit weights and float activation x activation matmuls: no 16-bit pair sum can saturate, so "
                     "AVX2-only x86 computes what VNNI, AMX and ARM compute (calibration/precision/cpu_int8.py)"}

@@ -32,6 +32,7 @@ from runtime.files import write_json_atomic, write_text_atomic
 
 from runtime.cli_args import user_errors
 
+from calibration.precision.provenance import calibration_source, measured_on, provenance_line
 from export.bench.harness import machine, machine_line, markdown_table
 
 __all__ = ["BARS", "run_bench", "accuracy_row", "verdicts", "markdown", "main"]
@@ -181,7 +182,9 @@ def run_bench(model: str = DEFAULT_MODEL, n: int = 1600, clips: str | None = Non
     meta = getattr(getattr(net, "checkpoint", None), "metadata", None) or {}
     return {"model": model, "task": task, "source": source, "classes": len(labels),
             "recipe_heldout_accuracy": meta.get("heldout_accuracy"),
-            "clips": {**evalset.info(), "spec": spec}, "calibration": {"spec": calib, "clips": calib_clips},
+            "clips": {**evalset.info(), "spec": spec},
+            "calibration": {"spec": calib, "clips": calib_clips, "source": calibration_source(calib)},
+            "isa": measured_on(),  # issue 25: INT8 numbers depend on the CPU's INT8 instructions
             "rows": rows, "verdicts": verdicts(rows), "bars_points": BARS, "min_clips_for_bars": MIN_CLIPS_FOR_BARS,
             "versions": versions, "machine": machine(),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -194,6 +197,7 @@ def markdown(rep: dict[str, Any]) -> str:
              f"{n} held-out clips from `{rep['clips']['spec']}` (one clip = {100 / n:.3f} points); calibration "
              f"`{rep['calibration']['spec']}`, {rep['calibration']['clips']} clips. Reference: FP32 PyTorch. "
              f"{rep['date']}, {rep['seconds']} s.", "", machine_line(rep["machine"]), "",
+             provenance_line(rep.get("isa") or {}, rep["calibration"].get("source") or {}), "",
              ]
     lines += markdown_table(
         ["engine", "top-1 accuracy", "vs FP32 (points)", "lost / gained clips", "top-1 agree", "mean cosine",
@@ -201,7 +205,8 @@ def markdown(rep: dict[str, Any]) -> str:
         [[r["name"], f"{100 * r['accuracy']:.2f}%", f"{r['delta_points']:+.2f}", f"{r['lost']} / {r['gained']}",
           f"{100 * r['top1_agreement']:.2f}%", f"{r['mean_cosine']:.6f}", f"{r['min_cosine']:.6f}", r["what"]]
          for r in rep["rows"]])
-    lines += ["", "Bars (issue 15): INT8 within {int8} points of FP32, FP16 within {fp16}.".format(**rep["bars_points"]),
+    bars = "Bars (issue 15): INT8 within {int8} points of FP32, FP16 within {fp16}.".format(**rep["bars_points"])
+    lines += ["", bars,
               ""]
     for v in rep["verdicts"]:
         state = ("not judged: fewer than {} clips".format(rep["min_clips_for_bars"]) if v["met"] is None

@@ -18,6 +18,13 @@ and predicts. Measured:
 3. Overload at ``--overload`` times the cameras served: memory (resident set sampled through the run
    and the rings' bytes), drops per camera, and the fewest predictions any camera got (no starvation).
 
+With ``--source <video file>`` (``make bench-cameras SOURCE=...``) every camera loops the file through its own
+PyAV decoder instead, decoding as it delivers (decode counts in the camera's pace, as on a real camera). Before the
+runs, :func:`export.bench.decode.choose_decoding` measures the decoder's thread count and the output size (full size
+or the decoder's scaler resizing to the model's short side); the decode-only limit (frames/s of the decoders alone)
+is measured before and after, and the cameras held at 0 drops are reported as a fraction of it (the goal:
+:data:`GOAL_DECODE_FRACTION`). ``--source synthetic-720p`` makes a 720p H.264 file from the synthetic clips.
+
 Writes ``artifacts/bench/cameras/<bundle name>.json``.
 """
 
@@ -91,6 +98,42 @@ def _feed(
     return (lambda c, f: frames[(offset[c] + f) % len(frames)]), (lambda: None)
 
 
+def _expected_windows(cfg: Any, cameras: int, n_frames: int) -> int:
+    """Windows ``cameras`` cameras of ``n_frames`` frames each are due (the hub's span and prediction stride)."""
+    span = (cfg.num_frames - 1) * cfg.sampling_rate + 1
+    every = max(cfg.sampling_rate, (cfg.num_frames * cfg.sampling_rate // 2) // cfg.sampling_rate * cfg.sampling_rate)
+    return cameras * len(range(span - 1, n_frames, every))
+
+
+def _hub_counts(m: dict[str, Any], latencies: list[float], lags: list[list[float]]) -> dict[str, Any]:
+    """A run's windows, latencies, batches, engine time and pacing lag from the hub's metrics."""
+    cams = m["cameras"].values()
+    lat = np.asarray(latencies)
+    lag = np.concatenate([np.asarray(x) for x in lags]) * 1e3
+    predictions = sum(c["predictions"] for c in cams)
+    return {
+        "windows_due": sum(c["windows_due"] for c in cams),
+        "frames_pushed": sum(c["frames"] for c in cams),
+        "predictions": predictions,
+        "dropped": sum(c["dropped"] for c in cams),
+        "failed": sum(c["failed"] for c in cams),
+        "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
+        "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
+        "mean_batch": m["mean_batch"],
+        "batch_sizes": {str(k): v for k, v in m["batch_sizes"].items()},
+        "engine_calls": m["calls"],
+        "engine_ms_per_window": 1e3 * m["busy_s"] / max(1, predictions),
+        "engine_ms_per_call": 1e3 * m["busy_s"] / max(1, m["calls"]),
+        "device_time_share": m["device_time_share"],
+        "predictions_per_camera": [min(c["predictions"] for c in cams), max(c["predictions"] for c in cams)],
+        "dropped_per_camera": [min(c["dropped"] for c in cams), max(c["dropped"] for c in cams)],
+        "starved_cameras": sum(1 for c in cams if c["predictions"] == 0),
+        "pace_lag_p90_ms": float(np.percentile(lag, 90)),
+        "pace_lag_p99_ms": float(np.percentile(lag, 99)),
+        "pace_lag_max_ms": float(lag.max()),
+    }
+
+
 def run_cameras(
     engine: Any,
     frames: "np.ndarray | DecodedSource",
@@ -151,6 +194,7 @@ def run_cameras(
 
     get, close_feed = _feed(frames, cameras)
     rss0 = _rss_mb()
+    cpu0 = time.process_time()
     monitor = threading.Thread(target=sample_memory, daemon=True)
     monitor.start()
     t0 = time.perf_counter() + 0.2
@@ -160,19 +204,13 @@ def run_cameras(
     for t in threads:
         t.join()
     drained = hub.drain(timeout=60)
+    cpu_s = time.process_time() - cpu0
     m = hub.metrics()
     hub.close()
     close_feed()
     done.set()
     monitor.join()
-    cfg = engine.preprocess
-    span = (cfg.num_frames - 1) * cfg.sampling_rate + 1
-    every = max(cfg.sampling_rate, (cfg.num_frames * cfg.sampling_rate // 2) // cfg.sampling_rate * cfg.sampling_rate)
-    expected = cameras * len(range(span - 1, n_frames, every))
-    cams = m["cameras"].values()
-    lat = np.asarray(latencies)
-    lag = np.concatenate([np.asarray(x) for x in lags]) * 1e3
-    calls = m["calls"]
+    expected = _expected_windows(engine.preprocess, cameras, n_frames)
     out = {
         "cameras": cameras,
         "fps": fps,
@@ -180,28 +218,11 @@ def run_cameras(
         "max_batch": hub.max_batch,
         "max_wait_ms": max_wait_ms,
         "queue": queue,
-        "windows_due": sum(c["windows_due"] for c in cams),
         "windows_expected": expected,
-        "frames_pushed": sum(c["frames"] for c in cams),
         "frames_skipped_late": sum(skipped),
-        "predictions": sum(c["predictions"] for c in cams),
-        "dropped": sum(c["dropped"] for c in cams),
-        "failed": sum(c["failed"] for c in cams),
         "drained": drained,
-        "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
-        "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
-        "mean_batch": m["mean_batch"],
-        "batch_sizes": {str(k): v for k, v in m["batch_sizes"].items()},
-        "engine_calls": calls,
-        "engine_ms_per_window": 1e3 * m["busy_s"] / max(1, sum(c["predictions"] for c in cams)),
-        "engine_ms_per_call": 1e3 * m["busy_s"] / max(1, calls),
-        "device_time_share": m["device_time_share"],
-        "predictions_per_camera": [min(c["predictions"] for c in cams), max(c["predictions"] for c in cams)],
-        "dropped_per_camera": [min(c["dropped"] for c in cams), max(c["dropped"] for c in cams)],
-        "starved_cameras": sum(1 for c in cams if c["predictions"] == 0),
-        "pace_lag_p90_ms": float(np.percentile(lag, 90)),
-        "pace_lag_p99_ms": float(np.percentile(lag, 99)),
-        "pace_lag_max_ms": float(lag.max()),
+        **_hub_counts(m, latencies, lags),
+        "cpu_s": cpu_s,  # the whole process (decoders, pacers, hub, engine threads): all a camera costs
         "rss_start_mb": rss0,
         "rss_peak_mb": max(rss, default=rss0),
         "rss_end_mb": rss[-1] if rss else rss0,
@@ -430,17 +451,29 @@ def _decode_verdict(choice: dict[str, Any], src: DecodedSource, result: dict[str
     again = decode_rate(src.path, src.threads, a.pacers, a.decode_seconds)
     limits = [choice["decode_limit_fps"], again["fps"]]
     limit_cameras = float(np.median(limits)) / a.fps
-    served = result.get("max_cameras_no_drops")
-    return {
+    counts = {"batched": result.get("max_cameras_no_drops"), "unbatched": result.get("max_cameras_no_drops_unbatched")}
+    mode = max((m for m in counts if counts[m] is not None), key=lambda m: counts[m], default=None)
+    served = counts[mode] if mode else None
+    out = {
         **choice,
         "decode_limit_fps_after": again["fps"],
         "decode_limit_cameras": limit_cameras,
         "decode_limit_cameras_range": [min(limits) / a.fps, max(limits) / a.fps],
         "cameras_no_drops": served,
+        "batching": mode,
         "goal_fraction": GOAL_DECODE_FRACTION,
         "fraction_of_decode_limit": None if served is None else served / limit_cameras,
         "goal_met": None if served is None else served / limit_cameras >= GOAL_DECODE_FRACTION,
     }
+    # CPU per frame does not depend on other load the way frames/s does: the decoder's CPU per frame over all the
+    # cameras' CPU per frame is the fraction of the decode limit the cameras reach on an otherwise idle machine.
+    best = next(r for r in choice["decode_rates"] if r["threads"] == src.threads)
+    runs = [r for r in result.get("search", {}).get(mode or "", []) if r["served"] and r["cameras"] == served]
+    if runs and runs[-1]["frames_pushed"]:
+        camera_cpu = runs[-1]["cpu_s"] / runs[-1]["frames_pushed"]
+        out["cpu_ms_per_frame"] = {"decode_only": 1e3 * best["cpu_s_per_frame"], "cameras": 1e3 * camera_cpu}
+        out["cpu_fraction_of_decode_limit"] = best["cpu_s_per_frame"] / camera_cpu
+    return out
 
 
 def _summary(result: dict[str, Any], fps: float, seconds: float) -> list[str]:
@@ -468,8 +501,14 @@ def _summary(result: dict[str, Any], fps: float, seconds: float) -> list[str]:
             f"threads, frames {size}): {d['cameras_no_drops']} cameras at 0 drops vs the decode-only limit "
             f"{d['decode_limit_cameras']:.1f} cameras ({lo:.1f}..{hi:.1f}; {d['decode_limit_fps']:.0f} and "
             f"{d['decode_limit_fps_after']:.0f} frames/s before and after): {frac} of it (goal >= "
-            f"{GOAL_DECODE_FRACTION:.0%})"
+            f"{GOAL_DECODE_FRACTION:.0%}; batching {d['batching']})"
         )
+        if "cpu_fraction_of_decode_limit" in d:
+            c = d["cpu_ms_per_frame"]
+            lines.append(
+                f"CPU per frame: decoder alone {c['decode_only']:.2f} ms, cameras (decode, conversion, hub, engine) "
+                f"{c['cameras']:.2f} ms: {d['cpu_fraction_of_decode_limit']:.0%} of the decode limit on an idle machine"
+            )
     return lines
 
 

@@ -24,6 +24,8 @@ from runtime.files import sha256_json, write_json_atomic, write_text_atomic
 
 from runtime.cli_args import user_errors
 
+from calibration.precision.provenance import calibration_source, measured_on, provenance_line
+
 from export.bench.harness import machine, machine_line, markdown_table
 
 BAR = {"mean_cosine": 0.999, "min_cosine": 0.99, "top1_agreement": 0.99}
@@ -87,6 +89,7 @@ def run(model: str, scales: list[float], channels: list[int], n: int, calib_clip
             "bar": BAR, "outlier_defaults": outlier_defaults(), "rows": rows,
             "ort_smoothquant": {"available": ok, "note": why},
             "reference": "PyTorch FP32 of the same outlier model", "machine": machine(),
+            "isa": measured_on(),  # issue 25: INT8 numbers depend on the CPU's INT8 instructions
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - t0, 1)}
 
@@ -95,6 +98,7 @@ def markdown(rep: dict[str, Any]) -> str:
     lines = [f"# INT8 on outlier versions of `{rep['model']}`", "",
              f"{rep['clips']['n']} held-out clips `{rep['clips']['spec']}`; calibration {rep['calibration']}; "
              f"bar {rep['bar']} vs {rep['reference']}.", "",
+             provenance_line(rep.get("isa") or {}, calibration_source(rep["calibration"]["calib"])), "",
              ]
 
     def acc(r: dict[str, Any]) -> str | None:
@@ -119,13 +123,15 @@ def markdown(rep: dict[str, Any]) -> str:
 
 @user_errors("python -m export.bench.outliers")
 def main(argv: list[str] | None = None) -> int:
+    from export.bundle.options import CALIB_METHODS, DEFAULT_MODEL, DEFAULTS  # the build's option table
+
     ap = ArgumentParser(prog="python -m export.bench.outliers", description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="models/weights/motion_tiny.safetensors")
+    ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--scales", default="10,40,100")
     ap.add_argument("--channels", default="1,4,8")
     ap.add_argument("--n", type=int, default=200, help="held-out clips (default 200)")
     ap.add_argument("--calib-clips", type=int, default=32)
-    ap.add_argument("--method", default="max", choices=("max", "entropy", "percentile", "mse"))
+    ap.add_argument("--method", default=DEFAULTS["calib_method"], choices=CALIB_METHODS)
     ap.add_argument("--cache-dir", default="artifacts/cache")
     ap.add_argument("--out", default="artifacts/bench/outliers")
     a = ap.parse_args(argv)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,7 +38,9 @@ from runtime.cli_args import ArgumentParser
 from runtime.files import write_json_atomic, write_text_atomic
 
 from runtime.cli_args import user_errors
+from export.bench.harness import machine
 # the one block-divergence routine (shared with make parity); the jump rule re-exported under its old names here
+from calibration.precision.provenance import calibration_source, measured_on, provenance_line
 from calibration.graph.blocks import (JUMP_FACTOR, JUMP_FLOOR, BlockErrors, BlockRunner, divergence,
                                       first_jump_block, largest_step_block)
 
@@ -116,12 +117,14 @@ def precision_report(model: str, clips: str | None = None, n_clips: int = 64,
         "clips": {**evalset.info(),
                   "selection": evalset.selection[:8] + ([{"...": len(evalset) - 8}] if len(evalset) > 8 else [])},
         "labels": bool(lab is not None), "calibration": {"calib": calib or "synthetic", "clips": calib_clips,
-                                                         "method": method, "seed": seed},
+                                                         "method": method, "seed": seed,
+                                                         "source": calibration_source(calib)},
+        "isa": measured_on(),  # issue 25: INT8 numbers depend on the CPU's INT8 instructions
         "outliers": outlier_record, "int8_options": {"smooth": smooth, "keep_float": keep_float},
         "sensitivity": build.sensitivity_by_target, "tools": TOOLS,
         "reference": "PyTorch FP32 (models.TimeSformer.forward_with_blocks)",
         "runtime": f"onnxruntime {ort.__version__} CPU",
-        "rows": rows, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "host": platform.node(),
+        "rows": rows, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
         "seconds": round(time.perf_counter() - t0, 1),
     }
 
@@ -240,7 +243,8 @@ def _smooth_summary(sq: dict[str, Any] | None) -> dict[str, Any] | None:
     if sq.get("skipped"):
         return {"alpha": sq.get("alpha"), "skipped": sq["skipped"]}
     groups = sq.get("groups", [])
-    return {"alpha": sq.get("alpha"), "layernorms": sq.get("layernorms_smoothed"), "matmuls": sq.get("matmuls_smoothed"),
+    return {"alpha": sq.get("alpha"), "layernorms": sq.get("layernorms_smoothed"),
+            "matmuls": sq.get("matmuls_smoothed"),
             "max_outlier_ratio_before": max((g["outlier_ratio_before"] for g in groups), default=None),
             "max_outlier_ratio_after": max((g["outlier_ratio_after"] for g in groups), default=None),
             "per_layernorm": [{k: g[k] for k in ("layernorm", "matmuls", "outlier_ratio_before",
@@ -267,7 +271,8 @@ def _markdown(rep: dict[str, Any]) -> str:
     lines = [f"# Precision report: {rep['model']}", "",
              f"{rep['clips']['n_clips']} clips from `{rep['clips']['spec']}` (sha256 {rep['clips']['sha256'][:12]}), "
              f"reference {rep['reference']}, run in {rep['runtime']}. Calibration: {rep['calibration']['calib']}, "
-             f"{rep['calibration']['clips']} clips, method {rep['calibration']['method']}.", ""]
+             f"{rep['calibration']['clips']} clips, method {rep['calibration']['method']}.", "",
+             provenance_line(rep.get("isa") or {}, rep["calibration"].get("source") or {}), ""]
     has_acc = rep["labels"]
     head = ["precision", "target", "form"] + (["top-1 acc (ref → this)"] if has_acc else []) + [
         "top-1 agree", "top-5 agree", "min cosine", "mean cosine", "max abs Δlogit", "first jump block",
@@ -348,8 +353,10 @@ def write_report(rep: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path,
 
 @user_errors("python -m export.bench.precision_report")
 def main(argv: list[str] | None = None) -> int:
+    from export.bundle.options import CALIB_METHODS, DEFAULT_MODEL, DEFAULTS  # the build's option table
+
     ap = ArgumentParser(prog="python -m export.bench.precision_report", description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="models/weights/motion_tiny.safetensors", help="checkpoint path or preset name")
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint path or preset name")
     ap.add_argument("--clips", default=None, help="evaluation clips: folder | synthetic[:SEED] | .npy/.npz "
                                                   "(default synthetic:SEED+9000)")
     ap.add_argument("--n", type=int, default=64, help="evaluation clips (default 64)")
@@ -357,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targets", default="onnxruntime,tensorrt")
     ap.add_argument("--calib", default=None, help="calibration clips (default: synthetic)")
     ap.add_argument("--calib-clips", type=int, default=32)
-    ap.add_argument("--method", default="max", choices=("max", "entropy", "percentile", "mse"))
+    ap.add_argument("--method", default=DEFAULTS["calib_method"], choices=CALIB_METHODS)
     ap.add_argument("--smooth", default="default", help="SmoothQuant alpha before INT8: default | off | 0..1")
     ap.add_argument("--outliers", default=None, metavar="S,C",
                     help="report on the outlier version of the model: scale S, C channels per LayerNorm")

@@ -76,8 +76,8 @@ class BuildTarget:
         return {"form": self.int8_form} if self.int8_form else {}
 
 
-def choose_backend(requested: str) -> tuple[str, str]:
-    """The backend to build for, and why."""
+def choose_backend(requested: str, precision: str | None = None) -> tuple[str, str]:
+    """The backend to build for, and why (``auto``: by this CPU's INT8 instructions too, runtime/cpu_isa.py)."""
     if requested not in BACKEND_CHOICES:
         raise BuildError(f"BACKEND={requested!r}: expected one of {BACKEND_CHOICES}")
     from runtime.backends.tensorrt_detect import tensorrt_available
@@ -99,8 +99,14 @@ def choose_backend(requested: str) -> tuple[str, str]:
     if ok:
         return Backend.TENSORRT, f"auto: {reason}"
     ov_ok, ov_reason = _openvino_available()
+    from runtime.cpu_isa import auto_cpu_backend  # issue 25
+
+    isa_choice, isa_why = auto_cpu_backend(precision, ov_ok)
+    if isa_choice == "onnxruntime":
+        return Backend.ONNXRUNTIME, f"auto: TensorRT not usable here ({reason}); {isa_why}"
     if ov_ok and platform.machine().lower() in ("x86_64", "amd64"):
-        return Backend.OPENVINO, f"auto: TensorRT not usable here ({reason}); {ov_reason}: {OPENVINO_WHY}"
+        return Backend.OPENVINO, (f"auto: TensorRT not usable here ({reason}); {isa_why}; {ov_reason}: "
+                                  f"{OPENVINO_WHY}")
     return Backend.ONNXRUNTIME, (f"auto: TensorRT not usable here ({reason}); ONNX Runtime on the CPU"
                                  f"{'' if ov_ok else f' ({ov_reason})'}")
 
@@ -123,7 +129,7 @@ def resolve_target(req: BuildRequest, log: Any = None) -> BuildTarget:
     from export.onnx.attention import resolve_attention
 
     precision = _check_precision(req.precision)
-    name, why = choose_backend(req.backend)
+    name, why = choose_backend(req.backend, req.precision)
     backend = Backend(name)
     if log is not None:
         log(f"[engine] backend: {backend} ({why})")
@@ -187,9 +193,12 @@ def _plan_request(req: BuildRequest, trt_version: str, clip_shape: list[int] | N
 #: ``--plan-only``: what each ONNX precision of a plan hands to TensorRT
 _ONNX_HANDED = {
     "fp32": "the FP32 ONNX",
-    "fp16": "the FP16 ONNX (LayerNorm FP32; a softmax whose output is re-quantized runs FP16 so MatMul-Softmax-MatMul "
-            "fuses)",
-    "int8-qdq-fp16": "the Q/DQ ONNX, FP16 scales and activations between the INT8 matmuls, LayerNorm/Softmax FP32",
+    "fp16": "the FP16 ONNX (LayerNorm and nodes the FP16 analysis flags FP32); decomposed attention: its Softmax "
+            "between two FP16 MatMuls handed over FP16 with no Cast, the MatMul-Softmax-MatMul TensorRT fuses (see "
+            "attention_softmax)",
+    "int8-qdq-fp16": "the Q/DQ ONNX, FP16 scales and activations between the INT8 matmuls (scales below FP16's "
+                     "smallest normal raised to it), LayerNorm, unquantized Softmax and nodes the FP16 analysis flags "
+                     "FP32; a re-quantized attention Softmax FP16 (INT8 fused attention)",
     "int8-qdq-fp32": "the Q/DQ ONNX, FP32 around the INT8 matmuls"}
 
 

@@ -18,13 +18,15 @@ OpenVINO file, Q/DQ INT8 included, which OpenVINO reads as it is) and its sessio
 ``INFERENCE_NUM_THREADS`` and ``TARGET_DEVICE`` (parameters of Triton's OpenVINO backend README; that backend
 has no parameter forcing f32, so on a BF16 CPU OpenVINO's default may run an FP32 bundle in bf16).
 
-Batching follows the bundle's batch range: ``max_batch_size`` = its max, dynamic batching with the opt batch as
-the preferred size, and one instance when batches can form (the batcher fills it) or two on a GPU when the
+Batching follows the bundle's batch range: ``max_batch_size`` = its max (its opt for OpenVINO, whose Triton
+backend pads every batch to max_batch_size: :func:`batch_plan`), dynamic batching with the opt batch as the
+preferred size, and one instance when batches can form (the batcher fills it) or two on a GPU when the
 engine takes batch 1 only (one copies while the other computes); CPU backends get one instance (a session
 already uses every core). Warm-up runs the reference clip at batch 1, opt and max (each shape a TensorRT
-profile or a CPU plugin prepares). The reference clips are the bundle's parity clips (its build's calibration
-source when it is synthetic or present here, else the synthetic clips; the parity seed), preprocessed as the
-manifest says.
+profile or a CPU plugin prepares; OpenVINO: its one batch size). The reference clips are the bundle's own
+(``reference.npz``, hash-checked) when it has them, else its parity clips made again (its build's calibration
+source when it is synthetic or present here, else the synthetic clips; the parity seed); ``--clip-source``
+overrides both.
 
 Every name that goes into the configuration (model, tensors, files) must match a strict pattern, and the text
 is written from a ``tritonclient.grpc.model_config_pb2.ModelConfig`` message by ``google.protobuf.text_format``
@@ -53,7 +55,7 @@ from runtime.files import (FolderNotReplaceable, check_replaceable, folder_recor
 from runtime.manifest import read_manifest, verify_files
 
 __all__ = ["TRITON_TYPES", "MODEL_MANIFEST", "serving_backend", "build_config", "make_config", "parse_config",
-           "reference_clips", "model_folder_problem", "write_repository", "main"]
+           "reference_clips", "batch_plan", "model_folder_problem", "write_repository", "main"]
 
 #: manifest dtype -> Triton data type
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8", "int64": "TYPE_INT64"}
@@ -122,8 +124,15 @@ def _parameters(manifest: dict[str, Any], value: str) -> dict[str, str]:
     return {}
 
 
-def _warmup_batches(lo: int, opt: int, hi: int) -> list[int]:
-    return sorted({1, opt, hi})
+def batch_plan(manifest: dict[str, Any], value: str) -> tuple[int, list[int]]:
+    """``(max_batch_size, warm-up batch sizes)`` from the bundle's batch range. Triton's OpenVINO backend answers
+    a batch other than max_batch_size with an error unless ENABLE_BATCH_PADDING pads it (src/openvino.cc): an
+    OpenVINO model gets the bundle's opt batch as its max (padding costs at most opt - 1 clips) and warms up there."""
+    batch = manifest["input"]["batch"]
+    opt, hi = int(batch.get("opt", batch["min"])), int(batch["max"])
+    if value == "openvino":
+        return opt, [opt]
+    return hi, sorted({1, opt, hi})
 
 
 def build_config(manifest: dict[str, Any], name: str, instances: int | None = None, kind: str = "auto",
@@ -153,12 +162,13 @@ def build_config(manifest: dict[str, Any], name: str, instances: int | None = No
     kind = _kind(manifest, value, kind)
     if instances is None:
         instances = 2 if kind == "gpu" and hi == 1 else 1
+    mbs, warm = batch_plan(manifest, value)
     if instances < 1:
         raise ValueError(f"instances: expected a positive count, got {instances}")
     if queue_delay_us < 0:
         raise ValueError(f"queue_delay_us: expected >= 0, got {queue_delay_us}")
 
-    cfg = pb.ModelConfig(name=name, max_batch_size=hi, default_model_filename=model_file)
+    cfg = pb.ModelConfig(name=name, max_batch_size=mbs, default_model_filename=model_file)
     setattr(cfg, field, value)
     cfg.input.add(name=inp["name"], data_type=pb.DataType.Value(TRITON_TYPES[inp["dtype"]]), dims=inp["shape"][1:])
     o = cfg.output.add(name=out["name"], data_type=pb.DataType.Value(TRITON_TYPES[out["dtype"]]),
@@ -166,15 +176,16 @@ def build_config(manifest: dict[str, Any], name: str, instances: int | None = No
     if labels:
         o.label_filename = labels
     cfg.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
-    if 1 < opt <= hi:
+    if 1 < opt <= mbs:
         cfg.dynamic_batching.preferred_batch_size.append(opt)
     cfg.instance_group.add(count=instances, kind=pb.ModelInstanceGroup.Kind.Value(f"KIND_{kind.upper()}"))
-    if value == "openvino":  # one stream per instance: the instances are the parallelism
+    if value == "openvino":  # one stream per instance (the instances are the parallelism); see batch_plan
         cfg.parameters["NUM_STREAMS"].string_value = "1"
+        cfg.parameters["ENABLE_BATCH_PADDING"].string_value = "YES"
     for key, val in _parameters(manifest, value).items():
         cfg.parameters[key].string_value = val
     data_file = WARMUP_FILE.split("/", 1)[1] if warmup_data else None
-    for b in _warmup_batches(lo, opt, hi):
+    for b in warm:
         w = cfg.model_warmup.add(name=f"reference_clip_batch_{b}" if data_file else f"random_batch_{b}",
                                  batch_size=b, count=1)
         wi = w.inputs[inp["name"]]
@@ -222,7 +233,7 @@ def _check_parsed(cfg, manifest: dict[str, Any], name: str) -> None:
     got = (len(cfg.input), len(cfg.output), getattr(cfg, field), cfg.default_model_filename, cfg.name,
            cfg.max_batch_size, cfg.input[0].name, list(cfg.input[0].dims), pb.DataType.Name(cfg.input[0].data_type),
            cfg.output[0].name, list(cfg.output[0].dims), pb.DataType.Name(cfg.output[0].data_type))
-    want = (1, 1, value, model_file, name, int(inp["batch"]["max"]), inp["name"], list(inp["shape"][1:]),
+    want = (1, 1, value, model_file, name, batch_plan(manifest, value)[0], inp["name"], list(inp["shape"][1:]),
             TRITON_TYPES[inp["dtype"]], out["name"], list(out["shape"][1:]), TRITON_TYPES[out["dtype"]])
     if got != want:
         raise AssertionError(f"config.pbtxt parsed as {got}, expected {want}")  # a bug in build_config

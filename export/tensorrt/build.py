@@ -230,8 +230,9 @@ def _attention_layers(trt: Any, network: Any) -> list[Any]:
         layer = network.get_layer(i)  # the base ILayer: cast to reach get_attention()
         if layer.type in kinds:
             layer.__class__ = boundary
-            att = layer.get_attention()
-            if all(att is not a for a in found):
+            getter = getattr(layer, "get_attention", None)  # C++ getAttention(); the binding's spelling may vary
+            att = getter() if callable(getter) else getattr(layer, "attention", None)
+            if att is not None and all(att is not a for a in found):
                 found.append(att)
     return found
 
@@ -276,9 +277,9 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike,
     try:
         builder = trt.Builder(logger)
         network, parser = _parse(trt, builder, plan, parse_file, logger, fail)
-        if plan.profile["input"] not in [network.get_input(i).name for i in range(network.num_inputs)]:
-            raise fail(f"the parsed network's inputs are {[network.get_input(i).name for i in range(network.num_inputs)]}"
-                       f"; expected '{plan.profile['input']}'")
+        names = [network.get_input(i).name for i in range(network.num_inputs)]
+        if plan.profile["input"] not in names:
+            raise fail(f"the parsed network's inputs are {names}; expected '{plan.profile['input']}'")
         config = _configure(trt, builder, plan, options, fail)
         pinned = _pin_fp32_layers(trt, network, plan)
         warnings = list(plan.warnings)

@@ -99,9 +99,28 @@ def rewrite(model: onnx.ModelProto) -> list[str]:
     return done
 
 
+def _toposort(graph: onnx.GraphProto) -> None:
+    """Order ``graph.node`` topologically, keeping the given order among ready nodes (ONNX Runtime's FP16 converter
+    appends its I/O casts at the end, which ONNX's checker refuses)."""
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in known for i in n.input)]
+        if not ready:
+            raise ValueError(f"cycle or missing input around node '{pending[0].name}' ({pending[0].op_type})")
+        for n in ready:
+            known.update(n.output)
+        ordered += ready
+        done = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in done]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
 def rewrite_file(src: str | Path, dst: str | Path) -> dict[str, Any]:
     """:func:`rewrite` ``src`` into ``dst`` (checked with ONNX's full checker); returns what was done."""
     model = onnx.load(str(src))
+    _toposort(model.graph)
     names = rewrite(model)
     onnx.checker.check_model(model, full_check=True)
     large = model.ByteSize() > (1 << 31) - (64 << 20)
@@ -133,7 +152,7 @@ def emulate_fp16_softmax(model: onnx.ModelProto, names: list[str]) -> int:
         g.initializer.append(axes)
         new: list[onnx.NodeProto] = [helper.make_node("Cast", [x], [f"{p}_x"], to=f32)]
 
-        def step(op: str, inputs: list[str], out: str, **kw: Any) -> None:
+        def step(op: str, inputs: list[str], out: str, new: list[onnx.NodeProto] = new, **kw: Any) -> None:
             new.extend([helper.make_node(op, inputs, [f"{out}_32"], **kw),
                         helper.make_node("Cast", [f"{out}_32"], [f"{out}_16"], to=f16),
                         helper.make_node("Cast", [f"{out}_16"], [out], to=f32)])
@@ -192,9 +211,11 @@ if __name__ == "__main__":
     import argparse
     import json
 
+    from export.bundle.options import DEFAULT_MODEL  # the build's option table
+
     ap = argparse.ArgumentParser(description="accuracy of the FP16 attention softmax (CPU, ONNX Runtime)")
     ap.add_argument("--fp16-onnx", required=True)
-    ap.add_argument("--model", default="models/weights/motion_tiny.safetensors")
+    ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--n", type=int, default=64)
     a = ap.parse_args()
     print(json.dumps(measure(a.fp16_onnx, a.model, a.n), indent=2))

@@ -169,6 +169,10 @@ def run_bundle_step(name: str, work: Path) -> dict[str, Any]:
         pre = e.preprocess
     clips = load_clips("synthetic", pre, n=4, seed=7)
     step.update(check_bundle(bundle, work / "cache", clips))
+    from runtime.check import run_check  # issue 24: the device check of python -m runtime check, on the GPU
+
+    step["device_check"] = run_check(bundle, device="cuda:0", blocks="always", batches=[1, 4], concurrency=[1, 2],
+                                     iterations=20, duration=1.0)
     return step
 
 

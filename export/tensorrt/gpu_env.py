@@ -7,7 +7,7 @@ virtual environment exists or has TensorRT. It decides, prints which, and does i
 * **Jetson** (``/etc/nv_tegra_release``): TensorRT comes with JetPack for the system Python and is not on PyPI
   for Jetson, so the venv is made (or switched) to see the system site packages, and the check is that
   ``import tensorrt`` works from the system Python (exit 2 naming ``apt install nvidia-jetpack`` otherwise);
-  cuda-python is installed in the venv pinned to CUDA 12 (JetPack 6);
+  the ``jetson`` extra installs cuda-python for CUDA 12 (JetPack 6) in the venv;
 * **x86/SBSA with a driver**: the driver's CUDA major (``nvidia-smi``'s "CUDA Version: 12.4") picks the extra,
   ``tensorrt-cu12`` or ``tensorrt-cu13``, each pinning the matching cuda-python (pyproject.toml).
 
@@ -27,7 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 #: the pyproject extra per driver CUDA major
 EXTRA_FOR_CUDA = {12: "tensorrt-cu12", 13: "tensorrt-cu13"}
-JETSON_CUDA_PYTHON = "cuda-python>=12.6,<13"
+#: the pyproject extra on Jetson: cuda-python for CUDA 12 only (TensorRT comes from JetPack, never pip)
+JETSON_EXTRA = "jetson"
 
 
 class Missing(Exception):
@@ -66,18 +67,18 @@ def system_tensorrt(system_python: str) -> str:
 
 
 def decide(nvidia_smi: str | None, tegra_release: Path, system_python: str) -> dict:
-    """What to install: {"kind": "jetson"|"pypi", "extra", "pip", "why"}; raises :class:`Missing`."""
+    """What to install: {"kind": "jetson"|"pypi", "system_site_packages", "extras", "why"}; raises :class:`Missing`."""
     if tegra_release.is_file():
         version = system_tensorrt(system_python)
-        return {"kind": "jetson", "system_site_packages": True, "extras": "cpu,dev", "pip": [JETSON_CUDA_PYTHON],
+        return {"kind": "jetson", "system_site_packages": True, "extras": f"cpu,dev,{JETSON_EXTRA}",
                 "why": f"Jetson ({tegra_release}): JetPack's TensorRT {version} from the system Python (venv with "
-                       f"system site packages), cuda-python pinned for CUDA 12"}
+                       f"system site packages), pip extra {JETSON_EXTRA} (cuda-python for CUDA 12)"}
     major = driver_cuda_major(nvidia_smi)
     extra = EXTRA_FOR_CUDA.get(major)
     if extra is None:
         raise Missing(f"the driver's CUDA {major} has no TensorRT extra here (known: "
                       f"{', '.join(f'CUDA {k}: {v}' for k, v in EXTRA_FOR_CUDA.items())})")
-    return {"kind": "pypi", "system_site_packages": False, "extras": f"cpu,dev,{extra}", "pip": [],
+    return {"kind": "pypi", "system_site_packages": False, "extras": f"cpu,dev,{extra}",
             "why": f"driver CUDA {major}: pip extra {extra} (TensorRT wheels and the matching cuda-python)"}
 
 
@@ -93,10 +94,7 @@ def _enable_system_site_packages(venv_dir: Path) -> bool:
 
 def commands(plan: dict, venv_dir: Path) -> list[list[str]]:
     py = str(venv_dir / "bin" / "python")
-    cmds = [[py, "-m", "pip", "install", "-q", "-e", str(ROOT / "runtime"), "-e", f"{ROOT}[{plan['extras']}]"]]
-    if plan["pip"]:
-        cmds.append([py, "-m", "pip", "install", "-q", *plan["pip"]])
-    return cmds
+    return [[py, "-m", "pip", "install", "-q", "-e", str(ROOT / "runtime"), "-e", f"{ROOT}[{plan['extras']}]"]]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -167,7 +167,7 @@ class OpenVINOBackend(Backend):
         self.loaded_from_cache = False
         self.compiled = None
         self._engine_sha = blob.parent.name if blob is not None else ""
-        data = self._verified_blob(blob, key) if blob is not None else None
+        data = self._verified_blob(blob, key) if blob is not None and key is not None else None
         if data is not None:
             try:
                 self.compiled = core.import_model(data, ov_device, config)
@@ -183,7 +183,7 @@ class OpenVINOBackend(Backend):
                 first = str(e).strip().splitlines()[0] if str(e).strip() else ""
                 raise RuntimeError(f"{engine_path}: OpenVINO {ov.__version__} cannot read or compile it for "
                                    f"{ov_device} ({type(e).__name__}: {first})") from e
-            if blob is not None:
+            if blob is not None and key is not None:
                 self._write_blob(blob, key)
         self.load_seconds = time.perf_counter() - t0
         # Cheap checks that the model is the one the manifest describes (they matter with verify=False).
@@ -258,8 +258,11 @@ class OpenVINOBackend(Backend):
         or full cache only costs speed."""
         from ..files import write_bytes_atomic, write_text_atomic
 
+        compiled = self.compiled
+        if compiled is None:  # nothing compiled, nothing to cache
+            return
         try:
-            stream = self.compiled.export_model()
+            stream = compiled.export_model()
             data = stream.getvalue() if hasattr(stream, "getvalue") else bytes(stream)
             blob.parent.mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(blob, data)

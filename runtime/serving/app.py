@@ -206,6 +206,7 @@ def build_app(opts: ServeOptions) -> Any:
         def __init__(self) -> None:
             import ray
 
+            _replica_grpc_on_loopback()
             os.environ.setdefault("OMP_NUM_THREADS", str(threads))
             self.core = _Replica(bundle, device, threads)
             ctx = serve.get_replica_context()
@@ -315,6 +316,30 @@ def _loopback_only() -> None:
         ray_constants.ENABLE_RAY_CLUSTER = False
     except (ImportError, AttributeError):  # another Ray layout: the environment variable still applies
         pass
+
+
+def _replica_grpc_on_loopback() -> None:
+    """In a replica of a local Ray: its inter-deployment gRPC server on 127.0.0.1, not on every interface.
+
+    Serve binds that server to ``[::]:0`` unconditionally (``ray.serve._private.replica``, after the user's
+    ``__init__``); on a local Ray (:func:`_loopback_only`, inherited through the environment) the address is rewritten
+    to loopback, where the node's other servers are. A Ray without that hook is left as it is (the loopback test
+    then names the port)."""
+    if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0" or os.environ.get("RAY_ADDRESS"):
+        return
+    try:
+        import ray.serve._private.replica as replica_mod
+    except ImportError:
+        return
+    bind = getattr(replica_mod, "add_port_to_grpc_server", None)
+    if bind is None or getattr(bind, "_loopback", False):
+        return
+
+    def loopback(server: Any, address: str) -> Any:
+        return bind(server, "127.0.0.1:0" if address == "[::]:0" else address)
+
+    loopback._loopback = True  # type: ignore[attr-defined]
+    replica_mod.add_port_to_grpc_server = loopback
 
 
 def _private_auth_token() -> None:

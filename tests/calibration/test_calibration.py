@@ -249,3 +249,7 @@ def test_precision_report_on_real_clips(tmp_path):
     js, md = write_report(rep, tmp_path / "out")
     assert json.loads(js.read_text())["rows"][1]["precision"] == "int8"
     assert "| int8 | tensorrt | qdq-fp16 |" in md.read_text()
+    from runtime.cpu_isa import cpu_isa  # issue 25: the report names the ISA and the calibration source
+
+    assert rep["isa"]["int8_dot"] == cpu_isa().int8_dot and rep["calibration"]["source"]["kind"] == "synthetic"
+    assert f"INT8 measured on: {cpu_isa().describe()}; calibration source: synthetic generator" in md.read_text()

@@ -213,3 +213,13 @@ def test_openvino_int8_load_check_warns_where_sums_saturate():
     assert openvino_int8_check(portable, _isa(True))["exact_here"] is True
     assert openvino_int8_check(old, _isa(False))["exact_here"] is True
     assert openvino_int8_check({"precision": "fp32"}, _isa(True)) is None
+
+
+def test_auto_backend_follows_the_isa():
+    from runtime.cpu_isa import auto_cpu_backend
+
+    backend, why = auto_cpu_backend("int8", True, _isa(True))
+    assert backend == "onnxruntime" and "AVX2 without VNNI" in why and "session.x64quantprecision=1" in why
+    for precision, isa in (("fp32", _isa(True)), ("int8", _isa(False)), (None, _isa(True))):
+        backend, why = auto_cpu_backend(precision, True, isa)
+        assert backend is None and why == f"this CPU is {isa.describe()}"

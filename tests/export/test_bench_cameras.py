@@ -62,6 +62,7 @@ def test_bench_cameras_source_reports_cameras_next_to_the_decode_limit(fp32_bund
     assert [x["threads"] for x in d["decode_rates"]] == [1, 2, 0] and all(x["fps"] > 0 for x in d["decode_rates"])
     assert d["threads"] == max(d["decode_rates"], key=lambda x: x["fps"])["threads"]  # chosen by measurement
     costs = {str(c["size"]): c["cpu_ms_per_frame"] for c in d["output_costs"]}
+    assert 0 < d["output_costs"][1]["mean_abs_diff_vs_full"] < 0.5  # another resize filter, the same picture
     assert set(costs) == {"full", "[86, 64]"}
     assert d["output_size"] == (None if costs["full"] <= costs["[86, 64]"] else [86, 64])
     assert d["decode_limit_cameras"] == pytest.approx(

@@ -491,6 +491,17 @@ def test_fp16_decomposed_attention_is_handed_over_fusable(models, tmp_path, fake
     y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"video": x})[0]
     np.testing.assert_allclose(y, _ort(models["decomposed_fp16"], x), atol=2e-3)
 
+    shuffled = onnx.load(str(models["decomposed_fp16"]))  # as ONNX Runtime's FP16 converter leaves it: the input
+    first = shuffled.graph.node[0]                        # cast appended last, not in topological order
+    shuffled.graph.node.remove(first)
+    shuffled.graph.node.append(first)
+    onnx.save(shuffled, str(tmp_path / "shuffled.onnx"))
+    from export.tensorrt.fp16_attention import rewrite_file
+
+    assert rewrite_file(tmp_path / "shuffled.onnx", tmp_path / "sorted.onnx")["fp16_softmax"] == 1
+    for p in ("shuffled.onnx", "sorted.onnx"):
+        (tmp_path / p).unlink()
+
     trt, _ = fake_gpu("10.3.0")
     info = build_engine(models["decomposed_fp16"], tmp_path / "m.plan", opts(precision="fp16"), progress=False)
     layers = [layer.name for layer in trt.builds[-1].network.layers]
@@ -567,7 +578,7 @@ def test_gpu_env_on_jetson_uses_jetpacks_tensorrt(tmp_path):
     r = _gpu_env(tmp_path, "--tegra-release", str(tegra), "--system-python", str(with_trt))
     assert r.returncode == 0, r.stderr
     assert "Jetson" in r.stdout and "JetPack's TensorRT 10.3.0.30 from the system Python" in r.stdout
-    assert "cuda-python>=12.6,<13" in r.stdout and "tensorrt-cu" not in r.stdout
+    assert "dev,jetson]" in r.stdout and "tensorrt-cu" not in r.stdout  # the jetson extra: cuda-python 12
     r = _gpu_env(tmp_path, "--tegra-release", str(tegra), "--system-python", sys.executable)  # no tensorrt there
     if r.returncode == 0:
         pytest.skip("this Python imports tensorrt")
@@ -627,3 +638,19 @@ def test_gpu_check_skipped_steps_count_as_not_passed(tmp_path):
     report = g.run_steps(steps, tmp_path / "r.json", tmp_path, 600, {"steps": []})
     assert [s["status"] for s in report["steps"]] == ["passed", "passed"] and report["passed"] is True
     assert [s.name for s in g.STEPS[:3]] == ["motion_tiny fp16", "motion_tiny int8", "motion_tiny fp32"]
+
+
+def test_gpu_check_bundle_step_runs_on_the_fakes(fake_gpu, tmp_path):
+    """The step code a first GPU run executes (build, ONNX Runtime parity, graphs, latency, memory), on the fakes."""
+    from export.tensorrt import gpu_check as g
+
+    fake_gpu("10.3.0")
+    res = g.run_bundle_step("motion_tiny fp32", tmp_path)
+    assert res["passed"] is True, res
+    assert res["vs_onnxruntime_cpu"]["min_cosine"] > 0.9999 and res["graphs_match_plain"] is True
+    plain, graphs = res["cuda_graph_false"], res["cuda_graph_true"]
+    assert plain["device_memory_leak_bytes"] == graphs["device_memory_leak_bytes"] == 0
+    assert graphs["describe"]["graphs_captured"] == [1, 3, 4]
+    assert graphs["describe"]["device_memory"]["shared_by_contexts"] == 4  # main + 3 captured sizes, one block
+    assert graphs["device_memory_after_runs_bytes"] == plain["device_memory_after_runs_bytes"]  # no memory per graph
+    assert plain["latency_ms_batch1"] > 0 and res["tensorrt_build"]["tf32"] is False

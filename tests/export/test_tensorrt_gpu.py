@@ -36,8 +36,9 @@ def _require_gpu_trt():
 def test_fp32_engine_matches_onnxruntime(models, tmp_path, cuda_graph):
     _require_gpu_trt()
     cache = tmp_path / "timing.cache"
-    info = build_engine(models["fp32"], tmp_path / "model.plan", opts(tf32=False, timing_cache=str(cache)),
+    info = build_engine(models["fp32"], tmp_path / "model.plan", opts(timing_cache=str(cache)),  # strict FP32
                         progress=False)
+    assert info["tf32"] is False and info["cleared_builder_flags"] == ["TF32"]
     assert info["plan_bytes"] > 0 and (tmp_path / "model.plan").is_file() and cache.is_file()
     assert info["timing_cache"]["saved"] is True
     backend = TensorRTBackend(tmp_path / "model.plan", _manifest(info, "fp32"), device="cuda", cuda_graph=cuda_graph)
@@ -52,6 +53,9 @@ def test_fp32_engine_matches_onnxruntime(models, tmp_path, cuda_graph):
         assert d["backend"] == "tensorrt" and d["batch_range"] == [1, 4]
         if cuda_graph:
             assert d["graphs_captured"] == [1, 3, 4]
+        # one activation block (USER_MANAGED) for the main context and each captured batch size
+        assert d["device_memory"]["shared_by_contexts"] == (4 if cuda_graph else 1)
+        assert d["device_memory"]["activation_bytes"] >= 0
         with pytest.raises(TensorRTBackendError, match="outside the plan's profile"):
             backend.infer(np.zeros((5, *CLIP), np.float32))
     finally:

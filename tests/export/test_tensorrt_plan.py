@@ -453,3 +453,18 @@ def test_auto_backend_says_why_it_fell_back(monkeypatch):
     monkeypatch.setattr(detect, "tensorrt_available", lambda: (False, "no CUDA GPU visible (cudaGetDeviceCount: x)"))
     backend, why = choose_backend("auto")
     assert backend in ("onnxruntime", "openvino") and "no CUDA GPU visible" in why  # a CPU backend (OpenVINO on x86)
+
+
+def test_tf32_emulation_rounds_matmul_inputs_to_10_mantissa_bits():
+    import torch
+
+    from export.tensorrt.tf32_check import TF32Mode, to_tf32
+
+    x = torch.tensor([1 + 2 ** -10, 1 + 2 ** -12, 1 + 3 * 2 ** -12, -2.5], dtype=torch.float32)
+    assert to_tf32(x).tolist() == [1 + 2 ** -10, 1.0, 1 + 2 ** -10, -2.5]
+    lin = torch.nn.Linear(4, 3)
+    with torch.no_grad():
+        want = torch.nn.functional.linear(to_tf32(x), to_tf32(lin.weight), lin.bias)
+        with TF32Mode():
+            got = lin(x)
+        assert torch.equal(got, want) and not torch.equal(got, lin(x))

@@ -149,15 +149,19 @@ def test_each_backend_gets_its_triton_backend_warmup_and_perf_data(fp32_bundle, 
     assert sorted(p.name for p in (model / "1").iterdir()) == [engine]  # only the engine in the version folder
     assert model_config_pb2.ModelInstanceGroup.Kind.Name(cfg.instance_group[0].kind) == kind
     params = {k: v.string_value for k, v in cfg.parameters.items()}
-    if backend == "openvino":  # the parameters Triton's OpenVINO backend README documents
-        assert params == {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": "2", "NUM_STREAMS": "1"}
-    elif backend == "onnxruntime":
-        assert params == {"intra_op_thread_count": "2"}
     manifest = json.loads((bundle / "manifest.json").read_text())
     b = manifest["input"]["batch"]
-    assert cfg.max_batch_size == b["max"] and list(cfg.dynamic_batching.preferred_batch_size) == [b["opt"]]
-    # warm-up: the reference clip at batch 1, opt and max, from warmup/ (raw little-endian, one clip)
-    assert sorted(w.batch_size for w in cfg.model_warmup) == sorted({1, b["opt"], b["max"]})
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [b["opt"]]
+    if backend == "openvino":  # the parameters Triton's OpenVINO backend README documents
+        assert params == {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": "2", "NUM_STREAMS": "1",
+                          "ENABLE_BATCH_PADDING": "YES"}
+        # that backend refuses any batch but max_batch_size unless it pads: the opt batch bounds the padding
+        assert cfg.max_batch_size == b["opt"] and [w.batch_size for w in cfg.model_warmup] == [b["opt"]]
+    else:
+        assert params == ({"intra_op_thread_count": "2"} if backend == "onnxruntime" else {})
+        # warm-up: the reference clip at batch 1, opt and max, from warmup/ (raw little-endian, one clip)
+        assert cfg.max_batch_size == b["max"]
+        assert sorted(w.batch_size for w in cfg.model_warmup) == sorted({1, b["opt"], b["max"]})
     clip_shape = manifest["input"]["shape"][1:]
     raw = (model / "warmup" / "reference_clip.bin").read_bytes()
     for w in cfg.model_warmup:
@@ -198,14 +202,13 @@ def test_the_source_bundle_and_user_folders_are_never_replaced(fp32_bundle, tmp_
     import shutil
 
     from runtime import Engine
-    from runtime.files import FolderNotReplaceable
 
     engines = tmp_path / "engines"
     bundle = shutil.copytree(fp32_bundle, engines / "motion")
     before = _files(bundle)
-    with pytest.raises(FolderNotReplaceable, match=r"is the input"):
+    with pytest.raises(ValueError, match=r"is the input"):
         write_repository(bundle, engines)  # the default name is the bundle folder's: engines/motion
-    with pytest.raises(FolderNotReplaceable, match=r"lies inside the input"):
+    with pytest.raises(ValueError, match=r"lies inside the input"):
         write_repository(bundle, bundle, name="x")
     assert _files(bundle) == before and sorted(p.name for p in engines.iterdir()) == ["motion"]
     Engine(bundle).close()  # still loads, hashes checked
@@ -223,18 +226,16 @@ def test_the_source_bundle_and_user_folders_are_never_replaced(fp32_bundle, tmp_
 
 
 def test_our_model_folder_is_replaced_only_while_it_is_ours(fp32_bundle, tmp_path):
-    from runtime.files import FolderNotReplaceable
-
     model = write_repository(fp32_bundle, tmp_path / "repo", name="m")
     own = json.loads((model / "export_manifest.json").read_text())
     assert set(own["files"]) == {p for p in _files(model) if p != "export_manifest.json"}
     write_repository(fp32_bundle, tmp_path / "repo", name="m", instances=2)  # ours: replaced
     (model / "notes.txt").write_text("added by someone")
-    with pytest.raises(FolderNotReplaceable, match=r"notes.txt.*does not list"):
+    with pytest.raises(ValueError, match=r"notes.txt.*does not list"):
         write_repository(fp32_bundle, tmp_path / "repo", name="m")
     (model / "notes.txt").unlink()
     (model / "labels.txt").write_text("edited\n")
-    with pytest.raises(FolderNotReplaceable, match=r"labels.txt"):
+    with pytest.raises(ValueError, match=r"labels.txt"):
         write_repository(fp32_bundle, tmp_path / "repo", name="m")
     assert (model / "labels.txt").read_text() == "edited\n"
     assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["m"]  # no staging folder left
@@ -244,8 +245,9 @@ def test_our_model_folder_is_replaced_only_while_it_is_ours(fp32_bundle, tmp_pat
 def test_names_cannot_inject_config_lines(fp32_bundle, tmp_path, what):
     """Finding 4: a labels file (or tensor) name holding a quote and newlines loads in the runtime, but never
     reaches config.pbtxt: refused by the strict name pattern, before anything is written."""
-    evil = ('labels.txt"\nbackend: "python"\n'
-            'parameters { key: "EXECUTION_ENV_PATH" value { string_value: "env.tar.gz" } }\n#')
+    # closes the output block, adds a backend and a parameter, then opens an output the template's tail closes
+    evil = ('labels.txt"\n  }\n]\nbackend: "python"\nparameters { key: "EXECUTION_ENV_PATH" value { string_value: '
+            '"env.tar.gz" } }\noutput [\n  {\n    name: "extra')
     kw = {"labels_name": evil} if what == "labels_file" else {"input_name": 'video"\n  dims: [ 1 ]\n#'}
     bundle = _derive(fp32_bundle, tmp_path / "b", "onnxruntime", **kw)
     with pytest.raises(BundleError, match=what.replace(".", r"\.")):  # refused here, or by the runtime's manifest check

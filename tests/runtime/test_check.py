@@ -200,3 +200,24 @@ def test_hub_metrics_and_served_meta_carry_the_verdict(fp32_bundle):
     replica = _Replica(str(fp32_bundle), "auto", 1)
     assert replica.meta()["verification"]["status"] == "passed"
     assert replica.engine.describe()["verification"]["status"] == "passed"  # /health spreads describe()
+
+
+def test_check_on_a_tensorrt_bundle_through_the_fakes(motion_model_path, tmp_path, monkeypatch):
+    """A TensorRT bundle (built and run on the fakes of tests/support/fake_tensorrt) carries its reference set, and the
+    check runs its parity and latency; block outputs and the per-layer profile say they are not available there."""
+    pytest.importorskip("onnxruntime")
+    from export.bundle.build import BuildRequest, build_bundle
+    from runtime.check import run_check, summary_lines
+    from tests.support.fake_tensorrt import FakeCudart, install
+
+    install(monkeypatch, FakeCudart(), "10.3.0")
+    out = build_bundle(BuildRequest(model=str(motion_model_path), backend="tensorrt", out=str(tmp_path / "trt"),
+                                    cache_dir=str(tmp_path / "cache"), parity_clips=2, batch=(1, 2, 4)))
+    assert {REFERENCE_JSON, REFERENCE_NPZ} <= set(read_manifest(out)["files"])
+    r = run_check(out, blocks="always", batches=[1, 4], concurrency=[1, 2], warmup=1, iterations=2, duration=0)
+    assert r["passed"] is True and r["engine"]["backend"] == "tensorrt" and r["parity"]["clips"] == 2
+    assert [(x["batch"], x["concurrency"]) for x in r["latency"]["runs"]] == [(1, 1), (4, 1), (1, 2)]
+    assert not r["blocks"]["available"] and "TensorRT plan" in r["blocks"]["note"]
+    assert not r["profile"]["available"]
+    text = "\n".join(summary_lines(r))
+    assert "tensorrt fp32" in text and "blocks: not available" in text and "profile: not available" in text

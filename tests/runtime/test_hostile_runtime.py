@@ -111,7 +111,7 @@ def test_close_while_predicting_and_predict_after_close(fp32_bundle):
     # issue 28 #20: Engine.close() while another thread predicts, or predict after close: AttributeError on None
     import runtime.engine
 
-    EngineClosedError = getattr(runtime.engine, "EngineClosedError", RuntimeError)  # noqa: N806
+    EngineClosedError = getattr(runtime.engine, "EngineClosedError", RuntimeError)
 
     e = Engine(fp32_bundle)
     frames = _frames()

@@ -120,7 +120,8 @@ print(sorted(k for k in sys.modules if k.split(".")[0] in ("torch", "onnx", "mod
 #: distributions that all install the ``onnxruntime`` module: two of them in one environment overwrite each other
 ORT_DISTRIBUTIONS = {"onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
                      "onnxruntime-qnn", "onnxruntime-training"}
-LOCAL_PROJECTS = {"timesformer-deploy": ROOT / "pyproject.toml", "timesformer-runtime": ROOT / "runtime" / "pyproject.toml"}
+LOCAL_PROJECTS = {"timesformer-deploy": ROOT / "pyproject.toml",
+                  "timesformer-runtime": ROOT / "runtime" / "pyproject.toml"}
 
 
 def resolve_names(project: str, extras: set[str]) -> set[str]:
@@ -168,3 +169,12 @@ def resolve_names(project: str, extras: set[str]) -> set[str]:
 ])
 def test_each_install_has_at_most_one_onnx_runtime(project: str, extras: set[str], expected: set[str]) -> None:
     assert resolve_names(project, extras) & ORT_DISTRIBUTIONS == expected
+
+
+def test_a_missing_onnx_runtime_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``pip install ./runtime`` without ``[cpu]`` or ``[gpu]`` has no ONNX Runtime: the error says which to add."""
+    from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    with pytest.raises(RuntimeError, match=r"model\.onnx: this ONNX Runtime bundle needs onnxruntime.*runtime\[cpu\]"):
+        OnnxRuntimeBackend(tmp_path / "model.onnx", {})

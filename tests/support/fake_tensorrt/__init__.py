@@ -17,5 +17,5 @@ from .models import (CLASSES, CLIP, FEAT, HIDDEN, make_attention, make_attention
 from .module import fake_tensorrt, install
 
 __all__ = ["CLASSES", "CLIP", "FEAT", "HIDDEN", "CudaStream", "FakeCudart", "backend_manifest", "fake_tensorrt",
-           "install", "make_attention", "make_attention_fp16", "make_contrib", "make_decomposed_fp16", "make_fp16", "make_fp32", "make_models", "make_qdq",
-           "native_handle_module", "opts", "run_ort", "trt_importable"]
+           "install", "make_attention", "make_attention_fp16", "make_contrib", "make_decomposed_fp16", "make_fp16",
+           "make_fp32", "make_models", "make_qdq", "native_handle_module", "opts", "run_ort", "trt_importable"]
