@@ -164,7 +164,8 @@ def auto_cpu_backend(precision: str | None, openvino_ok: bool, isa: CpuIsa | Non
     Runtime's dynamic INT8 runs exact (``session.x64quantprecision``, :func:`ort_int8_config`)."""
     isa = isa or cpu_isa()
     if precision == "int8" and isa.onednn_pairs_saturate and isa.int8_dot != "unknown":
-        return "onnxruntime", (f"this CPU is {isa.describe()}: OpenVINO INT8 measured {AVX2_OPENVINO_INT8_VS_ORT_FP32:.2f}x "
+        ratio = AVX2_OPENVINO_INT8_VS_ORT_FP32
+        return "onnxruntime", (f"this CPU is {isa.describe()}: OpenVINO INT8 measured {ratio:.2f}x "
                                "the latency of ONNX Runtime FP32 on such a CPU (AMD Zen 3, base 8x224) and needs 7-bit "
                                "weights there; ONNX Runtime dynamic INT8 runs with its exact U8U8 kernels "
                                f"({ORT_PRECISE_INT8_KEY}=1)")

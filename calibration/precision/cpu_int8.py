@@ -94,8 +94,9 @@ def _drop_unread(g: Any) -> None:
 
 
 def to_cpu_int8_form(model: Any, form: str | None = None) -> dict[str, Any]:
-    """Rewrite the Q/DQ ONNX ``model`` in place into ``form`` (:data:`CPU_INT8_FORMS`; None: :func:`choose_cpu_int8_form`);
-    returns the record the manifest keeps (``build.openvino.cpu_int8``), which the runtime checks on load."""
+    """Rewrite the Q/DQ ONNX ``model`` in place into ``form`` (:data:`CPU_INT8_FORMS`; None:
+    :func:`choose_cpu_int8_form`); returns the record the manifest keeps (``build.openvino.cpu_int8``), which the
+    runtime checks on load."""
     why = f"{form!r} asked for"
     if form is None:
         form, why = choose_cpu_int8_form()

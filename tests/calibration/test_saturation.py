@@ -55,7 +55,8 @@ def _qdq_matmul(wq: np.ndarray, ws: np.ndarray, x_scale: float, m: int):
     k, n = wq.shape
     nodes = [h.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
              h.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
-             h.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=1), h.make_node("MatMul", ["xd", "wd"], ["y"])]
+             h.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=1),
+             h.make_node("MatMul", ["xd", "wd"], ["y"])]
     g = h.make_graph(nodes, "qdq", [h.make_tensor_value_info("x", T.FLOAT, [m, k])],
                      [h.make_tensor_value_info("y", T.FLOAT, [m, n])],
                      [nh.from_array(np.array(x_scale, np.float32), "xs"), nh.from_array(np.array(0, np.int8), "xz"),
@@ -191,7 +192,8 @@ def test_onnxruntime_precise_int8_is_exact(tmp_path):
     rng = np.random.default_rng(3)
     w = np.where(rng.random((64, 8)) < 0.5, 127, -128).astype(np.int8)
     g = h.make_graph([h.make_node("MatMulInteger", ["a", "w"], ["y"])], "g",
-                     [h.make_tensor_value_info("a", T.UINT8, [4, 64])], [h.make_tensor_value_info("y", T.INT32, [4, 8])],
+                     [h.make_tensor_value_info("a", T.UINT8, [4, 64])],
+                     [h.make_tensor_value_info("y", T.INT32, [4, 8])],
                      [nh.from_array(w, "w")])
     path = tmp_path / "mmi.onnx"
     path.write_bytes(h.make_model(g, opset_imports=[h.make_opsetid("", 13)]).SerializeToString())

@@ -120,9 +120,10 @@ with Engine(sys.argv[1], cache_dir=False) as e:
 
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 INT8 paths")
 def test_int8_bundle_same_numbers_without_vnni(ov_bundles, motion_model_path, tmp_path, monkeypatch):
-    """The portable INT8 bundle (what ``make engine`` builds on a CPU without VNNI) computes the same logits on the AVX2-only INT8 path (16-bit saturating pair sums; oneDNN
-    capped with ONEDNN_MAX_CPU_ISA=AVX2, which is that path on any x86) as on the CPU's own path, and both stay
-    within the cosine bar against PyTorch. The old bundle (8-bit weights, int8 q·kᵀ/p·v) moved by up to 0.39 in a
+    """The portable INT8 bundle (what ``make engine`` builds on a CPU without VNNI) computes the same logits on the
+    AVX2-only INT8 path (16-bit saturating pair sums; oneDNN capped with ONEDNN_MAX_CPU_ISA=AVX2, which is that path
+    on any x86) as on the VNNI path, and both stay within the cosine bar against PyTorch. A ``vnni`` bundle warns
+    when it loads on the AVX2 path. The old bundle (8-bit weights, int8 q·kᵀ/p·v) moved by up to 0.39 in a
     logit and fell to min cosine 0.998 there (0.9963 on a real AMD Zen 3)."""
     import os
     import subprocess
