@@ -23,6 +23,10 @@ THREADS ?=#              intra-op threads (0: the backend's default)
 N ?=#                    number of clips (make parity, make bench-accuracy)
 MODEL_REF ?=#            FP32 reference checkpoint for parity (default: the bundle's source)
 ALLOW_PARITY_FAILURE ?=# 1: publish a bundle whose parity is outside tolerance
+LABELS ?=#               make engine: label file (one name per line); default: the checkpoint's, else the published list by class count
+PREPROCESS ?=#           make engine: preprocessing, a preset name or a JSON file (fields of PreprocessConfig, or an HF preprocessor_config.json)
+RANDOM_WEIGHTS ?=#       make engine: 1 builds a preset (no weights) from random weights, marked as such everywhere
+ALLOW_PRECISION_FALLBACK ?=# make engine: 1 publishes a CPU fp16 bundle on a CPU without FP16/BF16 arithmetic (recorded)
 PYTEST_ARGS ?=#          extra pytest arguments
 PORT ?= 8000#            HTTP port of make serve
 REPLICAS ?= 1#           serving replicas: a count, or auto (autoscaling)
@@ -34,6 +38,7 @@ KILL_AFTER ?=#           make load-test: ray.kill one replica this many seconds 
 CAMERAS ?= 16#           simulated cameras (make bench-cameras)
 FPS ?= 25#               frames per second of each simulated camera (make bench-cameras)
 SOURCE ?=#               make bench-cameras: a video file every camera loops, decode included (synthetic-720p: made here)
+SOURCE_SIZE ?=#          make deepstream: the cameras' WIDTHxHEIGHT (the model's resize and centre crop as a ROI)
 TASK ?= motion#          synthetic task of make train-motion: motion (8 classes) | motion16 (16: slow/fast, harder)
 
 # ---- Checking the command line (at parse time, so `make -n` checks too).
@@ -74,7 +79,7 @@ $(foreach g,$(GOALS),$(foreach o,$(call required_options,$(g)),$(if $($(o)),,$(e
 # $(call out_arg): the output path, passed as --out to every target that writes something
 out_arg = $(if $(OUT),--out $(OUT))
 
-.PHONY: help setup lint test test-fast demo onnx engine parity bench bench-onnx bench-cpu bench-precision bench-accuracy train-motion gpu-check serve load-test triton bench-cameras footage clean
+.PHONY: help setup lint test test-fast demo onnx engine parity bench bench-onnx bench-cpu bench-precision bench-accuracy train-motion gpu-check serve load-test triton deepstream bench-cameras footage clean
 
 help: ## this list
 	@echo "Targets (options in [brackets] are optional; docs/ describes each):"
@@ -111,10 +116,12 @@ gpu-check: ## NVIDIA GPU: installs TensorRT by the driver CUDA major (tensorrt-c
 onnx: $(STAMP) ## export ONNX [MODEL ATTENTION OUT]
 	$(PY) -m export.onnx.export --model $(MODEL) --attention $(ATTENTION) $(out_arg)
 
-engine: $(STAMP) ## build an engine bundle [PRECISION MODEL BACKEND CALIB BATCH ATTENTION OUT ALLOW_PARITY_FAILURE]
+engine: $(STAMP) ## build an engine bundle [PRECISION MODEL BACKEND CALIB BATCH ATTENTION OUT ALLOW_PARITY_FAILURE LABELS PREPROCESS RANDOM_WEIGHTS ALLOW_PRECISION_FALLBACK]
 	$(PY) -m export.bundle.build --model $(MODEL) --precision $(PRECISION) --backend $(BACKEND) \
 		--attention $(ATTENTION) $(out_arg) $(if $(CALIB),--calib $(CALIB)) $(if $(BATCH),--batch $(BATCH)) \
-		$(if $(ALLOW_PARITY_FAILURE),--allow-parity-failure)
+		$(if $(ALLOW_PARITY_FAILURE),--allow-parity-failure) $(if $(LABELS),--labels $(LABELS)) \
+		$(if $(PREPROCESS),--preprocess $(PREPROCESS)) $(if $(filter 1,$(RANDOM_WEIGHTS)),--random-weights) \
+		$(if $(filter 1,$(ALLOW_PRECISION_FALLBACK)),--allow-precision-fallback)
 
 # make parity / make bench on a device: the project's venv if there is one, else $(PYTHON) with the runtime installed
 # (pip install ./runtime). Without torch they run python -m runtime check: the bundle against the reference stored in
@@ -169,6 +176,9 @@ load-test: $(STAMP) ## load a served engine, one JSON line of counts and latenci
 
 triton: $(STAMP) ## a Triton model repository for a bundle: ENGINE=<bundle> [OUT=artifacts/triton]
 	$(PY) -m export.serving.triton --engine $(ENGINE) --out $(or $(OUT),artifacts/triton)
+
+deepstream: $(STAMP) ## DeepStream nvdspreprocess (sequence batching) + nvinfer configs and an NCTHW ONNX for a bundle: ENGINE=<bundle> [SOURCE_SIZE OUT=artifacts/deepstream/<bundle>]
+	$(PY) -m export.serving.deepstream --engine $(ENGINE) $(if $(SOURCE_SIZE),--source-size $(SOURCE_SIZE)) $(out_arg)
 
 footage: $(STAMP) ## real camera footage for INT8 tests and benchmarks: OpenCV's sample videos (Debian opencv-doc) into artifacts/footage
 	$(PY) -m calibration.clips.footage --install

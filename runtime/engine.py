@@ -16,7 +16,7 @@ from .backends.base import Backend
 from .engine_api import EngineAPI
 from .errors import BundleError, InputError
 from .manifest import MANIFEST_NAME, BundleFiles, parse_labels, validate_manifest
-from .prediction import Prediction, check_top_k, top_k
+from .prediction import Prediction, check_top_k, prediction_metadata, top_k
 from .preprocess import PreprocessConfig, preprocess_frames, sample_indices
 from .stream import ClipStream
 
@@ -123,6 +123,8 @@ class Engine:
                     files.check(name, entry["size"], digest)
         # Every field below was validated with the manifest.
         self.preprocess = PreprocessConfig.from_dict(m["preprocess"])
+        #: every Prediction's metadata: a bundle of random weights says so in each (issue 26)
+        self.prediction_metadata: dict[str, Any] = prediction_metadata(m)
         spec = m["input"]
         self.input_name: str = spec["name"]
         self.input_dtype = np.dtype(_DTYPES[spec["dtype"]])
@@ -285,7 +287,8 @@ class Engine:
         clip = self.clip_from_frames(frames, bgr=bgr)
         # preprocessed uint8 frames are finite by construction (the manifest's mean/std are validated)
         logits = self._run(self.validate(clip[None], check_finite=False))[0]
-        return Prediction(self._top_k(logits, top_k), logits, (time.perf_counter() - t0) * 1e3)
+        return Prediction(self._top_k(logits, top_k), logits, (time.perf_counter() - t0) * 1e3,
+                          dict(self.prediction_metadata))
 
     def stream(self, every: int | None = None, bgr: bool = False, top_k: int = 5) -> ClipStream:
         """A streaming clip buffer for one live camera: push frames, get a prediction every ``every`` frames.

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from .batching import BatchPolicy
 from .engine_api import BatchEngine
 from .errors import InputError
 from .prediction import check_top_k
@@ -108,8 +109,11 @@ class _Camera:
         self.windows_due = self.predictions = self.dropped = self.failed = self.discarded = 0
         self.inflight = 0  # windows in an engine call now
         self.reconnects = self.reconnect_attempts = self.restarts = 0
+        self.failed_attempts = 0  # consecutive attempts without a frame in the current outage
         self.status = "waiting for frames" if isinstance(source, PushSource) else "connecting"
         self.last_error: str | None = None
+        self.last_error_at: float | None = None  # time.time() of the last error
+        self.next_retry_at: float | None = None  # time.time() of the next attempt while retrying
         self.latencies: deque[float] = deque(maxlen=8192)
 
     def reset(self) -> None:
@@ -147,7 +151,10 @@ class CameraHub:
 
     def __init__(self, engine: BatchEngine, max_batch: int | None = None, max_wait_ms: float = 20.0, queue: int = 4,
                  workers: int = 1, results: int = 1024, on_result: Callable[[HubResult], None] | None = None,
-                 backoff: tuple[float, float] = (0.5, 30.0), max_age_ms: float | None = None) -> None:
+                 backoff: tuple[float, float] = (0.5, 30.0), max_age_ms: float | None = None,
+                 retries: int | None = 10, retry_for_s: float | None = None,
+                 on_status: Callable[[CameraId, str, str | None], None] | None = None,
+                 batching: str = "on") -> None:
         self.engine = engine
         self._owns_engine = False  # from_bundle: the hub opened the engine and closes it
         cfg = engine.preprocess
@@ -165,6 +172,15 @@ class CameraHub:
         # only fresh answers drops windows older than this when a batch is formed (counted as dropped).
         self.max_age = None if max_age_ms is None else max_age_ms / 1e3
         self.queue, self.backoff, self.on_result = queue, backoff, on_result
+        if retries is not None and retries < 0:
+            raise ValueError(f"retries: expected 0 or more consecutive failed attempts (None: forever), got {retries}")
+        if not 0 < backoff[0] <= backoff[1]:
+            raise ValueError(f"backoff: expected (first, longest) delays with 0 < first <= longest, got {backoff}")
+        self.retries, self.retry_for_s, self.on_status = retries, retry_for_s, on_status
+        self.batching = BatchPolicy(batching, self.max_batch, lo)  # whether batching across cameras pays here
+        self._measured = threading.Event()
+        self.engine_s_total = 0.0  # seconds inside engine.infer, successful calls
+        self.on_call: Callable[[int, float], None] | None = None  # (windows, seconds) per engine call (exporters)
         self._cv = threading.Condition()
         self._cams: dict[CameraId, _Camera] = {}
         self._pres: dict[tuple[int, int, bool], FramePreprocessor] = {}
@@ -302,7 +318,7 @@ class CameraHub:
                     cam.reset()  # the camera changed resolution: start a new window
                 cam.pre = self._preprocessor(frame.shape[0], frame.shape[1], cam.bgr, cam)
             if cam.status == "waiting for frames":
-                cam.status = "running"
+                self._set_status(cam, "live")
             k = cam.frames - cam.seg_start  # index within the current unbroken run
             cam.frames += 1
             if k % cam.stride:
@@ -344,9 +360,25 @@ class CameraHub:
                 self._cv.notify_all()
 
     # ----------------------------------------------------------------- decoding threads
+    def _set_status(self, cam: _Camera, status: str, error: str | None = None) -> None:
+        """A camera's state (connecting, live, retrying, failed, ended), reported once per change to ``on_status``."""
+        if error is not None:
+            cam.last_error, cam.last_error_at = error, time.time()
+        if status == cam.status:
+            return
+        cam.status = status
+        if self.on_status is not None:
+            try:
+                self.on_status(cam.id, status, cam.last_error)
+            except Exception:  # noqa: BLE001 - an app's callback must not stop a source
+                pass
+
     def _run_source(self, cam: _Camera) -> None:
+        """Decode a source; re-open it with exponential backoff (``backoff`` = (first, longest) delay) when it drops,
+        until ``retries`` consecutive attempts gave no frame or the outage lasted ``retry_for_s``: then ``failed``."""
         src, attempt, recovering = cam.source, 0, False
         initial, longest = self.backoff
+        outage_since = time.perf_counter()
         while not cam.stop.is_set():
             got, reason = 0, "ended"
             try:
@@ -355,7 +387,8 @@ class CameraHub:
                         break
                     arrived = time.perf_counter()
                     if got == 0:
-                        cam.status, attempt = "running", 0
+                        self._set_status(cam, "live")
+                        attempt, cam.failed_attempts = 0, 0
                         if recovering:  # frames again after a drop: reconnected
                             cam.reconnects += 1
                             recovering = False
@@ -363,34 +396,45 @@ class CameraHub:
                     self._push(cam, frame, arrived)
             except Exception as e:  # noqa: BLE001 - any failure of a source is reported per camera, then retried
                 reason = f"{type(e).__name__}: {e}"
-                cam.last_error = reason
+                cam.last_error, cam.last_error_at = reason, time.time()
             if cam.stop.is_set():
                 break
             cam.reset()
+            if got:
+                outage_since = time.perf_counter()
             if reason == "ended" and src.ends:  # a file came to its end: normal, not a drop
                 if not src.loop:
-                    cam.status = "ended" if got else "failed"
-                    if not got:
-                        cam.last_error = "no frames"
+                    self._set_status(cam, "ended" if got else "failed", None if got else "no frames")
                     break
                 if got:
                     cam.restarts += 1
                     continue
             if not src.retry:
-                cam.status = "ended" if reason == "ended" else "failed"
+                self._set_status(cam, "ended" if reason == "ended" else "failed")
                 break
             # a dropped stream, an error, or a file that is gone: back off, then reconnect
             if reason == "ended":
-                cam.last_error = "stream ended" if got else "no frames"
-            cam.status, recovering = "reconnecting", True
-            cam.reconnect_attempts += 1
-            delay = min(longest, initial * (2 ** attempt))
+                cam.last_error, cam.last_error_at = ("stream ended" if got else "no frames"), time.time()
             attempt += 1
+            cam.failed_attempts = attempt
+            outage = time.perf_counter() - outage_since
+            if ((self.retries is not None and attempt > self.retries)
+                    or (self.retry_for_s is not None and outage >= self.retry_for_s)):
+                bound = (f"{self.retries} retries" if self.retries is not None and attempt > self.retries
+                         else f"{outage:.0f} s without frames")
+                self._set_status(cam, "failed", f"gave up after {bound}; last error: {cam.last_error}")
+                break
+            self._set_status(cam, "retrying")
+            recovering = True
+            cam.reconnect_attempts += 1
+            delay = min(longest, initial * (2 ** (attempt - 1)))
+            cam.next_retry_at = time.time() + delay
             cam.stop.wait(delay)
+            cam.next_retry_at = None
 
     # ----------------------------------------------------------------- scheduling and inference
-    def _select(self) -> list[tuple[_Camera, _Window]]:
-        """Up to max_batch windows: oldest first, one per camera per round (no camera starves). Hub lock held."""
+    def _select(self, limit: int) -> list[tuple[_Camera, _Window]]:
+        """Up to ``limit`` windows: oldest first, one per camera per round (no camera starves). Hub lock held."""
         if self.max_age is not None:
             old = time.perf_counter() - self.max_age
             for c in self._cams.values():
@@ -401,12 +445,12 @@ class CameraHub:
         chosen: list[tuple[_Camera, _Window]] = []
         depth = 0
         cams = [c for c in self._cams.values() if c.pending]
-        while len(chosen) < self.max_batch:
+        while len(chosen) < limit:
             cands = [c for c in cams if len(c.pending) > depth]
             if not cands:
                 break
             cands.sort(key=lambda c: c.pending[depth].arrived)
-            chosen += [(c, c.pending[depth]) for c in cands[:self.max_batch - len(chosen)]]
+            chosen += [(c, c.pending[depth]) for c in cands[:limit - len(chosen)]]
             depth += 1
         for c, _ in chosen:
             c.pending.popleft()  # a camera's chosen windows are its oldest ones, in order
@@ -417,7 +461,20 @@ class CameraHub:
     def _oldest(self) -> float:
         return min(c.pending[0].arrived for c in self._cams.values() if c.pending)
 
+    def _measure(self, batch: np.ndarray) -> None:
+        """The batching policy's start measurement, by the first inference thread (the others wait for it)."""
+        if threading.current_thread() is self._workers[0] and self.batching.needs_measuring:
+            try:
+                batch[:self.max_batch] = 0.0
+                self.batching.measure(self.engine.infer, batch)
+            except Exception as e:  # noqa: BLE001 - an engine that fails here fails on real windows too, counted there
+                self.batching.needs_measuring = False
+                self.batching.reason = f"not measured ({type(e).__name__}: {e}); batching on"
+        self._measured.set()
+        self._measured.wait()
+
     def _work(self, batch: np.ndarray) -> None:
+        self._measure(batch)
         while True:
             with self._cv:
                 while True:
@@ -427,10 +484,11 @@ class CameraHub:
                         self._cv.wait()
                         continue
                     wait = self._oldest() + self.max_wait - time.perf_counter()
-                    if self._pending >= self.max_batch or wait <= 0 or self._closing:
+                    full = self.max_batch if self.batching.batched else 1
+                    if self._pending >= full or wait <= 0 or self._closing:
                         break
                     self._cv.wait(wait)
-                chosen = self._select()
+                chosen = self._select(self.batching.limit(self._pending))
                 if not chosen:  # all were too old
                     self._cv.notify_all()
                     continue
@@ -477,11 +535,15 @@ class CameraHub:
                       file=sys.stderr)
             return
         t1 = time.perf_counter()
+        self.batching.observe(n, t1 - t0)
         results = []
         with self._cv:
             self.busy_s += t1 - t0
             self.calls += 1
             self.batch_sizes[n] += 1
+            self.engine_s_total += t1 - t0
+            if self.on_call is not None:
+                self.on_call(n, t1 - t0)
             for i, (cam, w) in enumerate(chosen):
                 cam.inflight -= 1
                 if cam.removed:
@@ -566,7 +628,8 @@ class CameraHub:
                 "failed": cam.failed, "discarded": cam.discarded, "queued": len(cam.pending),
                 "in_flight": cam.inflight,
                 "reconnects": cam.reconnects, "reconnect_attempts": cam.reconnect_attempts, "restarts": cam.restarts,
-                "last_error": cam.last_error,
+                "failed_attempts": cam.failed_attempts, "last_error": cam.last_error,
+                "last_error_at": cam.last_error_at, "next_retry_at": cam.next_retry_at,
                 "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
                 "p99_ms": float(np.percentile(lat, 99)) if lat.size else None}
 
@@ -586,7 +649,8 @@ class CameraHub:
                     "ring_bytes": sum(c.ring_bytes() for c in cams),
                     "engine_errors": self.engine_errors, "last_engine_error": self.last_engine_error,
                     "callback_errors": self.callback_errors, "results_dropped": self.results_dropped,
-                    "verification": getattr(self.engine, "verification", None)}  # stored parity on this device
+                    "verification": getattr(self.engine, "verification", None),
+                    "batching": self.batching.describe()}  # stored parity on this device
 
     def close(self, drain: bool = False, timeout: float = 10.0) -> None:
         """Stop the sources and the inference threads and join them; ``drain=True`` first predicts what is queued."""

@@ -25,6 +25,8 @@ Schema (version 2)::
       "preprocess": {...},                  # runtime.preprocess.PreprocessConfig (validated there)
       "session": {...},                     # runtime/backends/<backend>_session.py: validate_session
       "parity": {"passed": true, ...},      # required; passed false only with "allowed_failure": true
+      "provenance": {"weights": "checkpoint" | "random" | "onnx", "labels": "<where from>",
+                     "preprocess": "<where from>", "reference": "PyTorch FP32" | "...", "notes": [...]} | null,
       "source": {...} | null, "calibration": {...} | null, "tolerance": {...} | null,
       "build": {...} | null                 # informational: objects, not interpreted by the runtime
     }
@@ -32,6 +34,10 @@ Schema (version 2)::
 Every check raises :class:`BundleError` naming the manifest file and the field, with what was expected and
 what came; nothing else comes out of :func:`validate_manifest` or :func:`read_manifest`. Unknown top-level
 keys are refused (a typo such as ``"labels_flie"`` would otherwise silently drop the labels).
+
+The top-level keys are the fields of :class:`Manifest` (a frozen type with ``to_dict``/``from_dict``, like the
+``*_session.py`` types): the builder (``export/bundle/build.py``) writes ``Manifest(...).to_dict()``, and
+``Manifest.from_dict``/``Manifest.read`` are this module's validation, typed. One schema, one place.
 
 Files are checked by name (a plain name: no ``/``, no ``..``, not absolute), type (a regular file, not a
 symlink, opened with ``O_NOFOLLOW`` relative to the bundle directory's descriptor, so nothing outside the
@@ -59,7 +65,8 @@ from .files import sha256_stream
 from .options import BACKENDS, PRECISIONS
 from .preprocess import MAX_INT, PreprocessConfig
 
-__all__ = ["BundleError", "SCHEMA_VERSION", "MANIFEST_NAME", "BACKENDS", "PRECISIONS", "Manifest", "InputSpec",
+__all__ = ["BundleError", "SCHEMA_VERSION", "MANIFEST_NAME", "BACKENDS", "PRECISIONS", "Manifest", "Provenance",
+           "InputSpec",
            "OutputSpec", "BatchRange", "validate_manifest",
            "read_manifest", "read_labels", "describe_files", "verify_files", "check_file_name", "check_labels",
            "BundleFiles", "MAX_BATCH", "MAX_CLASSES", "MAX_LABEL_BYTES", "MAX_SESSION_THREADS"]
@@ -176,6 +183,44 @@ class OutputSpec:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
 
+#: ``provenance.weights``: trained weights from a checkpoint, random weights of a preset, or an ONNX file's
+WEIGHTS_KINDS = ("checkpoint", "random", "onnx")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """``provenance`` (issue 26): where the weights, labels and preprocessing came from and every explicit stand-in
+    the build accepted (synthetic calibration, a precision this CPU cannot run, a non-PyTorch reference)."""
+
+    weights: str
+    labels: str
+    preprocess: str
+    reference: str = "PyTorch FP32"
+    notes: tuple[str, ...] = ()
+
+    @property
+    def random_weights(self) -> bool:
+        return self.weights == "random"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"weights": self.weights, "labels": self.labels, "preprocess": self.preprocess,
+                "reference": self.reference, "notes": list(self.notes)}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = MANIFEST_NAME) -> "Provenance":
+        d = _obj(where, "provenance", d)
+        unknown = sorted(set(d) - {"weights", "labels", "preprocess", "reference", "notes"})
+        if unknown:
+            raise BundleError(f"{where}: provenance: unknown keys {unknown}")
+        notes = d.get("notes", [])
+        if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+            raise _fail(where, "provenance.notes", "a list of strings", notes)
+        return cls(_str(where, "provenance.weights", d.get("weights"), WEIGHTS_KINDS),
+                   _str(where, "provenance.labels", d.get("labels")),
+                   _str(where, "provenance.preprocess", d.get("preprocess")),
+                   _str(where, "provenance.reference", d.get("reference", "PyTorch FP32")), tuple(notes))
+
+
 @dataclass(frozen=True, kw_only=True)
 class Manifest:
     """``manifest.json``, typed: the builder writes :meth:`to_dict`, the runtime reads :meth:`from_dict` (which is
@@ -194,6 +239,7 @@ class Manifest:
     labels_file: str | None = None
     session: dict[str, Any] | None = None
     source: dict[str, Any] | None = None
+    provenance: Provenance | None = None
     calibration: dict[str, Any] | None = None
     parity: dict[str, Any] | None = _required()
     tolerance: dict[str, Any] | None = None
@@ -225,7 +271,8 @@ class Manifest:
         kw.update(input=InputSpec(inp["name"], inp["dtype"], tuple(inp["shape"]), BatchRange(**inp["batch"]),
                                   inp["layout"]),
                   output=OutputSpec(outp["name"], outp.get("dtype", "float32"), tuple(outp["shape"])),
-                  preprocess=PreprocessConfig.from_dict(m["preprocess"]))
+                  preprocess=PreprocessConfig.from_dict(m["preprocess"]),
+                  provenance=Provenance.from_dict(m["provenance"]) if m.get("provenance") is not None else None)
         return cls(**kw)
 
 
@@ -250,7 +297,8 @@ def validate_manifest(d: Any, path: str | os.PathLike = MANIFEST_NAME, require_p
         raise _fail(where, "schema_version", f"{SCHEMA_VERSION}{hint}", version)
     unknown = sorted(str(k) for k in m if k not in _REQUIRED + _OPTIONAL)
     if unknown:
-        raise BundleError(f"{where}: unknown keys {unknown}; schema {SCHEMA_VERSION} has {sorted(_REQUIRED + _OPTIONAL)}")
+        raise BundleError(f"{where}: unknown keys {unknown}; schema {SCHEMA_VERSION} has "
+                          f"{sorted(_REQUIRED + _OPTIONAL)}")
     missing = [k for k in _REQUIRED if k not in m and not (k == "parity" and not require_parity)]
     if missing:
         why = (": the bundle was never checked against its reference (an interrupted build?); rebuild it"
@@ -264,6 +312,8 @@ def validate_manifest(d: Any, path: str | os.PathLike = MANIFEST_NAME, require_p
     for key in ("source", "calibration", "tolerance", "build"):
         if m.get(key) is not None:
             _obj(where, key, m[key])
+    if m.get("provenance") is not None:
+        out["provenance"] = Provenance.from_dict(m["provenance"], where).to_dict()
 
     out["files"] = files = _validate_files(where, m["files"])
     engine_file = check_file_name(m["engine_file"], where, "engine_file")

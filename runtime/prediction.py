@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["Prediction", "check_top_k", "softmax", "top_k"]
+__all__ = ["Prediction", "check_top_k", "softmax", "top_k", "prediction_metadata"]
 
 
 @dataclass
@@ -16,6 +16,9 @@ class Prediction:
     top_k: list[tuple[str, float]]  # (label, probability), best first
     logits: np.ndarray = field(repr=False)
     latency_ms: float = 0.0  # preprocessing + inference for this call
+    #: what the bundle says about every prediction it makes, e.g. ``{"random_weights": True, "warning": ...}`` for a
+    #: bundle built from random weights (issue 26); empty for a trained model
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -49,3 +52,13 @@ def top_k(logits: np.ndarray, labels: Sequence[str] | None, k: int) -> list[tupl
     order = np.argsort(-probs, kind="stable")[:k]
     names = labels if labels is not None else [str(i) for i in range(probs.shape[-1])]
     return [(names[i], float(probs[i])) for i in order]
+
+
+def prediction_metadata(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What every prediction of a bundle carries: ``random_weights`` and a warning when its ``provenance`` says the
+    weights are random (issue 26), else nothing."""
+    prov = manifest.get("provenance") or {}
+    if prov.get("weights") != "random":
+        return {}
+    return {"random_weights": True, "warning": "this bundle was built from random weights (make engine "
+            "RANDOM_WEIGHTS=1): its predictions mean nothing"}

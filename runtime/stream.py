@@ -108,4 +108,5 @@ class ClipStream:
         if k < self.window - 1 or (k - (self.window - 1)) % self.every:
             return None
         logits = self.engine.infer(self.window_view)[0]
-        return Prediction(top_k(logits, self.engine.labels, self.top_k), logits, (time.perf_counter() - t0) * 1e3)
+        return Prediction(top_k(logits, self.engine.labels, self.top_k), logits, (time.perf_counter() - t0) * 1e3,
+                          dict(getattr(self.engine, "prediction_metadata", {})))

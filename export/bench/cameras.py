@@ -134,6 +134,45 @@ def _hub_counts(m: dict[str, Any], latencies: list[float], lags: list[list[float
     }
 
 
+def _pace(
+    hub: Any,
+    get: Callable[[int, int], np.ndarray],
+    cameras: int,
+    period: float,
+    n_frames: int,
+    pacers: int,
+    skip_late: bool,
+) -> tuple[list[list[float]], list[int]]:
+    """Deliver ``n_frames`` frames of every camera on its schedule (cameras out of phase, as real ones are) from
+    ``pacers`` threads; returns each thread's lags (seconds behind schedule) and frames skipped as too late."""
+    lags: list[list[float]] = [[] for _ in range(pacers)]
+    skipped = [0] * pacers
+
+    def pace(p: int, t0: float) -> None:
+        mine = list(range(p, cameras, pacers))
+        phase = {c: (c / cameras) * period for c in mine}
+        for f in range(n_frames):
+            for c in mine:
+                due = t0 + f * period + phase[c]
+                now = time.perf_counter()
+                if due > now:
+                    time.sleep(due - now)
+                    now = time.perf_counter()
+                lags[p].append(now - due)
+                if skip_late and now - due > period:
+                    skipped[p] += 1
+                    continue
+                hub.push(c, get(c, f), arrived=now)  # decoding (a DecodedSource) counts in the camera's pace
+
+    t0 = time.perf_counter() + 0.2
+    threads = [threading.Thread(target=pace, args=(p, t0), daemon=True) for p in range(pacers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return lags, skipped
+
+
 def run_cameras(
     engine: Any,
     frames: "np.ndarray | DecodedSource",
@@ -167,8 +206,6 @@ def run_cameras(
     for i in range(cameras):
         hub.add_camera(camera_id=i)
     period = 1.0 / fps
-    lags: list[list[float]] = [[] for _ in range(pacers)]
-    skipped = [0] * pacers
     rss: list[float] = []
     done = threading.Event()
 
@@ -176,33 +213,12 @@ def run_cameras(
         while not done.wait(0.25):
             rss.append(_rss_mb())
 
-    def pace(p: int, t0: float) -> None:
-        mine = list(range(p, cameras, pacers))
-        phase = {c: (c / cameras) * period for c in mine}  # cameras out of phase, as real ones are
-        for f in range(n_frames):
-            for c in mine:
-                due = t0 + f * period + phase[c]
-                now = time.perf_counter()
-                if due > now:
-                    time.sleep(due - now)
-                    now = time.perf_counter()
-                lags[p].append(now - due)
-                if skip_late and now - due > period:
-                    skipped[p] += 1
-                    continue
-                hub.push(c, get(c, f), arrived=now)  # decoding (a DecodedSource) counts in the camera's pace
-
     get, close_feed = _feed(frames, cameras)
     rss0 = _rss_mb()
     cpu0 = time.process_time()
     monitor = threading.Thread(target=sample_memory, daemon=True)
     monitor.start()
-    t0 = time.perf_counter() + 0.2
-    threads = [threading.Thread(target=pace, args=(p, t0), daemon=True) for p in range(pacers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    lags, skipped = _pace(hub, get, cameras, period, n_frames, pacers, skip_late)
     drained = hub.drain(timeout=60)
     cpu_s = time.process_time() - cpu0
     m = hub.metrics()

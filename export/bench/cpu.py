@@ -239,6 +239,10 @@ def _ort_session(path: Path, threads: int) -> Any:
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    from runtime.cpu_isa import ort_int8_config
+
+    for k, v in ort_int8_config("int8").items():  # issue 25: exact INT8 kernels on x86 without VNNI (no-op on FP32)
+        so.add_session_config_entry(k, v)
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 

@@ -28,11 +28,13 @@ import numpy as np
 
 from runtime.cli_args import ArgumentParser, user_errors
 from runtime.files import sha256_file, write_bytes_atomic, write_json_atomic, write_text_atomic
-from runtime.manifest import MANIFEST_NAME, BatchRange, InputSpec, Manifest, OutputSpec
+from runtime.manifest import MANIFEST_NAME, BatchRange, InputSpec, Manifest, OutputSpec, Provenance
 from runtime.options import Backend, Precision
 
 from calibration.precision.metrics import check_tolerance, compare_logits
 
+from export.bundle.model_source import LoadedModel as _Model
+from export.bundle.model_source import load_model, precision_fallback
 from export.bundle.options import BuildRequest, add_arguments, request_from_args
 from export.bundle.publish import PublishError, check_out, clean_stale, file_records, kill_point, make_staging, publish
 from export.bundle.target import (OPENVINO_WHY, BuildError, BuildTarget, choose_backend, default_out, plan_only,
@@ -44,23 +46,16 @@ __all__ = ["BuildRequest", "BuildError", "BuildTarget", "build_bundle", "choose_
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class _Model:
-    """Step 1's result: the PyTorch reference and what the bundle takes from it."""
-
-    net: Any
-    labels: list[str]
-    pre: Any  # runtime.preprocess.PreprocessConfig
-    source: dict[str, Any]
-    calib: str | None  # the calibration (and parity) clips: CALIB, or the model's own synthetic task
-
-
 def build_bundle(req: BuildRequest) -> Path:
     """Build the bundle ``req`` describes; returns its directory."""
     t_start = time.perf_counter()
     target = resolve_target(req, log=log.info)
+    fallback = precision_fallback(req, target.backend)  # issue 26: refused, or recorded, before any work
     _prepare_out(req, target.out)
     model = _load_model(req)
+    if fallback:
+        model = replace(model, provenance={**model.provenance, "notes": [*model.provenance.get("notes", []),
+                                                                          fallback]})
     cache = Path(req.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     fp32_onnx = _fp32_onnx(model, target, cache)
@@ -83,7 +78,7 @@ def build_bundle(req: BuildRequest) -> Path:
     log.info(f"[engine] built {target.out} in {time.perf_counter() - t_start:.1f} s: {target.backend} "
              f"{target.precision}, parity {'passed' if parity['passed'] else 'FAILED'} (max |dlogit| "
              f"{parity['max_abs_logit']:.2e}, min cosine {parity['min_cosine']:.6f}, top-1 agreement "
-             f"{parity['top1_agreement']:.3f})")
+             f"{parity['top1_agreement']:.3f}{_summary_notes(manifest)})")
     return target.out
 
 
@@ -98,28 +93,34 @@ def _prepare_out(req: BuildRequest, out: Path) -> None:
         raise BuildError(str(e)) from e
 
 
-def _load_model(req: BuildRequest) -> _Model:
-    """Step 1: the checkpoint or preset, its labels (checked) and the calibration clips it calls for."""
-    from calibration.clips.calibset import synthetic_spec
-    from models import load_source, model_task
+def _summary_notes(manifest: Manifest) -> str:
+    """The summary line's part about explicit stand-ins: random weights, a precision fallback, the reference."""
+    prov = manifest.provenance
+    if prov is None:
+        return ""
+    parts = ["RANDOM WEIGHTS"] if prov.random_weights else []
+    parts += [n for n in prov.notes if n.startswith(("precision fallback", "INT8 calibrated on synthetic"))]
+    if prov.reference != "PyTorch FP32":
+        parts.append(f"reference: {prov.reference}")
+    return "".join(f"; {p}" for p in parts)
 
+
+def _load_model(req: BuildRequest) -> _Model:
+    """Step 1: the checkpoint, ONNX file or preset (RANDOM_WEIGHTS=1), its labels and preprocessing (given or
+    inferred, export/bundle/model_source.py) and the calibration clips it calls for."""
     log.info("[engine] 1/5 loading %s", req.model)
-    net, labels, pre, source = load_source(req.model, req.seed)
-    cfg = net.config
-    if labels is None:
-        labels = [f"class_{i}" for i in range(cfg.num_classes)]
+    model = load_model(req, log.info)
     try:  # one printable line per label (issue 28 #23): refused now, not at parity in the staging folder
         from runtime.manifest import check_labels
 
-        labels = check_labels(labels, f"{req.model}: labels", cfg.num_classes)
+        check_labels(model.labels, f"{req.model}: labels", len(model.labels))
     except ValueError as e:
         raise BuildError(str(e)) from e
-    calib = req.calib or synthetic_spec(model_task(net))  # a model trained on a synthetic task calibrates on it
-    if calib:  # a missing or empty CALIB folder fails now, not after the export (it is read without decoding)
+    if model.calib:  # a missing or empty CALIB folder fails now, not after the export (it is read without decoding)
         from calibration.clips.calibset import selection_key
 
-        selection_key(calib, pre, req.calib_clips, req.seed)
-    return _Model(net, labels, pre, source, calib)
+        selection_key(model.calib, model.pre, req.calib_clips, req.seed)
+    return model
 
 
 def _fp32_onnx(model: _Model, target: BuildTarget, cache: Path) -> Path:
@@ -127,6 +128,8 @@ def _fp32_onnx(model: _Model, target: BuildTarget, cache: Path) -> Path:
     from export.bundle.fp32_cache import cached_fp32_onnx
 
     log.info("[engine] 2/5 FP32 ONNX")
+    if model.onnx is not None:  # MODEL=model.onnx: the given graph, its input checked (export/bundle/onnx_source.py)
+        return model.onnx
     path = cached_fp32_onnx(model.net, model.labels, model.pre, model.source, target.attention, cache)
     kill_point("after_export")
     return path
@@ -176,7 +179,7 @@ def _build_engine(req: BuildRequest, target: BuildTarget, model: _Model, fp32_on
         precision=target.precision.value, model_config=cfg.to_dict(),
         input=InputSpec("video", _onnx_input_dtype(engine_onnx), (-1, *clip_shape), BatchRange(*req.batch)),
         output=OutputSpec("logits", "float32", (-1, cfg.num_classes)), preprocess=model.pre,
-        labels_file="labels.txt", session=session,
+        labels_file="labels.txt", session=session, provenance=_provenance(model),
         source={**model.source, "onnx_sha256": sha256_file(engine_onnx), "fp32_onnx_sha256": sha256_file(fp32_onnx),
                 "attention": target.attention},
         calibration=calibration, parity=None, tolerance=target.tolerance, build=build,
@@ -206,6 +209,14 @@ def _parity_step(req: BuildRequest, target: BuildTarget, model: _Model, tmp: Pat
     if file_records(tmp) != manifest.files:  # nothing may change the files after they were hashed
         raise BuildError(f"{tmp}: the bundle's files changed during the parity check")
     return _with_reference(tmp, kept, manifest)
+
+
+def _provenance(model: _Model) -> Provenance | None:
+    p = model.provenance
+    if not p:
+        return None
+    return Provenance(weights=p["weights"], labels=p["labels"], preprocess=p["preprocess"],
+                      reference=p.get("reference", "PyTorch FP32"), notes=tuple(p.get("notes", ())))
 
 
 def _with_reference(tmp: Path, kept: dict[str, Any], manifest: Manifest) -> Manifest:

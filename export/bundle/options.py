@@ -65,6 +65,13 @@ class BuildRequest:
                         choices=BACKEND_CHOICES, make="BACKEND")
     out: str | None = _opt(None, "bundle folder (default engines/<model>-<precision>-<backend>)", make="OUT")
     calib: str | None = _opt(None, "folder of videos, .npy/.npz clips, or 'synthetic'", make="CALIB")
+    labels: str | None = _opt(None, "label file: one name per line, a JSON list or {index: name} (default: the "
+                              "checkpoint's, else the published list with its class count)", make="LABELS")
+    preprocess: str | None = _opt(None, "preprocessing: a preset name or a JSON file (PreprocessConfig fields, or a "
+                                  "Hugging Face preprocessor_config.json), over what the checkpoint implies",
+                                  make="PREPROCESS")
+    random_weights: bool = _opt(False, "build a preset (an architecture without weights) from random weights; the "
+                                "bundle says so in its manifest, labels and predictions", make="RANDOM_WEIGHTS")
     calib_clips: int = _opt(32, "calibration clips", parse=int)
     calib_method: str = _opt("max", "INT8 calibration method", choices=CALIB_METHODS)
     batch: tuple[int, int, int] = _opt((1, 1, 8), "the engine's batch range min:opt:max", parse=parse_batch,
@@ -74,6 +81,9 @@ class BuildRequest:
     parity_clips: int = _opt(8, "clips of the parity check against PyTorch", parse=int)
     allow_parity_failure: bool = _opt(False, "publish a bundle whose parity is outside tolerance",
                                       make="ALLOW_PARITY_FAILURE")
+    allow_precision_fallback: bool = _opt(False, "publish a CPU fp16 bundle on a CPU without FP16/BF16 arithmetic "
+                                          "(it runs f32 here; recorded in the manifest and the summary)",
+                                          make="ALLOW_PRECISION_FALLBACK")
     cache_dir: str = _opt("artifacts/cache", "cache of ONNX exports and calibrations")
     threads: int | None = _opt(None, "intra-op threads recorded in the session (0/None: the backend's default)",
                                parse=int)

@@ -112,7 +112,8 @@ def markdown(report: dict[str, Any]) -> str:
     b = report.get("blocks")
     if b and "blocks" in b:
         first = b["first_diverging_block"]
-        lines += ["", f"## Per block (relative L2 error of the block's output tokens; threshold {b['threshold_rel_l2']})",
+        lines += ["", "## Per block (relative L2 error of the block's output tokens; threshold "
+                      f"{b['threshold_rel_l2']})",
                   "", f"First diverging block: **{first if first is not None else 'none'}**; largest jump at block "
                   f"{b['largest_jump_block']}.", "", "| block | rel L2 | cosine | max abs |", "|---|---|---|---|"]
         lines += [f"| {r['block']} | {r['rel_l2']:.3e} | {r['cosine']:.6f} | {r['max_abs']:.3e} |" for r in b["blocks"]]

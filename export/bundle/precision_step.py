@@ -32,7 +32,8 @@ def tensorrt_check(path: Path, precision: str) -> dict[str, Any]:
             "onnx_precision": plan.onnx_precision, "qdq_nodes": plan.onnx["qdq_nodes"], "warnings": list(plan.warnings)}
 
 
-def precision_onnx(fp32_onnx: Path, precision: str, target: str, *args: Any, **kwargs: Any) -> tuple[Path, dict[str, Any]]:
+def precision_onnx(fp32_onnx: Path, precision: str, target: str, *args: Any, **kwargs: Any
+                   ) -> tuple[Path, dict[str, Any]]:
     """:func:`calibration.precision.build.precision_onnx`, vetted by :func:`tensorrt_check` when ``target`` is
     TensorRT."""
     if target == Backend.TENSORRT:

@@ -532,6 +532,18 @@ def _model_name(model: str) -> str:
 
 
 @user_errors("make onnx")
+def _to_ncthw(path: Path) -> None:
+    """Rewrite the exported file in place with an NCTHW input (:func:`export.onnx.layout.ncthw_input`)."""
+    import onnx
+
+    from export.onnx.layout import ncthw_input
+    from runtime.files import atomic_output
+
+    model = ncthw_input(onnx.load(str(path)))
+    with atomic_output(path, ".onnx") as tmp:
+        onnx.save(model, str(tmp))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(prog="python -m export.onnx.export",
                                  description="Export a TimeSformer to ONNX with explicit attention subgraphs.")
@@ -546,6 +558,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=None, help="clip length to export at (default: the model's)")
     ap.add_argument("--image-size", type=int, default=None, help="resolution to export at (default: the model's)")
     ap.add_argument("--seed", type=int, default=0, help="seed for a preset's random weights")
+    ap.add_argument("--input-layout", default="BTCHW", choices=("BTCHW", "NCTHW"),
+                    help="NCTHW: (batch, 3, frames, H, W), as DeepStream's sequence preprocessing feeds it (a Transpose "
+                         "at the graph input, export/onnx/layout.py)")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
 
@@ -560,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
                     source=source["checkpoint"], source_sha256=source["checkpoint_sha256"],
                     uint8_input=a.uint8_input, batch=a.batch, verbose=not a.quiet, frames=a.frames,
                     image_size=a.image_size)
+        if a.input_layout == "NCTHW":
+            _to_ncthw(out)
     except (SourceError, ExportError, ValueError, OSError) as e:
         print(f"make onnx: {e}", file=sys.stderr)
         return 2

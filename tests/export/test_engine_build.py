@@ -266,7 +266,7 @@ def test_options_table_drives_the_cli_and_the_makefile(capsys):
         if not o.make:
             continue
         default, comment = rows[o.make]
-        assert default in ("", show(o.default)), f"Makefile {o.make} ?= {default!r}, the table's default is {o.default!r}"
+        assert default in ("", show(o.default)), f"Makefile {o.make} ?= {default!r}; the table has {o.default!r}"
         if o.choices:
             assert {c.strip() for c in comment.split("|")} == set(o.choices), f"Makefile {o.make}: {comment!r}"
     assert main(["--make-help"]) == 0

@@ -160,12 +160,12 @@ def test_a_looping_file_that_is_removed_and_recreated_is_reconnected(engine, hel
         _until(lambda: cam()["restarts"] >= 1 and cam()["predictions"] >= 2, "the file to loop")
         src.unlink()
         _until(lambda: cam()["reconnect_attempts"] >= 2, "failed reconnects while the file is gone")
-        assert cam()["status"] == "reconnecting" and "mp4" in cam()["last_error"] and cam()["reconnects"] == 0
+        assert cam()["status"] == "retrying" and "mp4" in cam()["last_error"] and cam()["reconnects"] == 0
         n = cam()["predictions"]
         shutil.copy(heldout_videos[1][0], tmp_path / "part.mp4")
         (tmp_path / "part.mp4").replace(src)  # appears whole, as a camera coming back would
         _until(lambda: cam()["reconnects"] == 1 and cam()["predictions"] > n + 1, "predictions after the reconnect")
-        assert cam()["status"] == "running"
+        assert cam()["status"] == "live"
 
 
 # --------------------------------------------------------------------------- cameras come and go while running
