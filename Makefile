@@ -57,10 +57,19 @@ required_options = $(filter $(OPTION_NAMES),$(shell sed -nE 's/^$(1):.*## (.*)/\
 # $(call target_options,TARGET): every option TARGET takes (required and [optional])
 target_options = $(filter $(OPTION_NAMES),$(subst =, ,$(subst ], ,$(subst [, ,$(call target_doc,$(1))))))
 # $(call closest,NAME,CANDIDATES): the candidate nearest to NAME by spelling, or nothing
-closest = $(shell $(PYTHON) -c 'import difflib, sys; m = difflib.get_close_matches(sys.argv[1].upper(), sys.argv[2:], 1, 0.6); print(m[0] if m else "")' $(1) $(2) 2>/dev/null)
+closest = $(shell $(PYTHON) -c 'import difflib, sys; m = difflib.get_close_matches(sys.argv[1].upper(), sys.argv[2:], 1, 0.6); print(m[0] if m else "")' $(call q,$(1)) $(2) 2>/dev/null)
 did_you_mean = $(if $(1), (did you mean $(1)?))
 
+# $(call q,VALUE): VALUE as one shell word (single-quoted), so paths with spaces, quotes or `;` stay one argument
+q = '$(subst ','\'',$(1))'
+#: options with a default: given empty on the command line they would drop their flag's value
+DEFAULTED_OPTIONS := $(shell sed -nE 's/^([A-Z_]+) \?= *[^# ].*/\1/p' $(firstword $(MAKEFILE_LIST)))
+
 ifneq ($(COMMAND_LINE_VARIABLES),)
+_empty := $(firstword $(foreach v,$(filter $(DEFAULTED_OPTIONS),$(COMMAND_LINE_VARIABLES)),$(if $(strip $($(v))),,$(v))))
+ifneq ($(_empty),)
+$(error make: $(_empty) is empty; leave it out for its default ($(strip $(shell sed -nE 's/^$(_empty) \?= *([^#]*)#.*/\1/p' $(firstword $(MAKEFILE_LIST))))))
+endif
 _unknown := $(firstword $(filter-out $(OPTION_NAMES) $(GLOBAL_OPTIONS),$(COMMAND_LINE_VARIABLES)))
 ifneq ($(_unknown),)
 $(error make: unknown option $(_unknown)$(call did_you_mean,$(call closest,$(_unknown),$(OPTION_NAMES) $(GLOBAL_OPTIONS))); `make help` lists the options)
@@ -77,7 +86,7 @@ endif
 $(foreach g,$(GOALS),$(foreach o,$(call required_options,$(g)),$(if $($(o)),,$(error make $(g): set $(o)=<...> ($(strip $(shell sed -nE 's/^$(o) \?=[^#]*# *(.*)/\1/p' $(firstword $(MAKEFILE_LIST))))); `make help` lists the options))))
 
 # $(call out_arg): the output path, passed as --out to every target that writes something
-out_arg = $(if $(OUT),--out $(OUT))
+out_arg = $(if $(OUT),--out $(call q,$(OUT)))
 
 .PHONY: help setup lint test test-fast demo onnx engine parity bench bench-onnx bench-cpu bench-precision bench-accuracy train-motion gpu-check serve load-test triton deepstream bench-cameras footage clean
 
@@ -114,13 +123,13 @@ gpu-check: ## NVIDIA GPU: installs TensorRT by the driver CUDA major (tensorrt-c
 	$(PY) -m export.tensorrt.gpu_check $(out_arg)
 
 onnx: $(STAMP) ## export ONNX [MODEL ATTENTION OUT]
-	$(PY) -m export.onnx.export --model $(MODEL) --attention $(ATTENTION) $(out_arg)
+	$(PY) -m export.onnx.export --model $(call q,$(MODEL)) --attention $(call q,$(ATTENTION)) $(out_arg)
 
 engine: $(STAMP) ## build an engine bundle [PRECISION MODEL BACKEND CALIB BATCH ATTENTION OUT ALLOW_PARITY_FAILURE LABELS PREPROCESS RANDOM_WEIGHTS ALLOW_PRECISION_FALLBACK]
-	$(PY) -m export.bundle.build --model $(MODEL) --precision $(PRECISION) --backend $(BACKEND) \
-		--attention $(ATTENTION) $(out_arg) $(if $(CALIB),--calib $(CALIB)) $(if $(BATCH),--batch $(BATCH)) \
-		$(if $(ALLOW_PARITY_FAILURE),--allow-parity-failure) $(if $(LABELS),--labels $(LABELS)) \
-		$(if $(PREPROCESS),--preprocess $(PREPROCESS)) $(if $(filter 1,$(RANDOM_WEIGHTS)),--random-weights) \
+	$(PY) -m export.bundle.build --model $(call q,$(MODEL)) --precision $(call q,$(PRECISION)) --backend $(call q,$(BACKEND)) \
+		--attention $(call q,$(ATTENTION)) $(out_arg) $(if $(CALIB),--calib $(call q,$(CALIB))) $(if $(BATCH),--batch $(call q,$(BATCH))) \
+		$(if $(ALLOW_PARITY_FAILURE),--allow-parity-failure) $(if $(LABELS),--labels $(call q,$(LABELS))) \
+		$(if $(PREPROCESS),--preprocess $(call q,$(PREPROCESS))) $(if $(filter 1,$(RANDOM_WEIGHTS)),--random-weights) \
 		$(if $(filter 1,$(ALLOW_PRECISION_FALLBACK)),--allow-precision-fallback)
 
 # make parity / make bench on a device: the project's venv if there is one, else $(PYTHON) with the runtime installed
@@ -128,57 +137,57 @@ engine: $(STAMP) ## build an engine bundle [PRECISION MODEL BACKEND CALIB BATCH 
 # it, and its latency (runtime/check.py); with torch, parity takes a fresh PyTorch reference (on new CLIPS too).
 RUN_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 has_torch = $(RUN_PY) -c 'import torch' >/dev/null 2>&1
-check_out = $(if $(OUT),--out $(OUT)/check.json)
+check_out = $(if $(OUT),--out $(call q,$(OUT)/check.json))
 no_torch_options = CLIPS, MODEL_REF and N take a fresh PyTorch reference: they need torch in $(RUN_PY)
 
 parity: $(if $(wildcard $(PY)),$(STAMP)) ## a bundle against FP32 PyTorch (without torch: against its stored reference), exit 1 on failure: ENGINE=<bundle> [CLIPS MODEL_REF N OUT]
 	@if $(has_torch); then set -x; \
-		$(RUN_PY) -m export.bundle.parity --engine $(ENGINE) $(if $(CLIPS),--clips $(CLIPS)) \
-			$(if $(MODEL_REF),--model $(MODEL_REF)) $(if $(N),--n $(N)) $(out_arg); \
+		$(RUN_PY) -m export.bundle.parity --engine $(call q,$(ENGINE)) $(if $(CLIPS),--clips $(call q,$(CLIPS))) \
+			$(if $(MODEL_REF),--model $(call q,$(MODEL_REF))) $(if $(N),--n $(call q,$(N))) $(out_arg); \
 	else $(if $(CLIPS)$(MODEL_REF)$(N),echo "make parity: $(no_torch_options)" >&2; exit 2;) \
-		echo "make parity: no torch in $(RUN_PY): checking $(ENGINE) against the reference stored in the bundle (python -m runtime check)" >&2; \
-		$(if $(OUT),mkdir -p $(OUT) &&) set -x && $(RUN_PY) -m runtime check $(ENGINE) --no-latency --no-profile $(check_out); fi
+		echo "make parity: no torch in $(RUN_PY): checking "$(call q,$(ENGINE))" against the reference stored in the bundle (python -m runtime check)" >&2; \
+		$(if $(OUT),mkdir -p $(call q,$(OUT)) &&) set -x && $(RUN_PY) -m runtime check $(call q,$(ENGINE)) --no-latency --no-profile $(check_out); fi
 
 bench: $(if $(wildcard $(PY)),$(STAMP)) ## latency and throughput of a bundle (without torch: python -m runtime check): ENGINE=<bundle> [BATCHES THREADS OUT]
 	@if $(has_torch); then set -x; \
-		$(RUN_PY) -m export.bench.engine --engine $(ENGINE) $(if $(BATCHES),--batch $(BATCHES)) \
-			$(if $(THREADS),--threads $(THREADS)) $(out_arg); \
-	else echo "make bench: no torch in $(RUN_PY): timing $(ENGINE) with python -m runtime check (parity against its stored reference, latency, per-layer profile)" >&2; \
-		$(if $(OUT),mkdir -p $(OUT) &&) set -x && $(RUN_PY) -m runtime check $(ENGINE) $(if $(BATCHES),--batch $(BATCHES)) \
-			$(if $(THREADS),--threads $(THREADS)) $(check_out); fi
+		$(RUN_PY) -m export.bench.engine --engine $(call q,$(ENGINE)) $(if $(BATCHES),--batch $(call q,$(BATCHES))) \
+			$(if $(THREADS),--threads $(call q,$(THREADS))) $(out_arg); \
+	else echo "make bench: no torch in $(RUN_PY): timing "$(call q,$(ENGINE))" with python -m runtime check (parity against its stored reference, latency, per-layer profile)" >&2; \
+		$(if $(OUT),mkdir -p $(call q,$(OUT)) &&) set -x && $(RUN_PY) -m runtime check $(call q,$(ENGINE)) $(if $(BATCHES),--batch $(call q,$(BATCHES))) \
+			$(if $(THREADS),--threads $(call q,$(THREADS))) $(check_out); fi
 
 bench-cameras: $(STAMP) ## many cameras through the batching hub: ENGINE=<bundle> [CAMERAS FPS SECONDS THREADS SOURCE OUT]
-	$(PY) -m export.bench.cameras --engine $(ENGINE) --cameras $(CAMERAS) --fps $(FPS) --seconds $(SECONDS) \
-		$(if $(THREADS),--threads $(THREADS)) $(if $(SOURCE),--source $(SOURCE)) $(out_arg)
+	$(PY) -m export.bench.cameras --engine $(call q,$(ENGINE)) --cameras $(call q,$(CAMERAS)) --fps $(call q,$(FPS)) --seconds $(call q,$(SECONDS)) \
+		$(if $(THREADS),--threads $(call q,$(THREADS))) $(if $(SOURCE),--source $(call q,$(SOURCE))) $(out_arg)
 
 bench-onnx: $(STAMP) ## our ONNX (each attention form) vs the plain transformers export, ONNX Runtime CPU (~10 min) [OUT]
 	$(PY) -m export.bench.onnx_forms $(out_arg)
 
 bench-cpu: $(STAMP) ## every CPU backend and precision vs PyTorch and transformers, GEMM peak (MODEL=base: ~10 min) [MODEL THREADS OUT]
-	$(PY) -m export.bench.cpu --model $(MODEL) $(if $(THREADS),--threads $(THREADS)) $(out_arg)
+	$(PY) -m export.bench.cpu --model $(call q,$(MODEL)) $(if $(THREADS),--threads $(call q,$(THREADS))) $(out_arg)
 
 bench-precision: $(STAMP) ## FP32 vs INT8 (vs FP16) on ONNX Runtime CPU [MODEL OUT]
-	$(PY) -m export.bench.precision --model $(MODEL) $(out_arg)
+	$(PY) -m export.bench.precision --model $(call q,$(MODEL)) $(out_arg)
 
 bench-accuracy: $(STAMP) ## accuracy of every bundle of a trained model vs FP32 PyTorch, 1600 held-out clips (MODEL=models/weights/motion16.safetensors: ~3 min) [MODEL N THREADS OUT]
-	$(PY) -m export.bench.accuracy --model $(MODEL) $(if $(N),--n $(N)) $(if $(THREADS),--threads $(THREADS)) $(out_arg)
+	$(PY) -m export.bench.accuracy --model $(call q,$(MODEL)) $(if $(N),--n $(call q,$(N))) $(if $(THREADS),--threads $(call q,$(THREADS))) $(out_arg)
 
 train-motion: $(STAMP) ## train a motion model (motion ~4 min, motion16 ~12 min on 2 cores) [TASK OUT]
-	$(PY) -m models.train_motion --task $(TASK) $(out_arg)
+	$(PY) -m models.train_motion --task $(call q,$(TASK)) $(out_arg)
 
 serve: $(STAMP) ## serve a bundle on Ray Serve at 127.0.0.1 (RAY_ADDRESS: join a cluster): ENGINE=<bundle> [PORT REPLICAS BATCHING THREADS]
-	$(PY) -m runtime.serving --engine $(ENGINE) --port $(PORT) --replicas $(REPLICAS) $(if $(filter 0,$(BATCHING)),--no-batching) \
-		$(if $(THREADS),--threads $(THREADS))
+	$(PY) -m runtime.serving --engine $(call q,$(ENGINE)) --port $(call q,$(PORT)) --replicas $(call q,$(REPLICAS)) $(if $(filter 0,$(BATCHING)),--no-batching) \
+		$(if $(THREADS),--threads $(call q,$(THREADS)))
 
 load-test: $(STAMP) ## load a served engine, one JSON line of counts and latencies [URL CLIENTS SECONDS KILL_AFTER ENGINE OUT]
-	$(PY) -m export.serving.load_test --url $(URL) --clients $(CLIENTS) --seconds $(SECONDS) \
-		$(if $(KILL_AFTER),--kill-after $(KILL_AFTER)) $(if $(ENGINE),--engine $(ENGINE)) $(out_arg)
+	$(PY) -m export.serving.load_test --url $(call q,$(URL)) --clients $(call q,$(CLIENTS)) --seconds $(call q,$(SECONDS)) \
+		$(if $(KILL_AFTER),--kill-after $(call q,$(KILL_AFTER))) $(if $(ENGINE),--engine $(call q,$(ENGINE))) $(out_arg)
 
 triton: $(STAMP) ## a Triton model repository for a bundle: ENGINE=<bundle> [OUT=artifacts/triton]
-	$(PY) -m export.serving.triton --engine $(ENGINE) --out $(or $(OUT),artifacts/triton)
+	$(PY) -m export.serving.triton --engine $(call q,$(ENGINE)) --out $(call q,$(or $(OUT),artifacts/triton))
 
 deepstream: $(STAMP) ## DeepStream nvdspreprocess (sequence batching) + nvinfer configs and an NCTHW ONNX for a bundle: ENGINE=<bundle> [SOURCE_SIZE OUT=artifacts/deepstream/<bundle>]
-	$(PY) -m export.serving.deepstream --engine $(ENGINE) $(if $(SOURCE_SIZE),--source-size $(SOURCE_SIZE)) $(out_arg)
+	$(PY) -m export.serving.deepstream --engine $(call q,$(ENGINE)) $(if $(SOURCE_SIZE),--source-size $(call q,$(SOURCE_SIZE))) $(out_arg)
 
 footage: $(STAMP) ## real camera footage for INT8 tests and benchmarks: OpenCV's sample videos (Debian opencv-doc) into artifacts/footage
 	$(PY) -m calibration.clips.footage --install

@@ -73,6 +73,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--realtime", action="store_true",
                     help="several sources: read files at their frame rate (as cameras), dropping windows the device "
                          "cannot keep up with, instead of predicting every window")
+    ap.add_argument("--retries", type=int, default=10,
+                    help="a camera or URL that drops (or never connects) is re-opened with exponential backoff; after "
+                         "this many consecutive attempts without a frame it is marked failed (-1: retry forever)")
+    ap.add_argument("--retry-for-s", type=float, default=None,
+                    help="also mark a camera failed once it has given no frame for this many seconds")
+    ap.add_argument("--backoff-max-s", type=float, default=30.0, help="longest wait between reconnect attempts")
+    ap.add_argument("--batching", default="auto", choices=("auto", "on", "off"),
+                    help="batch windows of several cameras into one engine call: auto (when it is measured to "
+                         "lower the time per window on this device), on, off")
+    ap.add_argument("--metrics-port", type=int, default=None,
+                    help="serve Prometheus metrics at http://HOST:PORT/metrics (needs prometheus_client)")
+    ap.add_argument("--metrics-host", default="127.0.0.1", help="address the metrics endpoint binds to")
     try:
         args = ap.parse_args(argv)
     except UsageError as e:
@@ -84,6 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     for src in args.source:  # a missing file is a user error, found before the engine loads
         if not is_live(src) and not Path(src).exists():
             print(f"python -m runtime: {src}: no such file", file=sys.stderr)
+            return 2
+    for name, ok, expected in (("retries", args.retries >= -1, "0 or more (-1: forever)"),
+                               ("retry_for_s", args.retry_for_s is None or args.retry_for_s > 0, "a positive number"),
+                               ("backoff_max_s", args.backoff_max_s >= 0.5, "at least 0.5 (the first delay)"),
+                               ("metrics_port", args.metrics_port is None or 0 <= args.metrics_port <= 65535,
+                                "a TCP port 0..65535")):
+        if not ok:
+            print(f"python -m runtime: --{name.replace('_', '-')}: expected {expected}, got {getattr(args, name)}",
+                  file=sys.stderr)
             return 2
     for name in ("max_frames", "top_k", "every", "threads", "fps"):  # counts: 0 or less is a typo, not a request
         v = getattr(args, name)
@@ -101,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = {"threads": args.threads} if args.threads is not None else {}
     try:
         engine = Engine(args.bundle, device=args.device, **opts)
-        if len(args.source) == 1:
-            return _run(args, engine, args.source[0])
+        if len(args.source) == 1 and (args.out or not is_live(args.source[0])):
+            return _run(args, engine, args.source[0])  # a live source goes through the hub: retried like several
         return _run_hub(args, engine)
     except (BundleError, InputError, RuntimeError, ValueError) as e:
         print(f"python -m runtime: {e}", file=sys.stderr)
@@ -159,21 +180,40 @@ def _run(args: argparse.Namespace, engine: Engine, source: str) -> int:
 
 def _run_hub(args: argparse.Namespace, engine: Engine) -> int:
     from .hub import CameraHub
+    from .log import setup_logging
+
+    setup_logging()  # the hub's batching choice and the cameras' states go to stderr
 
     def show(r: HubResult) -> None:
         top = ", ".join(f"{label} {p:.2f}" for label, p in r.top_k)
         print(f"camera {r.camera} frames {r.first_frame}-{r.last_frame}: {top}  ({r.latency_ms:.1f} ms, "
               f"batch {r.batch_size})", flush=True)
 
-    hub = CameraHub(engine, max_wait_ms=args.max_wait_ms, results=0, on_result=show)
+    def state(camera: Any, status: str, error: str | None) -> None:
+        why = f": {error}" if error and status in ("retrying", "failed") else ""
+        print(f"camera {camera} ({args.source[int(camera)]}): {status}{why}", file=sys.stderr, flush=True)
+
+    hub = CameraHub(engine, max_wait_ms=args.max_wait_ms, results=0, on_result=show, on_status=state,
+                    retries=None if args.retries < 0 else args.retries, retry_for_s=args.retry_for_s,
+                    backoff=(0.5, args.backoff_max_s), batching=args.batching)
+    server = None
+    try:
+        if args.metrics_port is not None:
+            from .metrics import serve_metrics
+
+            server = serve_metrics(hub, args.metrics_port, args.metrics_host)[0]
+            print(f"metrics: http://{args.metrics_host}:{server.server_port}/metrics", file=sys.stderr, flush=True)
+    except (RuntimeError, OSError) as e:
+        hub.close()
+        raise RuntimeError(f"--metrics-port {args.metrics_port}: {e}") from e
     print(f"engine: {engine.describe()['backend']} {engine.precision}, clip {engine.clip_shape}, "
-          f"{len(args.source)} cameras, batches up to {hub.max_batch}", flush=True)
+          f"{len(args.source)} camera(s), batches up to {hub.max_batch} (batching {args.batching})", flush=True)
     t_start = time.perf_counter()
     try:
         for i, src in enumerate(args.source):
             hub.add_camera(VideoSource(src, realtime=args.realtime, max_frames=args.max_frames), camera_id=i,
                            every=args.every, top_k=args.top_k)
-        hub.wait_sources()  # files end; live sources run until Ctrl-C
+        hub.wait_sources()  # files end; live sources run until Ctrl-C or until they are marked failed
         hub.drain()
     except KeyboardInterrupt:
         pass
@@ -181,18 +221,26 @@ def _run_hub(args: argparse.Namespace, engine: Engine) -> int:
         m = hub.metrics()
         hub.close()
         engine.close()
-    dt = time.perf_counter() - t_start
+        if server is not None:
+            server.shutdown()
+    return _summary(args, engine, m, time.perf_counter() - t_start)
+
+
+def _summary(args: argparse.Namespace, engine: Engine, m: dict[str, Any], dt: float) -> int:
+    """Per camera: its state, counts, reconnects and last error; exit status 1 when a camera predicted nothing."""
+    b = m["batching"]
+    print(f"{len(args.source)} camera(s) in {dt:.1f} s; batch sizes {m['batch_sizes']}, device busy "
+          f"{100 * m['device_time_share']:.0f}% of the time; batching {'on' if b['batched'] else 'off'} ({b['reason']})")
     status = 0
-    print(f"{len(args.source)} cameras in {dt:.1f} s; batch sizes {m['batch_sizes']}, device busy "
-          f"{100 * m['device_time_share']:.0f}% of the time")
     for cid, c in m["cameras"].items():
         src = args.source[int(cid)]
         lat = f", latency p50 {c['p50_ms']:.1f} ms p99 {c['p99_ms']:.1f} ms" if c["p50_ms"] is not None else ""
-        print(f"camera {cid} ({src}): {c['frames']} frames, {c['predictions']} predictions, {c['dropped']} dropped, "
-              f"{c['reconnects']} reconnects{lat}")
+        err = f"; last error: {c['last_error']}" if c["last_error"] else ""
+        print(f"camera {cid} ({src}): {c['status']}, {c['frames']} frames, {c['predictions']} predictions, "
+              f"{c['dropped']} dropped, {c['reconnects']} reconnects of {c['reconnect_attempts']} attempts{lat}{err}")
         if c["predictions"] == 0:
             status = 1
-            if c["status"] == "failed" and c["last_error"] and c["last_error"] != "no frames":
+            if c["status"] in ("failed", "retrying") and c["last_error"] and c["last_error"] != "no frames":
                 print(f"{src}: {c['last_error']}", file=sys.stderr)
             else:
                 print(_no_prediction(src, c["frames"], engine.preprocess), file=sys.stderr)

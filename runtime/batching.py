@@ -27,20 +27,21 @@ class BatchPolicy:
     as measured). Thread-safe."""
 
     def __init__(self, mode: str, max_batch: int, min_batch: int = 1, alpha: float = 0.2, margin: float = 0.1,
-                 probe_every: int = 20) -> None:
+                 probe_every: int = 20, clock: Callable[[], float] = time.perf_counter) -> None:
         if mode not in BATCHING_MODES:
             raise ValueError(f"batching: expected one of {BATCHING_MODES}, got {mode!r}")
         if not 0 < alpha <= 1 or not 0 <= margin < 1 or probe_every < 1:
             raise ValueError(f"alpha, margin, probe_every: expected (0, 1], [0, 1), >= 1; got {alpha}, {margin}, "
                              f"{probe_every}")
         self.mode, self.max_batch, self.min_batch = mode, max_batch, min_batch
-        self.alpha, self.margin, self.probe_every = alpha, margin, probe_every
+        self.alpha, self.margin, self.probe_every, self.clock = alpha, margin, probe_every, clock
         self._lock = threading.Lock()
         self.per_window_s: dict[str, float | None] = {"single": None, "batched": None}  # exponential averages
         self.start: dict[str, float] | None = None  # the measurement at start, seconds per window
         self._since_probe = 0
         fixed = max_batch <= 1 or min_batch > 1 or mode != "auto"
-        self.batched = (mode == "on" or min_batch > 1) if fixed else True
+        # an engine whose smallest batch is over 1 pads every call anyway: filling it costs nothing (unless "off")
+        self.batched = (mode == "on" or (min_batch > 1 and mode == "auto")) if fixed else True
         self.reason = ("the engine takes one batch size only" if max_batch <= 1 or min_batch >= max_batch
                        else f"batching={mode}" if mode != "auto" else "not measured yet")
         self.needs_measuring = not fixed
@@ -48,9 +49,9 @@ class BatchPolicy:
     def measure(self, infer: Callable[[np.ndarray], Any], batch: np.ndarray) -> None:
         """The start measurement (``batch`` holds at least ``max_batch`` clips; their values do not matter)."""
         def timed(n: int) -> float:
-            t0 = time.perf_counter()
+            t0 = self.clock()
             infer(batch[:n])
-            return time.perf_counter() - t0
+            return self.clock() - t0
 
         timed(1)  # warm-up: first-call allocations and plan selection
         single = min(timed(1), timed(1))

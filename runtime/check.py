@@ -65,7 +65,9 @@ def _random_clips(engine: Engine) -> Any:
     import numpy as np
 
     x = np.random.default_rng(0).standard_normal((engine.batch_range[0], *engine.clip_shape))
-    return x.astype(engine.input_dtype) if engine.input_dtype.kind == "f" else (x * 40 + 128).clip(0, 255).astype(np.uint8)
+    if engine.input_dtype.kind == "f":
+        return x.astype(engine.input_dtype)
+    return (x * 40 + 128).clip(0, 255).astype(np.uint8)
 
 
 def _fmt(v: float) -> str:
@@ -110,7 +112,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     for r in (lat or {}).get("runs", []):
         lines.append(f"latency batch {r['batch']} x{r['concurrency']} request{'s' * (r['concurrency'] > 1)}: p50 "
                      f"{r['p50_ms']:.2f} p90 {r['p90_ms']:.2f} p99 {r['p99_ms']:.2f} max {r['max_ms']:.2f} ms "
-                     f"(first {r['first_ms']:.1f} ms, {r['iterations']} calls); {r['throughput_clips_per_s']:.1f} clips/s")
+                     f"(first {r['first_ms']:.1f} ms, {r['iterations']} calls); "
+                     f"{r['throughput_clips_per_s']:.1f} clips/s")
     prof = report.get("profile")
     if prof:
         if prof["available"]:

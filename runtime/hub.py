@@ -180,7 +180,8 @@ class CameraHub:
         self.batching = BatchPolicy(batching, self.max_batch, lo)  # whether batching across cameras pays here
         self._measured = threading.Event()
         self.engine_s_total = 0.0  # seconds inside engine.infer, successful calls
-        self.on_call: Callable[[int, float], None] | None = None  # (windows, seconds) per engine call (exporters)
+        #: (windows, seconds, [(camera, latency s), ...]) per successful engine call: for exporters (runtime/metrics.py)
+        self.on_call: Callable[[int, float, list[tuple[CameraId, float]]], None] | None = None
         self._cv = threading.Condition()
         self._cams: dict[CameraId, _Camera] = {}
         self._pres: dict[tuple[int, int, bool], FramePreprocessor] = {}
@@ -422,7 +423,7 @@ class CameraHub:
                     or (self.retry_for_s is not None and outage >= self.retry_for_s)):
                 bound = (f"{self.retries} retries" if self.retries is not None and attempt > self.retries
                          else f"{outage:.0f} s without frames")
-                self._set_status(cam, "failed", f"gave up after {bound}; last error: {cam.last_error}")
+                self._set_status(cam, "failed", f"gave up after {bound} ({cam.last_error})")
                 break
             self._set_status(cam, "retrying")
             recovering = True
@@ -542,8 +543,6 @@ class CameraHub:
             self.calls += 1
             self.batch_sizes[n] += 1
             self.engine_s_total += t1 - t0
-            if self.on_call is not None:
-                self.on_call(n, t1 - t0)
             for i, (cam, w) in enumerate(chosen):
                 cam.inflight -= 1
                 if cam.removed:
@@ -555,6 +554,13 @@ class CameraHub:
                 results.append((cam, HubResult(cam.id, w.first_frame, w.last_frame,
                                                _top_k(logits[i], self.engine.labels, cam.top_k), logits[i].copy(),
                                                lat, n)))
+        if self.on_call is not None:
+            try:
+                self.on_call(n, t1 - t0, [(cam.id, r.latency_ms / 1e3) for cam, r in results])
+            except Exception as e:  # noqa: BLE001 - an exporter must not stop the hub
+                self.callback_errors += 1
+                if self.callback_errors == 1:
+                    print(f"runtime.hub: on_call raised {type(e).__name__}: {e}", file=sys.stderr)
         for cam, r in results:
             with cam.deliver_lock:
                 if cam.removed:

@@ -150,8 +150,9 @@ def block_report(engine: Any, ref: ReferenceSet) -> dict[str, Any]:
             want = ref.block_samples[c, j].astype(np.float64)
             rel[c, j] = np.linalg.norm(flat[index] - want) / max(np.linalg.norm(want), 1e-30)
             ratio[c, j] = np.linalg.norm(flat) / max(float(ref.block_norm[c, j]), 1e-30)
-    rows: list[dict[str, Any]] = [{"block": j, "name": n, "rel_l2": float(rel[:, j].max()), "norm_ratio_min": float(ratio[:, j].min()),
-             "norm_ratio_max": float(ratio[:, j].max())} for j, n in enumerate(names)]
+    rows: list[dict[str, Any]] = [
+        {"block": j, "name": n, "rel_l2": float(rel[:, j].max()), "norm_ratio_min": float(ratio[:, j].min()),
+         "norm_ratio_max": float(ratio[:, j].max())} for j, n in enumerate(names)]
     threshold = float(ref.block_threshold or 0.0)
     first = next((r["block"] for r in rows if r["rel_l2"] > threshold), None)
     return {"available": True, "threshold_rel_l2": threshold, "first_diverging_block": first, "blocks": rows,

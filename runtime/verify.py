@@ -32,6 +32,8 @@ __all__ = ["MODES", "DeviceMismatchError", "cache_root", "verdict_key", "verify_
 
 MODES = ("once", "always", "never")
 CACHE_SCHEMA = 1
+#: Engine options that cannot change what the engine computes: not in the key
+_NOT_NUMERIC = ("cache_dir",)
 _METRICS = ("max_abs_logit", "mean_abs_logit", "min_cosine", "mean_cosine", "top1_agreement", "top5_agreement")
 
 
@@ -50,8 +52,8 @@ def cache_root() -> Path:
 def verdict_key(manifest: dict[str, Any], device_key: str, device: str, options: dict[str, Any]) -> str:
     """The cache key: the bundle (manifest without ``build``), the fingerprint's key, the device and options."""
     bundle = {k: v for k, v in manifest.items() if k != "build"}
-    text = json.dumps([bundle, device_key, device, {k: repr(v) for k, v in sorted(options.items())}],
-                      sort_keys=True, default=str)
+    numeric = {k: repr(v) for k, v in sorted(options.items()) if k not in _NOT_NUMERIC}
+    text = json.dumps([bundle, device_key, device, numeric], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

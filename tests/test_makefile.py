@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -56,7 +57,7 @@ def command(target: str, *args: str) -> str:
     text = r.stdout.replace("\\\n", " ")
     lines = [ln for ln in text.splitlines() if " -m " in ln and " -m pip " not in ln and " -m venv " not in ln]
     assert lines, r.stdout
-    return " ".join(" ".join(lines).split())
+    return shlex.join(_words(" ".join(lines)))  # the Makefile quotes every value; compare the words
 
 
 def test_a_misspelled_option_is_an_error_naming_the_option_meant() -> None:
@@ -122,3 +123,36 @@ def test_the_model_default_reaches_every_target_that_takes_model(target: str) ->
 def test_bench_batches_and_engine_batch_each_mean_one_thing() -> None:
     assert "--batch 1,2,4" in command("bench", "ENGINE=engines/x", "BATCHES=1,2,4")
     assert "--batch 1:2:8" in command("engine", "BATCH=1:2:8")
+
+
+def words(target: str, *args: str) -> list[str]:
+    """The shell words of ``target``'s own command as ``make -n`` prints it."""
+    return list(_words(command(target, *args)))
+
+
+def _words(line: str) -> shlex.shlex:
+    """A shell line's words; `;` and `&&` are words of their own."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    return lexer
+
+
+def test_values_with_spaces_quotes_and_semicolons_stay_one_argument() -> None:
+    # before: `--out a b` (two words) and `--model a;echo pwned` ran a second command
+    w = words("engine", "OUT=my bundles/it's \"new\"", "MODEL=a;echo pwned", "CALIB=x $y")
+    assert w[w.index("--out") + 1] == "my bundles/it's \"new\"", w
+    assert w[w.index("--model") + 1] == "a;echo pwned" and "echo" not in w, w
+    assert w[w.index("--calib") + 1] == "x ", w  # make itself expands $y (write $$ for a literal $)
+    r = make("bench", "ENGINE=my engines/b'1", "OUT=re port")
+    assert r.returncode == 0, r.stderr
+    assert "check 'my engines/b'\\''1'" in r.stdout and "'re port/check.json'" in r.stdout, r.stdout
+    w = words("triton", "ENGINE=a b")
+    assert w[w.index("--engine") + 1] == "a b" and w[w.index("--out") + 1] == "artifacts/triton", w
+
+
+@pytest.mark.parametrize("name", ["PRECISION", "MODEL", "PORT", "CAMERAS"])
+def test_an_option_with_a_default_given_empty_is_an_error(name: str) -> None:
+    # before: `PRECISION=` made `--precision --backend auto` (argparse then blamed --precision, or a value shifted)
+    target = {"PRECISION": "engine", "MODEL": "engine", "PORT": "serve", "CAMERAS": "bench-cameras"}[name]
+    r = make(target, f"{name}=", *(["ENGINE=engines/x"] if target != "engine" else []))
+    assert r.returncode == 2 and f"{name} is empty" in r.stderr, (r.stdout, r.stderr)

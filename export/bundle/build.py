@@ -192,7 +192,8 @@ def _parity_step(req: BuildRequest, target: BuildTarget, model: _Model, tmp: Pat
     """Step 5: the staged engine against PyTorch, with the manifest in memory (``manifest.json`` is written only
     after it, so a staging folder is never a loadable bundle until it has passed, or ALLOW_PARITY_FAILURE); the
     manifest with the result, the build time and the reference set."""
-    log.info("[engine] 5/5 parity against PyTorch on %s clips", req.parity_clips)
+    log.info("[engine] 5/5 parity against %s on %s clips", model.provenance.get("reference", "PyTorch FP32"),
+             req.parity_clips)
     kept: dict[str, Any] = {}  # the parity clips and logits, for the bundle's reference set
     parity = run_parity(model.net, tmp, model.pre, req.parity_clips, req.seed, model.calib,
                         manifest=manifest.to_dict(), keep=kept)

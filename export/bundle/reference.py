@@ -46,7 +46,7 @@ def reference_pass(net: Any, clips: np.ndarray, keep: dict[str, Any] | None = No
     t0 = time.perf_counter()
     with torch.no_grad():
         for i in range(len(clips)):
-            if keep is None:
+            if keep is None or not hasattr(net, "forward_with_blocks"):  # ONNX Runtime's reference: no blocks
                 logits.append(net(torch.from_numpy(clips[i:i + 1])).numpy())
                 continue
             out, blocks = net.forward_with_blocks(torch.from_numpy(clips[i:i + 1]))
@@ -57,10 +57,20 @@ def reference_pass(net: Any, clips: np.ndarray, keep: dict[str, Any] | None = No
             samples.append(np.stack([f[index] for f in flat]).astype(np.float32))
             norms.append(np.array([np.linalg.norm(f.astype(np.float64)) for f in flat], np.float32))
     ref = np.concatenate(logits).astype(np.float32)
-    if keep is not None:
+    if keep is not None and samples:
         keep.update(clips=clips, logits=ref, block_index=index, block_samples=np.stack(samples),
                     block_norm=np.stack(norms), pass_seconds=time.perf_counter() - t0)
+    elif keep is not None:
+        keep.update(clips=clips, logits=ref, pass_seconds=time.perf_counter() - t0)
     return clips, ref
+
+
+def _reference_text(manifest: dict[str, Any]) -> str:
+    """What the reference logits are: PyTorch's, or ONNX Runtime's for a bundle built from an ONNX file."""
+    ref = (manifest.get("provenance") or {}).get("reference")
+    if ref in (None, "PyTorch FP32"):
+        return "FP32 PyTorch logits of the bundle's source checkpoint (manifest source), one clip at a time"
+    return f"{ref}: its logits, one clip at a time"
 
 
 def add_reference(bundle: Path, kept: dict[str, Any], manifest: dict[str, Any]) -> None:
@@ -82,7 +92,7 @@ def add_reference(bundle: Path, kept: dict[str, Any], manifest: dict[str, Any]) 
         "schema": REFERENCE_SCHEMA,
         "precision": manifest["precision"],
         "tolerance": manifest["tolerance"],
-        "reference": "FP32 PyTorch logits of the bundle's source checkpoint (manifest source), one clip at a time",
+        "reference": _reference_text(manifest),
         "clips": {"count": int(len(arrays["clips"])), "shape": list(arrays["clips"].shape[1:]), "dtype": "float16",
                   "source": request.get("calib") or "synthetic", "seed": int(request.get("seed", 0)) + 1000,
                   "note": "the build's parity clips, rounded to FP16 before the reference and the engine ran"},
@@ -90,7 +100,8 @@ def add_reference(bundle: Path, kept: dict[str, Any], manifest: dict[str, Any]) 
                    "samples_per_block": int(len(arrays["block_index"])) if depth else 0,
                    "threshold_rel_l2": BLOCK_THRESHOLD[manifest["precision"]],
                    "sampling": "each clip's block output flattened; the class token's row and a fixed random sample "
-                               "(numpy default_rng(0)); block_norm is the L2 norm of the whole output"} if depth else None,
+                               "(numpy default_rng(0)); block_norm is the L2 norm of the whole output"}
+        if depth else None,
         "arrays": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in sorted(arrays.items())},
     }
     write_bytes_atomic(bundle / REFERENCE_NPZ, npz_bytes(arrays))

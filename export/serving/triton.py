@@ -73,7 +73,8 @@ PERF_FILE = "perf_analyzer_input.json"
 
 def _name(value: Any, field: str, where: str, pattern: re.Pattern[str] = NAME_RE) -> str:
     if not isinstance(value, str) or not pattern.fullmatch(value) or value in (".", ".."):
-        raise BundleError(f"{where}: {field}: expected a name matching {pattern.pattern} (it goes into "
+        at = f"{where}: " if where else ""
+        raise BundleError(f"{at}{field}: expected a name matching {pattern.pattern} (it goes into "
                           f"config.pbtxt and the model folder), got {value!r:.80}")
     return value
 
@@ -143,7 +144,7 @@ def build_config(manifest: dict[str, Any], name: str, instances: int | None = No
 
     field, value, model_file = serving_backend(manifest, where)
     inp, out = manifest["input"], manifest["output"]
-    _name(name, "name", "make triton")
+    _name(name, "name", "")
     _name(model_file, "engine_file", where)
     _name(inp["name"], "input.name", where, TENSOR_RE)
     _name(out["name"], "output.name", where, TENSOR_RE)
@@ -347,7 +348,7 @@ def write_repository(bundle: str | Path, out_dir: str | Path, name: str | None =
     manifest = read_manifest(bundle)
     verify_files(bundle, manifest)  # sizes and sha256: never publish a damaged engine
     name = name or re.sub(r"[^A-Za-z0-9_.-]", "_", bundle.resolve().name).lstrip(".") or "model"
-    _name(name, "--name", "make triton")
+    _name(name, "--name", "")
     where = str(bundle / "manifest.json")
     build_config(manifest, name, instances, kind, queue_delay_us, where)  # refusals before any clip is made
 

@@ -308,7 +308,7 @@ def test_build_target_is_resolved_once(monkeypatch, tmp_path, precision, backend
     from export.bundle import target as target_mod
     from runtime.backends import tensorrt_detect
 
-    monkeypatch.setattr(target_mod, "choose_backend", lambda requested: (requested, "asked for"))
+    monkeypatch.setattr(target_mod, "choose_backend", lambda requested, *_: (requested, "asked for"))
     monkeypatch.setattr(tensorrt_detect, "import_tensorrt", lambda: _FakeTensorRT)
     req = BuildRequest(precision=precision, backend=backend, strongly_typed=typed, out=str(tmp_path / "b"))
     t = target_mod.resolve_target(req)

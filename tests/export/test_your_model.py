@@ -182,7 +182,7 @@ def test_a_preset_name_is_a_preprocess(tmp_path, capsys):
     ("labels", "a\nb\n", r"make engine: LABELS=.*labels\.txt: 2 labels, but the model's head has 400 classes"),
     ("preprocess", '{"crop_size": 16, "short_side": 16}',
      r"make engine: PREPROCESS=.*pre\.json: 2 frames, crop 16, but the model takes 2 frames of 32x32"),
-    ("preprocess", '{"std": [0, 1, 1]}', r"make engine: PREPROCESS=.*pre\.json: preprocess\.std: expected 3 numbers"),
+    ("preprocess", '{"std": [0, 1, 1]}', r"make engine: PREPROCESS=.*pre\.json: preprocess\.std: expected 3 numbers .*"),
     ("preprocess", "tiny_8x6", r"make engine: PREPROCESS=tiny_8x6: neither a preset .* nor a JSON file"),
 ])
 def test_bad_labels_or_preprocess_is_one_line_naming_the_option(tmp_path, capsys, k400_pyth, what, content, message):

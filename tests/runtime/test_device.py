@@ -64,7 +64,8 @@ def test_gpu_from_nvidia_smi(monkeypatch, tmp_path):
     smi.chmod(smi.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     assert device.gpu_info() == [{"name": "NVIDIA H200", "compute_capability": "9.0", "driver": "570.86.15",
-                                  "cuda_driver_api": "12.8", "gpu_memory_mib": 143771, "pci_bus_id": "00000000:19:00.0"}]
+                                  "cuda_driver_api": "12.8", "gpu_memory_mib": 143771,
+                                  "pci_bus_id": "00000000:19:00.0"}]
 
 
 def test_fingerprint_key_follows_what_changes_results(monkeypatch):
@@ -87,8 +88,8 @@ def test_fingerprint_key_follows_what_changes_results(monkeypatch):
 
 
 def test_the_record_needs_neither_torch_nor_psutil():
-    code = ("import sys, runtime.device as d; r = d.fingerprint(); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'psutil', 'onnxruntime', 'openvino')))")
+    code = ("import sys, runtime.device as d; r = d.fingerprint(); print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('torch', 'psutil', 'onnxruntime', 'openvino')))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          cwd=Path(__file__).resolve().parents[2])
     assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr
