@@ -157,8 +157,8 @@ def hf_preprocess(d: dict[str, Any], base: PreprocessConfig, where: str) -> tupl
         raise TaskInputError(f"{where}: {e}") from e
 
 
-def read_preprocess(spec: str, base: PreprocessConfig, option: str = "PREPROCESS") -> tuple[PreprocessConfig, str,
-                                                                                               list[str]]:
+def read_preprocess(spec: str, base: PreprocessConfig, option: str = "PREPROCESS", base_from: str = ""
+                    ) -> tuple[PreprocessConfig, str, list[str]]:
     """``PREPROCESS=``: a preset name (its preprocessing) or a JSON file: fields of
     :class:`~runtime.preprocess.PreprocessConfig` laid over ``base``, or a Hugging Face ``preprocessor_config.json``."""
     if spec in PRESETS:
@@ -175,9 +175,11 @@ def read_preprocess(spec: str, base: PreprocessConfig, option: str = "PREPROCESS
         raise TaskInputError(f"{where}: expected a JSON object, got {type(d).__name__}")
     if {"image_mean", "image_std", "crop_size", "do_normalize"} & set(d):
         pre, notes = hf_preprocess(d, base, where)
-        return pre, f"{where} (Hugging Face image processor)", notes
+        return pre, f"{where} (Hugging Face image processor; frames and sampling: {base_from or 'defaults'})", notes
+    missing = sorted(set(base.to_dict()) - set(d))
+    said = f"{where} (other fields, {', '.join(missing)}: {base_from or 'defaults'})" if missing else where
     try:
-        return PreprocessConfig.from_dict({**base.to_dict(), **d}), where, []
+        return PreprocessConfig.from_dict({**base.to_dict(), **d}), said, []
     except (TypeError, ValueError) as e:
         raise TaskInputError(f"{where}: {e}") from e
 
@@ -258,7 +260,7 @@ def resolve_task_inputs(cfg: TimeSformerConfig, *, own_labels: list[str] | None 
     names, labels_from = _choose_labels(cfg, own_labels, own_labels_from, labels)
     pre, pre_from, notes = _choose_preprocess(cfg, own_preprocess, own_preprocess_from, hf_preprocessor)
     if preprocess:
-        pre, pre_from, more = read_preprocess(preprocess, pre)
+        pre, pre_from, more = read_preprocess(preprocess, pre, base_from=pre_from)
         notes = notes + more
     _check_fits(pre, cfg, f"PREPROCESS={preprocess}" if preprocess else pre_from)
     if random_weights:

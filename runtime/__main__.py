@@ -11,6 +11,8 @@ video shorter than one clip, no frames) is reported and the exit status is 1; us
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .cli_args import ArgumentParser, UsageError
+from .cli_args import ArgumentParser, UsageError, one_line
 from .engine import Engine, InputError
-from .files import check_output_file
+from .files import check_output_file, temp_path_beside
 from .manifest import BundleError
 from .sources import VideoSource, is_live
 from .video_source import iter_frames
@@ -94,12 +96,18 @@ def main(argv: list[str] | None = None) -> int:
         print("python -m runtime: --out draws one source; got several", file=sys.stderr)
         return 2
     for src in args.source:  # a missing file is a user error, found before the engine loads
+        if not src.strip():  # '' would be Path('.'), which exists
+            print(f"python -m runtime: source {src!r}: empty; expected a video file, an rtsp:// URL or a camera "
+                  "index", file=sys.stderr)
+            return 2
         if not is_live(src) and not Path(src).exists():
             print(f"python -m runtime: {src}: no such file", file=sys.stderr)
             return 2
     for name, ok, expected in (("retries", args.retries >= -1, "0 or more (-1: forever)"),
                                ("retry_for_s", args.retry_for_s is None or args.retry_for_s > 0, "a positive number"),
-                               ("backoff_max_s", args.backoff_max_s >= 0.5, "at least 0.5 (the first delay)"),
+                               ("backoff_max_s", 0.5 <= args.backoff_max_s < math.inf,
+                                "a finite number, at least 0.5 (the first delay)"),
+                               ("max_wait_ms", 0 <= args.max_wait_ms < math.inf, "a finite number >= 0"),
                                ("metrics_port", args.metrics_port is None or 0 <= args.metrics_port <= 65535,
                                 "a TCP port 0..65535")):
         if not ok:
@@ -112,22 +120,43 @@ def main(argv: list[str] | None = None) -> int:
             print(f"python -m runtime: --{name.replace('_', '-')}: expected a positive integer, got {v}",
                   file=sys.stderr)
             return 2
-    if args.out:
-        try:  # never the input (issue 28 #2), and a folder that exists (#19)
-            check_output_file(args.out, [s for s in args.source if not is_live(s)] + [args.bundle])
-        except ValueError as e:
-            print(f"python -m runtime: {e}", file=sys.stderr)
-            return 2
-
-    opts = {"threads": args.threads} if args.threads is not None else {}
+    tmp = None
     try:
+        if args.out:  # checked, and its temporary file made, before the engine loads
+            tmp = _out_temp(args.out, [s for s in args.source if not is_live(s)] + [args.bundle])
+        opts = {"threads": args.threads} if args.threads is not None else {}
         engine = Engine(args.bundle, device=args.device, **opts)
         if len(args.source) == 1 and (args.out or not is_live(args.source[0])):
-            return _run(args, engine, args.source[0])  # a live source goes through the hub: retried like several
+            return _run(args, engine, args.source[0], tmp)  # a live source goes through the hub: retried like several
         return _run_hub(args, engine)
-    except (BundleError, InputError, RuntimeError, ValueError) as e:
-        print(f"python -m runtime: {e}", file=sys.stderr)
+    except (BundleError, InputError, RuntimeError, ValueError, OSError) as e:  # av's errors are OSErrors
+        print(f"python -m runtime: {one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # while the engine loads (a run itself ends cleanly on Ctrl-C)
+        print("python -m runtime: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if tmp is not None:  # not published (an error): the user's --out file, if any, stays as it was
+            tmp.unlink(missing_ok=True)
+
+
+#: containers --out can write (H.264 video); another name fails in the encoder only after the engine loaded
+OUT_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v", ".avi")
+
+
+def _out_temp(out: str, inputs: list[str]) -> Path:
+    """Check ``--out`` and make its temporary file beside it: the video is written there and renamed onto ``out``
+    when the run ends, so a failed run never leaves a half-written file (nor truncates one that was there)."""
+    check_output_file(out, tuple(inputs))  # never the input (issue 28 #2), and a folder that exists (#19)
+    p = Path(out)
+    if p.suffix.lower() not in OUT_SUFFIXES:
+        raise ValueError(f"--out {out}: expected a video file name ending in {', '.join(OUT_SUFFIXES)}")
+    if p.exists() and not p.is_file():  # a FIFO or a device: the muxer needs a plain file it can seek
+        raise ValueError(f"--out {out}: exists and is not a plain file; expected a video file name")
+    try:
+        return temp_path_beside(p, p.suffix)
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot write in {p.parent} ({one_line(e)})") from None
 
 
 def _no_prediction(source: str, frames: int, cfg: PreprocessConfig) -> str:
@@ -139,7 +168,7 @@ def _no_prediction(source: str, frames: int, cfg: PreprocessConfig) -> str:
             f"{cfg.num_frames} sampled every {cfg.sampling_rate}); no prediction")
 
 
-def _run(args: argparse.Namespace, engine: Engine, source: str) -> int:
+def _run(args: argparse.Namespace, engine: Engine, source: str, tmp: Path | None = None) -> int:
     stream = engine.stream(every=args.every, top_k=args.top_k)
     print(f"engine: {engine.describe()['backend']} {engine.precision}, clip {engine.clip_shape}, "
           f"predicting every {stream.every} frames", flush=True)
@@ -157,7 +186,7 @@ def _run(args: argparse.Namespace, engine: Engine, source: str) -> int:
                 print(f"frame {n:6d}: {top}  ({pred.latency_ms:.1f} ms)", flush=True)
             if args.out:
                 if writer is None:
-                    writer = _writer(args.out, frame.shape[1], frame.shape[0], args.fps)
+                    writer = _writer(str(tmp), frame.shape[1], frame.shape[0], args.fps)
                 import av
                 out_frame = _draw(frame, lines)[: writer[1].height, : writer[1].width]
                 for packet in writer[1].encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(out_frame), "rgb24")):
@@ -166,10 +195,14 @@ def _run(args: argparse.Namespace, engine: Engine, source: str) -> int:
         pass
     finally:
         if writer is not None:
-            for packet in writer[1].encode():
-                writer[0].mux(packet)
-            writer[0].close()
+            try:
+                for packet in writer[1].encode():
+                    writer[0].mux(packet)
+            finally:
+                writer[0].close()
         engine.close()
+    if writer is not None and tmp is not None:  # the whole run (or up to Ctrl-C) was written: publish it
+        os.replace(tmp, args.out)
     dt = time.perf_counter() - t_start
     print(f"{n} frames, {predictions} predictions in {dt:.1f} s ({n / max(dt, 1e-9):.1f} frames/s)")
     if predictions == 0:
@@ -230,7 +263,8 @@ def _summary(args: argparse.Namespace, engine: Engine, m: dict[str, Any], dt: fl
     """Per camera: its state, counts, reconnects and last error; exit status 1 when a camera predicted nothing."""
     b = m["batching"]
     print(f"{len(args.source)} camera(s) in {dt:.1f} s; batch sizes {m['batch_sizes']}, device busy "
-          f"{100 * m['device_time_share']:.0f}% of the time; batching {'on' if b['batched'] else 'off'} ({b['reason']})")
+          f"{100 * m['device_time_share']:.0f}% of the time; batching {'on' if b['batched'] else 'off'} "
+          f"({b['reason']})")
     status = 0
     for cid, c in m["cameras"].items():
         src = args.source[int(cid)]

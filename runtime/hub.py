@@ -15,7 +15,14 @@ file that is not read in real time makes its decoding thread wait instead. Batch
 window first, one window per camera per round, so a busy camera cannot starve the others.
 
 Sources (files, URLs, camera indices, frame factories, or frames pushed by the app) decode on their
-own threads and are re-opened with exponential backoff when they drop (see :mod:`runtime.sources`).
+own threads and are re-opened with exponential backoff when they drop (see :mod:`runtime.sources`), until
+``retries`` consecutive attempts gave no frame or the outage lasted ``retry_for_s``. Every camera has a state:
+``connecting``, ``live``, ``retrying``, ``failed`` (or ``ended`` for a file, ``removed``), with its last error,
+in :meth:`CameraHub.metrics` and reported to ``on_status`` on each change.
+
+``batching``: ``"on"`` batches across cameras up to the engine's largest batch, ``"off"`` runs one window per
+call, ``"auto"`` measures which costs less per window on this device and keeps measuring
+(:mod:`runtime.batching`); ``metrics()["batching"]`` says which it chose.
 
 Works with any :class:`runtime.engine_api.BatchEngine` (``preprocess``, ``clip_shape``, ``batch_range``, ``labels``,
 ``infer(x)``, ``close()``): ``runtime.Engine`` or ``runtime.remote.RemoteEngine``.

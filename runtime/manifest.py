@@ -52,6 +52,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import stat
 import unicodedata
 from collections.abc import Iterable
@@ -126,14 +127,18 @@ def _str(where: str, field: str, v: Any, choices: Iterable[str] | None = None) -
     return v
 
 
+#: the names a bundle may give its files: a strict pattern, so a name can go into generated configs unescaped
+_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
+
+
 def check_file_name(name: Any, where: str = "bundle", field: str = "file name") -> str:
     """A plain file name inside the bundle: no directory part, not absolute, not ``.``/``..``; returns it."""
     if not isinstance(name, str) or not name:
         raise _fail(where, field, "a plain file name inside the bundle", name)
-    if (name in (".", "..") or "/" in name or "\\" in name or "\0" in name or os.path.isabs(name)
-            or len(name.encode("utf-8", "surrogatepass")) > 255 or name == MANIFEST_NAME):
-        raise _fail(where, field, f"a plain file name inside the bundle (no '/', no '..', not absolute, not "
-                                  f"{MANIFEST_NAME})", name)
+    if not _FILE_NAME.fullmatch(name) or len(name) > 255 or name == MANIFEST_NAME:
+        raise _fail(where, field, f"a plain file name inside the bundle (letters, digits, '_', '.', '+', '-'; "
+                                  f"no '/', no '..', no quotes, spaces or control characters; not {MANIFEST_NAME})",
+                    name)
     return name
 
 

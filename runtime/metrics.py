@@ -102,7 +102,8 @@ class HubExporter:
         error = GaugeMetricFamily(f"{PREFIX}camera_last_error_info", "the camera's last error",
                                   labels=["camera", "error"])
         queued = GaugeMetricFamily(f"{PREFIX}camera_queued", "windows waiting", labels=["camera"])
-        counters = {key: CounterMetricFamily(f"{PREFIX}{name}", text, labels=["camera"]) for key, name, text in _COUNTERS}
+        counters = {key: CounterMetricFamily(f"{PREFIX}{name}", text, labels=["camera"])
+                    for key, name, text in _COUNTERS}
         for cid, c in m["cameras"].items():
             states = STATES if c["status"] in STATES else (*STATES, c["status"])
             for s in states:

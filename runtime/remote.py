@@ -33,6 +33,7 @@ from typing import Any, Sequence, TypeGuard
 
 import numpy as np
 
+from .engine import check_batch_memory
 from .engine_api import EngineAPI
 from .errors import InputError
 from .manifest import MAX_BATCH, MAX_CLASSES, check_labels
@@ -62,10 +63,14 @@ class RemoteEngine:
 
     def __init__(self, url: str, timeout_s: float = 30.0, retries: int = 3, backoff_s: float = 0.2,
                  fetch_meta: bool = True) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"url: expected http://host:port, got {url!r}")
+        _check_url(url)
         if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
             raise ValueError(f"timeout_s: expected a positive number of seconds, got {timeout_s!r}")
+        if not _is_int(retries) or retries < 0:  # -1 made zero attempts ("no answer after 0 attempt(s)")
+            raise ValueError(f"retries: expected an integer >= 0 (attempts after the first), got {retries!r}")
+        if not (isinstance(backoff_s, (int, float)) and not isinstance(backoff_s, bool) and math.isfinite(backoff_s)
+                and backoff_s >= 0):  # a negative or NaN one failed only at the first retry, inside time.sleep
+            raise ValueError(f"backoff_s: expected a number of seconds >= 0, got {backoff_s!r}")
         self.url = url.rstrip("/")
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
         self._lock = threading.Lock()
@@ -113,6 +118,11 @@ class RemoteEngine:
         for field in ("precision", "bundle_id"):
             if not isinstance(m.get(field), str) or not m[field]:
                 raise bad(field, "a non-empty string")
+        spec = {"shape": [None, *shape], "dtype": m["input_dtype"], "batch": {"max": br[1]}}
+        try:  # a clip (or batch) too large for this machine: a stream's ring and a batch are allocated here
+            check_batch_memory({"input": spec}, f"{where}: the served bundle")
+        except ValueError as e:
+            raise RemoteEngineError(str(e)) from None
         self.meta = m
         self.preprocess = pre
         self.clip_shape: tuple[int, ...] = shape
@@ -135,7 +145,11 @@ class RemoteEngine:
                                     f"{self.bundle_id!r} whose metadata this client read: the server was redeployed "
                                     "with another bundle; create a new RemoteEngine")
         try:
-            logits = np.asarray(out.get("logits"), np.float32)
+            raw = np.asarray(out.get("logits"))
+            if raw.dtype.kind not in "iuf":  # strings, booleans (JSON true is not a number), None, ragged lists
+                raise TypeError(raw.dtype)
+            with np.errstate(over="ignore"):  # beyond float32: inf, refused below as non-finite
+                logits = raw.astype(np.float32)
         except (TypeError, ValueError, OverflowError):
             raise RemoteEngineError(f"{where}: logits: expected numbers, got {str(out.get('logits'))[:80]}") from None
         classes = self.num_classes if self.meta else (logits.shape[-1] if logits.ndim == 2 else -1)
@@ -297,6 +311,17 @@ class RemoteEngine:
             conn.close()
             if expired.is_set():  # the deadline passed while the answer was read: it is not trusted whole
                 raise TimeoutError(f"no complete answer within timeout_s={self.timeout_s:g} s")
+
+
+def _check_url(url: Any) -> None:
+    """``http(s)://host[:port][/prefix]``, with a host and a valid port; ``ValueError`` naming ``url`` otherwise."""
+    u = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+    try:
+        ok = u is not None and u.scheme in ("http", "https") and bool(u.hostname) and (u.port is None or u.port > 0)
+    except ValueError:  # a port that is not a number or out of range
+        ok = False
+    if not ok:
+        raise ValueError(f"url: expected http://host:port, got {url!r}")
 
 
 def _error_text(data: bytes) -> str:

@@ -49,7 +49,7 @@ class FrameSource:
 class VideoSource(FrameSource):
     """A video file, an ``rtsp://``/``http://`` URL or a camera index, decoded by PyAV.
 
-    Network streams and cameras are retried forever (with backoff) when they drop or fail to open; a
+    Network streams and cameras are retried (with backoff, up to the hub's bound) when they drop or fail to open; a
     file is retried only with ``loop=True`` (it then also restarts when it ends, and a file that was
     removed is waited for). ``realtime=True`` paces a file at its frame rate, as a camera would deliver it.
     """

@@ -180,8 +180,15 @@ def _build(
         seed=seed,
         batch=(1, 1, 1),
         allow_parity_failure=True,
+        random_weights=_is_preset(model),  # a benchmark of a preset's speed: random weights, said in its manifest
     )
     return build_bundle(req)
+
+
+def _is_preset(model: str) -> bool:
+    from models import PRESETS
+
+    return model in PRESETS
 
 
 def _load_times(bundle: Path, threads: int, work: Path) -> dict[str, float]:

@@ -20,7 +20,7 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -109,7 +109,12 @@ def _load_model(req: BuildRequest) -> _Model:
     """Step 1: the checkpoint, ONNX file or preset (RANDOM_WEIGHTS=1), its labels and preprocessing (given or
     inferred, export/bundle/model_source.py) and the calibration clips it calls for."""
     log.info("[engine] 1/5 loading %s", req.model)
-    model = load_model(req, log.info)
+    if req.model.endswith(".onnx"):  # MODEL=model.onnx: ONNX Runtime is the reference (export/bundle/onnx_source.py)
+        from export.bundle.onnx_source import load_onnx_model
+
+        model = load_onnx_model(req, log.info)
+    else:
+        model = load_model(req, log.info)
     try:  # one printable line per label (issue 28 #23): refused now, not at parity in the staging folder
         from runtime.manifest import check_labels
 

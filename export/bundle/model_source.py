@@ -44,10 +44,6 @@ def load_model(req: BuildRequest, log: Callable[[str], None]) -> LoadedModel:
     from models import PRESETS, SourceError, load_source, model_task
     from models.task_inputs import TaskInputError, resolve_task_inputs
 
-    if req.model.endswith(".onnx"):
-        from export.bundle.onnx_source import load_onnx_model
-
-        return load_onnx_model(req, log)
     random = req.model in PRESETS
     if random and not req.random_weights:
         raise BuildError(f"MODEL={req.model} is a preset: an architecture without trained weights, so its bundle "

@@ -222,6 +222,13 @@ def _model_clip_shape(model: str) -> list[int]:
 
     if model in PRESETS:
         c = PRESETS[model].config
+    elif model.endswith(".onnx") and Path(model).is_file():  # MODEL=model.onnx (export/bundle/onnx_source.py)
+        from export.bundle.onnx_layout import OnnxLayoutError, onnx_clip_shape
+
+        try:
+            return onnx_clip_shape(model)
+        except OnnxLayoutError as e:
+            raise BuildError(str(e)) from e
     else:
         if not Path(model).exists():
             raise BuildError(f"MODEL={model!r}: neither a preset ({', '.join(sorted(PRESETS))}) nor an existing path")

@@ -211,9 +211,10 @@ def check_configs(texts: dict[str, str], manifest: dict[str, Any], info: dict[st
     p = parse_configs(texts["config_preprocess.txt"], "config_preprocess.txt")
     i = parse_configs(texts["config_infer.txt"], "config_infer.txt")
     n = info["input"]["batch"]
-    got = (p["property"]["tensor-name"], _ints(p["property"]["network-input-shape"]), p["property"]["network-input-order"],
-           int(p["user-configs"]["subsample"]) + 1, int(i["property"]["batch-size"]), i["property"]["input-tensor-from-meta"],
-           i["property"]["network-type"], int(p["property"]["processing-width"]), int(p["property"]["processing-height"]))
+    pp, ip = p["property"], i["property"]
+    got = (pp["tensor-name"], _ints(pp["network-input-shape"]), pp["network-input-order"],
+           int(p["user-configs"]["subsample"]) + 1, int(ip["batch-size"]), ip["input-tensor-from-meta"],
+           ip["network-type"], int(pp["processing-width"]), int(pp["processing-height"]))
     want = (manifest["input"]["name"], [n, 3, pre.num_frames, pre.crop_size, pre.crop_size], "2",
             max(1, pre.sampling_rate), n, "1", "1", pre.crop_size, pre.crop_size)
     if got != want:
@@ -242,7 +243,8 @@ def _engine_onnx(bundle: Path, manifest: dict[str, Any], onnx_path: str | None, 
     for f in sorted(Path(cache).rglob("*.onnx")) if want and Path(cache).is_dir() else []:
         if sha256_file(f) == want:
             return f
-    raise BundleError(f"{bundle}: the bundle is {manifest['backend']}: {why.get(manifest['backend'], '')}; its engine ONNX "
+    raise BundleError(f"{bundle}: the bundle is {manifest['backend']}: {why.get(manifest['backend'], '')}; its "
+                      "engine ONNX "
                       f"(sha256 {str(want)[:16]}...) is not in {cache}: pass --onnx <file> (make engine's cache, or "
                       "make onnx of the same model)")
 

@@ -162,7 +162,7 @@ def run_bundle_step(name: str, work: Path) -> dict[str, Any]:
     t = time.perf_counter()
     req = BuildRequest(model=model, precision=precision, backend="tensorrt", batch=(1, 2, 4),
                        out=str(work / f"{stem}-{precision}"), cache_dir=str(work / "cache"), calib_clips=4,
-                       parity_clips=4, allow_parity_failure=True)
+                       parity_clips=4, allow_parity_failure=True, random_weights=model != MOTION)
     bundle = build_bundle(req)
     step: dict[str, Any] = {"build_seconds": round(time.perf_counter() - t, 1)}
     with Engine(bundle) as e:

@@ -110,6 +110,7 @@ class _Replica:
         # exactly the engine's
         self.clip_cfg = dataclasses.replace(cfg, short_side=cfg.crop_size, num_crops=1)
         self.lo, self.hi = e.batch_range
+        self.on_call: Any = None  # (clips, seconds) per engine call: the replica's metrics (runtime/serving/metrics.py)
 
     def meta(self) -> dict[str, Any]:
         """What a client needs to use the served engine (``RemoteEngine`` reads it once)."""
@@ -151,7 +152,10 @@ class _Replica:
             n = len(chunk)
             if n < self.lo:  # a TensorRT profile may start above 1: pad with copies of the last row
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.lo - n, axis=0)])
+            t0 = time.perf_counter()
             outs.append(self.engine.infer(chunk)[:n])
+            if self.on_call is not None:
+                self.on_call(n, time.perf_counter() - t0)
         logits = outs[0] if len(outs) == 1 else np.concatenate(outs)
         bounds = np.cumsum([len(r) for r in rows])[:-1]
         return np.split(logits, bounds)
@@ -215,6 +219,10 @@ def build_app(opts: ServeOptions) -> Any:
             self.actor_name = rt.get_actor_name()
             self.namespace = rt.namespace
             self.served = 0
+            from .metrics import ServingMetrics
+
+            self.metrics = ServingMetrics(self.core.engine, self.replica, max_batch)
+            self.core.on_call = self.metrics.engine_call
 
         @serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=opts.batch_wait_ms / 1e3,
                      batch_size_fn=lambda items: sum(len(r) for r in items))
@@ -232,6 +240,15 @@ def build_app(opts: ServeOptions) -> Any:
 
         async def __call__(self, request: Any) -> Any:
             path = request.url.path.rstrip("/")
+            endpoint = path.rsplit("/", 1)[-1] if path in (f"{API_PREFIX}/predict", f"{API_PREFIX}/infer") else None
+            t_in = time.perf_counter()
+            answer = await self._answer(request, path)
+            if endpoint is not None:
+                ok = answer.status_code == 200
+                self.metrics.request(endpoint, answer.status_code, time.perf_counter() - t_in if ok else None)
+            return answer
+
+        async def _answer(self, request: Any, path: str) -> Any:
             try:
                 if path in (f"{API_PREFIX}/predict", f"{API_PREFIX}/infer"):
                     if request.method != "POST":
@@ -266,8 +283,21 @@ def build_app(opts: ServeOptions) -> Any:
                     return _json({"status": "ok", "replica": self.replica, "actor": self.actor_name,
                                   "namespace": self.namespace, "pid": os.getpid(), "served": self.served,
                                   "batching": batching, "max_batch": max_batch, **self.core.engine.describe()})
+                if path == f"{API_PREFIX}/metrics":
+                    if request.method != "GET":
+                        raise HttpError(405, f"{path}: expected GET, got {request.method}")
+                    text = self.metrics.render()
+                    if text is None:
+                        raise HttpError(501, f"{path}: this replica has no prometheus_client (pip install "
+                                             "'timesformer-runtime[metrics]'); Ray's metrics endpoint still has them")
+                    from starlette.responses import Response
+
+                    from .metrics import CONTENT_TYPE
+
+                    return Response(text, media_type=CONTENT_TYPE)
                 raise HttpError(404, f"{request.url.path}: no such endpoint; expected {API_PREFIX}/predict, "
-                                     f"{API_PREFIX}/infer, {API_PREFIX}/health or {API_PREFIX}/meta")
+                                     f"{API_PREFIX}/infer, {API_PREFIX}/health, {API_PREFIX}/meta or "
+                                     f"{API_PREFIX}/metrics")
             except HttpError as e:
                 return _json({"error": e.message}, e.status)
             except InputError as e:  # what the engine itself refuses; anything else is a server fault (500)

@@ -19,6 +19,7 @@ of numbers; its shape, dtype and options travel in headers::
 
     GET  /v1/health    -> 200 {"status": "ok", "replica": id, "actor": name, "namespace": ns, ...}
     GET  /v1/meta      -> 200 the bundle's input/output/preprocess/labels/batch range
+    GET  /v1/metrics   -> 200 Prometheus text of the answering replica (runtime/serving/metrics.py)
 
 Bad input is answered with a 4xx and ``{"error": message}`` naming the header or field, what was expected
 and what came: 400 bad headers/shape/size, 404 unknown path, 405 wrong method, 413 body too large,

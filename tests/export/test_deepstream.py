@@ -118,3 +118,21 @@ def _bad_labels(bundle: Path, manifest: dict, tmp_path: Path) -> str:
     manifest["files"][manifest["labels_file"]] = {"sha256": sha256_file(copy / manifest["labels_file"]),
                                                   "size": (copy / manifest["labels_file"]).stat().st_size}
     return ds._labels_line(copy, manifest)
+
+
+def test_a_tensorrt_bundle_goes_through_its_engine_onnx_found_by_sha256(fp32_bundle: Path, tmp_path: Path) -> None:
+    manifest = {**json.loads((fp32_bundle / "manifest.json").read_text()), "backend": "tensorrt",
+                "engine_file": "model.plan"}
+    want = manifest["source"]["onnx_sha256"]
+    found = ds._engine_onnx(fp32_bundle, manifest, None, str(fp32_bundle.parent / "cache"))
+    from runtime.files import sha256_file
+
+    assert sha256_file(found) == want  # the ONNX the plan was built from, not the plan (B, T, 3, H, W)
+    with pytest.raises(ValueError, match=r"plan takes \(B, T, 3, H, W\).*pass --onnx"):
+        ds._engine_onnx(fp32_bundle, manifest, None, str(tmp_path))
+    other = tmp_path / "other.onnx"
+    other.write_bytes(b"not the engine onnx")
+    with pytest.raises(ValueError, match="not the ONNX this bundle was built from"):
+        ds._engine_onnx(fp32_bundle, manifest, str(other), str(tmp_path))
+    with pytest.raises(ValueError, match="ONNX Runtime-only|TensorRT cannot read"):
+        ds._deepstream_onnx(fp32_bundle / "model.onnx", manifest)  # the ORT-optimised file: com.microsoft ops

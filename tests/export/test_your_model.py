@@ -144,7 +144,7 @@ def test_the_official_k400_checkpoint_predicts_kinetics_names(tmp_path, capsys, 
 def test_published_label_lists_have_their_counts():
     from models.task_inputs import PUBLISHED_LABELS, published_labels
 
-    for n, (name, file) in PUBLISHED_LABELS.items():
+    for n, (name, _) in PUBLISHED_LABELS.items():
         labels, said = published_labels(n)
         assert len(labels) == len(set(labels)) == n and name in said
     assert published_labels(174)[0][0] == "Approaching something with your camera"
@@ -166,7 +166,9 @@ def test_labels_and_preprocess_override_the_checkpoint(tmp_path, capsys, k400_py
     assert (pre["sampling_rate"], pre["short_side"], pre["crop_size"], pre["mean"], pre["std"],
             pre["channel_order"]) == (4, 36, 32, [0.5, 0.4, 0.3], [0.2, 0.25, 0.3], "BGR")
     assert m["provenance"]["labels"] == f"LABELS={tmp_path / 'labels.txt'}"
-    assert m["provenance"]["preprocess"] == f"PREPROCESS={tmp_path / 'pre.json'}"
+    assert m["provenance"]["preprocess"] == (f"PREPROCESS={tmp_path / 'pre.json'} (other fields, crop_size, num_crops, "
+                                             "num_frames, sampling: the Kinetics-400 protocol at the model's size (2 "
+                                             "frames dense, rate 128: 256 source frames; mean 0.45, std 0.225))")
 
 
 def test_a_preset_name_is_a_preprocess(tmp_path, capsys):
@@ -182,7 +184,8 @@ def test_a_preset_name_is_a_preprocess(tmp_path, capsys):
     ("labels", "a\nb\n", r"make engine: LABELS=.*labels\.txt: 2 labels, but the model's head has 400 classes"),
     ("preprocess", '{"crop_size": 16, "short_side": 16}',
      r"make engine: PREPROCESS=.*pre\.json: 2 frames, crop 16, but the model takes 2 frames of 32x32"),
-    ("preprocess", '{"std": [0, 1, 1]}', r"make engine: PREPROCESS=.*pre\.json: preprocess\.std: expected 3 numbers .*"),
+    ("preprocess", '{"std": [0, 1, 1]}',
+     r"make engine: PREPROCESS=.*pre\.json: preprocess\.std: expected 3 numbers .*"),
     ("preprocess", "tiny_8x6", r"make engine: PREPROCESS=tiny_8x6: neither a preset .* nor a JSON file"),
 ])
 def test_bad_labels_or_preprocess_is_one_line_naming_the_option(tmp_path, capsys, k400_pyth, what, content, message):
@@ -242,3 +245,134 @@ def test_an_hf_bundle_preprocesses_as_its_preprocessor_config_says(tmp_path, cap
         p = engine.predict(frames, top_k=5)
     np.testing.assert_allclose(p.logits, want, atol=1e-4, rtol=1e-4)
     assert p.label == f"hf action {int(np.argmax(want))}"
+
+
+# ------------------------------------------------------------------------------------------ in from ONNX
+
+class _OfficialLayout(torch.nn.Module):
+    """The official TimeSformer's input, (batch, 3, frames, H, W), in front of our model."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.permute(0, 2, 1, 3, 4))
+
+
+@pytest.fixture(scope="module")
+def official_onnx(tmp_path_factory, k400_pyth) -> Path:
+    """A third-party-style ONNX export: official layout, other tensor names, no metadata of ours."""
+    from models import load_checkpoint
+
+    net = load_checkpoint(k400_pyth).eval()
+    path = tmp_path_factory.mktemp("onnx") / "official.onnx"
+    torch.onnx.export(_OfficialLayout(net), (torch.zeros(1, 3, 2, 32, 32),), str(path), input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, opset_version=17,
+                      dynamo=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def kinetics_pre(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("pre") / "kinetics_tiny.json"
+    path.write_text(json.dumps({"num_frames": 2, "sampling_rate": 4, "short_side": 32, "crop_size": 32}))
+    return path
+
+
+@pytest.mark.parametrize("backend,precision", [("onnxruntime", "fp32"), ("onnxruntime", "fp16"),
+                                               ("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "fp16"),
+                                               ("openvino", "int8")])
+def test_an_official_layout_onnx_builds_every_cpu_backend_and_precision(tmp_path, capsys, official_onnx,
+                                                                         kinetics_pre, k400_pyth, backend, precision):
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    extra = ["--calib", "synthetic"] if precision == "int8" else []
+    rc, out, err = _build(capsys, "--model", str(official_onnx), "--preprocess", str(kinetics_pre), "--precision",
+                          precision, *extra, "--allow-precision-fallback", *_common(tmp_path, "o", backend))
+    assert rc == 0, err
+    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    prov = m["provenance"]
+    assert prov["weights"] == "onnx" and prov["reference"].startswith("ONNX Runtime FP32 of the given ONNX file")
+    assert any(n.startswith("input layout: the official (batch, 3, frames, H, W)") for n in prov["notes"])
+    assert m["input"]["name"] == "video" and m["input"]["shape"] == [-1, 2, 3, 32, 32]
+    assert m["source"]["onnx_input_layout"] == "BCTHW" and m["parity"]["passed"]
+    ref = json.loads((tmp_path / "o" / "reference.json").read_text())
+    assert ref["reference"].startswith("ONNX Runtime FP32 of the given ONNX file")
+    # The bundle computes the PyTorch model on our layout: the Transpose in front undoes the official one.
+    from models import load_checkpoint
+    from runtime.preprocess import preprocess_frames
+
+    net = load_checkpoint(k400_pyth).eval()
+    frames = _frames(2, 32, 40, seed=5)
+    with Engine(tmp_path / "o") as engine:
+        p = engine.predict(frames, top_k=1)
+        clip = preprocess_frames(frames, engine.preprocess)
+    with torch.no_grad():
+        want = net(torch.from_numpy(clip[None]))[0].numpy()
+    cos = float(np.dot(p.logits, want) / np.linalg.norm(p.logits) / np.linalg.norm(want))
+    assert cos > (0.9999 if precision == "fp32" else 0.99), cos
+    assert p.label in (LABELS_DIR / "kinetics400.txt").read_text().splitlines()
+
+
+def test_an_onnx_without_preprocessing_is_refused(tmp_path, capsys, official_onnx):
+    rc, _, err = _build(capsys, "--model", str(official_onnx), *_common(tmp_path, "o"))
+    assert rc == 2 and err.startswith(f"make engine: MODEL={official_onnx} carries no preprocessing: set PREPROCESS=")
+
+
+def test_int8_of_an_onnx_needs_calib(tmp_path, capsys, official_onnx, kinetics_pre):
+    rc, _, err = _build(capsys, "--model", str(official_onnx), "--preprocess", str(kinetics_pre), "--precision",
+                        "int8", *_common(tmp_path, "o"))
+    assert rc == 2 and err.startswith("make engine: PRECISION=int8 needs CALIB=")
+
+
+def test_an_onnx_of_ours_brings_its_labels_and_preprocessing(tmp_path, capsys, k400_pyth):
+    """``make onnx`` writes labels and preprocessing into the file: the bundle takes them, layout ours."""
+    from export.onnx.export import main as onnx_main
+
+    onnx_path = tmp_path / "ours.onnx"
+    assert onnx_main(["--model", str(k400_pyth), "--out", str(onnx_path)]) == 0
+    rc, out, err = _build(capsys, "--model", str(onnx_path), *_common(tmp_path, "o"))
+    assert rc == 0, err
+    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert m["source"]["onnx_input_layout"] == "BTCHW"
+    assert m["provenance"]["preprocess"] == f"{onnx_path} (its metadata)"
+    assert (tmp_path / "o" / "labels.txt").read_text().splitlines()[0] == "abseiling"
+
+
+@pytest.mark.parametrize("rank_bad", ["batch", "channels"])
+def test_an_onnx_with_another_input_is_refused_naming_it(tmp_path, capsys, kinetics_pre, rank_bad):
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(4))
+    shape = (1, 2, 4, 32, 32) if rank_bad == "channels" else (1, 2, 3, 32, 32)
+    net(torch.zeros(shape))
+    path = tmp_path / "other.onnx"
+    axes = {"x": {0: "b"}} if rank_bad == "channels" else None
+    torch.onnx.export(net, (torch.zeros(shape),), str(path), input_names=["x"], dynamic_axes=axes, dynamo=False)
+    rc, _, err = _build(capsys, "--model", str(path), "--preprocess", str(kinetics_pre), *_common(tmp_path, "o"))
+    want = "has a fixed batch of 1" if rank_bad == "batch" else "no axis of 3 channels"
+    assert rc == 2 and err.startswith(f"make engine: MODEL={path}: input 'x'") and want in err, err
+
+
+def test_plan_only_reads_an_onnx_clip_shape(capsys, official_onnx):
+    assert main(["--model", str(official_onnx), "--backend", "tensorrt", "--plan-only", "--trt-version", "10.3",
+                 "--precision", "fp16"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["profile"]["opt"] == [1, 2, 3, 32, 32]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_an_onnx_builds_a_tensorrt_bundle_on_the_fakes(tmp_path, monkeypatch, official_onnx, kinetics_pre,
+                                                       precision):
+    """The TensorRT path (fake TensorRT and cuda-python, tests/support/fake_tensorrt.py): the given ONNX, its
+    official layout transposed, parity against ONNX Runtime FP32."""
+    pytest.importorskip("onnxruntime")
+    from tests.support.fake_tensorrt import FakeCudart, install
+
+    from export.bundle.build import BuildRequest, build_bundle
+
+    install(monkeypatch, FakeCudart(), "10.3.0")
+    req = BuildRequest(model=str(official_onnx), preprocess=str(kinetics_pre), precision=precision,
+                       backend="tensorrt", calib="synthetic", out=str(tmp_path / "o"),
+                       cache_dir=str(tmp_path / "cache"), parity_clips=2, calib_clips=4)
+    m = json.loads((build_bundle(req) / "manifest.json").read_text())
+    assert m["backend"] == "tensorrt" and m["parity"]["passed"] and m["provenance"]["weights"] == "onnx"

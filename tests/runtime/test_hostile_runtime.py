@@ -448,3 +448,14 @@ def test_remote_timeout_bounds_the_whole_call(hostile):
     hostile.trickle_s = 0.02  # every byte within 0.02 s; the whole answer (~200 bytes) takes about 4 s
     with pytest.raises(RemoteEngineError, match="timeout_s=1"):
         client.predict(_frames())
+
+
+@pytest.mark.parametrize("name", ['labels".txt', "model\n.onnx", "a b.txt", ".hidden", "x\u2028y", "e\u0301.onnx"])
+def test_bundle_file_names_cannot_carry_config_syntax(name: str) -> None:
+    """#4 (runtime side): a file name the manifest lists goes into generated configs (Triton, DeepStream) as is, so
+    only a strict pattern is accepted; the old check let quotes, newlines and spaces through."""
+    from runtime.manifest import check_file_name
+
+    with pytest.raises(ValueError, match="plain file name"):
+        check_file_name(name)
+    assert check_file_name("model-int8_v2.onnx") == "model-int8_v2.onnx"

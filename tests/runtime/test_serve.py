@@ -386,3 +386,40 @@ def test_a_local_ray_listens_on_loopback_only(served) -> None:
     token = Path.home() / ".ray" / "auth_token"
     if token.exists():
         assert token.stat().st_mode & 0o077 == 0, oct(token.stat().st_mode)
+
+
+def test_each_replica_serves_its_prometheus_metrics(served, fp32_bundle, clips_and_expected) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from runtime.remote import RemoteEngine
+
+    clips, _ = clips_and_expected
+    client = RemoteEngine(served)
+    for clip in clips[:4]:
+        client.predict(clip)
+    bad = urllib.request.Request(f"{served}/v1/infer", data=b"x", method="POST",
+                                 headers={"Content-Type": "application/octet-stream", "X-Shape": "1,2"})
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(bad, timeout=30)
+    manifest = json.loads((fp32_bundle / "manifest.json").read_text())
+    per_replica: dict[str, dict[str, float]] = {}
+    for _ in range(40):  # each scrape is answered by one of the two replicas
+        with urllib.request.urlopen(f"{served}/v1/metrics", timeout=30) as r:
+            assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            text = r.read().decode()
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        info = fams["timesformer_bundle_info"].samples[0].labels
+        assert info["sha256"] == manifest["files"][manifest["engine_file"]]["sha256"]
+        assert info["name"] == fp32_bundle.name and info["verification"] in ("passed", "unavailable", "skipped")
+        counts = {f"{s.labels['endpoint']}:{s.labels['code']}": s.value
+                  for s in fams["timesformer_serve_requests"].samples if s.name.endswith("_total")}
+        counts["windows"] = sum(s.value for s in fams["timesformer_engine_windows"].samples
+                                if s.name.endswith("_total"))
+        counts["calls"] = sum(s.value for s in fams["timesformer_engine_call_seconds"].samples
+                              if s.name.endswith("_count"))
+        per_replica[info["replica"]] = counts
+        if len(per_replica) == 2:
+            break
+    total = lambda key: sum(c.get(key, 0) for c in per_replica.values())  # noqa: E731
+    assert total("predict:200") >= 4 and total("infer:400") >= 1  # every answer counted, refusals by their code
+    assert total("windows") >= 4 and total("calls") >= 1
