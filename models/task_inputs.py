@@ -147,6 +147,10 @@ def hf_preprocess(d: dict[str, Any], base: PreprocessConfig, where: str) -> tupl
     k = 255.0 * scale  # x = (p * scale - m) / s = (p / 255 - m / k) / (s / k)
     kw["mean"] = [float(m) / k for m in mean]
     kw["std"] = [float(s) / k for s in std]
+    kw["channel_order"] = "RGB"  # Hugging Face image processors take (and give) RGB frames
+    if base.channel_order != "RGB":
+        notes.append(f"channel order RGB as {where}'s image processor takes it (not the {base.channel_order} of "
+                     "the inferred protocol)")
     resample = d.get("resample", 2)
     if resample != 2:
         notes.append(f"{where} asks for {_PIL_RESAMPLE.get(resample, resample)} resampling; the runtime resizes "

@@ -2,9 +2,9 @@
 
 Batching helps when the engine's time per window falls with the batch size (a GPU, or a CPU with cores left idle
 at batch 1); on a loaded CPU a batch of 4 can cost 4x one window, and then batching only adds waiting. ``"auto"``
-measures: a warm-up and two timed calls at batch 1 and one at the largest batch when the hub starts, then an
-exponential average of every call's time per window, batch 1 against larger batches, kept current while the hub
-runs (while unbatched, one call in ``probe_every`` may take several windows to refresh the batched estimate).
+measures: a warm-up and two timed calls (the faster counts) at batch 1 and at the largest batch when the hub starts,
+then an exponential average of every call's time per window, batch 1 against larger batches, kept current while the
+hub runs (while unbatched, one call in ``probe_every`` may take several windows to refresh the batched estimate).
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class BatchPolicy:
         timed(1)  # warm-up: first-call allocations and plan selection
         single = min(timed(1), timed(1))
         timed(self.max_batch)
-        batched = timed(self.max_batch) / self.max_batch
+        batched = min(timed(self.max_batch), timed(self.max_batch)) / self.max_batch
         with self._lock:
             self.start = {"single_ms": single * 1e3, "batched_ms_per_window": batched * 1e3, "batch": self.max_batch}
             self.per_window_s = {"single": single, "batched": batched}

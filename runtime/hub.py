@@ -186,7 +186,6 @@ class CameraHub:
         self.retries, self.retry_for_s, self.on_status = retries, retry_for_s, on_status
         self.batching = BatchPolicy(batching, self.max_batch, lo)  # whether batching across cameras pays here
         self._measured = threading.Event()
-        self.engine_s_total = 0.0  # seconds inside engine.infer, successful calls
         #: (windows, seconds, [(camera, latency s), ...]) per successful engine call: for exporters (runtime/metrics.py)
         self.on_call: Callable[[int, float, list[tuple[CameraId, float]]], None] | None = None
         self._cv = threading.Condition()
@@ -549,7 +548,6 @@ class CameraHub:
             self.busy_s += t1 - t0
             self.calls += 1
             self.batch_sizes[n] += 1
-            self.engine_s_total += t1 - t0
             for i, (cam, w) in enumerate(chosen):
                 cam.inflight -= 1
                 if cam.removed:

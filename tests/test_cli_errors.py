@@ -59,13 +59,13 @@ def _cases(d: Path, bundle: Path) -> dict[str, tuple[list[str], str]]:
         "bench_model_unknown_preset": (["models.bench_model", "--preset", "bogus"],
                                        r"bench_model: unknown preset 'bogus'"),
         "synthetic_out_is_a_file": (["calibration.clips.synthetic", str(d / "a_file"), "--clips", "1"],
-                                    r"calibration\.synthetic: .*a_file"),
+                                    r"calibration\.clips\.synthetic: .*a_file"),
         # usage errors: one line pointing to --help, not argparse's usage block
         "engine_unknown_option": (eng + ["--bogus"],
                                   r"make engine: unrecognized arguments: --bogus \(see .* --help\)"),
         "engine_not_an_int": (eng + ["--calib-clips", "many"],
                               r"make engine: argument --calib-clips: invalid int value: 'many' \(see .* --help\)"),
-        "accuracy_bad_choice": (["export.bench.accuracy", "--n", "x"], r"bench_accuracy: argument --n: invalid int"),
+        "accuracy_bad_choice": (["export.bench.accuracy", "--n", "x"], r"export\.bench\.accuracy: argument --n: invalid int"),
         "runtime_missing_arguments": (["runtime"], r"python -m runtime: the following arguments are required: "
                                                    r"bundle, source \(see .* --help\)"),
         "serving_missing_engine": (["runtime.serving"], r"python -m runtime\.serving: the following arguments are "

@@ -204,6 +204,15 @@ def _downgrade_opset(model: "ir.Model", target: int) -> None:
     model.graph.opset_imports[""] = target
 
 
+def _drop_source_locations(model: "ir.Model") -> None:
+    """Remove the Python stack trace torch records on every node: it names source lines, so the same model would
+    export different bytes after an edit that moves code (the other node metadata, scopes and names, stays)."""
+    import onnx_ir as ir
+
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        node.metadata_props.pop("pkg.torch.onnx.stack_trace", None)
+
+
 def _finish_graph(model: "ir.Model", depth: int, opset: int) -> None:
     """Keep only ``logits`` as a graph output (the block outputs stay as named intermediates), downgrade
     the opset when asked and check that every block output is still there."""
@@ -354,6 +363,7 @@ def export_onnx(net: "TimeSformer", path: str | os.PathLike, attention: str = "o
     _log("[onnx] 2/3 naming block outputs, metadata" + (f", opset {export_opset} -> {opset}" if opset != export_opset
                                                          else ""), verbose)
     _finish_graph(onnx_model, cfg.depth, opset)
+    _drop_source_locations(onnx_model)
     shape = [batch or "batch", t, s, s, 3] if uint8_input else [batch or "batch", t, 3, s, s]
     meta: dict[str, Any] = {
         "format": METADATA_FORMAT,

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import venv
 from pathlib import Path
+from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parents[2]
 #: the pyproject extra per driver CUDA major
@@ -97,8 +98,16 @@ def commands(plan: dict, venv_dir: Path) -> list[list[str]]:
     return [[py, "-m", "pip", "install", "-q", "-e", str(ROOT / "runtime"), "-e", f"{ROOT}[{plan['extras']}]"]]
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line and exit 2 (runtime.cli_args' policy; this script runs before the venv exists)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="export/tensorrt/gpu_env.py", description=__doc__.split("\n")[0])
+    ap = _OneLineParser(prog="export/tensorrt/gpu_env.py", description=__doc__.split("\n")[0])
     ap.add_argument("--venv", default=str(ROOT / ".venv"))
     ap.add_argument("--stamp", default=None, help="the venv's stamp file to touch after installing")
     ap.add_argument("--dry-run", action="store_true")
@@ -117,6 +126,14 @@ def main(argv: list[str] | None = None) -> int:
         for c in cmds:
             print("would run: " + " ".join(c))
         return 0
+    try:
+        return _install(plan, venv_dir, cmds, a.stamp)
+    except OSError as e:  # an unwritable venv or stamp, a full disk: one line, not a traceback
+        print(f"make gpu-check: {e}", file=sys.stderr)
+        return 2
+
+
+def _install(plan: dict, venv_dir: Path, cmds: list[list[str]], stamp: str | None) -> int:
     if not (venv_dir / "bin" / "python").exists():
         venv.EnvBuilder(with_pip=True, system_site_packages=plan["system_site_packages"]).create(venv_dir)
     elif plan["system_site_packages"] and _enable_system_site_packages(venv_dir):
@@ -126,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         if r.returncode != 0:
             print(f"make gpu-check: {' '.join(c)} failed with exit code {r.returncode}", file=sys.stderr)
             return 2
-    if a.stamp:
-        Path(a.stamp).touch()
+    if stamp:
+        Path(stamp).touch()
     return 0
 
 

@@ -185,6 +185,16 @@ def small_export(request, small_net: TimeSformer, tmp_path_factory) -> tuple[str
     return mode, path
 
 
+def test_exported_bytes_do_not_name_source_lines(small_export) -> None:
+    """torch records a Python stack trace (file:line) on every node; the export drops it, so moving code (a
+    formatter run, an added line) does not change the ONNX bytes, the cache keys or the bundles."""
+    _, path = small_export
+    model = onnx.load(str(path), load_external_data=False)
+    keys = {p.key for n in model.graph.node for p in n.metadata_props}
+    assert "pkg.torch.onnx.stack_trace" not in keys
+    assert "pkg.torch.onnx.name_scopes" in keys  # the rest of the node metadata stays for debugging
+
+
 def test_small_matches_pytorch_and_block_outputs(small_export, small_net: TimeSformer, tmp_path: Path) -> None:
     mode, path = small_export
     assert [o.name for o in onnx.load(str(path), load_external_data=False).graph.output] == ["logits"]

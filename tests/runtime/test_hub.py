@@ -154,7 +154,7 @@ def test_a_source_that_raises_then_recovers_is_reconnected(engine, heldout_video
 def test_a_looping_file_that_is_removed_and_recreated_is_reconnected(engine, heldout_videos, tmp_path):
     src = tmp_path / "cam.mp4"
     shutil.copy(heldout_videos[1][0], src)
-    with CameraHub(engine, backoff=(0.01, 0.1), results=0) as hub:
+    with CameraHub(engine, backoff=(0.01, 0.1), results=0, retries=None) as hub:  # retried until it is back
         cid = hub.add_camera(VideoSource(src, loop=True))
         cam = lambda: hub.metrics()["cameras"][str(cid)]  # noqa: E731
         _until(lambda: cam()["restarts"] >= 1 and cam()["predictions"] >= 2, "the file to loop")
