@@ -373,7 +373,9 @@ def load_hf(path: str | os.PathLike) -> tuple[TimeSformer, CheckpointInfo]:
         except (AttributeError, TypeError, ValueError) as e:
             raise CheckpointError(f"{cfg_path}: id2label: expected {{index: name}}, got {hf['id2label']!r:.80}") from e
         placeholders = all(v == f"LABEL_{i}" for i, v in id2label.items())  # transformers' default, not labels
-        if sorted(id2label) == list(range(cfg.num_classes)):
+        if placeholders:  # LABEL_0..: no names given (make engine then takes the published list by class count)
+            labels = None
+        elif sorted(id2label) == list(range(cfg.num_classes)):
             labels = [id2label[i] for i in range(cfg.num_classes)]
         elif not placeholders:
             raise CheckpointError(f"{cfg_path}: id2label has {len(id2label)} labels (indices "

@@ -177,7 +177,7 @@ def read_preprocess(spec: str, base: PreprocessConfig, option: str = "PREPROCESS
         raise TaskInputError(f"{where}: not a readable JSON file ({e})") from e
     if not isinstance(d, dict):
         raise TaskInputError(f"{where}: expected a JSON object, got {type(d).__name__}")
-    if {"image_mean", "image_std", "crop_size", "do_normalize"} & set(d):
+    if {"image_mean", "image_std", "do_normalize", "image_processor_type", "size", "rescale_factor"} & set(d):
         pre, notes = hf_preprocess(d, base, where)
         return pre, f"{where} (Hugging Face image processor; frames and sampling: {base_from or 'defaults'})", notes
     missing = sorted(set(base.to_dict()) - set(d))
@@ -192,7 +192,7 @@ def _preset_like(cfg: TimeSformerConfig) -> str | None:
     """The preset with this architecture's frames, size, attention and classes (its published preprocessing)."""
     keys = ("num_frames", "image_size", "attention_type", "num_classes", "embed_dim", "depth", "patch_size")
     for name, preset in PRESETS.items():
-        if all(getattr(preset.config, k) == getattr(cfg, k) for k in keys) and preset.name == name:
+        if all(getattr(preset.config, k) == getattr(cfg, k, None) for k in keys) and preset.name == name:
             return name
     return None
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator
 
 __all__ = ["atomic_write", "atomic_output", "write_bytes_atomic", "write_text_atomic", "write_json_atomic", "temp_path_beside",
-           "sha256_file", "sha256_stream", "sha256_json", "FolderNotReplaceable",
+           "sha256_file", "sha256_code", "sha256_stream", "sha256_json", "FolderNotReplaceable",
            "folder_records", "owned_folder_problem", "replace_problem", "check_replaceable"]
 
 
@@ -95,6 +95,15 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     """Write ``data`` as indented JSON to ``path`` atomically."""
     return write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def sha256_code(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a Python file's syntax tree (``ast.dump``, no line numbers): any change to the code changes it,
+    a change of layout (formatting, blank lines, comments) does not."""
+    import ast
+
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"), str(path))
+    return hashlib.sha256(ast.dump(tree).encode("utf-8")).hexdigest()
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20, external_data: bool = False) -> str:

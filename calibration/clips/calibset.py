@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.files import sha256_file
+from runtime.files import sha256_code, sha256_file
 from runtime.preprocess import PreprocessConfig
 
 __all__ = ["CalibrationError", "CalibrationSet", "load_calibration_set", "load_clips", "selection_key", "READS",
@@ -166,7 +166,7 @@ def selection_key(spec: str | None, pre: PreprocessConfig, n: int, seed: int) ->
         from calibration.clips.synthetic import get_task
 
         task, gen_seed = synthetic_spec
-        parts += ["synthetic", task, gen_seed, get_task(task).source_hash(), sha256_file(Path(video_reader.__file__))]
+        parts += ["synthetic", task, gen_seed, get_task(task).source_hash(), sha256_code(video_reader.__file__)]
     else:
         kind, files = _classify(spec)
         parts += [kind, str(Path(spec).resolve())]

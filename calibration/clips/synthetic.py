@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from runtime.files import sha256_file, sha256_json, temp_path_beside, write_text_atomic
+from runtime.files import sha256_code, sha256_json, temp_path_beside, write_text_atomic
 
 from calibration.clips import synthetic_hard, synthetic_scene
 from runtime.cli_args import ArgumentParser, user_errors
@@ -124,8 +124,8 @@ class SyntheticTask:
     sources: tuple[str, ...]  # the files whose code decides the clips
 
     def source_hash(self) -> str:
-        """SHA-256 over the generator's source files."""
-        return sha256_json(*[sha256_file(f) for f in self.sources], length=64)
+        """SHA-256 over the generator's code (its syntax trees: a formatter run leaves it unchanged)."""
+        return sha256_json(*[sha256_code(f) for f in self.sources], length=64)
 
 
 # the 8 motions mirrored or reversed: left<->right, up<->down, cw<->ccw, grow<->shrink

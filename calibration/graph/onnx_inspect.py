@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,27 +73,26 @@ def _tensor_values(tensor: Any, base_dir: Path) -> Any:
     return numpy_helper.to_array(tensor)
 
 
-def inspect_onnx(onnx_path: str | os.PathLike) -> dict[str, Any]:
-    """Summarise what a TensorRT build depends on: I/O, float types, Q/DQ, attention and contrib ops.
-
-    Weights are not loaded (external data stays on disk); only Q/DQ zero points are read.
-    """
+def _load_model(path: Path) -> Any:
     import onnx
 
-    path = Path(onnx_path)
     if not path.is_file():
         raise OnnxInspectError(f"{path}: ONNX file not found")
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        return onnx.load(str(path), load_external_data=False)
     except Exception as e:
         raise OnnxInspectError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
-    graph = model.graph
 
-    init_names = {t.name for t in graph.initializer}
-    init_by_name = {t.name: t for t in graph.initializer}
-    external = sorted({kv.value for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
-                       for kv in t.external_data if kv.key == "location"})
 
+def _external_files(graph: Any) -> list[str]:
+    import onnx
+
+    return sorted({kv.value for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+                   for kv in t.external_data if kv.key == "location"})
+
+
+def _float_initializers(graph: Any) -> tuple[Counter[str], dict[str, str]]:
+    """Count of float initializers per dtype, and one example name per dtype."""
     float_inits: Counter[str] = Counter()
     float_init_examples: dict[str, str] = {}
     for t in graph.initializer:
@@ -100,133 +100,163 @@ def inspect_onnx(onnx_path: str | os.PathLike) -> dict[str, Any]:
         if _is_float(name):
             float_inits[name] += 1
             float_init_examples.setdefault(name, t.name)
+    return float_inits, float_init_examples
 
-    # every float type mentioned anywhere: I/O, value_info, Cast targets, Constant values
-    typed: dict[str, str] = {}  # float dtype -> an example "where"
 
-    def note(dtype_name: str, where: str) -> None:
+def _io_entry(vi: Any) -> dict[str, Any]:
+    tt = vi.type.tensor_type
+    dims: list[int | str] = [int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0
+                             else (d.dim_param or "?") for d in tt.shape.dim]
+    return {"name": vi.name, "dtype": _dtype_name(tt.elem_type), "shape": dims}
+
+
+@dataclass
+class _NodeScan:
+    """What one pass over every node (subgraphs included) finds; ``typed`` maps float dtype -> an example "where"."""
+
+    init_by_name: dict[str, Any]
+    base_dir: Path
+    typed: dict[str, str] = field(default_factory=dict)
+    ops: Counter[str] = field(default_factory=Counter)
+    qdq: list[str] = field(default_factory=list)
+    qdq_scale_types: Counter[str] = field(default_factory=Counter)  # DQ scale dtypes: the type between INT8 matmuls
+    attention: list[str] = field(default_factory=list)
+    custom_attention: list[str] = field(default_factory=list)
+    contrib: list[str] = field(default_factory=list)
+    layernorm: list[str] = field(default_factory=list)
+    zero_point_problems: list[str] = field(default_factory=list)
+    constants: dict[str, Any] = field(default_factory=dict)
+
+    def note(self, dtype_name: str, where: str) -> None:
         if _is_float(dtype_name):
-            typed.setdefault(dtype_name, where)
+            self.typed.setdefault(dtype_name, where)
 
-    for dt, example in float_init_examples.items():
-        note(dt, f"initializer '{example}'")
-    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
-        if vi.type.HasField("tensor_type"):
-            note(_dtype_name(vi.type.tensor_type.elem_type), f"tensor '{vi.name}'")
+    def walk(self, graph: Any) -> None:
+        idx = 0
+        for g in _iter_graphs(graph):
+            for node in g.node:
+                idx += 1
+                self.visit(node, _node_label(node, idx))
 
-    ops: Counter[str] = Counter()
-    qdq: list[str] = []
-    qdq_scale_types: Counter[str] = Counter()  # DequantizeLinear scale dtypes: the type between the INT8 matmuls
-    attention: list[str] = []
-    custom_attention: list[str] = []
-    contrib: list[str] = []
-    layernorm: list[str] = []
-    zero_point_problems: list[str] = []
-    constants: dict[str, Any] = {}
-    idx = 0
-    for g in _iter_graphs(graph):
-        for node in g.node:
-            idx += 1
-            label = _node_label(node, idx)
-            ops[node.op_type] += 1
-            if node.op_type == "Constant":
-                for attr in node.attribute:
-                    if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
-                        for out in node.output:
-                            constants[out] = attr.t
-                        note(_dtype_name(attr.t.data_type), f"Constant node '{label}'")
-            if node.op_type == "Cast":
-                for attr in node.attribute:
-                    if attr.name == "to":
-                        note(_dtype_name(attr.i), f"Cast node '{label}'")
-            if node.domain == "com.microsoft":
-                contrib.append(f"'{label}' ({node.op_type})")
-            if node.op_type in _QDQ_OPS:
-                qdq.append(label)
-                if node.op_type == "DequantizeLinear" and len(node.input) > 1:
-                    scale = init_by_name.get(node.input[1], constants.get(node.input[1]))
-                    if scale is not None:
-                        qdq_scale_types[_dtype_name(scale.data_type)] += 1
-                if node.domain not in _ONNX_DOMAINS:
-                    zero_point_problems.append(
-                        f"node '{label}' is {node.domain}.{node.op_type}; TensorRT reads only the ONNX-domain "
-                        f"{node.op_type}")
-                if len(node.input) > 2 and node.input[2]:
-                    zp_name = node.input[2]
-                    zp = init_by_name.get(zp_name, constants.get(zp_name))
-                    if zp is not None:
-                        dt = _dtype_name(zp.data_type)
-                        if dt == "uint8":
-                            zero_point_problems.append(
-                                f"node '{label}': zero point '{zp_name}' is uint8 (asymmetric); expected int8 "
-                                "with value 0 (TensorRT supports symmetric signed quantization only)")
-                        else:
-                            values = _tensor_values(zp, path.parent)
-                            if values.size and bool((values != 0).any()):
-                                zero_point_problems.append(
-                                    f"node '{label}': zero point '{zp_name}' ({dt}) has non-zero values "
-                                    f"(max |zp| = {int(abs(values.astype('int64')).max())}); expected all 0 "
-                                    "(TensorRT supports symmetric quantization only)")
-            if node.op_type == "Attention":
-                if node.domain in _ONNX_DOMAINS:
-                    attention.append(label)
-                elif node.domain != "com.microsoft":
-                    custom_attention.append(f"'{label}' (domain {node.domain!r})")
-            if node.op_type == "LayerNormalization" and len(node.input) > 1:
-                scale = init_by_name.get(node.input[1])
-                if scale is not None and _dtype_name(scale.data_type) in _LOW_FLOAT_TYPES:
-                    layernorm.append(label)
+    def visit(self, node: Any, label: str) -> None:
+        import onnx
 
-    inputs = []
-    for vi in graph.input:
-        if vi.name in init_names:
-            continue
-        tt = vi.type.tensor_type
-        dims: list[int | str] = []
-        for d in tt.shape.dim:
-            if d.HasField("dim_value") and d.dim_value > 0:
-                dims.append(int(d.dim_value))
-            else:
-                dims.append(d.dim_param or "?")
-        inputs.append({"name": vi.name, "dtype": _dtype_name(tt.elem_type), "shape": dims})
-    outputs = []
-    for vi in graph.output:
-        tt = vi.type.tensor_type
-        dims = [int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
-                for d in tt.shape.dim]
-        outputs.append({"name": vi.name, "dtype": _dtype_name(tt.elem_type), "shape": dims})
+        self.ops[node.op_type] += 1
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                    for out in node.output:
+                        self.constants[out] = attr.t
+                    self.note(_dtype_name(attr.t.data_type), f"Constant node '{label}'")
+        if node.op_type == "Cast":
+            for attr in node.attribute:
+                if attr.name == "to":
+                    self.note(_dtype_name(attr.i), f"Cast node '{label}'")
+        if node.domain == "com.microsoft":
+            self.contrib.append(f"'{label}' ({node.op_type})")
+        if node.op_type in _QDQ_OPS:
+            self._visit_qdq(node, label)
+        if node.op_type == "Attention":
+            if node.domain in _ONNX_DOMAINS:
+                self.attention.append(label)
+            elif node.domain != "com.microsoft":
+                self.custom_attention.append(f"'{label}' (domain {node.domain!r})")
+        if node.op_type == "LayerNormalization" and len(node.input) > 1:
+            scale = self.init_by_name.get(node.input[1])
+            if scale is not None and _dtype_name(scale.data_type) in _LOW_FLOAT_TYPES:
+                self.layernorm.append(label)
 
+    def _visit_qdq(self, node: Any, label: str) -> None:
+        self.qdq.append(label)
+        if node.op_type == "DequantizeLinear" and len(node.input) > 1:
+            scale = self.init_by_name.get(node.input[1], self.constants.get(node.input[1]))
+            if scale is not None:
+                self.qdq_scale_types[_dtype_name(scale.data_type)] += 1
+        if node.domain not in _ONNX_DOMAINS:
+            self.zero_point_problems.append(
+                f"node '{label}' is {node.domain}.{node.op_type}; TensorRT reads only the ONNX-domain "
+                f"{node.op_type}")
+        if len(node.input) > 2 and node.input[2]:
+            problem = self._zero_point_problem(label, node.input[2])
+            if problem:
+                self.zero_point_problems.append(problem)
+
+    def _zero_point_problem(self, label: str, zp_name: str) -> str | None:
+        zp = self.init_by_name.get(zp_name, self.constants.get(zp_name))
+        if zp is None:
+            return None
+        dt = _dtype_name(zp.data_type)
+        if dt == "uint8":
+            return (f"node '{label}': zero point '{zp_name}' is uint8 (asymmetric); expected int8 "
+                    "with value 0 (TensorRT supports symmetric signed quantization only)")
+        values = _tensor_values(zp, self.base_dir)
+        if values.size and bool((values != 0).any()):
+            return (f"node '{label}': zero point '{zp_name}' ({dt}) has non-zero values "
+                    f"(max |zp| = {int(abs(values.astype('int64')).max())}); expected all 0 "
+                    "(TensorRT supports symmetric quantization only)")
+        return None
+
+
+def _detected_precision(qdq: list[str], typed: dict[str, str]) -> str:
     has_low = {dt: where for dt, where in typed.items() if dt in _LOW_FLOAT_TYPES}
     if qdq:
-        detected = "int8"
-    elif "float16" in has_low:
-        detected = "fp16"
-    elif has_low:
-        detected = "bf16"
-    else:
-        detected = "fp32"
+        return "int8"
+    if "float16" in has_low:
+        return "fp16"
+    if has_low:
+        return "bf16"
+    return "fp32"
+
+
+def _int8_form(qdq: list[str], qdq_scale_types: Counter[str]) -> str | None:
+    if not qdq:
+        return None
+    if qdq_scale_types.get("float16") and not qdq_scale_types.get("float32"):
+        return "fp16"
+    return "fp32" if not qdq_scale_types.get("float16") else "mixed"
+
+
+def inspect_onnx(onnx_path: str | os.PathLike) -> dict[str, Any]:
+    """Summarise what a TensorRT build depends on: I/O, float types, Q/DQ, attention and contrib ops.
+
+    Weights are not loaded (external data stays on disk); only Q/DQ zero points are read.
+    """
+    path = Path(onnx_path)
+    model = _load_model(path)
+    graph = model.graph
+    init_names = {t.name for t in graph.initializer}
+    float_inits, float_init_examples = _float_initializers(graph)
+
+    # every float type mentioned anywhere: I/O, value_info, Cast targets, Constant values
+    scan = _NodeScan(init_by_name={t.name: t for t in graph.initializer}, base_dir=path.parent)
+    for dt, example in float_init_examples.items():
+        scan.note(dt, f"initializer '{example}'")
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if vi.type.HasField("tensor_type"):
+            scan.note(_dtype_name(vi.type.tensor_type.elem_type), f"tensor '{vi.name}'")
+    scan.walk(graph)
+
     return {
         "path": str(path),
         "sha256": sha256_file(path),
         "bytes": path.stat().st_size,
-        "external_data": external,
+        "external_data": _external_files(graph),
         "opsets": {(o.domain or "ai.onnx"): int(o.version) for o in model.opset_import},
-        "inputs": inputs,
-        "outputs": outputs,
+        "inputs": [_io_entry(vi) for vi in graph.input if vi.name not in init_names],
+        "outputs": [_io_entry(vi) for vi in graph.output],
         "float_initializers": dict(float_inits),
         "float_initializer_examples": float_init_examples,
-        "float_types": typed,
-        "precision_detected": detected,
-        "qdq_nodes": qdq,
-        "qdq_problems": zero_point_problems,
-        "qdq_scale_types": dict(qdq_scale_types),
-        "int8_form": (None if not qdq else "fp16" if qdq_scale_types.get("float16") and not qdq_scale_types.get("float32")
-                      else "fp32" if not qdq_scale_types.get("float16") else "mixed"),
-        "attention_nodes": attention,
-        "custom_attention_nodes": custom_attention,
-        "contrib_nodes": contrib,
-        "fp16_layernorm_nodes": layernorm,
-        "op_counts": dict(ops),
+        "float_types": scan.typed,
+        "precision_detected": _detected_precision(scan.qdq, scan.typed),
+        "qdq_nodes": scan.qdq,
+        "qdq_problems": scan.zero_point_problems,
+        "qdq_scale_types": dict(scan.qdq_scale_types),
+        "int8_form": _int8_form(scan.qdq, scan.qdq_scale_types),
+        "attention_nodes": scan.attention,
+        "custom_attention_nodes": scan.custom_attention,
+        "contrib_nodes": scan.contrib,
+        "fp16_layernorm_nodes": scan.layernorm,
+        "op_counts": dict(scan.ops),
     }
 
 

@@ -30,6 +30,7 @@ Writes ``artifacts/bench/cameras/<bundle name>.json``.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -365,8 +366,13 @@ def _check_args(a: Any) -> tuple[int, int]:
     for name in ("cameras", "rounds", "queue", "pacers"):
         if getattr(a, name) < 1:
             raise ValueError(f"--{name}: expected at least 1, got {getattr(a, name)}")
-    if a.fps <= 0 or a.seconds <= 0:
+    if not (0 < a.fps < math.inf and 0 < a.seconds < math.inf):  # NaN and inf failed deep inside (int(nan))
         raise ValueError(f"--fps and --seconds: expected positive numbers, got {a.fps} and {a.seconds}")
+    for name, low in (("max_wait_ms", 0), ("search_seconds", 0), ("overload", 0), ("overload_seconds", 1e-3),
+                      ("decode_seconds", 1e-3)):
+        if not low <= getattr(a, name) < math.inf:
+            raise ValueError(f"--{name.replace('_', '-')}: expected a finite number {'>= 0' if low == 0 else '> 0'}, "
+                             f"got {getattr(a, name)}")
     if a.source and a.video:
         raise ValueError("--source and --video: give one (--source decodes as the cameras run, --video pre-decodes)")
     try:
@@ -374,6 +380,15 @@ def _check_args(a: Any) -> tuple[int, int]:
     except ValueError:
         raise ValueError(f"--size: expected WxH (e.g. 128x96), got {a.size!r}") from None
     return width, height
+
+
+def _check_windows(cfg: Any, a: Any) -> None:
+    """Each camera must fill at least one clip window in ``--seconds`` (else there is nothing to measure)."""
+    n = int(round(a.fps * a.seconds))
+    if _expected_windows(cfg, 1, n) == 0:
+        span = (cfg.num_frames - 1) * cfg.sampling_rate + 1
+        raise ValueError(f"--fps {a.fps:g} for --seconds {a.seconds:g}: {n} frames per camera, fewer than one clip "
+                         f"window of this engine ({span} frames); run longer or at a higher frame rate")
 
 
 def _decoded_source(a: Any, engine: Any) -> tuple[DecodedSource, dict[str, Any]]:
@@ -385,7 +400,8 @@ def _decoded_source(a: Any, engine: Any) -> tuple[DecodedSource, dict[str, Any]]
         _log.info("making a 720p H.264 file from the synthetic clips (once)")
         path = str(synthetic_video(Path("artifacts/cache/bench_cameras/synthetic-720p.mp4")))
     elif not Path(path).is_file():
-        raise ValueError(f"--source {path}: no such file")
+        what = "no such file" if not Path(path).exists() else "not a plain file (a folder, FIFO or device)"
+        raise ValueError(f"--source {path}: {what}; expected a video file")
     _log.info(f"decode-only limit and output size of {path} ({a.pacers} decoders at once)")
     choice = choose_decoding(path, engine.preprocess, a.pacers, a.decode_seconds)
     for r in choice["decode_rates"]:
@@ -535,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     from runtime import Engine
 
     engine = Engine(a.engine, **({"threads": a.threads} if a.threads is not None else {}))
+    _check_windows(engine.preprocess, a)
     src, choice = _decoded_source(a, engine) if a.source else (None, None)
     frames: Any = src if src is not None else render_frames(width, height, video=a.video)
     kw = {"max_wait_ms": a.max_wait_ms, "queue": a.queue, "pacers": a.pacers}

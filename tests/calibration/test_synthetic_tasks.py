@@ -197,3 +197,16 @@ def test_committed_motion16_model_on_fresh_files(tmp_path):
     truth = np.array([lbl for _, lbl in items])
     assert (pred == truth).mean() >= 0.7  # ~0.9 expected; 64 clips is a small sample
     assert (pred // 2 == truth // 2).mean() >= 0.9  # the motion itself (ignoring speed) is almost always right
+
+
+def test_the_generator_hash_follows_the_code_not_its_layout(tmp_path) -> None:
+    """The committed model's recipe names its generator by a hash of the code's syntax tree, so a formatter run
+    keeps the recorded hash valid while any change to what the code does breaks it."""
+    from runtime.files import sha256_code
+
+    src = (ROOT / "calibration" / "clips" / "synthetic_scene.py").read_text()
+    (tmp_path / "a.py").write_text(src)
+    (tmp_path / "b.py").write_text("# a comment\n\n" + src.replace("\n\n\n", "\n\n\n\n"))
+    (tmp_path / "c.py").write_text(src.replace("import numpy as np", "import numpy as np\nX = 1", 1))
+    assert sha256_code(tmp_path / "a.py") == sha256_code(tmp_path / "b.py")
+    assert sha256_code(tmp_path / "a.py") != sha256_code(tmp_path / "c.py")
