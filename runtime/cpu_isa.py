@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
 
+from .device import cpu_flags
+
 __all__ = ["CpuIsa", "cpu_isa", "ONEDNN_CAP_ENV", "onednn_cap_below_vnni", "openvino_capabilities",
            "ort_int8_config", "openvino_int8_check", "ORT_PRECISE_INT8_KEY"]
 
@@ -72,34 +74,10 @@ def openvino_capabilities(caps: list[str], cap: str | None = None) -> list[str]:
     return list(caps)
 
 
-def _x86_flags() -> set[str] | None:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    try:  # other systems: py-cpuinfo when installed (optional)
-        import cpuinfo  # type: ignore[import-not-found]
-
-        return {f.replace("avx512vnni", "avx512_vnni") for f in cpuinfo.get_cpu_info().get("flags", [])}
-    except Exception:  # noqa: BLE001 - not installed or no answer
-        return None
-
-
-def _arm_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            return {w for line in f if line.lower().startswith("features") for w in line.split(":", 1)[1].split()}
-    except OSError:
-        return set()
-
-
 @lru_cache(maxsize=None)
 def _detect(arch: str, cap: str | None) -> CpuIsa:
     if arch in ("x86_64", "amd64", "i386", "i686", "x86"):
-        flags = _x86_flags()
+        flags = cpu_flags()
         if flags is None:
             return CpuIsa(arch, "x86 (flags unknown)", "unknown", True, True, cap, False, False)
         dot = next((label for flag, label in _X86_DOT if flag in flags), "vpmaddubsw")
@@ -108,7 +86,7 @@ def _detect(arch: str, cap: str | None) -> CpuIsa:
                      "avx512f" in flags, "avx2" in flags)
         return CpuIsa(**{**asdict(isa), "name": isa.describe()})
     if arch in ("aarch64", "arm64"):
-        flags = _arm_flags()
+        flags = cpu_flags() or set()
         dot = "ARM dotprod" if "asimddp" in flags or platform.system() == "Darwin" else "ARM NEON"
         return CpuIsa(arch, f"{arch} {dot}", dot, False, False, cap, False, False)
     return CpuIsa(arch, f"{arch} (unknown)", "unknown", False, False, cap, False, False)

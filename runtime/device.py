@@ -21,7 +21,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-__all__ = ["fingerprint", "summary", "cpu_info", "gpu_info", "package_versions", "FINGERPRINT_VERSION"]
+__all__ = ["fingerprint", "summary", "cpu_info", "cpu_flags", "gpu_info", "package_versions", "FINGERPRINT_VERSION"]
 
 #: bumped when the record's content changes, so cached verdicts keyed by an older record are not reused
 FINGERPRINT_VERSION = 1
@@ -47,18 +47,31 @@ def _read(path: str) -> str:
         return ""
 
 
-def cpu_info() -> dict[str, Any]:
-    """CPU model, vendor, family/model, logical cores and the ISA extensions that select kernels."""
-    machine = platform.machine().lower()
+def _cpuinfo_fields() -> dict[str, str]:
+    """The first processor's block of ``/proc/cpuinfo`` (empty where there is none), keys lower-case."""
     fields: dict[str, str] = {}
-    for line in _read("/proc/cpuinfo").splitlines():  # the first processor's block is enough
+    for line in _read("/proc/cpuinfo").splitlines():
         if not line.strip():
             if fields:
                 break
             continue
         key, _, value = line.partition(":")
         fields.setdefault(key.strip().lower(), value.strip())
-    flags = set((fields.get("flags") or fields.get("features") or "").split())
+    return fields
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags as Linux spells them (x86 ``flags``, ARM ``features``); None where unknown."""
+    fields = _cpuinfo_fields()
+    text = fields.get("flags") or fields.get("features")
+    return set(text.split()) if text else None
+
+
+def cpu_info() -> dict[str, Any]:
+    """CPU model, vendor, family/model, logical cores and the ISA extensions that select kernels."""
+    machine = platform.machine().lower()
+    fields = _cpuinfo_fields()
+    flags = cpu_flags() or set()
     table = _ARM_ISA if machine in ("aarch64", "arm64") or machine.startswith("arm") else _X86_ISA
     isa = sorted({name for flag, name in table.items() if flag in flags})
     if machine in ("aarch64", "arm64") and not flags:  # no /proc (macOS): NEON is part of AArch64

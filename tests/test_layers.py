@@ -19,7 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("runtime", "calibration", "models", "export")
 #: third-party packages the runtime may import inside functions (each is an optional backend or source)
 RUNTIME_LAZY = {"onnxruntime", "tensorrt", "cuda", "openvino", "av", "PIL", "ray", "starlette", "fastapi", "cupy",
-                "cpuinfo",  # py-cpuinfo: runtime.cpu_isa's optional fallback where /proc/cpuinfo is missing
                 "prometheus_client"}  # the metrics extra: runtime/metrics.py, runtime/serving/metrics.py
 #: never in the runtime, not even lazily: they are what the runtime exists to avoid
 RUNTIME_FORBIDDEN = {"torch", "onnx", "onnxscript", "onnx_ir", "polygraphy", "transformers", "safetensors"}

@@ -37,8 +37,8 @@ from runtime.cli_args import ArgumentParser
 
 from runtime.cli_args import user_errors
 
-from export.onnx.attention import (ATTENTION_CHOICES, DEFAULT_OPSET, EXPORT_IMPL, MIN_OPSET, MS_DOMAIN, fold_query_scale,
-                        resolve_attention, translation_table)
+from export.onnx.attention import (ATTENTION_CHOICES, DEFAULT_OPSET, EXPORT_IMPL, MIN_OPSET, MS_DOMAIN,
+                                   fold_query_scale, resolve_attention, translation_table)
 
 if TYPE_CHECKING:  # heavy imports stay lazy so that `--help` and read_metadata are fast
     import onnx_ir as ir
@@ -285,27 +285,8 @@ def _mib(n: int) -> str:
 
 # --------------------------------------------------------------------------- export
 
-def export_onnx(net: "TimeSformer", path: str | os.PathLike, attention: str = "ort", opset: int | None = None,
-                labels: list[str] | None = None, preprocess: "PreprocessConfig | None" = None,
-                source: str | None = None, source_sha256: str | None = None, uint8_input: bool = False,
-                batch: int | None = None, verbose: bool = True, *, frames: int | None = None,
-                image_size: int | None = None, external_data_threshold: int = EXTERNAL_DATA_THRESHOLD) -> Path:
-    """Export ``net`` (left unchanged) to ``path``; returns the path.
-
-    ``attention``: ``onnx`` | ``decomposed`` | ``ort`` | ``auto`` (ONNX Runtime's default, see
-    :func:`export.onnx.attention.default_attention`); ``opset`` defaults per mode (:data:`DEFAULT_OPSET`).
-    ``batch``: a fixed batch size, or None for a dynamic ``batch`` axis. ``frames``/``image_size``
-    export at another clip length or resolution (embeddings resized as the model does at run time).
-    Models whose weights exceed ``external_data_threshold`` bytes keep them in ``<path>.data``.
-    """
-    import torch
-
-    from runtime.preprocess import PreprocessConfig
-
-    t_start = time.perf_counter()
-    path = Path(path)
-    mode = resolve_attention(attention, "onnxruntime")
-    opset = DEFAULT_OPSET[mode] if opset is None else int(opset)
+def _check_target(path: Path, mode: str, opset: int, batch: int | None) -> None:
+    """Refuse arguments the export cannot honour, and an output directory it cannot write, before tracing."""
     if opset < MIN_OPSET[mode]:
         raise ValueError(f"opset {opset}: attention mode {mode!r} needs opset >= {MIN_OPSET[mode]}")
     if batch is not None and batch < 1:
@@ -321,10 +302,11 @@ def export_onnx(net: "TimeSformer", path: str | os.PathLike, attention: str = "o
     if not os.access(path.parent, os.W_OK):
         raise ExportError(f"{path}: the output directory {path.parent} is not writable")
 
-    model = _export_copy(net, mode, frames, image_size)
-    cfg = model.config
-    if labels is not None and len(labels) != cfg.num_classes:
-        raise ValueError(f"labels: expected {cfg.num_classes} (the model's classes), got {len(labels)}")
+
+def _export_preprocess(preprocess: "PreprocessConfig | None", cfg: Any, verbose: bool) -> "PreprocessConfig":
+    """The preprocessing contract at the export's clip length and crop size (the model's own when none is given)."""
+    from runtime.preprocess import PreprocessConfig
+
     if preprocess is None:
         preprocess = PreprocessConfig(num_frames=cfg.num_frames, short_side=cfg.image_size, crop_size=cfg.image_size)
     if (preprocess.num_frames, preprocess.crop_size) != (cfg.num_frames, cfg.image_size):
@@ -333,37 +315,44 @@ def export_onnx(net: "TimeSformer", path: str | os.PathLike, attention: str = "o
              f"{cfg.num_frames} frames, crop {preprocess.crop_size} -> {cfg.image_size}, short side {short}", verbose)
         preprocess = dataclasses.replace(preprocess, num_frames=cfg.num_frames, crop_size=cfg.image_size,
                                          short_side=short)
-    t, s = cfg.num_frames, cfg.image_size
+    return preprocess
+
+
+def _example_input(uint8_input: bool, t: int, s: int, batch: int | None) -> tuple[str, str, str, "torch.Tensor"]:
+    """Input name, layout, dtype and the example tensor to trace with."""
+    import torch
+
     if uint8_input:
         input_name, layout, dtype, example = "frames", "BTHWC", "uint8", torch.zeros((1, t, s, s, 3), dtype=torch.uint8)
     else:
         input_name, layout, dtype, example = "video", "BTCHW", "float32", torch.zeros((1, t, 3, s, s))
     # Trace with batch 2 when the axis is dynamic: sizes 0 and 1 get specialised by torch.export.
     example = example.expand((batch or 2,) + tuple(example.shape[1:])).contiguous()
-    dynamic = None if batch else {"x": {0: torch.export.Dim("batch", min=1, max=4096)}}
-    export_opset = max(opset, _EXPORTER_MIN_OPSET)
-    wrapper = _traced_module(model, uint8_input, preprocess)
-    names = ["logits"] + [block_output_name(i) for i in range(cfg.depth)]
+    return input_name, layout, dtype, example
 
-    _log(f"[onnx] 1/3 tracing {cfg.attention_type} {cfg.depth}x{cfg.embed_dim}, {t}x{s}, attention={mode}, "
-         f"opset {opset}, batch {'dynamic' if batch is None else batch}, input {input_name} {layout} {dtype}", verbose)
-    t0 = time.perf_counter()
+
+def _trace(wrapper: "torch.nn.Module", example: "torch.Tensor", input_name: str, names: list[str],
+           batch: int | None, mode: str, export_opset: int) -> Any:
+    """``torch.onnx.export`` (dynamo) of the wrapper; the ONNX program, or ExportError naming the attention mode."""
+    import torch
+
+    dynamic = None if batch else {"x": {0: torch.export.Dim("batch", min=1, max=4096)}}
     try:
         with torch.no_grad():
-            program = torch.onnx.export(
+            return torch.onnx.export(
                 wrapper, (example,), dynamo=True, opset_version=export_opset, input_names=[input_name],
                 output_names=names, dynamic_shapes=dynamic,
                 custom_translation_table=translation_table(mode, export_opset), verbose=False,
                 optimize=True, external_data=False)
     except Exception as e:
         raise ExportError(f"torch.onnx.export of the {mode} graph failed: {type(e).__name__}: {e}") from e
-    onnx_model = program.model
-    _log(f"[onnx]   traced in {time.perf_counter() - t0:.1f} s", verbose)
 
-    _log("[onnx] 2/3 naming block outputs, metadata" + (f", opset {export_opset} -> {opset}" if opset != export_opset
-                                                         else ""), verbose)
-    _finish_graph(onnx_model, cfg.depth, opset)
-    _drop_source_locations(onnx_model)
+
+def _metadata(cfg: Any, preprocess: "PreprocessConfig", mode: str, opset: int, source: str | None,
+              source_sha256: str | None, input_name: str, layout: str, dtype: str, uint8_input: bool,
+              batch: int | None, labels: list[str] | None, block_outputs: list[str]) -> dict[str, Any]:
+    """What :func:`read_metadata` gives back: everything a consumer needs to use the file alone."""
+    t, s = cfg.num_frames, cfg.image_size
     shape = [batch or "batch", t, s, s, 3] if uint8_input else [batch or "batch", t, 3, s, s]
     meta: dict[str, Any] = {
         "format": METADATA_FORMAT,
@@ -377,10 +366,56 @@ def export_onnx(net: "TimeSformer", path: str | os.PathLike, attention: str = "o
                   "normalized_in_graph": uint8_input},
         "output": {"name": "logits", "dtype": "float32", "shape": [batch or "batch", cfg.num_classes]},
         "exporter": _versions(),
-        "block_outputs": names[1:],
+        "block_outputs": block_outputs,
     }
     if labels is not None:
         meta["labels"] = list(labels)
+    return meta
+
+
+def export_onnx(net: "TimeSformer", path: str | os.PathLike, attention: str = "ort", opset: int | None = None,
+                labels: list[str] | None = None, preprocess: "PreprocessConfig | None" = None,
+                source: str | None = None, source_sha256: str | None = None, uint8_input: bool = False,
+                batch: int | None = None, verbose: bool = True, *, frames: int | None = None,
+                image_size: int | None = None, external_data_threshold: int = EXTERNAL_DATA_THRESHOLD) -> Path:
+    """Export ``net`` (left unchanged) to ``path``; returns the path.
+
+    ``attention``: ``onnx`` | ``decomposed`` | ``ort`` | ``auto`` (ONNX Runtime's default, see
+    :func:`export.onnx.attention.default_attention`); ``opset`` defaults per mode (:data:`DEFAULT_OPSET`).
+    ``batch``: a fixed batch size, or None for a dynamic ``batch`` axis. ``frames``/``image_size``
+    export at another clip length or resolution (embeddings resized as the model does at run time).
+    Models whose weights exceed ``external_data_threshold`` bytes keep them in ``<path>.data``.
+    """
+    t_start = time.perf_counter()
+    path = Path(path)
+    mode = resolve_attention(attention, "onnxruntime")
+    opset = DEFAULT_OPSET[mode] if opset is None else int(opset)
+    _check_target(path, mode, opset, batch)
+
+    model = _export_copy(net, mode, frames, image_size)
+    cfg = model.config
+    if labels is not None and len(labels) != cfg.num_classes:
+        raise ValueError(f"labels: expected {cfg.num_classes} (the model's classes), got {len(labels)}")
+    preprocess = _export_preprocess(preprocess, cfg, verbose)
+    t, s = cfg.num_frames, cfg.image_size
+    input_name, layout, dtype, example = _example_input(uint8_input, t, s, batch)
+    export_opset = max(opset, _EXPORTER_MIN_OPSET)
+    wrapper = _traced_module(model, uint8_input, preprocess)
+    names = ["logits"] + [block_output_name(i) for i in range(cfg.depth)]
+
+    _log(f"[onnx] 1/3 tracing {cfg.attention_type} {cfg.depth}x{cfg.embed_dim}, {t}x{s}, attention={mode}, "
+         f"opset {opset}, batch {'dynamic' if batch is None else batch}, input {input_name} {layout} {dtype}", verbose)
+    t0 = time.perf_counter()
+    program = _trace(wrapper, example, input_name, names, batch, mode, export_opset)
+    onnx_model = program.model
+    _log(f"[onnx]   traced in {time.perf_counter() - t0:.1f} s", verbose)
+
+    _log("[onnx] 2/3 naming block outputs, metadata" + (f", opset {export_opset} -> {opset}" if opset != export_opset
+                                                         else ""), verbose)
+    _finish_graph(onnx_model, cfg.depth, opset)
+    _drop_source_locations(onnx_model)
+    meta = _metadata(cfg, preprocess, mode, opset, source, source_sha256, input_name, layout, dtype, uint8_input,
+                     batch, labels, names[1:])
     onnx_model.metadata_props.update({k: json.dumps(v) if k in _JSON_KEYS else str(v) for k, v in meta.items()})
     onnx_model.producer_name = "timesformer-deploy"
     onnx_model.graph.name = f"timesformer_{cfg.attention_type}_{mode}"
@@ -569,8 +604,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int, default=None, help="resolution to export at (default: the model's)")
     ap.add_argument("--seed", type=int, default=0, help="seed for a preset's random weights")
     ap.add_argument("--input-layout", default="BTCHW", choices=("BTCHW", "NCTHW"),
-                    help="NCTHW: (batch, 3, frames, H, W), as DeepStream's sequence preprocessing feeds it (a Transpose "
-                         "at the graph input, export/onnx/layout.py)")
+                    help="NCTHW: (batch, 3, frames, H, W), as DeepStream's sequence preprocessing feeds it "
+                         "(a Transpose at the graph input, export/onnx/layout.py)")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
 

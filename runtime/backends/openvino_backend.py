@@ -86,6 +86,17 @@ def cache_key_path() -> Path:
     return base / "timesformer" / "cache.key"
 
 
+def _cpu_key() -> str:
+    """What the compiled kernels depend on besides the settings: the CPU's ISA flags and a cap on them
+    (``ONEDNN_MAX_CPU_ISA``), hashed short; a cache shared between machines (a network home) then never hands one CPU
+    the kernels compiled for another."""
+    from ..cpu_isa import ONEDNN_CAP_ENV
+    from ..device import cpu_info
+
+    parts = [",".join(cpu_info()["isa"]), os.environ.get(ONEDNN_CAP_ENV, "")]
+    return "cpu" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+
+
 def _cache_key() -> bytes | None:
     """The 32-byte key (created, mode 0600, on first use); None with a warning when it is not safely ours."""
     path = cache_key_path()
@@ -233,7 +244,7 @@ class OpenVINOBackend(Backend):
         if root == bundle or bundle in root.parents:
             raise BundleError(f"cache_dir {root}: inside the bundle {bundle}; the compiled-model cache must live "
                               "outside it (a bundle stays as built)")
-        key = "-".join([version.split("-")[0], device] + [f"{k}={v}" for k, v in sorted(config.items())])
+        key = "-".join([version.split("-")[0], device, _cpu_key()] + [f"{k}={v}" for k, v in sorted(config.items())])
         return root / sha / (key.replace("/", "_").replace(" ", "") + ".blob")
 
     def _verified_blob(self, blob: Path, key: bytes) -> bytes | None:

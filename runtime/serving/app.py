@@ -26,9 +26,8 @@ from ..prediction import top_k
 from ..preprocess import preprocess_frames
 from .protocol import API_PREFIX, MAX_BODY_BYTES, DecodedRequest, HttpError, decode_body
 
-__all__ = ["ServeOptions", "build_app", "bundle_id", "start_ray", "deploy", "shutdown", "replica_actors", "kill_replica", "connect_ray",
-           "APP_NAME",
-           "DEPLOYMENT_NAME"]
+__all__ = ["ServeOptions", "build_app", "bundle_id", "start_ray", "deploy", "shutdown", "replica_actors",
+           "kill_replica", "connect_ray", "APP_NAME", "DEPLOYMENT_NAME"]
 
 APP_NAME = "timesformer"
 DEPLOYMENT_NAME = "EngineReplica"
@@ -175,6 +174,133 @@ def _json(content: Any, status: int = 200) -> Any:
     return JSONResponse(content, status_code=status)
 
 
+def _scaling(opts: ServeOptions, max_batch: int) -> dict[str, Any]:
+    """Serve's replica count: fixed, or autoscaled on queue length for ``replicas="auto"``."""
+    if opts.replicas == "auto":
+        return {"autoscaling_config": {
+            "min_replicas": 1, "max_replicas": int(opts.max_replicas or 1),
+            # a replica is busy with one batch and one forming: scale out when more wait
+            "target_ongoing_requests": max(2, max_batch)}}
+    return {"num_replicas": int(opts.replicas)}
+
+
+class _HttpReplica:
+    """The HTTP side of one Serve replica: routing, limits, answers and metrics around a :class:`_Replica`.
+
+    :func:`build_app` subclasses it with the ``@serve.batch`` method (whose batch size is known only there)."""
+
+    core: _Replica
+    max_batch: int
+    max_body: int
+    batching: bool
+
+    def _setup(self, bundle: str, device: str, threads: int, max_batch: int, max_body: int, batching: bool) -> None:
+        import ray
+        from ray import serve
+
+        self.max_batch, self.max_body, self.batching = max_batch, max_body, batching
+        _replica_grpc_on_loopback()
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        self.core = _Replica(bundle, device, threads)
+        ctx = serve.get_replica_context()
+        self.replica = ctx.replica_id.unique_id
+        rt = ray.get_runtime_context()
+        self.actor_name = rt.get_actor_name()
+        self.namespace = rt.namespace
+        self.served = 0
+        from .metrics import ServingMetrics
+
+        self.metrics = ServingMetrics(self.core.engine, self.replica, max_batch)
+        self.core.on_call = self.metrics.engine_call
+
+    async def _batched(self, rows: np.ndarray) -> tuple[np.ndarray, int]:
+        """One request's rows through ``@serve.batch``: defined by build_app, where the batch size is known."""
+        raise NotImplementedError
+
+    async def _run(self, rows: np.ndarray) -> tuple[np.ndarray, int]:
+        if self.batching:
+            return await self._batched(rows)
+        out = await asyncio.get_running_loop().run_in_executor(None, self.core.infer_rows, [rows])
+        return out[0], len(rows)
+
+    async def __call__(self, request: Any) -> Any:
+        path = request.url.path.rstrip("/")
+        endpoint = path.rsplit("/", 1)[-1] if path in (f"{API_PREFIX}/predict", f"{API_PREFIX}/infer") else None
+        t_in = time.perf_counter()
+        answer = await self._answer(request, path)
+        if endpoint is not None:
+            ok = answer.status_code == 200
+            self.metrics.request(endpoint, answer.status_code, time.perf_counter() - t_in if ok else None)
+        return answer
+
+    async def _answer(self, request: Any, path: str) -> Any:
+        try:
+            if path in (f"{API_PREFIX}/predict", f"{API_PREFIX}/infer"):
+                if request.method != "POST":
+                    raise HttpError(405, f"{path}: expected POST with the array as the body, got {request.method}")
+                return await self._predict(request, path)
+            if path in (f"{API_PREFIX}/health", f"{API_PREFIX}/meta"):
+                if request.method != "GET":
+                    raise HttpError(405, f"{path}: expected GET, got {request.method}")
+                if path.endswith("meta"):
+                    return _json(self.core.meta())
+                return _json({"status": "ok", "replica": self.replica, "actor": self.actor_name,
+                              "namespace": self.namespace, "pid": os.getpid(), "served": self.served,
+                              "batching": self.batching, "max_batch": self.max_batch,
+                              **self.core.engine.describe()})
+            if path == f"{API_PREFIX}/metrics":
+                if request.method != "GET":
+                    raise HttpError(405, f"{path}: expected GET, got {request.method}")
+                return self._metrics_response(path)
+            raise HttpError(404, f"{request.url.path}: no such endpoint; expected {API_PREFIX}/predict, "
+                                 f"{API_PREFIX}/infer, {API_PREFIX}/health, {API_PREFIX}/meta or "
+                                 f"{API_PREFIX}/metrics")
+        except HttpError as e:
+            return _json({"error": e.message}, e.status)
+        except InputError as e:  # what the engine itself refuses; anything else is a server fault (500)
+            return _json({"error": str(e)}, 400)
+
+    async def _predict(self, request: Any, path: str) -> Any:
+        max_body = self.max_body
+        # the proxy's BodyGuard (see deploy) already bounded the body in time and size; checked again
+        # here for a proxy started without it
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > max_body:
+            raise HttpError(413, f"Content-Length: {size} bytes is over the {max_body}-byte limit")
+        body = await request.body()
+        if len(body) > max_body:
+            raise HttpError(413, f"body: {len(body)} bytes is over the {max_body}-byte limit")
+        t0 = time.perf_counter()
+        kind = "frames" if path.endswith("predict") else "canonical"
+        req = self.core.decode(body, request.headers, kind, self.max_batch)
+        rows = await asyncio.get_running_loop().run_in_executor(None, self.core.rows, req)
+        logits, batch = await self._run(rows)
+        self.served += 1
+        out: dict[str, Any] = {"server_ms": round((time.perf_counter() - t0) * 1e3, 3), "batch": batch,
+                               "replica": self.replica, "bundle_id": self.core.meta()["bundle_id"]}
+        if kind == "canonical":
+            out["logits"] = logits.tolist()
+        else:
+            out["top_k"] = top_k(logits[0], self.core.engine.labels, req.top_k)
+            out["logits"] = logits[0].tolist()
+        return _json(out)
+
+    def _metrics_response(self, path: str) -> Any:
+        text = self.metrics.render()
+        if text is None:
+            raise HttpError(501, f"{path}: this replica has no prometheus_client (pip install "
+                                 "'timesformer-runtime[metrics]'); Ray's metrics endpoint still has them")
+        from starlette.responses import Response
+
+        from .metrics import CONTENT_TYPE
+
+        return Response(text, media_type=CONTENT_TYPE)
+
+    async def check_health(self) -> None:
+        if self.core.engine is None:
+            raise RuntimeError("engine closed")
+
+
 def build_app(opts: ServeOptions) -> Any:
     """The Serve application (a bound deployment) for ``opts``; deploy it with :func:`deploy`."""
     from ray import serve
@@ -188,14 +314,6 @@ def build_app(opts: ServeOptions) -> Any:
     threads = opts.threads or max(1, int(opts.cpus_per_replica))
     device = opts.device
 
-    if opts.replicas == "auto":
-        scaling: dict[str, Any] = {"autoscaling_config": {
-            "min_replicas": 1, "max_replicas": int(opts.max_replicas or 1),
-            # a replica is busy with one batch and one forming: scale out when more wait
-            "target_ongoing_requests": max(2, max_batch)}}
-    else:
-        scaling = {"num_replicas": int(opts.replicas)}
-
     deployment = serve.deployment(
         name=DEPLOYMENT_NAME,
         ray_actor_options={"num_cpus": opts.cpus_per_replica},
@@ -203,26 +321,12 @@ def build_app(opts: ServeOptions) -> Any:
         max_ongoing_requests=max(8, 2 * max_batch),
         graceful_shutdown_timeout_s=2, graceful_shutdown_wait_loop_s=0.5,
         health_check_period_s=2, health_check_timeout_s=10,
-        **scaling,
+        **_scaling(opts, max_batch),
     )
 
-    class EngineReplica:
+    class EngineReplica(_HttpReplica):
         def __init__(self) -> None:
-            import ray
-
-            _replica_grpc_on_loopback()
-            os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-            self.core = _Replica(bundle, device, threads)
-            ctx = serve.get_replica_context()
-            self.replica = ctx.replica_id.unique_id
-            rt = ray.get_runtime_context()
-            self.actor_name = rt.get_actor_name()
-            self.namespace = rt.namespace
-            self.served = 0
-            from .metrics import ServingMetrics
-
-            self.metrics = ServingMetrics(self.core.engine, self.replica, max_batch)
-            self.core.on_call = self.metrics.engine_call
+            self._setup(bundle, device, threads, max_batch, max_body, batching)
 
         @serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=opts.batch_wait_ms / 1e3,
                      batch_size_fn=lambda items: sum(len(r) for r in items))
@@ -231,81 +335,6 @@ def build_app(opts: ServeOptions) -> Any:
             outs = await asyncio.get_running_loop().run_in_executor(None, self.core.infer_rows, items)
             n = sum(len(r) for r in items)
             return [(o, n) for o in outs]
-
-        async def _run(self, rows: np.ndarray) -> tuple[np.ndarray, int]:
-            if batching:
-                return await self._batched(rows)
-            out = await asyncio.get_running_loop().run_in_executor(None, self.core.infer_rows, [rows])
-            return out[0], len(rows)
-
-        async def __call__(self, request: Any) -> Any:
-            path = request.url.path.rstrip("/")
-            endpoint = path.rsplit("/", 1)[-1] if path in (f"{API_PREFIX}/predict", f"{API_PREFIX}/infer") else None
-            t_in = time.perf_counter()
-            answer = await self._answer(request, path)
-            if endpoint is not None:
-                ok = answer.status_code == 200
-                self.metrics.request(endpoint, answer.status_code, time.perf_counter() - t_in if ok else None)
-            return answer
-
-        async def _answer(self, request: Any, path: str) -> Any:
-            try:
-                if path in (f"{API_PREFIX}/predict", f"{API_PREFIX}/infer"):
-                    if request.method != "POST":
-                        raise HttpError(405, f"{path}: expected POST with the array as the body, got {request.method}")
-                    # the proxy's BodyGuard (see deploy) already bounded the body in time and size; checked again
-                    # here for a proxy started without it
-                    size = request.headers.get("content-length")
-                    if size is not None and size.isdigit() and int(size) > max_body:
-                        raise HttpError(413, f"Content-Length: {size} bytes is over the {max_body}-byte limit")
-                    body = await request.body()
-                    if len(body) > max_body:
-                        raise HttpError(413, f"body: {len(body)} bytes is over the {max_body}-byte limit")
-                    t0 = time.perf_counter()
-                    kind = "frames" if path.endswith("predict") else "canonical"
-                    req = self.core.decode(body, request.headers, kind, max_batch)
-                    rows = await asyncio.get_running_loop().run_in_executor(None, self.core.rows, req)
-                    logits, batch = await self._run(rows)
-                    self.served += 1
-                    out: dict[str, Any] = {"server_ms": round((time.perf_counter() - t0) * 1e3, 3), "batch": batch,
-                                           "replica": self.replica, "bundle_id": self.core.meta()["bundle_id"]}
-                    if kind == "canonical":
-                        out["logits"] = logits.tolist()
-                    else:
-                        out["top_k"] = top_k(logits[0], self.core.engine.labels, req.top_k)
-                        out["logits"] = logits[0].tolist()
-                    return _json(out)
-                if path in (f"{API_PREFIX}/health", f"{API_PREFIX}/meta"):
-                    if request.method != "GET":
-                        raise HttpError(405, f"{path}: expected GET, got {request.method}")
-                    if path.endswith("meta"):
-                        return _json(self.core.meta())
-                    return _json({"status": "ok", "replica": self.replica, "actor": self.actor_name,
-                                  "namespace": self.namespace, "pid": os.getpid(), "served": self.served,
-                                  "batching": batching, "max_batch": max_batch, **self.core.engine.describe()})
-                if path == f"{API_PREFIX}/metrics":
-                    if request.method != "GET":
-                        raise HttpError(405, f"{path}: expected GET, got {request.method}")
-                    text = self.metrics.render()
-                    if text is None:
-                        raise HttpError(501, f"{path}: this replica has no prometheus_client (pip install "
-                                             "'timesformer-runtime[metrics]'); Ray's metrics endpoint still has them")
-                    from starlette.responses import Response
-
-                    from .metrics import CONTENT_TYPE
-
-                    return Response(text, media_type=CONTENT_TYPE)
-                raise HttpError(404, f"{request.url.path}: no such endpoint; expected {API_PREFIX}/predict, "
-                                     f"{API_PREFIX}/infer, {API_PREFIX}/health, {API_PREFIX}/meta or "
-                                     f"{API_PREFIX}/metrics")
-            except HttpError as e:
-                return _json({"error": e.message}, e.status)
-            except InputError as e:  # what the engine itself refuses; anything else is a server fault (500)
-                return _json({"error": str(e)}, 400)
-
-        async def check_health(self) -> None:
-            if self.core.engine is None:
-                raise RuntimeError("engine closed")
 
     return deployment(EngineReplica).bind()
 

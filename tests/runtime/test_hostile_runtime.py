@@ -459,3 +459,19 @@ def test_bundle_file_names_cannot_carry_config_syntax(name: str) -> None:
     with pytest.raises(ValueError, match="plain file name"):
         check_file_name(name)
     assert check_file_name("model-int8_v2.onnx") == "model-int8_v2.onnx"
+
+
+def test_the_compiled_model_cache_is_keyed_by_the_cpus_isa(monkeypatch: pytest.MonkeyPatch) -> None:
+    """#5 (content keys): OpenVINO compiles kernels for the CPU it runs on, so a cache shared between machines, or a
+    process with oneDNN capped below VNNI, must not reuse another ISA's blob."""
+    import runtime.backends.openvino_backend as ovb
+    import runtime.device as device
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    here = ovb._cpu_key()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    capped = ovb._cpu_key()
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setattr(device, "cpu_info", lambda: {"isa": ["avx2", "fma"]})
+    other_cpu = ovb._cpu_key()
+    assert len({here, capped, other_cpu}) == 3
