@@ -223,17 +223,83 @@ def fold_standardisation(model: TimeSformer, cfg) -> TimeSformer:
     return final.eval()
 
 
+def _training_model(cfg) -> TimeSformer:
+    """The model to train: motion-ready temporal attention, and a standardising BatchNorm in front of the head."""
+    # the decomposed attention trains about 4x faster on CPU than PyTorch's flash kernel (same arithmetic)
+    model = TimeSformer(cfg).set_attention_impl("decomposed")
+    init_for_motion(model)
+    # Training-only: standardise the head's input (BatchNorm without affine); folded into the final norm below.
+    standardise = torch.nn.BatchNorm1d(cfg.embed_dim, affine=False)
+    model.head = torch.nn.Sequential(standardise, model.head)
+    return model
+
+
+def _optimizer(model: TimeSformer, lr: float,
+               total: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW (no weight decay on embeddings, tokens, norms and biases), warm-up then cosine decay over ``total``."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n and "token" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n and "token" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.999))
+    warmup = max(1, int(0.06 * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warmup if s < warmup
+        else 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup))))
+    return opt, sched
+
+
+def _fit(model: TimeSformer, data: torch.Tensor, labels: torch.Tensor, pre: PreprocessConfig, spec, *, lr: float,
+         epochs: int, batch: int, seed: int, stop_train_acc: float, progress: bool, t0: float) -> int:
+    """Train ``model`` in place on the decoded clips; returns how many epochs ran (early stop on train accuracy)."""
+    from tqdm import tqdm
+
+    n = len(labels)  # one per clip
+    steps_per_epoch = math.ceil(n / batch)
+    total = steps_per_epoch * epochs
+    opt, sched = _optimizer(model, lr, total)
+    g = torch.Generator().manual_seed(seed)
+    epochs_run = 0
+    bar = tqdm(total=total, desc="training motion_8x64", unit="step", disable=not progress)
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(n, generator=g)
+        seen = correct = 0
+        loss_sum = 0.0
+        for s in range(steps_per_epoch):
+            x, y = _batch(data, labels, perm[s * batch:(s + 1) * batch], pre, g, spec)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            seen += len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += loss.detach().item() * len(y)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        bar.write(f"epoch {epoch + 1}/{epochs}: loss {loss_sum / seen:.4f}  train acc {correct / seen:.4f}  "
+                  f"{time.time() - t0:.0f} s")
+        epochs_run = epoch + 1
+        if correct / seen >= stop_train_acc:
+            bar.write(f"stopping: train accuracy {correct / seen:.4f} >= {stop_train_acc}")
+            break
+    bar.close()
+    return epochs_run
+
+
 def train(out: str | Path | None = None, seed: int = 0, clips: int | None = None, epochs: int | None = None,
           batch: int = 32, lr: float = 5e-4, heldout_clips: int | None = None, heldout_seed: int | None = None,
-          data_dir: str = DEFAULT_DATA, threads: int = 2, progress: bool = True, command: str | None = None, min_accuracy: float = 0.0,
-          stop_train_acc: float = 1.01, weights_dtype: str = "float16", task: str = "motion") -> dict:
+          data_dir: str = DEFAULT_DATA, threads: int = 2, progress: bool = True, command: str | None = None,
+          min_accuracy: float = 0.0, stop_train_acc: float = 1.01, weights_dtype: str = "float16",
+          task: str = "motion") -> dict:
     """Train on the synthetic ``task``, evaluate on held-out files, save ``out`` (+ JSON sidecar); returns the
     metadata written.
 
     ``out``, ``clips``, ``epochs`` and ``heldout_clips`` default to the task's :data:`TASK_DEFAULTS`. A model
     below ``min_accuracy`` is written as ``<stem>.below_min.safetensors`` instead of ``out``."""
-    from tqdm import tqdm
-
     from calibration.clips.synthetic import get_task
 
     spec = get_task(task)
@@ -259,51 +325,9 @@ def train(out: str | Path | None = None, seed: int = 0, clips: int | None = None
 
     preset = get_preset("motion_8x64")
     cfg = preset.config.replace(num_classes=len(classes))
-    # the decomposed attention trains about 4x faster on CPU than PyTorch's flash kernel (same arithmetic)
-    model = TimeSformer(cfg).set_attention_impl("decomposed")
-    init_for_motion(model)
-    # Training-only: standardise the head's input (BatchNorm without affine); folded into the final norm below.
-    standardise = torch.nn.BatchNorm1d(cfg.embed_dim, affine=False)
-    model.head = torch.nn.Sequential(standardise, model.head)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n and "token" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n and "token" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.999))
-    steps_per_epoch = math.ceil(len(train_items) / batch)
-    total = steps_per_epoch * epochs
-    warmup = max(1, int(0.06 * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup))))
-    g = torch.Generator().manual_seed(seed)
-    epochs_run = 0
-    bar = tqdm(total=total, desc="training motion_8x64", unit="step", disable=not progress)
-    for epoch in range(epochs):
-        model.train()
-        perm = torch.randperm(len(train_items), generator=g)
-        seen = correct = 0
-        loss_sum = 0.0
-        for s in range(steps_per_epoch):
-            x, y = _batch(data, labels, perm[s * batch:(s + 1) * batch], pre, g, spec)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=0.1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            seen += len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            loss_sum += loss.detach().item() * len(y)
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-        bar.write(f"epoch {epoch + 1}/{epochs}: loss {loss_sum / seen:.4f}  train acc {correct / seen:.4f}  "
-                  f"{time.time() - t0:.0f} s")
-        epochs_run = epoch + 1
-        if correct / seen >= stop_train_acc:
-            bar.write(f"stopping: train accuracy {correct / seen:.4f} >= {stop_train_acc}")
-            break
-    bar.close()
+    model = _training_model(cfg)
+    epochs_run = _fit(model, data, labels, pre, spec, lr=lr, epochs=epochs, batch=batch, seed=seed,
+                      stop_train_acc=stop_train_acc, progress=progress, t0=t0)
 
     final = fold_standardisation(model, cfg)  # the plain TimeSformer, default (sdpa) attention
     dtype = getattr(torch, weights_dtype)
@@ -334,7 +358,8 @@ def train(out: str | Path | None = None, seed: int = 0, clips: int | None = None
 def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(prog="python -m models.train_motion", description=__doc__.splitlines()[0])
     ap.add_argument("--task", default="motion", choices=list(TASK_DEFAULTS),
-                    help="synthetic task (calibration.clips.synthetic.TASKS); it chooses the defaults marked 'per task'")
+                    help="synthetic task (calibration.clips.synthetic.TASKS); it chooses the defaults marked "
+                         "'per task'")
     ap.add_argument("--out", default=None, help="safetensors path (a .json sidecar is written beside it); per task: "
                     + ", ".join(f"{k} {v['out']}" for k, v in TASK_DEFAULTS.items()))
     ap.add_argument("--seed", type=int, default=0, help="training clips' seed (held-out clips use seed+1)")
@@ -358,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in TASK_DEFAULTS[a.task].items():
         if getattr(a, key) is None:
             setattr(a, key, value)
-    command = "python -m models.train_motion " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
+    args = argv if argv is not None else sys.argv[1:]
+    command = "python -m models.train_motion " + " ".join(shlex.quote(x) for x in args)
     meta = train(Path(a.out), a.seed, a.clips, a.epochs, a.batch, a.lr, a.heldout_clips, data_dir=a.data,
                  threads=a.threads, command=command.strip(), min_accuracy=a.min_accuracy,
                  stop_train_acc=a.stop_train_acc, weights_dtype=a.weights_dtype, task=a.task)
@@ -366,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
           f"(seed {meta['heldout_seed']}); "
           f"{meta['seconds']:.0f} s; wrote {meta['path']}")
     if meta["heldout_accuracy"] < a.min_accuracy:
-        print(f"held-out accuracy {meta['heldout_accuracy']:.4f} is below --min-accuracy {a.min_accuracy}", file=sys.stderr)
+        print(f"held-out accuracy {meta['heldout_accuracy']:.4f} is below --min-accuracy {a.min_accuracy}",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -53,12 +53,8 @@ def _draw(frame: np.ndarray, lines: list[str]) -> np.ndarray:
     return np.asarray(img)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["check"]:  # python -m runtime check BUNDLE: parity, latency, fingerprint (runtime/check.py)
-        from .check import main as check_main
-
-        return check_main(argv[1:])
+def _parser() -> ArgumentParser:
+    """The command line of ``python -m runtime BUNDLE SOURCE ...``."""
     ap = ArgumentParser(prog="python -m runtime", description=__doc__.splitlines()[0])
     ap.add_argument("bundle", help="engine bundle directory (holds manifest.json)")
     ap.add_argument("source", nargs="+", help="video file, rtsp:// URL, or camera index (0 = /dev/video0); several "
@@ -87,22 +83,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metrics-port", type=int, default=None,
                     help="serve Prometheus metrics at http://HOST:PORT/metrics (needs prometheus_client)")
     ap.add_argument("--metrics-host", default="127.0.0.1", help="address the metrics endpoint binds to")
-    try:
-        args = ap.parse_args(argv)
-    except UsageError as e:
-        print(f"python -m runtime: {e}", file=sys.stderr)
-        return 2
+    return ap
+
+
+def _arg_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the parsed arguments, found before the engine loads (a user error: exit 2), or None."""
     if args.out and len(args.source) > 1:
-        print("python -m runtime: --out draws one source; got several", file=sys.stderr)
-        return 2
+        return "--out draws one source; got several"
     for src in args.source:  # a missing file is a user error, found before the engine loads
         if not src.strip():  # '' would be Path('.'), which exists
-            print(f"python -m runtime: source {src!r}: empty; expected a video file, an rtsp:// URL or a camera "
-                  "index", file=sys.stderr)
-            return 2
+            return f"source {src!r}: empty; expected a video file, an rtsp:// URL or a camera index"
         if not is_live(src) and not Path(src).exists():
-            print(f"python -m runtime: {src}: no such file", file=sys.stderr)
-            return 2
+            return f"{src}: no such file"
     for name, ok, expected in (("retries", args.retries >= -1, "0 or more (-1: forever)"),
                                ("retry_for_s", args.retry_for_s is None or args.retry_for_s > 0, "a positive number"),
                                ("backoff_max_s", 0.5 <= args.backoff_max_s < math.inf,
@@ -111,15 +103,29 @@ def main(argv: list[str] | None = None) -> int:
                                ("metrics_port", args.metrics_port is None or 0 <= args.metrics_port <= 65535,
                                 "a TCP port 0..65535")):
         if not ok:
-            print(f"python -m runtime: --{name.replace('_', '-')}: expected {expected}, got {getattr(args, name)}",
-                  file=sys.stderr)
-            return 2
+            return f"--{name.replace('_', '-')}: expected {expected}, got {getattr(args, name)}"
     for name in ("max_frames", "top_k", "every", "threads", "fps"):  # counts: 0 or less is a typo, not a request
         v = getattr(args, name)
         if v is not None and v < 1:
-            print(f"python -m runtime: --{name.replace('_', '-')}: expected a positive integer, got {v}",
-                  file=sys.stderr)
-            return 2
+            return f"--{name.replace('_', '-')}: expected a positive integer, got {v}"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["check"]:  # python -m runtime check BUNDLE: parity, latency, fingerprint (runtime/check.py)
+        from .check import main as check_main
+
+        return check_main(argv[1:])
+    try:
+        args = _parser().parse_args(argv)
+    except UsageError as e:
+        print(f"python -m runtime: {e}", file=sys.stderr)
+        return 2
+    problem = _arg_problem(args)
+    if problem is not None:
+        print(f"python -m runtime: {problem}", file=sys.stderr)
+        return 2
     tmp = None
     try:
         if args.out:  # checked, and its temporary file made, before the engine loads

@@ -15,7 +15,7 @@ import numpy as np
 from .backends.base import Backend
 from .engine_api import EngineAPI
 from .errors import BundleError, InputError
-from .manifest import MANIFEST_NAME, BundleFiles, parse_labels, validate_manifest
+from .manifest import MANIFEST_NAME, BundleFiles, parse_labels, read_manifest_from, validate_manifest
 from .prediction import Prediction, check_top_k, prediction_metadata, top_k
 from .preprocess import PreprocessConfig, preprocess_frames, sample_indices
 from .stream import ClipStream
@@ -106,7 +106,7 @@ class Engine:
         self.verify = verify
         with BundleFiles(self.bundle_dir) as files:
             if manifest is None:
-                self.manifest = files.manifest()
+                self.manifest = read_manifest_from(files)
             else:
                 self.manifest = validate_manifest(manifest, self.bundle_dir / MANIFEST_NAME, require_parity=False)
             m = self.manifest
@@ -269,7 +269,8 @@ class Engine:
         n = arr.shape[0]
         if n != cfg.num_frames:
             if n < cfg.num_frames:
-                raise InputError(f"frames: expected at least {cfg.num_frames} frames (the model's clip length), got {n}")
+                raise InputError(f"frames: expected at least {cfg.num_frames} frames (the model's clip length), "
+                                 f"got {n}")
             arr = arr[sample_indices(n, cfg)]
         return preprocess_frames(arr, cfg, bgr=bgr)
 

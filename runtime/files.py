@@ -14,7 +14,8 @@ import stat
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator
 
-__all__ = ["atomic_write", "atomic_output", "write_bytes_atomic", "write_text_atomic", "write_json_atomic", "temp_path_beside",
+__all__ = ["atomic_write", "atomic_output", "write_bytes_atomic", "write_text_atomic", "write_json_atomic",
+           "temp_path_beside",
            "sha256_file", "sha256_code", "sha256_stream", "sha256_json", "FolderNotReplaceable",
            "folder_records", "owned_folder_problem", "replace_problem", "check_replaceable"]
 

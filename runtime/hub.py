@@ -34,8 +34,7 @@ import queue as queue_mod
 import sys
 import threading
 import time
-from collections import Counter, deque
-from dataclasses import dataclass, field
+from collections import Counter
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -45,106 +44,11 @@ from .engine_api import BatchEngine
 from .errors import InputError
 from .prediction import check_top_k
 from .prediction import top_k as _top_k
+from .hub_camera import Camera, CameraId, HubResult, Window, is_stale, run_source
 from .preprocess import FramePreprocessor
-from .sources import FrameSource, PushSource, as_source
+from .sources import PushSource, as_source
 
 __all__ = ["CameraHub", "HubResult"]
-
-CameraId = Any  # any hashable the app chooses (defaults to 0, 1, 2, ...)
-
-
-@dataclass
-class HubResult:
-    """One window of one camera, predicted."""
-
-    camera: CameraId
-    first_frame: int  # index of the window's first frame among the frames this camera delivered (0-based)
-    last_frame: int  # ... and of its last frame (the prediction is due when it arrives)
-    top_k: list[tuple[str, float]]  # (label, probability), best first
-    logits: np.ndarray = field(repr=False)
-    latency_ms: float = 0.0  # from the arrival of the last frame to the result
-    batch_size: int = 1  # windows in the engine call that computed it
-
-    @property
-    def label(self) -> str:
-        return self.top_k[0][0]
-
-
-@dataclass
-class _Window:
-    start: int  # first sampled frame (a monotonic ring index)
-    first_frame: int
-    last_frame: int
-    arrived: float  # perf_counter() of the last frame's arrival
-
-
-class _Camera:
-    """One camera's ring, queue and counters. Queue fields are guarded by the hub's lock."""
-
-    def __init__(self, cid: CameraId, source: FrameSource, engine: BatchEngine, every: int | None, bgr: bool,
-                 top_k: int, queue: int, on_result: Callable[[HubResult], None] | None, block: bool) -> None:
-        cfg = engine.preprocess
-        self.id, self.source, self.cfg, self.bgr, self.top_k = cid, source, cfg, bgr, top_k
-        self.on_result, self.block = on_result, block
-        self.stride = max(1, cfg.sampling_rate)
-        self.T = cfg.num_frames
-        self.span = (cfg.num_frames - 1) * self.stride + 1  # source frames one window covers
-        if every is None:  # as ClipStream: half a window, on the sampling grid
-            every = max(self.stride, (cfg.num_frames * self.stride // 2) // self.stride * self.stride)
-        if every <= 0 or every % self.stride:
-            raise ValueError(f"every: expected a positive multiple of the sampling rate {self.stride}, got {every} "
-                             "(windows must fall on the sampling grid to reuse the preprocessed frames)")
-        if queue < 1:
-            raise ValueError(f"queue: expected at least 1 window per camera, got {queue}")
-        self.every, self.queue = every, queue
-        # Sampled frames the ring keeps: `queue` pending windows, plus a whole new window after a reconnect (the
-        # old windows stay queued while the new run fills its first window, which the queue bound cannot see).
-        self.capacity = 2 * self.T + (queue - 1) * (every // self.stride)
-        self.ring = np.empty((self.capacity, 3, cfg.crop_size, cfg.crop_size), np.float32)
-        self.pending: deque[_Window] = deque()
-        self.push_lock = threading.Lock()  # one producer at a time: frames of a camera arrive in order
-        self.deliver_lock = threading.RLock()  # remove_camera waits out a delivery in progress (re-entrant: a
-        # callback may remove its own camera)
-        self.pre: FramePreprocessor | None = None
-        self.sampled = 0  # sampled frames written, ever (ring index; never reset so queued windows stay valid)
-        self.seg_start = 0  # frame index where the current unbroken run of frames began
-        self.frames = 0
-        self.stop = threading.Event()
-        self.thread: threading.Thread | None = None
-        self.removed = False
-        # counters (read by metrics(); ints are updated under the hub lock or by the one producer)
-        self.windows_due = self.predictions = self.dropped = self.failed = self.discarded = 0
-        self.inflight = 0  # windows in an engine call now
-        self.reconnects = self.reconnect_attempts = self.restarts = 0
-        self.failed_attempts = 0  # consecutive attempts without a frame in the current outage
-        self.status = "waiting for frames" if isinstance(source, PushSource) else "connecting"
-        self.last_error: str | None = None
-        self.last_error_at: float | None = None  # time.time() of the last error
-        self.next_retry_at: float | None = None  # time.time() of the next attempt while retrying
-        self.latencies: deque[float] = deque(maxlen=8192)
-
-    def reset(self) -> None:
-        """The next frame starts a new run (after a reconnect, a loop or a resolution change)."""
-        self.seg_start = self.frames
-
-    def copy_window(self, w: _Window, out: np.ndarray) -> None:
-        """The window's ``T`` frames into ``out`` (one or two slices of the ring)."""
-        s, c, t = w.start % self.capacity, self.capacity, self.T
-        head = min(t, c - s)
-        out[:head] = self.ring[s:s + head]
-        if head < t:
-            out[head:] = self.ring[:t - head]
-
-    def ring_bytes(self) -> int:
-        return self.ring.nbytes
-
-
-def _stale(cam: _Camera, s: int) -> bool:
-    """Whether writing sampled frame ``s`` would overwrite the oldest queued window of ``cam``."""
-    try:
-        return cam.pending[0].start <= s - cam.capacity
-    except IndexError:  # empty (or emptied by the scheduler just now)
-        return False
 
 
 class CameraHub:
@@ -189,7 +93,7 @@ class CameraHub:
         #: (windows, seconds, [(camera, latency s), ...]) per successful engine call: for exporters (runtime/metrics.py)
         self.on_call: Callable[[int, float, list[tuple[CameraId, float]]], None] | None = None
         self._cv = threading.Condition()
-        self._cams: dict[CameraId, _Camera] = {}
+        self._cams: dict[CameraId, Camera] = {}
         self._pres: dict[tuple[int, int, bool], FramePreprocessor] = {}
         self._ids = itertools.count()
         self._pending = 0
@@ -253,7 +157,7 @@ class CameraHub:
                     cid = next(self._ids)
             elif cid in self._cams:
                 raise ValueError(f"camera_id: {cid!r} is already in use")
-            cam = _Camera(cid, src, self.engine, every, bgr, top_k, self.queue if queue is None else queue, on_result,
+            cam = Camera(cid, src, self.engine, every, bgr, top_k, self.queue if queue is None else queue, on_result,
                           block)
             self._cams[cid] = cam
         if not isinstance(src, PushSource):
@@ -282,7 +186,7 @@ class CameraHub:
         if cam.thread is not None and cam.thread is not threading.current_thread():
             cam.thread.join(timeout)
         cam.status = "removed"
-        return self._camera_metrics(cam)
+        return cam.metrics()
 
     @property
     def cameras(self) -> list[CameraId]:
@@ -296,7 +200,7 @@ class CameraHub:
             raise KeyError(f"camera_id: no camera {camera_id!r}")
         self._push(cam, frame, time.perf_counter() if arrived is None else arrived)
 
-    def _preprocessor(self, height: int, width: int, bgr: bool, cam: _Camera | None = None) -> FramePreprocessor:
+    def _preprocessor(self, height: int, width: int, bgr: bool, cam: Camera | None = None) -> FramePreprocessor:
         """One per frame size, shared by the cameras (its taps are ~350 kB for 64 px crops; it is safe to call from
         several threads: the scratch buffer is per thread). Only the sizes some camera uses now are kept: a camera
         that changes resolution again and again, or cameras removed, leave nothing behind (issue 28 #11)."""
@@ -309,16 +213,17 @@ class CameraHub:
             self._prune_preprocessors(keep=pre, leaving=cam)
             return pre
 
-    def _prune_preprocessors(self, keep: FramePreprocessor | None = None, leaving: _Camera | None = None) -> None:
+    def _prune_preprocessors(self, keep: FramePreprocessor | None = None, leaving: Camera | None = None) -> None:
         """Forget the preprocessors no camera holds (``leaving`` is about to drop its own for ``keep``). Hub lock
         held."""
         used = {id(c.pre) for c in self._cams.values() if c.pre is not None and c is not leaving} | {id(keep)}
         self._pres = {k: p for k, p in self._pres.items() if id(p) in used}
 
-    def _push(self, cam: _Camera, frame: np.ndarray, arrived: float) -> None:
+    def _push(self, cam: Camera, frame: np.ndarray, arrived: float) -> None:
         frame = np.asarray(frame)
         if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
-            raise InputError(f"camera {cam.id!r}: frame: expected (H, W, 3) uint8, got {tuple(frame.shape)} {frame.dtype}")
+            raise InputError(f"camera {cam.id!r}: frame: expected (H, W, 3) uint8, got {tuple(frame.shape)} "
+                             f"{frame.dtype}")
         with cam.push_lock:
             if cam.pre is None or (cam.pre.height, cam.pre.width) != frame.shape[:2]:
                 if cam.pre is not None:
@@ -334,9 +239,9 @@ class CameraHub:
             # The slot about to be written must not hold a queued window. The ring is sized so that the queue bound
             # acts first; this catches runs broken again and again before a window fills. Only this producer
             # appends to cam.pending, so a check without the lock that finds nothing stale is final.
-            if _stale(cam, s):
+            if is_stale(cam, s):
                 with self._cv:
-                    while _stale(cam, s):
+                    while is_stale(cam, s):
                         if cam.block and not (cam.stop.is_set() or self._closing):
                             self._cv.wait(0.5)
                             continue
@@ -348,7 +253,7 @@ class CameraHub:
             cam.sampled = s + 1
             if k < cam.span - 1 or (k - (cam.span - 1)) % cam.every:
                 return
-            w = _Window(s + 1 - cam.T, cam.frames - cam.span, cam.frames - 1, arrived)
+            w = Window(s + 1 - cam.T, cam.frames - cam.span, cam.frames - 1, arrived)
             with self._cv:
                 if cam.removed:
                     return
@@ -367,7 +272,7 @@ class CameraHub:
                 self._cv.notify_all()
 
     # ----------------------------------------------------------------- decoding threads
-    def _set_status(self, cam: _Camera, status: str, error: str | None = None) -> None:
+    def _set_status(self, cam: Camera, status: str, error: str | None = None) -> None:
         """A camera's state (connecting, live, retrying, failed, ended), reported once per change to ``on_status``."""
         if error is not None:
             cam.last_error, cam.last_error_at = error, time.time()
@@ -380,67 +285,12 @@ class CameraHub:
             except Exception:  # noqa: BLE001 - an app's callback must not stop a source
                 pass
 
-    def _run_source(self, cam: _Camera) -> None:
-        """Decode a source; re-open it with exponential backoff (``backoff`` = (first, longest) delay) when it drops,
-        until ``retries`` consecutive attempts gave no frame or the outage lasted ``retry_for_s``: then ``failed``."""
-        src, attempt, recovering = cam.source, 0, False
-        initial, longest = self.backoff
-        outage_since = time.perf_counter()
-        while not cam.stop.is_set():
-            got, reason = 0, "ended"
-            try:
-                for frame in src.open():
-                    if cam.stop.is_set():
-                        break
-                    arrived = time.perf_counter()
-                    if got == 0:
-                        self._set_status(cam, "live")
-                        attempt, cam.failed_attempts = 0, 0
-                        if recovering:  # frames again after a drop: reconnected
-                            cam.reconnects += 1
-                            recovering = False
-                    got += 1
-                    self._push(cam, frame, arrived)
-            except Exception as e:  # noqa: BLE001 - any failure of a source is reported per camera, then retried
-                reason = f"{type(e).__name__}: {e}"
-                cam.last_error, cam.last_error_at = reason, time.time()
-            if cam.stop.is_set():
-                break
-            cam.reset()
-            if got:
-                outage_since = time.perf_counter()
-            if reason == "ended" and src.ends:  # a file came to its end: normal, not a drop
-                if not src.loop:
-                    self._set_status(cam, "ended" if got else "failed", None if got else "no frames")
-                    break
-                if got:
-                    cam.restarts += 1
-                    continue
-            if not src.retry:
-                self._set_status(cam, "ended" if reason == "ended" else "failed")
-                break
-            # a dropped stream, an error, or a file that is gone: back off, then reconnect
-            if reason == "ended":
-                cam.last_error, cam.last_error_at = ("stream ended" if got else "no frames"), time.time()
-            attempt += 1
-            cam.failed_attempts = attempt
-            outage = time.perf_counter() - outage_since
-            if ((self.retries is not None and attempt > self.retries)
-                    or (self.retry_for_s is not None and outage >= self.retry_for_s)):
-                bound = (f"{self.retries} retries" if self.retries is not None and attempt > self.retries
-                         else f"{outage:.0f} s without frames")
-                self._set_status(cam, "failed", f"gave up after {bound} ({cam.last_error})")
-                break
-            self._set_status(cam, "retrying")
-            recovering = True
-            cam.reconnect_attempts += 1
-            delay = min(longest, initial * (2 ** (attempt - 1)))
-            cam.next_retry_at = time.time() + delay
-            cam.stop.wait(delay)
-            cam.next_retry_at = None
+    def _run_source(self, cam: Camera) -> None:
+        """Decode a camera's source on its thread, reconnecting as :func:`runtime.hub_camera.run_source` says."""
+        run_source(cam, self._push, self._set_status, self.backoff, self.retries, self.retry_for_s)
 
     # ----------------------------------------------------------------- scheduling and inference
-    def _select(self, limit: int) -> list[tuple[_Camera, _Window]]:
+    def _select(self, limit: int) -> list[tuple[Camera, Window]]:
         """Up to ``limit`` windows: oldest first, one per camera per round (no camera starves). Hub lock held."""
         if self.max_age is not None:
             old = time.perf_counter() - self.max_age
@@ -449,7 +299,7 @@ class CameraHub:
                     c.pending.popleft()
                     c.dropped += 1
                     self._pending -= 1
-        chosen: list[tuple[_Camera, _Window]] = []
+        chosen: list[tuple[Camera, Window]] = []
         depth = 0
         cams = [c for c in self._cams.values() if c.pending]
         while len(chosen) < limit:
@@ -512,7 +362,7 @@ class CameraHub:
                     self._inflight -= 1
                     self._cv.notify_all()
 
-    def _infer(self, batch: np.ndarray, chosen: list[tuple[_Camera, _Window]]) -> None:
+    def _infer(self, batch: np.ndarray, chosen: list[tuple[Camera, Window]]) -> None:
         n = len(chosen)
         m = max(n, self.min_batch)
         if m > n:  # an engine whose smallest batch exceeds the windows due: pad with copies, discard their rows
@@ -572,7 +422,7 @@ class CameraHub:
                     continue
                 self._deliver(cam, r)
 
-    def _deliver(self, cam: _Camera, r: HubResult) -> None:
+    def _deliver(self, cam: Camera, r: HubResult) -> None:
         for cb in (cam.on_result, self.on_result):
             if cb is not None:
                 try:
@@ -632,17 +482,6 @@ class CameraHub:
                     return False
         return True
 
-    def _camera_metrics(self, cam: _Camera) -> dict[str, Any]:
-        lat = np.asarray(cam.latencies, np.float64)
-        return {"source": cam.source.name, "status": cam.status, "frames": cam.frames,
-                "windows_due": cam.windows_due, "predictions": cam.predictions, "dropped": cam.dropped,
-                "failed": cam.failed, "discarded": cam.discarded, "queued": len(cam.pending),
-                "in_flight": cam.inflight,
-                "reconnects": cam.reconnects, "reconnect_attempts": cam.reconnect_attempts, "restarts": cam.restarts,
-                "failed_attempts": cam.failed_attempts, "last_error": cam.last_error,
-                "last_error_at": cam.last_error_at, "next_retry_at": cam.next_retry_at,
-                "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
-                "p99_ms": float(np.percentile(lat, 99)) if lat.size else None}
 
     def metrics(self) -> dict[str, Any]:
         """Per camera: predictions, drops, reconnects, latency p50/p99; the batch-size histogram; device time share
@@ -651,7 +490,7 @@ class CameraHub:
             cams = list(self._cams.values())
             wall = time.perf_counter() - self._t0
             hist = dict(sorted(self.batch_sizes.items()))
-            per = {str(c.id): self._camera_metrics(c) for c in cams}
+            per = {str(c.id): c.metrics() for c in cams}
             n = sum(hist.values())
             return {"cameras": per, "batch_sizes": hist, "calls": self.calls,
                     "mean_batch": (sum(k * v for k, v in hist.items()) / n) if n else None,

@@ -329,60 +329,55 @@ def fp32_node_types(path: str | os.PathLike) -> dict[str, list[str]]:
     return out
 
 
-def convert_fp16(fp32_onnx: str | os.PathLike, out: str | os.PathLike, get_clips: Callable[[], np.ndarray] | None,
-                 stats_cache: str | os.PathLike | Callable[[], Path] | None = None, keep_io_types: bool = True,
-                 overflow_threshold: float = DEFAULT_OVERFLOW_THRESHOLD,
-                 error_threshold: float = DEFAULT_ERROR_THRESHOLD, extra_fp32_nodes: list[str] | None = None,
-                 validate_clips: int = 4, progress: bool = True) -> dict[str, Any]:
-    """Write the FP16 model of ``fp32_onnx`` to ``out`` (atomically); returns what was kept FP32 and why.
+class _Clips:
+    """The calibration clips, read once on first use (never when the statistics are cached and nothing validates)."""
 
-    ``get_clips`` gives the calibration clips (called only when ``stats_cache`` is cold or for
-    validation); None skips the measurement (only :data:`ALWAYS_FP32_OPS` and ``extra_fp32_nodes``
-    stay FP32). ``stats_cache``: JSON file (or a callable giving it) for the measured activations, reused when present.
-    """
-    import onnx
+    def __init__(self, get_clips: Callable[[], np.ndarray] | None) -> None:
+        self._get = get_clips
+        self._clips: np.ndarray | None = None
+
+    @property
+    def read(self) -> bool:
+        return self._clips is not None
+
+    def __call__(self) -> np.ndarray:
+        if self._clips is None:
+            if self._get is None:
+                raise FP16Error("no calibration clips given")
+            self._clips = np.asarray(self._get(), np.float32)
+        return self._clips
+
+
+def _activation_stats(fp32_onnx: Path, stats_cache: str | os.PathLike | Callable[[], Path] | None, clips: _Clips,
+                      progress: bool) -> tuple[dict[str, Any], str]:
+    """The measured activation statistics (from ``stats_cache`` when it holds this version) and "hit" or "miss"."""
+    cpath = Path(stats_cache() if callable(stats_cache) else stats_cache) if stats_cache else None
+    if cpath is not None and cpath.is_file():
+        stats = json.loads(cpath.read_text())
+        if stats.get("version") == STATS_VERSION:
+            _log(f"reusing the activation statistics {cpath}")
+            return stats, "hit"
+    _log(f"measuring activations and per-node FP16 error of {fp32_onnx.name} on {len(clips())} clips")
+    stats = measure_activations(fp32_onnx, clips(), progress)
+    if cpath is not None:
+        write_text_atomic(cpath, json.dumps(stats))
+    return stats, "miss"
+
+
+def _always_fp32_nodes(fp32_onnx: Path) -> list[dict[str, str]]:
+    """Without measurements: the nodes whose op is in :data:`ALWAYS_FP32_OPS`."""
+    model0 = _load(fp32_onnx)
+    _name_nodes(model0)
+    return [{"node": n.name, "op": n.op_type, "reason": "always"} for n in model0.graph.node
+            if n.op_type in ALWAYS_FP32_OPS]
+
+
+def _convert(fp32_onnx: Path, kept: list[dict[str, Any]], keep_io_types: bool) -> tuple[Any, int, int]:
+    """The FP16 model with the ``kept`` nodes FP32; also how many initializers were duplicated and edges rewired."""
     from onnxruntime.transformers.float16 import (
         DEFAULT_OP_BLOCK_LIST,
         convert_float_to_float16,
     )
-
-    fp32_onnx, out = Path(fp32_onnx), Path(out)
-    t0 = time.perf_counter()
-    clips_cache: dict[str, np.ndarray] = {}
-
-    def clips() -> np.ndarray:
-        if "c" not in clips_cache:
-            if get_clips is None:
-                raise FP16Error("no calibration clips given")
-            clips_cache["c"] = np.asarray(get_clips(), np.float32)
-        return clips_cache["c"]
-
-    stats = None
-    cache_state = None
-    if get_clips is not None:
-        cpath = Path(stats_cache() if callable(stats_cache) else stats_cache) if stats_cache else None
-        if cpath is not None and cpath.is_file():
-            stats = json.loads(cpath.read_text())
-            if stats.get("version") != STATS_VERSION:
-                stats = None
-            else:
-                cache_state = "hit"
-                _log(f"reusing the activation statistics {cpath}")
-        if stats is None:
-            _log(f"measuring activations and per-node FP16 error of {fp32_onnx.name} on {len(clips())} clips")
-            stats = measure_activations(fp32_onnx, clips(), progress)
-            cache_state = "miss"
-            if cpath is not None:
-                write_text_atomic(cpath, json.dumps(stats))
-    if stats is not None:
-        kept = decide_fp32_nodes(fp32_onnx, stats, overflow_threshold, error_threshold)
-    else:
-        model0 = _load(fp32_onnx)
-        _name_nodes(model0)
-        kept = [{"node": n.name, "op": n.op_type, "reason": "always"} for n in model0.graph.node
-                if n.op_type in ALWAYS_FP32_OPS]
-    for name in extra_fp32_nodes or []:
-        kept.append({"node": name, "op": "?", "reason": "asked"})
 
     model = _load(fp32_onnx)
     _name_nodes(model)
@@ -405,12 +400,45 @@ def convert_fp16(fp32_onnx: str | os.PathLike, out: str | os.PathLike, get_clips
         if prop.key == "precision":
             converted.metadata_props.remove(prop)
     converted.metadata_props.add(key="precision", value="fp16")
+    return converted, copies, rewired
+
+
+def _save_atomic(model: Any, out: Path) -> None:
+    import onnx
+
     tmp = temp_path_beside(out, out.suffix or ".tmp")
     try:
-        onnx.save(converted, str(tmp))
+        onnx.save(model, str(tmp))
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def convert_fp16(fp32_onnx: str | os.PathLike, out: str | os.PathLike, get_clips: Callable[[], np.ndarray] | None,
+                 stats_cache: str | os.PathLike | Callable[[], Path] | None = None, keep_io_types: bool = True,
+                 overflow_threshold: float = DEFAULT_OVERFLOW_THRESHOLD,
+                 error_threshold: float = DEFAULT_ERROR_THRESHOLD, extra_fp32_nodes: list[str] | None = None,
+                 validate_clips: int = 4, progress: bool = True) -> dict[str, Any]:
+    """Write the FP16 model of ``fp32_onnx`` to ``out`` (atomically); returns what was kept FP32 and why.
+
+    ``get_clips`` gives the calibration clips (called only when ``stats_cache`` is cold or for
+    validation); None skips the measurement (only :data:`ALWAYS_FP32_OPS` and ``extra_fp32_nodes``
+    stay FP32). ``stats_cache``: JSON file (or a callable giving it) for the measured activations, reused when present.
+    """
+    fp32_onnx, out = Path(fp32_onnx), Path(out)
+    t0 = time.perf_counter()
+    clips = _Clips(get_clips)
+    cache_state = None
+    if get_clips is not None:
+        stats, cache_state = _activation_stats(fp32_onnx, stats_cache, clips, progress)
+        kept = decide_fp32_nodes(fp32_onnx, stats, overflow_threshold, error_threshold)
+    else:
+        kept = _always_fp32_nodes(fp32_onnx)
+    for name in extra_fp32_nodes or []:
+        kept.append({"node": name, "op": "?", "reason": "asked"})
+
+    converted, copies, rewired = _convert(fp32_onnx, kept, keep_io_types)
+    _save_atomic(converted, out)
 
     by_reason: dict[str, int] = {}
     for k in kept:
@@ -427,5 +455,5 @@ def convert_fp16(fp32_onnx: str | os.PathLike, out: str | os.PathLike, get_clips
 
         info["validation"], _ = validate_against_fp32(fp32_onnx, out, clips()[:validate_clips])
     info["seconds"] = round(time.perf_counter() - t0, 2)
-    info["clips_read"] = "c" in clips_cache
+    info["clips_read"] = clips.read
     return info

@@ -43,7 +43,7 @@ import numpy as np
 
 from runtime.cli_args import ArgumentParser, user_errors
 
-from export.bench.harness import load_average, logger, machine, write_report
+from export.bench.harness import check_report_dir, load_average, logger, machine, write_report
 
 _log = logger("cameras")
 #: issue 27's goal: cameras held at 0 drops, as a fraction of the decode-only limit (decoded frames/s over camera fps)
@@ -174,6 +174,48 @@ def _pace(
     return lags, skipped
 
 
+class _MemoryMonitor:
+    """The process's resident memory, sampled every 0.25 s on a thread between :meth:`start` and :meth:`stop`."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self.start_mb = 0.0
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.25):
+            self.samples.append(_rss_mb())
+
+    def start(self) -> None:
+        self.start_mb = _rss_mb()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def summary(self) -> dict[str, Any]:
+        rss, rss0 = self.samples, self.start_mb
+        return {
+            "rss_start_mb": rss0,
+            "rss_peak_mb": max(rss, default=rss0),
+            "rss_end_mb": rss[-1] if rss else rss0,
+            "rss_every_second_mb": [round(v, 1) for v in rss[3::4]],  # flat once the rings exist: memory is bounded
+        }
+
+
+def _served(out: dict[str, Any], drained: bool, expected: int, period: float) -> bool:
+    """Whether the machine kept up: nothing dropped or failed, every due window predicted, the pacers on time."""
+    return bool(
+        out["dropped"] == 0
+        and out["failed"] == 0
+        and drained
+        and out["predictions"] == out["windows_due"] == expected
+        and out["pace_lag_p90_ms"] < 1e3 * period
+    )
+
+
 def run_cameras(
     engine: Any,
     frames: "np.ndarray | DecodedSource",
@@ -207,26 +249,17 @@ def run_cameras(
     for i in range(cameras):
         hub.add_camera(camera_id=i)
     period = 1.0 / fps
-    rss: list[float] = []
-    done = threading.Event()
-
-    def sample_memory() -> None:
-        while not done.wait(0.25):
-            rss.append(_rss_mb())
-
+    memory = _MemoryMonitor()
     get, close_feed = _feed(frames, cameras)
-    rss0 = _rss_mb()
+    memory.start()
     cpu0 = time.process_time()
-    monitor = threading.Thread(target=sample_memory, daemon=True)
-    monitor.start()
     lags, skipped = _pace(hub, get, cameras, period, n_frames, pacers, skip_late)
     drained = hub.drain(timeout=60)
     cpu_s = time.process_time() - cpu0
     m = hub.metrics()
     hub.close()
     close_feed()
-    done.set()
-    monitor.join()
+    memory.stop()
     expected = _expected_windows(engine.preprocess, cameras, n_frames)
     out = {
         "cameras": cameras,
@@ -240,19 +273,10 @@ def run_cameras(
         "drained": drained,
         **_hub_counts(m, latencies, lags),
         "cpu_s": cpu_s,  # the whole process (decoders, pacers, hub, engine threads): all a camera costs
-        "rss_start_mb": rss0,
-        "rss_peak_mb": max(rss, default=rss0),
-        "rss_end_mb": rss[-1] if rss else rss0,
-        "rss_every_second_mb": [round(v, 1) for v in rss[3::4]],  # flat once the rings exist: memory is bounded
+        **memory.summary(),
         "ring_mb": m["ring_bytes"] / 2**20,
     }
-    out["served"] = (
-        out["dropped"] == 0
-        and out["failed"] == 0
-        and drained
-        and out["predictions"] == out["windows_due"] == expected
-        and out["pace_lag_p90_ms"] < 1e3 * period
-    )
+    out["served"] = _served(out, drained, expected, period)
     if keep_logits:
         out["_logits"] = logits
     return out
@@ -548,9 +572,11 @@ def _summary(result: dict[str, Any], fps: float, seconds: float) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     width, height = _check_args(a)
+    out = Path(a.out or f"artifacts/bench/cameras/{Path(a.engine).resolve().name}.json")
+    check_report_dir(out.parent, [a.engine])
     from runtime import Engine
 
-    engine = Engine(a.engine, **({"threads": a.threads} if a.threads is not None else {}))
+    engine = Engine(a.engine, **({"threads": a.threads} if a.threads else {}))  # 0: the backend's default (make)
     _check_windows(engine.preprocess, a)
     src, choice = _decoded_source(a, engine) if a.source else (None, None)
     frames: Any = src if src is not None else render_frames(width, height, video=a.video)
@@ -578,7 +604,6 @@ def main(argv: list[str] | None = None) -> int:
         result["decode"] = _decode_verdict(choice, src, result, a)  # type: ignore[arg-type]
     result["load_average_after"] = load_average()
     engine.close()
-    out = Path(a.out or f"artifacts/bench/cameras/{Path(a.engine).resolve().name}.json")
     write_report(out.parent, out.stem, result)
     print("\n".join(_summary(result, a.fps, a.seconds)))
     _log.info(f"wrote {out}")

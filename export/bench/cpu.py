@@ -19,8 +19,9 @@ interleaved rounds (every engine once per round, the order rotated each round), 
 all alike; median, min and the 10-90% spread per engine. Accuracy: cosine, top-1 agreement and max |dlogit| against
 FP32 PyTorch on synthetic clips of a seed used neither for calibration nor for the build's parity check.
 
-Writes ``cpu.json``, ``cpu.md`` and ``cpu.png`` under ``--out-dir`` (default ``artifacts/bench/cpu``; ``--quick``:
-the motion-sized preset, a few rounds, ``artifacts/bench/cpu-quick``: seconds, used by the report-format test).
+Writes ``cpu.json``, ``cpu.md`` and ``cpu.png`` (the last two by :mod:`export.bench.cpu_report`) under
+``--out-dir`` (default ``artifacts/bench/cpu``; ``--quick``: the motion-sized preset, a few rounds,
+``artifacts/bench/cpu-quick``: seconds, used by the report-format test).
 """
 
 from __future__ import annotations
@@ -28,26 +29,23 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from runtime.cli_args import ArgumentParser, user_errors
 from calibration.precision.metrics import compare_logits, cosine_rows
 
+from export.bench.cpu_gemm import Entry, gemm_entries
+from export.bench.cpu_report import markdown, plot
 from export.bench.harness import (
     SPREAD_TOLERANCE,
     Rounds,
     interleaved_rounds,
     logger,
     machine,
-    machine_line,
-    markdown_table,
-    pyplot,
     ratio_verdict,
-    save_figure,
     spread_stats,
     write_report,
 )
@@ -65,100 +63,6 @@ TARGETS = {
 }
 #: the reference row every ratio is taken against
 BASELINE = "ort-fp32"
-
-
-@dataclass
-class Entry:
-    """One thing timed: a name, a group (anchor | ours | gemm), the dtype whose peak it is held to, a call."""
-
-    name: str
-    group: str
-    dtype: str
-    what: str
-    run: Callable[[np.ndarray], np.ndarray]
-    flops: float = 0.0  # per call (GEMMs: their own; engines: the model's per clip)
-    info: dict[str, Any] | None = None
-
-
-def _gemm_entries(n: int, threads: int) -> list[Entry]:
-    """FP32/BF16/INT8 square GEMMs of size ``n`` (2n^3 FLOP or integer OP each)."""
-    import torch
-
-    rng = torch.Generator().manual_seed(0)
-    a32, b32 = torch.randn(n, n, generator=rng), torch.randn(n, n, generator=rng)
-    a16, b16 = a32.bfloat16(), b32.bfloat16()
-    a8 = torch.randint(-127, 127, (n, n), dtype=torch.int8, generator=rng)
-    b8 = torch.randint(-127, 127, (n, n), dtype=torch.int8, generator=rng)
-    an, bn = a32.numpy(), b32.numpy()
-    flops = 2.0 * n**3
-    entries = [
-        Entry("gemm-fp32-torch", "gemm", "fp32", f"torch.mm {n}x{n}x{n} float32", lambda _: torch.mm(a32, b32), flops),
-        Entry("gemm-fp32-numpy", "gemm", "fp32", f"numpy matmul {n}^3 float32", lambda _: an @ bn, flops),
-        Entry("gemm-bf16-torch", "gemm", "bf16", f"torch.mm {n}^3 bfloat16", lambda _: torch.mm(a16, b16), flops),
-    ]
-    try:
-        torch._int_mm(a8[:32, :32].contiguous(), b8[:32, :32].contiguous())
-        entries.append(
-            Entry(
-                "gemm-int8-torch",
-                "gemm",
-                "int8",
-                f"torch._int_mm {n}^3 int8 -> int32",
-                lambda _: torch._int_mm(a8, b8),
-                flops,
-            )
-        )
-    except Exception as e:  # noqa: BLE001 - older torch builds lack the CPU kernel
-        _log.info(f"no INT8 GEMM in this torch ({type(e).__name__}: {e})")
-    entries += _openvino_gemms(n, threads)
-    return entries
-
-
-def _openvino_gemms(n: int, threads: int) -> list[Entry]:
-    """The same GEMMs through OpenVINO's CPU plugin (oneDNN brgemm kernels: f32, bf16, and int8 from a
-    FakeQuantize on the activations and dequantized int8 weights), when OpenVINO is installed."""
-    try:
-        import openvino as ov
-        import openvino.opset13 as ops
-    except ImportError:
-        return []
-    rng = np.random.default_rng(1)
-    core = ov.Core()
-    x = rng.standard_normal((n, n)).astype(np.float32)
-    out = []
-    for dtype, hint in (("fp32", "f32"), ("bf16", "bf16"), ("int8", "f32")):
-        a = ops.parameter([n, n], ov.Type.f32)
-        if dtype == "int8":
-            lo, hi = np.float32(-4), np.float32(4)
-            act = ops.fake_quantize(a, lo, hi, lo, hi, 256)
-            w = ops.multiply(
-                ops.convert(ops.constant(rng.integers(-127, 127, (n, n), dtype=np.int8)), ov.Type.f32),
-                ops.constant(np.full((n, 1), 0.01, np.float32)),
-            )
-        else:
-            act, w = a, ops.constant(rng.standard_normal((n, n)).astype(np.float32))
-        model = ov.Model([ops.matmul(act, w, False, True)], [a])
-        try:
-            compiled = core.compile_model(
-                model,
-                "CPU",
-                {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads},
-            )
-        except RuntimeError as e:  # bf16 on a CPU without it, for example
-            _log.info(f"no OpenVINO {dtype} GEMM here ({str(e).splitlines()[0]})")
-            continue
-        request = compiled.create_infer_request()
-        out.append(
-            Entry(
-                f"gemm-{dtype}-openvino",
-                "gemm",
-                dtype,
-                f"OpenVINO MatMul {n}^3 {dtype}",
-                lambda _, r=request: r.infer({0: x}),
-                2.0 * n**3,
-            )
-        )
-    return out
 
 
 def _build(
@@ -490,7 +394,7 @@ def run_bench(
     entries = _anchor_entries(net, hf_dir, clips[:1], cache, threads, flops) + ours
     _log.info(f"4/5 accuracy on {len(clips)} held-out clips")
     accuracy = _accuracy(entries, clips, ref)
-    timed = entries + _gemm_entries(gemm_n, threads)
+    timed = entries + gemm_entries(gemm_n, threads)
     t = _timing(timed, np.ascontiguousarray(clips[:1]), rounds, warmup, threads)
     load = {name: _load_times(bundles[name], threads, work) for name in bundles if name.startswith("ov-")}
     for e in engines:
@@ -522,138 +426,23 @@ def run_bench(
     }
 
 
-# --------------------------------------------------------------------------- the report
+#: the largest --gemm-n: three n x n float32 matrices of 8192 are 768 MB (a larger one was a traceback from torch's
+#: allocator, or all memory)
+MAX_GEMM_N = 8192
 
 
-def _engine_row(name: str, r: dict[str, Any]) -> list[Any]:
-    a = r["accuracy"]
-    if r.get("ratio_vs_ort_fp32") is not None:
-        ratio = f"{r['ratio_vs_ort_fp32']:.3f}"
-    elif "ratio_median_vs_ort_fp32" in r:
-        ratio = f"none claimed ({r['ratio_median_vs_ort_fp32']:.3f} median; rounds disagree)"
-    else:
-        ratio = None
-    frac = f"{r['fraction_of_peak']:.0%} {r['dtype']}" if "fraction_of_peak" in r else None
-    return [
-        name,
-        f"{r['median_s']:.4f}",
-        f"{r['min_s']:.4f}",
-        f"{r['spread']:.0%}",
-        ratio,
-        f"{r['gflops']:.0f}",
-        frac,
-        f"{a['mean_cosine']:.6f}",
-        f"{a['min_cosine']:.6f}",
-        f"{a['top1_agreement']:.2f}",
-        f"{a['max_abs_logit']:.2e}",
-        r["what"],
-    ]
+def _check_args(a: Any) -> None:
+    """Counts the user gave: each a usable number (``--threads 99999`` crashed the process in torch)."""
+    from runtime.backends.onnxruntime_backend import available_cpus
 
-
-def _target_lines(report: dict[str, Any]) -> list[str]:
-    lines = ["", "Targets (issue 18; latency ratios against our ONNX Runtime FP32 in this run):", ""]
-    for name, c in report["targets"].items():
-        if c["ratio"] is None:
-            lines.append(f"- {name}: **not judged**: {c['reason']} (median ratio {c['ratio_median']:.3f}x)")
-            continue
-        lines.append(
-            f"- {name}: {c['ratio']:.3f}x (needs <= {c['max_ratio']}), mean cosine {c['mean_cosine']:.6f} "
-            f"(needs >= {c['min_mean_cosine']}): **{'passed' if c['passed'] else 'NOT met'}**"
-        )
-    return lines
-
-
-def markdown(report: dict[str, Any]) -> str:
-    """The report as Markdown: one table of engines, one of GEMM peaks, the targets and the load times."""
-    res = report["results"]
-    lines = [
-        f"# CPU benchmark: {report['model']} ({report['gflop_per_clip']:.1f} GFLOP per clip), batch 1",
-        "",
-        f"{report['threads']} threads; {machine_line(report['machine'])}; "
-        + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if k != "openvino_capabilities")
-        + f". {report['rounds']} interleaved rounds after {report['warmup']} warm-up; a ratio is claimed only when "
-        f"both sides' rounds spread at most {report.get('spread_tolerance', SPREAD_TOLERANCE):.0%} of their "
-        f"median. Accuracy on {report['eval_clips']} held-out clips (seed {report['eval_seed']}) against FP32 "
-        "PyTorch.",
-        "",
-    ]
-    lines += markdown_table(
-        [
-            "engine",
-            "median s",
-            "min s",
-            "spread (p10-p90)/median",
-            "vs ORT FP32",
-            "GFLOP/s",
-            "of its peak",
-            "mean cosine",
-            "min cosine",
-            "top-1 agree",
-            "max abs dlogit",
-            "what",
-        ],
-        [_engine_row(n, r) for n, r in res.items() if r["group"] != "gemm"],
-    )
-    lines += ["", "Peak of this machine in the same run (best GEMM round):", ""]
-    lines += markdown_table(
-        ["GEMM", "median s", "best GFLOP/s (GOP/s for int8)", "compute floor per clip at that peak"],
-        [
-            [
-                r["what"],
-                f"{r['median_s']:.4f}",
-                f"{r['gflops_best']:.0f}",
-                f"{report['gflop_per_clip'] / r['gflops_best']:.3f} s",
-            ]
-            for r in res.values()
-            if r["group"] == "gemm"
-        ],
-    )
-    lines += [
-        "",
-        "Peak used per dtype (best GEMM): "
-        + ", ".join(f"{d} {v:.0f} GFLOP/s" for d, v in report["peak_gflops"].items())
-        + " (a lower bound: a whole model can run faster than a GEMM that misses the hardware's peak).",
-    ]
-    if report["targets"]:
-        lines += _target_lines(report)
-    if report["load"]:
-        lines += ["", "OpenVINO bundle load (compiled-model cache in a user folder):", ""]
-        for name, d in report["load"].items():
-            lines.append(
-                f"- {name}: first load {d['first_load_s']:.2f} s (compile), second {d['second_load_s']:.2f} s "
-                f"(from cache: {d['second_from_cache']})"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def plot(report: dict[str, Any], path: Path) -> None:
-    """Median latency per engine (bars, p10-p90 whiskers) with the compute floor of each dtype's measured peak."""
-    plt = pyplot()
-    rows = [(n, r) for n, r in report["results"].items() if r["group"] != "gemm"]
-    colors = {"anchor": "#999999", "ours": "#1f77b4"}
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
-    y = np.arange(len(rows))
-    med = np.array([r["median_s"] for _, r in rows])
-    lo = med - np.array([r["p10_s"] for _, r in rows])
-    hi = np.array([r["p90_s"] for _, r in rows]) - med
-    ax.barh(y, med, xerr=[lo, hi], color=[colors[r["group"]] for _, r in rows], capsize=3)
-    ax.set_yticks(y, [f"{n} ({r['dtype']})" for n, r in rows])
-    ax.invert_yaxis()
-    styles = {"fp32": ":", "bf16": "--", "int8": "-."}
-    for d, peak in report["peak_gflops"].items():
-        ax.axvline(
-            report["gflop_per_clip"] / peak,
-            color="k",
-            linestyle=styles[d],
-            linewidth=1,
-            label=f"{d} floor at the GEMM peak ({peak:.0f} GFLOP/s)",
-        )
-    ax.set_xlabel("seconds per clip (median; whiskers p10-p90)")
-    ax.set_title(
-        f"{report['model']}, batch 1, {report['threads']} threads: {report['machine']['cpu']['model']}", fontsize=9
-    )
-    ax.legend(fontsize=7, loc="lower right")
-    save_figure(fig, path)
+    cpus = available_cpus()
+    checks = (("threads", 0, 4 * cpus, f" (0: all cores; this machine has {cpus} CPUs)"), ("rounds", 1, 1000, ""),
+              ("eval_clips", 1, 10000, ""), ("calib_clips", 1, 10000, ""), ("gemm_n", 1, MAX_GEMM_N, ""),
+              ("seed", 0, 2**32 - 1, ""))
+    for name, lo, hi, note in checks:
+        v = getattr(a, name)
+        if v is not None and not lo <= v <= hi:
+            raise ValueError(f"--{name.replace('_', '-')}: expected {lo}..{hi}{note}, got {v}")
 
 
 @user_errors("make bench-cpu", extra=(BuildError,))
@@ -678,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         help="default artifacts/bench/cpu (--quick: artifacts/bench/cpu-quick)",
     )
     a = ap.parse_args(argv)
+    _check_args(a)
     out = Path(a.out_dir or ("artifacts/bench/cpu-quick" if a.quick else "artifacts/bench/cpu"))
     model = a.model or ("models/weights/motion_tiny.safetensors" if a.quick else "base")
     report = run_bench(

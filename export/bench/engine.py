@@ -17,6 +17,7 @@ says ``speedup_vs_torch_eager: null`` with the reason, and the table, the plot a
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ from runtime.cli_args import ArgumentParser, user_errors
 from export.bench.harness import (
     ROUNDS,
     SPREAD_TOLERANCE,
+    check_report_dir,
     interleaved_rounds,
     load_average,
     machine,
@@ -356,6 +358,21 @@ def write(result: dict[str, Any], out_dir: str | os.PathLike) -> list[Path]:
     return write_report(out_dir, "bench", result, markdown(result), plot)
 
 
+def _check_args(a: Any) -> None:
+    """Counts the user gave, each usable: ``--iters 0`` wrote a report of no timings, ``--threads 99999`` went to
+    torch as it came."""
+    from runtime.backends.onnxruntime_backend import available_cpus
+
+    cpus = available_cpus()
+    for name, lo, hi in (("iters", 1, 100000), ("warmup", 0, 100000), ("rounds", 1, 1000), ("threads", 0, 4 * cpus)):
+        v = getattr(a, name)
+        if v is not None and not lo <= v <= hi:
+            raise ValueError(f"--{name}: expected {lo}..{hi}{f' (this machine has {cpus} CPUs)' * (name == 'threads')}"
+                             f", got {v}")
+    if not 0 < a.tolerance < math.inf:
+        raise ValueError(f"--tolerance: expected a positive number (a relative spread, e.g. 0.1), got {a.tolerance}")
+
+
 @user_errors("make bench")
 def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(prog="python -m export.bench.engine", description=__doc__.splitlines()[0])
@@ -363,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", default=None, help="comma-separated batch sizes (default: 1,2,4,8 within the range)")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime / PyTorch threads (default: all cores)")
+    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime / PyTorch threads (0: all cores)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager reference")
     ap.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved rounds of engine and PyTorch eager")
     ap.add_argument(
@@ -374,14 +391,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", default=None, help="report directory (default artifacts/bench/<bundle name>)")
     a = ap.parse_args(argv)
+    _check_args(a)
     try:
         batches = [int(b) for b in a.batch.split(",")] if a.batch else None
     except ValueError:
         raise ValueError(f"--batch {a.batch!r}: expected comma-separated integers, e.g. 1,2,4,8") from None
+    out = check_report_dir(a.out or f"artifacts/bench/{Path(a.engine).resolve().name}", [a.engine])
     result = bench_bundle(
-        a.engine, batches, a.iters, a.warmup, not a.no_torch, a.threads, rounds=a.rounds, tolerance=a.tolerance
+        a.engine, batches, a.iters, a.warmup, not a.no_torch, a.threads or None,  # 0: the backend's default (make)
+        rounds=a.rounds, tolerance=a.tolerance
     )
-    paths = write(result, a.out or f"artifacts/bench/{Path(a.engine).resolve().name}")
+    paths = write(result, out)
     print(markdown(result))
     print("wrote " + ", ".join(map(str, paths)), file=sys.stderr)
     return 0

@@ -310,6 +310,20 @@ def pyplot() -> Any:
     return plt
 
 
+def check_report_dir(out_dir: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+    """Refuse, before a benchmark runs, a report folder that is an existing file or is (or lies inside) an input
+    folder such as the bundle measured: a report written there would change the bundle's folder."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out_dir}: exists and is not a folder; expected the report folder")
+    target = out.resolve()
+    for src in inputs:
+        if src is not None and Path(src).is_dir() and (target == Path(src).resolve()
+                                                       or Path(src).resolve() in target.parents):
+            raise ValueError(f"--out {out_dir}: is inside the input folder {src}; write the report elsewhere")
+    return out
+
+
 def write_report(
     out_dir: str | os.PathLike,
     stem: str,

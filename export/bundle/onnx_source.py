@@ -22,7 +22,7 @@ from export.bundle.onnx_layout import OFFICIAL, OURS, OnnxLayoutError, normalise
 from export.bundle.options import BuildRequest
 from export.bundle.target import BuildError
 
-__all__ = ["OnnxReference", "OnnxConfig", "load_onnx_model", "ONNX_REFERENCE"]
+__all__ = ["OnnxReference", "OnnxConfig", "load_onnx_model", "reference_from_file", "ONNX_REFERENCE"]
 
 #: ``provenance.reference`` of an ONNX-file bundle
 ONNX_REFERENCE = "ONNX Runtime FP32 of the given ONNX file (no PyTorch model)"
@@ -44,12 +44,13 @@ class OnnxReference:
     """The FP32 reference of an ONNX-file bundle: ONNX Runtime on the (layout-normalised) FP32 graph, called like the
     PyTorch model (a ``(batch, T, 3, H, W)`` tensor in, logits out)."""
 
-    def __init__(self, path: Path, config: OnnxConfig) -> None:
+    def __init__(self, model: Path | bytes, config: OnnxConfig) -> None:
         import onnxruntime as ort
 
         so = ort.SessionOptions()
         so.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
+                                            providers=["CPUExecutionProvider"])
         self.config = config
 
     def __call__(self, x: Any) -> Any:
@@ -130,3 +131,17 @@ def load_onnx_model(req: BuildRequest, log: Callable[[str], None]) -> LoadedMode
     source = {"checkpoint": str(path), "checkpoint_sha256": sha, "onnx_input_layout": layout}
     return LoadedModel(OnnxReference(dest, cfg), inputs.labels, inputs.preprocess, source, calib, provenance,
                        onnx=dest)
+
+
+def reference_from_file(path: str | Path) -> OnnxReference:
+    """The ONNX Runtime FP32 reference of the ONNX file a bundle was built from (``make parity`` on such a bundle):
+    the file read again and normalised in memory, as the build did."""
+    import onnx
+
+    model = onnx.load(str(path))
+    try:
+        layout, dims, out = read_layout(model, f"MODEL={path}")
+    except OnnxLayoutError as e:
+        raise ValueError(str(e)) from e
+    t = int(dims[1] if layout == OURS else dims[2])
+    return OnnxReference(normalise(model, layout).SerializeToString(), OnnxConfig(t, int(dims[3]), int(out[1])))

@@ -36,6 +36,10 @@ def reference_model(manifest: dict[str, Any], override: str | None):
     model = override or request.get("model")
     if not model:
         raise ValueError("the bundle's manifest does not record its source model (build.request.model): pass --model")
+    if model.endswith(".onnx"):  # a bundle built from an ONNX file: ONNX Runtime on that file is its reference
+        from export.bundle.onnx_source import reference_from_file
+
+        return reference_from_file(model), model
     net, _, _, _ = load_source(model, int(request.get("seed", 0)))
     return net.eval(), model
 
@@ -59,7 +63,8 @@ def check_bundle(bundle: str | os.PathLike, clips: str | None = None, n: int = 1
     cset = load_calibration_set(clips, pre, n, seed + 2000)
     x = cset.clips
     with torch.no_grad():
-        refs = [net.forward_with_blocks(torch.from_numpy(x[i:i + 1])) for i in range(len(x))]
+        refs = [net.forward_with_blocks(torch.from_numpy(x[i:i + 1])) if hasattr(net, "forward_with_blocks")
+                else (net(torch.from_numpy(x[i:i + 1])), []) for i in range(len(x))]  # ONNX Runtime: no blocks
     ref_logits = np.concatenate([r[0].numpy() for r in refs])
     with Engine(bundle) as engine:
         step = batch or engine.batch_range[1]
@@ -88,6 +93,8 @@ def _block_report(bundle: Path, manifest: Manifest, x: np.ndarray, refs: list, p
         return {"note": f"{engine_file.name}: per-block outputs need the engine's ONNX; run parity on the ONNX "
                         "Runtime bundle of the same precision to localise the error"}
     names = block_output_names(engine_file)
+    if refs and not refs[0][1]:
+        return {"note": "the reference is ONNX Runtime on the given ONNX file: no per-block reference outputs"}
     if not names:
         return {"note": f"{engine_file}: no block_{{i}}_output tensors (exported by an older export/)"}
     _logits, eng_blocks = run_blocks(engine_file, x)
@@ -99,7 +106,9 @@ def markdown(report: dict[str, Any]) -> str:
     """The parity report as a short Markdown document."""
     m = report["metrics"]
     lines = [f"# Parity: {report['bundle']}", "",
-             f"- engine: {report['backend']} {report['precision']}; reference: PyTorch FP32 `{report['reference']}`",
+             f"- engine: {report['backend']} {report['precision']}; reference: "
+             f"{'ONNX Runtime' if str(report['reference']).endswith('.onnx') else 'PyTorch'} FP32 "
+             f"`{report['reference']}`",
              f"- clips: {report['clips']['count']} from `{report['clips']['spec']}`",
              f"- result: **{'PASSED' if report['passed'] else 'FAILED'}**"
              + ("" if report["passed"] else f" ({'; '.join(report['failures'])})"), "",

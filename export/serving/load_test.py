@@ -93,95 +93,124 @@ def expected_logits(bundle: str | Path, clips: list[np.ndarray], input: str = "f
         return [engine.infer(preprocess_frames(c, cfg)[None])[0] for c in clips]
 
 
+class _Tally:
+    """The run's clock and what the clients saw, under one lock."""
+
+    def __init__(self, seconds: float) -> None:
+        self.lock = threading.Lock()
+        self.seconds = seconds
+        self.counts = {"issued": 0, "ok": 0, "errors": 0, "mismatches": 0}
+        self.latencies: list[float] = []
+        self.done_at: list[float] = []
+        self.batches: list[int] = []
+        self.replicas: set[str] = set()
+        self.messages: collections.Counter[str] = collections.Counter()
+        self.restart()
+
+    def restart(self) -> None:
+        """Start the clock (again): the deadline is ``seconds`` from now."""
+        self.t_start = time.perf_counter()
+        self.deadline = self.t_start + self.seconds
+        self.last_done = self.t_start
+
+    def issued(self) -> None:
+        with self.lock:
+            self.counts["issued"] += 1
+
+    def error(self, e: Exception) -> None:
+        with self.lock:
+            self.counts["errors"] += 1
+            self.messages[str(e)[:200]] += 1
+            self.last_done = time.perf_counter()
+
+    def ok(self, out: dict[str, Any], ms: float, bad: bool) -> None:
+        with self.lock:
+            self.counts["ok"] += 1
+            self.counts["mismatches"] += bad
+            self.latencies.append(ms)
+            self.done_at.append(time.perf_counter() - self.t_start)
+            self.batches.append(int(out.get("batch", 1)))
+            self.replicas.add(str(out.get("replica")))
+            self.last_done = time.perf_counter()
+
+    def result(self, retried: int, clients: int, checked: bool, killed: dict[str, Any]) -> LoadResult:
+        with self.lock:  # threads still running past the grace period are counted as lost, and never silently
+            ok, errors, issued = self.counts["ok"], self.counts["errors"], self.counts["issued"]
+            lat = np.asarray(self.latencies)
+            elapsed = max(self.last_done - self.t_start, 1e-9)
+            return LoadResult(
+                requests=issued, ok=ok, errors=errors, lost=issued - ok - errors, retried=retried,
+                p50_ms=round(float(np.percentile(lat, 50)), 2) if lat.size else None,
+                p99_ms=round(float(np.percentile(lat, 99)), 2) if lat.size else None,
+                throughput=round(ok / elapsed, 2), seconds=round(elapsed, 2), clients=clients,
+                mean_batch=round(float(np.mean(self.batches)), 2) if self.batches else None,
+                replicas_seen=len(self.replicas),
+                mismatches=self.counts["mismatches"] if checked else None, killed=killed or None,
+                ok_after_kill=sum(t > killed["at_s"] for t in self.done_at) if "at_s" in killed else None,
+                error_messages=dict(self.messages.most_common(3)))
+
+
+def _client(tally: _Tally, client: RemoteEngine, k: int, clients: int, clips: list[np.ndarray],
+            expected: list[np.ndarray] | None, input: str, atol: float) -> None:
+    """One load client: clips ``k``, ``k + clients``, ... one request at a time until the deadline."""
+    i = k
+    while time.perf_counter() < tally.deadline:
+        j = i % len(clips)
+        i += clients
+        tally.issued()
+        t0 = time.perf_counter()
+        try:
+            out = client.predict_json(clips[j], input=input)
+        except (RemoteEngineError, InputError) as e:
+            tally.error(e)
+            continue
+        dt = (time.perf_counter() - t0) * 1e3
+        bad = expected is not None and not (
+            np.allclose(np.asarray(out["logits"], np.float32), expected[j], atol=atol, rtol=0))
+        tally.ok(out, dt, bad)
+
+
+def _kill_later(tally: _Tally, url: str, kill_after: float, killed: dict[str, Any]) -> None:
+    """``kill_after`` seconds into the run, ray.kill one replica; what happened goes into ``killed``."""
+    from runtime.serving.app import kill_replica
+
+    time.sleep(max(0.0, tally.t_start + kill_after - time.perf_counter()))
+    try:
+        killed["replica"] = kill_replica(url)
+        killed["at_s"] = time.perf_counter() - tally.t_start
+    except Exception as e:  # noqa: BLE001 - reported in the result, not raised from a thread
+        killed["error"] = f"{type(e).__name__}: {e}"
+
+
 def run_load(url: str, clients: int = 8, seconds: float = 20.0, kill_after: float | None = None,
              clips: list[np.ndarray] | None = None, expected: list[np.ndarray] | None = None, input: str = "frames",
              timeout_s: float = 30.0, retries: int = 3, atol: float = 1e-4) -> LoadResult:
     """Run the load; see the module docstring. ``expected[i]`` are the reference logits of ``clips[i]``."""
     client = RemoteEngine(url, timeout_s=timeout_s, retries=retries)
     clips = clips if clips is not None else make_clips(client, input=input)
-    lock = threading.Lock()
-    counts = {"issued": 0, "ok": 0, "errors": 0, "mismatches": 0}
-    latencies: list[float] = []
-    done_at: list[float] = []
-    batches: list[int] = []
-    replicas: set[str] = set()
-    messages: collections.Counter[str] = collections.Counter()
     killed: dict[str, Any] = {}
-    t_start = time.perf_counter()
-    deadline = t_start + seconds
-    last_done = [t_start]
-
-    def worker(k: int) -> None:
-        i = k
-        while time.perf_counter() < deadline:
-            j = i % len(clips)
-            i += clients
-            with lock:
-                counts["issued"] += 1
-            t0 = time.perf_counter()
-            try:
-                out = client.predict_json(clips[j], input=input)
-            except (RemoteEngineError, InputError) as e:
-                with lock:
-                    counts["errors"] += 1
-                    messages[str(e)[:200]] += 1
-                    last_done[0] = time.perf_counter()
-                continue
-            dt = (time.perf_counter() - t0) * 1e3
-            bad = expected is not None and not (
-                np.allclose(np.asarray(out["logits"], np.float32), expected[j], atol=atol, rtol=0))
-            with lock:
-                counts["ok"] += 1
-                counts["mismatches"] += bad
-                latencies.append(dt)
-                done_at.append(time.perf_counter() - t_start)
-                batches.append(int(out.get("batch", 1)))
-                replicas.add(str(out.get("replica")))
-                last_done[0] = time.perf_counter()
-
-    def killer() -> None:
-        from runtime.serving.app import kill_replica
-
-        time.sleep(max(0.0, t_start + kill_after - time.perf_counter()))
-        try:
-            killed["replica"] = kill_replica(url)
-            killed["at_s"] = time.perf_counter() - t_start
-        except Exception as e:  # noqa: BLE001 - reported in the result, not raised from a thread
-            killed["error"] = f"{type(e).__name__}: {e}"
-
-    threads = [threading.Thread(target=worker, args=(k,), daemon=True, name=f"load-{k}") for k in range(clients)]
+    tally = _Tally(seconds)
+    threads = [threading.Thread(target=_client, args=(tally, client, k, clients, clips, expected, input, atol),
+                                daemon=True, name=f"load-{k}") for k in range(clients)]
     joined = False
     if kill_after is not None:
         from runtime.serving.app import connect_ray
 
         joined = connect_ray()  # in the main thread, before the clock starts: joining Ray takes a second or two
-        t_start = time.perf_counter()
-        deadline = t_start + seconds
-        last_done[0] = t_start
-        threads.append(threading.Thread(target=killer, daemon=True, name="kill-replica"))
+        tally.restart()
+        threads.append(threading.Thread(target=_kill_later, args=(tally, url, kill_after, killed), daemon=True,
+                                        name="kill-replica"))
     for t in threads:
         t.start()
     # a request started just before the deadline may take all its attempts: wait that long, then count the rest lost
-    grace = deadline + (timeout_s + 1.0) * (retries + 1) + 2.0 * (2 ** retries)
+    grace = tally.deadline + (timeout_s + 1.0) * (retries + 1) + 2.0 * (2 ** retries)
     for t in threads:
         t.join(max(0.0, grace - time.perf_counter()))
     if joined:
         import ray
 
         ray.shutdown()  # only this driver disconnects; the cluster and the application keep running
-    with lock:  # threads still running past the grace period are counted as lost, and never silently
-        ok, errors, issued = counts["ok"], counts["errors"], counts["issued"]
-        lat = np.asarray(latencies)
-        elapsed = max(last_done[0] - t_start, 1e-9)
-        return LoadResult(
-            requests=issued, ok=ok, errors=errors, lost=issued - ok - errors, retried=client.retried,
-            p50_ms=round(float(np.percentile(lat, 50)), 2) if lat.size else None,
-            p99_ms=round(float(np.percentile(lat, 99)), 2) if lat.size else None,
-            throughput=round(ok / elapsed, 2), seconds=round(elapsed, 2), clients=clients,
-            mean_batch=round(float(np.mean(batches)), 2) if batches else None, replicas_seen=len(replicas),
-            mismatches=counts["mismatches"] if expected is not None else None, killed=killed or None,
-            ok_after_kill=sum(t > killed["at_s"] for t in done_at) if "at_s" in killed else None,
-            error_messages=dict(messages.most_common(3)))
+    return tally.result(client.retried, clients, expected is not None, killed)
 
 
 @user_errors("python -m export.serving.load_test")

@@ -93,7 +93,8 @@ class OnnxRuntimeBackend(Backend):
         want_type = _ORT_TYPES.get(manifest["input"]["dtype"])
         if got_type != want_type:
             raise BundleError(f"{engine_path}: the model's input {self.input_name!r} is {got_type}, the manifest's "
-                              f"input.dtype is {manifest['input']['dtype']!r}: not the model this bundle was built with")
+                              f"input.dtype is {manifest['input']['dtype']!r}: not the model this bundle was built "
+                              "with")
         _check_fixed_dims(engine_path, self.input_name, self.session.get_inputs()[0].shape, manifest["input"]["shape"])
         classes = next(o.shape for o in self.session.get_outputs() if o.name == want_out)[-1]
         if isinstance(classes, int) and classes != manifest["output"]["shape"][-1]:

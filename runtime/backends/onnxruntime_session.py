@@ -56,7 +56,8 @@ class OnnxRuntimeSession:
         for name in ("intra_op_num_threads", "inter_op_num_threads"):
             v = kw[name]
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_THREADS:
-                raise BundleError(f"{where}.{name}: expected an integer in 0..{MAX_THREADS} (0: the default), got {v!r}")
+                raise BundleError(f"{where}.{name}: expected an integer in 0..{MAX_THREADS} (0: the default), "
+                                  f"got {v!r}")
         return cls(**kw)
 
     def to_dict(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ Refusals are one line on stderr, exit 2, naming the option to set. Models are ti
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -376,3 +377,45 @@ def test_an_onnx_builds_a_tensorrt_bundle_on_the_fakes(tmp_path, monkeypatch, of
                        cache_dir=str(tmp_path / "cache"), parity_clips=2, calib_clips=4)
     m = json.loads((build_bundle(req) / "manifest.json").read_text())
     assert m["backend"] == "tensorrt" and m["parity"]["passed"] and m["provenance"]["weights"] == "onnx"
+
+
+# ------------------------------------------------------------------------------------------ the record
+
+def test_provenance_is_validated_with_the_manifest(fp32_bundle):
+    from runtime.errors import BundleError
+    from runtime.manifest import Manifest, validate_manifest
+
+    m = json.loads((fp32_bundle / "manifest.json").read_text())
+    assert Manifest.from_dict(m).provenance.weights == "checkpoint"
+    for bad, field in (({**m["provenance"], "weights": "maybe"}, "provenance.weights"),
+                       ({**m["provenance"], "notes": "one"}, "provenance.notes"),
+                       ({**m["provenance"], "labelz": "x"}, "unknown keys ['labelz']")):
+        with pytest.raises(BundleError, match=re.escape(field)):
+            validate_manifest({**m, "provenance": bad})
+
+
+def test_the_documented_calibration_methods_are_the_accepted_ones():
+    """docs/int8.md lists --calib-method's choices (issue 26: the README once listed one it refused)."""
+    from export.bundle.options import OPTIONS
+
+    from calibration.precision.int8 import METHODS
+
+    text = (ROOT / "docs" / "int8.md").read_text()
+    listed = re.search(r"`--calib-method` of\s+`python -m export.bundle.build`: (.*?) \(the choices", text,
+                       re.S).group(1)
+    assert set(re.findall(r"`(\w+)`", listed)) == set(METHODS) == set(next(o for o in OPTIONS
+                                                                          if o.name == "calib_method").choices)
+
+
+def test_make_parity_of_an_onnx_bundle_uses_onnx_runtime(tmp_path, capsys, official_onnx, kinetics_pre):
+    """``make parity`` (export.bundle.parity) on a bundle built from an ONNX file: ONNX Runtime on that file is the
+    FP32 reference (there is no PyTorch model), and the report says so."""
+    from export.bundle.parity import check_bundle, markdown
+
+    rc, _, err = _build(capsys, "--model", str(official_onnx), "--preprocess", str(kinetics_pre), "--precision", "fp16",
+                        *_common(tmp_path, "o"))
+    assert rc == 0, err
+    report = check_bundle(tmp_path / "o", n=2, blocks="always")
+    assert report["passed"] and report["reference"] == str(official_onnx)
+    assert report["blocks"]["note"].startswith("the reference is ONNX Runtime")
+    assert "reference: ONNX Runtime FP32" in markdown(report)
