@@ -43,8 +43,7 @@ class OnnxRuntimeBackend(Backend):
         session = OnnxRuntimeSession.from_dict(manifest.get("session") or {}, where=f"{engine_path}: manifest session")
         kind = device.split(":")[0]
         if providers is None:
-            if kind not in _PROVIDERS:
-                raise ValueError(f"device: expected one of {sorted(_PROVIDERS)} (optionally ':N'), got {device!r}")
+            check_device(device)
             providers = _PROVIDERS[kind]
         available = ort.get_available_providers()
         if providers[0] not in available:
@@ -114,6 +113,15 @@ class OnnxRuntimeBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "device": self.device, **self.settings}
+
+
+def check_device(device: str) -> str:
+    """``device`` as this backend names devices (``cpu``, ``cuda[:N]``, ``tensorrt[:N]``); ``ValueError`` otherwise.
+    Cheap (no onnxruntime import): ``make serve`` checks it before Ray starts."""
+    kind, _, index = str(device).partition(":")
+    if kind not in _PROVIDERS or (index and not index.isdigit()):
+        raise ValueError(f"device: expected one of {sorted(_PROVIDERS)} (optionally ':N'), got {device!r}")
+    return device
 
 
 def available_cpus() -> int:

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..engine_api import EngineAPI
 from ..errors import InputError
-from ..manifest import read_manifest
+from ..manifest import MAX_SESSION_THREADS, read_manifest
 from ..prediction import top_k
 from ..preprocess import preprocess_frames
 from .protocol import API_PREFIX, MAX_BODY_BYTES, DecodedRequest, HttpError, decode_body
@@ -67,8 +67,17 @@ class ServeOptions:
                 raise ValueError(f"replicas: expected a positive integer or 'auto', got {self.replicas!r}") from None
         if isinstance(self.replicas, int) and self.replicas < 1:
             raise ValueError(f"replicas: expected a positive integer or 'auto', got {self.replicas}")
-        if self.batch_wait_ms < 0:
-            raise ValueError(f"batch_wait_ms: expected >= 0, got {self.batch_wait_ms}")
+        if not 0 <= self.batch_wait_ms <= 60_000:  # NaN passed `< 0` and reached @serve.batch
+            raise ValueError(f"batch_wait_ms: expected 0..60000 milliseconds, got {self.batch_wait_ms}")
+        if manifest["backend"] == "onnxruntime" and self.device != "auto":  # before: "Failed to update the deployments"
+            from ..backends.onnxruntime_backend import check_device
+
+            check_device(self.device)
+        if not 0 < self.cpus_per_replica <= 1024:  # -1 and NaN failed inside Ray after it had started
+            raise ValueError(f"cpus_per_replica: expected a positive number of CPUs, got {self.cpus_per_replica}")
+        if self.threads is not None and not 0 <= self.threads <= MAX_SESSION_THREADS:
+            raise ValueError(f"threads: expected 0..{MAX_SESSION_THREADS} (0: one per reserved CPU), got "
+                             f"{self.threads}")
         if not 0 < self.port < 65536:
             raise ValueError(f"port: expected 1..65535, got {self.port}")
         for name in ("body_timeout_s", "request_timeout_s"):

@@ -191,3 +191,23 @@ def test_remote_metadata_whose_clip_cannot_fit_this_machine_is_refused(lying):
             RemoteEngine(lying.url, retries=0)
     finally:
         lying.meta = good
+
+
+# ------------------------------------------------------------------------------ make serve's options
+
+@pytest.mark.parametrize("field, value, message", [
+    ("batch_wait_ms", float("nan"), "batch_wait_ms: expected 0..60000"),  # before: passed `< 0`, reached Serve
+    ("cpus_per_replica", -1.0, "cpus_per_replica: expected a positive number"),  # before: failed inside Ray
+    ("cpus_per_replica", float("nan"), "cpus_per_replica: expected a positive number"),
+    ("threads", 99999, "threads: expected 0..256"),  # before: each replica failed to start, after Ray had started
+    ("threads", -1, "threads: expected 0..256"),
+    ("device", "banana", "device: expected one of"),  # before: "Failed to update the deployments" (exit 1)
+    ("device", "cuda:x", "device: expected one of"),
+])
+def test_serve_options_are_checked_before_ray_starts(fp32_bundle, field, value, message):
+    from runtime.serving.app import ServeOptions
+
+    opts = ServeOptions(bundle=str(fp32_bundle), **{field: value})
+    with pytest.raises(ValueError, match=message):
+        opts.check()
+    ServeOptions(bundle=str(fp32_bundle), threads=0, batch_wait_ms=0.0).check()  # 0 threads: one per reserved CPU
