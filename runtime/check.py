@@ -18,7 +18,7 @@ from typing import Any
 from .cli_args import ArgumentParser, user_errors
 from .device import fingerprint, summary
 from .engine import Engine
-from .files import check_output_file, write_json_atomic
+from .files import check_report_file, write_json_atomic
 from .reference import has_reference, load_reference, stored_parity
 
 __all__ = ["run_check", "summary_lines", "main"]
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(a.bundle).is_dir():
         raise ValueError(f"{a.bundle}: no such bundle directory")
     if a.out:  # before minutes of timing: never into the bundle, and a folder that exists
-        check_output_file(a.out, [a.bundle])
+        check_report_file(a.out, [a.bundle])
     if a.warmup < 1 or a.iterations < 1 or a.duration < 0 or a.profile_iterations < 1:
         raise ValueError("--warmup, --iterations and --profile-iterations must be >= 1, --duration >= 0")
     report = run_check(a.bundle, a.device, a.threads, parity=not a.no_parity, blocks=a.blocks,

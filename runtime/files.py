@@ -16,7 +16,7 @@ from typing import IO, Any, Callable, Iterable, Iterator
 
 __all__ = ["atomic_write", "atomic_output", "write_bytes_atomic", "write_text_atomic", "write_json_atomic",
            "temp_path_beside",
-           "sha256_file", "sha256_code", "sha256_stream", "sha256_json", "FolderNotReplaceable",
+           "check_report_file", "sha256_file", "sha256_code", "sha256_stream", "sha256_json", "FolderNotReplaceable",
            "folder_records", "owned_folder_problem", "replace_problem", "check_replaceable"]
 
 
@@ -169,6 +169,26 @@ def check_output_file(out: str | os.PathLike, inputs: "list[str | os.PathLike] |
         if same:
             raise ValueError(f"{what} {out}: is the input {src}; writing it would destroy the input (choose "
                              "another file name)")
+    return p
+
+
+def check_report_file(out: str | os.PathLike, inputs: "list[str | os.PathLike] | tuple[str | os.PathLike, ...]" = (),
+                      what: str = "--out") -> Path:
+    """:func:`check_output_file` for a JSON report: the name ends in ``.json``, and an existing file is replaced only
+    when it is a JSON object (an earlier report), never a video, a model or anything else the user keeps there."""
+    p = check_output_file(out, inputs, what)
+    if p.suffix.lower() != ".json":
+        raise ValueError(f"{what} {out}: expected a file name ending in .json (the JSON report)")
+    if p.exists() or p.is_symlink():
+        try:
+            if not stat.S_ISREG(os.stat(p).st_mode) or os.path.getsize(p) > 64 << 20:
+                raise ValueError
+            with open(p, "rb") as f:
+                ok = isinstance(json.loads(f.read()), dict)
+        except (OSError, ValueError, UnicodeDecodeError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{what} {out}: exists and is not a JSON report; remove it or choose another name")
     return p
 
 

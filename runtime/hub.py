@@ -24,6 +24,9 @@ in :meth:`CameraHub.metrics` and reported to ``on_status`` on each change.
 call, ``"auto"`` measures which costs less per window on this device and keeps measuring
 (:mod:`runtime.batching`); ``metrics()["batching"]`` says which it chose.
 
+One camera's ring, queue, counters, state and reconnect loop are in :mod:`runtime.hub_camera`; this module
+schedules the windows of all cameras into engine calls and delivers the results.
+
 Works with any :class:`runtime.engine_api.BatchEngine` (``preprocess``, ``clip_shape``, ``batch_range``, ``labels``,
 ``infer(x)``, ``close()``): ``runtime.Engine`` or ``runtime.remote.RemoteEngine``.
 """

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .errors import InputError
+
 __all__ = ["PreprocessConfig", "FramePreprocessor", "preprocess_frames", "resize_crop_indices", "normalize",
            "CHANNEL_ORDERS"]
 
@@ -137,8 +139,8 @@ def resize_crop_indices(height: int, width: int, short_side: int, crop_size: int
 
     ``crop_index`` 0/1/2 picks the first/centre/last crop along the long side (centre for one crop).
     """
-    if height <= 0 or width <= 0:
-        raise ValueError(f"frame size must be positive, got {height}x{width}")
+    if height <= 0 or width <= 0:  # InputError: the caller's frames (a 400 when served), not a broken engine
+        raise InputError(f"frames: expected frames of at least 1x1 pixels, got {height}x{width} (height x width)")
     if height <= width:
         new_h, new_w = short_side, int(np.floor(width * short_side / height))
     else:

@@ -211,3 +211,17 @@ def test_serve_options_are_checked_before_ray_starts(fp32_bundle, field, value, 
     with pytest.raises(ValueError, match=message):
         opts.check()
     ServeOptions(bundle=str(fp32_bundle), threads=0, batch_wait_ms=0.0).check()  # 0 threads: one per reserved CPU
+
+
+# ------------------------------------------------------------------------------ Engine: frames of no pixels
+
+@pytest.mark.parametrize("shape", [(8, 0, 0, 3), (8, 5, 0, 3)])
+def test_frames_of_no_pixels_are_the_callers_error(fp32_bundle, shape):
+    # before: a plain ValueError "frame size must be positive, got 0x0" (not an InputError, no "frames:")
+    from runtime import InputError
+
+    with Engine(fp32_bundle) as e:
+        with pytest.raises(InputError, match=r"frames: expected frames of at least 1x1 pixels, got \d+x0"):
+            e.predict(np.zeros(shape, np.uint8))
+        with pytest.raises(InputError, match="frames: expected frames of at least 1x1 pixels"):
+            e.stream().push(np.zeros(shape[1:], np.uint8))

@@ -148,6 +148,24 @@ def test_check_user_errors_exit_2(fp32_bundle, tmp_path, capsys):
     assert Engine(bundle).verification["status"] == "unavailable"  # loads; says it cannot verify
 
 
+def test_check_out_never_replaces_what_is_not_a_report(fp32_bundle, tmp_path, capsys):
+    """``--out`` of the check is a JSON report: a video (or any non-report) of the user's is never replaced, and
+    the refusal comes before any timing; an earlier report is replaced."""
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42 user's video")
+    not_report = tmp_path / "notes.json"
+    not_report.write_text("[1, 2, 3]")
+    for out in (video, not_report, tmp_path / "missing" / "r.json", tmp_path):
+        assert runtime_main(["check", str(fp32_bundle), "--out", str(out), *FAST]) == 2
+    assert video.read_bytes().endswith(b"user's video") and not_report.read_text() == "[1, 2, 3]"
+    err = capsys.readouterr().err
+    assert "ending in .json" in err and "not a JSON report" in err
+    report = tmp_path / "check.json"
+    report.write_text('{"old": true}')
+    assert runtime_main(["check", str(fp32_bundle), "--out", str(report), "--no-profile", *FAST]) == 0
+    assert "parity" in json.loads(report.read_text())
+
+
 def test_engine_verifies_once_per_device_and_caches_the_verdict(fp32_bundle, tmp_path, monkeypatch):
     import runtime.verify as verify
 
