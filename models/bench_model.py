@@ -3,6 +3,7 @@
 Random weights (latency does not depend on them); batch 1; FP32 eager and, for comparison, bf16 autocast.
 Prints a Markdown table and writes ``artifacts/bench/model.json``.
 """
+
 from __future__ import annotations
 
 import os
@@ -55,11 +56,21 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.randn(1, cfg.num_frames, 3, cfg.image_size, cfg.image_size)
         fp32 = float(np.median(time_forward(net, x, a.iters)))
         bf16 = None if a.no_bf16 else float(np.median(time_forward(net, x, a.iters, bf16=True)))
-        row = {"preset": name, "attention": cfg.attention_type, "params": count_params(cfg),
-               "gmacs": count_flops(cfg)["gmacs"], "fp32_p50_s": fp32, "bf16_p50_s": bf16, "threads": torch.get_num_threads()}
+        row = {
+            "preset": name,
+            "attention": cfg.attention_type,
+            "params": count_params(cfg),
+            "gmacs": count_flops(cfg)["gmacs"],
+            "fp32_p50_s": fp32,
+            "bf16_p50_s": bf16,
+            "threads": torch.get_num_threads(),
+        }
         rows.append(row)
-        print(f"| {name} | {cfg.attention_type} | {row['params']:,} | {row['gmacs']:.1f} | {fp32:.3f} | "
-              f"{'-' if bf16 is None else f'{bf16:.3f}'} |", flush=True)
+        print(
+            f"| {name} | {cfg.attention_type} | {row['params']:,} | {row['gmacs']:.1f} | {fp32:.3f} | "
+            f"{'-' if bf16 is None else f'{bf16:.3f}'} |",
+            flush=True,
+        )
     write_json_atomic(a.out, {"rows": rows, "torch": torch.__version__, "cores": os.cpu_count()})
     return 0
 

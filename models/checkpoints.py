@@ -7,6 +7,7 @@ loads strictly: a missing or unexpected key, or a shape that fits no config, rai
 label list whose length is not the number of classes, and, for our safetensors, weights whose sha256
 no longer matches the one recorded in the JSON sidecar.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,8 +59,10 @@ def _write_atomic(path: Path, write) -> None:
 
 # --------------------------------------------------------------------------- config inference
 
-def infer_config(state: Mapping[str, torch.Tensor], source: str, num_heads: int | None = None,
-                 **overrides: Any) -> TimeSformerConfig:
+
+def infer_config(
+    state: Mapping[str, torch.Tensor], source: str, num_heads: int | None = None, **overrides: Any
+) -> TimeSformerConfig:
     """Architecture from official-named weights; ``num_heads`` is not in the weights (default: width/64)."""
 
     def need(key: str) -> torch.Tensor:
@@ -88,10 +91,17 @@ def infer_config(state: Mapping[str, torch.Tensor], source: str, num_heads: int 
     head = need("head.weight")
     fc1 = need("blocks.0.mlp.fc1.weight")
     cfg = dict(
-        image_size=grid * patch, patch_size=patch, num_frames=int(num_frames), in_chans=in_chans,
-        embed_dim=embed_dim, depth=depth, num_heads=num_heads or max(1, embed_dim // 64),
-        mlp_ratio=fc1.shape[0] / embed_dim, qkv_bias="blocks.0.attn.qkv.bias" in state,
-        num_classes=head.shape[0], attention_type=attention_type,
+        image_size=grid * patch,
+        patch_size=patch,
+        num_frames=int(num_frames),
+        in_chans=in_chans,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads or max(1, embed_dim // 64),
+        mlp_ratio=fc1.shape[0] / embed_dim,
+        qkv_bias="blocks.0.attn.qkv.bias" in state,
+        num_classes=head.shape[0],
+        attention_type=attention_type,
     )
     cfg.update(overrides)
     try:
@@ -104,9 +114,12 @@ def expected_shapes(cfg: TimeSformerConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor of ``TimeSformer(cfg).state_dict()`` with its shape, computed from the config alone (nothing
     allocated; tests check it against the module)."""
     d, h, k = cfg.embed_dim, cfg.mlp_hidden, cfg.num_classes
-    out: dict[str, tuple[int, ...]] = {"patch_embed.proj.weight": (d, cfg.in_chans, cfg.patch_size, cfg.patch_size),
-                                       "patch_embed.proj.bias": (d,), "cls_token": (1, 1, d),
-                                       "pos_embed": (1, cfg.num_patches + 1, d)}
+    out: dict[str, tuple[int, ...]] = {
+        "patch_embed.proj.weight": (d, cfg.in_chans, cfg.patch_size, cfg.patch_size),
+        "patch_embed.proj.bias": (d,),
+        "cls_token": (1, 1, d),
+        "pos_embed": (1, cfg.num_patches + 1, d),
+    }
     if cfg.attention_type != "space_only":
         out["time_embed"] = (1, cfg.num_frames, d)
 
@@ -132,10 +145,16 @@ def expected_shapes(cfg: TimeSformerConfig) -> dict[str, tuple[int, ...]]:
 
 
 #: the config fields that set a tensor's shape, for the error message
-_SHAPE_FIELDS = {"patch_embed.proj.weight": "embed_dim, in_chans, patch_size", "pos_embed": "image_size / patch_size",
-                 "time_embed": "num_frames", "head.weight": "num_classes", "head.bias": "num_classes",
-                 "mlp.fc1.weight": "mlp_ratio (intermediate_size)", "mlp.fc1.bias": "mlp_ratio (intermediate_size)",
-                 "mlp.fc2.weight": "mlp_ratio (intermediate_size)"}
+_SHAPE_FIELDS = {
+    "patch_embed.proj.weight": "embed_dim, in_chans, patch_size",
+    "pos_embed": "image_size / patch_size",
+    "time_embed": "num_frames",
+    "head.weight": "num_classes",
+    "head.bias": "num_classes",
+    "mlp.fc1.weight": "mlp_ratio (intermediate_size)",
+    "mlp.fc1.bias": "mlp_ratio (intermediate_size)",
+    "mlp.fc2.weight": "mlp_ratio (intermediate_size)",
+}
 
 
 def _fields_of(key: str) -> str:
@@ -151,8 +170,10 @@ def check_fits(state: Mapping[str, torch.Tensor], cfg: TimeSformerConfig, source
     file's. Runs before any model is built: a config that would allocate more than the file holds never does."""
     blocks = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
     if len(blocks) != cfg.depth:
-        raise CheckpointError(f"{source}: depth: the config says {cfg.depth} blocks, the weights hold {len(blocks)}"
-                              + (f" (blocks.{min(blocks)}..blocks.{max(blocks)})" if blocks else ""))
+        raise CheckpointError(
+            f"{source}: depth: the config says {cfg.depth} blocks, the weights hold {len(blocks)}"
+            + (f" (blocks.{min(blocks)}..blocks.{max(blocks)})" if blocks else "")
+        )
     expected = expected_shapes(cfg)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -167,8 +188,10 @@ def check_fits(state: Mapping[str, torch.Tensor], cfg: TimeSformerConfig, source
     got = sum(int(state[k].numel()) for k in expected)
     for k, shape in expected.items():
         if tuple(state[k].shape) != shape:
-            raise CheckpointError(f"{source}: key {k!r}: expected shape {shape}, got {tuple(state[k].shape)} "
-                                  f"({_fields_of(k)}the config describes {want:,} parameters, the file holds {got:,})")
+            raise CheckpointError(
+                f"{source}: key {k!r}: expected shape {shape}, got {tuple(state[k].shape)} "
+                f"({_fields_of(k)}the config describes {want:,} parameters, the file holds {got:,})"
+            )
 
 
 def build_from_state(state: Mapping[str, torch.Tensor], cfg: TimeSformerConfig, source: str) -> TimeSformer:
@@ -186,8 +209,10 @@ def check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
     for k, v in state.items():
         if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
             bad = int((~torch.isfinite(v)).sum())
-            raise CheckpointError(f"{source}: tensor {k!r} has {bad} NaN/Inf value(s) of {v.numel()}; expected "
-                                  "finite weights (a corrupt file or a diverged training run)")
+            raise CheckpointError(
+                f"{source}: tensor {k!r} has {bad} NaN/Inf value(s) of {v.numel()}; expected "
+                "finite weights (a corrupt file or a diverged training run)"
+            )
 
 
 def check_labels(labels: list[str] | None, num_classes: int, source: str) -> None:
@@ -195,26 +220,29 @@ def check_labels(labels: list[str] | None, num_classes: int, source: str) -> Non
     if labels is None:
         return
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        raise CheckpointError(f"{source}: labels: expected a list of {num_classes} strings, got "
-                              f"{type(labels).__name__}")
+        raise CheckpointError(
+            f"{source}: labels: expected a list of {num_classes} strings, got {type(labels).__name__}"
+        )
     if len(labels) != num_classes:
-        raise CheckpointError(f"{source}: labels: {len(labels)} names, but the model's head has {num_classes} "
-                              "classes")
+        raise CheckpointError(f"{source}: labels: {len(labels)} names, but the model's head has {num_classes} classes")
 
 
 # --------------------------------------------------------------------------- official (.pyth)
+
 
 def _strip_prefixes(state: Mapping[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in state.items():
         for prefix in ("module.", "model."):
             if k.startswith(prefix):
-                k = k[len(prefix):]
+                k = k[len(prefix) :]
         out[k] = v
     return out
 
 
-def load_official(path: str | os.PathLike, num_heads: int | None = None, **overrides: Any) -> tuple[TimeSformer, CheckpointInfo]:
+def load_official(
+    path: str | os.PathLike, num_heads: int | None = None, **overrides: Any
+) -> tuple[TimeSformer, CheckpointInfo]:
     """An official ``facebookresearch/TimeSformer`` checkpoint (``.pyth``/``.pth``) or a bare state dict."""
     path = Path(path)
     try:
@@ -264,9 +292,16 @@ _HF_RULES = [
 
 
 #: Hugging Face config key -> our config field (checked with :func:`models.config.check_field`)
-_HF_FIELDS = {"image_size": "image_size", "patch_size": "patch_size", "num_frames": "num_frames",
-              "num_channels": "in_chans", "hidden_size": "embed_dim", "num_hidden_layers": "depth",
-              "num_attention_heads": "num_heads", "layer_norm_eps": "layer_norm_eps"}
+_HF_FIELDS = {
+    "image_size": "image_size",
+    "patch_size": "patch_size",
+    "num_frames": "num_frames",
+    "num_channels": "in_chans",
+    "hidden_size": "embed_dim",
+    "num_hidden_layers": "depth",
+    "num_attention_heads": "num_heads",
+    "layer_norm_eps": "layer_norm_eps",
+}
 
 
 def hf_to_official(state: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
@@ -286,6 +321,7 @@ def hf_to_official(state: Mapping[str, torch.Tensor], source: str) -> dict[str, 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -314,8 +350,9 @@ def _read_hf_weights(path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
             return weights, torch.load(weights, map_location="cpu", weights_only=True)
         except Exception as e:
             raise CheckpointError(f"{weights}: cannot read ({type(e).__name__}: {e})") from e
-    raise CheckpointError(f"{path}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin "
-                          "beside config.json")
+    raise CheckpointError(
+        f"{path}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin beside config.json"
+    )
 
 
 def load_hf(path: str | os.PathLike) -> tuple[TimeSformer, CheckpointInfo]:
@@ -336,8 +373,9 @@ def load_hf(path: str | os.PathLike) -> tuple[TimeSformer, CheckpointInfo]:
                 check_field(ours, hf[hf_key], hf_key)
         inter = hf.get("intermediate_size", 3072)
         if isinstance(inter, bool) or not isinstance(inter, int) or not 1 <= inter <= 64 * LIMITS["embed_dim"][2]:
-            raise ValueError(f"intermediate_size: expected an integer in 1..{64 * LIMITS['embed_dim'][2]}, "
-                             f"got {inter!r:.40}")
+            raise ValueError(
+                f"intermediate_size: expected an integer in 1..{64 * LIMITS['embed_dim'][2]}, got {inter!r:.40}"
+            )
         if not isinstance(hf.get("qkv_bias", True), bool):
             raise ValueError(f"qkv_bias: expected true or false, got {hf['qkv_bias']!r:.40}")
     except ValueError as e:
@@ -355,12 +393,17 @@ def load_hf(path: str | os.PathLike) -> tuple[TimeSformer, CheckpointInfo]:
         raise CheckpointError(f"{weights}: no 2-D classifier.weight; not a TimesformerForVideoClassification")
     try:
         cfg = TimeSformerConfig(
-            image_size=hf.get("image_size", 224), patch_size=hf.get("patch_size", 16),
-            num_frames=hf.get("num_frames", 8), in_chans=hf.get("num_channels", 3),
-            embed_dim=hf.get("hidden_size", 768), depth=hf.get("num_hidden_layers", 12),
+            image_size=hf.get("image_size", 224),
+            patch_size=hf.get("patch_size", 16),
+            num_frames=hf.get("num_frames", 8),
+            in_chans=hf.get("num_channels", 3),
+            embed_dim=hf.get("hidden_size", 768),
+            depth=hf.get("num_hidden_layers", 12),
             num_heads=hf.get("num_attention_heads", 12),
-            mlp_ratio=hf.get("intermediate_size", 3072) / hf.get("hidden_size", 768), qkv_bias=hf.get("qkv_bias", True),
-            layer_norm_eps=hf.get("layer_norm_eps", 1e-6), num_classes=int(head.shape[0]),
+            mlp_ratio=hf.get("intermediate_size", 3072) / hf.get("hidden_size", 768),
+            qkv_bias=hf.get("qkv_bias", True),
+            layer_norm_eps=hf.get("layer_norm_eps", 1e-6),
+            num_classes=int(head.shape[0]),
             attention_type=attention_type,
         )
     except ValueError as e:
@@ -378,21 +421,29 @@ def load_hf(path: str | os.PathLike) -> tuple[TimeSformer, CheckpointInfo]:
         elif sorted(id2label) == list(range(cfg.num_classes)):
             labels = [id2label[i] for i in range(cfg.num_classes)]
         elif not placeholders:
-            raise CheckpointError(f"{cfg_path}: id2label has {len(id2label)} labels (indices "
-                                  f"{min(id2label, default=0)}..{max(id2label, default=-1)}), but the head in "
-                                  f"{weights.name} has {cfg.num_classes} classes")
+            raise CheckpointError(
+                f"{cfg_path}: id2label has {len(id2label)} labels (indices "
+                f"{min(id2label, default=0)}..{max(id2label, default=-1)}), but the head in "
+                f"{weights.name} has {cfg.num_classes} classes"
+            )
     return model, CheckpointInfo(str(path), "huggingface", sha256_file(weights), labels=labels)
 
 
 # --------------------------------------------------------------------------- ours (safetensors + json)
 
+
 def sidecar_path(path: str | os.PathLike) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def save_checkpoint(model: TimeSformer, path: str | os.PathLike, labels: list[str] | None = None,
-                    preprocess: PreprocessConfig | None = None, metadata: dict[str, Any] | None = None,
-                    dtype: torch.dtype | None = None) -> Path:
+def save_checkpoint(
+    model: TimeSformer,
+    path: str | os.PathLike,
+    labels: list[str] | None = None,
+    preprocess: PreprocessConfig | None = None,
+    metadata: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
     """Write ``path`` (safetensors, official key names) and ``<stem>.json`` with config, labels, preprocessing.
 
     ``dtype`` (e.g. ``torch.float16``) stores the floating-point weights in that type (half the bytes);
@@ -405,14 +456,23 @@ def save_checkpoint(model: TimeSformer, path: str | os.PathLike, labels: list[st
         raise ValueError(f"labels: expected {cfg.num_classes} names, got {len(labels)}")
     if dtype is not None and not dtype.is_floating_point:
         raise ValueError(f"dtype: expected a floating-point torch dtype, got {dtype}")
-    state = {k: v.detach().cpu().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous()
-             for k, v in model.state_dict().items()}
+    state = {
+        k: v.detach().cpu().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous()
+        for k, v in model.state_dict().items()
+    }
     header = {"format": OUR_FORMAT, "config": json.dumps(cfg.to_dict())}
     # Serialised in memory and written by our atomic writer: safetensors >= 0.8 writes files itself with mode
     # 0600, which a camera service running as another user could not read.
     write_bytes_atomic(path, save(state, metadata=header))
-    side = {"format": OUR_FORMAT, "weights": path.name, "sha256": sha256_file(path), "config": cfg.to_dict(),
-            "labels": labels, "preprocess": preprocess.to_dict() if preprocess else None, "metadata": metadata or {}}
+    side = {
+        "format": OUR_FORMAT,
+        "weights": path.name,
+        "sha256": sha256_file(path),
+        "config": cfg.to_dict(),
+        "labels": labels,
+        "preprocess": preprocess.to_dict() if preprocess else None,
+        "metadata": metadata or {},
+    }
     write_json_atomic(sidecar_path(path), side)
     return path
 
@@ -442,9 +502,11 @@ def load_ours(path: str | os.PathLike) -> tuple[TimeSformer, CheckpointInfo]:
         if recorded is not None and not (isinstance(recorded, str) and re.fullmatch(r"[0-9a-f]{64}", recorded)):
             raise CheckpointError(f"{side_path}: sha256: expected 64 lowercase hex digits, got {recorded!r:.80}")
         if recorded is not None and recorded != digest:
-            raise CheckpointError(f"{path}: sha256 {digest[:16]}... does not match {recorded[:16]}... recorded in "
-                                  f"{side_path.name}: the weights file changed after it was saved (or the sidecar "
-                                  "belongs to another file)")
+            raise CheckpointError(
+                f"{path}: sha256 {digest[:16]}... does not match {recorded[:16]}... recorded in "
+                f"{side_path.name}: the weights file changed after it was saved (or the sidecar "
+                "belongs to another file)"
+            )
     try:
         if "config" in side:
             cfg = TimeSformerConfig.from_dict(side["config"])
@@ -460,11 +522,13 @@ def load_ours(path: str | os.PathLike) -> tuple[TimeSformer, CheckpointInfo]:
         pre = PreprocessConfig.from_dict(side["preprocess"]) if side.get("preprocess") else None
     except (TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{side_path}: preprocess: {e}") from e
-    return model, CheckpointInfo(str(path), "ours", digest, labels=side.get("labels"), preprocess=pre,
-                                 metadata=side.get("metadata") or {})
+    return model, CheckpointInfo(
+        str(path), "ours", digest, labels=side.get("labels"), preprocess=pre, metadata=side.get("metadata") or {}
+    )
 
 
 # --------------------------------------------------------------------------- dispatch
+
 
 def load_checkpoint(path: str | os.PathLike, **kwargs: Any) -> TimeSformer:
     """Load any supported checkpoint; the model gets ``.checkpoint`` (:class:`CheckpointInfo`),
@@ -479,8 +543,10 @@ def load_checkpoint(path: str | os.PathLike, **kwargs: Any) -> TimeSformer:
     elif path.suffix in (".pyth", ".pth", ".pt", ".bin", ".ckpt"):
         model, info = load_official(path, **kwargs)
     else:
-        raise CheckpointError(f"{path}: unknown checkpoint type {path.suffix!r}; expected a .pyth/.pth (official), "
-                              ".safetensors (ours) or a Hugging Face directory")
+        raise CheckpointError(
+            f"{path}: unknown checkpoint type {path.suffix!r}; expected a .pyth/.pth (official), "
+            ".safetensors (ours) or a Hugging Face directory"
+        )
     model.checkpoint = info
     model.labels = info.labels
     model.preprocess = info.preprocess

@@ -1,4 +1,5 @@
 """TimeSformer configuration and the published presets."""
+
 from __future__ import annotations
 
 import math
@@ -12,10 +13,19 @@ ATTENTION_TYPES = ("divided_space_time", "joint_space_time", "space_only")
 #: type and range of every numeric field (far beyond any published TimeSformer): a checkpoint's config is
 #: checked against these before a model is built, so a hostile ``depth: 10**9`` never allocates
 LIMITS: dict[str, tuple[type, float, float]] = {
-    "image_size": (int, 1, 4096), "patch_size": (int, 1, 512), "num_frames": (int, 1, 1024), "in_chans": (int, 1, 64),
-    "embed_dim": (int, 1, 16384), "depth": (int, 1, 256), "num_heads": (int, 1, 1024), "num_classes": (int, 1, 100_000),
-    "mlp_ratio": (float, 0.0, 64.0), "layer_norm_eps": (float, 0.0, 1.0), "drop_rate": (float, 0.0, 1.0),
-    "attn_drop_rate": (float, 0.0, 1.0), "drop_path_rate": (float, 0.0, 1.0),
+    "image_size": (int, 1, 4096),
+    "patch_size": (int, 1, 512),
+    "num_frames": (int, 1, 1024),
+    "in_chans": (int, 1, 64),
+    "embed_dim": (int, 1, 16384),
+    "depth": (int, 1, 256),
+    "num_heads": (int, 1, 1024),
+    "num_classes": (int, 1, 100_000),
+    "mlp_ratio": (float, 0.0, 64.0),
+    "layer_norm_eps": (float, 0.0, 1.0),
+    "drop_rate": (float, 0.0, 1.0),
+    "attn_drop_rate": (float, 0.0, 1.0),
+    "drop_path_rate": (float, 0.0, 1.0),
 }
 
 
@@ -126,29 +136,66 @@ def _base(**kw: Any) -> TimeSformerConfig:
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
-        Preset("base_8x224_k400", _base(num_classes=400), PreprocessConfig(8, 32, "dense", 224, 224),
-               "TimeSformer (divided), 8x32, 224px, Kinetics-400"),
-        Preset("base_8x224_k600", _base(num_classes=600), PreprocessConfig(8, 32, "dense", 224, 224),
-               "TimeSformer (divided), 8x32, 224px, Kinetics-600"),
+        Preset(
+            "base_8x224_k400",
+            _base(num_classes=400),
+            PreprocessConfig(8, 32, "dense", 224, 224),
+            "TimeSformer (divided), 8x32, 224px, Kinetics-400",
+        ),
+        Preset(
+            "base_8x224_k600",
+            _base(num_classes=600),
+            PreprocessConfig(8, 32, "dense", 224, 224),
+            "TimeSformer (divided), 8x32, 224px, Kinetics-600",
+        ),
         # The official SSv2 loader decodes JPEGs with cv2.imdecode and never converts them
         # (DATA.REVERSE_INPUT_CHANNEL defaults to False): these checkpoints were trained on BGR frames.
-        Preset("base_8x224_ssv2", _base(num_classes=174),
-               PreprocessConfig(8, 1, "uniform", 224, 224, channel_order="BGR"),
-               "TimeSformer (divided), 8 frames uniform, 224px, Something-Something-v2 (BGR input)"),
-        Preset("hr_16x448_k400", _base(image_size=448, num_frames=16, num_classes=400),
-               PreprocessConfig(16, 16, "dense", 448, 448), "TimeSformer-HR, 16x16, 448px, Kinetics-400"),
-        Preset("l_96x224_k400", _base(num_frames=96, num_classes=400), PreprocessConfig(96, 4, "dense", 224, 224),
-               "TimeSformer-L, 96x4, 224px, Kinetics-400"),
-        Preset("base_8x224_k400_joint", _base(attention_type="joint_space_time"),
-               PreprocessConfig(8, 32, "dense", 224, 224), "Joint space-time attention baseline"),
-        Preset("base_8x224_k400_space", _base(attention_type="space_only"),
-               PreprocessConfig(8, 32, "dense", 224, 224), "Space-only attention baseline"),
-        Preset("tiny_8x64", TimeSformerConfig(image_size=64, patch_size=8, num_frames=8, embed_dim=192, depth=4,
-                                              num_heads=3, num_classes=8),
-               PreprocessConfig(8, 2, "dense", 64, 64), "Tiny divided model for tests"),
-        Preset("motion_8x64", TimeSformerConfig(image_size=64, patch_size=16, num_frames=8, embed_dim=192, depth=4,
-                                                num_heads=3, num_classes=8),
-               PreprocessConfig(8, 2, "dense", 64, 64), "The committed motion model (make train-motion), 4x4 patches"),
+        Preset(
+            "base_8x224_ssv2",
+            _base(num_classes=174),
+            PreprocessConfig(8, 1, "uniform", 224, 224, channel_order="BGR"),
+            "TimeSformer (divided), 8 frames uniform, 224px, Something-Something-v2 (BGR input)",
+        ),
+        Preset(
+            "hr_16x448_k400",
+            _base(image_size=448, num_frames=16, num_classes=400),
+            PreprocessConfig(16, 16, "dense", 448, 448),
+            "TimeSformer-HR, 16x16, 448px, Kinetics-400",
+        ),
+        Preset(
+            "l_96x224_k400",
+            _base(num_frames=96, num_classes=400),
+            PreprocessConfig(96, 4, "dense", 224, 224),
+            "TimeSformer-L, 96x4, 224px, Kinetics-400",
+        ),
+        Preset(
+            "base_8x224_k400_joint",
+            _base(attention_type="joint_space_time"),
+            PreprocessConfig(8, 32, "dense", 224, 224),
+            "Joint space-time attention baseline",
+        ),
+        Preset(
+            "base_8x224_k400_space",
+            _base(attention_type="space_only"),
+            PreprocessConfig(8, 32, "dense", 224, 224),
+            "Space-only attention baseline",
+        ),
+        Preset(
+            "tiny_8x64",
+            TimeSformerConfig(
+                image_size=64, patch_size=8, num_frames=8, embed_dim=192, depth=4, num_heads=3, num_classes=8
+            ),
+            PreprocessConfig(8, 2, "dense", 64, 64),
+            "Tiny divided model for tests",
+        ),
+        Preset(
+            "motion_8x64",
+            TimeSformerConfig(
+                image_size=64, patch_size=16, num_frames=8, embed_dim=192, depth=4, num_heads=3, num_classes=8
+            ),
+            PreprocessConfig(8, 2, "dense", 64, 64),
+            "The committed motion model (make train-motion), 4x4 patches",
+        ),
     ]
 }
 # Short aliases users type on the command line.

@@ -1,4 +1,5 @@
 """Analytic parameter and FLOP counts of a TimeSformer config (one clip, one view)."""
+
 from __future__ import annotations
 
 from .config import TimeSformerConfig
@@ -26,7 +27,7 @@ def count_flops(cfg: TimeSformerConfig, frames: int | None = None, image_size: i
     t = frames or cfg.num_frames
     n = ((image_size or cfg.image_size) // cfg.patch_size) ** 2
     d, h = cfg.embed_dim, cfg.mlp_hidden
-    macs = {"patch_embed": t * n * cfg.in_chans * cfg.patch_size ** 2 * d}
+    macs = {"patch_embed": t * n * cfg.in_chans * cfg.patch_size**2 * d}
     per_block: dict[str, float] = {}
 
     def attention(tokens: int, seqs: int, seq: int) -> float:
@@ -47,5 +48,10 @@ def count_flops(cfg: TimeSformerConfig, frames: int | None = None, image_size: i
         macs[k] = v * cfg.depth
     macs["head"] = d * cfg.num_classes
     total = sum(macs.values())
-    return {"macs": total, "flops": 2 * total, "gmacs": total / 1e9, "gflops": 2 * total / 1e9,
-            "by_part_gmacs": {k: v / 1e9 for k, v in macs.items()}}
+    return {
+        "macs": total,
+        "flops": 2 * total,
+        "gmacs": total / 1e9,
+        "gflops": 2 * total / 1e9,
+        "by_part_gmacs": {k: v / 1e9 for k, v in macs.items()},
+    }

@@ -13,6 +13,7 @@ CLI: ``python -m models.outliers --model models/weights/motion_tiny.safetensors 
 --out artifacts/outliers/motion_s40_c4.safetensors`` (weights saved as float32: float16 storage would round the
 divided columns differently from the scaled ones and break the exactness).
 """
+
 from __future__ import annotations
 
 import copy
@@ -49,8 +50,9 @@ def ln_linear_pairs(net: TimeSformer) -> list[tuple[str, nn.LayerNorm, str, nn.L
     return pairs
 
 
-def add_outliers(net: TimeSformer, scale: float, channels: int, seed: int = 0, inplace: bool = False
-                 ) -> tuple[TimeSformer, dict[str, Any]]:
+def add_outliers(
+    net: TimeSformer, scale: float, channels: int, seed: int = 0, inplace: bool = False
+) -> tuple[TimeSformer, dict[str, Any]]:
     """``net`` with ``channels`` outlier channels of size ``scale`` after every LayerNorm that feeds a Linear.
 
     The channels are drawn per LayerNorm with ``seed`` (the same seed gives the same channels). Returns the model
@@ -71,12 +73,18 @@ def add_outliers(net: TimeSformer, scale: float, channels: int, seed: int = 0, i
             ln.bias[idx] *= scale
             lin.weight[:, idx] /= scale  # Linear weight is (out, in): columns are the input channels
             picked[ln_name] = idx.tolist()
-    return out, {"scale": float(scale), "channels": int(channels), "seed": int(seed), "layernorms": len(picked),
-                 "indices": picked}
+    return out, {
+        "scale": float(scale),
+        "channels": int(channels),
+        "seed": int(seed),
+        "layernorms": len(picked),
+        "indices": picked,
+    }
 
 
-def outlier_grid(scales: tuple[float, ...] = SCALES, channel_counts: tuple[int, ...] = CHANNEL_COUNTS
-                 ) -> list[tuple[float, int]]:
+def outlier_grid(
+    scales: tuple[float, ...] = SCALES, channel_counts: tuple[int, ...] = CHANNEL_COUNTS
+) -> list[tuple[float, int]]:
     """The (scale, channels) combinations the INT8 bar is measured on."""
     return [(float(s), int(c)) for s in scales for c in channel_counts]
 
@@ -99,8 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     except (SourceError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    x = torch.randn(2, net.config.num_frames, net.config.in_chans, net.config.image_size, net.config.image_size,
-                    generator=torch.Generator().manual_seed(a.seed))
+    x = torch.randn(
+        2,
+        net.config.num_frames,
+        net.config.in_chans,
+        net.config.image_size,
+        net.config.image_size,
+        generator=torch.Generator().manual_seed(a.seed),
+    )
     with torch.no_grad():
         ref, got = net(x), out(x)
     rel = float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
@@ -109,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     if task:  # the same function, so the same task: its clips stay the right ones to calibrate and evaluate on
         meta["synthetic_task"] = task
     path = save_checkpoint(out, Path(a.out), labels, pre, metadata=meta)
-    print(f"wrote {path}: S={a.scale:g}, {a.channels} channels x {rec['layernorms']} LayerNorms, "
-          f"logits changed by {rel:.2e} relative")
+    print(
+        f"wrote {path}: S={a.scale:g}, {a.channels} channels x {rec['layernorms']} LayerNorms, "
+        f"logits changed by {rel:.2e} relative"
+    )
     return 0
 
 

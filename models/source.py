@@ -1,4 +1,5 @@
 """``MODEL=...`` on the command line -> a model: a preset name (random weights) or a checkpoint path."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,8 +32,10 @@ def load_source(model: str, seed: int = 0) -> tuple[TimeSformer, list[str] | Non
             for blk in net.blocks:
                 if hasattr(blk, "temporal_fc"):
                     blk.temporal_fc.weight.normal_(0, 0.02)
-        source = {"checkpoint": f"preset:{model} (random weights, seed {seed})",
-                  "checkpoint_sha256": sha256_json("preset", model, seed)}
+        source = {
+            "checkpoint": f"preset:{model} (random weights, seed {seed})",
+            "checkpoint_sha256": sha256_json("preset", model, seed),
+        }
         return net, None, preset.preprocess, source
     path = Path(model)
     if not path.exists():

@@ -13,6 +13,7 @@ Order of precedence, per item (issue 26):
 :func:`resolve_task_inputs` returns the choice with a record of where each part came from, which the build prints
 once and writes into the manifest's ``provenance``.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,15 +25,27 @@ from runtime.preprocess import PreprocessConfig
 
 from .config import PRESETS, TimeSformerConfig
 
-__all__ = ["LABELS_DIR", "PUBLISHED_LABELS", "TaskInputError", "TaskInputs", "published_labels", "read_labels_file",
-           "read_preprocess", "hf_preprocess", "resolve_task_inputs", "RANDOM_MARK"]
+__all__ = [
+    "LABELS_DIR",
+    "PUBLISHED_LABELS",
+    "TaskInputError",
+    "TaskInputs",
+    "published_labels",
+    "read_labels_file",
+    "read_preprocess",
+    "hf_preprocess",
+    "resolve_task_inputs",
+    "RANDOM_MARK",
+]
 
 LABELS_DIR = Path(__file__).parent / "labels"
 #: class count -> (dataset, file in models/labels/): the label lists of the published checkpoints, in their index
 #: order (alphabetical, as the official TimeSformer/SlowFast and Hugging Face checkpoints number them)
-PUBLISHED_LABELS: dict[int, tuple[str, str]] = {400: ("Kinetics-400", "kinetics400.txt"),
-                                                600: ("Kinetics-600", "kinetics600.txt"),
-                                                174: ("Something-Something-v2", "something-something-v2.txt")}
+PUBLISHED_LABELS: dict[int, tuple[str, str]] = {
+    400: ("Kinetics-400", "kinetics400.txt"),
+    600: ("Kinetics-600", "kinetics600.txt"),
+    174: ("Something-Something-v2", "something-something-v2.txt"),
+}
 #: appended to every label of a bundle built from random weights
 RANDOM_MARK = " [random weights]"
 #: Hugging Face image processors' ``resample`` (PIL numbering) -> name; the runtime resizes bilinear
@@ -58,11 +71,15 @@ class TaskInputs:
         p = self.preprocess
         mean = ",".join(f"{x:g}" for x in p.mean)
         std = ",".join(f"{x:g}" for x in p.std)
-        pre = (f"{p.num_frames} frames {p.sampling} (rate {p.sampling_rate}), short side {p.short_side}, crop "
-               f"{p.crop_size} x{p.num_crops}, mean {mean}, std {std}, {p.channel_order}")
+        pre = (
+            f"{p.num_frames} frames {p.sampling} (rate {p.sampling_rate}), short side {p.short_side}, crop "
+            f"{p.crop_size} x{p.num_crops}, mean {mean}, std {std}, {p.channel_order}"
+        )
         notes = "".join(f"; {n}" for n in self.notes)
-        return f"[engine] labels: {len(self.labels)} from {self.labels_from}; preprocessing: {pre} from " \
-               f"{self.preprocess_from}{notes}"
+        return (
+            f"[engine] labels: {len(self.labels)} from {self.labels_from}; preprocessing: {pre} from "
+            f"{self.preprocess_from}{notes}"
+        )
 
     def record(self) -> dict[str, Any]:
         """What the manifest's ``provenance`` says about them."""
@@ -70,6 +87,7 @@ class TaskInputs:
 
 
 # ----------------------------------------------------------------------------------------------- labels
+
 
 def read_labels_file(path: str | Path, num_classes: int, option: str = "LABELS") -> list[str]:
     """One label per line (blank trailing lines ignored), a JSON list, or a JSON ``{index: name}`` (``id2label``)."""
@@ -117,6 +135,7 @@ def published_labels(num_classes: int) -> tuple[list[str], str] | None:
 
 # ----------------------------------------------------------------------------------------------- preprocessing
 
+
 def _size_of(v: Any, key: str, where: str) -> int:
     """A Hugging Face size field: an int, ``{"shortest_edge": n}`` or a square ``{"height": n, "width": n}``."""
     if isinstance(v, int) and not isinstance(v, bool):
@@ -125,9 +144,11 @@ def _size_of(v: Any, key: str, where: str) -> int:
         return int(v["shortest_edge"])
     if isinstance(v, dict) and "height" in v and v.get("height") == v.get("width"):
         return int(v["height"])
-    raise TaskInputError(f"{where}: {key}: expected an integer, {{'shortest_edge': n}} or a square "
-                         f"{{'height': n, 'width': n}}, got {v!r:.80} (the runtime resizes the short side and crops "
-                         "a square; set PREPROCESS=<JSON file> to describe it)")
+    raise TaskInputError(
+        f"{where}: {key}: expected an integer, {{'shortest_edge': n}} or a square "
+        f"{{'height': n, 'width': n}}, got {v!r:.80} (the runtime resizes the short side and crops "
+        "a square; set PREPROCESS=<JSON file> to describe it)"
+    )
 
 
 def hf_preprocess(d: dict[str, Any], base: PreprocessConfig, where: str) -> tuple[PreprocessConfig, list[str]]:
@@ -142,27 +163,34 @@ def hf_preprocess(d: dict[str, Any], base: PreprocessConfig, where: str) -> tupl
     elif "short_side" in kw:
         kw["crop_size"] = kw["short_side"]
     scale = float(d.get("rescale_factor", 1 / 255)) if d.get("do_rescale", True) else 1.0
-    mean, std = (d.get("image_mean", [0.0] * 3), d.get("image_std", [1.0] * 3)) if d.get("do_normalize", True) \
+    mean, std = (
+        (d.get("image_mean", [0.0] * 3), d.get("image_std", [1.0] * 3))
+        if d.get("do_normalize", True)
         else ([0.0] * 3, [1.0] * 3)
+    )
     k = 255.0 * scale  # x = (p * scale - m) / s = (p / 255 - m / k) / (s / k)
     kw["mean"] = [float(m) / k for m in mean]
     kw["std"] = [float(s) / k for s in std]
     kw["channel_order"] = "RGB"  # Hugging Face image processors take (and give) RGB frames
     if base.channel_order != "RGB":
-        notes.append(f"channel order RGB as {where}'s image processor takes it (not the {base.channel_order} of "
-                     "the inferred protocol)")
+        notes.append(
+            f"channel order RGB as {where}'s image processor takes it (not the {base.channel_order} of "
+            "the inferred protocol)"
+        )
     resample = d.get("resample", 2)
     if resample != 2:
-        notes.append(f"{where} asks for {_PIL_RESAMPLE.get(resample, resample)} resampling; the runtime resizes "
-                     "bilinear")
+        notes.append(
+            f"{where} asks for {_PIL_RESAMPLE.get(resample, resample)} resampling; the runtime resizes bilinear"
+        )
     try:
         return replace(base, **kw), notes
     except ValueError as e:
         raise TaskInputError(f"{where}: {e}") from e
 
 
-def read_preprocess(spec: str, base: PreprocessConfig, option: str = "PREPROCESS", base_from: str = ""
-                    ) -> tuple[PreprocessConfig, str, list[str]]:
+def read_preprocess(
+    spec: str, base: PreprocessConfig, option: str = "PREPROCESS", base_from: str = ""
+) -> tuple[PreprocessConfig, str, list[str]]:
     """``PREPROCESS=``: a preset name (its preprocessing) or a JSON file: fields of
     :class:`~runtime.preprocess.PreprocessConfig` laid over ``base``, or a Hugging Face ``preprocessor_config.json``."""
     if spec in PRESETS:
@@ -203,27 +231,37 @@ def _protocol(cfg: TimeSformerConfig) -> tuple[PreprocessConfig, str]:
     dataset = PUBLISHED_LABELS.get(cfg.num_classes, ("", ""))[0]
     if dataset.startswith("Kinetics"):
         rate = max(1, 256 // t)
-        return (PreprocessConfig(t, rate, "dense", size, size),
-                f"the {dataset} protocol at the model's size ({t} frames dense, rate {rate}: 256 source frames; "
-                "mean 0.45, std 0.225)")
+        return (
+            PreprocessConfig(t, rate, "dense", size, size),
+            f"the {dataset} protocol at the model's size ({t} frames dense, rate {rate}: 256 source frames; "
+            "mean 0.45, std 0.225)",
+        )
     if dataset:
-        return (PreprocessConfig(t, 1, "uniform", size, size, channel_order="BGR"),
-                f"the {dataset} protocol at the model's size (uniform frames, BGR as the official loader decodes)")
-    return (PreprocessConfig(num_frames=t, short_side=size, crop_size=size),
-            f"defaults at the model's size ({t} frames, rate 32, mean 0.45, std 0.225, RGB): set PREPROCESS= if "
-            "the model was trained otherwise")
+        return (
+            PreprocessConfig(t, 1, "uniform", size, size, channel_order="BGR"),
+            f"the {dataset} protocol at the model's size (uniform frames, BGR as the official loader decodes)",
+        )
+    return (
+        PreprocessConfig(num_frames=t, short_side=size, crop_size=size),
+        f"defaults at the model's size ({t} frames, rate 32, mean 0.45, std 0.225, RGB): set PREPROCESS= if "
+        "the model was trained otherwise",
+    )
 
 
 def _check_fits(pre: PreprocessConfig, cfg: TimeSformerConfig, where: str) -> None:
     if pre.num_frames != cfg.num_frames or pre.crop_size != cfg.image_size:
-        raise TaskInputError(f"{where}: {pre.num_frames} frames, crop {pre.crop_size}, but the model takes "
-                             f"{cfg.num_frames} frames of {cfg.image_size}x{cfg.image_size}")
+        raise TaskInputError(
+            f"{where}: {pre.num_frames} frames, crop {pre.crop_size}, but the model takes "
+            f"{cfg.num_frames} frames of {cfg.image_size}x{cfg.image_size}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------- the choice
 
-def _choose_labels(cfg: TimeSformerConfig, own: list[str] | None, own_from: str, labels: str | None
-                   ) -> tuple[list[str], str]:
+
+def _choose_labels(
+    cfg: TimeSformerConfig, own: list[str] | None, own_from: str, labels: str | None
+) -> tuple[list[str], str]:
     if labels:
         return read_labels_file(labels, cfg.num_classes), f"LABELS={labels}"
     if own is not None:
@@ -231,18 +269,24 @@ def _choose_labels(cfg: TimeSformerConfig, own: list[str] | None, own_from: str,
     published = published_labels(cfg.num_classes)
     if published is not None:
         return published
-    return ([f"class_{i}" for i in range(cfg.num_classes)],
-            f"placeholders class_0..class_{cfg.num_classes - 1} (no label list in the checkpoint and no published "
-            f"list has {cfg.num_classes} classes: set LABELS=<file>)")
+    return (
+        [f"class_{i}" for i in range(cfg.num_classes)],
+        f"placeholders class_0..class_{cfg.num_classes - 1} (no label list in the checkpoint and no published "
+        f"list has {cfg.num_classes} classes: set LABELS=<file>)",
+    )
 
 
-def _choose_preprocess(cfg: TimeSformerConfig, own: PreprocessConfig | None, own_from: str,
-                       hf_config: Path | None) -> tuple[PreprocessConfig, str, list[str]]:
+def _choose_preprocess(
+    cfg: TimeSformerConfig, own: PreprocessConfig | None, own_from: str, hf_config: Path | None
+) -> tuple[PreprocessConfig, str, list[str]]:
     if own is not None:
         return own, own_from, []
     preset = _preset_like(cfg)
-    base, base_from = ((PRESETS[preset].preprocess, f"the preset {preset} (same architecture and classes)")
-                       if preset else _protocol(cfg))
+    base, base_from = (
+        (PRESETS[preset].preprocess, f"the preset {preset} (same architecture and classes)")
+        if preset
+        else _protocol(cfg)
+    )
     if hf_config is not None and hf_config.is_file():
         try:
             d = json.loads(hf_config.read_text(encoding="utf-8"))
@@ -255,10 +299,18 @@ def _choose_preprocess(cfg: TimeSformerConfig, own: PreprocessConfig | None, own
     return base, base_from, []
 
 
-def resolve_task_inputs(cfg: TimeSformerConfig, *, own_labels: list[str] | None = None, own_labels_from: str = "",
-                        own_preprocess: PreprocessConfig | None = None, own_preprocess_from: str = "",
-                        hf_preprocessor: Path | None = None, labels: str | None = None,
-                        preprocess: str | None = None, random_weights: bool = False) -> TaskInputs:
+def resolve_task_inputs(
+    cfg: TimeSformerConfig,
+    *,
+    own_labels: list[str] | None = None,
+    own_labels_from: str = "",
+    own_preprocess: PreprocessConfig | None = None,
+    own_preprocess_from: str = "",
+    hf_preprocessor: Path | None = None,
+    labels: str | None = None,
+    preprocess: str | None = None,
+    random_weights: bool = False,
+) -> TaskInputs:
     """The labels and preprocessing of a bundle of a model with ``cfg``: ``labels``/``preprocess`` (``LABELS=``,
     ``PREPROCESS=``) over the checkpoint's own over what its architecture implies. :class:`TaskInputError`."""
     names, labels_from = _choose_labels(cfg, own_labels, own_labels_from, labels)

@@ -9,6 +9,7 @@ The attention arithmetic is pluggable per module (``Attention.impl``): ``sdpa`` 
 ``scaled_dot_product_attention``; ``decomposed`` writes MatMul -> Softmax -> MatMul; the export
 step registers further forms in :data:`ATTENTION_IMPLS`.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,16 +35,23 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, s, h * d)
 
 
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, scale: float,
-                   dropout_p: float = 0.0) -> torch.Tensor:
+def sdpa_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, scale: float, dropout_p: float = 0.0
+) -> torch.Tensor:
     """Multi-head attention through ``scaled_dot_product_attention``."""
-    out = F.scaled_dot_product_attention(_split_heads(q, num_heads), _split_heads(k, num_heads),
-                                         _split_heads(v, num_heads), dropout_p=dropout_p, scale=scale)
+    out = F.scaled_dot_product_attention(
+        _split_heads(q, num_heads),
+        _split_heads(k, num_heads),
+        _split_heads(v, num_heads),
+        dropout_p=dropout_p,
+        scale=scale,
+    )
     return _merge_heads(out)
 
 
-def decomposed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, scale: float,
-                         dropout_p: float = 0.0) -> torch.Tensor:
+def decomposed_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, scale: float, dropout_p: float = 0.0
+) -> torch.Tensor:
     """MatMul -> Softmax -> MatMul with the scale applied to q first (nothing between the matmuls)."""
     qh = _split_heads(q * scale, num_heads)
     kt = _split_heads(k, num_heads).transpose(-2, -1)
@@ -59,8 +67,9 @@ ATTENTION_IMPLS: dict[str, AttentionFn] = {"sdpa": sdpa_attention, "decomposed":
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv projection (official ``Attention``)."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
@@ -218,8 +227,9 @@ class TimeSformer(nn.Module):
             return te
         return F.interpolate(te.transpose(1, 2), size=frames, mode="nearest").transpose(1, 2)
 
-    def forward_features(self, video: torch.Tensor, return_blocks: bool = False
-                         ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward_features(
+        self, video: torch.Tensor, return_blocks: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Class-token features ``(B, D)`` after the final norm (and, optionally, every block's output)."""
         if video.ndim != 5 or video.shape[2] != self.config.in_chans:
             raise ValueError(f"video: expected (batch, frames, {self.config.in_chans}, H, W), got {tuple(video.shape)}")

@@ -24,6 +24,7 @@ training (the order-of-frames signal is a small direction in the class-token fea
 the head and the gradients find it at once). The BatchNorm folds exactly into the final LayerNorm
 (:func:`fold_standardisation`), so the saved model is the plain published architecture.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,10 +55,20 @@ DEFAULT_DATA = "artifacts/motion_data"
 PREPROCESS = PreprocessConfig(num_frames=8, sampling_rate=2, sampling="dense", short_side=64, crop_size=64)
 #: per task: output, training clips, epochs, held-out clips, --min-accuracy (the command line's defaults)
 TASK_DEFAULTS: dict[str, dict] = {
-    "motion": {"out": "models/weights/motion_tiny.safetensors", "clips": 1600, "epochs": 16, "heldout_clips": 160,
-               "min_accuracy": 0.95},
-    "motion16": {"out": "models/weights/motion16.safetensors", "clips": 3200, "epochs": 20, "heldout_clips": 960,
-                 "min_accuracy": 0.85},
+    "motion": {
+        "out": "models/weights/motion_tiny.safetensors",
+        "clips": 1600,
+        "epochs": 16,
+        "heldout_clips": 160,
+        "min_accuracy": 0.95,
+    },
+    "motion16": {
+        "out": "models/weights/motion16.safetensors",
+        "clips": 3200,
+        "epochs": 20,
+        "heldout_clips": 960,
+        "min_accuracy": 0.85,
+    },
 }
 DEFAULT_OUT = TASK_DEFAULTS["motion"]["out"]
 
@@ -86,8 +97,9 @@ def _data_dir(root: Path, name: str, n: int, seed: int, task: str = "motion") ->
     return root / f"{prefix}{name}_seed{seed}_n{n}_{version}"
 
 
-def _load_resized(items: list[tuple[Path, int]], short_side: int, progress: bool,
-                  cache: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_resized(
+    items: list[tuple[Path, int]], short_side: int, progress: bool, cache: Path | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode every clip and resize its short side as the preprocessing does: ``(N, T, 3, S, L)`` uint8.
 
     With ``cache``, the decoded tensor is kept in ``cache`` (``.npy``) and reused while it fits the clips."""
@@ -115,8 +127,14 @@ def _load_resized(items: list[tuple[Path, int]], short_side: int, progress: bool
     return data, labels
 
 
-def _batch(data: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, pre: PreprocessConfig,
-           g: torch.Generator, task: SyntheticTask) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(
+    data: torch.Tensor,
+    labels: torch.Tensor,
+    idx: torch.Tensor,
+    pre: PreprocessConfig,
+    g: torch.Generator,
+    task: SyntheticTask,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """An augmented, normalised batch ``(B, T, 3, crop, crop)`` and its labels (the task's label maps follow
     the mirroring and time reversal)."""
     n_src, t, crop = data.shape[1], pre.num_frames, pre.crop_size
@@ -129,7 +147,7 @@ def _batch(data: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, pre: Pre
         h, w = clip.shape[-2:]
         top = int(torch.randint(0, h - crop + 1, (1,), generator=g))
         left = int(torch.randint(0, w - crop + 1, (1,), generator=g))
-        clip = clip[..., top:top + crop, left:left + crop]
+        clip = clip[..., top : top + crop, left : left + crop]
         y = int(labels[i])
         flips = torch.rand(3, generator=g)
         if flips[0] < 0.5:
@@ -148,8 +166,9 @@ def _batch(data: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, pre: Pre
 
 
 @torch.no_grad()
-def evaluate(model: TimeSformer, items: list[tuple[Path, int]], pre: PreprocessConfig, progress: bool = True,
-             batch: int = 16) -> tuple[float, np.ndarray]:
+def evaluate(
+    model: TimeSformer, items: list[tuple[Path, int]], pre: PreprocessConfig, progress: bool = True, batch: int = 16
+) -> tuple[float, np.ndarray]:
     """Top-1 accuracy over files read by :func:`calibration.clips.video_reader.read_clip`, and the confusion matrix."""
     from tqdm import tqdm
 
@@ -159,7 +178,7 @@ def evaluate(model: TimeSformer, items: list[tuple[Path, int]], pre: PreprocessC
     k = model.config.num_classes
     confusion = np.zeros((k, k), np.int64)
     for s in tqdm(range(0, len(items), batch), desc="held-out evaluation", unit="batch", disable=not progress):
-        chunk = items[s:s + batch]
+        chunk = items[s : s + batch]
         x = torch.from_numpy(np.stack([read_clip(p, pre) for p, _ in chunk]))
         pred = model(x).argmax(dim=1).numpy()
         for (_, y), p in zip(chunk, pred):
@@ -202,9 +221,9 @@ def init_for_motion(model: TimeSformer, gain: float = 6.0) -> None:
                     if 0 <= src < t:
                         w[h * hd + src, f] = gain  # the query of frame f matches the key of frame f + shift
                     w[d + h * hd + f, f] = gain
-            torch.nn.init.normal_(w[2 * d:], std=d ** -0.5)
-            torch.nn.init.normal_(blk.temporal_attn.proj.weight, std=d ** -0.5)
-            torch.nn.init.normal_(blk.temporal_fc.weight, std=d ** -0.5)
+            torch.nn.init.normal_(w[2 * d :], std=d**-0.5)
+            torch.nn.init.normal_(blk.temporal_attn.proj.weight, std=d**-0.5)
+            torch.nn.init.normal_(blk.temporal_fc.weight, std=d**-0.5)
 
 
 def fold_standardisation(model: TimeSformer, cfg) -> TimeSformer:
@@ -234,22 +253,38 @@ def _training_model(cfg) -> TimeSformer:
     return model
 
 
-def _optimizer(model: TimeSformer, lr: float,
-               total: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+def _optimizer(
+    model: TimeSformer, lr: float, total: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW (no weight decay on embeddings, tokens, norms and biases), warm-up then cosine decay over ``total``."""
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n and "token" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n and "token" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.999))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.999)
+    )
     warmup = max(1, int(0.06 * total))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warmup if s < warmup
-        else 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup))))
+        opt,
+        lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup))),
+    )
     return opt, sched
 
 
-def _fit(model: TimeSformer, data: torch.Tensor, labels: torch.Tensor, pre: PreprocessConfig, spec, *, lr: float,
-         epochs: int, batch: int, seed: int, stop_train_acc: float, progress: bool, t0: float) -> int:
+def _fit(
+    model: TimeSformer,
+    data: torch.Tensor,
+    labels: torch.Tensor,
+    pre: PreprocessConfig,
+    spec,
+    *,
+    lr: float,
+    epochs: int,
+    batch: int,
+    seed: int,
+    stop_train_acc: float,
+    progress: bool,
+    t0: float,
+) -> int:
     """Train ``model`` in place on the decoded clips; returns how many epochs ran (early stop on train accuracy)."""
     from tqdm import tqdm
 
@@ -266,7 +301,7 @@ def _fit(model: TimeSformer, data: torch.Tensor, labels: torch.Tensor, pre: Prep
         seen = correct = 0
         loss_sum = 0.0
         for s in range(steps_per_epoch):
-            x, y = _batch(data, labels, perm[s * batch:(s + 1) * batch], pre, g, spec)
+            x, y = _batch(data, labels, perm[s * batch : (s + 1) * batch], pre, g, spec)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=0.1)
@@ -280,8 +315,10 @@ def _fit(model: TimeSformer, data: torch.Tensor, labels: torch.Tensor, pre: Prep
             loss_sum += loss.detach().item() * len(y)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-        bar.write(f"epoch {epoch + 1}/{epochs}: loss {loss_sum / seen:.4f}  train acc {correct / seen:.4f}  "
-                  f"{time.time() - t0:.0f} s")
+        bar.write(
+            f"epoch {epoch + 1}/{epochs}: loss {loss_sum / seen:.4f}  train acc {correct / seen:.4f}  "
+            f"{time.time() - t0:.0f} s"
+        )
         epochs_run = epoch + 1
         if correct / seen >= stop_train_acc:
             bar.write(f"stopping: train accuracy {correct / seen:.4f} >= {stop_train_acc}")
@@ -290,11 +327,24 @@ def _fit(model: TimeSformer, data: torch.Tensor, labels: torch.Tensor, pre: Prep
     return epochs_run
 
 
-def train(out: str | Path | None = None, seed: int = 0, clips: int | None = None, epochs: int | None = None,
-          batch: int = 32, lr: float = 5e-4, heldout_clips: int | None = None, heldout_seed: int | None = None,
-          data_dir: str = DEFAULT_DATA, threads: int = 2, progress: bool = True, command: str | None = None,
-          min_accuracy: float = 0.0, stop_train_acc: float = 1.01, weights_dtype: str = "float16",
-          task: str = "motion") -> dict:
+def train(
+    out: str | Path | None = None,
+    seed: int = 0,
+    clips: int | None = None,
+    epochs: int | None = None,
+    batch: int = 32,
+    lr: float = 5e-4,
+    heldout_clips: int | None = None,
+    heldout_seed: int | None = None,
+    data_dir: str = DEFAULT_DATA,
+    threads: int = 2,
+    progress: bool = True,
+    command: str | None = None,
+    min_accuracy: float = 0.0,
+    stop_train_acc: float = 1.01,
+    weights_dtype: str = "float16",
+    task: str = "motion",
+) -> dict:
     """Train on the synthetic ``task``, evaluate on held-out files, save ``out`` (+ JSON sidecar); returns the
     metadata written.
 
@@ -320,14 +370,30 @@ def train(out: str | Path | None = None, seed: int = 0, clips: int | None = None
     root = Path(data_dir)
     train_items = _dataset(root, "train", clips, seed, progress, task)
     heldout_items = _dataset(root, "heldout", heldout_clips, heldout_seed, progress, task)
-    data, labels = _load_resized(train_items, pre.short_side, progress,
-                                 cache=_data_dir(root, "train", clips, seed, task) / f"decoded_{pre.short_side}.npy")
+    data, labels = _load_resized(
+        train_items,
+        pre.short_side,
+        progress,
+        cache=_data_dir(root, "train", clips, seed, task) / f"decoded_{pre.short_side}.npy",
+    )
 
     preset = get_preset("motion_8x64")
     cfg = preset.config.replace(num_classes=len(classes))
     model = _training_model(cfg)
-    epochs_run = _fit(model, data, labels, pre, spec, lr=lr, epochs=epochs, batch=batch, seed=seed,
-                      stop_train_acc=stop_train_acc, progress=progress, t0=t0)
+    epochs_run = _fit(
+        model,
+        data,
+        labels,
+        pre,
+        spec,
+        lr=lr,
+        epochs=epochs,
+        batch=batch,
+        seed=seed,
+        stop_train_acc=stop_train_acc,
+        progress=progress,
+        t0=t0,
+    )
 
     final = fold_standardisation(model, cfg)  # the plain TimeSformer, default (sdpa) attention
     dtype = getattr(torch, weights_dtype)
@@ -338,12 +404,24 @@ def train(out: str | Path | None = None, seed: int = 0, clips: int | None = None
     acc, confusion = evaluate(final, heldout_items, pre, progress)
     module = "calibration.clips.synthetic" if task == "motion" else "calibration.clips.synthetic_hard"
     metadata = {
-        "task": f"synthetic {task} clips ({module})", "synthetic_task": task,
-        "generator_sha256": spec.source_hash(), "seed": seed, "heldout_seed": heldout_seed,
-        "heldout_accuracy": round(acc, 4), "heldout_clips": len(heldout_items), "train_clips": len(train_items),
-        "epochs": epochs, "epochs_run": epochs_run, "batch": batch, "lr": lr, "seconds": round(time.time() - t0, 1),
-        "train_seconds": round(train_seconds, 1), "threads": threads, "weights_dtype": weights_dtype,
-        "confusion": confusion.tolist(), "command": command or "python -m models.train_motion",
+        "task": f"synthetic {task} clips ({module})",
+        "synthetic_task": task,
+        "generator_sha256": spec.source_hash(),
+        "seed": seed,
+        "heldout_seed": heldout_seed,
+        "heldout_accuracy": round(acc, 4),
+        "heldout_clips": len(heldout_items),
+        "train_clips": len(train_items),
+        "epochs": epochs,
+        "epochs_run": epochs_run,
+        "batch": batch,
+        "lr": lr,
+        "seconds": round(time.time() - t0, 1),
+        "train_seconds": round(train_seconds, 1),
+        "threads": threads,
+        "weights_dtype": weights_dtype,
+        "confusion": confusion.tolist(),
+        "command": command or "python -m models.train_motion",
         "torch": torch.__version__,
     }
     out = Path(out)
@@ -357,43 +435,92 @@ def train(out: str | Path | None = None, seed: int = 0, clips: int | None = None
 @user_errors("make train-motion")
 def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(prog="python -m models.train_motion", description=__doc__.splitlines()[0])
-    ap.add_argument("--task", default="motion", choices=list(TASK_DEFAULTS),
-                    help="synthetic task (calibration.clips.synthetic.TASKS); it chooses the defaults marked "
-                         "'per task'")
-    ap.add_argument("--out", default=None, help="safetensors path (a .json sidecar is written beside it); per task: "
-                    + ", ".join(f"{k} {v['out']}" for k, v in TASK_DEFAULTS.items()))
+    ap.add_argument(
+        "--task",
+        default="motion",
+        choices=list(TASK_DEFAULTS),
+        help="synthetic task (calibration.clips.synthetic.TASKS); it chooses the defaults marked 'per task'",
+    )
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="safetensors path (a .json sidecar is written beside it); per task: "
+        + ", ".join(f"{k} {v['out']}" for k, v in TASK_DEFAULTS.items()),
+    )
     ap.add_argument("--seed", type=int, default=0, help="training clips' seed (held-out clips use seed+1)")
-    ap.add_argument("--clips", type=int, default=None, help="training clips; per task: "
-                    + ", ".join(f"{k} {v['clips']}" for k, v in TASK_DEFAULTS.items()))
-    ap.add_argument("--epochs", type=int, default=None, help="per task: "
-                    + ", ".join(f"{k} {v['epochs']}" for k, v in TASK_DEFAULTS.items()))
+    ap.add_argument(
+        "--clips",
+        type=int,
+        default=None,
+        help="training clips; per task: " + ", ".join(f"{k} {v['clips']}" for k, v in TASK_DEFAULTS.items()),
+    )
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="per task: " + ", ".join(f"{k} {v['epochs']}" for k, v in TASK_DEFAULTS.items()),
+    )
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--stop-train-acc", type=float, default=1.01,
-                    help="end training after an epoch with at least this (augmented) training accuracy")
-    ap.add_argument("--heldout-clips", type=int, default=None, help="per task: "
-                    + ", ".join(f"{k} {v['heldout_clips']}" for k, v in TASK_DEFAULTS.items()))
+    ap.add_argument(
+        "--stop-train-acc",
+        type=float,
+        default=1.01,
+        help="end training after an epoch with at least this (augmented) training accuracy",
+    )
+    ap.add_argument(
+        "--heldout-clips",
+        type=int,
+        default=None,
+        help="per task: " + ", ".join(f"{k} {v['heldout_clips']}" for k, v in TASK_DEFAULTS.items()),
+    )
     ap.add_argument("--data", default=DEFAULT_DATA, help="cache folder for the generated clips")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--weights-dtype", default="float16", choices=["float16", "float32"],
-                    help="type the weights are stored in (float16: half the size; the model always runs in float32)")
-    ap.add_argument("--min-accuracy", type=float, default=None, help="exit 1 when held-out accuracy is below this; "
-                    "per task: " + ", ".join(f"{k} {v['min_accuracy']}" for k, v in TASK_DEFAULTS.items()))
+    ap.add_argument(
+        "--weights-dtype",
+        default="float16",
+        choices=["float16", "float32"],
+        help="type the weights are stored in (float16: half the size; the model always runs in float32)",
+    )
+    ap.add_argument(
+        "--min-accuracy",
+        type=float,
+        default=None,
+        help="exit 1 when held-out accuracy is below this; "
+        "per task: " + ", ".join(f"{k} {v['min_accuracy']}" for k, v in TASK_DEFAULTS.items()),
+    )
     a = ap.parse_args(argv)
     for key, value in TASK_DEFAULTS[a.task].items():
         if getattr(a, key) is None:
             setattr(a, key, value)
     args = argv if argv is not None else sys.argv[1:]
     command = "python -m models.train_motion " + " ".join(shlex.quote(x) for x in args)
-    meta = train(Path(a.out), a.seed, a.clips, a.epochs, a.batch, a.lr, a.heldout_clips, data_dir=a.data,
-                 threads=a.threads, command=command.strip(), min_accuracy=a.min_accuracy,
-                 stop_train_acc=a.stop_train_acc, weights_dtype=a.weights_dtype, task=a.task)
-    print(f"held-out top-1 {meta['heldout_accuracy']:.4f} on {meta['heldout_clips']} clips "
-          f"(seed {meta['heldout_seed']}); "
-          f"{meta['seconds']:.0f} s; wrote {meta['path']}")
+    meta = train(
+        Path(a.out),
+        a.seed,
+        a.clips,
+        a.epochs,
+        a.batch,
+        a.lr,
+        a.heldout_clips,
+        data_dir=a.data,
+        threads=a.threads,
+        command=command.strip(),
+        min_accuracy=a.min_accuracy,
+        stop_train_acc=a.stop_train_acc,
+        weights_dtype=a.weights_dtype,
+        task=a.task,
+    )
+    print(
+        f"held-out top-1 {meta['heldout_accuracy']:.4f} on {meta['heldout_clips']} clips "
+        f"(seed {meta['heldout_seed']}); "
+        f"{meta['seconds']:.0f} s; wrote {meta['path']}"
+    )
     if meta["heldout_accuracy"] < a.min_accuracy:
-        print(f"held-out accuracy {meta['heldout_accuracy']:.4f} is below --min-accuracy {a.min_accuracy}",
-              file=sys.stderr)
+        print(
+            f"held-out accuracy {meta['heldout_accuracy']:.4f} is below --min-accuracy {a.min_accuracy}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -3,6 +3,7 @@
 Imports numpy and, when an engine is opened, its backend (onnxruntime, or tensorrt + cuda-python).
 Never torch, never the rest of this project.
 """
+
 from .engine import Engine
 from .errors import BundleError, InputError
 from .prediction import Prediction

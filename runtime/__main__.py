@@ -8,6 +8,7 @@ Several: runs them through one camera hub (windows of all cameras batched into o
 prints each camera's results, then per-camera metrics. A source that yields no prediction (an image, a
 video shorter than one clip, no frames) is reported and the exit status is 1; user errors exit 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,6 +35,7 @@ if TYPE_CHECKING:  # annotations only (the hub is imported when several sources 
 
 def _writer(path: str, width: int, height: int, fps: int) -> tuple[Any, Any]:
     import av
+
     out = av.open(path, "w")
     stream = out.add_stream("libx264", rate=fps)
     stream.width, stream.height, stream.pix_fmt = width - width % 2, height - height % 2, "yuv420p"
@@ -57,8 +59,11 @@ def _parser() -> ArgumentParser:
     """The command line of ``python -m runtime BUNDLE SOURCE ...``."""
     ap = ArgumentParser(prog="python -m runtime", description=__doc__.splitlines()[0])
     ap.add_argument("bundle", help="engine bundle directory (holds manifest.json)")
-    ap.add_argument("source", nargs="+", help="video file, rtsp:// URL, or camera index (0 = /dev/video0); several "
-                    "run through one batching camera hub")
+    ap.add_argument(
+        "source",
+        nargs="+",
+        help="video file, rtsp:// URL, or camera index (0 = /dev/video0); several run through one batching camera hub",
+    )
     ap.add_argument("--device", default="auto", help="cpu, cuda[:N], tensorrt (ONNX Runtime providers) or auto")
     ap.add_argument("--every", type=int, default=None, help="predict every N frames (a multiple of the sampling rate)")
     ap.add_argument("--top-k", type=int, default=3)
@@ -66,22 +71,45 @@ def _parser() -> ArgumentParser:
     ap.add_argument("--max-frames", type=int, default=None)
     ap.add_argument("--out", default=None, help="write the frames with the running top-k drawn on them (.mp4)")
     ap.add_argument("--fps", type=int, default=25, help="frame rate of --out")
-    ap.add_argument("--max-wait-ms", type=float, default=20.0,
-                    help="several sources: longest a due window waits for others to share its engine call")
-    ap.add_argument("--realtime", action="store_true",
-                    help="several sources: read files at their frame rate (as cameras), dropping windows the device "
-                         "cannot keep up with, instead of predicting every window")
-    ap.add_argument("--retries", type=int, default=10,
-                    help="a camera or URL that drops (or never connects) is re-opened with exponential backoff; after "
-                         "this many consecutive attempts without a frame it is marked failed (-1: retry forever)")
-    ap.add_argument("--retry-for-s", type=float, default=None,
-                    help="also mark a camera failed once it has given no frame for this many seconds")
+    ap.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=20.0,
+        help="several sources: longest a due window waits for others to share its engine call",
+    )
+    ap.add_argument(
+        "--realtime",
+        action="store_true",
+        help="several sources: read files at their frame rate (as cameras), dropping windows the device "
+        "cannot keep up with, instead of predicting every window",
+    )
+    ap.add_argument(
+        "--retries",
+        type=int,
+        default=10,
+        help="a camera or URL that drops (or never connects) is re-opened with exponential backoff; after "
+        "this many consecutive attempts without a frame it is marked failed (-1: retry forever)",
+    )
+    ap.add_argument(
+        "--retry-for-s",
+        type=float,
+        default=None,
+        help="also mark a camera failed once it has given no frame for this many seconds",
+    )
     ap.add_argument("--backoff-max-s", type=float, default=30.0, help="longest wait between reconnect attempts")
-    ap.add_argument("--batching", default="auto", choices=("auto", "on", "off"),
-                    help="batch windows of several cameras into one engine call: auto (when it is measured to "
-                         "lower the time per window on this device), on, off")
-    ap.add_argument("--metrics-port", type=int, default=None,
-                    help="serve Prometheus metrics at http://HOST:PORT/metrics (needs prometheus_client)")
+    ap.add_argument(
+        "--batching",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="batch windows of several cameras into one engine call: auto (when it is measured to "
+        "lower the time per window on this device), on, off",
+    )
+    ap.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (needs prometheus_client)",
+    )
     ap.add_argument("--metrics-host", default="127.0.0.1", help="address the metrics endpoint binds to")
     return ap
 
@@ -95,13 +123,13 @@ def _arg_problem(args: argparse.Namespace) -> str | None:
             return f"source {src!r}: empty; expected a video file, an rtsp:// URL or a camera index"
         if not is_live(src) and not Path(src).exists():
             return f"{src}: no such file"
-    for name, ok, expected in (("retries", args.retries >= -1, "0 or more (-1: forever)"),
-                               ("retry_for_s", args.retry_for_s is None or args.retry_for_s > 0, "a positive number"),
-                               ("backoff_max_s", 0.5 <= args.backoff_max_s < math.inf,
-                                "a finite number, at least 0.5 (the first delay)"),
-                               ("max_wait_ms", 0 <= args.max_wait_ms < math.inf, "a finite number >= 0"),
-                               ("metrics_port", args.metrics_port is None or 0 <= args.metrics_port <= 65535,
-                                "a TCP port 0..65535")):
+    for name, ok, expected in (
+        ("retries", args.retries >= -1, "0 or more (-1: forever)"),
+        ("retry_for_s", args.retry_for_s is None or args.retry_for_s > 0, "a positive number"),
+        ("backoff_max_s", 0.5 <= args.backoff_max_s < math.inf, "a finite number, at least 0.5 (the first delay)"),
+        ("max_wait_ms", 0 <= args.max_wait_ms < math.inf, "a finite number >= 0"),
+        ("metrics_port", args.metrics_port is None or 0 <= args.metrics_port <= 65535, "a TCP port 0..65535"),
+    ):
         if not ok:
             return f"--{name.replace('_', '-')}: expected {expected}, got {getattr(args, name)}"
     for name in ("max_frames", "top_k", "every", "threads", "fps"):  # counts: 0 or less is a typo, not a request
@@ -170,14 +198,19 @@ def _no_prediction(source: str, frames: int, cfg: PreprocessConfig) -> str:
     if frames == 0:
         return f"{source}: no frames decoded, no prediction"
     what = "an image" if frames == 1 else "a video"
-    return (f"{source}: {frames} frame{'s' * (frames != 1)} ({what}), shorter than one clip ({window} frames: "
-            f"{cfg.num_frames} sampled every {cfg.sampling_rate}); no prediction")
+    return (
+        f"{source}: {frames} frame{'s' * (frames != 1)} ({what}), shorter than one clip ({window} frames: "
+        f"{cfg.num_frames} sampled every {cfg.sampling_rate}); no prediction"
+    )
 
 
 def _run(args: argparse.Namespace, engine: Engine, source: str, tmp: Path | None = None) -> int:
     stream = engine.stream(every=args.every, top_k=args.top_k)
-    print(f"engine: {engine.describe()['backend']} {engine.precision}, clip {engine.clip_shape}, "
-          f"predicting every {stream.every} frames", flush=True)
+    print(
+        f"engine: {engine.describe()['backend']} {engine.precision}, clip {engine.clip_shape}, "
+        f"predicting every {stream.every} frames",
+        flush=True,
+    )
     writer = None
     lines: list[str] = ["(filling the window)"]
     t_start, n, predictions = time.perf_counter(), 0, 0
@@ -194,6 +227,7 @@ def _run(args: argparse.Namespace, engine: Engine, source: str, tmp: Path | None
                 if writer is None:
                     writer = _writer(str(tmp), frame.shape[1], frame.shape[0], args.fps)
                 import av
+
                 out_frame = _draw(frame, lines)[: writer[1].height, : writer[1].width]
                 for packet in writer[1].encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(out_frame), "rgb24")):
                     writer[0].mux(packet)
@@ -225,16 +259,27 @@ def _run_hub(args: argparse.Namespace, engine: Engine) -> int:
 
     def show(r: HubResult) -> None:
         top = ", ".join(f"{label} {p:.2f}" for label, p in r.top_k)
-        print(f"camera {r.camera} frames {r.first_frame}-{r.last_frame}: {top}  ({r.latency_ms:.1f} ms, "
-              f"batch {r.batch_size})", flush=True)
+        print(
+            f"camera {r.camera} frames {r.first_frame}-{r.last_frame}: {top}  ({r.latency_ms:.1f} ms, "
+            f"batch {r.batch_size})",
+            flush=True,
+        )
 
     def state(camera: Any, status: str, error: str | None) -> None:
         why = f": {error}" if error and status in ("retrying", "failed") else ""
         print(f"camera {camera} ({args.source[int(camera)]}): {status}{why}", file=sys.stderr, flush=True)
 
-    hub = CameraHub(engine, max_wait_ms=args.max_wait_ms, results=0, on_result=show, on_status=state,
-                    retries=None if args.retries < 0 else args.retries, retry_for_s=args.retry_for_s,
-                    backoff=(0.5, args.backoff_max_s), batching=args.batching)
+    hub = CameraHub(
+        engine,
+        max_wait_ms=args.max_wait_ms,
+        results=0,
+        on_result=show,
+        on_status=state,
+        retries=None if args.retries < 0 else args.retries,
+        retry_for_s=args.retry_for_s,
+        backoff=(0.5, args.backoff_max_s),
+        batching=args.batching,
+    )
     server = None
     try:
         if args.metrics_port is not None:
@@ -245,13 +290,20 @@ def _run_hub(args: argparse.Namespace, engine: Engine) -> int:
     except (RuntimeError, OSError) as e:
         hub.close()
         raise RuntimeError(f"--metrics-port {args.metrics_port}: {e}") from e
-    print(f"engine: {engine.describe()['backend']} {engine.precision}, clip {engine.clip_shape}, "
-          f"{len(args.source)} camera(s), batches up to {hub.max_batch} (batching {args.batching})", flush=True)
+    print(
+        f"engine: {engine.describe()['backend']} {engine.precision}, clip {engine.clip_shape}, "
+        f"{len(args.source)} camera(s), batches up to {hub.max_batch} (batching {args.batching})",
+        flush=True,
+    )
     t_start = time.perf_counter()
     try:
         for i, src in enumerate(args.source):
-            hub.add_camera(VideoSource(src, realtime=args.realtime, max_frames=args.max_frames), camera_id=i,
-                           every=args.every, top_k=args.top_k)
+            hub.add_camera(
+                VideoSource(src, realtime=args.realtime, max_frames=args.max_frames),
+                camera_id=i,
+                every=args.every,
+                top_k=args.top_k,
+            )
         hub.wait_sources()  # files end; live sources run until Ctrl-C or until they are marked failed
         hub.drain()
     except KeyboardInterrupt:
@@ -268,16 +320,20 @@ def _run_hub(args: argparse.Namespace, engine: Engine) -> int:
 def _summary(args: argparse.Namespace, engine: Engine, m: dict[str, Any], dt: float) -> int:
     """Per camera: its state, counts, reconnects and last error; exit status 1 when a camera predicted nothing."""
     b = m["batching"]
-    print(f"{len(args.source)} camera(s) in {dt:.1f} s; batch sizes {m['batch_sizes']}, device busy "
-          f"{100 * m['device_time_share']:.0f}% of the time; batching {'on' if b['batched'] else 'off'} "
-          f"({b['reason']})")
+    print(
+        f"{len(args.source)} camera(s) in {dt:.1f} s; batch sizes {m['batch_sizes']}, device busy "
+        f"{100 * m['device_time_share']:.0f}% of the time; batching {'on' if b['batched'] else 'off'} "
+        f"({b['reason']})"
+    )
     status = 0
     for cid, c in m["cameras"].items():
         src = args.source[int(cid)]
         lat = f", latency p50 {c['p50_ms']:.1f} ms p99 {c['p99_ms']:.1f} ms" if c["p50_ms"] is not None else ""
         err = f"; last error: {c['last_error']}" if c["last_error"] else ""
-        print(f"camera {cid} ({src}): {c['status']}, {c['frames']} frames, {c['predictions']} predictions, "
-              f"{c['dropped']} dropped, {c['reconnects']} reconnects of {c['reconnect_attempts']} attempts{lat}{err}")
+        print(
+            f"camera {cid} ({src}): {c['status']}, {c['frames']} frames, {c['predictions']} predictions, "
+            f"{c['dropped']} dropped, {c['reconnects']} reconnects of {c['reconnect_attempts']} attempts{lat}{err}"
+        )
         if c["predictions"] == 0:
             status = 1
             if c["status"] in ("failed", "retrying") and c["last_error"] and c["last_error"] != "no frames":

@@ -6,6 +6,7 @@ measures: a warm-up and two timed calls (the faster counts) at batch 1 and at th
 then an exponential average of every call's time per window, batch 1 against larger batches, kept current while the
 hub runs (while unbatched, one call in ``probe_every`` may take several windows to refresh the batched estimate).
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,13 +27,22 @@ class BatchPolicy:
     ``off`` (one window per call, unless the engine's smallest batch is larger) or ``auto`` (the cheaper per window,
     as measured). Thread-safe."""
 
-    def __init__(self, mode: str, max_batch: int, min_batch: int = 1, alpha: float = 0.2, margin: float = 0.1,
-                 probe_every: int = 20, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        mode: str,
+        max_batch: int,
+        min_batch: int = 1,
+        alpha: float = 0.2,
+        margin: float = 0.1,
+        probe_every: int = 20,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         if mode not in BATCHING_MODES:
             raise ValueError(f"batching: expected one of {BATCHING_MODES}, got {mode!r}")
         if not 0 < alpha <= 1 or not 0 <= margin < 1 or probe_every < 1:
-            raise ValueError(f"alpha, margin, probe_every: expected (0, 1], [0, 1), >= 1; got {alpha}, {margin}, "
-                             f"{probe_every}")
+            raise ValueError(
+                f"alpha, margin, probe_every: expected (0, 1], [0, 1), >= 1; got {alpha}, {margin}, {probe_every}"
+            )
         self.mode, self.max_batch, self.min_batch = mode, max_batch, min_batch
         self.alpha, self.margin, self.probe_every, self.clock = alpha, margin, probe_every, clock
         self._lock = threading.Lock()
@@ -42,12 +52,18 @@ class BatchPolicy:
         fixed = max_batch <= 1 or min_batch > 1 or mode != "auto"
         # an engine whose smallest batch is over 1 pads every call anyway: filling it costs nothing (unless "off")
         self.batched = (mode == "on" or (min_batch > 1 and mode == "auto")) if fixed else True
-        self.reason = ("the engine takes one batch size only" if max_batch <= 1 or min_batch >= max_batch
-                       else f"batching={mode}" if mode != "auto" else "not measured yet")
+        self.reason = (
+            "the engine takes one batch size only"
+            if max_batch <= 1 or min_batch >= max_batch
+            else f"batching={mode}"
+            if mode != "auto"
+            else "not measured yet"
+        )
         self.needs_measuring = not fixed
 
     def measure(self, infer: Callable[[np.ndarray], Any], batch: np.ndarray) -> None:
         """The start measurement (``batch`` holds at least ``max_batch`` clips; their values do not matter)."""
+
         def timed(n: int) -> float:
             t0 = self.clock()
             infer(batch[:n])
@@ -83,8 +99,10 @@ class BatchPolicy:
         if single is None or batched is None:
             return
         self.batched = batched < single * (1 - self.margin)
-        self.reason = (f"{batched * 1e3:.1f} ms per window batched vs {single * 1e3:.1f} ms alone on this device: "
-                       f"batching {'saves' if self.batched else 'does not save'} at least {self.margin:.0%}")
+        self.reason = (
+            f"{batched * 1e3:.1f} ms per window batched vs {single * 1e3:.1f} ms alone on this device: "
+            f"batching {'saves' if self.batched else 'does not save'} at least {self.margin:.0%}"
+        )
 
     def limit(self, pending: int) -> int:
         """The largest batch for the next call, with ``pending`` windows waiting."""
@@ -100,5 +118,11 @@ class BatchPolicy:
     def describe(self) -> dict[str, Any]:
         with self._lock:
             ms = {k: (None if v is None else v * 1e3) for k, v in self.per_window_s.items()}
-            return {"mode": self.mode, "batched": self.batched, "reason": self.reason, "max_batch": self.max_batch,
-                    "per_window_ms": ms, "measured_at_start": self.start}
+            return {
+                "mode": self.mode,
+                "batched": self.batched,
+                "reason": self.reason,
+                "max_batch": self.max_batch,
+                "per_window_ms": ms,
+                "measured_at_start": self.start,
+            }

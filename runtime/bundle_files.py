@@ -6,6 +6,7 @@ The schema of ``manifest.json`` and its validation are in :mod:`runtime.manifest
 (AMD Zen 5, 2 shared cores, page cache warm, medians of 5 interleaved rounds) reading it takes ~100 ms and hashing
 it ~105 ms more; ``Engine(bundle, verify=False)`` skips the hash (not the names, types and sizes).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,8 +23,19 @@ from .errors import field_error as _fail
 from .errors import type_name as _typename
 from .files import sha256_stream
 
-__all__ = ["MANIFEST_NAME", "MAX_MANIFEST_BYTES", "MAX_LABEL_BYTES", "MAX_LABELS_FILE_BYTES", "BundleFiles",
-           "check_file_name", "check_labels", "parse_labels", "read_labels", "verify_files", "describe_files"]
+__all__ = [
+    "MANIFEST_NAME",
+    "MAX_MANIFEST_BYTES",
+    "MAX_LABEL_BYTES",
+    "MAX_LABELS_FILE_BYTES",
+    "BundleFiles",
+    "check_file_name",
+    "check_labels",
+    "parse_labels",
+    "read_labels",
+    "verify_files",
+    "describe_files",
+]
 
 MANIFEST_NAME = "manifest.json"
 #: the largest manifest the runtime reads (a manifest is a few kB; this bounds a hostile one)
@@ -44,9 +56,13 @@ def check_file_name(name: Any, where: str = "bundle", field: str = "file name") 
     if not isinstance(name, str) or not name:
         raise _fail(where, field, "a plain file name inside the bundle", name)
     if not _FILE_NAME.fullmatch(name) or len(name) > 255 or name == MANIFEST_NAME:
-        raise _fail(where, field, f"a plain file name inside the bundle (letters, digits, '_', '.', '+', '-'; "
-                                  f"no '/', no '..', no quotes, spaces or control characters; not {MANIFEST_NAME})",
-                    name)
+        raise _fail(
+            where,
+            field,
+            f"a plain file name inside the bundle (letters, digits, '_', '.', '+', '-'; "
+            f"no '/', no '..', no quotes, spaces or control characters; not {MANIFEST_NAME})",
+            name,
+        )
     return name
 
 
@@ -94,8 +110,9 @@ class BundleFiles:
             raise BundleError(f"{full}: missing from the bundle") from e
         except OSError as e:
             if os.path.islink(full):
-                raise BundleError(f"{full}: is a symbolic link; a bundle holds its own files, not links "
-                                  f"(to {os.readlink(full)!r})") from e
+                raise BundleError(
+                    f"{full}: is a symbolic link; a bundle holds its own files, not links (to {os.readlink(full)!r})"
+                ) from e
             raise BundleError(f"{full}: cannot open ({e.strerror or e})") from e
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -110,8 +127,10 @@ class BundleFiles:
         full = self.path / name
         try:
             if size is not None and st.st_size != size:
-                raise BundleError(f"{full}: {st.st_size} bytes, but the manifest's files[{name!r}].size is {size}: "
-                                  "the file was changed or truncated after the build")
+                raise BundleError(
+                    f"{full}: {st.st_size} bytes, but the manifest's files[{name!r}].size is {size}: "
+                    "the file was changed or truncated after the build"
+                )
             if limit is not None and st.st_size > limit:
                 raise BundleError(f"{full}: {st.st_size} bytes; expected at most {limit}")
             chunks, left = [], st.st_size
@@ -132,8 +151,10 @@ class BundleFiles:
             raise BundleError(f"{full}: changed size while being read (another process writing it?)")
         digest = hashlib.sha256(data).hexdigest() if sha256 is not None else None
         if digest != sha256:
-            raise BundleError(f"{full}: sha256 {digest} differs from the manifest's "
-                              f"files[{name!r}].sha256 {sha256}: the file was replaced or edited after the build")
+            raise BundleError(
+                f"{full}: sha256 {digest} differs from the manifest's "
+                f"files[{name!r}].sha256 {sha256}: the file was replaced or edited after the build"
+            )
         return data
 
     def check(self, name: str, size: int, sha256: str | None) -> None:
@@ -142,8 +163,10 @@ class BundleFiles:
         full = self.path / name
         try:
             if st.st_size != size:
-                raise BundleError(f"{full}: {st.st_size} bytes, but the manifest's files[{name!r}].size is {size}: "
-                                  "the file was changed or truncated after the build")
+                raise BundleError(
+                    f"{full}: {st.st_size} bytes, but the manifest's files[{name!r}].size is {size}: "
+                    "the file was changed or truncated after the build"
+                )
             if sha256 is None:
                 return
             with open(fd, "rb", closefd=False) as f:
@@ -151,8 +174,10 @@ class BundleFiles:
         finally:
             os.close(fd)
         if digest != sha256:
-            raise BundleError(f"{full}: sha256 {digest} differs from the manifest's files[{name!r}].sha256 "
-                              f"{sha256}: the file was replaced or edited after the build")
+            raise BundleError(
+                f"{full}: sha256 {digest} differs from the manifest's files[{name!r}].sha256 "
+                f"{sha256}: the file was replaced or edited after the build"
+            )
 
 
 def check_labels(labels: Any, where: str | os.PathLike = "labels", classes: int | None = None) -> list[str]:
@@ -172,9 +197,11 @@ def check_labels(labels: Any, where: str | os.PathLike = "labels", classes: int 
             raise BundleError(f"{where}: label {i}: longer than {MAX_LABEL_BYTES} bytes ({label[:40]!r}...)")
         for ch in label:
             if unicodedata.category(ch) in _BAD_LABEL_CATEGORIES:
-                raise BundleError(f"{where}: label {i} {label[:60]!r}: holds U+{ord(ch):04X} "
-                                  f"({unicodedata.name(ch, unicodedata.category(ch))}); a label is one line of "
-                                  "printable text")
+                raise BundleError(
+                    f"{where}: label {i} {label[:60]!r}: holds U+{ord(ch):04X} "
+                    f"({unicodedata.name(ch, unicodedata.category(ch))}); a label is one line of "
+                    "printable text"
+                )
     return list(labels)
 
 

@@ -4,6 +4,7 @@
 ``ValueError``, instead of printing the usage and exiting; the entry point reports it as every other user error:
 ``<prog>: <message> (see <prog> --help)`` on one line, exit status 2. ``--help`` is unchanged.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,6 +25,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see {self.prog} --help)")
+
 
 __all__ = ["ArgumentParser", "USER_ERRORS", "UsageError", "one_line", "user_errors"]
 

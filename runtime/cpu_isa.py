@@ -7,6 +7,7 @@ VNNI by ``ONEDNN_MAX_CPU_ISA`` (read by oneDNN once at process start; ``AVX2`` o
 AVX2-only INT8 path exactly, measured on AMD Zen 4 with OpenVINO 2026.4). ONNX Runtime's MLAS chooses its kernels
 by CPUID and has no such cap.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,16 @@ from typing import Any
 
 from .device import cpu_flags
 
-__all__ = ["CpuIsa", "cpu_isa", "ONEDNN_CAP_ENV", "onednn_cap_below_vnni", "openvino_capabilities",
-           "ort_int8_config", "openvino_int8_check", "ORT_PRECISE_INT8_KEY"]
+__all__ = [
+    "CpuIsa",
+    "cpu_isa",
+    "ONEDNN_CAP_ENV",
+    "onednn_cap_below_vnni",
+    "openvino_capabilities",
+    "ort_int8_config",
+    "openvino_int8_check",
+    "ORT_PRECISE_INT8_KEY",
+]
 
 ONEDNN_CAP_ENV = "ONEDNN_MAX_CPU_ISA"
 #: oneDNN's ``ONEDNN_MAX_CPU_ISA`` values that leave out every VNNI/AMX instruction (dnnl_cpu_isa_t names)
@@ -82,8 +91,9 @@ def _detect(arch: str, cap: str | None) -> CpuIsa:
             return CpuIsa(arch, "x86 (flags unknown)", "unknown", True, True, cap, False, False)
         dot = next((label for flag, label in _X86_DOT if flag in flags), "vpmaddubsw")
         saturate = dot == "vpmaddubsw"
-        isa = CpuIsa(arch, "", dot, saturate, saturate or onednn_cap_below_vnni(cap), cap,
-                     "avx512f" in flags, "avx2" in flags)
+        isa = CpuIsa(
+            arch, "", dot, saturate, saturate or onednn_cap_below_vnni(cap), cap, "avx512f" in flags, "avx2" in flags
+        )
         return CpuIsa(**{**asdict(isa), "name": isa.describe()})
     if arch in ("aarch64", "arm64"):
         flags = cpu_flags() or set()
@@ -122,11 +132,14 @@ def openvino_int8_check(manifest: dict[str, Any], isa: CpuIsa | None = None) -> 
     safe = bool(record.get("saturation_safe", False))
     exact = safe or not isa.onednn_pairs_saturate
     if not exact:
-        warnings.warn(f"this INT8 bundle ({record.get('form', 'no CPU INT8 form recorded')}, built on "
-                      f"{record.get('built_on', 'an unrecorded CPU')}) has 8-bit weights or int8 activation x "
-                      f"activation matmuls, whose 16-bit pair sums saturate on this CPU ({isa.describe()}): expect "
-                      "lower accuracy; rebuild it with make engine PRECISION=int8 (the portable form)",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"this INT8 bundle ({record.get('form', 'no CPU INT8 form recorded')}, built on "
+            f"{record.get('built_on', 'an unrecorded CPU')}) has 8-bit weights or int8 activation x "
+            f"activation matmuls, whose 16-bit pair sums saturate on this CPU ({isa.describe()}): expect "
+            "lower accuracy; rebuild it with make engine PRECISION=int8 (the portable form)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return {"cpu": isa.describe(), "form": record.get("form"), "saturation_safe": safe, "exact_here": exact}
 
 
@@ -143,8 +156,10 @@ def auto_cpu_backend(precision: str | None, openvino_ok: bool, isa: CpuIsa | Non
     isa = isa or cpu_isa()
     if precision == "int8" and isa.onednn_pairs_saturate and isa.int8_dot != "unknown":
         ratio = AVX2_OPENVINO_INT8_VS_ORT_FP32
-        return "onnxruntime", (f"this CPU is {isa.describe()}: OpenVINO INT8 measured {ratio:.2f}x "
-                               "the latency of ONNX Runtime FP32 on such a CPU (AMD Zen 3, base 8x224) and needs 7-bit "
-                               "weights there; ONNX Runtime dynamic INT8 runs with its exact U8U8 kernels "
-                               f"({ORT_PRECISE_INT8_KEY}=1)")
+        return "onnxruntime", (
+            f"this CPU is {isa.describe()}: OpenVINO INT8 measured {ratio:.2f}x "
+            "the latency of ONNX Runtime FP32 on such a CPU (AMD Zen 3, base 8x224) and needs 7-bit "
+            "weights there; ONNX Runtime dynamic INT8 runs with its exact U8U8 kernels "
+            f"({ORT_PRECISE_INT8_KEY}=1)"
+        )
     return (None, f"this CPU is {isa.describe()}" + ("" if openvino_ok else "; OpenVINO not usable"))

@@ -6,6 +6,7 @@ the environment switches that cap a CPU's ISA), and ``fingerprint()["key"]``, a 
 result (not the host name, not the memory size). :func:`summary` makes it one line. No torch, no psutil: ``/proc``,
 ``platform``, ``nvidia-smi`` (or ``libcuda`` through ctypes, as on Jetson) and package metadata only.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -26,16 +27,50 @@ __all__ = ["fingerprint", "summary", "cpu_info", "cpu_flags", "gpu_info", "packa
 #: bumped when the record's content changes, so cached verdicts keyed by an older record are not reused
 FINGERPRINT_VERSION = 1
 #: /proc/cpuinfo flags (x86) and features (ARM) that select different kernels, under the names reported here
-_X86_ISA = {"avx2": "avx2", "fma": "fma", "f16c": "f16c", "avx512f": "avx512", "avx512_vnni": "avx512_vnni",
-            "avx_vnni": "avx_vnni", "avx512_bf16": "avx512_bf16", "avx512_fp16": "avx512_fp16",
-            "amx_tile": "amx", "amx_int8": "amx_int8", "amx_bf16": "amx_bf16", "amx_fp16": "amx_fp16"}
-_ARM_ISA = {"asimd": "neon", "asimddp": "dotprod", "asimdhp": "fp16", "bf16": "bf16", "i8mm": "i8mm", "sve": "sve",
-            "sve2": "sve2", "sme": "sme"}
+_X86_ISA = {
+    "avx2": "avx2",
+    "fma": "fma",
+    "f16c": "f16c",
+    "avx512f": "avx512",
+    "avx512_vnni": "avx512_vnni",
+    "avx_vnni": "avx_vnni",
+    "avx512_bf16": "avx512_bf16",
+    "avx512_fp16": "avx512_fp16",
+    "amx_tile": "amx",
+    "amx_int8": "amx_int8",
+    "amx_bf16": "amx_bf16",
+    "amx_fp16": "amx_fp16",
+}
+_ARM_ISA = {
+    "asimd": "neon",
+    "asimddp": "dotprod",
+    "asimdhp": "fp16",
+    "bf16": "bf16",
+    "i8mm": "i8mm",
+    "sve": "sve",
+    "sve2": "sve2",
+    "sme": "sme",
+}
 #: environment variables that change which kernels run (oneDNN in OpenVINO and ONNX Runtime, threads)
-_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ONEDNN_DEFAULT_FPMATH_MODE",
-        "CUDA_VISIBLE_DEVICES", "NVIDIA_TF32_OVERRIDE", "ORT_DISABLE_ALL_OPTIMIZATIONS")
-_PACKAGES = ("numpy", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "tensorrt-cu12", "tensorrt-cu13",
-             "cuda-python", "cuda-bindings")
+_ENV = (
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+    "ONEDNN_DEFAULT_FPMATH_MODE",
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_TF32_OVERRIDE",
+    "ORT_DISABLE_ALL_OPTIMIZATIONS",
+)
+_PACKAGES = (
+    "numpy",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "openvino",
+    "tensorrt",
+    "tensorrt-cu12",
+    "tensorrt-cu13",
+    "cuda-python",
+    "cuda-bindings",
+)
 #: fields that describe the machine but cannot change what it computes: left out of the key
 _NOT_IN_KEY = ("host", "os", "key", "gpu_memory_mib", "pci_bus_id")
 
@@ -78,9 +113,15 @@ def cpu_info() -> dict[str, Any]:
         isa = ["neon"]
     model = fields.get("model name") or fields.get("hardware") or platform.processor() or machine
     jetson = _read("/proc/device-tree/model").strip("\x00\n ")
-    out: dict[str, Any] = {"model": model, "machine": machine, "logical_cores": os.cpu_count(), "isa": isa,
-                           "vendor": fields.get("vendor_id") or fields.get("cpu implementer"),
-                           "family": fields.get("cpu family"), "cpu_model": fields.get("model")}
+    out: dict[str, Any] = {
+        "model": model,
+        "machine": machine,
+        "logical_cores": os.cpu_count(),
+        "isa": isa,
+        "vendor": fields.get("vendor_id") or fields.get("cpu implementer"),
+        "family": fields.get("cpu family"),
+        "cpu_model": fields.get("model"),
+    }
     if jetson:
         out["board"] = jetson
     return out
@@ -92,8 +133,9 @@ def _nvidia_smi() -> list[dict[str, Any]]:
         return []
     query = "name,compute_cap,driver_version,memory.total,pci.bus_id"
     try:
-        res = subprocess.run([exe, f"--query-gpu={query}", "--format=csv,noheader,nounits"], capture_output=True,
-                             text=True, timeout=20)
+        res = subprocess.run(
+            [exe, f"--query-gpu={query}", "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20
+        )
         head = subprocess.run([exe], capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
         return []
@@ -106,8 +148,16 @@ def _nvidia_smi() -> list[dict[str, Any]]:
         if len(parts) < 5:
             continue
         mem = parts[3]
-        gpus.append({"name": parts[0], "compute_capability": parts[1], "driver": parts[2], "cuda_driver_api": cuda,
-                     "gpu_memory_mib": int(mem) if mem.isdigit() else None, "pci_bus_id": parts[4]})
+        gpus.append(
+            {
+                "name": parts[0],
+                "compute_capability": parts[1],
+                "driver": parts[2],
+                "cuda_driver_api": cuda,
+                "gpu_memory_mib": int(mem) if mem.isdigit() else None,
+                "pci_bus_id": parts[4],
+            }
+        )
     return gpus
 
 
@@ -131,8 +181,14 @@ def _libcuda() -> list[dict[str, Any]]:
         cu.cuDeviceGetName(name, 256, dev)
         cu.cuDeviceGetAttribute(ctypes.byref(major), 75, dev)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
         cu.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev)  # ..._MINOR
-        gpus.append({"name": name.value.decode(errors="replace"), "compute_capability": f"{major.value}.{minor.value}",
-                     "driver": None, "cuda_driver_api": f"{v // 1000}.{(v % 1000) // 10}" if v else None})
+        gpus.append(
+            {
+                "name": name.value.decode(errors="replace"),
+                "compute_capability": f"{major.value}.{minor.value}",
+                "driver": None,
+                "cuda_driver_api": f"{v // 1000}.{(v % 1000) // 10}" if v else None,
+            }
+        )
     return gpus
 
 
@@ -168,15 +224,24 @@ def package_versions() -> dict[str, str]:
 @functools.lru_cache(maxsize=1)
 def _static() -> dict[str, Any]:
     """What cannot change while the process lives (the GPU query runs a subprocess: once)."""
-    return {"cpu": cpu_info(), "gpus": gpu_info(), "os": f"{platform.system()} {platform.release()}",
-            "python": platform.python_version(), "host": platform.node(), "packages": package_versions()}
+    return {
+        "cpu": cpu_info(),
+        "gpus": gpu_info(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "packages": package_versions(),
+    }
 
 
 def fingerprint() -> dict[str, Any]:
     """The machine record: ``cpu``, ``gpus``, ``os``, ``python``, ``packages``, ``env`` and ``key`` (a SHA-256 of
     everything that can change a result; not the host name or memory)."""
-    record = {"fingerprint_version": FINGERPRINT_VERSION, **json.loads(json.dumps(_static())),
-              "env": {k: os.environ[k] for k in _ENV if k in os.environ}}
+    record = {
+        "fingerprint_version": FINGERPRINT_VERSION,
+        **json.loads(json.dumps(_static())),
+        "env": {k: os.environ[k] for k in _ENV if k in os.environ},
+    }
     record["key"] = _key(record)
     return record
 
@@ -200,8 +265,10 @@ def summary(record: dict[str, Any] | None = None) -> str:
     isa = " ".join(cpu["isa"]) or "no SIMD extensions listed"
     parts = [f"{cpu['model']} ({cpu['machine']}, {cpu['logical_cores']} threads; {isa})"]
     for g in r["gpus"]:
-        parts.append(f"{g['name']} (sm {g['compute_capability']}, driver {g.get('driver') or '?'}, CUDA "
-                     f"{g.get('cuda_driver_api') or '?'})")
+        parts.append(
+            f"{g['name']} (sm {g['compute_capability']}, driver {g.get('driver') or '?'}, CUDA "
+            f"{g.get('cuda_driver_api') or '?'})"
+        )
     if not r["gpus"]:
         parts.append("no NVIDIA GPU")
     pk = r["packages"]

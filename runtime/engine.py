@@ -2,6 +2,7 @@
 
 Needs numpy and one backend package (onnxruntime, or tensorrt + cuda-python); never torch.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,9 +53,11 @@ def check_batch_memory(manifest: dict[str, Any], where: str | os.PathLike, memor
     if need > limit:
         fits = max(0, limit // per_clip)
         fix = f"rebuild with BATCH=min:opt:max at most {fits}" if fits else "one clip is too large for this machine"
-        raise BundleError(f"{where}: input.batch.max {hi}: a batch of {hi} clips {tuple(spec['shape'][1:])} needs "
-                          f"{need / 2**30:.2f} GiB of input, over {MEMORY_SHARE:.0%} of this machine's "
-                          f"{memory / 2**30:.1f} GiB; {fix}")
+        raise BundleError(
+            f"{where}: input.batch.max {hi}: a batch of {hi} clips {tuple(spec['shape'][1:])} needs "
+            f"{need / 2**30:.2f} GiB of input, over {MEMORY_SHARE:.0%} of this machine's "
+            f"{memory / 2**30:.1f} GiB; {fix}"
+        )
 
 
 def _open_backend(bundle: Path, manifest: dict[str, Any], device: str, options: dict[str, Any]) -> Backend:
@@ -62,15 +65,19 @@ def _open_backend(bundle: Path, manifest: dict[str, Any], device: str, options: 
     backend = manifest["backend"]
     if backend == "onnxruntime":
         from .backends.onnxruntime_backend import OnnxRuntimeBackend
+
         return OnnxRuntimeBackend(engine_path, manifest, device="cpu" if device == "auto" else device, **options)
     if backend == "tensorrt":
         from .backends.tensorrt_backend import TensorRTBackend
+
         return TensorRTBackend(engine_path, manifest, device="cuda:0" if device == "auto" else device, **options)
     if backend == "openvino":
         from .backends.openvino_backend import OpenVINOBackend
+
         return OpenVINOBackend(engine_path, manifest, device="cpu" if device == "auto" else device, **options)
-    raise BundleError(f"{bundle / 'manifest.json'}: backend: expected 'onnxruntime', 'tensorrt' or 'openvino', "
-                      f"got {backend!r}")
+    raise BundleError(
+        f"{bundle / 'manifest.json'}: backend: expected 'onnxruntime', 'tensorrt' or 'openvino', got {backend!r}"
+    )
 
 
 class Engine:
@@ -99,9 +106,16 @@ class Engine:
     one thread pushes its frames (a second thread pushing at the same time is refused with an error).
     """
 
-    def __init__(self, bundle_dir: str | Path, device: str = "auto", verify: bool = True,
-                 manifest: dict[str, Any] | None = None, verify_on_device: str = "once",
-                 verify_cache: str | Path | bool | None = None, **backend_options: Any) -> None:
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        device: str = "auto",
+        verify: bool = True,
+        manifest: dict[str, Any] | None = None,
+        verify_on_device: str = "once",
+        verify_cache: str | Path | bool | None = None,
+        **backend_options: Any,
+    ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.verify = verify
         with BundleFiles(self.bundle_dir) as files:
@@ -165,15 +179,21 @@ class Engine:
         if not isinstance(x, np.ndarray):
             raise InputError(f"{self.input_name}: expected a numpy array, got {type(x).__name__}")
         if x.ndim == len(self.clip_shape):
-            raise InputError(f"{self.input_name}: expected (batch, {', '.join(map(str, self.clip_shape))}), got "
-                             f"{tuple(x.shape)}: add the batch axis (x[None])")
+            raise InputError(
+                f"{self.input_name}: expected (batch, {', '.join(map(str, self.clip_shape))}), got "
+                f"{tuple(x.shape)}: add the batch axis (x[None])"
+            )
         if x.ndim != len(self.clip_shape) + 1 or tuple(x.shape[1:]) != self.clip_shape:
-            raise InputError(f"{self.input_name}: expected shape (batch, {', '.join(map(str, self.clip_shape))}) "
-                             f"[{self.input_layout}], got {tuple(x.shape)}")
+            raise InputError(
+                f"{self.input_name}: expected shape (batch, {', '.join(map(str, self.clip_shape))}) "
+                f"[{self.input_layout}], got {tuple(x.shape)}"
+            )
         lo, hi = self.batch_range
         if not lo <= x.shape[0] <= hi:
-            raise InputError(f"{self.input_name}: batch {x.shape[0]} outside this engine's range {lo}..{hi} "
-                             "(rebuild with a larger BATCH=min:opt:max, or split the batch)")
+            raise InputError(
+                f"{self.input_name}: batch {x.shape[0]} outside this engine's range {lo}..{hi} "
+                "(rebuild with a larger BATCH=min:opt:max, or split the batch)"
+            )
         if x.dtype != self.input_dtype:
             if self.input_dtype == np.float16 and x.dtype == np.float32:
                 if check_finite:
@@ -181,8 +201,10 @@ class Engine:
                 with np.errstate(over="ignore"):
                     half = x.astype(np.float16)
                 if check_finite and not np.isfinite(half).all():
-                    raise InputError(f"{self.input_name}: values beyond float16's range (+-65504) for this float16 "
-                                     f"engine; max |value| {float(np.abs(x).max()):g}")
+                    raise InputError(
+                        f"{self.input_name}: values beyond float16's range (+-65504) for this float16 "
+                        f"engine; max |value| {float(np.abs(x).max()):g}"
+                    )
                 x = half
             else:
                 raise InputError(f"{self.input_name}: expected dtype {self.input_dtype}, got {x.dtype}")
@@ -195,8 +217,10 @@ class Engine:
             return
         bad = ~np.isfinite(x)
         first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise InputError(f"{self.input_name}: expected finite values, got {int(bad.sum())} NaN/Inf (first at index "
-                         f"{first}: {x[first]}); the canonical input is (pixel/255 - mean)/std")
+        raise InputError(
+            f"{self.input_name}: expected finite values, got {int(bad.sum())} NaN/Inf (first at index "
+            f"{first}: {x[first]}); the canonical input is (pixel/255 - mean)/std"
+        )
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """Canonical preprocessed batch ``(B, T, 3, H, W)`` -> logits ``(B, classes)`` float32.
@@ -222,12 +246,16 @@ class Engine:
             lo, hi = self.canonical_range
             span = hi - lo
             if x.dtype.kind == "f" and (float(x.min()) < lo - span or float(x.max()) > hi + span):
-                raise InputError(f"{self.input_name}: values {float(x.min()):g}..{float(x.max()):g} are far outside "
-                                 f"the canonical range {lo:.3g}..{hi:.3g} ((pixel/255 - mean)/std) and made the "
-                                 "engine overflow (NaN/Inf logits)")
-            raise BundleError(f"{self.bundle_dir}: the engine returned non-finite logits (NaN/Inf) for finite input: "
-                              f"the engine {self.manifest['engine_file']} is broken, or its precision "
-                              f"({self.precision}) overflows on this input")
+                raise InputError(
+                    f"{self.input_name}: values {float(x.min()):g}..{float(x.max()):g} are far outside "
+                    f"the canonical range {lo:.3g}..{hi:.3g} ((pixel/255 - mean)/std) and made the "
+                    "engine overflow (NaN/Inf logits)"
+                )
+            raise BundleError(
+                f"{self.bundle_dir}: the engine returned non-finite logits (NaN/Inf) for finite input: "
+                f"the engine {self.manifest['engine_file']} is broken, or its precision "
+                f"({self.precision}) overflows on this input"
+            )
         return out
 
     def _infer_backend(self, x: np.ndarray) -> np.ndarray:
@@ -240,8 +268,10 @@ class Engine:
             raise
         except Exception as e:
             first = (str(e).strip().splitlines() or [""])[0][:300]
-            raise RuntimeError(f"{self.bundle_dir}: the {self.manifest['backend']} engine failed on input "
-                               f"{tuple(x.shape)} {x.dtype} ({type(e).__name__}: {first})") from e
+            raise RuntimeError(
+                f"{self.bundle_dir}: the {self.manifest['backend']} engine failed on input "
+                f"{tuple(x.shape)} {x.dtype} ({type(e).__name__}: {first})"
+            ) from e
 
     # ----------------------------------------------------------------- raw frames in, labels out
     def clip_from_frames(self, frames: np.ndarray | Sequence[np.ndarray], bgr: bool = False) -> np.ndarray:
@@ -269,8 +299,9 @@ class Engine:
         n = arr.shape[0]
         if n != cfg.num_frames:
             if n < cfg.num_frames:
-                raise InputError(f"frames: expected at least {cfg.num_frames} frames (the model's clip length), "
-                                 f"got {n}")
+                raise InputError(
+                    f"frames: expected at least {cfg.num_frames} frames (the model's clip length), got {n}"
+                )
             arr = arr[sample_indices(n, cfg)]
         return preprocess_frames(arr, cfg, bgr=bgr)
 
@@ -288,8 +319,9 @@ class Engine:
         clip = self.clip_from_frames(frames, bgr=bgr)
         # preprocessed uint8 frames are finite by construction (the manifest's mean/std are validated)
         logits = self._run(self.validate(clip[None], check_finite=False))[0]
-        return Prediction(self._top_k(logits, top_k), logits, (time.perf_counter() - t0) * 1e3,
-                          dict(self.prediction_metadata))
+        return Prediction(
+            self._top_k(logits, top_k), logits, (time.perf_counter() - t0) * 1e3, dict(self.prediction_metadata)
+        )
 
     def stream(self, every: int | None = None, bgr: bool = False, top_k: int = 5) -> ClipStream:
         """A streaming clip buffer for one live camera: push frames, get a prediction every ``every`` frames.
@@ -299,8 +331,13 @@ class Engine:
 
     # ----------------------------------------------------------------- housekeeping
     def describe(self) -> dict[str, Any]:
-        return {"bundle": str(self.bundle_dir), "precision": self.precision, "input": self.manifest["input"],
-                **self.backend.describe(), "verification": self.verification}
+        return {
+            "bundle": str(self.bundle_dir),
+            "precision": self.precision,
+            "input": self.manifest["input"],
+            **self.backend.describe(),
+            "verification": self.verification,
+        }
 
     def close(self) -> None:
         """Release the backend once the calls in progress have finished; later calls raise ``EngineClosedError``."""

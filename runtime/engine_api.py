@@ -4,6 +4,7 @@
 :class:`EngineAPI`; ``ClipStream`` needs only :class:`ClipEngine`, ``CameraHub`` :class:`BatchEngine`. Depending on
 these instead of on ``runtime.engine`` keeps the import graph one-way: ``engine`` imports ``stream``, never back.
 """
+
 from __future__ import annotations
 
 from typing import Any, Protocol, Sequence

@@ -1,4 +1,5 @@
 """The runtime's two error types: a bad bundle and bad input (and the one form of a bad field's message)."""
+
 from __future__ import annotations
 
 from typing import Any

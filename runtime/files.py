@@ -3,6 +3,7 @@
 Nothing here changes process state: new files are created with mode 0o666 and the kernel applies the
 process umask, as ``open()`` does, so there is no need to read (and briefly change) the umask.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,10 +15,24 @@ import stat
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator
 
-__all__ = ["atomic_write", "atomic_output", "write_bytes_atomic", "write_text_atomic", "write_json_atomic",
-           "temp_path_beside",
-           "check_report_file", "sha256_file", "sha256_code", "sha256_stream", "sha256_json", "FolderNotReplaceable",
-           "folder_records", "owned_folder_problem", "replace_problem", "check_replaceable"]
+__all__ = [
+    "atomic_write",
+    "atomic_output",
+    "write_bytes_atomic",
+    "write_text_atomic",
+    "write_json_atomic",
+    "temp_path_beside",
+    "check_report_file",
+    "sha256_file",
+    "sha256_code",
+    "sha256_stream",
+    "sha256_json",
+    "FolderNotReplaceable",
+    "folder_records",
+    "owned_folder_problem",
+    "replace_problem",
+    "check_replaceable",
+]
 
 
 def temp_path_beside(path: str | os.PathLike, suffix: str = ".tmp") -> Path:
@@ -137,8 +152,9 @@ def sha256_json(*parts: Any, length: int = 16) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
-def check_output_file(out: str | os.PathLike, inputs: "list[str | os.PathLike] | tuple[str | os.PathLike, ...]" = (),
-                      what: str = "--out") -> Path:
+def check_output_file(
+    out: str | os.PathLike, inputs: "list[str | os.PathLike] | tuple[str | os.PathLike, ...]" = (), what: str = "--out"
+) -> Path:
     """Refuse an output file that would destroy an input or cannot be written; returns ``out`` as a Path.
 
     Refused, with one line (``ValueError``) naming ``what``: a missing parent folder, an existing folder, and
@@ -167,13 +183,15 @@ def check_output_file(out: str | os.PathLike, inputs: "list[str | os.PathLike] |
             except OSError:
                 same = False
         if same:
-            raise ValueError(f"{what} {out}: is the input {src}; writing it would destroy the input (choose "
-                             "another file name)")
+            raise ValueError(
+                f"{what} {out}: is the input {src}; writing it would destroy the input (choose another file name)"
+            )
     return p
 
 
-def check_report_file(out: str | os.PathLike, inputs: "list[str | os.PathLike] | tuple[str | os.PathLike, ...]" = (),
-                      what: str = "--out") -> Path:
+def check_report_file(
+    out: str | os.PathLike, inputs: "list[str | os.PathLike] | tuple[str | os.PathLike, ...]" = (), what: str = "--out"
+) -> Path:
     """:func:`check_output_file` for a JSON report: the name ends in ``.json``, and an existing file is replaced only
     when it is a JSON object (an earlier report), never a video, a model or anything else the user keeps there."""
     p = check_output_file(out, inputs, what)
@@ -199,6 +217,7 @@ def check_report_file(out: str | os.PathLike, inputs: "list[str | os.PathLike] |
 # other file in the folder, each present, a plain file, of that size and hash. Never a symlink, never the current
 # folder or the home folder (or one holding them), never an input or a folder inside or around an input, never
 # outside an explicit parent.
+
 
 class FolderNotReplaceable(ValueError):
     """A folder a writer may not replace; the message names the folder and says why (one line)."""
@@ -235,12 +254,16 @@ def folder_records(folder: str | os.PathLike, exclude: Iterable[str] = ()) -> di
     if odd:
         raise ValueError(f"{folder}: {odd}")
     skip = set(exclude)
-    return {rel: {"sha256": sha256_file(folder / rel), "size": st.st_size}
-            for rel, st in sorted(present.items()) if rel not in skip}
+    return {
+        rel: {"sha256": sha256_file(folder / rel), "size": st.st_size}
+        for rel, st in sorted(present.items())
+        if rel not in skip
+    }
 
 
-def owned_folder_problem(folder: str | os.PathLike, manifest_name: str,
-                         validate: "Callable[[Any, Path], Any]") -> str | None:
+def owned_folder_problem(
+    folder: str | os.PathLike, manifest_name: str, validate: "Callable[[Any, Path], Any]"
+) -> str | None:
     """None when ``folder`` is a writer's own output (see above), else why not (one phrase).
 
     ``validate(data, manifest_path)`` is the writer's full schema check of the parsed manifest; it raises
@@ -286,8 +309,13 @@ def _inside(a: Path, b: Path) -> bool:
     return a == b or b in a.parents
 
 
-def replace_problem(target: str | os.PathLike, owned: "Callable[[Path], str | None]", kind: str,
-                    inputs: "Iterable[str | os.PathLike]" = (), within: str | os.PathLike | None = None) -> str | None:
+def replace_problem(
+    target: str | os.PathLike,
+    owned: "Callable[[Path], str | None]",
+    kind: str,
+    inputs: "Iterable[str | os.PathLike]" = (),
+    within: str | os.PathLike | None = None,
+) -> str | None:
     """None when a writer may replace (or create) the folder ``target``, else why not (one phrase).
 
     ``owned(folder)`` says why an existing, non-empty folder is not the writer's own (None: it is); ``kind`` names
@@ -300,8 +328,11 @@ def replace_problem(target: str | os.PathLike, owned: "Callable[[Path], str | No
     full = Path(os.path.abspath(p)).resolve()
     if within is not None and Path(within).resolve() not in full.parents:
         return f"is not inside {within}; refusing to write outside it"
-    for keep, what in ((Path.cwd().resolve(), "the current folder"), (Path.home().resolve(), "your home folder"),
-                       (Path(full.anchor), "the file system root")):
+    for keep, what in (
+        (Path.cwd().resolve(), "the current folder"),
+        (Path.home().resolve(), "your home folder"),
+        (Path(full.anchor), "the file system root"),
+    ):
         if _inside(keep, full):
             return f"is (or holds) {what} {keep}; refusing to replace it (choose a new folder)"
     for src in inputs:
@@ -317,14 +348,21 @@ def replace_problem(target: str | os.PathLike, owned: "Callable[[Path], str | No
         return None
     why = owned(p)
     if why:
-        return (f"an existing folder that is not {kind} ({why}); refusing to replace it: choose a new or empty "
-                "folder, or remove it yourself")
+        return (
+            f"an existing folder that is not {kind} ({why}); refusing to replace it: choose a new or empty "
+            "folder, or remove it yourself"
+        )
     return None
 
 
-def check_replaceable(target: str | os.PathLike, owned: "Callable[[Path], str | None]", kind: str,
-                      inputs: "Iterable[str | os.PathLike]" = (), within: str | os.PathLike | None = None,
-                      what: str = "OUT") -> Path:
+def check_replaceable(
+    target: str | os.PathLike,
+    owned: "Callable[[Path], str | None]",
+    kind: str,
+    inputs: "Iterable[str | os.PathLike]" = (),
+    within: str | os.PathLike | None = None,
+    what: str = "OUT",
+) -> Path:
     """``target`` as a Path when :func:`replace_problem` finds nothing; :class:`FolderNotReplaceable` otherwise,
     whose message reads ``{what}={target}: {why}``."""
     why = replace_problem(target, owned, kind, inputs, within)

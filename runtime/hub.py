@@ -30,6 +30,7 @@ schedules the windows of all cameras into engine calls and delivers the results.
 Works with any :class:`runtime.engine_api.BatchEngine` (``preprocess``, ``clip_shape``, ``batch_range``, ``labels``,
 ``infer(x)``, ``close()``): ``runtime.Engine`` or ``runtime.remote.RemoteEngine``.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -63,19 +64,31 @@ class CameraHub:
     >>> for r in hub.results(): print(r.camera, r.first_frame, r.last_frame, r.label, r.latency_ms)
     """
 
-    def __init__(self, engine: BatchEngine, max_batch: int | None = None, max_wait_ms: float = 20.0, queue: int = 4,
-                 workers: int = 1, results: int = 1024, on_result: Callable[[HubResult], None] | None = None,
-                 backoff: tuple[float, float] = (0.5, 30.0), max_age_ms: float | None = None,
-                 retries: int | None = 10, retry_for_s: float | None = None,
-                 on_status: Callable[[CameraId, str, str | None], None] | None = None,
-                 batching: str = "on") -> None:
+    def __init__(
+        self,
+        engine: BatchEngine,
+        max_batch: int | None = None,
+        max_wait_ms: float = 20.0,
+        queue: int = 4,
+        workers: int = 1,
+        results: int = 1024,
+        on_result: Callable[[HubResult], None] | None = None,
+        backoff: tuple[float, float] = (0.5, 30.0),
+        max_age_ms: float | None = None,
+        retries: int | None = 10,
+        retry_for_s: float | None = None,
+        on_status: Callable[[CameraId, str, str | None], None] | None = None,
+        batching: str = "on",
+    ) -> None:
         self.engine = engine
         self._owns_engine = False  # from_bundle: the hub opened the engine and closes it
         cfg = engine.preprocess
         expected = (cfg.num_frames, 3, cfg.crop_size, cfg.crop_size)
         if tuple(engine.clip_shape) != expected:
-            raise InputError(f"engine clip shape: expected {expected} (frames, 3, crop, crop) from its preprocessing, "
-                             f"got {tuple(engine.clip_shape)}")
+            raise InputError(
+                f"engine clip shape: expected {expected} (frames, 3, crop, crop) from its preprocessing, "
+                f"got {tuple(engine.clip_shape)}"
+            )
         lo, hi = (int(v) for v in engine.batch_range)
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch: expected at least 1, got {max_batch}")
@@ -120,10 +133,14 @@ class CameraHub:
             batches = [np.empty(shape, np.float32) for _ in range(workers)]
         except MemoryError:
             gib = workers * np.prod(shape, dtype=np.float64) * 4 / 2**30
-            raise MemoryError(f"CameraHub: {workers} batch buffer(s) of {shape} float32 ({gib:.1f} GiB) do not fit in "
-                              "memory; pass a smaller max_batch") from None
-        self._workers = [threading.Thread(target=self._work, args=(b,), name=f"hub-infer-{i}", daemon=True)
-                         for i, b in enumerate(batches)]
+            raise MemoryError(
+                f"CameraHub: {workers} batch buffer(s) of {shape} float32 ({gib:.1f} GiB) do not fit in "
+                "memory; pass a smaller max_batch"
+            ) from None
+        self._workers = [
+            threading.Thread(target=self._work, args=(b,), name=f"hub-infer-{i}", daemon=True)
+            for i, b in enumerate(batches)
+        ]
         for t in self._workers:
             t.start()
 
@@ -137,9 +154,19 @@ class CameraHub:
         return hub
 
     # ----------------------------------------------------------------- cameras
-    def add_camera(self, source: Any = None, camera_id: CameraId | None = None, *, every: int | None = None,
-                   bgr: bool = False, top_k: int = 5, on_result: Callable[[HubResult], None] | None = None,
-                   loop: bool = False, queue: int | None = None, drop_oldest: bool | None = None) -> CameraId:
+    def add_camera(
+        self,
+        source: Any = None,
+        camera_id: CameraId | None = None,
+        *,
+        every: int | None = None,
+        bgr: bool = False,
+        top_k: int = 5,
+        on_result: Callable[[HubResult], None] | None = None,
+        loop: bool = False,
+        queue: int | None = None,
+        drop_oldest: bool | None = None,
+    ) -> CameraId:
         """Add a camera while the hub runs; returns its id.
 
         ``source``: a :class:`~runtime.sources.FrameSource`, a file path, URL or camera index, a function
@@ -160,8 +187,9 @@ class CameraHub:
                     cid = next(self._ids)
             elif cid in self._cams:
                 raise ValueError(f"camera_id: {cid!r} is already in use")
-            cam = Camera(cid, src, self.engine, every, bgr, top_k, self.queue if queue is None else queue, on_result,
-                          block)
+            cam = Camera(
+                cid, src, self.engine, every, bgr, top_k, self.queue if queue is None else queue, on_result, block
+            )
             self._cams[cid] = cam
         if not isinstance(src, PushSource):
             cam.thread = threading.Thread(target=self._run_source, args=(cam,), name=f"hub-source-{cid}", daemon=True)
@@ -225,8 +253,9 @@ class CameraHub:
     def _push(self, cam: Camera, frame: np.ndarray, arrived: float) -> None:
         frame = np.asarray(frame)
         if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
-            raise InputError(f"camera {cam.id!r}: frame: expected (H, W, 3) uint8, got {tuple(frame.shape)} "
-                             f"{frame.dtype}")
+            raise InputError(
+                f"camera {cam.id!r}: frame: expected (H, W, 3) uint8, got {tuple(frame.shape)} {frame.dtype}"
+            )
         with cam.push_lock:
             if cam.pre is None or (cam.pre.height, cam.pre.width) != frame.shape[:2]:
                 if cam.pre is not None:
@@ -310,7 +339,7 @@ class CameraHub:
             if not cands:
                 break
             cands.sort(key=lambda c: c.pending[depth].arrived)
-            chosen += [(c, c.pending[depth]) for c in cands[:limit - len(chosen)]]
+            chosen += [(c, c.pending[depth]) for c in cands[: limit - len(chosen)]]
             depth += 1
         for c, _ in chosen:
             c.pending.popleft()  # a camera's chosen windows are its oldest ones, in order
@@ -325,7 +354,7 @@ class CameraHub:
         """The batching policy's start measurement, by the first inference thread (the others wait for it)."""
         if threading.current_thread() is self._workers[0] and self.batching.needs_measuring:
             try:
-                batch[:self.max_batch] = 0.0
+                batch[: self.max_batch] = 0.0
                 self.batching.measure(self.engine.infer, batch)
             except Exception as e:  # noqa: BLE001 - an engine that fails here fails on real windows too, counted there
                 self.batching.needs_measuring = False
@@ -373,10 +402,15 @@ class CameraHub:
         t0 = time.perf_counter()
         try:
             logits = np.asarray(self.engine.infer(batch[:m]))
-            if logits.ndim != 2 or logits.shape[0] != m or (self.engine.labels and
-                                                             logits.shape[1] != len(self.engine.labels)):
-                raise InputError(f"engine.infer: expected logits ({m}, {len(self.engine.labels or []) or 'classes'}), "
-                                 f"got {logits.shape}")
+            if (
+                logits.ndim != 2
+                or logits.shape[0] != m
+                or (self.engine.labels and logits.shape[1] != len(self.engine.labels))
+            ):
+                raise InputError(
+                    f"engine.infer: expected logits ({m}, {len(self.engine.labels or []) or 'classes'}), "
+                    f"got {logits.shape}"
+                )
             if not np.isfinite(logits).all():  # never deliver NaN probabilities (issue 28 #7)
                 raise InputError(f"engine.infer: returned non-finite logits (NaN/Inf) for {m} window(s)")
             logits = logits[:n]
@@ -391,8 +425,10 @@ class CameraHub:
                     cam.inflight -= 1
                     cam.failed += 1
             if self.engine_errors == 1:
-                print(f"runtime.hub: engine call failed ({type(e).__name__}: {e}); counted per camera as failed",
-                      file=sys.stderr)
+                print(
+                    f"runtime.hub: engine call failed ({type(e).__name__}: {e}); counted per camera as failed",
+                    file=sys.stderr,
+                )
             return
         t1 = time.perf_counter()
         self.batching.observe(n, t1 - t0)
@@ -409,9 +445,20 @@ class CameraHub:
                 lat = (t1 - w.arrived) * 1e3
                 cam.predictions += 1
                 cam.latencies.append(lat)
-                results.append((cam, HubResult(cam.id, w.first_frame, w.last_frame,
-                                               _top_k(logits[i], self.engine.labels, cam.top_k), logits[i].copy(),
-                                               lat, n)))
+                results.append(
+                    (
+                        cam,
+                        HubResult(
+                            cam.id,
+                            w.first_frame,
+                            w.last_frame,
+                            _top_k(logits[i], self.engine.labels, cam.top_k),
+                            logits[i].copy(),
+                            lat,
+                            n,
+                        ),
+                    )
+                )
         if self.on_call is not None:
             try:
                 self.on_call(n, t1 - t0, [(cam.id, r.latency_ms / 1e3) for cam, r in results])
@@ -485,7 +532,6 @@ class CameraHub:
                     return False
         return True
 
-
     def metrics(self) -> dict[str, Any]:
         """Per camera: predictions, drops, reconnects, latency p50/p99; the batch-size histogram; device time share
         (time inside ``engine.infer`` / wall time since the hub started, summed over inference threads)."""
@@ -495,15 +541,23 @@ class CameraHub:
             hist = dict(sorted(self.batch_sizes.items()))
             per = {str(c.id): c.metrics() for c in cams}
             n = sum(hist.values())
-            return {"cameras": per, "batch_sizes": hist, "calls": self.calls,
-                    "mean_batch": (sum(k * v for k, v in hist.items()) / n) if n else None,
-                    "device_time_share": self.busy_s / wall / len(self._workers) if wall > 0 else 0.0,
-                    "busy_s": self.busy_s, "wall_s": wall, "queued": self._pending,
-                    "ring_bytes": sum(c.ring_bytes() for c in cams),
-                    "engine_errors": self.engine_errors, "last_engine_error": self.last_engine_error,
-                    "callback_errors": self.callback_errors, "results_dropped": self.results_dropped,
-                    "verification": getattr(self.engine, "verification", None),
-                    "batching": self.batching.describe()}  # stored parity on this device
+            return {
+                "cameras": per,
+                "batch_sizes": hist,
+                "calls": self.calls,
+                "mean_batch": (sum(k * v for k, v in hist.items()) / n) if n else None,
+                "device_time_share": self.busy_s / wall / len(self._workers) if wall > 0 else 0.0,
+                "busy_s": self.busy_s,
+                "wall_s": wall,
+                "queued": self._pending,
+                "ring_bytes": sum(c.ring_bytes() for c in cams),
+                "engine_errors": self.engine_errors,
+                "last_engine_error": self.last_engine_error,
+                "callback_errors": self.callback_errors,
+                "results_dropped": self.results_dropped,
+                "verification": getattr(self.engine, "verification", None),
+                "batching": self.batching.describe(),
+            }  # stored parity on this device
 
     def close(self, drain: bool = False, timeout: float = 10.0) -> None:
         """Stop the sources and the inference threads and join them; ``drain=True`` first predicts what is queued."""

@@ -3,6 +3,7 @@ counters and state, and the loop that decodes its source and reconnects with exp
 
 The hub's lock guards the queue fields; the scheduling across cameras and the engine calls are in :mod:`runtime.hub`.
 """
+
 from __future__ import annotations
 
 import threading
@@ -50,8 +51,18 @@ class Window:
 class Camera:
     """One camera's ring, queue and counters. Queue fields are guarded by the hub's lock."""
 
-    def __init__(self, cid: CameraId, source: FrameSource, engine: BatchEngine, every: int | None, bgr: bool,
-                 top_k: int, queue: int, on_result: Callable[[HubResult], None] | None, block: bool) -> None:
+    def __init__(
+        self,
+        cid: CameraId,
+        source: FrameSource,
+        engine: BatchEngine,
+        every: int | None,
+        bgr: bool,
+        top_k: int,
+        queue: int,
+        on_result: Callable[[HubResult], None] | None,
+        block: bool,
+    ) -> None:
         cfg = engine.preprocess
         self.id, self.source, self.cfg, self.bgr, self.top_k = cid, source, cfg, bgr, top_k
         self.on_result, self.block = on_result, block
@@ -61,8 +72,10 @@ class Camera:
         if every is None:  # as ClipStream: half a window, on the sampling grid
             every = max(self.stride, (cfg.num_frames * self.stride // 2) // self.stride * self.stride)
         if every <= 0 or every % self.stride:
-            raise ValueError(f"every: expected a positive multiple of the sampling rate {self.stride}, got {every} "
-                             "(windows must fall on the sampling grid to reuse the preprocessed frames)")
+            raise ValueError(
+                f"every: expected a positive multiple of the sampling rate {self.stride}, got {every} "
+                "(windows must fall on the sampling grid to reuse the preprocessed frames)"
+            )
         if queue < 1:
             raise ValueError(f"queue: expected at least 1 window per camera, got {queue}")
         self.every, self.queue = every, queue
@@ -100,9 +113,9 @@ class Camera:
         """The window's ``T`` frames into ``out`` (one or two slices of the ring)."""
         s, c, t = w.start % self.capacity, self.capacity, self.T
         head = min(t, c - s)
-        out[:head] = self.ring[s:s + head]
+        out[:head] = self.ring[s : s + head]
         if head < t:
-            out[head:] = self.ring[:t - head]
+            out[head:] = self.ring[: t - head]
 
     def ring_bytes(self) -> int:
         return self.ring.nbytes
@@ -110,15 +123,27 @@ class Camera:
     def metrics(self) -> dict[str, Any]:
         """This camera's counters, state and latency percentiles (``CameraHub.metrics()["cameras"]``)."""
         lat = np.asarray(self.latencies, np.float64)
-        return {"source": self.source.name, "status": self.status, "frames": self.frames,
-                "windows_due": self.windows_due, "predictions": self.predictions, "dropped": self.dropped,
-                "failed": self.failed, "discarded": self.discarded, "queued": len(self.pending),
-                "in_flight": self.inflight,
-                "reconnects": self.reconnects, "reconnect_attempts": self.reconnect_attempts, "restarts": self.restarts,
-                "failed_attempts": self.failed_attempts, "last_error": self.last_error,
-                "last_error_at": self.last_error_at, "next_retry_at": self.next_retry_at,
-                "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
-                "p99_ms": float(np.percentile(lat, 99)) if lat.size else None}
+        return {
+            "source": self.source.name,
+            "status": self.status,
+            "frames": self.frames,
+            "windows_due": self.windows_due,
+            "predictions": self.predictions,
+            "dropped": self.dropped,
+            "failed": self.failed,
+            "discarded": self.discarded,
+            "queued": len(self.pending),
+            "in_flight": self.inflight,
+            "reconnects": self.reconnects,
+            "reconnect_attempts": self.reconnect_attempts,
+            "restarts": self.restarts,
+            "failed_attempts": self.failed_attempts,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+            "next_retry_at": self.next_retry_at,
+            "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
+            "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
+        }
 
 
 def is_stale(cam: Camera, s: int) -> bool:
@@ -129,9 +154,14 @@ def is_stale(cam: Camera, s: int) -> bool:
         return False
 
 
-def run_source(cam: Camera, push: Callable[[Camera, np.ndarray, float], None],
-               set_status: Callable[..., None], backoff: tuple[float, float], retries: int | None,
-               retry_for_s: float | None) -> None:
+def run_source(
+    cam: Camera,
+    push: Callable[[Camera, np.ndarray, float], None],
+    set_status: Callable[..., None],
+    backoff: tuple[float, float],
+    retries: int | None,
+    retry_for_s: float | None,
+) -> None:
     """Decode a source; re-open it with exponential backoff (``backoff`` = (first, longest) delay) when it drops,
     until ``retries`` consecutive attempts gave no frame or the outage lasted ``retry_for_s``: then ``failed``."""
     src, attempt, recovering = cam.source, 0, False
@@ -176,10 +206,10 @@ def run_source(cam: Camera, push: Callable[[Camera, np.ndarray, float], None],
         attempt += 1
         cam.failed_attempts = attempt
         outage = time.perf_counter() - outage_since
-        if ((retries is not None and attempt > retries)
-                or (retry_for_s is not None and outage >= retry_for_s)):
-            bound = (f"{retries} retries" if retries is not None and attempt > retries
-                     else f"{outage:.0f} s without frames")
+        if (retries is not None and attempt > retries) or (retry_for_s is not None and outage >= retry_for_s):
+            bound = (
+                f"{retries} retries" if retries is not None and attempt > retries else f"{outage:.0f} s without frames"
+            )
             set_status(cam, "failed", f"gave up after {bound} ({cam.last_error})")
             break
         set_status(cam, "retrying")

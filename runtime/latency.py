@@ -5,6 +5,7 @@ benchmark_app does), then calls until both ``iterations`` and ``duration`` are r
 request thread calling ``Engine.infer`` back to back; latency min/mean/p50/p90/p99/max over every call, and
 throughput in clips and calls per second of wall time. No timing assertion anywhere: this is measurement.
 """
+
 from __future__ import annotations
 
 import threading
@@ -20,12 +21,19 @@ def stats_ms(seconds: list[float]) -> dict[str, float]:
     """min/mean/p50/p90/p99/max in milliseconds (numpy's linear-interpolation percentiles)."""
     a = np.asarray(seconds, np.float64) * 1e3
     p50, p90, p99 = np.percentile(a, [50, 90, 99])
-    return {"min_ms": float(a.min()), "mean_ms": float(a.mean()), "p50_ms": float(p50), "p90_ms": float(p90),
-            "p99_ms": float(p99), "max_ms": float(a.max())}
+    return {
+        "min_ms": float(a.min()),
+        "mean_ms": float(a.mean()),
+        "p50_ms": float(p50),
+        "p90_ms": float(p90),
+        "p99_ms": float(p99),
+        "max_ms": float(a.max()),
+    }
 
 
-def measure(engine: Any, x: np.ndarray, warmup: int = 2, iterations: int = 10, duration: float = 2.0,
-            concurrency: int = 1) -> dict[str, Any]:
+def measure(
+    engine: Any, x: np.ndarray, warmup: int = 2, iterations: int = 10, duration: float = 2.0, concurrency: int = 1
+) -> dict[str, Any]:
     """Time ``engine.infer(x)`` from ``concurrency`` threads; see the module docstring."""
     t = time.perf_counter()
     engine.infer(x)
@@ -61,14 +69,28 @@ def measure(engine: Any, x: np.ndarray, warmup: int = 2, iterations: int = 10, d
     if errors:
         raise errors[0]
     flat = [s for per in samples for s in per]
-    return {"batch": int(len(x)), "concurrency": concurrency, "warmup": warmup, "first_ms": first * 1e3,
-            "iterations": len(flat), "seconds": wall, **stats_ms(flat),
-            "throughput_clips_per_s": len(flat) * len(x) / wall, "throughput_calls_per_s": len(flat) / wall}
+    return {
+        "batch": int(len(x)),
+        "concurrency": concurrency,
+        "warmup": warmup,
+        "first_ms": first * 1e3,
+        "iterations": len(flat),
+        "seconds": wall,
+        **stats_ms(flat),
+        "throughput_clips_per_s": len(flat) * len(x) / wall,
+        "throughput_calls_per_s": len(flat) / wall,
+    }
 
 
-def latency_report(engine: Any, clips: np.ndarray, batches: list[int] | None = None,
-                   concurrency: list[int] | None = None, warmup: int = 2, iterations: int = 10,
-                   duration: float = 2.0) -> dict[str, Any]:
+def latency_report(
+    engine: Any,
+    clips: np.ndarray,
+    batches: list[int] | None = None,
+    concurrency: list[int] | None = None,
+    warmup: int = 2,
+    iterations: int = 10,
+    duration: float = 2.0,
+) -> dict[str, Any]:
     """Every batch size at one request at a time, then the smallest batch with each concurrency above 1.
 
     ``clips`` (real inputs, e.g. the reference set's) are tiled to each batch. ``batches`` default to the
@@ -87,6 +109,11 @@ def latency_report(engine: Any, clips: np.ndarray, batches: list[int] | None = N
     for b, c in runs:
         x = np.ascontiguousarray(np.resize(clips, (b, *clips.shape[1:])))
         rows.append(measure(engine, x, warmup=warmup, iterations=iterations, duration=duration, concurrency=c))
-    return {"method": "warm-up calls (first call reported apart), then calls until both the iteration count and the "
-                      "duration are reached; percentiles over every call", "warmup": warmup, "iterations": iterations,
-            "duration_s": duration, "runs": rows}
+    return {
+        "method": "warm-up calls (first call reported apart), then calls until both the iteration count and the "
+        "duration are reached; percentiles over every call",
+        "warmup": warmup,
+        "iterations": iterations,
+        "duration_s": duration,
+        "runs": rows,
+    }

@@ -5,6 +5,7 @@ Library code logs through ``logging.getLogger(__name__)`` and configures nothing
 packages go to stderr as they are written (``[engine] 2/5 FP32 ONNX``), at INFO and up; other libraries' records
 keep the standard ``LEVEL:name:message`` form at WARNING and up.
 """
+
 from __future__ import annotations
 
 import logging

@@ -43,6 +43,7 @@ Files are checked by name (a plain name: no ``/``, no ``..``, not absolute), typ
 symlink, opened relative to the bundle directory's descriptor), size and SHA-256 by :mod:`runtime.bundle_files`,
 whose names this module re-exports.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -53,19 +54,53 @@ from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
 
-from .bundle_files import (MANIFEST_NAME, MAX_LABEL_BYTES, MAX_LABELS_FILE_BYTES, MAX_MANIFEST_BYTES, BundleFiles,
-                           check_file_name, check_labels, describe_files, parse_labels, read_labels, verify_files)
+from .bundle_files import (
+    MANIFEST_NAME,
+    MAX_LABEL_BYTES,
+    MAX_LABELS_FILE_BYTES,
+    MAX_MANIFEST_BYTES,
+    BundleFiles,
+    check_file_name,
+    check_labels,
+    describe_files,
+    parse_labels,
+    read_labels,
+    verify_files,
+)
 from .errors import BundleError
 from .errors import field_error as _fail
 from .options import BACKENDS, PRECISIONS
 from .preprocess import MAX_INT, PreprocessConfig
 
-__all__ = ["BundleError", "SCHEMA_VERSION", "MANIFEST_NAME", "BACKENDS", "PRECISIONS", "Manifest", "Provenance",
-           "InputSpec", "OutputSpec", "BatchRange", "validate_manifest", "read_manifest", "read_manifest_from",
-           "MAX_BATCH", "MAX_CLASSES", "MAX_SESSION_THREADS",
-           # re-exported from runtime.bundle_files (reading and checking the bundle's files)
-           "BundleFiles", "read_labels", "parse_labels", "describe_files", "verify_files", "check_file_name",
-           "check_labels", "MAX_LABEL_BYTES", "MAX_LABELS_FILE_BYTES", "MAX_MANIFEST_BYTES"]
+__all__ = [
+    "BundleError",
+    "SCHEMA_VERSION",
+    "MANIFEST_NAME",
+    "BACKENDS",
+    "PRECISIONS",
+    "Manifest",
+    "Provenance",
+    "InputSpec",
+    "OutputSpec",
+    "BatchRange",
+    "validate_manifest",
+    "read_manifest",
+    "read_manifest_from",
+    "MAX_BATCH",
+    "MAX_CLASSES",
+    "MAX_SESSION_THREADS",
+    # re-exported from runtime.bundle_files (reading and checking the bundle's files)
+    "BundleFiles",
+    "read_labels",
+    "parse_labels",
+    "describe_files",
+    "verify_files",
+    "check_file_name",
+    "check_labels",
+    "MAX_LABEL_BYTES",
+    "MAX_LABELS_FILE_BYTES",
+    "MAX_MANIFEST_BYTES",
+]
 
 SCHEMA_VERSION = 2
 INPUT_DTYPES = ("float32", "float16", "uint8")
@@ -80,6 +115,7 @@ MAX_SESSION_THREADS = 256
 
 
 # ----------------------------------------------------------------------------------------- small checks
+
 
 def _obj(where: str, field: str, v: Any) -> dict[str, Any]:
     if not isinstance(v, dict):
@@ -104,6 +140,7 @@ def _str(where: str, field: str, v: Any, choices: Iterable[str] | None = None) -
 
 
 # ----------------------------------------------------------------------------- the typed manifest (one schema)
+
 
 def _required(default: Any = None) -> Any:
     """A top-level key every manifest has (``parity`` may be null only while the builder checks its candidate)."""
@@ -133,8 +170,13 @@ class InputSpec:
     layout: str = "BTCHW"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "layout": self.layout, "shape": list(self.shape),
-                "batch": self.batch.to_dict()}
+        return {
+            "name": self.name,
+            "dtype": self.dtype,
+            "layout": self.layout,
+            "shape": list(self.shape),
+            "batch": self.batch.to_dict(),
+        }
 
 
 @dataclass(frozen=True)
@@ -169,8 +211,13 @@ class Provenance:
         return self.weights == "random"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"weights": self.weights, "labels": self.labels, "preprocess": self.preprocess,
-                "reference": self.reference, "notes": list(self.notes)}
+        return {
+            "weights": self.weights,
+            "labels": self.labels,
+            "preprocess": self.preprocess,
+            "reference": self.reference,
+            "notes": list(self.notes),
+        }
 
     @classmethod
     def from_dict(cls, d: Any, where: str = MANIFEST_NAME) -> "Provenance":
@@ -181,10 +228,13 @@ class Provenance:
         notes = d.get("notes", [])
         if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
             raise _fail(where, "provenance.notes", "a list of strings", notes)
-        return cls(_str(where, "provenance.weights", d.get("weights"), WEIGHTS_KINDS),
-                   _str(where, "provenance.labels", d.get("labels")),
-                   _str(where, "provenance.preprocess", d.get("preprocess")),
-                   _str(where, "provenance.reference", d.get("reference", "PyTorch FP32")), tuple(notes))
+        return cls(
+            _str(where, "provenance.weights", d.get("weights"), WEIGHTS_KINDS),
+            _str(where, "provenance.labels", d.get("labels")),
+            _str(where, "provenance.preprocess", d.get("preprocess")),
+            _str(where, "provenance.reference", d.get("reference", "PyTorch FP32")),
+            tuple(notes),
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -234,11 +284,12 @@ class Manifest:
     def _from_valid(cls, m: dict[str, Any]) -> "Manifest":
         inp, outp = m["input"], m["output"]
         kw: dict[str, Any] = {k: m.get(k) for k in _REQUIRED + _OPTIONAL}
-        kw.update(input=InputSpec(inp["name"], inp["dtype"], tuple(inp["shape"]), BatchRange(**inp["batch"]),
-                                  inp["layout"]),
-                  output=OutputSpec(outp["name"], outp.get("dtype", "float32"), tuple(outp["shape"])),
-                  preprocess=PreprocessConfig.from_dict(m["preprocess"]),
-                  provenance=Provenance.from_dict(m["provenance"]) if m.get("provenance") is not None else None)
+        kw.update(
+            input=InputSpec(inp["name"], inp["dtype"], tuple(inp["shape"]), BatchRange(**inp["batch"]), inp["layout"]),
+            output=OutputSpec(outp["name"], outp.get("dtype", "float32"), tuple(outp["shape"])),
+            preprocess=PreprocessConfig.from_dict(m["preprocess"]),
+            provenance=Provenance.from_dict(m["provenance"]) if m.get("provenance") is not None else None,
+        )
         return cls(**kw)
 
 
@@ -247,6 +298,7 @@ _OPTIONAL = tuple(f.name for f in fields(Manifest) if not f.metadata.get("requir
 
 
 # ------------------------------------------------------------------------------------------ the manifest
+
 
 def validate_manifest(d: Any, path: str | os.PathLike = MANIFEST_NAME, require_parity: bool = True) -> dict[str, Any]:
     """Check the type and range of every field of a schema-2 manifest; returns a normalised copy.
@@ -263,12 +315,16 @@ def validate_manifest(d: Any, path: str | os.PathLike = MANIFEST_NAME, require_p
         raise _fail(where, "schema_version", f"{SCHEMA_VERSION}{hint}", version)
     unknown = sorted(str(k) for k in m if k not in _REQUIRED + _OPTIONAL)
     if unknown:
-        raise BundleError(f"{where}: unknown keys {unknown}; schema {SCHEMA_VERSION} has "
-                          f"{sorted(_REQUIRED + _OPTIONAL)}")
+        raise BundleError(
+            f"{where}: unknown keys {unknown}; schema {SCHEMA_VERSION} has {sorted(_REQUIRED + _OPTIONAL)}"
+        )
     missing = [k for k in _REQUIRED if k not in m and not (k == "parity" and not require_parity)]
     if missing:
-        why = (": the bundle was never checked against its reference (an interrupted build?); rebuild it"
-               if missing == ["parity"] else "")
+        why = (
+            ": the bundle was never checked against its reference (an interrupted build?); rebuild it"
+            if missing == ["parity"]
+            else ""
+        )
         raise BundleError(f"{where}: missing keys {missing}{why}")
     out: dict[str, Any] = dict(m)
     _str(where, "backend", m["backend"], BACKENDS)
@@ -303,8 +359,12 @@ def validate_manifest(d: Any, path: str | os.PathLike = MANIFEST_NAME, require_p
     if labels_file is not None:  # bounded before anything is read: a label is one short line
         cap = min(MAX_LABELS_FILE_BYTES, classes * (MAX_LABEL_BYTES + 2))
         if files[labels_file]["size"] > cap:
-            raise _fail(where, f"files[{labels_file!r}].size", f"at most {cap} bytes ({classes} labels of at most "
-                        f"{MAX_LABEL_BYTES} bytes)", files[labels_file]["size"])
+            raise _fail(
+                where,
+                f"files[{labels_file!r}].size",
+                f"at most {cap} bytes ({classes} labels of at most {MAX_LABEL_BYTES} bytes)",
+                files[labels_file]["size"],
+            )
     if "parity" in m or require_parity:
         out["parity"] = _validate_parity(where, m.get("parity"), require_parity)
     return out
@@ -350,8 +410,10 @@ def _validate_io(where: str, inp: Any, outp: Any, pre: PreprocessConfig) -> tupl
     shape = _shape(where, "input.shape", inp.get("shape"), 5)
     want = [pre.num_frames, 3, pre.crop_size, pre.crop_size]
     if shape[1:] != want:
-        raise BundleError(f"{where}: input.shape: expected [-1, {', '.join(map(str, want))}] (preprocess.num_frames, "
-                          f"3 channels, preprocess.crop_size), got {shape}")
+        raise BundleError(
+            f"{where}: input.shape: expected [-1, {', '.join(map(str, want))}] (preprocess.num_frames, "
+            f"3 channels, preprocess.crop_size), got {shape}"
+        )
     batch = _obj(where, "input.batch", inp.get("batch"))
     lo = _int(where, "input.batch.min", batch.get("min"), 1, MAX_BATCH)
     opt = _int(where, "input.batch.opt", batch.get("opt", lo), 1, MAX_BATCH)
@@ -370,16 +432,19 @@ def _validate_io(where: str, inp: Any, outp: Any, pre: PreprocessConfig) -> tupl
 
 def _validate_model_config(where: str, cfg: Any, inp: dict[str, Any], classes: int) -> None:
     cfg = _obj(where, "model_config", cfg)
-    for key in ("image_size", "patch_size", "num_frames", "in_chans", "embed_dim", "depth", "num_heads",
-                "num_classes"):
+    for key in ("image_size", "patch_size", "num_frames", "in_chans", "embed_dim", "depth", "num_heads", "num_classes"):
         if key in cfg:
             _int(where, f"model_config.{key}", cfg[key])
     if "attention_type" in cfg:
         _str(where, "model_config.attention_type", cfg["attention_type"])
     # the runtime relies on these through input/output; a disagreement means a hand-edited manifest
     shape = inp["shape"]
-    for key, want, other in (("num_classes", classes, "output.shape[1]"), ("num_frames", shape[1], "input.shape[1]"),
-                             ("in_chans", 3, "3 channels"), ("image_size", shape[3], "input.shape[3]")):
+    for key, want, other in (
+        ("num_classes", classes, "output.shape[1]"),
+        ("num_frames", shape[1], "input.shape[1]"),
+        ("in_chans", 3, "3 channels"),
+        ("image_size", shape[3], "input.shape[3]"),
+    ):
         if key not in cfg:
             raise BundleError(f"{where}: model_config.{key}: missing")
         if cfg[key] != want:
@@ -404,8 +469,13 @@ def _validate_session(where: str, backend: str, session: Any) -> dict[str, Any]:
     for key in ("intra_op_num_threads", "inter_op_num_threads", "num_threads"):  # issue 28 #12
         v = out.get(key)
         if isinstance(v, int) and not isinstance(v, bool) and v > MAX_SESSION_THREADS:
-            raise _fail(where, f"session.{key}", f"an integer in 0..{MAX_SESSION_THREADS} (0: the backend's "
-                        "default; the runtime uses at most the CPUs it has)", v)
+            raise _fail(
+                where,
+                f"session.{key}",
+                f"an integer in 0..{MAX_SESSION_THREADS} (0: the backend's "
+                "default; the runtime uses at most the CPUs it has)",
+                v,
+            )
     return out
 
 
@@ -413,8 +483,10 @@ def _validate_parity(where: str, parity: Any, required: bool) -> dict[str, Any] 
     if parity is None:
         if not required:
             return None
-        raise BundleError(f"{where}: parity: expected the build's parity result (an object with 'passed'), got null: "
-                          "the bundle was never checked against its reference (an interrupted build?); rebuild it")
+        raise BundleError(
+            f"{where}: parity: expected the build's parity result (an object with 'passed'), got null: "
+            "the bundle was never checked against its reference (an interrupted build?); rebuild it"
+        )
     checked = _obj(where, "parity", parity)
     passed = checked.get("passed")
     if not isinstance(passed, bool):
@@ -430,13 +502,16 @@ def _validate_parity(where: str, parity: Any, required: bool) -> dict[str, Any] 
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
             raise _fail(where, f"parity.{key}", "a number", v)
     if not passed and not allowed:
-        raise BundleError(f"{where}: parity.passed is false (failures: {'; '.join(failures) or 'not recorded'}) and "
-                          "the build did not allow it (allowed_failure); refusing a bundle that failed its parity "
-                          "check")
+        raise BundleError(
+            f"{where}: parity.passed is false (failures: {'; '.join(failures) or 'not recorded'}) and "
+            "the build did not allow it (allowed_failure); refusing a bundle that failed its parity "
+            "check"
+        )
     return checked
 
 
 # ---------------------------------------------------------------------------------------- reading the manifest
+
 
 def read_manifest_from(files: BundleFiles, require_parity: bool = True) -> dict[str, Any]:
     """Read and validate ``manifest.json`` of a bundle opened as ``files``."""

@@ -30,6 +30,7 @@ source of truth); the histograms are fed by the hub's per-call hook. Metrics (al
                                                  check's verdict: passed, failed, skipped, unavailable, unknown)
 ====================================  =========  ==========================================================
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterator
@@ -41,12 +42,15 @@ __all__ = ["HubExporter", "serve_metrics", "bundle_labels", "STATES", "PREFIX"]
 
 PREFIX = "timesformer_"
 STATES = ("connecting", "live", "retrying", "failed", "ended", "waiting for frames", "removed")
-_COUNTERS = (("frames", "camera_frames", "frames decoded"), ("windows_due", "camera_windows", "windows that fell due"),
-             ("predictions", "camera_predictions", "windows predicted"),
-             ("dropped", "camera_dropped", "windows dropped (a full queue or too old)"),
-             ("failed", "camera_failed_windows", "windows whose engine call failed"),
-             ("reconnects", "camera_reconnects", "reconnects that brought frames back"),
-             ("reconnect_attempts", "camera_reconnect_attempts", "reconnect attempts"))
+_COUNTERS = (
+    ("frames", "camera_frames", "frames decoded"),
+    ("windows_due", "camera_windows", "windows that fell due"),
+    ("predictions", "camera_predictions", "windows predicted"),
+    ("dropped", "camera_dropped", "windows dropped (a full queue or too old)"),
+    ("failed", "camera_failed_windows", "windows whose engine call failed"),
+    ("reconnects", "camera_reconnects", "reconnects that brought frames back"),
+    ("reconnect_attempts", "camera_reconnect_attempts", "reconnect attempts"),
+)
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -64,10 +68,13 @@ def bundle_labels(engine: Any) -> dict[str, str]:
     files, engine_file = manifest.get("files") or {}, manifest.get("engine_file")
     bundle = getattr(engine, "bundle_dir", None)
     verdict = getattr(engine, "verification", None)
-    return {"name": str(getattr(bundle, "name", bundle or "unknown")),
-            "sha256": str((files.get(engine_file) or {}).get("sha256", "unknown")),
-            "backend": str(manifest.get("backend", "unknown")), "precision": str(manifest.get("precision", "unknown")),
-            "verification": str(verdict.get("status", "unknown")) if isinstance(verdict, dict) else "unknown"}
+    return {
+        "name": str(getattr(bundle, "name", bundle or "unknown")),
+        "sha256": str((files.get(engine_file) or {}).get("sha256", "unknown")),
+        "backend": str(manifest.get("backend", "unknown")),
+        "precision": str(manifest.get("precision", "unknown")),
+        "verification": str(verdict.get("status", "unknown")) if isinstance(verdict, dict) else "unknown",
+    }
 
 
 class HubExporter:
@@ -77,12 +84,22 @@ class HubExporter:
     def __init__(self, hub: "CameraHub", registry: Any = None) -> None:
         pc = _prometheus()
         self.hub, self.registry = hub, registry if registry is not None else pc.CollectorRegistry()
-        self.latency = pc.Histogram(f"{PREFIX}camera_latency_seconds", "last frame's arrival to the result",
-                                    ["camera"], buckets=_LATENCY_BUCKETS, registry=self.registry)
-        self.call = pc.Histogram(f"{PREFIX}engine_call_seconds", "time inside engine.infer per call",
-                                 buckets=_LATENCY_BUCKETS, registry=self.registry)
-        self.windows = pc.Counter(f"{PREFIX}engine_windows", "windows computed by successful engine calls",
-                                  registry=self.registry)
+        self.latency = pc.Histogram(
+            f"{PREFIX}camera_latency_seconds",
+            "last frame's arrival to the result",
+            ["camera"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.call = pc.Histogram(
+            f"{PREFIX}engine_call_seconds",
+            "time inside engine.infer per call",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.windows = pc.Counter(
+            f"{PREFIX}engine_windows", "windows computed by successful engine calls", registry=self.registry
+        )
         self.labels = bundle_labels(hub.engine)
         self.registry.register(self)
         hub.on_call = self._on_call
@@ -97,13 +114,16 @@ class HubExporter:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         m = self.hub.metrics()
-        state = GaugeMetricFamily(f"{PREFIX}camera_state", "1 for the camera's current state",
-                                  labels=["camera", "source", "state"])
-        error = GaugeMetricFamily(f"{PREFIX}camera_last_error_info", "the camera's last error",
-                                  labels=["camera", "error"])
+        state = GaugeMetricFamily(
+            f"{PREFIX}camera_state", "1 for the camera's current state", labels=["camera", "source", "state"]
+        )
+        error = GaugeMetricFamily(
+            f"{PREFIX}camera_last_error_info", "the camera's last error", labels=["camera", "error"]
+        )
         queued = GaugeMetricFamily(f"{PREFIX}camera_queued", "windows waiting", labels=["camera"])
-        counters = {key: CounterMetricFamily(f"{PREFIX}{name}", text, labels=["camera"])
-                    for key, name, text in _COUNTERS}
+        counters = {
+            key: CounterMetricFamily(f"{PREFIX}{name}", text, labels=["camera"]) for key, name, text in _COUNTERS
+        }
         for cid, c in m["cameras"].items():
             states = STATES if c["status"] in STATES else (*STATES, c["status"])
             for s in states:
@@ -117,8 +137,9 @@ class HubExporter:
         yield CounterMetricFamily(f"{PREFIX}engine_busy_seconds", "time inside engine.infer", value=m["busy_s"])
         yield CounterMetricFamily(f"{PREFIX}engine_errors", "failed engine calls", value=m["engine_errors"])
         b = m["batching"]
-        batched = GaugeMetricFamily(f"{PREFIX}hub_batching", "1 when the hub batches across cameras now",
-                                    labels=["mode"])
+        batched = GaugeMetricFamily(
+            f"{PREFIX}hub_batching", "1 when the hub batches across cameras now", labels=["mode"]
+        )
         batched.add_metric([b["mode"]], 1.0 if b["batched"] else 0.0)
         per = GaugeMetricFamily(f"{PREFIX}hub_seconds_per_window", "averaged engine time per window", labels=["kind"])
         for kind, ms in b["per_window_ms"].items():
@@ -126,8 +147,12 @@ class HubExporter:
                 per.add_metric([kind], ms / 1e3)
         info = GaugeMetricFamily(f"{PREFIX}bundle_info", "the engine bundle", labels=list(self.labels))
         verdict = m.get("verification")
-        labels = {**self.labels, "verification": str(verdict.get("status", "unknown")) if isinstance(verdict, dict)
-                  else self.labels["verification"]}
+        labels = {
+            **self.labels,
+            "verification": str(verdict.get("status", "unknown"))
+            if isinstance(verdict, dict)
+            else self.labels["verification"],
+        }
         info.add_metric(list(labels.values()), 1.0)
         yield from (batched, per, info)
 

@@ -5,6 +5,7 @@ planner, the precision step and the manifest's reader all import them. Members a
 "int8"``, ``f"{Precision.INT8}"`` is ``int8``, JSON writes ``"int8"``), so a manifest or a request holding plain
 strings compares equal to them.
 """
+
 from __future__ import annotations
 
 from enum import Enum

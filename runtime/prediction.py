@@ -1,4 +1,5 @@
 """What the runtime returns for one clip: top-k labels with probabilities."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -60,5 +61,8 @@ def prediction_metadata(manifest: dict[str, Any]) -> dict[str, Any]:
     prov = manifest.get("provenance") or {}
     if prov.get("weights") != "random":
         return {}
-    return {"random_weights": True, "warning": "this bundle was built from random weights (make engine "
-            "RANDOM_WEIGHTS=1): its predictions mean nothing"}
+    return {
+        "random_weights": True,
+        "warning": "this bundle was built from random weights (make engine "
+        "RANDOM_WEIGHTS=1): its predictions mean nothing",
+    }

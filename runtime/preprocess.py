@@ -6,6 +6,7 @@ when flagged). Resizing follows the published TimeSformer test path: bilinear re
 short side (``align_corners=False``, no antialias, as ``torch.nn.functional.interpolate``),
 then a centre crop (or three crops along the long side).
 """
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,14 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["PreprocessConfig", "FramePreprocessor", "preprocess_frames", "resize_crop_indices", "normalize",
-           "CHANNEL_ORDERS"]
+__all__ = [
+    "PreprocessConfig",
+    "FramePreprocessor",
+    "preprocess_frames",
+    "resize_crop_indices",
+    "normalize",
+    "CHANNEL_ORDERS",
+]
 
 CHANNEL_ORDERS = ("RGB", "BGR")
 SAMPLINGS = ("dense", "uniform")
@@ -42,8 +49,10 @@ def _three_floats(name: str, v: Any, positive: bool) -> tuple[float, float, floa
             raise ValueError(f"preprocess.{name}: expected 3 finite numbers, got {list(v)!r}")
         # bounds that keep (pixel / 255 - mean) / std finite in float32 (and catch 0..255 units by mistake)
         if positive and not STD_RANGE[0] <= x <= STD_RANGE[1]:
-            raise ValueError(f"preprocess.{name}: expected 3 numbers in {STD_RANGE[0]:g}..{STD_RANGE[1]:g} (pixels "
-                             f"are divided by them), got {list(v)!r}")
+            raise ValueError(
+                f"preprocess.{name}: expected 3 numbers in {STD_RANGE[0]:g}..{STD_RANGE[1]:g} (pixels "
+                f"are divided by them), got {list(v)!r}"
+            )
         if not positive and not abs(x) <= MEAN_LIMIT:
             raise ValueError(f"preprocess.{name}: expected 3 numbers within +-{MEAN_LIMIT:g}, got {list(v)!r}")
         out.append(float(x))
@@ -82,8 +91,9 @@ class PreprocessConfig:
             raise ValueError(f"preprocess.sampling: expected one of {SAMPLINGS}, got {self.sampling!r}")
         if self.crop_size > self.short_side:
             # the crop is taken from the frame resized to short_side: it cannot be larger
-            raise ValueError(f"preprocess.crop_size: expected at most short_side ({self.short_side}), got "
-                             f"{self.crop_size}")
+            raise ValueError(
+                f"preprocess.crop_size: expected at most short_side ({self.short_side}), got {self.crop_size}"
+            )
         if self.channel_order not in CHANNEL_ORDERS:
             raise ValueError(f"preprocess.channel_order: expected one of {CHANNEL_ORDERS}, got {self.channel_order!r}")
 
@@ -105,8 +115,10 @@ class PreprocessConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"preprocessing contract: unknown keys {sorted(map(str, unknown))}; expected a subset of "
-                             f"{sorted(known)}")
+            raise ValueError(
+                f"preprocessing contract: unknown keys {sorted(map(str, unknown))}; expected a subset of "
+                f"{sorted(known)}"
+            )
         return cls(**d)
 
     def window(self) -> int:
@@ -133,8 +145,9 @@ def _axis_taps(src: int, dst_full: int, start: int, count: int) -> tuple[np.ndar
     return i0, i0 + 1, w1
 
 
-def resize_crop_indices(height: int, width: int, short_side: int, crop_size: int, crop_index: int = 1,
-                        num_crops: int = 1) -> tuple[tuple, tuple]:
+def resize_crop_indices(
+    height: int, width: int, short_side: int, crop_size: int, crop_index: int = 1, num_crops: int = 1
+) -> tuple[tuple, tuple]:
     """Taps for 'resize short side to ``short_side``, then crop ``crop_size``', computed only for the crop.
 
     ``crop_index`` 0/1/2 picks the first/centre/last crop along the long side (centre for one crop).
@@ -184,8 +197,9 @@ class FramePreprocessor:
     def __init__(self, cfg: PreprocessConfig, height: int, width: int, bgr: bool = False, crop_index: int = 1) -> None:
         self.cfg, self.height, self.width, self.bgr = cfg, height, width, bgr
         self.flip = bool(bgr) != cfg.model_bgr
-        (y0, y1, wy), (x0, x1, wx) = resize_crop_indices(height, width, cfg.short_side, cfg.crop_size, crop_index,
-                                                         cfg.num_crops)
+        (y0, y1, wy), (x0, x1, wx) = resize_crop_indices(
+            height, width, cfg.short_side, cfg.crop_size, crop_index, cfg.num_crops
+        )
         ch = np.arange(3)[:, None, None]
         if self.flip:  # output channel c (the model's order) reads source byte 2 - c
             ch = 2 - ch
@@ -197,11 +211,20 @@ class FramePreprocessor:
         self.offsets = (0, dx, dy, dy + dx)
         if int(self.index.max()) + dy + dx >= height * width * 3 or int(self.index.min()) < 0:
             raise AssertionError(f"resize taps out of range for a {height}x{width} frame")  # a bug, not bad input
-        self.weight = np.stack([np.broadcast_to(
-            (wys[None, :, None] * wxs[None, None, :]) / (255.0 * std), (3, cfg.crop_size, cfg.crop_size)
-        ).astype(np.float32).ravel() for wys in (1 - wy, wy) for wxs in (1 - wx, wx)])
-        self.shift = np.ascontiguousarray(np.broadcast_to(mean / std, (3, cfg.crop_size, cfg.crop_size)),
-                                          np.float32).ravel()
+        self.weight = np.stack(
+            [
+                np.broadcast_to(
+                    (wys[None, :, None] * wxs[None, None, :]) / (255.0 * std), (3, cfg.crop_size, cfg.crop_size)
+                )
+                .astype(np.float32)
+                .ravel()
+                for wys in (1 - wy, wy)
+                for wxs in (1 - wx, wx)
+            ]
+        )
+        self.shift = np.ascontiguousarray(
+            np.broadcast_to(mean / std, (3, cfg.crop_size, cfg.crop_size)), np.float32
+        ).ravel()
         # Per-thread gather scratch: one shared buffer let two threads overwrite each other's taps between
         # the gathers and the weighted sum (issue 13: wrong logits under concurrent predict). A thread-local
         # costs one attribute lookup per frame; a fresh buffer per call would page-fault ~600 kB per frame.
@@ -214,13 +237,16 @@ class FramePreprocessor:
     def __call__(self, frame: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """One ``(H, W, 3)`` uint8 frame -> ``(3, crop, crop)`` float32 (written into ``out`` when given)."""
         if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
-            raise ValueError(f"frame: expected ({self.height}, {self.width}, 3) uint8, got {tuple(frame.shape)} "
-                             f"{frame.dtype}")
+            raise ValueError(
+                f"frame: expected ({self.height}, {self.width}, 3) uint8, got {tuple(frame.shape)} {frame.dtype}"
+            )
         flat = np.ascontiguousarray(frame).reshape(-1)
         dst = np.empty(self.out_shape, np.float32) if out is None else out
         if dst.shape != self.out_shape or dst.dtype != np.float32 or not dst.flags.c_contiguous:
-            raise ValueError(f"out: expected a C-contiguous float32 array of shape {self.out_shape}, got "
-                             f"{dst.shape} {dst.dtype}{'' if dst.flags.c_contiguous else ' (not contiguous)'}")
+            raise ValueError(
+                f"out: expected a C-contiguous float32 array of shape {self.out_shape}, got "
+                f"{dst.shape} {dst.dtype}{'' if dst.flags.c_contiguous else ' (not contiguous)'}"
+            )
         o = dst.reshape(-1)
         taps = getattr(self._scratch, "taps", None)
         if taps is None:
@@ -234,8 +260,13 @@ class FramePreprocessor:
         return dst
 
 
-def preprocess_frames(frames: np.ndarray | Sequence[np.ndarray], cfg: PreprocessConfig, bgr: bool = False,
-                      crop_index: int = 1, out: np.ndarray | None = None) -> np.ndarray:
+def preprocess_frames(
+    frames: np.ndarray | Sequence[np.ndarray],
+    cfg: PreprocessConfig,
+    bgr: bool = False,
+    crop_index: int = 1,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """Frames ``(T, H, W, 3)`` uint8 (already temporally sampled) -> ``(T, 3, crop, crop)`` float32.
 
     ``bgr``: the frames are BGR (as OpenCV decodes them); the output is in ``cfg.channel_order``. Thread-safe.

@@ -12,6 +12,7 @@ backend's own settings plus what the question needs:
   OpenVINO's performance counters (``PERF_COUNT``: per executed node real time). TensorRT: not here (``trtexec
   --dumpProfile`` on the plan gives it).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,12 @@ from .reference import ReferenceSet
 
 __all__ = ["block_report", "layer_profile", "append_outputs"]
 
-_LEVELS = {"disable_all": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-           "all": "ORT_ENABLE_ALL"}
+_LEVELS = {
+    "disable_all": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
 
 
 def _varint(n: int) -> bytes:
@@ -66,8 +71,9 @@ def _ort_session(engine: Any, outputs: list[str] | None = None, profile_dir: str
 
     backend = engine.backend
     so = ort.SessionOptions()
-    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
-                                          _LEVELS[backend.settings["graph_optimization_level"]])
+    so.graph_optimization_level = getattr(
+        ort.GraphOptimizationLevel, _LEVELS[backend.settings["graph_optimization_level"]]
+    )
     so.intra_op_num_threads = int(backend.settings["intra_op_num_threads"])
     so.log_severity_level = 3
     if profile_dir:
@@ -87,8 +93,11 @@ def _ov_compiled(engine: Any, outputs: list[str] | None = None, perf: bool = Fal
     model = core.read_model(_engine_bytes(engine))
     if outputs:
         model.add_outputs(outputs)
-    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": s["inference_precision"],
-                              "PERFORMANCE_HINT": s["performance_hint"], "INFERENCE_NUM_THREADS": s["num_threads"]}
+    config: dict[str, Any] = {
+        "INFERENCE_PRECISION_HINT": s["inference_precision"],
+        "PERFORMANCE_HINT": s["performance_hint"],
+        "INFERENCE_NUM_THREADS": s["num_threads"],
+    }
     if perf:
         config["PERF_COUNT"] = True
     return core.compile_model(model, s["ov_device"], config)
@@ -120,6 +129,7 @@ def _block_runner(engine: Any, names: list[str]) -> Callable[[np.ndarray], dict[
     def run(x: np.ndarray) -> dict[str, np.ndarray]:
         request.infer({0: x})
         return {n: np.array(request.get_tensor(compiled.output(n)).data, dtype=np.float32) for n in names}
+
     return run
 
 
@@ -145,19 +155,34 @@ def block_report(engine: Any, ref: ReferenceSet) -> dict[str, Any]:
         for j, name in enumerate(names):
             flat = np.asarray(outs[name], np.float32).reshape(engine.batch_range[0], -1)[0].astype(np.float64)
             if flat.size <= index.max():
-                return {"available": False, "note": f"{name}: {flat.size} values per clip here, the reference "
-                                                    f"sampled positions up to {int(index.max())}"}
+                return {
+                    "available": False,
+                    "note": f"{name}: {flat.size} values per clip here, the reference "
+                    f"sampled positions up to {int(index.max())}",
+                }
             want = ref.block_samples[c, j].astype(np.float64)
             rel[c, j] = np.linalg.norm(flat[index] - want) / max(np.linalg.norm(want), 1e-30)
             ratio[c, j] = np.linalg.norm(flat) / max(float(ref.block_norm[c, j]), 1e-30)
     rows: list[dict[str, Any]] = [
-        {"block": j, "name": n, "rel_l2": float(rel[:, j].max()), "norm_ratio_min": float(ratio[:, j].min()),
-         "norm_ratio_max": float(ratio[:, j].max())} for j, n in enumerate(names)]
+        {
+            "block": j,
+            "name": n,
+            "rel_l2": float(rel[:, j].max()),
+            "norm_ratio_min": float(ratio[:, j].min()),
+            "norm_ratio_max": float(ratio[:, j].max()),
+        }
+        for j, n in enumerate(names)
+    ]
     threshold = float(ref.block_threshold or 0.0)
     first = next((r["block"] for r in rows if r["rel_l2"] > threshold), None)
-    return {"available": True, "threshold_rel_l2": threshold, "first_diverging_block": first, "blocks": rows,
-            "note": "relative L2 error of the stored sample of each block's output (worst clip); block outputs "
-                    "marked as graph outputs in a second session"}
+    return {
+        "available": True,
+        "threshold_rel_l2": threshold,
+        "first_diverging_block": first,
+        "blocks": rows,
+        "note": "relative L2 error of the stored sample of each block's output (worst clip); block outputs "
+        "marked as graph outputs in a second session",
+    }
 
 
 def layer_profile(engine: Any, x: np.ndarray, iterations: int = 3, top: int = 10) -> dict[str, Any]:
@@ -199,9 +224,23 @@ def layer_profile(engine: Any, x: np.ndarray, iterations: int = 3, top: int = 10
         by_type[node_type[name]] += ms / iterations
     total = sum(per_node.values()) / iterations
     slow = sorted(per_node.items(), key=lambda kv: -kv[1])[:top]
-    return {"available": True, "source": source, "batch": int(len(x)), "iterations": iterations,
-            "total_node_ms": round(total, 4),
-            "top_nodes": [{"node": n, "type": node_type[n], "ms": round(ms / iterations, 4),
-                           "share": round(ms / iterations / total, 4) if total else None} for n, ms in slow],
-            "by_type": [{"type": t, "ms": round(ms, 4), "share": round(ms / total, 4) if total else None}
-                        for t, ms in sorted(by_type.items(), key=lambda kv: -kv[1])[:top]]}
+    return {
+        "available": True,
+        "source": source,
+        "batch": int(len(x)),
+        "iterations": iterations,
+        "total_node_ms": round(total, 4),
+        "top_nodes": [
+            {
+                "node": n,
+                "type": node_type[n],
+                "ms": round(ms / iterations, 4),
+                "share": round(ms / iterations / total, 4) if total else None,
+            }
+            for n, ms in slow
+        ],
+        "by_type": [
+            {"type": t, "ms": round(ms, 4), "share": round(ms / total, 4) if total else None}
+            for t, ms in sorted(by_type.items(), key=lambda kv: -kv[1])[:top]
+        ],
+    }

@@ -14,6 +14,7 @@ whatever ``verify`` says). Two files:
   sampled in one clip's block output: the class token's row and a fixed random sample), ``block_samples``
   (N, depth, K) float32 and ``block_norm`` (N, depth) float32 (L2 norm of the whole block output).
 """
+
 from __future__ import annotations
 
 import io
@@ -28,15 +29,30 @@ import numpy as np
 from .errors import BundleError
 from .manifest import BundleFiles
 
-__all__ = ["REFERENCE_JSON", "REFERENCE_NPZ", "REFERENCE_SCHEMA", "ReferenceSet", "has_reference", "load_reference",
-           "npz_bytes", "compare_logits", "tolerance_failures"]
+__all__ = [
+    "REFERENCE_JSON",
+    "REFERENCE_NPZ",
+    "REFERENCE_SCHEMA",
+    "ReferenceSet",
+    "has_reference",
+    "load_reference",
+    "npz_bytes",
+    "compare_logits",
+    "tolerance_failures",
+]
 
 REFERENCE_JSON = "reference.json"
 REFERENCE_NPZ = "reference.npz"
 REFERENCE_SCHEMA = 1
 MAX_REFERENCE_JSON = 1 << 20
-_ARRAYS = {"clips": ("float16", "float32", "uint8"), "logits": ("float32",), "engine_logits": ("float32",),
-           "block_index": ("int64",), "block_samples": ("float32",), "block_norm": ("float32",)}
+_ARRAYS = {
+    "clips": ("float16", "float32", "uint8"),
+    "logits": ("float32",),
+    "engine_logits": ("float32",),
+    "block_index": ("int64",),
+    "block_samples": ("float32",),
+    "block_norm": ("float32",),
+}
 
 
 @dataclass
@@ -83,13 +99,16 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 def load_reference(bundle_dir: str | Path, manifest: dict[str, Any]) -> ReferenceSet:
     """Read and check the reference set of a validated manifest; :class:`BundleError` names the file and field."""
     if not has_reference(manifest):
-        raise BundleError(f"{Path(bundle_dir) / 'manifest.json'}: files lists no {REFERENCE_JSON}/{REFERENCE_NPZ}: "
-                          "the bundle was built before bundles carried their reference set; rebuild it (make engine), "
-                          "or compare against PyTorch with make parity on a machine with torch")
+        raise BundleError(
+            f"{Path(bundle_dir) / 'manifest.json'}: files lists no {REFERENCE_JSON}/{REFERENCE_NPZ}: "
+            "the bundle was built before bundles carried their reference set; rebuild it (make engine), "
+            "or compare against PyTorch with make parity on a machine with torch"
+        )
     files = manifest["files"]
     with BundleFiles(bundle_dir) as bf:  # always hash-checked: the reference decides what "correct" means
-        raw_json = bf.read(REFERENCE_JSON, files[REFERENCE_JSON]["size"], files[REFERENCE_JSON]["sha256"],
-                           limit=MAX_REFERENCE_JSON)
+        raw_json = bf.read(
+            REFERENCE_JSON, files[REFERENCE_JSON]["size"], files[REFERENCE_JSON]["sha256"], limit=MAX_REFERENCE_JSON
+        )
         raw_npz = bf.read(REFERENCE_NPZ, files[REFERENCE_NPZ]["size"], files[REFERENCE_NPZ]["sha256"])
     where = Path(bundle_dir) / REFERENCE_JSON
     try:
@@ -119,15 +138,22 @@ def _read_npz(raw: bytes, where: Path, meta: dict[str, Any]) -> dict[str, np.nda
         allowed = _ARRAYS.get(name)
         if allowed is None:
             raise BundleError(f"{where}: unknown array {name!r}; expected some of {sorted(_ARRAYS)}")
-        if str(a.dtype) not in allowed or not isinstance(spec, dict) or spec.get("dtype") != str(a.dtype) \
-                or spec.get("shape") != list(a.shape):
-            raise BundleError(f"{where}: {name}: {a.dtype} {list(a.shape)}, {REFERENCE_JSON} declares {spec!r} "
-                              f"(allowed dtypes {allowed})")
+        if (
+            str(a.dtype) not in allowed
+            or not isinstance(spec, dict)
+            or spec.get("dtype") != str(a.dtype)
+            or spec.get("shape") != list(a.shape)
+        ):
+            raise BundleError(
+                f"{where}: {name}: {a.dtype} {list(a.shape)}, {REFERENCE_JSON} declares {spec!r} "
+                f"(allowed dtypes {allowed})"
+            )
     return arrays
 
 
-def _assemble(meta: dict[str, Any], arrays: dict[str, np.ndarray], manifest: dict[str, Any], where: Path
-              ) -> ReferenceSet:
+def _assemble(
+    meta: dict[str, Any], arrays: dict[str, np.ndarray], manifest: dict[str, Any], where: Path
+) -> ReferenceSet:
     for name in ("clips", "logits"):
         if name not in arrays:
             raise BundleError(f"{where}: arrays: {name!r} missing")
@@ -143,27 +169,43 @@ def _assemble(meta: dict[str, Any], arrays: dict[str, np.ndarray], manifest: dic
     if not all(np.isfinite(a).all() for k, a in arrays.items() if a.dtype.kind == "f"):
         raise BundleError(f"{where}: arrays hold NaN/Inf")
     tolerance = meta.get("tolerance")
-    if not isinstance(tolerance, dict) or not tolerance or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in tolerance.values()):
+    if (
+        not isinstance(tolerance, dict)
+        or not tolerance
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in tolerance.values())
+    ):
         raise BundleError(f"{where}: tolerance: expected an object of numbers, got {tolerance!r}")
-    ref = ReferenceSet(clips=clips, logits=logits, tolerance={k: float(v) for k, v in tolerance.items()},
-                       precision=str(meta.get("precision", manifest["precision"])), meta=meta,
-                       engine_logits=arrays.get("engine_logits"))
+    ref = ReferenceSet(
+        clips=clips,
+        logits=logits,
+        tolerance={k: float(v) for k, v in tolerance.items()},
+        precision=str(meta.get("precision", manifest["precision"])),
+        meta=meta,
+        engine_logits=arrays.get("engine_logits"),
+    )
     blocks = meta.get("blocks") or {}
     if "block_samples" in arrays:
         names, index = blocks.get("names"), arrays.get("block_index")
         samples, norm = arrays["block_samples"], arrays.get("block_norm")
-        if (not isinstance(names, list) or index is None or norm is None
-                or samples.shape != (n, len(names), len(index)) or norm.shape != (n, len(names))):
-            raise BundleError(f"{where}: blocks: names, block_index, block_samples and block_norm disagree "
-                              f"({len(names) if isinstance(names, list) else names!r} names, samples "
-                              f"{list(samples.shape)}, norms {None if norm is None else list(norm.shape)})")
+        if (
+            not isinstance(names, list)
+            or index is None
+            or norm is None
+            or samples.shape != (n, len(names), len(index))
+            or norm.shape != (n, len(names))
+        ):
+            raise BundleError(
+                f"{where}: blocks: names, block_index, block_samples and block_norm disagree "
+                f"({len(names) if isinstance(names, list) else names!r} names, samples "
+                f"{list(samples.shape)}, norms {None if norm is None else list(norm.shape)})"
+            )
         ref.block_names, ref.block_index, ref.block_samples, ref.block_norm = names, index, samples, norm
         ref.block_threshold = float(blocks.get("threshold_rel_l2", 0.0))
     return ref
 
 
 # ---------------------------------------------------------------------------------------------- comparison
+
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out: np.ndarray = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
@@ -180,14 +222,28 @@ def compare_logits(reference: np.ndarray, actual: np.ndarray) -> dict[str, Any]:
     top_ref, top_act = np.argsort(-ref, axis=1)[:, :k], np.argsort(-act, axis=1)[:, :k]
     cos, diff = _cosine(ref, act), np.abs(ref - act)
     overlap = [len(set(a) & set(b)) / k for a, b in zip(top_ref, top_act)]
-    rows = [{"clip": i, "max_abs_logit": float(diff[i].max()), "cosine": float(cos[i]),
-             "top1_reference": int(top_ref[i, 0]), "top1": int(top_act[i, 0]),
-             "top1_agrees": bool(top_ref[i, 0] == top_act[i, 0]), "top5_overlap": float(overlap[i])}
-            for i in range(len(ref))]
-    return {"clips": int(len(ref)), "max_abs_logit": float(diff.max()), "mean_abs_logit": float(diff.mean()),
-            "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()),
-            "top1_agreement": float((top_ref[:, 0] == top_act[:, 0]).mean()),
-            "top5_agreement": float(np.mean(overlap)), "per_clip": rows}
+    rows = [
+        {
+            "clip": i,
+            "max_abs_logit": float(diff[i].max()),
+            "cosine": float(cos[i]),
+            "top1_reference": int(top_ref[i, 0]),
+            "top1": int(top_act[i, 0]),
+            "top1_agrees": bool(top_ref[i, 0] == top_act[i, 0]),
+            "top5_overlap": float(overlap[i]),
+        }
+        for i in range(len(ref))
+    ]
+    return {
+        "clips": int(len(ref)),
+        "max_abs_logit": float(diff.max()),
+        "mean_abs_logit": float(diff.mean()),
+        "min_cosine": float(cos.min()),
+        "mean_cosine": float(cos.mean()),
+        "top1_agreement": float((top_ref[:, 0] == top_act[:, 0]).mean()),
+        "top5_agreement": float(np.mean(overlap)),
+        "per_clip": rows,
+    }
 
 
 def tolerance_failures(metrics: dict[str, Any], tolerance: dict[str, float]) -> list[str]:
@@ -196,8 +252,10 @@ def tolerance_failures(metrics: dict[str, Any], tolerance: dict[str, float]) -> 
     failures = []
     for key, limit in tolerance.items():
         if key not in metrics:
-            raise BundleError(f"{REFERENCE_JSON}: tolerance key {key!r} is not a parity metric "
-                              f"({sorted(k for k in metrics if k != 'per_clip')})")
+            raise BundleError(
+                f"{REFERENCE_JSON}: tolerance key {key!r} is not a parity metric "
+                f"({sorted(k for k in metrics if k != 'per_clip')})"
+            )
         value = metrics[key]
         upper = key.startswith("max_")
         if not (value <= limit if upper else value >= limit):
@@ -225,7 +283,7 @@ def stored_parity(engine: Any, ref: ReferenceSet) -> dict[str, Any]:
     lo, hi = engine.batch_range
     outs = []
     for i in range(0, len(x), hi):
-        chunk = x[i:i + hi]
+        chunk = x[i : i + hi]
         n = len(chunk)
         if n < lo:  # a profile that starts above 1: pad with copies of the last clip
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], lo - n, axis=0)])
@@ -235,8 +293,13 @@ def stored_parity(engine: Any, ref: ReferenceSet) -> dict[str, Any]:
     for row in metrics["per_clip"]:
         row["failures"] = clip_failures(row, ref.tolerance)
     failures = tolerance_failures(metrics, ref.tolerance)
-    result: dict[str, Any] = {"passed": not failures, "failures": failures, "tolerance": ref.tolerance,
-                              "metrics": metrics, "clips": int(len(x))}
+    result: dict[str, Any] = {
+        "passed": not failures,
+        "failures": failures,
+        "tolerance": ref.tolerance,
+        "metrics": metrics,
+        "clips": int(len(x)),
+    }
     if ref.engine_logits is not None:
         same = compare_logits(ref.engine_logits, out)
         result["vs_build_engine"] = {k: same[k] for k in ("max_abs_logit", "min_cosine", "top1_agreement")}

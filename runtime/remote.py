@@ -20,6 +20,7 @@ argument: ``Engine("engines/motion")`` -> ``RemoteEngine("http://serve-host:8000
 - ``timeout_s`` bounds each attempt as a whole (connect, send, headers and body together), not each socket read: a
   server that trickles its answer cannot hold a call longer (issue 28 #15).
 """
+
 from __future__ import annotations
 
 import http.client
@@ -61,15 +62,20 @@ class RemoteEngine:
     """An HTTP client with ``runtime.Engine``'s public surface (:class:`runtime.engine_api.EngineAPI`). Thread-safe:
     each call is its own request."""
 
-    def __init__(self, url: str, timeout_s: float = 30.0, retries: int = 3, backoff_s: float = 0.2,
-                 fetch_meta: bool = True) -> None:
+    def __init__(
+        self, url: str, timeout_s: float = 30.0, retries: int = 3, backoff_s: float = 0.2, fetch_meta: bool = True
+    ) -> None:
         _check_url(url)
         if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
             raise ValueError(f"timeout_s: expected a positive number of seconds, got {timeout_s!r}")
         if not _is_int(retries) or retries < 0:  # -1 made zero attempts ("no answer after 0 attempt(s)")
             raise ValueError(f"retries: expected an integer >= 0 (attempts after the first), got {retries!r}")
-        if not (isinstance(backoff_s, (int, float)) and not isinstance(backoff_s, bool) and math.isfinite(backoff_s)
-                and backoff_s >= 0):  # a negative or NaN one failed only at the first retry, inside time.sleep
+        if not (
+            isinstance(backoff_s, (int, float))
+            and not isinstance(backoff_s, bool)
+            and math.isfinite(backoff_s)
+            and backoff_s >= 0
+        ):  # a negative or NaN one failed only at the first retry, inside time.sleep
             raise ValueError(f"backoff_s: expected a number of seconds >= 0, got {backoff_s!r}")
         self.url = url.rstrip("/")
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
@@ -98,8 +104,12 @@ class RemoteEngine:
         if not isinstance(m.get("clip_shape"), list) or tuple(m["clip_shape"]) != shape:
             raise bad("clip_shape", f"{list(shape)} (from its preprocess)")
         br = m.get("batch_range")
-        if (not isinstance(br, list) or len(br) != 2 or not all(_is_int(v) for v in br)
-                or not 1 <= br[0] <= br[1] <= MAX_BATCH):
+        if (
+            not isinstance(br, list)
+            or len(br) != 2
+            or not all(_is_int(v) for v in br)
+            or not 1 <= br[0] <= br[1] <= MAX_BATCH
+        ):
             raise bad("batch_range", f"[min, max] with 1 <= min <= max <= {MAX_BATCH}")
         n = m.get("num_classes")
         if not _is_int(n) or not 1 <= n <= MAX_CLASSES:
@@ -141,9 +151,11 @@ class RemoteEngine:
         if not isinstance(out, dict):
             raise RemoteEngineError(f"{where}: expected a JSON object, got {type(out).__name__}")
         if self.meta and out.get("bundle_id") != self.bundle_id:
-            raise RemoteEngineError(f"{where}: the answer comes from bundle {out.get('bundle_id')!r}, not "
-                                    f"{self.bundle_id!r} whose metadata this client read: the server was redeployed "
-                                    "with another bundle; create a new RemoteEngine")
+            raise RemoteEngineError(
+                f"{where}: the answer comes from bundle {out.get('bundle_id')!r}, not "
+                f"{self.bundle_id!r} whose metadata this client read: the server was redeployed "
+                "with another bundle; create a new RemoteEngine"
+            )
         try:
             raw = np.asarray(out.get("logits"))
             if raw.dtype.kind not in "iuf":  # strings, booleans (JSON true is not a number), None, ragged lists
@@ -154,8 +166,10 @@ class RemoteEngine:
             raise RemoteEngineError(f"{where}: logits: expected numbers, got {str(out.get('logits'))[:80]}") from None
         classes = self.num_classes if self.meta else (logits.shape[-1] if logits.ndim == 2 else -1)
         if logits.shape != (rows, classes):
-            raise RemoteEngineError(f"{where}: logits: expected shape {(rows, classes)} ({rows} clip(s) x the served "
-                                    f"bundle's classes), got {logits.shape}")
+            raise RemoteEngineError(
+                f"{where}: logits: expected shape {(rows, classes)} ({rows} clip(s) x the served "
+                f"bundle's classes), got {logits.shape}"
+            )
         if not np.isfinite(logits).all():
             raise RemoteEngineError(f"{where}: logits: expected finite values, got NaN/Inf")
         return logits
@@ -168,16 +182,23 @@ class RemoteEngine:
         return h
 
     def describe(self) -> dict[str, Any]:
-        return {"url": self.url, "bundle": self.meta.get("bundle"), "precision": self.meta.get("precision"),
-                "input": self.meta.get("input"), "backend": "remote"}
+        return {
+            "url": self.url,
+            "bundle": self.meta.get("bundle"),
+            "precision": self.meta.get("precision"),
+            "input": self.meta.get("input"),
+            "backend": "remote",
+        }
 
     def validate(self, x: np.ndarray) -> np.ndarray:
         """The local half of ``Engine.validate``: shape, batch range and dtype, before anything travels."""
         if not isinstance(x, np.ndarray):
             raise InputError(f"{self.input_name}: expected a numpy array, got {type(x).__name__}")
         if x.ndim != len(self.clip_shape) + 1 or tuple(x.shape[1:]) != self.clip_shape:
-            raise InputError(f"{self.input_name}: expected shape (batch, {', '.join(map(str, self.clip_shape))}), "
-                             f"got {tuple(x.shape)}")
+            raise InputError(
+                f"{self.input_name}: expected shape (batch, {', '.join(map(str, self.clip_shape))}), "
+                f"got {tuple(x.shape)}"
+            )
         lo, hi = self.batch_range
         if not lo <= x.shape[0] <= hi:
             raise InputError(f"{self.input_name}: batch {x.shape[0]} outside the served engine's range {lo}..{hi}")
@@ -209,8 +230,9 @@ class RemoteEngine:
             raise InputError(f"frames: expected at least {t} frames (the model's clip length), got {arr.shape[0]}")
         return arr if arr.shape[0] == t else arr[sample_indices(arr.shape[0], self.preprocess)]
 
-    def predict(self, frames: np.ndarray | Sequence[np.ndarray], bgr: bool = False, top_k: int = 5,
-                input: str = "frames") -> Prediction:
+    def predict(
+        self, frames: np.ndarray | Sequence[np.ndarray], bgr: bool = False, top_k: int = 5, input: str = "frames"
+    ) -> Prediction:
         """Raw frames of one clip -> top-k labels, computed by a replica (``input="clip"``: frames already resized
         and cropped to the model's crop size)."""
         t0 = time.perf_counter()
@@ -218,8 +240,9 @@ class RemoteEngine:
         logits = np.asarray(out["logits"], np.float32)  # checked by predict_json
         return Prediction(self._top_k(logits, top_k), logits, (time.perf_counter() - t0) * 1e3)
 
-    def predict_json(self, frames: np.ndarray | Sequence[np.ndarray], bgr: bool = False, top_k: int = 5,
-                     input: str = "frames") -> dict[str, Any]:
+    def predict_json(
+        self, frames: np.ndarray | Sequence[np.ndarray], bgr: bool = False, top_k: int = 5, input: str = "frames"
+    ) -> dict[str, Any]:
         """:meth:`predict`'s server answer: ``top_k``, ``logits``, ``server_ms``, ``batch`` (rows in the engine call
         that served it), ``replica`` and ``bundle_id``; its logits checked as :meth:`infer`'s, its ``top_k`` the
         labels those logits give."""
@@ -249,8 +272,9 @@ class RemoteEngine:
         self.close()
 
     # ----------------------------------------------------------------- HTTP with retries
-    def _request(self, method: str, endpoint: str, body: bytes | None = None,
-                 headers: dict[str, str] | None = None) -> Any:
+    def _request(
+        self, method: str, endpoint: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> Any:
         url = f"{self.url}{API_PREFIX}/{endpoint}"
         last = ""
         for attempt in range(self.retries + 1):

@@ -5,6 +5,7 @@ thread (PyAV releases the GIL while it decodes, so decoding overlaps inference) 
 exponential backoff when it drops, if :attr:`FrameSource.retry` says so. PyAV is imported only when a
 video source is opened.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,9 @@ __all__ = ["FrameSource", "VideoSource", "CallableSource", "ArraySource", "PushS
 def is_live(url: str) -> bool:
     """Network streams and cameras run at their own pace (they drop, not wait); files can be read at ours."""
     s = str(url)
-    return s.isdigit() or s.startswith(("/dev/video", "rtsp://", "rtsps://", "rtmp://", "http://", "https://",
-                                        "udp://", "tcp://", "srt://"))
+    return s.isdigit() or s.startswith(
+        ("/dev/video", "rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
+    )
 
 
 class FrameSource:
@@ -54,8 +56,9 @@ class VideoSource(FrameSource):
     removed is waited for). ``realtime=True`` paces a file at its frame rate, as a camera would deliver it.
     """
 
-    def __init__(self, url: str | int | os.PathLike, loop: bool = False, realtime: bool = False,
-                 max_frames: int | None = None) -> None:
+    def __init__(
+        self, url: str | int | os.PathLike, loop: bool = False, realtime: bool = False, max_frames: int | None = None
+    ) -> None:
         self.url = str(url)
         self.name = self.url
         live = is_live(self.url)
@@ -84,8 +87,14 @@ class VideoSource(FrameSource):
 class CallableSource(FrameSource):
     """``factory()`` returns an iterable of frames; called again on every (re)connect (e.g. an app's capture)."""
 
-    def __init__(self, factory: Callable[[], Iterable[np.ndarray]], name: str = "callable", retry: bool = True,
-                 live: bool = True, ends: bool = False) -> None:
+    def __init__(
+        self,
+        factory: Callable[[], Iterable[np.ndarray]],
+        name: str = "callable",
+        retry: bool = True,
+        live: bool = True,
+        ends: bool = False,
+    ) -> None:
         self.factory, self.name, self.retry, self.live, self.ends = factory, name, retry, live, ends
 
     def open(self) -> Iterator[np.ndarray]:
@@ -95,8 +104,9 @@ class CallableSource(FrameSource):
 class ArraySource(FrameSource):
     """Pre-decoded frames replayed at ``fps`` (a simulated camera): ``count`` frames, cycling through ``frames``."""
 
-    def __init__(self, frames: np.ndarray, fps: float | None, count: int | None = None, name: str = "array",
-                 offset: int = 0) -> None:
+    def __init__(
+        self, frames: np.ndarray, fps: float | None, count: int | None = None, name: str = "array", offset: int = 0
+    ) -> None:
         self.frames, self.fps, self.count, self.name, self.offset = frames, fps, count, name, offset
         self.live = fps is not None
 
@@ -127,8 +137,9 @@ def paced(frames: Iterable[np.ndarray], fps: float) -> Iterator[np.ndarray]:
         yield frame
 
 
-def as_source(source: "FrameSource | str | int | os.PathLike | Callable[[], Iterable[np.ndarray]] | None",
-              loop: bool = False) -> FrameSource:
+def as_source(
+    source: "FrameSource | str | int | os.PathLike | Callable[[], Iterable[np.ndarray]] | None", loop: bool = False
+) -> FrameSource:
     """What :meth:`CameraHub.add_camera` accepts: a source object, a path/URL/camera index, a frame factory,
     or ``None`` (frames pushed by the app)."""
     if isinstance(source, FrameSource):
@@ -139,5 +150,7 @@ def as_source(source: "FrameSource | str | int | os.PathLike | Callable[[], Iter
         return VideoSource(source, loop=loop)
     if callable(source):
         return CallableSource(source, name=getattr(source, "__name__", "callable"))
-    raise TypeError(f"source: expected a FrameSource, a path, URL or camera index, a frame factory or None, "
-                    f"got {type(source).__name__}")
+    raise TypeError(
+        f"source: expected a FrameSource, a path, URL or camera index, a frame factory or None, "
+        f"got {type(source).__name__}"
+    )

@@ -11,6 +11,7 @@ engine behind it may be shared by many streams on many threads; a second thread 
 :meth:`reset`) while a call is in progress is refused with :class:`StreamBusyError` rather than allowed to
 interleave frames or overwrite the window the engine is reading.
 """
+
 from __future__ import annotations
 
 import threading
@@ -44,8 +45,10 @@ class ClipStream:
         if every is None:
             every = max(self.stride, (cfg.num_frames * self.stride // 2) // self.stride * self.stride)
         if every <= 0 or every % self.stride:
-            raise ValueError(f"every: expected a positive multiple of the sampling rate {self.stride}, got {every} "
-                             "(predictions must fall on the sampling grid to reuse the preprocessed frames)")
+            raise ValueError(
+                f"every: expected a positive multiple of the sampling rate {self.stride}, got {every} "
+                "(predictions must fall on the sampling grid to reuse the preprocessed frames)"
+            )
         self.every = every
         t = cfg.num_frames
         self._ring = np.empty((2 * t, 3, cfg.crop_size, cfg.crop_size), np.float32)
@@ -56,9 +59,11 @@ class ClipStream:
     def _enter(self, what: str) -> None:
         # non-blocking: a stream used by two threads at once is a bug in the caller (frame order undefined)
         if not self._busy.acquire(blocking=False):
-            raise StreamBusyError(f"ClipStream.{what}: another thread is using this stream; a ClipStream is one "
-                                  "camera's buffer and takes its frames in order from one thread: create one "
-                                  "stream per camera (engine.stream()), the Engine itself may be shared")
+            raise StreamBusyError(
+                f"ClipStream.{what}: another thread is using this stream; a ClipStream is one "
+                "camera's buffer and takes its frames in order from one thread: create one "
+                "stream per camera (engine.stream()), the Engine itself may be shared"
+            )
 
     def reset(self) -> None:
         """Forget the frames seen so far (e.g. after a camera reconnect)."""
@@ -77,7 +82,7 @@ class ClipStream:
         """The current clip ``(1, T, 3, H, W)``: a view into the ring, not a copy."""
         t = self.frames_per_clip
         start = self._sampled % t
-        return self._ring[start:start + t][None]
+        return self._ring[start : start + t][None]
 
     def push(self, frame: np.ndarray) -> Prediction | None:
         """Add one ``(H, W, 3)`` uint8 frame; returns a prediction when one is due."""
@@ -108,5 +113,9 @@ class ClipStream:
         if k < self.window - 1 or (k - (self.window - 1)) % self.every:
             return None
         logits = self.engine.infer(self.window_view)[0]
-        return Prediction(top_k(logits, self.engine.labels, self.top_k), logits, (time.perf_counter() - t0) * 1e3,
-                          dict(getattr(self.engine, "prediction_metadata", {})))
+        return Prediction(
+            top_k(logits, self.engine.labels, self.top_k),
+            logits,
+            (time.perf_counter() - t0) * 1e3,
+            dict(getattr(self.engine, "prediction_metadata", {})),
+        )

@@ -13,6 +13,7 @@ of the bundle (its validated manifest without ``build``: every file's SHA-256, t
 device fingerprint (``runtime/device.py``), the Engine's device and options; it is written atomically and checked
 when read (a malformed or foreign file is ignored and replaced).
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -64,10 +65,15 @@ def _read_cached(path: Path, key: str) -> dict[str, Any] | None:
     except (OSError, ValueError, RecursionError):
         return None
     v = d.get("verdict") if isinstance(d, dict) else None
-    if (not isinstance(v, dict) or d.get("schema") != CACHE_SCHEMA or d.get("key") != key
-            or v.get("status") not in ("passed", "failed") or not isinstance(v.get("metrics"), dict)
-            or not all(isinstance(v["metrics"].get(k), (int, float)) for k in _METRICS)
-            or not isinstance(v.get("failures"), list)):
+    if (
+        not isinstance(v, dict)
+        or d.get("schema") != CACHE_SCHEMA
+        or d.get("key") != key
+        or v.get("status") not in ("passed", "failed")
+        or not isinstance(v.get("metrics"), dict)
+        or not all(isinstance(v["metrics"].get(k), (int, float)) for k in _METRICS)
+        or not isinstance(v.get("failures"), list)
+    ):
         return None
     return v
 
@@ -83,13 +89,15 @@ def _cache_dir(engine: Any, cache: str | os.PathLike | None) -> Path:
     root = (cache_root() if cache is None else Path(cache)).expanduser().resolve()
     bundle = Path(engine.bundle_dir).resolve()
     if root == bundle or bundle in root.parents:
-        raise BundleError(f"verify_cache {root}: inside the bundle {bundle}; verdicts live outside it (a bundle "
-                          "stays as built)")
+        raise BundleError(
+            f"verify_cache {root}: inside the bundle {bundle}; verdicts live outside it (a bundle stays as built)"
+        )
     return root
 
 
-def verify_on_load(engine: Any, mode: str, cache: str | os.PathLike | bool | None, device: str,
-                   options: dict[str, Any]) -> dict[str, Any]:
+def verify_on_load(
+    engine: Any, mode: str, cache: str | os.PathLike | bool | None, device: str, options: dict[str, Any]
+) -> dict[str, Any]:
     """The verdict for ``engine`` on this device (see the module docstring); raises DeviceMismatchError."""
     if mode not in MODES:
         raise ValueError(f"verify_on_device: expected one of {MODES}, got {mode!r}")
@@ -97,8 +105,12 @@ def verify_on_load(engine: Any, mode: str, cache: str | os.PathLike | bool | Non
         return {"status": "skipped", "mode": mode, "reason": "verify_on_device='never'"}
     m = engine.manifest
     if not has_reference(m):
-        return {"status": "unavailable", "mode": mode, "reason": "the bundle carries no reference set (built before "
-                "bundles did); rebuild it to verify it on devices"}
+        return {
+            "status": "unavailable",
+            "mode": mode,
+            "reason": "the bundle carries no reference set (built before "
+            "bundles did); rebuild it to verify it on devices",
+        }
     record = fingerprint()
     key = verdict_key(m, record["key"], device, options)
     path = None if cache is False else _cache_dir(engine, None if cache is True else cache) / f"{key}.json"
@@ -107,11 +119,19 @@ def verify_on_load(engine: Any, mode: str, cache: str | os.PathLike | bool | Non
         if cached is not None and cached["status"] == "passed":
             return {**cached, "mode": mode, "cached": True}
     result = stored_parity(engine, load_reference(engine.bundle_dir, m))
-    verdict = {"status": "passed" if result["passed"] else "failed", "mode": mode, "cached": False,
-               "key": key, "fingerprint": record["key"], "device": summary(record),
-               "checked_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-               "clips": result["clips"], "failures": result["failures"], "tolerance": result["tolerance"],
-               "metrics": {k: result["metrics"][k] for k in _METRICS}}
+    verdict = {
+        "status": "passed" if result["passed"] else "failed",
+        "mode": mode,
+        "cached": False,
+        "key": key,
+        "fingerprint": record["key"],
+        "device": summary(record),
+        "checked_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "clips": result["clips"],
+        "failures": result["failures"],
+        "tolerance": result["tolerance"],
+        "metrics": {k: result["metrics"][k] for k in _METRICS},
+    }
     if path is not None:
         _write_cached(path, key, verdict, record)
     if not result["passed"] and (m.get("parity") or {}).get("allowed_failure"):
@@ -125,5 +145,6 @@ def verify_on_load(engine: Any, mode: str, cache: str | os.PathLike | bool | Non
             f"{mt['max_abs_logit']:.4g}, min cosine {mt['min_cosine']:.6f}, top-1 agreement "
             f"{mt['top1_agreement']:.3f}; build tolerance {result['tolerance']}) on {verdict['device']}. "
             f"python -m runtime check {engine.bundle_dir} shows it per clip and per block; "
-            "verify_on_device='never' loads it anyway")
+            "verify_on_device='never' loads it anyway"
+        )
     return verdict

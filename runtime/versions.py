@@ -1,4 +1,5 @@
 """Version strings of the backends (TensorRT, ONNX Runtime, OpenVINO, CUDA) as comparable tuples."""
+
 from __future__ import annotations
 
 import re

@@ -1,4 +1,5 @@
 """Frames from a video file, an RTSP/HTTP URL or a camera, through PyAV (an optional dependency)."""
+
 from __future__ import annotations
 
 import sys

@@ -1,4 +1,5 @@
 """Shared fixtures: the committed motion model, freshly generated held-out videos, and built bundles."""
+
 from __future__ import annotations
 
 import os
@@ -53,6 +54,13 @@ def fp32_bundle(tmp_path_factory, motion_model_path) -> Path:
     from export.bundle.build import BuildRequest, build_bundle
 
     base = tmp_path_factory.mktemp("bundles")
-    req = BuildRequest(model=str(motion_model_path), precision="fp32", backend="onnxruntime", out=str(base / "fp32"),
-                       cache_dir=str(base / "cache"), parity_clips=4, batch=(1, 2, 4))
+    req = BuildRequest(
+        model=str(motion_model_path),
+        precision="fp32",
+        backend="onnxruntime",
+        out=str(base / "fp32"),
+        cache_dir=str(base / "cache"),
+        parity_clips=4,
+        batch=(1, 2, 4),
+    )
     return build_bundle(req)

@@ -7,6 +7,7 @@ including those inside functions and those under ``if TYPE_CHECKING:`` (an annot
 through one is still a cycle). The one exception: the runtime may name an optional backend's types under
 ``TYPE_CHECKING`` at module level, since that import never runs.
 """
+
 from __future__ import annotations
 
 import ast
@@ -18,8 +19,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("runtime", "calibration", "models", "export")
 #: third-party packages the runtime may import inside functions (each is an optional backend or source)
-RUNTIME_LAZY = {"onnxruntime", "tensorrt", "cuda", "openvino", "av", "PIL", "ray", "starlette", "fastapi", "cupy",
-                "prometheus_client"}  # the metrics extra: runtime/metrics.py, runtime/serving/metrics.py
+RUNTIME_LAZY = {
+    "onnxruntime",
+    "tensorrt",
+    "cuda",
+    "openvino",
+    "av",
+    "PIL",
+    "ray",
+    "starlette",
+    "fastapi",
+    "cupy",
+    "prometheus_client",
+}  # the metrics extra: runtime/metrics.py, runtime/serving/metrics.py
 #: never in the runtime, not even lazily: they are what the runtime exists to avoid
 RUNTIME_FORBIDDEN = {"torch", "onnx", "onnxscript", "onnx_ir", "polygraphy", "transformers", "safetensors"}
 
@@ -64,7 +76,7 @@ def imports_of(path: Path, root: Path) -> list[tuple[str, int, bool, list[str]]]
             continue
         if node.level:
             base = package.split(".")
-            base = base[:len(base) - node.level + 1]
+            base = base[: len(base) - node.level + 1]
             target = ".".join(base + ([node.module] if node.module else []))
         else:
             target = node.module or ""
@@ -74,8 +86,12 @@ def imports_of(path: Path, root: Path) -> list[tuple[str, int, bool, list[str]]]
 
 def check_tree(root: Path, layers: tuple[str, ...] = LAYERS) -> list[str]:
     """Every violation of the layer order and every import cycle under ``root``, as readable lines."""
-    modules = {module_name(p, root): p for layer in layers for p in sorted((root / layer).rglob("*.py"))
-               if not {"build", "dist"} & set(p.relative_to(root).parts)}  # pip's build copies are not code
+    modules = {
+        module_name(p, root): p
+        for layer in layers
+        for p in sorted((root / layer).rglob("*.py"))
+        if not {"build", "dist"} & set(p.relative_to(root).parts)
+    }  # pip's build copies are not code
     problems: list[str] = []
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for mod, path in modules.items():
@@ -89,11 +105,14 @@ def check_tree(root: Path, layers: tuple[str, ...] = LAYERS) -> list[str]:
                 if head in RUNTIME_FORBIDDEN:
                     problems.append(f"{where}: the runtime imports {target}, which it must never need")
                 elif top and head in RUNTIME_LAZY:
-                    problems.append(f"{where}: the runtime imports the optional {target} at module level "
-                                    "(import it inside the function that needs it)")
+                    problems.append(
+                        f"{where}: the runtime imports the optional {target} at module level "
+                        "(import it inside the function that needs it)"
+                    )
                 elif head not in RUNTIME_LAZY and head != "numpy" and head not in sys.stdlib_module_names:
-                    problems.append(f"{where}: the runtime imports {target}, not numpy, the standard library or "
-                                    "a backend")
+                    problems.append(
+                        f"{where}: the runtime imports {target}, not numpy, the standard library or a backend"
+                    )
             for t in [target] + [f"{target}.{n}" for n in names]:  # ``from pkg import module`` imports pkg.module
                 if t in modules and t != mod:
                     graph[mod].add(t)
@@ -150,17 +169,26 @@ def _write(root: Path, files: dict[str, str]) -> None:
         (root / rel).write_text(text)
 
 
-@pytest.mark.parametrize("rel, text, needle", [
-    ("runtime/bad.py", "def f():\n    from models import TimeSformer\n", "layer runtime) imports models"),
-    ("calibration/bad.py", "from export.onnx.export import export_onnx\n", "layer calibration) imports export"),
-    ("models/bad.py", "import export.demo\n", "layer models) imports export"),
-    ("runtime/bad.py", "def f():\n    import torch\n", "never need"),
-    ("runtime/bad.py", "import onnxruntime\n", "at module level"),
-    ("runtime/bad.py", "import pandas\n", "not numpy"),
-])
+@pytest.mark.parametrize(
+    "rel, text, needle",
+    [
+        ("runtime/bad.py", "def f():\n    from models import TimeSformer\n", "layer runtime) imports models"),
+        ("calibration/bad.py", "from export.onnx.export import export_onnx\n", "layer calibration) imports export"),
+        ("models/bad.py", "import export.demo\n", "layer models) imports export"),
+        ("runtime/bad.py", "def f():\n    import torch\n", "never need"),
+        ("runtime/bad.py", "import onnxruntime\n", "at module level"),
+        ("runtime/bad.py", "import pandas\n", "not numpy"),
+    ],
+)
 def test_an_upward_import_is_caught(tmp_path: Path, rel: str, text: str, needle: str) -> None:
-    _write(tmp_path, {rel: text, "runtime/ok.py": "import numpy\nimport json\n",
-                      "export/ok.py": "from runtime.ok import numpy\nfrom models import x\n"})
+    _write(
+        tmp_path,
+        {
+            rel: text,
+            "runtime/ok.py": "import numpy\nimport json\n",
+            "export/ok.py": "from runtime.ok import numpy\nfrom models import x\n",
+        },
+    )
     problems = check_tree(tmp_path)
     assert len(problems) == 1 and needle in problems[0] and rel in problems[0], problems
 
@@ -169,20 +197,32 @@ _TC = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    "
 
 
 def test_a_cycle_is_caught_even_through_type_checking_imports(tmp_path: Path) -> None:
-    _write(tmp_path, {"runtime/a.py": "from .b import B\n", "runtime/b.py": "def f():\n    from . import a\n",
-                      "runtime/c.py": "from .d import D\n", "runtime/d.py": _TC + "from .c import C\n",
-                      "runtime/e.py": "import typing\nif typing.TYPE_CHECKING:\n    from runtime.f import F\n",
-                      "runtime/f.py": "from runtime import e\n"})
-    assert check_tree(tmp_path) == ["import cycle: runtime.a -> runtime.b -> runtime.a",
-                                    "import cycle: runtime.c -> runtime.d -> runtime.c",
-                                    "import cycle: runtime.e -> runtime.f -> runtime.e"]
+    _write(
+        tmp_path,
+        {
+            "runtime/a.py": "from .b import B\n",
+            "runtime/b.py": "def f():\n    from . import a\n",
+            "runtime/c.py": "from .d import D\n",
+            "runtime/d.py": _TC + "from .c import C\n",
+            "runtime/e.py": "import typing\nif typing.TYPE_CHECKING:\n    from runtime.f import F\n",
+            "runtime/f.py": "from runtime import e\n",
+        },
+    )
+    assert check_tree(tmp_path) == [
+        "import cycle: runtime.a -> runtime.b -> runtime.a",
+        "import cycle: runtime.c -> runtime.d -> runtime.c",
+        "import cycle: runtime.e -> runtime.f -> runtime.e",
+    ]
 
 
-@pytest.mark.parametrize("rel, text, needle", [
-    ("runtime/bad.py", _TC + "from models import TimeSformer\n", "layer runtime) imports models"),
-    ("calibration/bad.py", _TC + "import export.demo\n", "layer calibration) imports export"),
-    ("runtime/bad.py", _TC + "import torch\n", "never need"),
-])
+@pytest.mark.parametrize(
+    "rel, text, needle",
+    [
+        ("runtime/bad.py", _TC + "from models import TimeSformer\n", "layer runtime) imports models"),
+        ("calibration/bad.py", _TC + "import export.demo\n", "layer calibration) imports export"),
+        ("runtime/bad.py", _TC + "import torch\n", "never need"),
+    ],
+)
 def test_a_type_checking_import_still_counts_for_layers(tmp_path: Path, rel: str, text: str, needle: str) -> None:
     _write(tmp_path, {rel: text})
     problems = check_tree(tmp_path)
@@ -195,7 +235,14 @@ def test_the_runtime_may_name_a_backend_type_under_type_checking(tmp_path: Path)
 
 
 def test_the_good_tree_is_clean(tmp_path: Path) -> None:
-    _write(tmp_path, {"runtime/x.py": "import numpy as np\ndef f():\n    import onnxruntime\n",
-                      "calibration/y.py": "from runtime.x import np\n", "models/z.py": "from calibration import y\n",
-                      "export/w.py": "from models import z\nfrom .v import q\n", "export/v.py": "q = 1\n"})
+    _write(
+        tmp_path,
+        {
+            "runtime/x.py": "import numpy as np\ndef f():\n    import onnxruntime\n",
+            "calibration/y.py": "from runtime.x import np\n",
+            "models/z.py": "from calibration import y\n",
+            "export/w.py": "from models import z\nfrom .v import q\n",
+            "export/v.py": "q = 1\n",
+        },
+    )
     assert check_tree(tmp_path) == []

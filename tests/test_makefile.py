@@ -2,6 +2,7 @@
 
 Every test runs ``make -n`` (print the recipes, run nothing): the checks happen when make reads the Makefile.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,15 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="GNU make i
 def make(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``make -n ARGS`` in the repository; the caller's make variables (``make test X=1``) are not passed down."""
     clean = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
-    return subprocess.run(["make", "--no-print-directory", "-n", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**clean, **(env or {})}, timeout=60, check=False)
+    return subprocess.run(
+        ["make", "--no-print-directory", "-n", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**clean, **(env or {})},
+        timeout=60,
+        check=False,
+    )
 
 
 def targets() -> dict[str, str]:
@@ -103,8 +111,9 @@ def test_each_recipe_uses_exactly_the_options_its_help_lists(target: str) -> Non
     used = set(re.findall(r"\$\(([A-Z_]+)\)", recipe(target))) & set(options()) - {"PYTHON"}  # every target's
     if "$(out_arg)" in recipe(target):
         used.add("OUT")
-    assert used == taken(target) - {"PYTHON"}, f"make {target}: recipe uses {sorted(used)}, help lists " \
-                                               f"{sorted(taken(target))}"
+    assert used == taken(target) - {"PYTHON"}, (
+        f"make {target}: recipe uses {sorted(used)}, help lists {sorted(taken(target))}"
+    )
 
 
 @pytest.mark.parametrize("target", sorted(t for t in targets() if "OUT" in taken(t)))
@@ -139,8 +148,8 @@ def _words(line: str) -> shlex.shlex:
 
 def test_values_with_spaces_quotes_and_semicolons_stay_one_argument() -> None:
     # before: `--out a b` (two words) and `--model a;echo pwned` ran a second command
-    w = words("engine", "OUT=my bundles/it's \"new\"", "MODEL=a;echo pwned", "CALIB=x $y")
-    assert w[w.index("--out") + 1] == "my bundles/it's \"new\"", w
+    w = words("engine", 'OUT=my bundles/it\'s "new"', "MODEL=a;echo pwned", "CALIB=x $y")
+    assert w[w.index("--out") + 1] == 'my bundles/it\'s "new"', w
     assert w[w.index("--model") + 1] == "a;echo pwned" and "echo" not in w, w
     assert w[w.index("--calib") + 1] == "x ", w  # make itself expands $y (write $$ for a literal $)
     r = make("bench", "ENGINE=my engines/b'1", "OUT=re port")

@@ -20,6 +20,7 @@ name and skipped; a set with no usable clip is an error. :func:`selection_key` i
 *without* reading any clip (file names, sizes and modification times), which lets the precision build
 skip the clips entirely when its caches are warm.
 """
+
 from __future__ import annotations
 
 import csv
@@ -39,8 +40,16 @@ import numpy as np
 from runtime.files import sha256_code, sha256_file
 from runtime.preprocess import PreprocessConfig
 
-__all__ = ["CalibrationError", "CalibrationSet", "load_calibration_set", "load_clips", "selection_key", "READS",
-           "VIDEO_EXTS", "TENSOR_EXTS"]
+__all__ = [
+    "CalibrationError",
+    "CalibrationSet",
+    "load_calibration_set",
+    "load_clips",
+    "selection_key",
+    "READS",
+    "VIDEO_EXTS",
+    "TENSOR_EXTS",
+]
 
 VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".ts")
 TENSOR_EXTS = (".npy", ".npz")
@@ -74,9 +83,18 @@ class CalibrationSet:
 
     def info(self) -> dict[str, Any]:
         """JSON-friendly description (no clip data)."""
-        return {"spec": self.spec, "source": self.source, "n_clips": len(self), "requested": self.requested,
-                "seed": self.seed, "sha256": self.sha256, "labels": self.labels is not None,
-                "classes": self.classes, "selection": self.selection, "skipped": self.skipped}
+        return {
+            "spec": self.spec,
+            "source": self.source,
+            "n_clips": len(self),
+            "requested": self.requested,
+            "seed": self.seed,
+            "sha256": self.sha256,
+            "labels": self.labels is not None,
+            "classes": self.classes,
+            "selection": self.selection,
+            "skipped": self.skipped,
+        }
 
 
 def _log(msg: str) -> None:
@@ -106,12 +124,14 @@ def _parse_synthetic(spec: str, seed: int) -> tuple[str, int] | None:
     if head == "synthetic":
         task = DEFAULT_TASK
     elif head.startswith("synthetic-"):
-        task = head[len("synthetic-"):]
+        task = head[len("synthetic-") :]
         if task not in TASKS:
             if Path(spec).exists():
                 return None
-            raise CalibrationError(f"calibration set {spec!r}: unknown synthetic task {task!r}; expected "
-                                   f"{SYNTHETIC_FORMS} with TASK one of {', '.join(TASKS)}")
+            raise CalibrationError(
+                f"calibration set {spec!r}: unknown synthetic task {task!r}; expected "
+                f"{SYNTHETIC_FORMS} with TASK one of {', '.join(TASKS)}"
+            )
     else:
         return None
     if not colon:
@@ -119,13 +139,15 @@ def _parse_synthetic(spec: str, seed: int) -> tuple[str, int] | None:
     try:
         return task, int(text)
     except ValueError:
-        raise CalibrationError(f"calibration set {spec!r}: expected {SYNTHETIC_FORMS} with an integer SEED, "
-                               f"got {text!r}") from None
+        raise CalibrationError(
+            f"calibration set {spec!r}: expected {SYNTHETIC_FORMS} with an integer SEED, got {text!r}"
+        ) from None
 
 
 def _list_files(folder: Path, exts: tuple[str, ...]) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."))
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts and not p.name.startswith(".")
+    )
 
 
 def _classify(spec: str) -> tuple[str, list[Path]]:
@@ -138,18 +160,24 @@ def _classify(spec: str) -> tuple[str, list[Path]]:
         tensors = _list_files(path, TENSOR_EXTS)
         if tensors:
             return "tensors", tensors
-        raise CalibrationError(f"calibration set {spec!r}: the folder has no video files ({', '.join(VIDEO_EXTS)}) "
-                               f"and no .npy/.npz tensors")
+        raise CalibrationError(
+            f"calibration set {spec!r}: the folder has no video files ({', '.join(VIDEO_EXTS)}) "
+            f"and no .npy/.npz tensors"
+        )
     if path.is_file():
         ext = path.suffix.lower()
         if ext in TENSOR_EXTS:
             return "tensors", [path]
         if ext in VIDEO_EXTS:
             return "videos", [path]
-        raise CalibrationError(f"calibration set {spec!r}: unsupported file type {ext!r}; expected a video "
-                               f"({', '.join(VIDEO_EXTS)}) or .npy/.npz tensors")
-    raise CalibrationError(f"calibration set {spec!r}: no such file or folder (expected a folder of videos, a "
-                           f".npy/.npz file, or {SYNTHETIC_FORMS})")
+        raise CalibrationError(
+            f"calibration set {spec!r}: unsupported file type {ext!r}; expected a video "
+            f"({', '.join(VIDEO_EXTS)}) or .npy/.npz tensors"
+        )
+    raise CalibrationError(
+        f"calibration set {spec!r}: no such file or folder (expected a folder of videos, a "
+        f".npy/.npz file, or {SYNTHETIC_FORMS})"
+    )
 
 
 def selection_key(spec: str | None, pre: PreprocessConfig, n: int, seed: int) -> str:
@@ -201,8 +229,10 @@ def _read_labels_csv(folder: Path) -> tuple[dict[str, int], list[str] | None]:
         read_dataset = None
     if read_dataset is not None:
         try:
-            return ({Path(p).name: int(label) for p, label in read_dataset(folder)},
-                    list(TASKS[dataset_task(folder)].classes))
+            return (
+                {Path(p).name: int(label) for p, label in read_dataset(folder)},
+                list(TASKS[dataset_task(folder)].classes),
+            )
         except (ValueError, KeyError, OSError):
             pass  # not the generator's layout: fall back to plain "file,label" rows
     out: dict[str, int] = {}
@@ -224,9 +254,18 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, unit="clip", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
 
 
-def _from_videos(spec: str, files: list[Path], pre: PreprocessConfig, n: int, seed: int, labels_by_name: dict[str, int],
-                 progress: bool, source: str, display_root: Path | None = None,
-                 classes: list[str] | None = None) -> CalibrationSet:
+def _from_videos(
+    spec: str,
+    files: list[Path],
+    pre: PreprocessConfig,
+    n: int,
+    seed: int,
+    labels_by_name: dict[str, int],
+    progress: bool,
+    source: str,
+    display_root: Path | None = None,
+    classes: list[str] | None = None,
+) -> CalibrationSet:
     from calibration.clips.video_reader import VideoReadError, read_clip
 
     k = max(1, math.ceil(n / len(files)))  # clips per file when the folder has fewer files than n
@@ -264,29 +303,60 @@ def _from_videos(spec: str, files: list[Path], pre: PreprocessConfig, n: int, se
     return cset
 
 
-def _finish(spec: str, source: str, clips: list[np.ndarray], labels: list[int] | None, selection: list[dict[str, Any]],
-            skipped: list[dict[str, str]], pre: PreprocessConfig, n: int, seed: int) -> CalibrationSet:
+def _finish(
+    spec: str,
+    source: str,
+    clips: list[np.ndarray],
+    labels: list[int] | None,
+    selection: list[dict[str, Any]],
+    skipped: list[dict[str, str]],
+    pre: PreprocessConfig,
+    n: int,
+    seed: int,
+) -> CalibrationSet:
     if skipped:
-        _log(f"{spec}: skipped {len(skipped)} unreadable file(s): "
-             + ", ".join(f"{s['file']} ({s['error']})" for s in skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
+        _log(
+            f"{spec}: skipped {len(skipped)} unreadable file(s): "
+            + ", ".join(f"{s['file']} ({s['error']})" for s in skipped[:10])
+            + (" ..." if len(skipped) > 10 else "")
+        )
     if not clips:
-        why = (f"all {len(skipped)} file(s) were unreadable: "
-               + "; ".join(f"{s['file']}: {s['error']}" for s in skipped[:5])) if skipped else "no clips found"
-        raise CalibrationError(f"calibration set {spec!r} is empty ({why}); expected at least one clip of shape "
-                               f"({pre.num_frames}, 3, {pre.crop_size}, {pre.crop_size})")
+        why = (
+            (
+                f"all {len(skipped)} file(s) were unreadable: "
+                + "; ".join(f"{s['file']}: {s['error']}" for s in skipped[:5])
+            )
+            if skipped
+            else "no clips found"
+        )
+        raise CalibrationError(
+            f"calibration set {spec!r} is empty ({why}); expected at least one clip of shape "
+            f"({pre.num_frames}, 3, {pre.crop_size}, {pre.crop_size})"
+        )
     arr = np.stack(clips).astype(np.float32, copy=False)
     lab = None
     if labels is not None and all(v >= 0 for v in labels):
         lab = np.asarray(labels, np.int64)
     elif labels is not None:
         missing = [s["file"] for s, v in zip(selection, labels) if v < 0]
-        _log(f"{spec}: labels.csv has no label for {len(missing)} selected file(s) (e.g. {missing[0]}); "
-             "accuracy will not be reported")
+        _log(
+            f"{spec}: labels.csv has no label for {len(missing)} selected file(s) (e.g. {missing[0]}); "
+            "accuracy will not be reported"
+        )
     if len(arr) < n:
         _log(f"{spec}: {len(arr)} clip(s) available, {n} requested; using {len(arr)}")
     READS["sets"] += 1
-    return CalibrationSet(spec=spec, source=source, clips=arr, labels=lab, selection=selection,
-                          sha256=_digest(selection, arr, lab), skipped=skipped, requested=int(n), seed=int(seed))
+    return CalibrationSet(
+        spec=spec,
+        source=source,
+        clips=arr,
+        labels=lab,
+        selection=selection,
+        sha256=_digest(selection, arr, lab),
+        skipped=skipped,
+        requested=int(n),
+        seed=int(seed),
+    )
 
 
 def _tensor_arrays(path: Path) -> list[tuple[str | None, np.ndarray, np.ndarray | None]]:
@@ -313,15 +383,19 @@ def _check_tensor(path: Path, key: str | None, arr: np.ndarray, pre: PreprocessC
         raise CalibrationError(
             f"{where}: clips have shape {tuple(arr.shape)}; expected (N, {', '.join(map(str, want))}) or "
             f"({', '.join(map(str, want))}) for the preprocessing contract (num_frames={pre.num_frames}, "
-            f"crop_size={pre.crop_size}, layout (N, T, 3, H, W))")
+            f"crop_size={pre.crop_size}, layout (N, T, 3, H, W))"
+        )
     if not np.issubdtype(arr.dtype, np.floating):
-        raise CalibrationError(f"{where}: dtype {arr.dtype}; expected float32 clips normalised as "
-                               f"(pixel/255 - mean)/std (layout (N, T, 3, H, W))")
+        raise CalibrationError(
+            f"{where}: dtype {arr.dtype}; expected float32 clips normalised as "
+            f"(pixel/255 - mean)/std (layout (N, T, 3, H, W))"
+        )
     return arr
 
 
-def _from_tensors(spec: str, files: list[Path], pre: PreprocessConfig, n: int, seed: int,
-                  progress: bool) -> CalibrationSet:
+def _from_tensors(
+    spec: str, files: list[Path], pre: PreprocessConfig, n: int, seed: int, progress: bool
+) -> CalibrationSet:
     entries: list[tuple[Path, str | None, np.ndarray, np.ndarray | None]] = []
     skipped: list[dict[str, str]] = []
     for f in files:
@@ -347,8 +421,10 @@ def _from_tensors(spec: str, files: list[Path], pre: PreprocessConfig, n: int, s
             f, key, arr, lab = entries[e]
             clip = np.asarray(arr[i], np.float32)
             if not np.isfinite(clip).all():
-                raise CalibrationError(f"{f}" + (f" (array {key!r})" if key else "") + f": clip {i} has non-finite "
-                                       "values; expected finite normalised pixels")
+                raise CalibrationError(
+                    f"{f}" + (f" (array {key!r})" if key else "") + f": clip {i} has non-finite "
+                    "values; expected finite normalised pixels"
+                )
             READS["clips"] += 1
             clips.append(clip)
             if all_labeled:
@@ -358,8 +434,9 @@ def _from_tensors(spec: str, files: list[Path], pre: PreprocessConfig, n: int, s
     return _finish(spec, "tensors", clips, labels if all_labeled else None, selection, skipped, pre, n, seed)
 
 
-def load_calibration_set(spec: str | None, pre: PreprocessConfig, n: int, seed: int = 0,
-                         progress: bool = True) -> CalibrationSet:
+def load_calibration_set(
+    spec: str | None, pre: PreprocessConfig, n: int, seed: int = 0, progress: bool = True
+) -> CalibrationSet:
     """The ``n`` clips ``spec`` selects with ``seed`` (fewer when the source has fewer), with their record.
 
     ``spec``: a folder of videos or tensors, a video/.npy/.npz file, ``"synthetic[:SEED]"`` (the ``motion``
@@ -379,8 +456,18 @@ def load_calibration_set(spec: str | None, pre: PreprocessConfig, n: int, seed: 
             made = generate_dataset(tmp, n, gen_seed, progress=False, task=task)
             labels = {Path(p).name: int(lab) for p, lab in made}
             files = sorted(Path(p) for p, _ in made)
-            return _from_videos(spec, files, pre, n, seed, labels, progress, "synthetic", display_root=tmp,
-                                classes=list(get_task(task).classes))
+            return _from_videos(
+                spec,
+                files,
+                pre,
+                n,
+                seed,
+                labels,
+                progress,
+                "synthetic",
+                display_root=tmp,
+                classes=list(get_task(task).classes),
+            )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     kind, files = _classify(spec)

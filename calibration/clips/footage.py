@@ -7,6 +7,7 @@ package put them (``/usr/share/doc/opencv-doc``), or from ``$TIMESFORMER_FOOTAGE
 where ``python -m calibration.clips.footage --install`` (``make footage``) extracts them from the package without
 root (``apt-get download`` + ``dpkg-deb``). Tests that need them skip, naming that command, when they are absent.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -23,10 +24,12 @@ __all__ = ["PACKAGE", "VIDEOS", "DEFAULT_DEST", "find_footage", "install_footage
 
 PACKAGE = "opencv-doc"
 #: file name -> its path inside the package (a ``.gz`` is decompressed on the way)
-VIDEOS = {"vtest.avi": "usr/share/doc/opencv-doc/examples/data/vtest.avi",
-          "tree.avi": "usr/share/doc/opencv-doc/examples/data/tree.avi",
-          "box.mp4": "usr/share/doc/opencv-doc/opencv4/html/box.mp4.gz",
-          "cup.mp4": "usr/share/doc/opencv-doc/opencv4/html/cup.mp4.gz"}
+VIDEOS = {
+    "vtest.avi": "usr/share/doc/opencv-doc/examples/data/vtest.avi",
+    "tree.avi": "usr/share/doc/opencv-doc/examples/data/tree.avi",
+    "box.mp4": "usr/share/doc/opencv-doc/opencv4/html/box.mp4.gz",
+    "cup.mp4": "usr/share/doc/opencv-doc/opencv4/html/cup.mp4.gz",
+}
 DEFAULT_DEST = Path("artifacts/footage")
 INSTALL_HINT = "make footage (python -m calibration.clips.footage --install: OpenCV's sample videos from opencv-doc)"
 
@@ -66,14 +69,18 @@ def install_footage(dest: str | os.PathLike = DEFAULT_DEST) -> Path:
     if found is not None:
         return found
     if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
-        raise RuntimeError(f"no apt-get/dpkg-deb here: install the {PACKAGE} package's sample videos by hand into "
-                           f"{dest} ({', '.join(VIDEOS)}), or set TIMESFORMER_FOOTAGE to a folder holding them")
+        raise RuntimeError(
+            f"no apt-get/dpkg-deb here: install the {PACKAGE} package's sample videos by hand into "
+            f"{dest} ({', '.join(VIDEOS)}), or set TIMESFORMER_FOOTAGE to a folder holding them"
+        )
     with tempfile.TemporaryDirectory(prefix="footage-") as tmp:
         r = subprocess.run(["apt-get", "download", PACKAGE], cwd=tmp, capture_output=True, text=True)
         debs = list(Path(tmp).glob(f"{PACKAGE}_*.deb"))
         if r.returncode != 0 or not debs:
-            raise RuntimeError(f"apt-get download {PACKAGE} failed ({(r.stderr or r.stdout).strip()[-300:]}); run "
-                               "apt-get update first, or set TIMESFORMER_FOOTAGE")
+            raise RuntimeError(
+                f"apt-get download {PACKAGE} failed ({(r.stderr or r.stdout).strip()[-300:]}); run "
+                "apt-get update first, or set TIMESFORMER_FOOTAGE"
+            )
         tree = Path(tmp) / "tree"
         tree.mkdir()
         tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(debs[0])], capture_output=True, check=True).stdout

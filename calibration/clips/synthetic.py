@@ -15,6 +15,7 @@ the same motions, slow or fast, with a moving distractor and an occluder).
 folder without it is the ``motion`` task); the same seed gives the same decoded frames.
 CLI: ``python -m calibration.clips.synthetic OUT_DIR --clips N --seed S [--task motion16]``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -33,18 +34,35 @@ from calibration.clips import synthetic_hard, synthetic_scene
 from runtime.cli_args import ArgumentParser, user_errors
 from calibration.clips.synthetic_scene import _SHAKE, _SHAPES, MOTIONS, _background, _shape_mask
 
-__all__ = ["CLASSES", "render_clip", "generate_dataset", "read_dataset", "write_video", "CONTAINERS", "SyntheticTask",
-           "TASKS", "DEFAULT_TASK", "get_task", "dataset_task", "task_of_metadata"]
+__all__ = [
+    "CLASSES",
+    "render_clip",
+    "generate_dataset",
+    "read_dataset",
+    "write_video",
+    "CONTAINERS",
+    "SyntheticTask",
+    "TASKS",
+    "DEFAULT_TASK",
+    "get_task",
+    "dataset_task",
+    "task_of_metadata",
+]
 
 #: Action classes; pairs (0,1), (2,3), (4,5), (6,7) differ only in the direction of time.
 CLASSES: list[str] = list(MOTIONS)
 
 #: container -> (codec, pix_fmt) used by :func:`write_video`
-CONTAINERS: dict[str, tuple[str, str]] = {"mp4": ("libx264", "yuv420p"), "mkv": ("libx264", "yuv420p"),
-                                          "avi": ("mpeg4", "yuv420p")}
+CONTAINERS: dict[str, tuple[str, str]] = {
+    "mp4": ("libx264", "yuv420p"),
+    "mkv": ("libx264", "yuv420p"),
+    "avi": ("mpeg4", "yuv420p"),
+}
 
-def render_clip(label: int, rng: np.random.Generator, width: int = 128, height: int = 96,
-                num_frames: int = 24) -> np.ndarray:
+
+def render_clip(
+    label: int, rng: np.random.Generator, width: int = 128, height: int = 96, num_frames: int = 24
+) -> np.ndarray:
     """Render one clip of class ``CLASSES[label]`` as ``(num_frames, height, width, 3)`` uint8 RGB."""
     if not 0 <= int(label) < len(CLASSES):
         raise ValueError(f"label: expected 0..{len(CLASSES) - 1}, got {label}")
@@ -87,14 +105,19 @@ def render_clip(label: int, rng: np.random.Generator, width: int = 128, height: 
     noise_std = rng.uniform(2.0, 4.0)
     blink = None
     if rng.random() < 0.5:  # a small static distractor that blinks at random
-        blink = (rng.uniform(8, width - 8), rng.uniform(8, height - 8), rng.uniform(3, 5) * scale_px,
-                 rng.uniform(0, 255, size=3).astype(np.float32), rng.random(n) < 0.5)
+        blink = (
+            rng.uniform(8, width - 8),
+            rng.uniform(8, height - 8),
+            rng.uniform(3, 5) * scale_px,
+            rng.uniform(0, 255, size=3).astype(np.float32),
+            rng.random(n) < 0.5,
+        )
 
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     out = np.empty((n, height, width, 3), np.uint8)
     for i in range(n):
         oy, ox = int(shake[i, 0]), int(shake[i, 1])
-        frame = bg[_SHAKE + oy:_SHAKE + oy + height, _SHAKE + ox:_SHAKE + ox + width].copy()
+        frame = bg[_SHAKE + oy : _SHAKE + oy + height, _SHAKE + ox : _SHAKE + ox + width].copy()
         dx, dy = x - (cx[i] - ox), y - (cy[i] - oy)
         c, s = np.cos(angle[i]), np.sin(angle[i])
         u = (c * dx + s * dy) / size[i]
@@ -144,8 +167,15 @@ DEFAULT_TASK = "motion"
 #: the synthetic tasks by name
 TASKS: dict[str, SyntheticTask] = {
     "motion": SyntheticTask("motion", CLASSES, render_clip, _HFLIP, _VFLIP, _REVERSE, _MOTION_SOURCES),
-    "motion16": SyntheticTask("motion16", synthetic_hard.CLASSES, synthetic_hard.render_clip, _with_speeds(_HFLIP),
-                              _with_speeds(_VFLIP), _with_speeds(_REVERSE), _MOTION_SOURCES + (synthetic_hard.__file__,)),
+    "motion16": SyntheticTask(
+        "motion16",
+        synthetic_hard.CLASSES,
+        synthetic_hard.render_clip,
+        _with_speeds(_HFLIP),
+        _with_speeds(_VFLIP),
+        _with_speeds(_REVERSE),
+        _MOTION_SOURCES + (synthetic_hard.__file__,),
+    ),
 }
 
 
@@ -167,8 +197,9 @@ def task_of_metadata(metadata: dict[str, Any]) -> str | None:
     return None
 
 
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 15, container: str | None = None,
-                crf: int = 18) -> Path:
+def write_video(
+    path: str | os.PathLike, frames: np.ndarray, fps: int = 15, container: str | None = None, crf: int = 18
+) -> Path:
     """Encode ``(N, H, W, 3)`` uint8 RGB frames to ``path`` atomically (codec chosen by the container)."""
     import av
 
@@ -205,9 +236,18 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 15, cont
     return path
 
 
-def generate_dataset(out_dir: str | os.PathLike, n_clips: int, seed: int, width: int = 128, height: int = 96,
-                     num_frames: int = 24, fps: int = 15, container: str = "mp4",
-                     progress: bool = True, task: str = DEFAULT_TASK) -> list[tuple[Path, int]]:
+def generate_dataset(
+    out_dir: str | os.PathLike,
+    n_clips: int,
+    seed: int,
+    width: int = 128,
+    height: int = 96,
+    num_frames: int = 24,
+    fps: int = 15,
+    container: str = "mp4",
+    progress: bool = True,
+    task: str = DEFAULT_TASK,
+) -> list[tuple[Path, int]]:
     """Write ``n_clips`` balanced clips of ``task`` (labels cycle through its classes, order shuffled) plus
     ``labels.csv``, ``classes.txt`` and ``task.txt``.
 
@@ -267,20 +307,26 @@ def read_dataset(directory: str | os.PathLike, task: str | None = None) -> list[
     classes = TASKS[found].classes
     labels = d / "labels.csv"
     if not labels.is_file():
-        raise FileNotFoundError(f"{labels}: no labels file; expected a directory written by "
-                                "calibration.clips.synthetic.generate_dataset (labels.csv: file,label_index,label_name)")
+        raise FileNotFoundError(
+            f"{labels}: no labels file; expected a directory written by "
+            "calibration.clips.synthetic.generate_dataset (labels.csv: file,label_index,label_name)"
+        )
     with open(labels, newline="") as f:
         rows = list(csv.reader(f))
     if not rows or rows[0] != ["file", "label_index", "label_name"]:
-        raise ValueError(f"{labels}: expected the header 'file,label_index,label_name', got {rows[0] if rows else 'an empty file'}")
+        raise ValueError(
+            f"{labels}: expected the header 'file,label_index,label_name', got {rows[0] if rows else 'an empty file'}"
+        )
     items = []
     for line, row in enumerate(rows[1:], start=2):
         if len(row) != 3 or not row[1].lstrip("-").isdigit():
             raise ValueError(f"{labels}:{line}: expected 'file,label_index,label_name', got {row}")
         idx = int(row[1])
         if not 0 <= idx < len(classes) or classes[idx] != row[2]:
-            raise ValueError(f"{labels}:{line}: label {idx} {row[2]!r} is not a class of the task {found!r}: "
-                             f"expected one of {list(enumerate(classes))}")
+            raise ValueError(
+                f"{labels}:{line}: label {idx} {row[2]!r} is not a class of the task {found!r}: "
+                f"expected one of {list(enumerate(classes))}"
+            )
         path = d / row[0]
         if not path.is_file():
             raise FileNotFoundError(f"{labels}:{line}: {path} is missing")

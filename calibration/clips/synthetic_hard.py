@@ -28,6 +28,7 @@ Nuisances on top of the 8-class scene (same textured background, camera shake an
 Every class draws the same random numbers in the same order, and the speed only scales the motion about
 the clip's middle: with an odd number of frames the middle frame is the same picture for all 16 classes.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -57,8 +58,9 @@ def speed_range(label: int) -> tuple[float, float]:
     return (float(mid * np.exp(-OVERLAP)), hi) if fast else (lo, float(mid * np.exp(OVERLAP)))
 
 
-def render_clip(label: int, rng: np.random.Generator, width: int = 128, height: int = 96,
-                num_frames: int = 24) -> np.ndarray:
+def render_clip(
+    label: int, rng: np.random.Generator, width: int = 128, height: int = 96, num_frames: int = 24
+) -> np.ndarray:
     """Render one clip of class ``CLASSES[label]`` as ``(num_frames, height, width, 3)`` uint8 RGB."""
     if not 0 <= int(label) < len(CLASSES):
         raise ValueError(f"label: expected 0..{len(CLASSES) - 1}, got {label}")
@@ -127,9 +129,11 @@ def render_clip(label: int, rng: np.random.Generator, width: int = 128, height: 
     out = np.empty((n, height, width, 3), np.uint8)
     for i in range(n):
         oy, ox = int(shake[i, 0]), int(shake[i, 1])
-        frame = bg[_SHAKE + oy:_SHAKE + oy + height, _SHAKE + ox:_SHAKE + ox + width].copy()
-        for kd, px, py, ang, sz, col, shd in ((d_kind, d_cx[i], d_cy[i], d_angle[i], d_size, d_colour, 0.0),
-                                              (kind, cx[i], cy[i], angle[i], size[i], colour, shade)):
+        frame = bg[_SHAKE + oy : _SHAKE + oy + height, _SHAKE + ox : _SHAKE + ox + width].copy()
+        for kd, px, py, ang, sz, col, shd in (
+            (d_kind, d_cx[i], d_cy[i], d_angle[i], d_size, d_colour, 0.0),
+            (kind, cx[i], cy[i], angle[i], size[i], colour, shade),
+        ):
             dx, dy = x - (px - ox), y - (py - oy)
             c, s = np.cos(ang), np.sin(ang)
             u = (c * dx + s * dy) / sz
@@ -137,8 +141,9 @@ def render_clip(label: int, rng: np.random.Generator, width: int = 128, height: 
             m = _shape_mask(kd, u, v)
             frame[m] = col + (shd * u[m])[:, None]
         a_coord, c_coord = (y - oy, x - ox) if vertical else (x - ox, y - oy)
-        frame[(np.abs(c_coord - bar_pos) <= thick / 2) & (a_coord >= bar_start) & (a_coord <= bar_start + bar_len)] \
-            = bar_colour
+        frame[(np.abs(c_coord - bar_pos) <= thick / 2) & (a_coord >= bar_start) & (a_coord <= bar_start + bar_len)] = (
+            bar_colour
+        )
         frame += rng.normal(0.0, noise_std, size=frame.shape).astype(np.float32)
         np.clip(frame, 0, 255, out=frame)
         out[i] = frame.astype(np.uint8)

@@ -3,13 +3,22 @@
 The eight motions, the shapes (none of them rotation invariant), a dark textured background and the
 camera shake bound. Kept apart from the renderers so that both can use them without importing each other.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 #: the eight motions; pairs (0,1), (2,3), (4,5), (6,7) differ only in the direction of time
-MOTIONS: tuple[str, ...] = ("move_left", "move_right", "move_up", "move_down", "rotate_cw", "rotate_ccw", "grow",
-                            "shrink")
+MOTIONS: tuple[str, ...] = (
+    "move_left",
+    "move_right",
+    "move_up",
+    "move_down",
+    "rotate_cw",
+    "rotate_ccw",
+    "grow",
+    "shrink",
+)
 
 _SHAPES = ("triangle", "bar", "ell", "tee", "notched_ellipse")
 _SHAKE = 1  # maximum camera shake, pixels (at 96 px short side)
@@ -22,10 +31,11 @@ def _shape_mask(kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if kind == "bar":
         return (np.abs(u) <= 0.95) & (np.abs(v) <= 0.4)
     if kind == "ell":
-        return (((u >= -0.8) & (u <= 0.8) & (v >= 0.35) & (v <= 0.8))
-                | ((u >= -0.8) & (u <= -0.35) & (v >= -0.8) & (v <= 0.8)))
+        return ((u >= -0.8) & (u <= 0.8) & (v >= 0.35) & (v <= 0.8)) | (
+            (u >= -0.8) & (u <= -0.35) & (v >= -0.8) & (v <= 0.8)
+        )
     if kind == "tee":
-        return (((np.abs(u) <= 0.85) & (v >= -0.85) & (v <= -0.4)) | ((np.abs(u) <= 0.22) & (v >= -0.85) & (v <= 0.85)))
+        return ((np.abs(u) <= 0.85) & (v >= -0.85) & (v <= -0.4)) | ((np.abs(u) <= 0.22) & (v >= -0.85) & (v <= 0.85))
     if kind == "notched_ellipse":
         return ((u / 0.95) ** 2 + (v / 0.6) ** 2 <= 1.0) & ~(((u - 0.55) / 0.3) ** 2 + (v / 0.3) ** 2 <= 1.0)
     raise ValueError(f"unknown shape {kind!r}")

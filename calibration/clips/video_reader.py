@@ -10,6 +10,7 @@ resize and crops from :func:`runtime.preprocess.preprocess_frames`.
 
 A missing, empty, corrupt or unsupported file raises :class:`VideoReadError` naming the file.
 """
+
 from __future__ import annotations
 
 import os
@@ -133,8 +134,9 @@ class _Video:
         else:
             index_of = {p: i for i, p in enumerate(self.pts)}
             start_pts, end_pts = self.pts[first], self.pts[last]
-            self.container.seek(start_pts if first > 0 else self.pts[0], stream=self.stream, backward=True,
-                                any_frame=False)
+            self.container.seek(
+                start_pts if first > 0 else self.pts[0], stream=self.stream, backward=True, any_frame=False
+            )
             decoded = 0
             try:
                 for frame in self.container.decode(self.stream):
@@ -157,13 +159,16 @@ class _Video:
                         out[i] = frame.to_ndarray(format="rgb24")
         missing = sorted(need - set(out))
         if missing:
-            raise VideoReadError(f"{self.path}: expected frames {missing[:5]}{' ...' if len(missing) > 5 else ''} "
-                                 f"of {self.count_frames()}, but they could not be decoded (truncated or corrupt file)")
+            raise VideoReadError(
+                f"{self.path}: expected frames {missing[:5]}{' ...' if len(missing) > 5 else ''} "
+                f"of {self.count_frames()}, but they could not be decoded (truncated or corrupt file)"
+            )
         return out
 
 
-def decode_frames(path: str | os.PathLike, start_frame: int = 0, max_frames: int | None = None,
-                  threads: int = 1) -> np.ndarray:
+def decode_frames(
+    path: str | os.PathLike, start_frame: int = 0, max_frames: int | None = None, threads: int = 1
+) -> np.ndarray:
     """Frames ``start_frame .. start_frame+max_frames-1`` (all remaining by default) as ``(N, H, W, 3)`` uint8 RGB."""
     if start_frame < 0:
         raise ValueError(f"start_frame: expected >= 0, got {start_frame}")
@@ -195,8 +200,14 @@ def video_info(path: str | os.PathLike) -> dict:
             duration = span * frames / (frames - 1)
         else:
             duration = frames / fps if fps else float(v.container.duration or 0) / 1e6
-        return {"frames": frames, "fps": float(fps), "width": int(s.codec_context.width),
-                "height": int(s.codec_context.height), "duration": float(duration), "codec": s.codec_context.name}
+        return {
+            "frames": frames,
+            "fps": float(fps),
+            "width": int(s.codec_context.width),
+            "height": int(s.codec_context.height),
+            "duration": float(duration),
+            "codec": s.codec_context.name,
+        }
 
 
 def clip_indices(num_frames: int, pre: PreprocessConfig, clip_index: int = -1, num_clips: int = 1) -> np.ndarray:
@@ -204,8 +215,14 @@ def clip_indices(num_frames: int, pre: PreprocessConfig, clip_index: int = -1, n
     return sample_indices(num_frames, pre, clip_index, num_clips)
 
 
-def read_clip(path: str | os.PathLike, pre: PreprocessConfig, clip_index: int = -1, num_clips: int = 1,
-              crop_index: int = 1, threads: int = 1) -> np.ndarray:
+def read_clip(
+    path: str | os.PathLike,
+    pre: PreprocessConfig,
+    clip_index: int = -1,
+    num_clips: int = 1,
+    crop_index: int = 1,
+    threads: int = 1,
+) -> np.ndarray:
     """One clip in the canonical layout ``(T, 3, crop, crop)`` float32, channels in the model's order
     (``pre.channel_order``): frames are decoded as RGB, and ``preprocess_frames`` flips them for a BGR model.
 
@@ -224,12 +241,19 @@ def read_clip(path: str | os.PathLike, pre: PreprocessConfig, clip_index: int = 
     try:
         return preprocess_frames(frames, pre, bgr=False, crop_index=crop_index)  # decoded as rgb24
     except ValueError as e:
-        raise VideoReadError(f"{path}: frames of {frames.shape[2]}x{frames.shape[1]} do not fit the "
-                             f"preprocessing ({e})") from e
+        raise VideoReadError(
+            f"{path}: frames of {frames.shape[2]}x{frames.shape[1]} do not fit the preprocessing ({e})"
+        ) from e
 
 
-def read_clips(paths: Iterable[str | os.PathLike], pre: PreprocessConfig, progress: bool = True,
-               on_error: str = "raise", clip_index: int = -1, crop_index: int = 1) -> tuple[np.ndarray, list[str]]:
+def read_clips(
+    paths: Iterable[str | os.PathLike],
+    pre: PreprocessConfig,
+    progress: bool = True,
+    on_error: str = "raise",
+    clip_index: int = -1,
+    crop_index: int = 1,
+) -> tuple[np.ndarray, list[str]]:
     """Clips of many files as ``(N, T, 3, crop, crop)`` float32, and the errors of the files skipped.
 
     ``on_error="raise"`` stops at the first unreadable file; ``"skip"`` leaves it out and reports

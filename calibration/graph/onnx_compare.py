@@ -1,4 +1,5 @@
 """Run two ONNX files on the same clips in ONNX Runtime (CPU) and compare their logits."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,16 +36,17 @@ def session_with_outputs(model: Any, names: list[str]) -> Any:
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def validate_against_fp32(fp32_onnx: Path, quant_onnx: Path, clips: np.ndarray, reference: np.ndarray | None = None
-                          ) -> tuple[dict[str, Any], np.ndarray]:
+def validate_against_fp32(
+    fp32_onnx: Path, quant_onnx: Path, clips: np.ndarray, reference: np.ndarray | None = None
+) -> tuple[dict[str, Any], np.ndarray]:
     """Logit parity of ``quant_onnx`` against ``fp32_onnx`` on ``clips`` in ONNX Runtime CPU (and the FP32 logits).
 
     One clip per call: the result of a dynamically quantised model must not depend on what shares its batch."""
     if reference is None:
         s32 = cpu_session(fp32_onnx)
         name = s32.get_inputs()[0].name
-        reference = np.concatenate([s32.run(None, {name: clips[i:i + 1]})[0] for i in range(len(clips))])
+        reference = np.concatenate([s32.run(None, {name: clips[i : i + 1]})[0] for i in range(len(clips))])
     sq = cpu_session(quant_onnx)
     name = sq.get_inputs()[0].name
-    out = np.concatenate([sq.run(None, {name: clips[i:i + 1]})[0] for i in range(len(clips))])
+    out = np.concatenate([sq.run(None, {name: clips[i : i + 1]})[0] for i in range(len(clips))])
     return compare_logits(reference, out), reference

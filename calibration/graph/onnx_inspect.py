@@ -6,6 +6,7 @@ nodes and ONNX Runtime contrib ops; :func:`check_precision` says whether that ON
 precision. It lives in calibration/ because ``calibration.precision.int8`` checks its Q/DQ output with it;
 ``export.tensorrt.plan`` builds the TensorRT plan on top of it.
 """
+
 from __future__ import annotations
 
 import os
@@ -87,8 +88,15 @@ def _load_model(path: Path) -> Any:
 def _external_files(graph: Any) -> list[str]:
     import onnx
 
-    return sorted({kv.value for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
-                   for kv in t.external_data if kv.key == "location"})
+    return sorted(
+        {
+            kv.value
+            for t in graph.initializer
+            if t.data_location == onnx.TensorProto.EXTERNAL
+            for kv in t.external_data
+            if kv.key == "location"
+        }
+    )
 
 
 def _float_initializers(graph: Any) -> tuple[Counter[str], dict[str, str]]:
@@ -105,8 +113,9 @@ def _float_initializers(graph: Any) -> tuple[Counter[str], dict[str, str]]:
 
 def _io_entry(vi: Any) -> dict[str, Any]:
     tt = vi.type.tensor_type
-    dims: list[int | str] = [int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0
-                             else (d.dim_param or "?") for d in tt.shape.dim]
+    dims: list[int | str] = [
+        int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?") for d in tt.shape.dim
+    ]
     return {"name": vi.name, "dtype": _dtype_name(tt.elem_type), "shape": dims}
 
 
@@ -174,8 +183,8 @@ class _NodeScan:
                 self.qdq_scale_types[_dtype_name(scale.data_type)] += 1
         if node.domain not in _ONNX_DOMAINS:
             self.zero_point_problems.append(
-                f"node '{label}' is {node.domain}.{node.op_type}; TensorRT reads only the ONNX-domain "
-                f"{node.op_type}")
+                f"node '{label}' is {node.domain}.{node.op_type}; TensorRT reads only the ONNX-domain {node.op_type}"
+            )
         if len(node.input) > 2 and node.input[2]:
             problem = self._zero_point_problem(label, node.input[2])
             if problem:
@@ -187,13 +196,17 @@ class _NodeScan:
             return None
         dt = _dtype_name(zp.data_type)
         if dt == "uint8":
-            return (f"node '{label}': zero point '{zp_name}' is uint8 (asymmetric); expected int8 "
-                    "with value 0 (TensorRT supports symmetric signed quantization only)")
+            return (
+                f"node '{label}': zero point '{zp_name}' is uint8 (asymmetric); expected int8 "
+                "with value 0 (TensorRT supports symmetric signed quantization only)"
+            )
         values = _tensor_values(zp, self.base_dir)
         if values.size and bool((values != 0).any()):
-            return (f"node '{label}': zero point '{zp_name}' ({dt}) has non-zero values "
-                    f"(max |zp| = {int(abs(values.astype('int64')).max())}); expected all 0 "
-                    "(TensorRT supports symmetric quantization only)")
+            return (
+                f"node '{label}': zero point '{zp_name}' ({dt}) has non-zero values "
+                f"(max |zp| = {int(abs(values.astype('int64')).max())}); expected all 0 "
+                "(TensorRT supports symmetric quantization only)"
+            )
         return None
 
 
@@ -260,7 +273,6 @@ def inspect_onnx(onnx_path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-
 def check_precision(info: dict[str, Any], precision: str, strongly_typed: bool) -> None:
     """Raise :class:`OnnxInspectError` when the ONNX ``info`` describes cannot build as ``precision``: strongly
     typed, the ONNX carries the precision (FP16 tensors, Q/DQ); weakly typed FP16 wants the FP32 ONNX."""
@@ -270,40 +282,46 @@ def check_precision(info: dict[str, Any], precision: str, strongly_typed: bool) 
     inits = info["float_initializers"]
     mode = "strongly typed" if strongly_typed else "weakly typed"
     if info["qdq_problems"]:
-        raise OnnxInspectError(f"{path}: Q/DQ nodes TensorRT cannot build:\n  - "
-                                 + "\n  - ".join(info["qdq_problems"][:10]))
+        raise OnnxInspectError(
+            f"{path}: Q/DQ nodes TensorRT cannot build:\n  - " + "\n  - ".join(info["qdq_problems"][:10])
+        )
     if precision == "fp32":
         if qdq:
             raise OnnxInspectError(
                 f"{path}: precision 'fp32' requested, but the ONNX has {len(qdq)} QuantizeLinear/DequantizeLinear "
-                f"nodes (e.g. '{qdq[0]}'); expected none. Build it with precision='int8', or use the FP32 ONNX.")
+                f"nodes (e.g. '{qdq[0]}'); expected none. Build it with precision='int8', or use the FP32 ONNX."
+            )
         if low:
             dt, where = next(iter(low.items()))
             raise OnnxInspectError(
                 f"{path}: precision 'fp32' requested, but {where} is {dt}; expected float32 throughout "
-                f"(float initializers: {inits}). Build it with precision='fp16', or use the FP32 ONNX.")
+                f"(float initializers: {inits}). Build it with precision='fp16', or use the FP32 ONNX."
+            )
     elif precision == "fp16":
         if qdq:
             raise OnnxInspectError(
                 f"{path}: precision 'fp16' requested, but the ONNX has {len(qdq)} QuantizeLinear/DequantizeLinear "
-                f"nodes (e.g. '{qdq[0]}'); that is an INT8 model: build it with precision='int8'.")
+                f"nodes (e.g. '{qdq[0]}'); that is an INT8 model: build it with precision='int8'."
+            )
         if strongly_typed and "float16" not in low:
             example = info["float_initializer_examples"].get("float32", "?")
             raise OnnxInspectError(
                 f"{path}: precision 'fp16' requested with a strongly typed build, so the ONNX itself must be FP16: "
                 f"expected float16 initializers/tensors, found only {sorted(info['float_types']) or ['none']} "
                 f"(float initializers: {inits}, e.g. '{example}'). Export the FP16 ONNX, or on TensorRT 10 build "
-                "the FP32 ONNX with strongly_typed=False.")
+                "the FP32 ONNX with strongly_typed=False."
+            )
         if not strongly_typed and low:
             dt, where = next(iter(low.items()))
             raise OnnxInspectError(
                 f"{path}: precision 'fp16' requested with a weakly typed build (BuilderFlag.FP16), which expects "
                 f"the FP32 ONNX, but {where} is {dt}. Build an FP16 ONNX strongly typed (strongly_typed=True), "
-                "or pass the FP32 ONNX.")
+                "or pass the FP32 ONNX."
+            )
     elif precision == "int8":
         if not qdq:
             raise OnnxInspectError(
                 f"{path}: precision 'int8' requested ({mode}), but the ONNX has no QuantizeLinear/DequantizeLinear "
                 f"nodes; expected a Q/DQ (explicitly quantized) ONNX from the calibration step. TensorRT INT8 "
-                f"calibrators are not used (removed in TensorRT 11). Float types found: {sorted(info['float_types'])}.")
-
+                f"calibrators are not used (removed in TensorRT 11). Float types found: {sorted(info['float_types'])}."
+            )

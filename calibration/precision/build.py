@@ -11,6 +11,7 @@ Two cache levels under ``cache_dir``:
   set SHA-256 (+ method + target); a changed option (e.g. another INT8 form or FP16 threshold) reuses
   them without reading the clips again.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,8 +66,10 @@ class _LazySet:
             self.set = load_calibration_set(self.spec, self.pre, self.n, self.seed, progress=self.progress)
             info = self.set.info()
             if self.record is not None and self.record.get("sha256") != info["sha256"]:
-                _log(f"warning: the clips of {self.spec!r} changed content (sha256 {self.record.get('sha256')[:12]} -> "
-                     f"{info['sha256'][:12]}) without a change in names, sizes or times")
+                _log(
+                    f"warning: the clips of {self.spec!r} changed content (sha256 {self.record.get('sha256')[:12]} -> "
+                    f"{info['sha256'][:12]}) without a change in names, sizes or times"
+                )
             self.record = {**info, "selection_key": self.key}
             write_json_atomic(self.record_path, self.record)
         return self.set.clips
@@ -79,10 +82,17 @@ class _LazySet:
 
     def summary(self) -> dict[str, Any]:
         r = self.record or {}
-        return {"calib": self.spec, "set_sha256": r.get("sha256"), "n_clips": r.get("n_clips"),
-                "requested_clips": self.n, "seed": self.seed, "skipped": len(r.get("skipped", [])),
-                "skipped_files": [s["file"] for s in r.get("skipped", [])], "selection_key": self.key,
-                "source": r.get("source")}
+        return {
+            "calib": self.spec,
+            "set_sha256": r.get("sha256"),
+            "n_clips": r.get("n_clips"),
+            "requested_clips": self.n,
+            "seed": self.seed,
+            "skipped": len(r.get("skipped", [])),
+            "skipped_files": [s["file"] for s in r.get("skipped", [])],
+            "selection_key": self.key,
+            "source": r.get("source"),
+        }
 
 
 def _ort_check(path: Path) -> None:
@@ -93,8 +103,9 @@ def _ort_check(path: Path) -> None:
     try:
         ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise PrecisionBuildError(f"{path}: ONNX Runtime CPU cannot load the converted model ({type(e).__name__}: "
-                                  f"{e})") from e
+        raise PrecisionBuildError(
+            f"{path}: ONNX Runtime CPU cannot load the converted model ({type(e).__name__}: {e})"
+        ) from e
 
 
 def _stamp_metadata(path: Path, fp32_onnx: Path, precision: str, info: dict[str, Any]) -> None:
@@ -106,8 +117,9 @@ def _stamp_metadata(path: Path, fp32_onnx: Path, precision: str, info: dict[str,
     props = {p.key: p.value for p in src.metadata_props}
     props.update({p.key: p.value for p in model.metadata_props if p.key not in props})
     props["precision"] = precision
-    props["calibration"] = json.dumps({k: info.get(k) for k in ("target", "form", "method", "set_sha256", "n_clips",
-                                                                  "calib")}, default=str)
+    props["calibration"] = json.dumps(
+        {k: info.get(k) for k in ("target", "form", "method", "set_sha256", "n_clips", "calib")}, default=str
+    )
     del model.metadata_props[:]
     for k, v in props.items():
         model.metadata_props.add(key=k, value=v)
@@ -120,13 +132,26 @@ def _stamp_metadata(path: Path, fp32_onnx: Path, precision: str, info: dict[str,
             os.unlink(tmp)
 
 
-def precision_onnx(fp32_onnx: Path, precision: str, target: str, calib: str | None, preprocess: PreprocessConfig,
-                   n_clips: int, method: str, cache_dir: Path, seed: int, *, form: str | None = None,
-                   keep_io_types: bool = True, fp16_overflow_threshold: float | None = None,
-                   fp16_error_threshold: float | None = None, validate_clips: int = 4,
-                   progress: bool = True,
-                   target_check: Callable[[Path, str], dict[str, Any]] | None = None,
-                   int8_options: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
+def precision_onnx(
+    fp32_onnx: Path,
+    precision: str,
+    target: str,
+    calib: str | None,
+    preprocess: PreprocessConfig,
+    n_clips: int,
+    method: str,
+    cache_dir: Path,
+    seed: int,
+    *,
+    form: str | None = None,
+    keep_io_types: bool = True,
+    fp16_overflow_threshold: float | None = None,
+    fp16_error_threshold: float | None = None,
+    validate_clips: int = 4,
+    progress: bool = True,
+    target_check: Callable[[Path, str], dict[str, Any]] | None = None,
+    int8_options: dict[str, Any] | None = None,
+) -> tuple[Path, dict[str, Any]]:
     """The ``precision`` ONNX of ``fp32_onnx`` for ``target`` (path in ``cache_dir``) and what was done.
 
     ``calib`` None means synthetic clips. ``method`` (INT8 calibration): max | entropy | percentile.
@@ -156,9 +181,11 @@ def precision_onnx(fp32_onnx: Path, precision: str, target: str, calib: str | No
     overflow = fp16_overflow_threshold if fp16_overflow_threshold is not None else fp16_mod.DEFAULT_OVERFLOW_THRESHOLD
     err = fp16_error_threshold if fp16_error_threshold is not None else fp16_mod.DEFAULT_ERROR_THRESHOLD
     int8_options = dict(int8_options or {})
-    options = ({"method": method, "form": form, "outliers": {**int8_mod.outlier_defaults(), **int8_options}}
-               if precision == "int8"
-               else {"keep_io_types": keep_io_types, "overflow": overflow, "error": err})
+    options = (
+        {"method": method, "form": form, "outliers": {**int8_mod.outlier_defaults(), **int8_options}}
+        if precision == "int8"
+        else {"keep_io_types": keep_io_types, "overflow": overflow, "error": err}
+    )
     key = sha256_json(BUILD_VERSION, model_sha, precision, target, lazy.key, options, validate_clips)
     out = cache_dir / f"{precision}-{target}-{key}.onnx"
     info_path = out.with_suffix(".json")
@@ -170,8 +197,19 @@ def precision_onnx(fp32_onnx: Path, precision: str, target: str, calib: str | No
 
     if precision == "int8":
         _log(f"int8 for {target}: {method} calibration on {lazy.spec}")
-        detail = int8_mod.quantize_int8(fp32_onnx, out, target, method, lazy.clips, lazy.sha256, cache_dir, form=form,
-                                        validate_clips=validate_clips, progress=progress, **int8_options)
+        detail = int8_mod.quantize_int8(
+            fp32_onnx,
+            out,
+            target,
+            method,
+            lazy.clips,
+            lazy.sha256,
+            cache_dir,
+            form=form,
+            validate_clips=validate_clips,
+            progress=progress,
+            **int8_options,
+        )
     else:
         _log(f"fp16 for {target}: measuring activations on {lazy.spec}")
 
@@ -179,17 +217,31 @@ def precision_onnx(fp32_onnx: Path, precision: str, target: str, calib: str | No
             return cache_dir / "calib" / f"fp16stats-{model_sha[:16]}-{lazy.sha256()[:16]}.json"
 
         # Keyed by the set's SHA-256, which is known without reading clips once the selection is recorded.
-        detail = fp16_mod.convert_fp16(fp32_onnx, out, lazy.clips, stats_cache=stats_path, keep_io_types=keep_io_types,
-                                       overflow_threshold=overflow, error_threshold=err, validate_clips=validate_clips,
-                                       progress=progress)
+        detail = fp16_mod.convert_fp16(
+            fp32_onnx,
+            out,
+            lazy.clips,
+            stats_cache=stats_path,
+            keep_io_types=keep_io_types,
+            overflow_threshold=overflow,
+            error_threshold=err,
+            validate_clips=validate_clips,
+            progress=progress,
+        )
     try:
-        info: dict[str, Any] = {"precision": precision, "target": target,
-                                "method": method if precision == "int8" else None,
-                                "form": detail.get("form"), "calibrated": detail.get("calibration_cache") is not None
-                                or detail.get("stats_cache") is not None
-                                or bool((detail.get("smoothquant") or {}).get("layernorms_smoothed")),
-                                **lazy.summary(), "fp32_onnx_sha256": model_sha,
-                                "onnx": str(out), "detail": detail}
+        info: dict[str, Any] = {
+            "precision": precision,
+            "target": target,
+            "method": method if precision == "int8" else None,
+            "form": detail.get("form"),
+            "calibrated": detail.get("calibration_cache") is not None
+            or detail.get("stats_cache") is not None
+            or bool((detail.get("smoothquant") or {}).get("layernorms_smoothed")),
+            **lazy.summary(),
+            "fp32_onnx_sha256": model_sha,
+            "onnx": str(out),
+            "detail": detail,
+        }
         if precision == "fp16":
             info["kept_fp32"] = detail["kept_fp32"]
             info["kept_fp32_counts"] = detail["kept_fp32_counts"]

@@ -7,6 +7,7 @@ squared clipping error outside it (``(|x| - T)^2``). The histograms come from ON
 ``percentile`` calibrator's absolute-value histograms, 2048 bins), and the ranges are written in ONNX Runtime's
 calibration-cache format, so ``quantize_static(calibration_cache_path=...)`` reads them like any other.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,6 +36,7 @@ def mse_threshold(hist: np.ndarray, edges: np.ndarray, levels: int = 254, min_bi
         return float(e[-1]), 0.0
     c = 0.5 * (e[:-1] + e[1:])
     t = e[1:]  # candidate thresholds: the right edge of each bin
+
     # tail sums beyond bin k (exclusive): S0 = sum h, S1 = sum h c, S2 = sum h c^2
     def tail(v: np.ndarray) -> np.ndarray:
         r = np.cumsum(v[::-1])[::-1]
@@ -50,8 +52,9 @@ def mse_threshold(hist: np.ndarray, edges: np.ndarray, levels: int = 254, min_bi
     return float(t[k]), float(err[k])
 
 
-def calibrate_mse(fp32_onnx: str | os.PathLike, reader: Any, op_types: Iterable[str], ranges: str | os.PathLike,
-                  symmetric: bool) -> dict[str, Any]:
+def calibrate_mse(
+    fp32_onnx: str | os.PathLike, reader: Any, op_types: Iterable[str], ranges: str | os.PathLike, symmetric: bool
+) -> dict[str, Any]:
     """Collect ``|x|`` histograms of the inputs/outputs of ``op_types`` over ``reader`` (an ONNX Runtime
     CalibrationDataReader) and write MSE-optimal ranges to ``ranges`` (ONNX Runtime's cache format, MinMax kind).
 
@@ -63,9 +66,13 @@ def calibrate_mse(fp32_onnx: str | os.PathLike, reader: Any, op_types: Iterable[
 
     print(f"[int8] mse clipping search on {Path(fp32_onnx).name}", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="int8-mse-") as tmp:
-        cal = create_calibrator(Path(fp32_onnx), list(op_types), augmented_model_path=str(Path(tmp) / "aug.onnx"),
-                                calibrate_method=q.CalibrationMethod.Percentile,
-                                extra_options={"num_bins": MSE_BINS, "percentile": 100.0, "symmetric": True})
+        cal = create_calibrator(
+            Path(fp32_onnx),
+            list(op_types),
+            augmented_model_path=str(Path(tmp) / "aug.onnx"),
+            calibrate_method=q.CalibrationMethod.Percentile,
+            extra_options={"num_bins": MSE_BINS, "percentile": 100.0, "symmetric": True},
+        )
         cal.collect_data(reader)
         hists = dict(cal.collector.histogram_dict)
         del cal

@@ -25,6 +25,7 @@ follows the CPU the bundle is built on (:func:`choose_cpu_int8_form`): ``portabl
 elsewhere; ``TIMESFORMER_CPU_INT8_FORM=portable|vnni`` overrides it for a bundle meant for another machine. The
 manifest records the form and the runtime warns when a ``vnni`` bundle loads on a CPU that saturates.
 """
+
 from __future__ import annotations
 
 import os
@@ -86,8 +87,11 @@ def _drop_unread(g: Any) -> None:
     """Remove Q/DQ nodes whose outputs nobody reads (repeatedly: a DQ first, then its Q)."""
     while True:
         read = {x for n in g.node for x in n.input} | {o.name for o in g.output}
-        dead = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-                and not any(o in read for o in n.output)]
+        dead = [
+            n
+            for n in g.node
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear") and not any(o in read for o in n.output)
+        ]
         if not dead:
             return
         for n in dead:
@@ -104,12 +108,24 @@ def to_cpu_int8_form(model: Any, form: str | None = None) -> dict[str, Any]:
     if form not in CPU_INT8_FORMS:
         raise ValueError(f"cpu INT8 form {form!r}: expected one of {CPU_INT8_FORMS}")
     if form == "vnni":
-        return {"form": "vnni", "why": why, "weight_bits": 8, "float_matmuls": [], "saturation_safe": False,
-                "note": "the TensorRT Q/DQ file unchanged: exact only where INT8 sums in 32 bits (VNNI, AMX, ARM); "
-                        "x86 without VNNI saturates its 16-bit pair sums"}
+        return {
+            "form": "vnni",
+            "why": why,
+            "weight_bits": 8,
+            "float_matmuls": [],
+            "saturation_safe": False,
+            "note": "the TensorRT Q/DQ file unchanged: exact only where INT8 sums in 32 bits (VNNI, AMX, ARM); "
+            "x86 without VNNI saturates its 16-bit pair sums",
+        }
     narrowed = narrow_weights(model, WEIGHT_BITS_SAFE)
     floats = float_activation_matmuls(model)
-    return {"form": "portable", "why": why, "weight_bits": WEIGHT_BITS_SAFE, "weights_narrowed": narrowed["tensors"],
-            "float_matmuls": floats, "saturation_safe": True,
-            "note": "7-bit weights and float activation x activation matmuls: no 16-bit pair sum can saturate, so "
-                    "AVX2-only x86 computes what VNNI, AMX and ARM compute (calibration/precision/cpu_int8.py)"}
+    return {
+        "form": "portable",
+        "why": why,
+        "weight_bits": WEIGHT_BITS_SAFE,
+        "weights_narrowed": narrowed["tensors"],
+        "float_matmuls": floats,
+        "saturation_safe": True,
+        "note": "7-bit weights and float activation x activation matmuls: no 16-bit pair sum can saturate, so "
+        "AVX2-only x86 computes what VNNI, AMX and ARM compute (calibration/precision/cpu_int8.py)",
+    }

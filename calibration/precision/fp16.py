@@ -18,6 +18,7 @@ are cached as JSON by model and calibration set. The conversion itself is
 and outputs stay float32 by default (casts inserted), and initializers used only by FP32 nodes stay
 FP32 (shared ones are duplicated first, so no weight is rounded to FP16 and cast back).
 """
+
 from __future__ import annotations
 
 import json
@@ -32,16 +33,46 @@ import numpy as np
 
 from runtime.files import temp_path_beside, write_text_atomic
 
-__all__ = ["ALWAYS_FP32_OPS", "FP16_MAX", "DEFAULT_OVERFLOW_THRESHOLD", "DEFAULT_ERROR_THRESHOLD", "FP16Error",
-           "measure_activations", "decide_fp32_nodes", "convert_fp16", "fp32_node_types"]
+__all__ = [
+    "ALWAYS_FP32_OPS",
+    "FP16_MAX",
+    "DEFAULT_OVERFLOW_THRESHOLD",
+    "DEFAULT_ERROR_THRESHOLD",
+    "FP16Error",
+    "measure_activations",
+    "decide_fp32_nodes",
+    "convert_fp16",
+    "fp32_node_types",
+]
 
 ALWAYS_FP32_OPS = ("LayerNormalization", "Softmax")
 FP16_MAX = 65504.0
 DEFAULT_OVERFLOW_THRESHOLD = 0.5 * FP16_MAX
 DEFAULT_ERROR_THRESHOLD = 1e-2
 #: ops whose FP16 error is measured (data movement ops are exact in FP16 up to overflow, which is checked anyway)
-COMPUTE_OPS = ("MatMul", "Gemm", "Conv", "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Erf", "Exp", "Log",
-               "Tanh", "Sigmoid", "Relu", "Gelu", "ReduceMean", "ReduceSum", "ReduceL2", "Einsum")
+COMPUTE_OPS = (
+    "MatMul",
+    "Gemm",
+    "Conv",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Sqrt",
+    "Reciprocal",
+    "Erf",
+    "Exp",
+    "Log",
+    "Tanh",
+    "Sigmoid",
+    "Relu",
+    "Gelu",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceL2",
+    "Einsum",
+)
 STATS_VERSION = 1
 _FLOAT = 1
 _FLOAT16 = 10
@@ -161,8 +192,9 @@ def _augment(model, ops: tuple[str, ...]) -> tuple[Any, dict[str, str], dict[str
     return aug, absmax, errors
 
 
-def measure_activations(fp32_onnx: str | os.PathLike, clips: np.ndarray, progress: bool = True,
-                        ops: tuple[str, ...] = COMPUTE_OPS) -> dict[str, Any]:
+def measure_activations(
+    fp32_onnx: str | os.PathLike, clips: np.ndarray, progress: bool = True, ops: tuple[str, ...] = COMPUTE_OPS
+) -> dict[str, Any]:
     """Per tensor ``max|x|`` and per compute node the relative FP16 error, maxima over ``clips``."""
     import onnxruntime as ort
     from tqdm import tqdm
@@ -187,7 +219,7 @@ def measure_activations(fp32_onnx: str | os.PathLike, clips: np.ndarray, progres
     amax: dict[str, float] = {}
     err_abs: dict[str, float] = {}
     for i in tqdm(range(len(clips)), desc="measuring activations", unit="clip", disable=not progress, file=sys.stderr):
-        values = sess.run(want, {inp: np.ascontiguousarray(clips[i:i + 1], np.float32)})
+        values = sess.run(want, {inp: np.ascontiguousarray(clips[i : i + 1], np.float32)})
         for n, v in zip(want, values):
             v = float(v)
             if n in absmax:
@@ -204,9 +236,12 @@ def measure_activations(fp32_onnx: str | os.PathLike, clips: np.ndarray, progres
     return {"version": STATS_VERSION, "clips": int(len(clips)), "absmax": amax, "fp16_rel_error": rel}
 
 
-def decide_fp32_nodes(fp32_onnx: str | os.PathLike, stats: dict[str, Any],
-                      overflow_threshold: float = DEFAULT_OVERFLOW_THRESHOLD,
-                      error_threshold: float = DEFAULT_ERROR_THRESHOLD) -> list[dict[str, Any]]:
+def decide_fp32_nodes(
+    fp32_onnx: str | os.PathLike,
+    stats: dict[str, Any],
+    overflow_threshold: float = DEFAULT_OVERFLOW_THRESHOLD,
+    error_threshold: float = DEFAULT_ERROR_THRESHOLD,
+) -> list[dict[str, Any]]:
     """The nodes to keep FP32, each with why: ``always`` (op type), ``overflow`` or ``fp16-error``."""
     model = _load(Path(fp32_onnx))
     _name_nodes(model)
@@ -221,13 +256,28 @@ def decide_fp32_nodes(fp32_onnx: str | os.PathLike, stats: dict[str, Any],
         big = max((amax[t] for t in tensors), default=0.0)
         if big >= overflow_threshold:
             t = max(tensors, key=lambda x: amax[x])
-            kept.append({"node": node.name, "op": node.op_type, "reason": "overflow", "tensor": t,
-                         "max_abs": _json_float(big), "threshold": overflow_threshold})
+            kept.append(
+                {
+                    "node": node.name,
+                    "op": node.op_type,
+                    "reason": "overflow",
+                    "tensor": t,
+                    "max_abs": _json_float(big),
+                    "threshold": overflow_threshold,
+                }
+            )
             continue
         e = rel.get(node.name, 0.0)
         if e > error_threshold:
-            kept.append({"node": node.name, "op": node.op_type, "reason": "fp16-error", "rel_error": _json_float(e),
-                         "threshold": error_threshold})
+            kept.append(
+                {
+                    "node": node.name,
+                    "op": node.op_type,
+                    "reason": "fp16-error",
+                    "rel_error": _json_float(e),
+                    "threshold": error_threshold,
+                }
+            )
     return kept
 
 
@@ -272,8 +322,11 @@ def _remove_cast_roundtrips(model) -> int:
     overflow exactly the tensors the measurement kept FP32, and round the rest.
     """
     g = model.graph
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(g.value_info) + list(g.input) + list(g.output)
-             if vi.type.HasField("tensor_type")}
+    types = {
+        vi.name: vi.type.tensor_type.elem_type
+        for vi in list(g.value_info) + list(g.input) + list(g.output)
+        if vi.type.HasField("tensor_type")
+    }
     types.update({t.name: t.data_type for t in g.initializer})
     producer = {o: n for n in g.node for o in n.output}
     graph_outputs = {o.name for o in g.output}
@@ -317,8 +370,11 @@ def fp32_node_types(path: str | os.PathLike) -> dict[str, list[str]]:
 
     model = onnx.load(str(path), load_external_data=False)
     inferred = onnx.shape_inference.infer_shapes(model)
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(inferred.graph.value_info)
-             + list(inferred.graph.input) + list(inferred.graph.output) if vi.type.HasField("tensor_type")}
+    types = {
+        vi.name: vi.type.tensor_type.elem_type
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+        if vi.type.HasField("tensor_type")
+    }
     types.update({t.name: t.data_type for t in inferred.graph.initializer})
     out: dict[str, list[str]] = {}
     for node in inferred.graph.node:
@@ -348,8 +404,9 @@ class _Clips:
         return self._clips
 
 
-def _activation_stats(fp32_onnx: Path, stats_cache: str | os.PathLike | Callable[[], Path] | None, clips: _Clips,
-                      progress: bool) -> tuple[dict[str, Any], str]:
+def _activation_stats(
+    fp32_onnx: Path, stats_cache: str | os.PathLike | Callable[[], Path] | None, clips: _Clips, progress: bool
+) -> tuple[dict[str, Any], str]:
     """The measured activation statistics (from ``stats_cache`` when it holds this version) and "hit" or "miss"."""
     cpath = Path(stats_cache() if callable(stats_cache) else stats_cache) if stats_cache else None
     if cpath is not None and cpath.is_file():
@@ -368,16 +425,14 @@ def _always_fp32_nodes(fp32_onnx: Path) -> list[dict[str, str]]:
     """Without measurements: the nodes whose op is in :data:`ALWAYS_FP32_OPS`."""
     model0 = _load(fp32_onnx)
     _name_nodes(model0)
-    return [{"node": n.name, "op": n.op_type, "reason": "always"} for n in model0.graph.node
-            if n.op_type in ALWAYS_FP32_OPS]
+    return [
+        {"node": n.name, "op": n.op_type, "reason": "always"} for n in model0.graph.node if n.op_type in ALWAYS_FP32_OPS
+    ]
 
 
 def _convert(fp32_onnx: Path, kept: list[dict[str, Any]], keep_io_types: bool) -> tuple[Any, int, int]:
     """The FP16 model with the ``kept`` nodes FP32; also how many initializers were duplicated and edges rewired."""
-    from onnxruntime.transformers.float16 import (
-        DEFAULT_OP_BLOCK_LIST,
-        convert_float_to_float16,
-    )
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     model = _load(fp32_onnx)
     _name_nodes(model)
@@ -393,8 +448,9 @@ def _convert(fp32_onnx: Path, kept: list[dict[str, Any]], keep_io_types: bool) -
     del model.graph.value_info[:]
     model.graph.value_info.extend(vis)
     copies = _split_shared_initializers(model, blocked, block_ops)
-    converted = convert_float_to_float16(model, keep_io_types=keep_io_types, op_block_list=sorted(block_ops),
-                                         node_block_list=sorted(blocked))
+    converted = convert_float_to_float16(
+        model, keep_io_types=keep_io_types, op_block_list=sorted(block_ops), node_block_list=sorted(blocked)
+    )
     rewired = _remove_cast_roundtrips(converted)
     for prop in list(converted.metadata_props):
         if prop.key == "precision":
@@ -414,11 +470,18 @@ def _save_atomic(model: Any, out: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def convert_fp16(fp32_onnx: str | os.PathLike, out: str | os.PathLike, get_clips: Callable[[], np.ndarray] | None,
-                 stats_cache: str | os.PathLike | Callable[[], Path] | None = None, keep_io_types: bool = True,
-                 overflow_threshold: float = DEFAULT_OVERFLOW_THRESHOLD,
-                 error_threshold: float = DEFAULT_ERROR_THRESHOLD, extra_fp32_nodes: list[str] | None = None,
-                 validate_clips: int = 4, progress: bool = True) -> dict[str, Any]:
+def convert_fp16(
+    fp32_onnx: str | os.PathLike,
+    out: str | os.PathLike,
+    get_clips: Callable[[], np.ndarray] | None,
+    stats_cache: str | os.PathLike | Callable[[], Path] | None = None,
+    keep_io_types: bool = True,
+    overflow_threshold: float = DEFAULT_OVERFLOW_THRESHOLD,
+    error_threshold: float = DEFAULT_ERROR_THRESHOLD,
+    extra_fp32_nodes: list[str] | None = None,
+    validate_clips: int = 4,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Write the FP16 model of ``fp32_onnx`` to ``out`` (atomically); returns what was kept FP32 and why.
 
     ``get_clips`` gives the calibration clips (called only when ``stats_cache`` is cold or for
@@ -444,11 +507,17 @@ def convert_fp16(fp32_onnx: str | os.PathLike, out: str | os.PathLike, get_clips
     for k in kept:
         by_reason[k["reason"]] = by_reason.get(k["reason"], 0) + 1
     info: dict[str, Any] = {
-        "form": "fp16", "keep_io_types": keep_io_types, "overflow_threshold": overflow_threshold,
-        "error_threshold": error_threshold, "stats_cache": cache_state, "kept_fp32_counts": by_reason,
+        "form": "fp16",
+        "keep_io_types": keep_io_types,
+        "overflow_threshold": overflow_threshold,
+        "error_threshold": error_threshold,
+        "stats_cache": cache_state,
+        "kept_fp32_counts": by_reason,
         "kept_fp32": [k for k in kept if k["reason"] != "always"],
         "kept_fp32_always": sorted({k["op"] for k in kept if k["reason"] == "always"}),
-        "initializers_duplicated": copies, "fp32_edges_rewired": rewired, "validation": None,
+        "initializers_duplicated": copies,
+        "fp32_edges_rewired": rewired,
+        "validation": None,
     }
     if validate_clips and get_clips is not None:
         from calibration.graph.onnx_compare import validate_against_fp32

@@ -19,6 +19,7 @@ Two targets:
     --all-forms``). The form is validated against the FP32 model on calibration clips; when it misses
     the bar the next form is tried.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,23 @@ from runtime.files import sha256_file, temp_path_beside
 
 from calibration.graph.onnx_compare import validate_against_fp32
 
-__all__ = ["METHODS", "TARGETS", "TRT_FORMS", "TRT_DEFAULT_FORM", "to_tensorrt_fp16_form", "ORT_FORMS", "ORT_DEFAULT_FORM", "ORT_FORM_WHY", "TRT_OP_TYPES", "QuantizationError",
-           "ClipDataReader", "calibrate", "quantize_int8", "calibration_cache_path", "validate_against_fp32"]
+__all__ = [
+    "METHODS",
+    "TARGETS",
+    "TRT_FORMS",
+    "TRT_DEFAULT_FORM",
+    "to_tensorrt_fp16_form",
+    "ORT_FORMS",
+    "ORT_DEFAULT_FORM",
+    "ORT_FORM_WHY",
+    "TRT_OP_TYPES",
+    "QuantizationError",
+    "ClipDataReader",
+    "calibrate",
+    "quantize_int8",
+    "calibration_cache_path",
+    "validate_against_fp32",
+]
 
 METHODS = ("max", "entropy", "percentile", "mse")  # mse: calibration.precision.clipping (issue 15)
 TARGETS = ("tensorrt", "onnxruntime")
@@ -52,11 +68,16 @@ ORT_FORM_WHY = (
     "QDQ U8S8 0.61 s (2.4x); under load ~5: FP32 5.13 s, dynamic 2.07 s (2.5x), QOperator 2.90 s, QDQ 2.78 s. "
     "It needs no calibration ranges, meets the accuracy bar (cosine 0.999 vs FP32 on base; static forms 0.9993), "
     "is validated on the calibration clips, and the static forms are the fallback. Re-measure with "
-    "python -m export.bench.precision --all-forms.")
+    "python -m export.bench.precision --all-forms."
+)
 #: the accuracy bar a form must meet against FP32 on the validation clips (export/parity.py TOLERANCES["int8"])
 VALIDATION_MIN_COSINE = 0.99
-_ORT_METHOD = {"max": "MinMax", "entropy": "Entropy", "percentile": "Percentile",
-               "mse": "MinMax"}  # mse ranges are written as a MinMax cache (calibration.precision.clipping)
+_ORT_METHOD = {
+    "max": "MinMax",
+    "entropy": "Entropy",
+    "percentile": "Percentile",
+    "mse": "MinMax",
+}  # mse ranges are written as a MinMax cache (calibration.precision.clipping)
 
 
 class QuantizationError(RuntimeError):
@@ -83,14 +104,15 @@ class ClipDataReader:
         self.input_name = input_name
         self._i = 0
         self._end = len(self.clips)
-        self._bar = tqdm(total=len(self.clips), desc=desc, unit="clip", disable=not progress, file=sys.stderr,
-                         dynamic_ncols=True)
+        self._bar = tqdm(
+            total=len(self.clips), desc=desc, unit="clip", disable=not progress, file=sys.stderr, dynamic_ncols=True
+        )
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._i >= self._end:
             self._bar.close()
             return None
-        x = self.clips[self._i:self._i + 1]
+        x = self.clips[self._i : self._i + 1]
         self._i += 1
         self._bar.update(1)
         return {self.input_name: x}
@@ -131,13 +153,18 @@ def _check_tensorrt_qdq(path: Path) -> dict[str, Any]:
 
     info = inspect_onnx(path)
     if info["qdq_problems"]:
-        raise QuantizationError(f"{path}: the Q/DQ model is not buildable by TensorRT:\n  - "
-                                + "\n  - ".join(info["qdq_problems"][:10]))
+        raise QuantizationError(
+            f"{path}: the Q/DQ model is not buildable by TensorRT:\n  - " + "\n  - ".join(info["qdq_problems"][:10])
+        )
     if not info["qdq_nodes"]:
-        raise QuantizationError(f"{path}: quantization inserted no QuantizeLinear/DequantizeLinear nodes; expected "
-                                f"Q/DQ on the inputs of {', '.join(TRT_OP_TYPES)}")
-    return {"qdq_nodes": len(info["qdq_nodes"]), "op_counts": {k: v for k, v in info["op_counts"].items()
-                                                               if k in _QDQ_COUNT_OPS}}
+        raise QuantizationError(
+            f"{path}: quantization inserted no QuantizeLinear/DequantizeLinear nodes; expected "
+            f"Q/DQ on the inputs of {', '.join(TRT_OP_TYPES)}"
+        )
+    return {
+        "qdq_nodes": len(info["qdq_nodes"]),
+        "op_counts": {k: v for k, v in info["op_counts"].items() if k in _QDQ_COUNT_OPS},
+    }
 
 
 # ---- TensorRT INT8+FP16 form (issue 14, point 5) ----------------------------------------------------------------
@@ -193,8 +220,10 @@ def _quantized_softmaxes(graph: Any) -> tuple[list[str], list[str]]:
         if n.op_type == "Softmax" and not n.name:
             n.name = f"Softmax__int8fp16_{i}"
     softmax = [n for n in graph.node if n.op_type == "Softmax"]
-    return ([n.name for n in softmax if n.output[0] in quantizes],
-            [n.name for n in softmax if n.output[0] not in quantizes])
+    return (
+        [n.name for n in softmax if n.output[0] in quantizes],
+        [n.name for n in softmax if n.output[0] not in quantizes],
+    )
 
 
 def _quantize_fp32_islands_directly(model: Any) -> int:
@@ -213,8 +242,11 @@ def _quantize_fp32_islands_directly(model: Any) -> int:
     g = model.graph
     producer = {o: n for n in g.node for o in n.output}
     inits = {t.name: t for t in g.initializer}
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(g.value_info) + list(g.input)
-             if vi.type.HasField("tensor_type")}
+    types = {
+        vi.name: vi.type.tensor_type.elem_type
+        for vi in list(g.value_info) + list(g.input)
+        if vi.type.HasField("tensor_type")
+    }
     types.update({t.name: t.data_type for t in g.initializer})
     fp32_scales: dict[str, str] = {}
     rewired = 0
@@ -222,8 +254,12 @@ def _quantize_fp32_islands_directly(model: Any) -> int:
         if q.op_type != "QuantizeLinear":
             continue
         cast = producer.get(q.input[0])
-        if (cast is None or cast.op_type != "Cast" or types.get(cast.input[0]) != onnx.TensorProto.FLOAT
-                or next((a.i for a in cast.attribute if a.name == "to"), None) != onnx.TensorProto.FLOAT16):
+        if (
+            cast is None
+            or cast.op_type != "Cast"
+            or types.get(cast.input[0]) != onnx.TensorProto.FLOAT
+            or next((a.i for a in cast.attribute if a.name == "to"), None) != onnx.TensorProto.FLOAT16
+        ):
             continue
         scale = inits.get(q.input[1])
         if scale is None or scale.data_type != onnx.TensorProto.FLOAT16:
@@ -270,9 +306,12 @@ def to_tensorrt_fp16_form(path: Path, get_clips: Callable[[], np.ndarray] | None
         model = version_converter.convert_version(model, _FP16_QDQ_OPSET)
     fp16_softmax, fp32_softmax = _quantized_softmaxes(model.graph)
     # Softmax is blocked by node name (only the unquantized ones); every other always-FP32 op by type
-    model = convert_float_to_float16(model, keep_io_types=True,
-                                     op_block_list=[op for op in ALWAYS_FP32_OPS if op != "Softmax"],
-                                     node_block_list=fp32_softmax + [k["node"] for k in kept])
+    model = convert_float_to_float16(
+        model,
+        keep_io_types=True,
+        op_block_list=[op for op in ALWAYS_FP32_OPS if op != "Softmax"],
+        node_block_list=fp32_softmax + [k["node"] for k in kept],
+    )
     _remove_cast_roundtrips(model)
     direct_q = _quantize_fp32_islands_directly(model)
     _toposort(model.graph)
@@ -283,11 +322,20 @@ def to_tensorrt_fp16_form(path: Path, get_clips: Callable[[], np.ndarray] | None
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return {"form": "qdq-fp16", "opset": max(opset, _FP16_QDQ_OPSET),
-            "fp32_ops": [op for op in ALWAYS_FP32_OPS if op != "Softmax" or fp32_softmax],
-            "fp16_softmax": len(fp16_softmax), "fp32_softmax": len(fp32_softmax), "fp32_scale_q": direct_q,
-            "between_matmuls": "float16 (FP16 Q/DQ scales)", "fp16_scales_raised": raised,
-            "kept_fp32": kept if get_clips is not None else None, "int8_outputs_over_fp16": overflowing}
+    return {
+        "form": "qdq-fp16",
+        "opset": max(opset, _FP16_QDQ_OPSET),
+        "fp32_ops": [op for op in ALWAYS_FP32_OPS if op != "Softmax" or fp32_softmax],
+        "fp16_softmax": len(fp16_softmax),
+        "fp32_softmax": len(fp32_softmax),
+        "fp32_scale_q": direct_q,
+        "between_matmuls": "float16 (FP16 Q/DQ scales)",
+        "fp16_scales_raised": raised,
+        "kept_fp32": kept if get_clips is not None else None,
+        "int8_outputs_over_fp16": overflowing,
+    }
+
+
 # ---- end of the TensorRT INT8+FP16 form ---------------------------------------------------------------------------
 
 
@@ -311,8 +359,14 @@ def _calibrate_mse_hook(fp32_onnx: Path, reader: Any, op_types: list[str], range
     calibrate_mse(fp32_onnx, reader, op_types, ranges, symmetric)
 
 
-def _smooth_hook(fp32_onnx: Path, model_sha: str, smooth: float | None | str, clips: Callable[[], np.ndarray],
-                 set_sha256: Callable[[], str] | str, cache_dir: Path) -> tuple[Path, dict[str, Any] | None]:
+def _smooth_hook(
+    fp32_onnx: Path,
+    model_sha: str,
+    smooth: float | None | str,
+    clips: Callable[[], np.ndarray],
+    set_sha256: Callable[[], str] | str,
+    cache_dir: Path,
+) -> tuple[Path, dict[str, Any] | None]:
     """The SmoothQuant'ed FP32 model (cached by model, calibration set and alpha) and what was smoothed."""
     import json
 
@@ -341,6 +395,8 @@ def _smooth_hook(fp32_onnx: Path, model_sha: str, smooth: float | None | str, cl
     write_json_atomic(record, info)
     _log(f"SmoothQuant (alpha {alpha}): {info['layernorms_smoothed']} LayerNorms, {info['matmuls_smoothed']} MatMuls")
     return path, {**info, "cache": "miss"}
+
+
 # ---- end of outlier-aware INT8 ------------------------------------------------------------------------------------
 
 
@@ -356,8 +412,15 @@ CALIBRATOR_OPTIONS: dict[str, dict[str, Any]] = {
 }
 
 
-def calibrate(fp32_onnx: Path, clips: np.ndarray, method: str, op_types: list[str], ranges: Path, symmetric: bool,
-              progress: bool = True) -> None:
+def calibrate(
+    fp32_onnx: Path,
+    clips: np.ndarray,
+    method: str,
+    op_types: list[str],
+    ranges: Path,
+    symmetric: bool,
+    progress: bool = True,
+) -> None:
     """Run ``method`` calibration of the inputs of ``op_types`` on ``clips``; write the ranges JSON atomically."""
     q = _ort_quant()
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
@@ -369,17 +432,28 @@ def calibrate(fp32_onnx: Path, clips: np.ndarray, method: str, op_types: list[st
     options = dict(CALIBRATOR_OPTIONS[method], symmetric=symmetric)
     _log(f"calibrating {fp32_onnx.name} on {len(clips)} clips ({method}) -> {ranges}")
     with tempfile.TemporaryDirectory(prefix="int8-calib-") as tmp:
-        calibrator = create_calibrator(fp32_onnx, op_types, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                                       calibrate_method=getattr(q.CalibrationMethod, _ORT_METHOD[method]),
-                                       extra_options=options)
+        calibrator = create_calibrator(
+            fp32_onnx,
+            op_types,
+            augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrate_method=getattr(q.CalibrationMethod, _ORT_METHOD[method]),
+            extra_options=options,
+        )
         calibrator.collect_data(reader)
         tensors = calibrator.compute_data()
         del calibrator
     save_tensors_data(tensors, ranges)  # atomic (temporary file + rename)
 
 
-def _quantize_tensorrt_ort(fp32_onnx: Path, out: Path, method: str, get_clips: Callable[[], np.ndarray],
-                           ranges: Path, progress: bool, exclude: list[str] | None = None) -> dict[str, Any]:
+def _quantize_tensorrt_ort(
+    fp32_onnx: Path,
+    out: Path,
+    method: str,
+    get_clips: Callable[[], np.ndarray],
+    ranges: Path,
+    progress: bool,
+    exclude: list[str] | None = None,
+) -> dict[str, Any]:
     q = _ort_quant()
     hit = ranges.is_file()
     if not hit:
@@ -398,79 +472,152 @@ def _quantize_tensorrt_ort(fp32_onnx: Path, out: Path, method: str, get_clips: C
     }
     tmp = temp_path_beside(out, ".onnx")
     try:
-        q.quantize_static(str(fp32_onnx), str(tmp), None, quant_format=q.QuantFormat.QDQ,
-                          op_types_to_quantize=list(TRT_OP_TYPES), per_channel=True,
-                          activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
-                          calibrate_method=getattr(q.CalibrationMethod, _ORT_METHOD[method]), extra_options=extra,
-                          calibration_cache_path=str(ranges), nodes_to_exclude=list(exclude or []))
+        q.quantize_static(
+            str(fp32_onnx),
+            str(tmp),
+            None,
+            quant_format=q.QuantFormat.QDQ,
+            op_types_to_quantize=list(TRT_OP_TYPES),
+            per_channel=True,
+            activation_type=q.QuantType.QInt8,
+            weight_type=q.QuantType.QInt8,
+            calibrate_method=getattr(q.CalibrationMethod, _ORT_METHOD[method]),
+            extra_options=extra,
+            calibration_cache_path=str(ranges),
+            nodes_to_exclude=list(exclude or []),
+        )
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return {"engine": "onnxruntime.quantization", "form": "qdq-static", "calibration_cache": "hit" if hit else "miss",
-            "ranges_file": str(ranges), "op_types": list(TRT_OP_TYPES), "weights": "int8 per-channel symmetric",
-            "activations": "int8 per-tensor symmetric (zero point 0)", "bias": "float (not quantized)"}
+    return {
+        "engine": "onnxruntime.quantization",
+        "form": "qdq-static",
+        "calibration_cache": "hit" if hit else "miss",
+        "ranges_file": str(ranges),
+        "op_types": list(TRT_OP_TYPES),
+        "weights": "int8 per-channel symmetric",
+        "activations": "int8 per-tensor symmetric (zero point 0)",
+        "bias": "float (not quantized)",
+    }
 
 
-def _quantize_tensorrt_modelopt(fp32_onnx: Path, out: Path, method: str, get_clips: Callable[[], np.ndarray]
-                                ) -> dict[str, Any]:
+def _quantize_tensorrt_modelopt(
+    fp32_onnx: Path, out: Path, method: str, get_clips: Callable[[], np.ndarray]
+) -> dict[str, Any]:
     try:
         from modelopt.onnx.quantization import quantize as mo_quantize
     except ImportError as e:
-        raise QuantizationError(f"engine='modelopt' needs nvidia-modelopt[onnx] ({e}); it is optional: pip install "
-                                "'nvidia-modelopt[onnx]' (pulls CUDA PyTorch), or use the default engine") from e
+        raise QuantizationError(
+            f"engine='modelopt' needs nvidia-modelopt[onnx] ({e}); it is optional: pip install "
+            "'nvidia-modelopt[onnx]' (pulls CUDA PyTorch), or use the default engine"
+        ) from e
     if method not in ("max", "entropy"):
         raise QuantizationError(f"engine='modelopt' calibrates with 'max' or 'entropy'; got {method!r}")
     clips = get_clips()
     tmp = temp_path_beside(out, ".onnx")
     try:
-        mo_quantize(str(fp32_onnx), quantize_mode="int8", calibration_data={_input_name(fp32_onnx): clips},
-                    calibration_method=method, calibration_eps=["cpu"], output_path=str(tmp))
+        mo_quantize(
+            str(fp32_onnx),
+            quantize_mode="int8",
+            calibration_data={_input_name(fp32_onnx): clips},
+            calibration_method=method,
+            calibration_eps=["cpu"],
+            output_path=str(tmp),
+        )
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return {"engine": "modelopt", "form": "qdq-static", "calibration_cache": None}
 
 
-def _quantize_ort_form(fp32_onnx: Path, out: Path, form: str, method: str, get_clips: Callable[[], np.ndarray],
-                       ranges_path: Callable[[], Path], progress: bool, exclude: list[str] | None = None
-                       ) -> dict[str, Any]:
+def _quantize_ort_form(
+    fp32_onnx: Path,
+    out: Path,
+    form: str,
+    method: str,
+    get_clips: Callable[[], np.ndarray],
+    ranges_path: Callable[[], Path],
+    progress: bool,
+    exclude: list[str] | None = None,
+) -> dict[str, Any]:
     q = _ort_quant()
     tmp = temp_path_beside(out, ".onnx")
     try:
         if form == "dynamic":
-            q.quantize_dynamic(str(fp32_onnx), str(tmp), op_types_to_quantize=["MatMul", "Gemm"], per_channel=False,
-                               weight_type=q.QuantType.QInt8, nodes_to_exclude=list(exclude or []))
-            info: dict[str, Any] = {"calibration_cache": None, "op_types": ["MatMul", "Gemm"],
-                                    "weights": "int8 per-tensor", "activations": "uint8, quantized at run time"}
+            q.quantize_dynamic(
+                str(fp32_onnx),
+                str(tmp),
+                op_types_to_quantize=["MatMul", "Gemm"],
+                per_channel=False,
+                weight_type=q.QuantType.QInt8,
+                nodes_to_exclude=list(exclude or []),
+            )
+            info: dict[str, Any] = {
+                "calibration_cache": None,
+                "op_types": ["MatMul", "Gemm"],
+                "weights": "int8 per-tensor",
+                "activations": "uint8, quantized at run time",
+            }
         else:
             ranges = ranges_path()  # keyed by the set's sha256: only static forms need it
             hit = ranges.is_file()
             if not hit:
-                calibrate(fp32_onnx, get_clips(), method, ["MatMul", "Gemm", "Conv"], ranges, symmetric=False,
-                          progress=progress)
+                calibrate(
+                    fp32_onnx,
+                    get_clips(),
+                    method,
+                    ["MatMul", "Gemm", "Conv"],
+                    ranges,
+                    symmetric=False,
+                    progress=progress,
+                )
             extra: dict[str, Any] = {"WeightSymmetric": True}
-            q.quantize_static(str(fp32_onnx), str(tmp), None,
-                              quant_format=q.QuantFormat.QDQ if form == "qdq" else q.QuantFormat.QOperator,
-                              op_types_to_quantize=["MatMul", "Gemm", "Conv"], per_channel=True,
-                              activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
-                              calibrate_method=getattr(q.CalibrationMethod, _ORT_METHOD[method]), extra_options=extra,
-                              calibration_cache_path=str(ranges), nodes_to_exclude=list(exclude or []))
-            info = {"calibration_cache": "hit" if hit else "miss", "ranges_file": str(ranges),
-                    "op_types": ["MatMul", "Gemm", "Conv"], "weights": "int8 per-channel symmetric",
-                    "activations": "uint8 per-tensor (calibrated)"}
+            q.quantize_static(
+                str(fp32_onnx),
+                str(tmp),
+                None,
+                quant_format=q.QuantFormat.QDQ if form == "qdq" else q.QuantFormat.QOperator,
+                op_types_to_quantize=["MatMul", "Gemm", "Conv"],
+                per_channel=True,
+                activation_type=q.QuantType.QUInt8,
+                weight_type=q.QuantType.QInt8,
+                calibrate_method=getattr(q.CalibrationMethod, _ORT_METHOD[method]),
+                extra_options=extra,
+                calibration_cache_path=str(ranges),
+                nodes_to_exclude=list(exclude or []),
+            )
+            info = {
+                "calibration_cache": "hit" if hit else "miss",
+                "ranges_file": str(ranges),
+                "op_types": ["MatMul", "Gemm", "Conv"],
+                "weights": "int8 per-channel symmetric",
+                "activations": "uint8 per-tensor (calibrated)",
+            }
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return {"engine": "onnxruntime.quantization", "form": {"dynamic": "dynamic", "qdq": "qdq-static",
-                                                           "qoperator": "qoperator-static"}[form], **info}
+    return {
+        "engine": "onnxruntime.quantization",
+        "form": {"dynamic": "dynamic", "qdq": "qdq-static", "qoperator": "qoperator-static"}[form],
+        **info,
+    }
 
 
-def quantize_int8(fp32_onnx: str | os.PathLike, out: str | os.PathLike, target: str, method: str,
-                  get_clips: Callable[[], np.ndarray], set_sha256: Callable[[], str] | str,
-                  cache_dir: str | os.PathLike,
-                  form: str | None = None, engine: str = "onnxruntime", validate_clips: int = 4,
-                  progress: bool = True, smooth: float | None | str = "default",
-                  keep_float: list[str] | None = None) -> dict[str, Any]:
+def quantize_int8(
+    fp32_onnx: str | os.PathLike,
+    out: str | os.PathLike,
+    target: str,
+    method: str,
+    get_clips: Callable[[], np.ndarray],
+    set_sha256: Callable[[], str] | str,
+    cache_dir: str | os.PathLike,
+    form: str | None = None,
+    engine: str = "onnxruntime",
+    validate_clips: int = 4,
+    progress: bool = True,
+    smooth: float | None | str = "default",
+    keep_float: list[str] | None = None,
+) -> dict[str, Any]:
     """Write the INT8 model of ``fp32_onnx`` for ``target`` to ``out`` (atomically); returns what was done.
 
     ``get_clips`` returns the calibration clips; it is called only when the clips are needed (a cold
@@ -506,13 +653,13 @@ def quantize_int8(fp32_onnx: str | os.PathLike, out: str | os.PathLike, target: 
 
     if target == "tensorrt":
         if form not in TRT_FORMS:
-            raise QuantizationError(f"target 'tensorrt' takes the Q/DQ forms {TRT_FORMS} (None: "
-                                    f"{TRT_DEFAULT_FORM!r}); got form {form!r}")
+            raise QuantizationError(
+                f"target 'tensorrt' takes the Q/DQ forms {TRT_FORMS} (None: {TRT_DEFAULT_FORM!r}); got form {form!r}"
+            )
         if engine == "modelopt":
             info = _quantize_tensorrt_modelopt(fp32_onnx, out, method, clips)
         elif engine == "onnxruntime":
-            info = _quantize_tensorrt_ort(fp32_onnx, out, method, clips, ranges_for("tensorrt"), progress,
-                                          keep_float)
+            info = _quantize_tensorrt_ort(fp32_onnx, out, method, clips, ranges_for("tensorrt"), progress, keep_float)
         else:
             raise QuantizationError(f"engine {engine!r}: expected 'onnxruntime' or 'modelopt'")
         if (form or TRT_DEFAULT_FORM) == "qdq-fp16":
@@ -532,8 +679,9 @@ def quantize_int8(fp32_onnx: str | os.PathLike, out: str | os.PathLike, target: 
         reference = None
         info = {}
         for i, f in enumerate(candidates):
-            info = _quantize_ort_form(fp32_onnx, out, f, method, clips, lambda: ranges_for("onnxruntime-static"),
-                                      progress, keep_float)
+            info = _quantize_ort_form(
+                fp32_onnx, out, f, method, clips, lambda: ranges_for("onnxruntime-static"), progress, keep_float
+            )
             if not validate_clips:
                 info["validation"] = None
                 break
@@ -542,14 +690,24 @@ def quantize_int8(fp32_onnx: str | os.PathLike, out: str | os.PathLike, target: 
             tried.append({"form": info["form"], "min_cosine": metrics["min_cosine"]})
             if metrics["min_cosine"] >= VALIDATION_MIN_COSINE or i == len(candidates) - 1:
                 if metrics["min_cosine"] < VALIDATION_MIN_COSINE:
-                    _log(f"warning: {info['form']} INT8 misses the bar (min cosine {metrics['min_cosine']:.5f} < "
-                         f"{VALIDATION_MIN_COSINE}) and no other form is left")
+                    _log(
+                        f"warning: {info['form']} INT8 misses the bar (min cosine {metrics['min_cosine']:.5f} < "
+                        f"{VALIDATION_MIN_COSINE}) and no other form is left"
+                    )
                 break
-            _log(f"{info['form']} INT8: min cosine {metrics['min_cosine']:.5f} < {VALIDATION_MIN_COSINE}; "
-                 f"trying {candidates[i + 1]}")
+            _log(
+                f"{info['form']} INT8: min cosine {metrics['min_cosine']:.5f} < {VALIDATION_MIN_COSINE}; "
+                f"trying {candidates[i + 1]}"
+            )
         info["forms_tried"] = tried
         info["why"] = ORT_FORM_WHY if form is None else f"form {form!r} asked for"
     info.update({"smoothquant": smooth_info, "kept_float": list(keep_float or [])})  # issue 15
-    info.update({"target": target, "method": method if info.get("calibration_cache") is not None else None,
-                 "seconds": round(time.perf_counter() - t0, 2), "clips_read": "c" in clips_cache})
+    info.update(
+        {
+            "target": target,
+            "method": method if info.get("calibration_cache") is not None else None,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "clips_read": "c" in clips_cache,
+        }
+    )
     return info

@@ -18,6 +18,7 @@ the conversion:
   Q/DQ fusion; when such a node's output reaches the overflow threshold it is reported instead (use
   ``int8_form='fp32'`` for that model).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -58,9 +59,17 @@ def guard_fp16_scales(model: Any) -> list[dict[str, Any]]:
             _requantize(inits[dq.input[0]], old, new, dq)
         inits[name].CopyFrom(numpy_helper.from_array(new, name))
         smallest = float(old.min())
-        changed.append({"scale": name, "min_before": smallest, "entries_raised": int(low.sum()),
-                        "fp16_would_be": "0 (refused by TensorRT's parser)" if float(np.float16(smallest)) == 0
-                        else "subnormal", "raised_to": FP16_MIN_NORMAL})
+        changed.append(
+            {
+                "scale": name,
+                "min_before": smallest,
+                "entries_raised": int(low.sum()),
+                "fp16_would_be": "0 (refused by TensorRT's parser)"
+                if float(np.float16(smallest)) == 0
+                else "subnormal",
+                "raised_to": FP16_MIN_NORMAL,
+            }
+        )
     return changed
 
 
@@ -82,9 +91,13 @@ def _requantize(weight: Any, old: np.ndarray, new: np.ndarray, dq: Any) -> None:
     weight.CopyFrom(numpy_helper.from_array(requant, weight.name))
 
 
-def fp32_rest_nodes(fp32_qdq_path: Any, clips: np.ndarray, progress: bool = False,
-                    overflow_threshold: float | None = None,
-                    error_threshold: float | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def fp32_rest_nodes(
+    fp32_qdq_path: Any,
+    clips: np.ndarray,
+    progress: bool = False,
+    overflow_threshold: float | None = None,
+    error_threshold: float | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(float nodes to keep FP32 in the INT8+FP16 form, INT8 matmuls whose FP16 output would overflow).
 
     ``calibration.precision.fp16``'s measurement on the FP32-form Q/DQ model at ``fp32_qdq_path``; the always-FP32
@@ -95,8 +108,11 @@ def fp32_rest_nodes(fp32_qdq_path: Any, clips: np.ndarray, progress: bool = Fals
     from calibration.precision import fp16
 
     stats = fp16.measure_activations(fp32_qdq_path, clips, progress)
-    kw = {k: v for k, v in (("overflow_threshold", overflow_threshold), ("error_threshold", error_threshold))
-          if v is not None}
+    kw = {
+        k: v
+        for k, v in (("overflow_threshold", overflow_threshold), ("error_threshold", error_threshold))
+        if v is not None
+    }
     decided = [k for k in fp16.decide_fp32_nodes(fp32_qdq_path, stats, **kw) if k["reason"] != "always"]
     model = onnx.load(str(fp32_qdq_path))
     fp16._name_nodes(model)

@@ -12,6 +12,7 @@ most sensitive MatMuls kept in float within a stated budget.
 
 Everything runs in ONNX Runtime on the CPU, against the FP32 ONNX on the same clips.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,17 @@ from calibration.precision.int8 import TRT_OP_TYPES, quantize_int8
 from calibration.precision.metrics import compare_logits
 from calibration.graph.onnx_compare import session_with_outputs
 
-__all__ = ["KEEP_FLOAT_BUDGET", "KEEP_FLOAT_MAX_NODES", "quantizable_nodes", "node_macs", "run_logits",
-           "layer_sensitivity", "choose_keep_float", "search_clipping", "STATIC_METHODS"]
+__all__ = [
+    "KEEP_FLOAT_BUDGET",
+    "KEEP_FLOAT_MAX_NODES",
+    "quantizable_nodes",
+    "node_macs",
+    "run_logits",
+    "layer_sensitivity",
+    "choose_keep_float",
+    "search_clipping",
+    "STATIC_METHODS",
+]
 
 #: the most of the quantizable multiply-accumulates that may stay float (the INT8 speed-up must survive it)
 KEEP_FLOAT_BUDGET = 0.05
@@ -47,8 +57,11 @@ def quantizable_nodes(fp32_onnx: str | os.PathLike, target: str, form: str | Non
     import onnx
 
     model = onnx.load(str(fp32_onnx), load_external_data=False)
-    ops = TRT_OP_TYPES if target == "tensorrt" else (("MatMul", "Gemm") if form in (None, "dynamic")
-                                                      else ("MatMul", "Gemm", "Conv"))
+    ops = (
+        TRT_OP_TYPES
+        if target == "tensorrt"
+        else (("MatMul", "Gemm") if form in (None, "dynamic") else ("MatMul", "Gemm", "Conv"))
+    )
     names = [n.name for n in model.graph.node if n.op_type in ops]
     if len(set(names)) != len(names) or not all(names):
         raise ValueError(f"{fp32_onnx}: the {ops} nodes need unique, non-empty names to be kept float by name")
@@ -64,8 +77,11 @@ def node_macs(fp32_onnx: str | os.PathLike, clip: np.ndarray | None = None) -> d
     shapes: dict[str, list[int]] = {}
     if clip is not None:
         nodes = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")]
-        names = sorted({t for n in nodes for t in (n.input[0], n.input[1], n.output[0])}
-                       - {t.name for t in model.graph.initializer} - {i.name for i in model.graph.input})
+        names = sorted(
+            {t for n in nodes for t in (n.input[0], n.input[1], n.output[0])}
+            - {t.name for t in model.graph.initializer}
+            - {i.name for i in model.graph.input}
+        )
         s = session_with_outputs(model, names)
         res = s.run(names, {s.get_inputs()[0].name: np.ascontiguousarray(clip[:1], np.float32)})
         shapes.update({t: list(v.shape) for t, v in zip(names, res)})
@@ -108,24 +124,52 @@ def run_logits(onnx_path: str | os.PathLike, clips: np.ndarray, threads: int | N
     s = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
     name = s.get_inputs()[0].name
     x = np.ascontiguousarray(clips, np.float32)
-    return np.concatenate([s.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))]).astype(np.float32)
+    return np.concatenate([s.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))]).astype(np.float32)
 
 
-def _builder(fp32_onnx: Path, target: str, form: str | None, calib_clips: np.ndarray, set_sha256: str,
-             cache_dir: Path, smooth: float | None | str, work: Path) -> Callable[..., tuple[Path, dict[str, Any]]]:
+def _builder(
+    fp32_onnx: Path,
+    target: str,
+    form: str | None,
+    calib_clips: np.ndarray,
+    set_sha256: str,
+    cache_dir: Path,
+    smooth: float | None | str,
+    work: Path,
+) -> Callable[..., tuple[Path, dict[str, Any]]]:
     def build(method: str, keep_float: list[str] | None, tag: str) -> tuple[Path, dict[str, Any]]:
         out = work / f"{tag}.onnx"
-        info = quantize_int8(fp32_onnx, out, target, method, lambda: calib_clips, set_sha256, cache_dir, form=form,
-                             validate_clips=0, progress=False, smooth=smooth, keep_float=keep_float)
+        info = quantize_int8(
+            fp32_onnx,
+            out,
+            target,
+            method,
+            lambda: calib_clips,
+            set_sha256,
+            cache_dir,
+            form=form,
+            validate_clips=0,
+            progress=False,
+            smooth=smooth,
+            keep_float=keep_float,
+        )
         return out, info
 
     return build
 
 
-def layer_sensitivity(fp32_onnx: str | os.PathLike, target: str, calib_clips: np.ndarray, eval_clips: np.ndarray,
-                      set_sha256: str, cache_dir: str | os.PathLike, form: str | None = None, method: str = "max",
-                      smooth: float | None | str = "default", reference: np.ndarray | None = None
-                      ) -> dict[str, Any]:
+def layer_sensitivity(
+    fp32_onnx: str | os.PathLike,
+    target: str,
+    calib_clips: np.ndarray,
+    eval_clips: np.ndarray,
+    set_sha256: str,
+    cache_dir: str | os.PathLike,
+    form: str | None = None,
+    method: str = "max",
+    smooth: float | None | str = "default",
+    reference: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Per quantizable node: the logit error vs FP32 when only that node is INT8 (everything else float).
 
     Returns ``{"nodes": [{"node", "op", "macs", "mac_share", "error", "min_cosine"}], "all_int8": metrics}``,
@@ -151,18 +195,40 @@ def layer_sensitivity(fp32_onnx: str | os.PathLike, target: str, calib_clips: np
             path, _ = build(method, [m for m in names if m != n], f"only-{i}")
             m = compare_logits(ref, run_logits(path, eval_clips))
             path.unlink()
-            rows.append({"node": n, "op": ops.get(n), "macs": macs.get(n, 0), "mac_share": macs.get(n, 0) / total,
-                         "error": 1.0 - m["mean_cosine"], "min_cosine": m["min_cosine"]})
+            rows.append(
+                {
+                    "node": n,
+                    "op": ops.get(n),
+                    "macs": macs.get(n, 0),
+                    "mac_share": macs.get(n, 0) / total,
+                    "error": 1.0 - m["mean_cosine"],
+                    "min_cosine": m["min_cosine"],
+                }
+            )
     rows.sort(key=lambda r: -r["error"])
-    _log(f"sensitivity of {len(rows)} nodes ({target}, {form or 'qdq'}): worst {rows[0]['node']} "
-         f"(1 - cos {rows[0]['error']:.2e})" if rows else "no quantizable nodes")
-    return {"target": target, "form": form, "method": method, "nodes": rows, "all_int8": all_metrics,
-            "metric": "1 - mean cosine of the logits vs FP32 with only this node INT8", "clips": int(len(eval_clips))}
+    _log(
+        f"sensitivity of {len(rows)} nodes ({target}, {form or 'qdq'}): worst {rows[0]['node']} "
+        f"(1 - cos {rows[0]['error']:.2e})"
+        if rows
+        else "no quantizable nodes"
+    )
+    return {
+        "target": target,
+        "form": form,
+        "method": method,
+        "nodes": rows,
+        "all_int8": all_metrics,
+        "metric": "1 - mean cosine of the logits vs FP32 with only this node INT8",
+        "clips": int(len(eval_clips)),
+    }
 
 
-def choose_keep_float(sensitivity: dict[str, Any], budget: float = KEEP_FLOAT_BUDGET,
-                      max_nodes: int = KEEP_FLOAT_MAX_NODES, min_share: float = KEEP_FLOAT_MIN_SHARE
-                      ) -> dict[str, Any]:
+def choose_keep_float(
+    sensitivity: dict[str, Any],
+    budget: float = KEEP_FLOAT_BUDGET,
+    max_nodes: int = KEEP_FLOAT_MAX_NODES,
+    min_share: float = KEEP_FLOAT_MIN_SHARE,
+) -> dict[str, Any]:
     """The nodes to keep float: worst first, while within ``budget`` of the MACs and ``max_nodes``, and only nodes
     whose error is at least ``min_share`` of the worst's. Returns the names and the budget statement."""
     rows = sensitivity["nodes"]
@@ -176,20 +242,34 @@ def choose_keep_float(sensitivity: dict[str, Any], budget: float = KEEP_FLOAT_BU
             continue  # a big node over budget: a smaller one further down may still fit
         chosen.append(r["node"])
         used += r["mac_share"]
-    return {"keep_float": chosen, "mac_share_kept_float": used,
-            "budget": {"max_mac_share": budget, "max_nodes": max_nodes, "min_error_share_of_worst": min_share}}
+    return {
+        "keep_float": chosen,
+        "mac_share_kept_float": used,
+        "budget": {"max_mac_share": budget, "max_nodes": max_nodes, "min_error_share_of_worst": min_share},
+    }
 
 
-def search_clipping(fp32_onnx: str | os.PathLike, target: str, calib_clips: np.ndarray, eval_clips: np.ndarray,
-                    set_sha256: str, cache_dir: str | os.PathLike, form: str | None = None,
-                    methods: tuple[str, ...] = STATIC_METHODS, smooth: float | None | str = "default",
-                    keep_float: list[str] | None = None, reference: np.ndarray | None = None) -> dict[str, Any]:
+def search_clipping(
+    fp32_onnx: str | os.PathLike,
+    target: str,
+    calib_clips: np.ndarray,
+    eval_clips: np.ndarray,
+    set_sha256: str,
+    cache_dir: str | os.PathLike,
+    form: str | None = None,
+    methods: tuple[str, ...] = STATIC_METHODS,
+    smooth: float | None | str = "default",
+    keep_float: list[str] | None = None,
+    reference: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Build with each calibration method and pick the one with the highest mean cosine vs FP32 on ``eval_clips``
     (ties: the higher min cosine). Static forms only (TensorRT Q/DQ, ONNX Runtime qdq/qoperator)."""
     fp32_onnx, cache_dir = Path(fp32_onnx), Path(cache_dir)
     if target == "onnxruntime" and form in (None, "dynamic"):
-        raise ValueError("search_clipping: the dynamic form has no calibrated ranges; pass form='qdq' or "
-                         "'qoperator' for ONNX Runtime, or target='tensorrt'")
+        raise ValueError(
+            "search_clipping: the dynamic form has no calibrated ranges; pass form='qdq' or "
+            "'qoperator' for ONNX Runtime, or target='tensorrt'"
+        )
     ref = run_logits(fp32_onnx, eval_clips) if reference is None else reference
     results = []
     with tempfile.TemporaryDirectory(prefix="int8-clipping-") as work:
@@ -198,9 +278,17 @@ def search_clipping(fp32_onnx: str | os.PathLike, target: str, calib_clips: np.n
             path, _ = build(m, keep_float, f"clip-{m}")
             metrics = compare_logits(ref, run_logits(path, eval_clips))
             path.unlink()
-            results.append({"method": m, "mean_cosine": metrics["mean_cosine"], "min_cosine": metrics["min_cosine"],
-                            "top1_agreement": metrics["top1_agreement"]})
-            _log(f"{target} {form or 'qdq'} {m}: mean cosine {metrics['mean_cosine']:.6f}, "
-                 f"min {metrics['min_cosine']:.5f}")
+            results.append(
+                {
+                    "method": m,
+                    "mean_cosine": metrics["mean_cosine"],
+                    "min_cosine": metrics["min_cosine"],
+                    "top1_agreement": metrics["top1_agreement"],
+                }
+            )
+            _log(
+                f"{target} {form or 'qdq'} {m}: mean cosine {metrics['mean_cosine']:.6f}, "
+                f"min {metrics['min_cosine']:.5f}"
+            )
     best = max(results, key=lambda r: (r["mean_cosine"], r["min_cosine"]))
     return {"best": best["method"], "results": results, "target": target, "form": form}

@@ -1,4 +1,5 @@
 """Parity metrics between an engine's logits and the PyTorch reference, and the per-precision tolerances."""
+
 from __future__ import annotations
 
 from typing import Any

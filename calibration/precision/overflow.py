@@ -9,6 +9,7 @@ of products in 16 bits and saturates (255 x 127 x 2 = 64,770 > 32,767); oneDNN r
 :func:`narrow_weights` rewrites the int8 weight initializers of a Q/DQ ONNX in place: per output channel the
 range is re-quantized to 7 bits (the scale grows by max|w| / 63), everything else is left as it is.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -54,8 +55,10 @@ def narrow_weights(model: Any, bits: int = WEIGHT_BITS_SAFE) -> dict[str, Any]:
         if w is None or w.data_type != TensorProto.INT8 or len(w.dims) < 2:
             continue  # an activation, a bias or a scalar
         if len(node.input) > 2 and node.input[2] and np.any(numpy_helper.to_array(inits[node.input[2]]) != 0):
-            raise ValueError(f"DequantizeLinear {node.name!r}: weight {w.name!r} has a nonzero zero point; expected "
-                             "symmetric int8 weights")
+            raise ValueError(
+                f"DequantizeLinear {node.name!r}: weight {w.name!r} has a nonzero zero point; expected "
+                "symmetric int8 weights"
+            )
         s_init = inits.get(node.input[1])
         if s_init is None:
             raise ValueError(f"DequantizeLinear {node.name!r}: scale {node.input[1]!r} is not an initializer")
@@ -65,8 +68,10 @@ def narrow_weights(model: Any, bits: int = WEIGHT_BITS_SAFE) -> dict[str, Any]:
         if scale.ndim:
             shape[_axis(node) % q.ndim] = -1
         if s_init.name in scaled:
-            raise ValueError(f"DequantizeLinear {node.name!r}: scale {s_init.name!r} is shared with weight "
-                             f"{scaled[s_init.name]!r}; expected one scale per weight")
+            raise ValueError(
+                f"DequantizeLinear {node.name!r}: scale {s_init.name!r} is shared with weight "
+                f"{scaled[s_init.name]!r}; expected one scale per weight"
+            )
         if scale.ndim:
             ax = _axis(node) % q.ndim
             amax = np.abs(q).max(axis=tuple(i for i in range(q.ndim) if i != ax))

@@ -1,6 +1,7 @@
 """What a precision number was measured on and calibrated with, for reports (issue 25): the CPU's INT8 instruction
 set (INT8 results differ between x86 with and without VNNI) and the kind of calibration clips (the synthetic
 generator is not camera footage)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,9 +25,13 @@ def calibration_source(spec: str | None) -> dict[str, Any]:
         videos = sorted(f.name for f in p.iterdir() if f.suffix.lower() in VIDEO_EXTS)
         tensors = [f for f in p.iterdir() if f.suffix.lower() in TENSOR_EXTS]
         if videos:
-            return {"spec": s, "kind": "video", "files": videos,
-                    "describe": f"{len(videos)} video file(s) in `{s}` ({', '.join(videos[:4])}"
-                                f"{', ...' if len(videos) > 4 else ''})"}
+            return {
+                "spec": s,
+                "kind": "video",
+                "files": videos,
+                "describe": f"{len(videos)} video file(s) in `{s}` ({', '.join(videos[:4])}"
+                f"{', ...' if len(videos) > 4 else ''})",
+            }
         return {"spec": s, "kind": "tensors", "describe": f"{len(tensors)} tensor file(s) in `{s}`"}
     kind = "tensors" if p.suffix.lower() in TENSOR_EXTS else "video"
     return {"spec": s, "kind": kind, "describe": f"{kind} file `{s}`"}

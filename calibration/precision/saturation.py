@@ -8,6 +8,7 @@ saturate just the same. :func:`saturating_matmul` is that arithmetic; it matches
 ``ONEDNN_MAX_CPU_ISA=AVX2`` bit for bit on a single Q/DQ MatMul (tests/calibration/test_saturation.py). With weights
 in [-64, 63] (:mod:`calibration.precision.overflow`) no pair can saturate: 255 x 64 x 2 = 32,640 <= 32,767.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -56,8 +57,8 @@ def saturating_matmul(a: np.ndarray, b: np.ndarray, zero_point: int = 0, block: 
         u, w = np.pad(u, ((0, 0), (0, 1))), np.pad(w, ((0, 1), (0, 0)))
     out = np.empty((u.shape[0], w.shape[1]), np.int64)
     for i in range(0, u.shape[0], block):
-        p = u[i:i + block, :, None] * w[None]  # (m, K, N) products, exact in int64
-        out[i:i + block] = np.clip(p[:, 0::2] + p[:, 1::2], -INT16_MAX - 1, INT16_MAX).sum(1)
+        p = u[i : i + block, :, None] * w[None]  # (m, K, N) products, exact in int64
+        out[i : i + block] = np.clip(p[:, 0::2] + p[:, 1::2], -INT16_MAX - 1, INT16_MAX).sum(1)
     return out - zp * w.sum(0)
 
 
@@ -81,5 +82,9 @@ def matmul_loss(a: np.ndarray, b: np.ndarray, zero_point: int = 0) -> dict[str, 
     num = (sat * exact).sum(1)
     den = np.linalg.norm(sat, axis=1) * np.linalg.norm(exact, axis=1)
     cos = np.where(den > 0, num / np.where(den > 0, den, 1), 1.0)
-    return {"relative_error": float(err), "min_row_cosine": float(cos.min()),
-            "changed_fraction": float(np.mean(sat != exact)), "max_pair_sum": max_pair_sum(b)}
+    return {
+        "relative_error": float(err),
+        "min_row_cosine": float(cos.min()),
+        "changed_fraction": float(np.mean(sat != exact)),
+        "max_pair_sum": max_pair_sum(b),
+    }

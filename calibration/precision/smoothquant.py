@@ -15,6 +15,7 @@ ONNX Runtime's own SmoothQuant (``quantize_static(extra_options={"SmoothQuant": 
 Compressor (``neural_compressor.adaptor.ox_utils.smooth_quant``), which is not a dependency here; see
 :func:`ort_smoothquant_available`.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,18 @@ import numpy as np
 
 from calibration.graph.onnx_compare import session_with_outputs
 
-__all__ = ["SmoothGroup", "SmoothQuantError", "find_smooth_groups", "activation_channel_max", "smooth_model",
-           "smooth_onnx", "search_alpha", "ort_smoothquant_available", "DEFAULT_ALPHA", "ALPHAS"]
+__all__ = [
+    "SmoothGroup",
+    "SmoothQuantError",
+    "find_smooth_groups",
+    "activation_channel_max",
+    "smooth_model",
+    "smooth_onnx",
+    "search_alpha",
+    "ort_smoothquant_available",
+    "DEFAULT_ALPHA",
+    "ALPHAS",
+]
 
 #: the migration strength used when none is searched (the paper's default for most models)
 DEFAULT_ALPHA = 0.5
@@ -67,8 +78,10 @@ def ort_smoothquant_available() -> tuple[bool, str]:
         importlib.import_module("neural_compressor.adaptor.ox_utils.smooth_quant")
         return True, "neural_compressor.adaptor.ox_utils.smooth_quant importable"
     except Exception as e:  # noqa: BLE001 - an import of a third-party package can fail in many ways
-        return False, (f"onnxruntime.quantization's SmoothQuant needs Intel Neural Compressor "
-                       f"(neural_compressor.adaptor.ox_utils.smooth_quant): {type(e).__name__}: {e}")
+        return False, (
+            f"onnxruntime.quantization's SmoothQuant needs Intel Neural Compressor "
+            f"(neural_compressor.adaptor.ox_utils.smooth_quant): {type(e).__name__}: {e}"
+        )
 
 
 def _rank_of(model: Any) -> dict[str, int]:
@@ -134,8 +147,9 @@ def find_smooth_groups(model: Any) -> list[SmoothGroup]:
     return groups
 
 
-def activation_channel_max(fp32_onnx: str | os.PathLike, clips: np.ndarray, tensors: Iterable[str],
-                           input_name: str | None = None) -> dict[str, np.ndarray]:
+def activation_channel_max(
+    fp32_onnx: str | os.PathLike, clips: np.ndarray, tensors: Iterable[str], input_name: str | None = None
+) -> dict[str, np.ndarray]:
     """Per tensor, ``max |x|`` per channel (last axis) over ``clips`` run one by one in ONNX Runtime CPU."""
     import onnx
 
@@ -146,7 +160,7 @@ def activation_channel_max(fp32_onnx: str | os.PathLike, clips: np.ndarray, tens
     out: dict[str, np.ndarray] = {}
     clips = np.ascontiguousarray(clips, np.float32)
     for i in range(len(clips)):
-        for t, v in zip(names, sess.run(names, {name: clips[i:i + 1]})):
+        for t, v in zip(names, sess.run(names, {name: clips[i : i + 1]})):
             m = np.abs(v.reshape(-1, v.shape[-1])).max(0)
             out[t] = m if t not in out else np.maximum(out[t], m)
     return out
@@ -158,8 +172,9 @@ def _array(init: Any) -> np.ndarray:
     return numpy_helper.to_array(init).astype(np.float32)
 
 
-def smooth_model(model: Any, act_max: dict[str, np.ndarray], alpha: float = DEFAULT_ALPHA,
-                 groups: list[SmoothGroup] | None = None) -> dict[str, Any]:
+def smooth_model(
+    model: Any, act_max: dict[str, np.ndarray], alpha: float = DEFAULT_ALPHA, groups: list[SmoothGroup] | None = None
+) -> dict[str, Any]:
     """Fold SmoothQuant scales into ``model`` (an ``onnx.ModelProto``, changed in place); returns what was done.
 
     ``act_max``: per MatMul input tensor, ``max |x|`` per channel (:func:`activation_channel_max`). Initializers
@@ -205,10 +220,15 @@ def smooth_model(model: Any, act_max: dict[str, np.ndarray], alpha: float = DEFA
             wa = np.abs(_array(inits[w])).astype(np.float64)
             wmax = np.maximum(wmax, wa.max(axis=1 - axis))
         if xmax.shape != wmax.shape:
-            raise SmoothQuantError(f"LayerNorm {grp.layernorm!r}: activation has {xmax.shape[0]} channels, the "
-                                   f"weights read {wmax.shape[0]}")
-        s = np.where((xmax > 0) & (wmax > 0), np.power(np.maximum(xmax, 1e-30), alpha)
-                     / np.power(np.maximum(wmax, 1e-30), 1.0 - alpha), 1.0)
+            raise SmoothQuantError(
+                f"LayerNorm {grp.layernorm!r}: activation has {xmax.shape[0]} channels, the "
+                f"weights read {wmax.shape[0]}"
+            )
+        s = np.where(
+            (xmax > 0) & (wmax > 0),
+            np.power(np.maximum(xmax, 1e-30), alpha) / np.power(np.maximum(wmax, 1e-30), 1.0 - alpha),
+            1.0,
+        )
         s = np.clip(s, _S_MIN, _S_MAX)
         ln = nodes[grp.layernorm]
         replace(grp.layernorm, ln.input[1], _array(inits[ln.input[1]]) / s, "smooth")
@@ -221,16 +241,31 @@ def smooth_model(model: Any, act_max: dict[str, np.ndarray], alpha: float = DEFA
             replace(node_name, w_name, w, "smooth")
         ratio_before = float(xmax.max() / max(np.median(xmax), 1e-30))
         after = xmax / s
-        done.append({"layernorm": grp.layernorm, "matmuls": [w[0] for w in grp.weights],
-                     "outlier_ratio_before": round(ratio_before, 2),
-                     "outlier_ratio_after": round(float(after.max() / max(np.median(after), 1e-30)), 2),
-                     "scale_min": float(s.min()), "scale_max": float(s.max())})
-    return {"alpha": float(alpha), "groups": done, "layernorms_smoothed": len(done),
-            "matmuls_smoothed": sum(len(d["matmuls"]) for d in done)}
+        done.append(
+            {
+                "layernorm": grp.layernorm,
+                "matmuls": [w[0] for w in grp.weights],
+                "outlier_ratio_before": round(ratio_before, 2),
+                "outlier_ratio_after": round(float(after.max() / max(np.median(after), 1e-30)), 2),
+                "scale_min": float(s.min()),
+                "scale_max": float(s.max()),
+            }
+        )
+    return {
+        "alpha": float(alpha),
+        "groups": done,
+        "layernorms_smoothed": len(done),
+        "matmuls_smoothed": sum(len(d["matmuls"]) for d in done),
+    }
 
 
-def smooth_onnx(fp32_onnx: str | os.PathLike, out: str | os.PathLike, clips: np.ndarray, alpha: float = DEFAULT_ALPHA,
-                act_max: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+def smooth_onnx(
+    fp32_onnx: str | os.PathLike,
+    out: str | os.PathLike,
+    clips: np.ndarray,
+    alpha: float = DEFAULT_ALPHA,
+    act_max: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
     """Write the smoothed FP32 model of ``fp32_onnx`` to ``out`` (atomically); returns what was done.
 
     ``act_max`` (from :func:`activation_channel_max` on the same model and clips) saves the measurement when
@@ -243,8 +278,9 @@ def smooth_onnx(fp32_onnx: str | os.PathLike, out: str | os.PathLike, clips: np.
     model = onnx.load(str(fp32_onnx))
     groups = find_smooth_groups(model)
     if not groups:
-        raise SmoothQuantError(f"{fp32_onnx}: no LayerNormalization feeds only constant-weight MatMul/Gemm nodes; "
-                               "nothing to smooth")
+        raise SmoothQuantError(
+            f"{fp32_onnx}: no LayerNormalization feeds only constant-weight MatMul/Gemm nodes; nothing to smooth"
+        )
     if act_max is None:
         act_max = activation_channel_max(fp32_onnx, clips, [t for grp in groups for t in grp.inputs])
     info = smooth_model(model, act_max, alpha, groups)
@@ -254,8 +290,13 @@ def smooth_onnx(fp32_onnx: str | os.PathLike, out: str | os.PathLike, clips: np.
     return info
 
 
-def search_alpha(fp32_onnx: str | os.PathLike, clips: np.ndarray, score: Callable[[Path, float], float],
-                 work_dir: str | os.PathLike, alphas: Iterable[float] = ALPHAS) -> dict[str, Any]:
+def search_alpha(
+    fp32_onnx: str | os.PathLike,
+    clips: np.ndarray,
+    score: Callable[[Path, float], float],
+    work_dir: str | os.PathLike,
+    alphas: Iterable[float] = ALPHAS,
+) -> dict[str, Any]:
     """Try each alpha: smooth, then ``score(smoothed_fp32_path, alpha)`` (higher is better, e.g. the INT8 model's
     mean cosine against FP32 on held-out clips). Returns the best alpha, its path and every score."""
     import onnx

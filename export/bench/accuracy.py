@@ -16,6 +16,7 @@ and the reverse (a difference of k clips is ``100 k / n`` points), top-1 agreeme
 :data:`MIN_CLIPS_FOR_BARS` one clip is more than the FP16 bar and no verdict is given. Writes
 ``accuracy.json`` and ``accuracy.md`` atomically.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -58,11 +59,19 @@ def accuracy_row(name: str, ref: np.ndarray, logits: np.ndarray, labels: np.ndar
     ref_ok = ref.argmax(1) == labels
     ok = logits.argmax(1) == labels
     n = len(labels)
-    return {"name": name, "clips": n, "accuracy": float(ok.mean()), "reference_accuracy": float(ref_ok.mean()),
-            "delta_points": float(100.0 * (ok.mean() - ref_ok.mean())),
-            "lost": int(np.sum(ref_ok & ~ok)), "gained": int(np.sum(~ref_ok & ok)),
-            "top1_agreement": m["top1_agreement"], "mean_cosine": m["mean_cosine"], "min_cosine": m["min_cosine"],
-            "max_abs_logit": m["max_abs_logit"]}
+    return {
+        "name": name,
+        "clips": n,
+        "accuracy": float(ok.mean()),
+        "reference_accuracy": float(ref_ok.mean()),
+        "delta_points": float(100.0 * (ok.mean() - ref_ok.mean())),
+        "lost": int(np.sum(ref_ok & ~ok)),
+        "gained": int(np.sum(~ref_ok & ok)),
+        "top1_agreement": m["top1_agreement"],
+        "mean_cosine": m["mean_cosine"],
+        "min_cosine": m["min_cosine"],
+        "max_abs_logit": m["max_abs_logit"],
+    }
 
 
 def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -73,22 +82,32 @@ def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not bar:
             continue
         met = None if r["clips"] < MIN_CLIPS_FOR_BARS else abs(r["delta_points"]) <= bar + 1e-9
-        out.append({"name": r["name"], "precision": r["precision"], "delta_points": r["delta_points"], "bar": bar,
-                    "met": met})
+        out.append(
+            {"name": r["name"], "precision": r["precision"], "delta_points": r["delta_points"], "bar": bar, "met": met}
+        )
     return out
 
 
 def _engine_logits(engine: Any, clips: np.ndarray, batch: int) -> np.ndarray:
-    return np.concatenate([engine.infer(np.ascontiguousarray(clips[i:i + batch]))
-                           for i in range(0, len(clips), batch)])
+    return np.concatenate(
+        [engine.infer(np.ascontiguousarray(clips[i : i + batch])) for i in range(0, len(clips), batch)]
+    )
 
 
-def run_bench(model: str = DEFAULT_MODEL, n: int = 1600, clips: str | None = None,
-              backends: tuple[str, ...] = ("onnxruntime", "openvino"),
-              precisions: tuple[str, ...] = ("fp32", "fp16", "int8"), tensorrt_files: bool = True,
-              calib_clips: int = 64, seed: int = 0, threads: int | None = None, batch: int = 16,
-              cache_dir: str | os.PathLike = "artifacts/cache",
-              work_dir: str | os.PathLike = "artifacts/bench/accuracy/work") -> dict[str, Any]:
+def run_bench(
+    model: str = DEFAULT_MODEL,
+    n: int = 1600,
+    clips: str | None = None,
+    backends: tuple[str, ...] = ("onnxruntime", "openvino"),
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8"),
+    tensorrt_files: bool = True,
+    calib_clips: int = 64,
+    seed: int = 0,
+    threads: int | None = None,
+    batch: int = 16,
+    cache_dir: str | os.PathLike = "artifacts/cache",
+    work_dir: str | os.PathLike = "artifacts/bench/accuracy/work",
+) -> dict[str, Any]:
     """Build, run and score every bundle; returns the report."""
     import torch
 
@@ -107,8 +126,10 @@ def run_bench(model: str = DEFAULT_MODEL, n: int = 1600, clips: str | None = Non
         torch.set_num_threads(threads)
     net, labels, pre, source = load_source(model, seed)
     if labels is None:
-        raise ValueError(f"--model {model}: has no class names, so there is no accuracy to measure (a preset has "
-                         "random weights); use a trained checkpoint such as models/weights/motion16.safetensors")
+        raise ValueError(
+            f"--model {model}: has no class names, so there is no accuracy to measure (a preset has "
+            "random weights); use a trained checkpoint such as models/weights/motion16.safetensors"
+        )
     task = model_task(net) or DEFAULT_TASK
     calib = synthetic_spec(task, seed)
     spec = clips or synthetic_spec(task, seed + EVAL_SEED_OFFSET)
@@ -124,10 +145,20 @@ def run_bench(model: str = DEFAULT_MODEL, n: int = 1600, clips: str | None = Non
 
     _log("2/4 FP32 PyTorch reference")
     with torch.no_grad():
-        ref = np.concatenate([net(torch.from_numpy(np.ascontiguousarray(evalset.clips[i:i + batch]))).numpy()
-                              for i in range(0, len(evalset), batch)])
-    rows = [{**accuracy_row("pytorch-fp32", ref, ref, lab), "backend": "pytorch", "precision": "fp32",
-             "what": "the reference"}]
+        ref = np.concatenate(
+            [
+                net(torch.from_numpy(np.ascontiguousarray(evalset.clips[i : i + batch]))).numpy()
+                for i in range(0, len(evalset), batch)
+            ]
+        )
+    rows = [
+        {
+            **accuracy_row("pytorch-fp32", ref, ref, lab),
+            "backend": "pytorch",
+            "precision": "fp32",
+            "what": "the reference",
+        }
+    ]
 
     _log("3/4 bundles")
     from runtime import Engine
@@ -143,10 +174,20 @@ def run_bench(model: str = DEFAULT_MODEL, n: int = 1600, clips: str | None = Non
                 _log(f"openvino rows left out: {why}")
                 continue
         for p in precisions:
-            req = BuildRequest(model=model, precision=p, backend=backend, out=str(work / f"{backend}-{p}"),
-                               cache_dir=str(cache_dir), calib=calib, calib_clips=calib_clips, parity_clips=8,
-                               threads=threads, seed=seed, batch=(1, batch, batch),
-                               allow_precision_fallback=True)  # fp16 without FP16/BF16 arithmetic: recorded
+            req = BuildRequest(
+                model=model,
+                precision=p,
+                backend=backend,
+                out=str(work / f"{backend}-{p}"),
+                cache_dir=str(cache_dir),
+                calib=calib,
+                calib_clips=calib_clips,
+                parity_clips=8,
+                threads=threads,
+                seed=seed,
+                batch=(1, batch, batch),
+                allow_precision_fallback=True,
+            )  # fp16 without FP16/BF16 arithmetic: recorded
             bundle = build_bundle(req)
             with Engine(bundle, threads=threads) as engine:
                 logits = _engine_logits(engine, evalset.clips, batch)
@@ -154,8 +195,15 @@ def run_bench(model: str = DEFAULT_MODEL, n: int = 1600, clips: str | None = Non
             what = {"onnxruntime": "ONNX Runtime bundle", "openvino": "OpenVINO bundle"}[backend]
             if backend == "openvino" and p != "fp32":
                 what += f" ({desc.get('inference_precision')} inference)"
-            rows.append({**accuracy_row(f"{backend}-{p}", ref, logits, lab), "backend": backend, "precision": p,
-                         "what": what, "bundle": str(bundle)})
+            rows.append(
+                {
+                    **accuracy_row(f"{backend}-{p}", ref, logits, lab),
+                    "backend": backend,
+                    "precision": p,
+                    "what": what,
+                    "bundle": str(bundle),
+                }
+            )
             _log(f"{rows[-1]['name']}: {100 * rows[-1]['accuracy']:.2f}% ({rows[-1]['delta_points']:+.2f} points)")
 
     if tensorrt_files:
@@ -163,12 +211,29 @@ def run_bench(model: str = DEFAULT_MODEL, n: int = 1600, clips: str | None = Non
         attention = resolve_attention("auto", "tensorrt", None, precision="int8")
         fp32 = cached_fp32_onnx(net, labels, pre, source, attention, cache_dir, verbose=False)
         for p in (q for q in precisions if q != "fp32"):
-            path, info = precision_onnx(fp32, p, "tensorrt", calib, pre, calib_clips, "max", cache_dir, seed,
-                                        progress=False, **({"form": "qdq-fp16"} if p == "int8" else {}))
+            path, info = precision_onnx(
+                fp32,
+                p,
+                "tensorrt",
+                calib,
+                pre,
+                calib_clips,
+                "max",
+                cache_dir,
+                seed,
+                progress=False,
+                **({"form": "qdq-fp16"} if p == "int8" else {}),
+            )
             logits = run_logits(path, evalset.clips, threads)
-            rows.append({**accuracy_row(f"tensorrt-onnx-{p}", ref, logits, lab), "backend": "tensorrt (ONNX in ORT)",
-                         "precision": p, "what": f"the TensorRT {p} ONNX ({info.get('form')}), run in ONNX Runtime",
-                         "onnx": str(path)})
+            rows.append(
+                {
+                    **accuracy_row(f"tensorrt-onnx-{p}", ref, logits, lab),
+                    "backend": "tensorrt (ONNX in ORT)",
+                    "precision": p,
+                    "what": f"the TensorRT {p} ONNX ({info.get('form')}), run in ONNX Runtime",
+                    "onnx": str(path),
+                }
+            )
             _log(f"{rows[-1]['name']}: {100 * rows[-1]['accuracy']:.2f}% ({rows[-1]['delta_points']:+.2f} points)")
 
     import onnxruntime as ort
@@ -181,37 +246,75 @@ def run_bench(model: str = DEFAULT_MODEL, n: int = 1600, clips: str | None = Non
     except ImportError:
         pass
     meta = getattr(getattr(net, "checkpoint", None), "metadata", None) or {}
-    return {"model": model, "task": task, "source": source, "classes": len(labels),
-            "recipe_heldout_accuracy": meta.get("heldout_accuracy"),
-            "clips": {**evalset.info(), "spec": spec},
-            "calibration": {"spec": calib, "clips": calib_clips, "source": calibration_source(calib)},
-            "isa": measured_on(),  # issue 25: INT8 numbers depend on the CPU's INT8 instructions
-            "rows": rows, "verdicts": verdicts(rows), "bars_points": BARS, "min_clips_for_bars": MIN_CLIPS_FOR_BARS,
-            "versions": versions, "machine": machine(),
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "model": model,
+        "task": task,
+        "source": source,
+        "classes": len(labels),
+        "recipe_heldout_accuracy": meta.get("heldout_accuracy"),
+        "clips": {**evalset.info(), "spec": spec},
+        "calibration": {"spec": calib, "clips": calib_clips, "source": calibration_source(calib)},
+        "isa": measured_on(),  # issue 25: INT8 numbers depend on the CPU's INT8 instructions
+        "rows": rows,
+        "verdicts": verdicts(rows),
+        "bars_points": BARS,
+        "min_clips_for_bars": MIN_CLIPS_FOR_BARS,
+        "versions": versions,
+        "machine": machine(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def markdown(rep: dict[str, Any]) -> str:
     n = rep["clips"]["n_clips"]
-    lines = [f"# Accuracy: {rep['model']} (task {rep['task']}, {rep['classes']} classes)", "",
-             f"{n} held-out clips from `{rep['clips']['spec']}` (one clip = {100 / n:.3f} points); calibration "
-             f"`{rep['calibration']['spec']}`, {rep['calibration']['clips']} clips. Reference: FP32 PyTorch. "
-             f"{rep['date']}, {rep['seconds']} s.", "", machine_line(rep["machine"]), "",
-             provenance_line(rep.get("isa") or {}, rep["calibration"].get("source") or {}), "",
-             ]
+    lines = [
+        f"# Accuracy: {rep['model']} (task {rep['task']}, {rep['classes']} classes)",
+        "",
+        f"{n} held-out clips from `{rep['clips']['spec']}` (one clip = {100 / n:.3f} points); calibration "
+        f"`{rep['calibration']['spec']}`, {rep['calibration']['clips']} clips. Reference: FP32 PyTorch. "
+        f"{rep['date']}, {rep['seconds']} s.",
+        "",
+        machine_line(rep["machine"]),
+        "",
+        provenance_line(rep.get("isa") or {}, rep["calibration"].get("source") or {}),
+        "",
+    ]
     lines += markdown_table(
-        ["engine", "top-1 accuracy", "vs FP32 (points)", "lost / gained clips", "top-1 agree", "mean cosine",
-         "min cosine", "what"],
-        [[r["name"], f"{100 * r['accuracy']:.2f}%", f"{r['delta_points']:+.2f}", f"{r['lost']} / {r['gained']}",
-          f"{100 * r['top1_agreement']:.2f}%", f"{r['mean_cosine']:.6f}", f"{r['min_cosine']:.6f}", r["what"]]
-         for r in rep["rows"]])
+        [
+            "engine",
+            "top-1 accuracy",
+            "vs FP32 (points)",
+            "lost / gained clips",
+            "top-1 agree",
+            "mean cosine",
+            "min cosine",
+            "what",
+        ],
+        [
+            [
+                r["name"],
+                f"{100 * r['accuracy']:.2f}%",
+                f"{r['delta_points']:+.2f}",
+                f"{r['lost']} / {r['gained']}",
+                f"{100 * r['top1_agreement']:.2f}%",
+                f"{r['mean_cosine']:.6f}",
+                f"{r['min_cosine']:.6f}",
+                r["what"],
+            ]
+            for r in rep["rows"]
+        ],
+    )
     bars = "Bars (issue 15): INT8 within {int8} points of FP32, FP16 within {fp16}.".format(**rep["bars_points"])
-    lines += ["", bars,
-              ""]
+    lines += ["", bars, ""]
     for v in rep["verdicts"]:
-        state = ("not judged: fewer than {} clips".format(rep["min_clips_for_bars"]) if v["met"] is None
-                 else "met" if v["met"] else "**NOT met**")
+        state = (
+            "not judged: fewer than {} clips".format(rep["min_clips_for_bars"])
+            if v["met"] is None
+            else "met"
+            if v["met"]
+            else "**NOT met**"
+        )
         lines.append(f"- {v['name']}: {v['delta_points']:+.2f} points (bar ±{v['bar']}): {state}")
     return "\n".join(lines) + "\n"
 
@@ -236,14 +339,27 @@ def main(argv: list[str] | None = None) -> int:
     backends = tuple(b for b in a.backends.split(",") if b)
     for b in backends:
         if b not in ("onnxruntime", "openvino"):
-            raise ValueError(f"--backends: expected onnxruntime and/or openvino, got {b!r} (TensorRT's files are "
-                             "the tensorrt-onnx rows)")
+            raise ValueError(
+                f"--backends: expected onnxruntime and/or openvino, got {b!r} (TensorRT's files are "
+                "the tensorrt-onnx rows)"
+            )
     precisions = tuple(p for p in a.precisions.split(",") if p)
     for p in precisions:
         if p not in BARS:
             raise ValueError(f"--precisions: expected fp32, fp16 and/or int8, got {p!r}")
-    rep = run_bench(a.model, a.n, a.clips, backends, precisions, not a.no_tensorrt_files, a.calib_clips, a.seed,
-                    a.threads, cache_dir=a.cache_dir, work_dir=Path(a.out_dir) / "work")
+    rep = run_bench(
+        a.model,
+        a.n,
+        a.clips,
+        backends,
+        precisions,
+        not a.no_tensorrt_files,
+        a.calib_clips,
+        a.seed,
+        a.threads,
+        cache_dir=a.cache_dir,
+        work_dir=Path(a.out_dir) / "work",
+    )
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "accuracy.json", rep)

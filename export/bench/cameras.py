@@ -392,11 +392,18 @@ def _check_args(a: Any) -> tuple[int, int]:
             raise ValueError(f"--{name}: expected at least 1, got {getattr(a, name)}")
     if not (0 < a.fps < math.inf and 0 < a.seconds < math.inf):  # NaN and inf failed deep inside (int(nan))
         raise ValueError(f"--fps and --seconds: expected positive numbers, got {a.fps} and {a.seconds}")
-    for name, low in (("max_wait_ms", 0), ("search_seconds", 0), ("overload", 0), ("overload_seconds", 1e-3),
-                      ("decode_seconds", 1e-3)):
+    for name, low in (
+        ("max_wait_ms", 0),
+        ("search_seconds", 0),
+        ("overload", 0),
+        ("overload_seconds", 1e-3),
+        ("decode_seconds", 1e-3),
+    ):
         if not low <= getattr(a, name) < math.inf:
-            raise ValueError(f"--{name.replace('_', '-')}: expected a finite number {'>= 0' if low == 0 else '> 0'}, "
-                             f"got {getattr(a, name)}")
+            raise ValueError(
+                f"--{name.replace('_', '-')}: expected a finite number {'>= 0' if low == 0 else '> 0'}, "
+                f"got {getattr(a, name)}"
+            )
     if a.source and a.video:
         raise ValueError("--source and --video: give one (--source decodes as the cameras run, --video pre-decodes)")
     try:
@@ -411,8 +418,10 @@ def _check_windows(cfg: Any, a: Any) -> None:
     n = int(round(a.fps * a.seconds))
     if _expected_windows(cfg, 1, n) == 0:
         span = (cfg.num_frames - 1) * cfg.sampling_rate + 1
-        raise ValueError(f"--fps {a.fps:g} for --seconds {a.seconds:g}: {n} frames per camera, fewer than one clip "
-                         f"window of this engine ({span} frames); run longer or at a higher frame rate")
+        raise ValueError(
+            f"--fps {a.fps:g} for --seconds {a.seconds:g}: {n} frames per camera, fewer than one clip "
+            f"window of this engine ({span} frames); run longer or at a higher frame rate"
+        )
 
 
 def _decoded_source(a: Any, engine: Any) -> tuple[DecodedSource, dict[str, Any]]:

@@ -437,9 +437,14 @@ def _check_args(a: Any) -> None:
     from runtime.backends.onnxruntime_backend import available_cpus
 
     cpus = available_cpus()
-    checks = (("threads", 0, 4 * cpus, f" (0: all cores; this machine has {cpus} CPUs)"), ("rounds", 1, 1000, ""),
-              ("eval_clips", 1, 10000, ""), ("calib_clips", 1, 10000, ""), ("gemm_n", 1, MAX_GEMM_N, ""),
-              ("seed", 0, 2**32 - 1, ""))
+    checks = (
+        ("threads", 0, 4 * cpus, f" (0: all cores; this machine has {cpus} CPUs)"),
+        ("rounds", 1, 1000, ""),
+        ("eval_clips", 1, 10000, ""),
+        ("calib_clips", 1, 10000, ""),
+        ("gemm_n", 1, MAX_GEMM_N, ""),
+        ("seed", 0, 2**32 - 1, ""),
+    )
     for name, lo, hi, note in checks:
         v = getattr(a, name)
         if v is not None and not lo <= v <= hi:

@@ -367,8 +367,9 @@ def _check_args(a: Any) -> None:
     for name, lo, hi in (("iters", 1, 100000), ("warmup", 0, 100000), ("rounds", 1, 1000), ("threads", 0, 4 * cpus)):
         v = getattr(a, name)
         if v is not None and not lo <= v <= hi:
-            raise ValueError(f"--{name}: expected {lo}..{hi}{f' (this machine has {cpus} CPUs)' * (name == 'threads')}"
-                             f", got {v}")
+            raise ValueError(
+                f"--{name}: expected {lo}..{hi}{f' (this machine has {cpus} CPUs)' * (name == 'threads')}, got {v}"
+            )
     if not 0 < a.tolerance < math.inf:
         raise ValueError(f"--tolerance: expected a positive number (a relative spread, e.g. 0.1), got {a.tolerance}")
 
@@ -398,8 +399,14 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--batch {a.batch!r}: expected comma-separated integers, e.g. 1,2,4,8") from None
     out = check_report_dir(a.out or f"artifacts/bench/{Path(a.engine).resolve().name}", [a.engine])
     result = bench_bundle(
-        a.engine, batches, a.iters, a.warmup, not a.no_torch, a.threads or None,  # 0: the backend's default (make)
-        rounds=a.rounds, tolerance=a.tolerance
+        a.engine,
+        batches,
+        a.iters,
+        a.warmup,
+        not a.no_torch,
+        a.threads or None,  # 0: the backend's default (make)
+        rounds=a.rounds,
+        tolerance=a.tolerance,
     )
     paths = write(result, out)
     print(markdown(result))

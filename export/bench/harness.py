@@ -318,8 +318,11 @@ def check_report_dir(out_dir: str | os.PathLike, inputs: Iterable[str | os.PathL
         raise ValueError(f"--out {out_dir}: exists and is not a folder; expected the report folder")
     target = out.resolve()
     for src in inputs:
-        if src is not None and Path(src).is_dir() and (target == Path(src).resolve()
-                                                       or Path(src).resolve() in target.parents):
+        if (
+            src is not None
+            and Path(src).is_dir()
+            and (target == Path(src).resolve() or Path(src).resolve() in target.parents)
+        ):
             raise ValueError(f"--out {out_dir}: is inside the input folder {src}; write the report elsewhere")
     return out
 

@@ -10,6 +10,7 @@ form, built through :func:`export.bundle.precision_step.precision_onnx` exactly 
 off, then the default), and run in ONNX Runtime CPU on ``--n`` held-out synthetic clips (seed 9000, never
 calibrated on). S = 1 is the model as it is. Writes ``outliers.json`` and ``outliers.md`` atomically.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -39,8 +40,17 @@ def meets_bar(m: dict[str, Any]) -> bool:
     return all(m[k] >= v for k, v in BAR.items())
 
 
-def run(model: str, scales: list[float], channels: list[int], n: int, calib_clips: int, method: str,
-        cache_dir: str, seed: int = 0, smooths: tuple[Any, ...] = (None, "default")) -> dict[str, Any]:
+def run(
+    model: str,
+    scales: list[float],
+    channels: list[int],
+    n: int,
+    calib_clips: int,
+    method: str,
+    cache_dir: str,
+    seed: int = 0,
+    smooths: tuple[Any, ...] = (None, "default"),
+) -> dict[str, Any]:
     import torch
 
     from calibration.clips.calibset import load_calibration_set
@@ -64,42 +74,82 @@ def run(model: str, scales: list[float], channels: list[int], n: int, calib_clip
     for s, c in combos:
         onet, rec = (net, None) if c == 0 else add_outliers(net, s, c, seed)
         with torch.no_grad():
-            ref = torch.cat([onet(torch.from_numpy(ev.clips[i:i + 8])) for i in range(0, len(ev), 8)]).numpy()
-        src = {"checkpoint": f"{source['checkpoint']} + outliers S={s:g} C={c}",
-               "checkpoint_sha256": sha256_json(source["checkpoint_sha256"], rec)}
+            ref = torch.cat([onet(torch.from_numpy(ev.clips[i : i + 8])) for i in range(0, len(ev), 8)]).numpy()
+        src = {
+            "checkpoint": f"{source['checkpoint']} + outliers S={s:g} C={c}",
+            "checkpoint_sha256": sha256_json(source["checkpoint_sha256"], rec),
+        }
         for target in ("tensorrt", "onnxruntime"):
             fp32 = cached_fp32_onnx(onet, labels, pre, src, default_attention(target), cache, verbose=False)
             for smooth in smooths:
-                path, info = precision_onnx(fp32, "int8", target, None, pre, calib_clips, method, cache, seed,
-                                            progress=False, int8_options={"smooth": smooth})
+                path, info = precision_onnx(
+                    fp32,
+                    "int8",
+                    target,
+                    None,
+                    pre,
+                    calib_clips,
+                    method,
+                    cache,
+                    seed,
+                    progress=False,
+                    int8_options={"smooth": smooth},
+                )
                 m = compare_logits(ref, run_logits(path, ev.clips), ev.labels)
                 sq = info["detail"].get("smoothquant")
-                row = {"scale": s, "channels": c, "target": target, "form": info["form"],
-                       "smooth": None if sq is None else sq.get("alpha"), **{k: m[k] for k in (
-                           "mean_cosine", "min_cosine", "top1_agreement", "top5_agreement", "top1_accuracy",
-                           "top1_accuracy_reference")}, "meets_bar": meets_bar(m),
-                       "forms_tried": info["detail"].get("forms_tried")}
+                row = {
+                    "scale": s,
+                    "channels": c,
+                    "target": target,
+                    "form": info["form"],
+                    "smooth": None if sq is None else sq.get("alpha"),
+                    **{
+                        k: m[k]
+                        for k in (
+                            "mean_cosine",
+                            "min_cosine",
+                            "top1_agreement",
+                            "top5_agreement",
+                            "top1_accuracy",
+                            "top1_accuracy_reference",
+                        )
+                    },
+                    "meets_bar": meets_bar(m),
+                    "forms_tried": info["detail"].get("forms_tried"),
+                }
                 rows.append(row)
-                _log(f"S={s:g} C={c} {target} {row['form']} smooth={row['smooth']}: mean cos {m['mean_cosine']:.5f} "
-                     f"min {m['min_cosine']:.4f} top-1 agree {m['top1_agreement']:.3f} -> "
-                     f"{'meets' if row['meets_bar'] else 'MISSES'} the bar")
+                _log(
+                    f"S={s:g} C={c} {target} {row['form']} smooth={row['smooth']}: mean cos {m['mean_cosine']:.5f} "
+                    f"min {m['min_cosine']:.4f} top-1 agree {m['top1_agreement']:.3f} -> "
+                    f"{'meets' if row['meets_bar'] else 'MISSES'} the bar"
+                )
     ok, why = ort_smoothquant_available()
-    return {"model": model, "clips": {"spec": ev.spec, "n": len(ev), "sha256": ev.sha256},
-            "calibration": {"calib": "synthetic", "clips": calib_clips, "method": method, "seed": seed},
-            "bar": BAR, "outlier_defaults": outlier_defaults(), "rows": rows,
-            "ort_smoothquant": {"available": ok, "note": why},
-            "reference": "PyTorch FP32 of the same outlier model", "machine": machine(),
-            "isa": measured_on(),  # issue 25: INT8 numbers depend on the CPU's INT8 instructions
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "model": model,
+        "clips": {"spec": ev.spec, "n": len(ev), "sha256": ev.sha256},
+        "calibration": {"calib": "synthetic", "clips": calib_clips, "method": method, "seed": seed},
+        "bar": BAR,
+        "outlier_defaults": outlier_defaults(),
+        "rows": rows,
+        "ort_smoothquant": {"available": ok, "note": why},
+        "reference": "PyTorch FP32 of the same outlier model",
+        "machine": machine(),
+        "isa": measured_on(),  # issue 25: INT8 numbers depend on the CPU's INT8 instructions
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def markdown(rep: dict[str, Any]) -> str:
-    lines = [f"# INT8 on outlier versions of `{rep['model']}`", "",
-             f"{rep['clips']['n']} held-out clips `{rep['clips']['spec']}`; calibration {rep['calibration']}; "
-             f"bar {rep['bar']} vs {rep['reference']}.", "",
-             provenance_line(rep.get("isa") or {}, calibration_source(rep["calibration"]["calib"])), "",
-             ]
+    lines = [
+        f"# INT8 on outlier versions of `{rep['model']}`",
+        "",
+        f"{rep['clips']['n']} held-out clips `{rep['clips']['spec']}`; calibration {rep['calibration']}; "
+        f"bar {rep['bar']} vs {rep['reference']}.",
+        "",
+        provenance_line(rep.get("isa") or {}, calibration_source(rep["calibration"]["calib"])),
+        "",
+    ]
 
     def acc(r: dict[str, Any]) -> str | None:
         if r.get("top1_accuracy") is None:
@@ -107,17 +157,46 @@ def markdown(rep: dict[str, Any]) -> str:
         return f"{100 * r['top1_accuracy_reference']:.1f}% → {100 * r['top1_accuracy']:.1f}%"
 
     lines += markdown_table(
-        ["S", "channels", "target", "form", "SmoothQuant α", "mean cos", "min cos", "top-1 agree", "top-5 agree",
-         "acc (FP32 → INT8)", "bar"],
-        [[f"{r['scale']:g}", r["channels"], r["target"], r["form"], "off" if r["smooth"] is None else r["smooth"],
-          f"{r['mean_cosine']:.5f}", f"{r['min_cosine']:.4f}", f"{100 * r['top1_agreement']:.1f}%",
-          f"{100 * r['top5_agreement']:.1f}%", acc(r), "yes" if r["meets_bar"] else "**no**"] for r in rep["rows"]])
+        [
+            "S",
+            "channels",
+            "target",
+            "form",
+            "SmoothQuant α",
+            "mean cos",
+            "min cos",
+            "top-1 agree",
+            "top-5 agree",
+            "acc (FP32 → INT8)",
+            "bar",
+        ],
+        [
+            [
+                f"{r['scale']:g}",
+                r["channels"],
+                r["target"],
+                r["form"],
+                "off" if r["smooth"] is None else r["smooth"],
+                f"{r['mean_cosine']:.5f}",
+                f"{r['min_cosine']:.4f}",
+                f"{100 * r['top1_agreement']:.1f}%",
+                f"{100 * r['top5_agreement']:.1f}%",
+                acc(r),
+                "yes" if r["meets_bar"] else "**no**",
+            ]
+            for r in rep["rows"]
+        ],
+    )
     sm = [r for r in rep["rows"] if r["smooth"] is not None]
-    lines += ["", f"With SmoothQuant: {sum(r['meets_bar'] for r in sm)}/{len(sm)} meet the bar; without: "
-              f"{sum(r['meets_bar'] for r in rep['rows'] if r['smooth'] is None)}/"
-              f"{sum(1 for r in rep['rows'] if r['smooth'] is None)}.",
-              f"ONNX Runtime's own SmoothQuant: {'available' if rep['ort_smoothquant']['available'] else 'not usable'}"
-              f" ({rep['ort_smoothquant']['note']}).", f"{rep['seconds']} s on {machine_line(rep['machine'])}."]
+    lines += [
+        "",
+        f"With SmoothQuant: {sum(r['meets_bar'] for r in sm)}/{len(sm)} meet the bar; without: "
+        f"{sum(r['meets_bar'] for r in rep['rows'] if r['smooth'] is None)}/"
+        f"{sum(1 for r in rep['rows'] if r['smooth'] is None)}.",
+        f"ONNX Runtime's own SmoothQuant: {'available' if rep['ort_smoothquant']['available'] else 'not usable'}"
+        f" ({rep['ort_smoothquant']['note']}).",
+        f"{rep['seconds']} s on {machine_line(rep['machine'])}.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,7 @@ The options and their defaults are :class:`~export.bundle.options.BuildRequest`'
 attention form, ONNX precision, INT8 form, TensorRT plan, OUT) is made up front by
 :func:`~export.bundle.target.resolve_target`; :func:`build_bundle` runs the five steps on that target.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -37,11 +38,32 @@ from export.bundle.model_source import LoadedModel as _Model
 from export.bundle.model_source import load_model, precision_fallback
 from export.bundle.options import BuildRequest, add_arguments, request_from_args
 from export.bundle.publish import PublishError, check_out, clean_stale, file_records, kill_point, make_staging, publish
-from export.bundle.target import (OPENVINO_WHY, BuildError, BuildTarget, choose_backend, default_out, plan_only,
-                                  resolve_target, trt_options)
+from export.bundle.target import (
+    OPENVINO_WHY,
+    BuildError,
+    BuildTarget,
+    choose_backend,
+    default_out,
+    plan_only,
+    resolve_target,
+    trt_options,
+)
 
-__all__ = ["BuildRequest", "BuildError", "BuildTarget", "build_bundle", "choose_backend", "resolve_target",
-           "plan_only", "default_out", "run_parity", "parity_clips", "candidate_engine", "OPENVINO_WHY", "main"]
+__all__ = [
+    "BuildRequest",
+    "BuildError",
+    "BuildTarget",
+    "build_bundle",
+    "choose_backend",
+    "resolve_target",
+    "plan_only",
+    "default_out",
+    "run_parity",
+    "parity_clips",
+    "candidate_engine",
+    "OPENVINO_WHY",
+    "main",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +76,7 @@ def build_bundle(req: BuildRequest) -> Path:
     _prepare_out(req, target.out)
     model = _load_model(req)
     if fallback:
-        model = replace(model, provenance={**model.provenance, "notes": [*model.provenance.get("notes", []),
-                                                                          fallback]})
+        model = replace(model, provenance={**model.provenance, "notes": [*model.provenance.get("notes", []), fallback]})
     cache = Path(req.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     fp32_onnx = _fp32_onnx(model, target, cache)
@@ -75,10 +96,12 @@ def build_bundle(req: BuildRequest) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     parity = manifest.parity or {}
-    log.info(f"[engine] built {target.out} in {time.perf_counter() - t_start:.1f} s: {target.backend} "
-             f"{target.precision}, parity {'passed' if parity['passed'] else 'FAILED'} (max |dlogit| "
-             f"{parity['max_abs_logit']:.2e}, min cosine {parity['min_cosine']:.6f}, top-1 agreement "
-             f"{parity['top1_agreement']:.3f}{_summary_notes(manifest)})")
+    log.info(
+        f"[engine] built {target.out} in {time.perf_counter() - t_start:.1f} s: {target.backend} "
+        f"{target.precision}, parity {'passed' if parity['passed'] else 'FAILED'} (max |dlogit| "
+        f"{parity['max_abs_logit']:.2e}, min cosine {parity['min_cosine']:.6f}, top-1 agreement "
+        f"{parity['top1_agreement']:.3f}{_summary_notes(manifest)})"
+    )
     return target.out
 
 
@@ -86,8 +109,9 @@ def _prepare_out(req: BuildRequest, out: Path) -> None:
     """Before any work: OUT must be absent, an empty folder or one of our bundles, apart from the inputs;
     temporaries of dead builds beside it are removed."""
     try:
-        check_out(out, [p for p in (req.model, req.calib, req.timing_cache) if p and Path(p).exists()]
-                  + [req.cache_dir])
+        check_out(
+            out, [p for p in (req.model, req.calib, req.timing_cache) if p and Path(p).exists()] + [req.cache_dir]
+        )
         clean_stale(out, log.info)
     except PublishError as e:
         raise BuildError(str(e)) from e
@@ -141,14 +165,17 @@ def _fp32_onnx(model: _Model, target: BuildTarget, cache: Path) -> Path:
 
 
 #: what the manifest's calibration record says when OpenVINO runs the TensorRT Q/DQ file
-_SHARED_QDQ = {"shared_with": ["tensorrt", "openvino"],
-               "note": "the TensorRT Q/DQ INT8 ONNX: one file, calibrated once, for every backend that reads Q/DQ "
-                       "(OpenVINO's copy has its q/k/v projections split: the same weights, scales and Q/DQ, laid "
-                       "out as three matmuls)"}
+_SHARED_QDQ = {
+    "shared_with": ["tensorrt", "openvino"],
+    "note": "the TensorRT Q/DQ INT8 ONNX: one file, calibrated once, for every backend that reads Q/DQ "
+    "(OpenVINO's copy has its q/k/v projections split: the same weights, scales and Q/DQ, laid "
+    "out as three matmuls)",
+}
 
 
-def _precision_step(req: BuildRequest, target: BuildTarget, model: _Model, fp32_onnx: Path, cache: Path
-                    ) -> tuple[Path, dict[str, Any] | None]:
+def _precision_step(
+    req: BuildRequest, target: BuildTarget, model: _Model, fp32_onnx: Path, cache: Path
+) -> tuple[Path, dict[str, Any] | None]:
     """Step 3: the ONNX the engine is built from (FP16 conversion or INT8 Q/DQ, cached inside calibration/) and
     the calibration record, or the FP32 ONNX and None."""
     log.info("[engine] 3/5 %s", target.precision_note(model.calib))
@@ -157,57 +184,98 @@ def _precision_step(req: BuildRequest, target: BuildTarget, model: _Model, fp32_
     from export.bundle.precision_step import precision_onnx
 
     engine_onnx, info = precision_onnx(
-        fp32_onnx, target.precision.value, target=target.precision_target, calib=model.calib,
-        preprocess=model.pre, n_clips=req.calib_clips, method=req.calib_method, cache_dir=cache, seed=req.seed,
-        **target.precision_kwargs())
+        fp32_onnx,
+        target.precision.value,
+        target=target.precision_target,
+        calib=model.calib,
+        preprocess=model.pre,
+        n_clips=req.calib_clips,
+        method=req.calib_method,
+        cache_dir=cache,
+        seed=req.seed,
+        **target.precision_kwargs(),
+    )
     if target.backend == Backend.OPENVINO:
         info = {**info, **_SHARED_QDQ}
     return engine_onnx, info
 
 
-def _build_engine(req: BuildRequest, target: BuildTarget, model: _Model, fp32_onnx: Path, engine_onnx: Path,
-                  calibration: dict[str, Any] | None, tmp: Path) -> Manifest:
+def _build_engine(
+    req: BuildRequest,
+    target: BuildTarget,
+    model: _Model,
+    fp32_onnx: Path,
+    engine_onnx: Path,
+    calibration: dict[str, Any] | None,
+    tmp: Path,
+) -> Manifest:
     """Step 4: the engine and ``labels.txt`` in the staging folder, and the manifest (parity not yet known)."""
     log.info("[engine] 4/5 building the %s engine", target.backend)
     cfg = model.net.config
     clip_shape = [cfg.num_frames, cfg.in_chans, cfg.image_size, cfg.image_size]
     engine_file, backend_version, session, info = _ENGINE_BUILDERS[target.backend](
-        engine_onnx, tmp, req, target, clip_shape)
-    build: dict[str, Any] = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                             "host": platform.node(), "machine": platform.machine(), "seconds": None,
-                             "request": {k: v for k, v in asdict(req).items() if k != "extra"}}
+        engine_onnx, tmp, req, target, clip_shape
+    )
+    build: dict[str, Any] = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "machine": platform.machine(),
+        "seconds": None,
+        "request": {k: v for k, v in asdict(req).items() if k != "extra"},
+    }
     if info is not None:
         build[target.backend.value] = info
     write_text_atomic(tmp / "labels.txt", "\n".join(model.labels) + "\n")
     return Manifest(
-        backend=target.backend.value, backend_version=backend_version, engine_file=engine_file,
-        precision=target.precision.value, model_config=cfg.to_dict(),
+        backend=target.backend.value,
+        backend_version=backend_version,
+        engine_file=engine_file,
+        precision=target.precision.value,
+        model_config=cfg.to_dict(),
         input=InputSpec("video", _onnx_input_dtype(engine_onnx), (-1, *clip_shape), BatchRange(*req.batch)),
-        output=OutputSpec("logits", "float32", (-1, cfg.num_classes)), preprocess=model.pre,
-        labels_file="labels.txt", session=session, provenance=_provenance(model),
-        source={**model.source, "onnx_sha256": sha256_file(engine_onnx), "fp32_onnx_sha256": sha256_file(fp32_onnx),
-                "attention": target.attention},
-        calibration=calibration, parity=None, tolerance=target.tolerance, build=build,
+        output=OutputSpec("logits", "float32", (-1, cfg.num_classes)),
+        preprocess=model.pre,
+        labels_file="labels.txt",
+        session=session,
+        provenance=_provenance(model),
+        source={
+            **model.source,
+            "onnx_sha256": sha256_file(engine_onnx),
+            "fp32_onnx_sha256": sha256_file(fp32_onnx),
+            "attention": target.attention,
+        },
+        calibration=calibration,
+        parity=None,
+        tolerance=target.tolerance,
+        build=build,
         # every file but the manifest, hashed once the engine is written: the runtime checks them on load
-        files=file_records(tmp))
+        files=file_records(tmp),
+    )
 
 
-def _parity_step(req: BuildRequest, target: BuildTarget, model: _Model, tmp: Path, manifest: Manifest,
-                 t_start: float) -> Manifest:
+def _parity_step(
+    req: BuildRequest, target: BuildTarget, model: _Model, tmp: Path, manifest: Manifest, t_start: float
+) -> Manifest:
     """Step 5: the staged engine against PyTorch, with the manifest in memory (``manifest.json`` is written only
     after it, so a staging folder is never a loadable bundle until it has passed, or ALLOW_PARITY_FAILURE); the
     manifest with the result, the build time and the reference set."""
-    log.info("[engine] 5/5 parity against %s on %s clips", model.provenance.get("reference", "PyTorch FP32"),
-             req.parity_clips)
+    log.info(
+        "[engine] 5/5 parity against %s on %s clips",
+        model.provenance.get("reference", "PyTorch FP32"),
+        req.parity_clips,
+    )
     kept: dict[str, Any] = {}  # the parity clips and logits, for the bundle's reference set
-    parity = run_parity(model.net, tmp, model.pre, req.parity_clips, req.seed, model.calib,
-                        manifest=manifest.to_dict(), keep=kept)
+    parity = run_parity(
+        model.net, tmp, model.pre, req.parity_clips, req.seed, model.calib, manifest=manifest.to_dict(), keep=kept
+    )
     failures = check_tolerance(parity, target.precision.value, target.tolerance)
     parity["passed"] = not failures
     parity["failures"] = failures
     if failures and not req.allow_parity_failure:
-        raise BuildError(f"parity check failed for {target.precision}: {'; '.join(failures)} "
-                         "(ALLOW_PARITY_FAILURE=1 keeps the bundle anyway)")
+        raise BuildError(
+            f"parity check failed for {target.precision}: {'; '.join(failures)} "
+            "(ALLOW_PARITY_FAILURE=1 keeps the bundle anyway)"
+        )
     if failures:
         parity["allowed_failure"] = True
     build = {**(manifest.build or {}), "seconds": round(time.perf_counter() - t_start, 2)}
@@ -221,8 +289,13 @@ def _provenance(model: _Model) -> Provenance | None:
     p = model.provenance
     if not p:
         return None
-    return Provenance(weights=p["weights"], labels=p["labels"], preprocess=p["preprocess"],
-                      reference=p.get("reference", "PyTorch FP32"), notes=tuple(p.get("notes", ())))
+    return Provenance(
+        weights=p["weights"],
+        labels=p["labels"],
+        preprocess=p["preprocess"],
+        reference=p.get("reference", "PyTorch FP32"),
+        notes=tuple(p.get("notes", ())),
+    )
 
 
 def _with_reference(tmp: Path, kept: dict[str, Any], manifest: Manifest) -> Manifest:
@@ -240,15 +313,18 @@ def _onnx_input_dtype(path: Path) -> str:
 
     model = onnx.load(str(path), load_external_data=False)
     elem = model.graph.input[0].type.tensor_type.elem_type
-    return {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
-            onnx.TensorProto.UINT8: "uint8"}[elem]
+    return {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.UINT8: "uint8"}[
+        elem
+    ]
 
 
 # ------------------------------------------------------------------------- step 4, per backend
 # Each returns (engine file name, backend version, manifest session, build record for manifest.build or None).
 
-def _build_onnxruntime(onnx_path: Path, out: Path, req: BuildRequest, target: BuildTarget, clip_shape: list[int]
-                       ) -> tuple[str, str, dict[str, Any], None]:
+
+def _build_onnxruntime(
+    onnx_path: Path, out: Path, req: BuildRequest, target: BuildTarget, clip_shape: list[int]
+) -> tuple[str, str, dict[str, Any], None]:
     """Apply ONNX Runtime's graph optimisations ahead of time (faster session start) and record the session."""
     import onnxruntime as ort
 
@@ -261,20 +337,28 @@ def _build_onnxruntime(onnx_path: Path, out: Path, req: BuildRequest, target: Bu
     if not dest.is_file():
         raise BuildError(f"{onnx_path}: ONNX Runtime wrote no optimised model to {dest}")
     # Extended-level fusions are provider-independent; layout-specific (level 'all') ones are left to load time.
-    session = {"providers": ["CPUExecutionProvider"], "graph_optimization_level": "all",
-               "intra_op_num_threads": req.threads or 0, "preoptimized": "extended"}
+    session = {
+        "providers": ["CPUExecutionProvider"],
+        "graph_optimization_level": "all",
+        "intra_op_num_threads": req.threads or 0,
+        "preoptimized": "extended",
+    }
     return dest.name, ort.__version__, session, None
 
 
 #: OpenVINO's inference-precision hints per bundle precision. INT8: the float parts (softmax, norms, GELU,
 #: residuals) in bf16 too where the CPU has it: 0.28 s vs 0.60 s with f32 on base 8x224 here, at the same cosine
 #: (0.9994) against FP32 PyTorch. FP32 runs with an explicit f32 hint (OpenVINO would pick bf16 on BF16 CPUs).
-_OPENVINO_HINTS = {Precision.FP32: ("f32",), Precision.FP16: ("bf16", "f16", "f32"),
-                   Precision.INT8: ("bf16", "f16", "f32")}
+_OPENVINO_HINTS = {
+    Precision.FP32: ("f32",),
+    Precision.FP16: ("bf16", "f16", "f32"),
+    Precision.INT8: ("bf16", "f16", "f32"),
+}
 
 
-def _build_openvino(onnx_path: Path, out: Path, req: BuildRequest, target: BuildTarget, clip_shape: list[int]
-                    ) -> tuple[str, str, dict[str, Any], dict[str, Any]]:
+def _build_openvino(
+    onnx_path: Path, out: Path, req: BuildRequest, target: BuildTarget, clip_shape: list[int]
+) -> tuple[str, str, dict[str, Any], dict[str, Any]]:
     """Write the ONNX into the bundle (OpenVINO reads it, Q/DQ included) with its q/k/v projections split, and record
     the session; the parity step compiles it."""
     from runtime.backends.openvino_backend import import_openvino
@@ -291,10 +375,17 @@ def _build_openvino(onnx_path: Path, out: Path, req: BuildRequest, target: Build
     cpu_int8 = _cpu_int8_form(model, target.precision)  # issue 25: the same numbers on AVX2-only, VNNI, AMX
     dest = out / "model.onnx"
     write_bytes_atomic(dest, model.SerializeToString())
-    session = OpenVINOSession(inference_precision=_OPENVINO_HINTS[target.precision], performance_hint="LATENCY",
-                              num_threads=req.threads or 0, model_cache=True).to_dict()
-    info = {"qkv_split": split, "rewrite": "export/onnx/qkv_split.py: fused q/k/v projections split into three "
-            "(exact; weights, scales and activation Q/DQ unchanged)"}
+    session = OpenVINOSession(
+        inference_precision=_OPENVINO_HINTS[target.precision],
+        performance_hint="LATENCY",
+        num_threads=req.threads or 0,
+        model_cache=True,
+    ).to_dict()
+    info = {
+        "qkv_split": split,
+        "rewrite": "export/onnx/qkv_split.py: fused q/k/v projections split into three "
+        "(exact; weights, scales and activation Q/DQ unchanged)",
+    }
     if cpu_int8 is not None:
         info["cpu_int8"] = cpu_int8
     return dest.name, str(import_openvino().__version__).split("-")[0], session, info
@@ -311,8 +402,9 @@ def _cpu_int8_form(model: Any, precision: str) -> dict[str, Any] | None:
     return {**to_cpu_int8_form(model), "built_on": cpu_isa().describe()}
 
 
-def _build_tensorrt(onnx_path: Path, out: Path, req: BuildRequest, target: BuildTarget, clip_shape: list[int]
-                    ) -> tuple[str, str, dict[str, Any], dict[str, Any]]:
+def _build_tensorrt(
+    onnx_path: Path, out: Path, req: BuildRequest, target: BuildTarget, clip_shape: list[int]
+) -> tuple[str, str, dict[str, Any], dict[str, Any]]:
     """Build ``model.plan``; the build record is TensorRT's build info without the plan path and session."""
     from export.tensorrt.build import TensorRTBuildError, build_engine
 
@@ -327,10 +419,14 @@ def _build_tensorrt(onnx_path: Path, out: Path, req: BuildRequest, target: Build
 
 
 _ENGINE_BUILDERS: dict[Backend, Callable[..., tuple[str, str, dict[str, Any], dict[str, Any] | None]]] = {
-    Backend.ONNXRUNTIME: _build_onnxruntime, Backend.OPENVINO: _build_openvino, Backend.TENSORRT: _build_tensorrt}
+    Backend.ONNXRUNTIME: _build_onnxruntime,
+    Backend.OPENVINO: _build_openvino,
+    Backend.TENSORRT: _build_tensorrt,
+}
 
 
 # ------------------------------------------------------------------------- parity against PyTorch
+
 
 def parity_clips(pre, n: int, seed: int, calib: str | None, image_size: int) -> np.ndarray:
     """Canonical clips for the parity check: real decoded video when a folder is given, else synthetic clips."""
@@ -358,8 +454,16 @@ def candidate_engine(bundle: Path, manifest: dict[str, Any]):
     return Engine(bundle, manifest=manifest)
 
 
-def run_parity(net, bundle: Path, pre, n: int, seed: int, calib: str | None,
-               manifest: dict[str, Any] | None = None, keep: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_parity(
+    net,
+    bundle: Path,
+    pre,
+    n: int,
+    seed: int,
+    calib: str | None,
+    manifest: dict[str, Any] | None = None,
+    keep: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The built engine (through ``runtime.Engine``; with ``manifest``, the staged one) against the PyTorch
     reference, on clips in the model's channel order; ``keep`` receives the clips and logits (reference set)."""
     from runtime import Engine
@@ -367,9 +471,9 @@ def run_parity(net, bundle: Path, pre, n: int, seed: int, calib: str | None,
     from export.bundle.reference import reference_pass
 
     clips, ref = reference_pass(net, parity_clips(pre, n, seed, calib, net.config.image_size), keep)
-    with (candidate_engine(bundle, manifest) if manifest is not None else Engine(bundle)) as engine:
+    with candidate_engine(bundle, manifest) if manifest is not None else Engine(bundle) as engine:
         hi = engine.batch_range[1]
-        out = np.concatenate([engine.infer(clips[i:i + hi]) for i in range(0, len(clips), hi)])
+        out = np.concatenate([engine.infer(clips[i : i + hi]) for i in range(0, len(clips), hi)])
     if keep is not None:
         keep["engine_logits"] = out
     return compare_logits(ref, out)
@@ -377,12 +481,16 @@ def run_parity(net, bundle: Path, pre, n: int, seed: int, calib: str | None,
 
 # ------------------------------------------------------------------------- make engine
 
+
 @user_errors("make engine", (BuildError,))
 def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(prog="python -m export.bundle.build", description="Build an engine bundle.")
     add_arguments(ap)  # every option of BuildRequest's table, with its default, choices and help
-    ap.add_argument("--plan-only", action="store_true",
-                    help="print what --backend tensorrt would build for --trt-version as JSON; build nothing")
+    ap.add_argument(
+        "--plan-only",
+        action="store_true",
+        help="print what --backend tensorrt would build for --trt-version as JSON; build nothing",
+    )
     ap.add_argument("--trt-version", default=None, help="with --plan-only: the TensorRT to plan for, e.g. 10.3")
     a = ap.parse_args(argv)
     req = request_from_args(a)
@@ -390,8 +498,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.plan_only:
         if a.backend != Backend.TENSORRT or not a.trt_version:
-            print("make engine: --plan-only plans a TensorRT build: pass --backend tensorrt and --trt-version X.Y "
-                  f"(got --backend {a.backend}, --trt-version {a.trt_version})", file=sys.stderr)
+            print(
+                "make engine: --plan-only plans a TensorRT build: pass --backend tensorrt and --trt-version X.Y "
+                f"(got --backend {a.backend}, --trt-version {a.trt_version})",
+                file=sys.stderr,
+            )
             return 2
         try:
             plan = plan_only(req, a.trt_version)

@@ -8,6 +8,7 @@
   synthetic moving shapes is asked for explicitly (``CALIB=synthetic``) and recorded.
 - An ``.onnx`` file is a model too (:mod:`export.bundle.onnx_source`): its FP32 reference is ONNX Runtime.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -46,9 +47,11 @@ def load_model(req: BuildRequest, log: Callable[[str], None]) -> LoadedModel:
 
     random = req.model in PRESETS
     if random and not req.random_weights:
-        raise BuildError(f"MODEL={req.model} is a preset: an architecture without trained weights, so its bundle "
-                         "would predict noise. Pass a checkpoint (.pyth, Hugging Face folder, .safetensors or "
-                         ".onnx), or set RANDOM_WEIGHTS=1 (--random-weights) to build from random weights anyway")
+        raise BuildError(
+            f"MODEL={req.model} is a preset: an architecture without trained weights, so its bundle "
+            "would predict noise. Pass a checkpoint (.pyth, Hugging Face folder, .safetensors or "
+            ".onnx), or set RANDOM_WEIGHTS=1 (--random-weights) to build from random weights anyway"
+        )
     try:
         net, own_labels, own_pre, source = load_source(req.model, req.seed)
     except SourceError as e:
@@ -59,11 +62,16 @@ def load_model(req: BuildRequest, log: Callable[[str], None]) -> LoadedModel:
     own = own_pre if kind == "preset" else getattr(net, "preprocess", None) if kind == "ours" else None
     try:
         inputs = resolve_task_inputs(
-            net.config, own_labels=own_labels, own_labels_from=_own_labels_from(kind, req.model),
+            net.config,
+            own_labels=own_labels,
+            own_labels_from=_own_labels_from(kind, req.model),
             own_preprocess=own,
             own_preprocess_from=f"the preset {req.model}" if kind == "preset" else f"{req.model} (its sidecar JSON)",
             hf_preprocessor=Path(req.model) / "preprocessor_config.json" if kind == "huggingface" else None,
-            labels=req.labels, preprocess=req.preprocess if req.preprocess else None, random_weights=random)
+            labels=req.labels,
+            preprocess=req.preprocess if req.preprocess else None,
+            random_weights=random,
+        )
     except TaskInputError as e:
         raise BuildError(str(e)) from e
     log(inputs.line())
@@ -79,8 +87,9 @@ def _own_labels_from(kind: str, model: str) -> str:
     return {"ours": f"{model} (its sidecar JSON)", "huggingface": f"{model}/config.json id2label"}.get(kind, "")
 
 
-def check_calibration(req: BuildRequest, trained_on: str | None, random_weights: bool = False
-                      ) -> tuple[str | None, str | None]:
+def check_calibration(
+    req: BuildRequest, trained_on: str | None, random_weights: bool = False
+) -> tuple[str | None, str | None]:
     """The calibration (and parity) clips of the build, and the provenance note when they are an explicit stand-in.
 
     INT8 calibrates on ``CALIB``; without it only a model trained on a synthetic task (it calibrates on that task)
@@ -89,14 +98,18 @@ def check_calibration(req: BuildRequest, trained_on: str | None, random_weights:
 
     calib = req.calib or synthetic_spec(trained_on)
     if req.precision == Precision.INT8 and not req.calib and trained_on is None and not random_weights:
-        raise BuildError(f"PRECISION=int8 needs CALIB=<folder of your video or saved .npy/.npz clips>: {req.model} was "
-                         "not trained on the synthetic task, and INT8 calibrated on synthetic clips loses accuracy on "
-                         "real footage (min cosine 0.82 measured); CALIB=synthetic calibrates on them anyway "
-                         "(recorded in the manifest)")
+        raise BuildError(
+            f"PRECISION=int8 needs CALIB=<folder of your video or saved .npy/.npz clips>: {req.model} was "
+            "not trained on the synthetic task, and INT8 calibrated on synthetic clips loses accuracy on "
+            "real footage (min cosine 0.82 measured); CALIB=synthetic calibrates on them anyway "
+            "(recorded in the manifest)"
+        )
     note = None
     if req.precision == Precision.INT8 and req.calib and req.calib.startswith("synthetic") and trained_on is None:
-        note = (f"INT8 calibrated on synthetic clips ({req.calib}, asked for explicitly), not on footage of the "
-                "model's task")
+        note = (
+            f"INT8 calibrated on synthetic clips ({req.calib}, asked for explicitly), not on footage of the "
+            "model's task"
+        )
     return calib, note
 
 
@@ -111,10 +124,14 @@ def precision_fallback(req: BuildRequest, backend: str) -> str | None:
     caps = openvino_capabilities(list(import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")))
     if "BF16" in caps or "FP16" in caps:
         return None
-    why = (f"this CPU ({cpu_isa().describe()}; OpenVINO capabilities {', '.join(caps) or 'none'}) has no FP16/BF16 "
-           "arithmetic, so OpenVINO runs the fp16 bundle in f32")
+    why = (
+        f"this CPU ({cpu_isa().describe()}; OpenVINO capabilities {', '.join(caps) or 'none'}) has no FP16/BF16 "
+        "arithmetic, so OpenVINO runs the fp16 bundle in f32"
+    )
     if not req.allow_precision_fallback:
-        raise BuildError(f"PRECISION=fp16: {why}. Build PRECISION=fp32 here, build on the target CPU, or set "
-                         "ALLOW_PRECISION_FALLBACK=1 (--allow-precision-fallback) to publish it with the fallback "
-                         "recorded")
+        raise BuildError(
+            f"PRECISION=fp16: {why}. Build PRECISION=fp32 here, build on the target CPU, or set "
+            "ALLOW_PRECISION_FALLBACK=1 (--allow-precision-fallback) to publish it with the fallback "
+            "recorded"
+        )
     return f"precision fallback: fp16 asked for, runs f32 on the build CPU: {why} (ALLOW_PRECISION_FALLBACK=1)"

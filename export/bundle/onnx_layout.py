@@ -4,6 +4,7 @@ Ours is ``(batch, frames, 3, H, W)``; the official TimeSformer's ``(batch, 3, fr
 ``Transpose`` in front of the graph (:func:`normalise`), so the bundle's input is always ours, named ``video``, and its
 output ``logits``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,16 +33,22 @@ def read_layout(model: Any, where: str) -> tuple[str, list[int | str], list[int 
     inits = {i.name for i in g.initializer}
     inputs = [i for i in g.input if i.name not in inits]
     if len(inputs) != 1 or len(g.output) != 1:
-        raise OnnxLayoutError(f"{where}: expected one video input and one logits output, got inputs "
-                              f"{[i.name for i in inputs]} and outputs {[o.name for o in g.output]}")
+        raise OnnxLayoutError(
+            f"{where}: expected one video input and one logits output, got inputs "
+            f"{[i.name for i in inputs]} and outputs {[o.name for o in g.output]}"
+        )
     if inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-        raise OnnxLayoutError(f"{where}: input {inputs[0].name!r}: expected float32 (an FP32 model), got "
-                              f"{onnx.helper.tensor_dtype_to_np_dtype(inputs[0].type.tensor_type.elem_type)}")
+        raise OnnxLayoutError(
+            f"{where}: input {inputs[0].name!r}: expected float32 (an FP32 model), got "
+            f"{onnx.helper.tensor_dtype_to_np_dtype(inputs[0].type.tensor_type.elem_type)}"
+        )
     dims, out = _dims(inputs[0]), _dims(g.output[0])
     if len(dims) != 5 or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
-        raise OnnxLayoutError(f"{where}: input {inputs[0].name!r}: expected (batch, frames, 3, H, W) (ours) or "
-                              f"(batch, 3, frames, H, W) (the official TimeSformer's) with fixed frames and size, got "
-                              f"{dims}")
+        raise OnnxLayoutError(
+            f"{where}: input {inputs[0].name!r}: expected (batch, frames, 3, H, W) (ours) or "
+            f"(batch, 3, frames, H, W) (the official TimeSformer's) with fixed frames and size, got "
+            f"{dims}"
+        )
     if len(out) != 2 or not isinstance(out[1], int):
         raise OnnxLayoutError(f"{where}: output {g.output[0].name!r}: expected (batch, classes), got {out}")
     if dims[2] == 3 and dims[1] != 3:
@@ -53,8 +60,10 @@ def read_layout(model: Any, where: str) -> tuple[str, list[int | str], list[int 
     if dims[3] != dims[4]:
         raise OnnxLayoutError(f"{where}: input {inputs[0].name!r}: expected square frames, got {dims[3]}x{dims[4]}")
     if isinstance(dims[0], int):
-        raise OnnxLayoutError(f"{where}: input {inputs[0].name!r} has a fixed batch of {dims[0]}: export it with a "
-                              "dynamic batch axis (torch.onnx.export(..., dynamic_axes or dynamic_shapes))")
+        raise OnnxLayoutError(
+            f"{where}: input {inputs[0].name!r} has a fixed batch of {dims[0]}: export it with a "
+            "dynamic batch axis (torch.onnx.export(..., dynamic_axes or dynamic_shapes))"
+        )
     return layout, dims, out
 
 
@@ -86,11 +95,15 @@ def normalise(model: Any, layout: str) -> Any:
     old = inp.name if inp.name != "video" else "video_bcthw"
     if old != inp.name:
         _rename(g, inp.name, old)
-    new = onnx.helper.make_tensor_value_info("video", onnx.TensorProto.FLOAT,
-                                             [b.dim_param or "batch", t.dim_value, c.dim_value, h.dim_value,
-                                              w.dim_value])
-    g.node.insert(0, onnx.helper.make_node("Transpose", ["video"], [old], perm=[0, 2, 1, 3, 4],
-                                           name="official_layout_BTCHW_to_BCTHW"))
+    new = onnx.helper.make_tensor_value_info(
+        "video", onnx.TensorProto.FLOAT, [b.dim_param or "batch", t.dim_value, c.dim_value, h.dim_value, w.dim_value]
+    )
+    g.node.insert(
+        0,
+        onnx.helper.make_node(
+            "Transpose", ["video"], [old], perm=[0, 2, 1, 3, 4], name="official_layout_BTCHW_to_BCTHW"
+        ),
+    )
     g.input.remove(inp)
     g.input.insert(0, new)
     return model

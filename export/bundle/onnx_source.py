@@ -8,6 +8,7 @@ makes the bundle's input ours (the runtime's preprocessing is the same for every
 (``PREPROCESS=``). With no PyTorch model, parity compares the engine against ONNX Runtime running the given file in
 FP32 (``provenance.reference`` says so).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,8 +37,12 @@ class OnnxConfig:
         self.num_classes, self.in_chans = num_classes, in_chans
 
     def to_dict(self) -> dict[str, Any]:
-        return {"num_frames": self.num_frames, "image_size": self.image_size, "num_classes": self.num_classes,
-                "in_chans": self.in_chans}
+        return {
+            "num_frames": self.num_frames,
+            "image_size": self.image_size,
+            "num_classes": self.num_classes,
+            "in_chans": self.in_chans,
+        }
 
 
 class OnnxReference:
@@ -49,8 +54,9 @@ class OnnxReference:
 
         so = ort.SessionOptions()
         so.log_severity_level = 3
-        self.session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            model if isinstance(model, bytes) else str(model), so, providers=["CPUExecutionProvider"]
+        )
         self.config = config
 
     def __call__(self, x: Any) -> Any:
@@ -104,13 +110,20 @@ def load_onnx_model(req: BuildRequest, log: Callable[[str], None]) -> LoadedMode
         except (TypeError, ValueError):
             own_pre = None
     if own_pre is None and not req.preprocess:
-        raise BuildError(f"{where} carries no preprocessing: set PREPROCESS=<preset name | JSON file> (frames, "
-                         "sampling, short side, crop, mean, std, channel order the model was trained with)")
+        raise BuildError(
+            f"{where} carries no preprocessing: set PREPROCESS=<preset name | JSON file> (frames, "
+            "sampling, short side, crop, mean, std, channel order the model was trained with)"
+        )
     try:
-        inputs = resolve_task_inputs(cfg, own_labels=meta.get("labels") if isinstance(meta.get("labels"), list)
-                                     else None, own_labels_from=f"{req.model} (its metadata)",
-                                     own_preprocess=own_pre, own_preprocess_from=f"{req.model} (its metadata)",
-                                     labels=req.labels, preprocess=req.preprocess)
+        inputs = resolve_task_inputs(
+            cfg,
+            own_labels=meta.get("labels") if isinstance(meta.get("labels"), list) else None,
+            own_labels_from=f"{req.model} (its metadata)",
+            own_preprocess=own_pre,
+            own_preprocess_from=f"{req.model} (its metadata)",
+            labels=req.labels,
+            preprocess=req.preprocess,
+        )
     except TaskInputError as e:
         raise BuildError(str(e)) from e
     log(inputs.line())
@@ -122,15 +135,16 @@ def load_onnx_model(req: BuildRequest, log: Callable[[str], None]) -> LoadedMode
     calib, calib_note = check_calibration(req, trained_on=None)
     notes = [*inputs.notes]
     if layout == OFFICIAL:
-        notes.append(f"input layout: the official (batch, 3, frames, H, W) {dims}; a Transpose in front of the graph "
-                     "makes the bundle's input (batch, frames, 3, H, W)")
+        notes.append(
+            f"input layout: the official (batch, 3, frames, H, W) {dims}; a Transpose in front of the graph "
+            "makes the bundle's input (batch, frames, 3, H, W)"
+        )
     notes.append("attention form and graph: as in the given ONNX file (ATTENTION does not apply)")
     if calib_note:
         notes.append(calib_note)
     provenance = {"weights": "onnx", **inputs.record(), "notes": notes, "reference": ONNX_REFERENCE}
     source = {"checkpoint": str(path), "checkpoint_sha256": sha, "onnx_input_layout": layout}
-    return LoadedModel(OnnxReference(dest, cfg), inputs.labels, inputs.preprocess, source, calib, provenance,
-                       onnx=dest)
+    return LoadedModel(OnnxReference(dest, cfg), inputs.labels, inputs.preprocess, source, calib, provenance, onnx=dest)
 
 
 def reference_from_file(path: str | Path) -> OnnxReference:

@@ -10,6 +10,7 @@ first block whose error jumps.
 
 Writes ``parity.json`` and ``parity.md`` (atomically); exits non-zero when the engine fails.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,10 @@ from runtime.manifest import Manifest
 
 from runtime.cli_args import user_errors
 from calibration.precision.metrics import TOLERANCES, check_tolerance, compare_logits
+
 # the one block-divergence routine (shared with the precision report); BLOCK_THRESHOLD and block_errors re-exported
 from calibration.graph.blocks import BLOCK_THRESHOLD, block_errors, block_output_names, run_blocks  # noqa: F401
+
 
 def reference_model(manifest: dict[str, Any], override: str | None):
     """The FP32 PyTorch model the bundle was built from (or ``override``)."""
@@ -44,8 +47,15 @@ def reference_model(manifest: dict[str, Any], override: str | None):
     return net.eval(), model
 
 
-def check_bundle(bundle: str | os.PathLike, clips: str | None = None, n: int = 16, model: str | None = None,
-                 seed: int = 0, blocks: str = "on-failure", batch: int | None = None) -> dict[str, Any]:
+def check_bundle(
+    bundle: str | os.PathLike,
+    clips: str | None = None,
+    n: int = 16,
+    model: str | None = None,
+    seed: int = 0,
+    blocks: str = "on-failure",
+    batch: int | None = None,
+) -> dict[str, Any]:
     """Parity of ``bundle`` against its PyTorch reference; ``blocks``: 'always', 'on-failure' or 'never'."""
     import torch
 
@@ -63,12 +73,16 @@ def check_bundle(bundle: str | os.PathLike, clips: str | None = None, n: int = 1
     cset = load_calibration_set(clips, pre, n, seed + 2000)
     x = cset.clips
     with torch.no_grad():
-        refs = [net.forward_with_blocks(torch.from_numpy(x[i:i + 1])) if hasattr(net, "forward_with_blocks")
-                else (net(torch.from_numpy(x[i:i + 1])), []) for i in range(len(x))]  # ONNX Runtime: no blocks
+        refs = [
+            net.forward_with_blocks(torch.from_numpy(x[i : i + 1]))
+            if hasattr(net, "forward_with_blocks")
+            else (net(torch.from_numpy(x[i : i + 1])), [])
+            for i in range(len(x))
+        ]  # ONNX Runtime: no blocks
     ref_logits = np.concatenate([r[0].numpy() for r in refs])
     with Engine(bundle) as engine:
         step = batch or engine.batch_range[1]
-        out = np.concatenate([engine.infer(x[i:i + step]) for i in range(0, len(x), step)])
+        out = np.concatenate([engine.infer(x[i : i + step]) for i in range(0, len(x), step)])
         describe = engine.describe()
         labels = cset.labels
         if cset.classes is not None:  # a synthetic task's labels mean something only to a model trained on it
@@ -77,10 +91,17 @@ def check_bundle(bundle: str | os.PathLike, clips: str | None = None, n: int = 1
     tolerance = manifest.tolerance or TOLERANCES[precision]
     failures = check_tolerance(metrics, precision, tolerance)
     report: dict[str, Any] = {
-        "bundle": str(bundle), "precision": precision, "backend": manifest.backend, "engine": describe,
-        "reference": model_name, "clips": {"spec": clips, "count": int(len(x)), "sha256": cset.sha256,
-                                           "skipped": cset.skipped},
-        "metrics": metrics, "tolerance": tolerance, "passed": not failures, "failures": failures, "blocks": None,
+        "bundle": str(bundle),
+        "precision": precision,
+        "backend": manifest.backend,
+        "engine": describe,
+        "reference": model_name,
+        "clips": {"spec": clips, "count": int(len(x)), "sha256": cset.sha256, "skipped": cset.skipped},
+        "metrics": metrics,
+        "tolerance": tolerance,
+        "passed": not failures,
+        "failures": failures,
+        "blocks": None,
     }
     if blocks == "always" or (blocks == "on-failure" and failures):
         report["blocks"] = _block_report(bundle, manifest, x, refs, precision)
@@ -90,8 +111,10 @@ def check_bundle(bundle: str | os.PathLike, clips: str | None = None, n: int = 1
 def _block_report(bundle: Path, manifest: Manifest, x: np.ndarray, refs: list, precision: str) -> dict[str, Any]:
     engine_file = bundle / manifest.engine_file
     if engine_file.suffix != ".onnx":
-        return {"note": f"{engine_file.name}: per-block outputs need the engine's ONNX; run parity on the ONNX "
-                        "Runtime bundle of the same precision to localise the error"}
+        return {
+            "note": f"{engine_file.name}: per-block outputs need the engine's ONNX; run parity on the ONNX "
+            "Runtime bundle of the same precision to localise the error"
+        }
     names = block_output_names(engine_file)
     if refs and not refs[0][1]:
         return {"note": "the reference is ONNX Runtime on the given ONNX file: no per-block reference outputs"}
@@ -105,26 +128,45 @@ def _block_report(bundle: Path, manifest: Manifest, x: np.ndarray, refs: list, p
 def markdown(report: dict[str, Any]) -> str:
     """The parity report as a short Markdown document."""
     m = report["metrics"]
-    lines = [f"# Parity: {report['bundle']}", "",
-             f"- engine: {report['backend']} {report['precision']}; reference: "
-             f"{'ONNX Runtime' if str(report['reference']).endswith('.onnx') else 'PyTorch'} FP32 "
-             f"`{report['reference']}`",
-             f"- clips: {report['clips']['count']} from `{report['clips']['spec']}`",
-             f"- result: **{'PASSED' if report['passed'] else 'FAILED'}**"
-             + ("" if report["passed"] else f" ({'; '.join(report['failures'])})"), "",
-             "| metric | value | tolerance |", "|---|---|---|"]
-    for key in ("max_abs_logit", "mean_abs_logit", "min_cosine", "mean_cosine", "top1_agreement", "top5_agreement",
-                "top1_accuracy", "top1_accuracy_reference"):
+    lines = [
+        f"# Parity: {report['bundle']}",
+        "",
+        f"- engine: {report['backend']} {report['precision']}; reference: "
+        f"{'ONNX Runtime' if str(report['reference']).endswith('.onnx') else 'PyTorch'} FP32 "
+        f"`{report['reference']}`",
+        f"- clips: {report['clips']['count']} from `{report['clips']['spec']}`",
+        f"- result: **{'PASSED' if report['passed'] else 'FAILED'}**"
+        + ("" if report["passed"] else f" ({'; '.join(report['failures'])})"),
+        "",
+        "| metric | value | tolerance |",
+        "|---|---|---|",
+    ]
+    for key in (
+        "max_abs_logit",
+        "mean_abs_logit",
+        "min_cosine",
+        "mean_cosine",
+        "top1_agreement",
+        "top5_agreement",
+        "top1_accuracy",
+        "top1_accuracy_reference",
+    ):
         if key in m:
             tol = report["tolerance"].get(key)
             lines.append(f"| {key} | {m[key]:.6g} | {'' if tol is None else tol} |")
     b = report.get("blocks")
     if b and "blocks" in b:
         first = b["first_diverging_block"]
-        lines += ["", "## Per block (relative L2 error of the block's output tokens; threshold "
-                      f"{b['threshold_rel_l2']})",
-                  "", f"First diverging block: **{first if first is not None else 'none'}**; largest jump at block "
-                  f"{b['largest_jump_block']}.", "", "| block | rel L2 | cosine | max abs |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Per block (relative L2 error of the block's output tokens; threshold {b['threshold_rel_l2']})",
+            "",
+            f"First diverging block: **{first if first is not None else 'none'}**; largest jump at block "
+            f"{b['largest_jump_block']}.",
+            "",
+            "| block | rel L2 | cosine | max abs |",
+            "|---|---|---|---|",
+        ]
         lines += [f"| {r['block']} | {r['rel_l2']:.3e} | {r['cosine']:.6f} | {r['max_abs']:.3e} |" for r in b["blocks"]]
     elif b:
         lines += ["", f"Per-block analysis: {b['note']}"]

@@ -27,6 +27,7 @@ Rules:
 ``TIMESFORMER_TEST_KILL_AT=<step>`` makes the builder SIGKILL itself at that step
 (:func:`kill_point`), for the crash-consistency tests.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,8 +46,19 @@ from typing import Any, Callable, Iterable
 
 from runtime.files import FolderNotReplaceable, check_replaceable, owned_folder_problem
 
-__all__ = ["PublishError", "KILL_ENV", "KILL_STEPS", "kill_point", "check_out", "bundle_problem", "make_staging",
-           "clean_stale", "file_records", "publish", "exchange_supported"]
+__all__ = [
+    "PublishError",
+    "KILL_ENV",
+    "KILL_STEPS",
+    "kill_point",
+    "check_out",
+    "bundle_problem",
+    "make_staging",
+    "clean_stale",
+    "file_records",
+    "publish",
+    "exchange_supported",
+]
 
 KILL_ENV = "TIMESFORMER_TEST_KILL_AT"
 #: the named steps a test may kill a build at, in build order
@@ -66,6 +78,7 @@ def kill_point(step: str) -> None:
 
 
 # --------------------------------------------------------------------------- what OUT may be
+
 
 def _validate_bundle_manifest(data: Any, path: Path) -> None:
     from runtime.manifest import validate_manifest
@@ -105,6 +118,7 @@ def check_out(out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) 
 
 
 # --------------------------------------------------------------------------- staging and stale temporaries
+
 
 def _stale_pattern(out: Path) -> re.Pattern[str]:
     return re.compile(r"^\." + re.escape(out.name) + r"\.(build|old)-(\d+)-[0-9a-f]+$")

@@ -7,6 +7,7 @@ output to a few statistics on the fly (a fixed sample of its values and its norm
 are 58 MB per clip, the sample 150 kB). :func:`add_reference` writes ``reference.json`` and ``reference.npz``
 into the staged bundle and lists them in the manifest's ``files``.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,9 +48,9 @@ def reference_pass(net: Any, clips: np.ndarray, keep: dict[str, Any] | None = No
     with torch.no_grad():
         for i in range(len(clips)):
             if keep is None or not hasattr(net, "forward_with_blocks"):  # ONNX Runtime's reference: no blocks
-                logits.append(net(torch.from_numpy(clips[i:i + 1])).numpy())
+                logits.append(net(torch.from_numpy(clips[i : i + 1])).numpy())
                 continue
-            out, blocks = net.forward_with_blocks(torch.from_numpy(clips[i:i + 1]))
+            out, blocks = net.forward_with_blocks(torch.from_numpy(clips[i : i + 1]))
             logits.append(out.numpy())
             flat = [b.reshape(-1).numpy() for b in blocks]
             if index is None:
@@ -58,8 +59,14 @@ def reference_pass(net: Any, clips: np.ndarray, keep: dict[str, Any] | None = No
             norms.append(np.array([np.linalg.norm(f.astype(np.float64)) for f in flat], np.float32))
     ref = np.concatenate(logits).astype(np.float32)
     if keep is not None and samples:
-        keep.update(clips=clips, logits=ref, block_index=index, block_samples=np.stack(samples),
-                    block_norm=np.stack(norms), pass_seconds=time.perf_counter() - t0)
+        keep.update(
+            clips=clips,
+            logits=ref,
+            block_index=index,
+            block_samples=np.stack(samples),
+            block_norm=np.stack(norms),
+            pass_seconds=time.perf_counter() - t0,
+        )
     elif keep is not None:
         keep.update(clips=clips, logits=ref, pass_seconds=time.perf_counter() - t0)
     return clips, ref
@@ -84,8 +91,9 @@ def add_reference(bundle: Path, kept: dict[str, Any], manifest: dict[str, Any]) 
         arrays["engine_logits"] = np.asarray(kept["engine_logits"], np.float32)
     depth = 0
     if kept.get("block_samples") is not None:
-        arrays.update(block_index=kept["block_index"], block_samples=kept["block_samples"],
-                      block_norm=kept["block_norm"])
+        arrays.update(
+            block_index=kept["block_index"], block_samples=kept["block_samples"], block_norm=kept["block_norm"]
+        )
         depth = kept["block_samples"].shape[1]
     request = (manifest.get("build") or {}).get("request") or {}
     meta = {
@@ -93,15 +101,23 @@ def add_reference(bundle: Path, kept: dict[str, Any], manifest: dict[str, Any]) 
         "precision": manifest["precision"],
         "tolerance": manifest["tolerance"],
         "reference": _reference_text(manifest),
-        "clips": {"count": int(len(arrays["clips"])), "shape": list(arrays["clips"].shape[1:]), "dtype": "float16",
-                  "source": request.get("calib") or "synthetic", "seed": int(request.get("seed", 0)) + 1000,
-                  "note": "the build's parity clips, rounded to FP16 before the reference and the engine ran"},
-        "blocks": {"names": [block_output_name(i) for i in range(depth)],
-                   "samples_per_block": int(len(arrays["block_index"])) if depth else 0,
-                   "threshold_rel_l2": BLOCK_THRESHOLD[manifest["precision"]],
-                   "sampling": "each clip's block output flattened; the class token's row and a fixed random sample "
-                               "(numpy default_rng(0)); block_norm is the L2 norm of the whole output"}
-        if depth else None,
+        "clips": {
+            "count": int(len(arrays["clips"])),
+            "shape": list(arrays["clips"].shape[1:]),
+            "dtype": "float16",
+            "source": request.get("calib") or "synthetic",
+            "seed": int(request.get("seed", 0)) + 1000,
+            "note": "the build's parity clips, rounded to FP16 before the reference and the engine ran",
+        },
+        "blocks": {
+            "names": [block_output_name(i) for i in range(depth)],
+            "samples_per_block": int(len(arrays["block_index"])) if depth else 0,
+            "threshold_rel_l2": BLOCK_THRESHOLD[manifest["precision"]],
+            "sampling": "each clip's block output flattened; the class token's row and a fixed random sample "
+            "(numpy default_rng(0)); block_norm is the L2 norm of the whole output",
+        }
+        if depth
+        else None,
         "arrays": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in sorted(arrays.items())},
     }
     write_bytes_atomic(bundle / REFERENCE_NPZ, npz_bytes(arrays))
@@ -111,4 +127,5 @@ def add_reference(bundle: Path, kept: dict[str, Any], manifest: dict[str, Any]) 
     manifest.setdefault("build", {})["reference"] = {
         "bytes": sum(r["size"] for r in records.values()),
         "seconds": round(time.perf_counter() - t0 + float(kept.get("pass_seconds", 0.0)), 3),
-        "note": "seconds: the parity step's PyTorch pass (with block statistics) and writing the files"}
+        "note": "seconds: the parity step's PyTorch pass (with block statistics) and writing the files",
+    }

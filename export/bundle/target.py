@@ -5,6 +5,7 @@
 from, for which target, in which INT8 form), the TensorRT plan (TensorRT builds) and the output folder. Everything
 the request cannot build is refused here, as :class:`BuildError`, before a model is loaded.
 """
+
 from __future__ import annotations
 
 import platform
@@ -18,13 +19,23 @@ from calibration.precision.metrics import TOLERANCES
 
 from export.bundle.options import BACKEND_CHOICES, BuildRequest
 
-__all__ = ["BuildError", "BuildTarget", "resolve_target", "choose_backend", "trt_options", "plan_only",
-           "default_out", "OPENVINO_WHY"]
+__all__ = [
+    "BuildError",
+    "BuildTarget",
+    "resolve_target",
+    "choose_backend",
+    "trt_options",
+    "plan_only",
+    "default_out",
+    "OPENVINO_WHY",
+]
 
 #: why ``auto`` prefers OpenVINO to ONNX Runtime on x86 CPUs (``make bench-cpu``, base 8x224, batch 1, one run)
-OPENVINO_WHY = ("faster than ONNX Runtime at every precision in make bench-cpu (base 8x224, 2-core AMD Zen 5, two "
-                "runs, medians against ONNX Runtime FP32: OpenVINO FP32 0.87-0.88x, FP16 bundle in bf16 0.43-0.45x, "
-                "INT8 Q/DQ 0.26-0.27x; ONNX Runtime INT8 0.38x)")
+OPENVINO_WHY = (
+    "faster than ONNX Runtime at every precision in make bench-cpu (base 8x224, 2-core AMD Zen 5, two "
+    "runs, medians against ONNX Runtime FP32: OpenVINO FP32 0.87-0.88x, FP16 bundle in bf16 0.43-0.45x, "
+    "INT8 Q/DQ 0.26-0.27x; ONNX Runtime INT8 0.38x)"
+)
 
 
 class BuildError(RuntimeError):
@@ -67,8 +78,10 @@ class BuildTarget:
         if self.precision == Precision.FP16 and self.backend == Backend.TENSORRT:
             return "fp16 on the builder-flag path: the FP32 ONNX + BuilderFlag.FP16 (LayerNorm/Softmax FP32)"
         if self.precision == Precision.FP16:
-            return ("fp16 on OpenVINO: the FP32 ONNX, run with INFERENCE_PRECISION_HINT bf16 (or f16) where the CPU "
-                    "has it (OpenVINO keeps its own FP32 islands)")
+            return (
+                "fp16 on OpenVINO: the FP32 ONNX, run with INFERENCE_PRECISION_HINT bf16 (or f16) where the CPU "
+                "has it (OpenVINO keeps its own FP32 islands)"
+            )
         return "fp32: no calibration"
 
     def precision_kwargs(self) -> dict[str, Any]:
@@ -88,13 +101,17 @@ def choose_backend(requested: str, precision: str | None = None) -> tuple[str, s
     if requested == Backend.OPENVINO:
         ov_ok, ov_reason = _openvino_available()
         if not ov_ok:
-            raise BuildError(f"BACKEND=openvino, but {ov_reason}: pip install -e './runtime[openvino]' (or "
-                             "pip install 'openvino>=2025.0'), or use BACKEND=onnxruntime.")
+            raise BuildError(
+                f"BACKEND=openvino, but {ov_reason}: pip install -e './runtime[openvino]' (or "
+                "pip install 'openvino>=2025.0'), or use BACKEND=onnxruntime."
+            )
         return Backend.OPENVINO, f"asked for; {ov_reason}"
     if requested == Backend.TENSORRT:
         if not ok:
-            raise BuildError(f"BACKEND=tensorrt, but {reason}. Install TensorRT on a machine with an NVIDIA GPU "
-                             "(pip install '.[tensorrt]'; JetPack ships it on Jetson) or use BACKEND=onnxruntime.")
+            raise BuildError(
+                f"BACKEND=tensorrt, but {reason}. Install TensorRT on a machine with an NVIDIA GPU "
+                "(pip install '.[tensorrt]'; JetPack ships it on Jetson) or use BACKEND=onnxruntime."
+            )
         return Backend.TENSORRT, "asked for"
     if ok:
         return Backend.TENSORRT, f"auto: {reason}"
@@ -105,10 +122,10 @@ def choose_backend(requested: str, precision: str | None = None) -> tuple[str, s
     if isa_choice == "onnxruntime":
         return Backend.ONNXRUNTIME, f"auto: TensorRT not usable here ({reason}); {isa_why}"
     if ov_ok and platform.machine().lower() in ("x86_64", "amd64"):
-        return Backend.OPENVINO, (f"auto: TensorRT not usable here ({reason}); {isa_why}; {ov_reason}: "
-                                  f"{OPENVINO_WHY}")
-    return Backend.ONNXRUNTIME, (f"auto: TensorRT not usable here ({reason}); ONNX Runtime on the CPU"
-                                 f"{'' if ov_ok else f' ({ov_reason})'}")
+        return Backend.OPENVINO, (f"auto: TensorRT not usable here ({reason}); {isa_why}; {ov_reason}: {OPENVINO_WHY}")
+    return Backend.ONNXRUNTIME, (
+        f"auto: TensorRT not usable here ({reason}); ONNX Runtime on the CPU{'' if ov_ok else f' ({ov_reason})'}"
+    )
 
 
 def _openvino_available() -> tuple[bool, str]:
@@ -143,24 +160,38 @@ def resolve_target(req: BuildRequest, log: Any = None) -> BuildTarget:
     # file, with TensorRT's form, for INT8: one calibrated file for both
     qdq_reader = backend == Backend.TENSORRT or (backend == Backend.OPENVINO and precision == Precision.INT8)
     try:
-        attention = resolve_attention(req.attention, (Backend.TENSORRT if qdq_reader else Backend.ONNXRUNTIME).value,
-                                      trt_version, precision=precision.value, strongly_typed=req.strongly_typed)
+        attention = resolve_attention(
+            req.attention,
+            (Backend.TENSORRT if qdq_reader else Backend.ONNXRUNTIME).value,
+            trt_version,
+            precision=precision.value,
+            strongly_typed=req.strongly_typed,
+        )
     except ValueError as e:
         raise BuildError(str(e)) from e
     backend_converts_fp16 = precision == Precision.FP16 and (
-        backend == Backend.OPENVINO or (backend == Backend.TENSORRT and not req.strongly_typed))
+        backend == Backend.OPENVINO or (backend == Backend.TENSORRT and not req.strongly_typed)
+    )
     onnx_precision = Precision.FP32 if backend_converts_fp16 else precision
     int8_form = None
     if onnx_precision == Precision.INT8 and backend in (Backend.TENSORRT, Backend.OPENVINO):
         # FP16 between the matmuls strongly typed (unless asked for FP32); FP32 on the builder-flag path
         int8_form = f"qdq-{req.int8_form if req.strongly_typed else 'fp32'}"
     return BuildTarget(
-        precision=precision, backend=backend, backend_why=why, attention=attention, onnx_precision=onnx_precision,
+        precision=precision,
+        backend=backend,
+        backend_why=why,
+        attention=attention,
+        onnx_precision=onnx_precision,
         precision_target=(Backend.TENSORRT.value if backend == Backend.OPENVINO else backend.value)
-        if onnx_precision != Precision.FP32 else None,
-        int8_form=int8_form, out=default_out(req, backend),
+        if onnx_precision != Precision.FP32
+        else None,
+        int8_form=int8_form,
+        out=default_out(req, backend),
         tolerance=getattr(plan, "parity_tolerance", None) or TOLERANCES[precision],
-        trt_version=trt_version, trt_plan=plan)
+        trt_version=trt_version,
+        trt_plan=plan,
+    )
 
 
 def default_out(req: BuildRequest, backend: str) -> Path:
@@ -173,11 +204,20 @@ def trt_options(req: BuildRequest, clip_shape: list[int] | None = None) -> Any:
     from export.tensorrt.plan import TensorRTBuildOptions
 
     return TensorRTBuildOptions(
-        precision=req.precision, strongly_typed=req.strongly_typed, batch=tuple(req.batch), input_name="video",
-        input_shape=tuple(clip_shape) if clip_shape else None, workspace_mib=req.workspace_mib,
-        timing_cache=req.timing_cache or str(Path(req.cache_dir) / "trt_timing.cache"), dla_core=req.dla_core,
-        hardware_compatibility=req.hardware_compatibility, version_compatible=req.version_compatible,
-        int8_form=req.int8_form, cuda_graph=req.cuda_graph, tf32=req.tf32)
+        precision=req.precision,
+        strongly_typed=req.strongly_typed,
+        batch=tuple(req.batch),
+        input_name="video",
+        input_shape=tuple(clip_shape) if clip_shape else None,
+        workspace_mib=req.workspace_mib,
+        timing_cache=req.timing_cache or str(Path(req.cache_dir) / "trt_timing.cache"),
+        dla_core=req.dla_core,
+        hardware_compatibility=req.hardware_compatibility,
+        version_compatible=req.version_compatible,
+        int8_form=req.int8_form,
+        cuda_graph=req.cuda_graph,
+        tf32=req.tf32,
+    )
 
 
 def _plan_request(req: BuildRequest, trt_version: str, clip_shape: list[int] | None = None) -> Any:
@@ -194,12 +234,13 @@ def _plan_request(req: BuildRequest, trt_version: str, clip_shape: list[int] | N
 _ONNX_HANDED = {
     "fp32": "the FP32 ONNX",
     "fp16": "the FP16 ONNX (LayerNorm and nodes the FP16 analysis flags FP32); decomposed attention: its Softmax "
-            "between two FP16 MatMuls handed over FP16 with no Cast, the MatMul-Softmax-MatMul TensorRT fuses (see "
-            "attention_softmax)",
+    "between two FP16 MatMuls handed over FP16 with no Cast, the MatMul-Softmax-MatMul TensorRT fuses (see "
+    "attention_softmax)",
     "int8-qdq-fp16": "the Q/DQ ONNX, FP16 scales and activations between the INT8 matmuls (scales below FP16's "
-                     "smallest normal raised to it), LayerNorm, unquantized Softmax and nodes the FP16 analysis flags "
-                     "FP32; a re-quantized attention Softmax FP16 (INT8 fused attention)",
-    "int8-qdq-fp32": "the Q/DQ ONNX, FP32 around the INT8 matmuls"}
+    "smallest normal raised to it), LayerNorm, unquantized Softmax and nodes the FP16 analysis flags "
+    "FP32; a re-quantized attention Softmax FP16 (INT8 fused attention)",
+    "int8-qdq-fp32": "the Q/DQ ONNX, FP32 around the INT8 matmuls",
+}
 
 
 def plan_only(req: BuildRequest, trt_version: str) -> dict[str, Any]:
@@ -209,8 +250,12 @@ def plan_only(req: BuildRequest, trt_version: str) -> dict[str, Any]:
     plan = _plan_request(req, trt_version, clip_shape)
     d = plan.to_dict()
     b = req.batch
-    d["profile"] = {"input": "video", "min": [b[0], *clip_shape], "opt": [b[1], *clip_shape],
-                    "max": [b[2], *clip_shape]}
+    d["profile"] = {
+        "input": "video",
+        "min": [b[0], *clip_shape],
+        "opt": [b[1], *clip_shape],
+        "max": [b[2], *clip_shape],
+    }
     d["model"] = req.model
     d["onnx_handed_to_tensorrt"] = _ONNX_HANDED[plan.onnx_precision]
     return d

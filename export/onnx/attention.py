@@ -19,6 +19,7 @@ During export every ``Attention`` module of the model calls :func:`export_mha` (
 
 Which mode to use where: :func:`default_attention`.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -30,6 +31,7 @@ from models.timesformer import ATTENTION_IMPLS, Attention, sdpa_attention
 #: the attention forms and the ``--attention`` choices (the forms plus ``auto``, see :func:`default_attention`),
 #: defined once in export/onnx/forms.py, which imports without torch (for the build's option table)
 from export.onnx.forms import ATTENTION_CHOICES, ATTENTION_MODES
+
 #: the opset each mode exports at by default (``onnx`` needs 23 for ``Attention``; 17 is what TensorRT 10.3 parses;
 #: ``ort`` is for ONNX Runtime >= 1.23 only, and from opset 20 on GELU is one op that it fuses with its bias, which
 #: it does not do for the opset-17 Erf form)
@@ -57,8 +59,9 @@ def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, scale: 
     return torch.empty_like(q)
 
 
-def export_mha(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, scale: float,
-               dropout_p: float = 0.0) -> torch.Tensor:
+def export_mha(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, scale: float, dropout_p: float = 0.0
+) -> torch.Tensor:
     """The marker attention (an ``ATTENTION_IMPLS`` entry): ``sdpa`` numerics, one node in the exported program."""
     if dropout_p:
         raise ValueError("export_mha: dropout is not exportable; put the model in eval mode")
@@ -68,8 +71,12 @@ def export_mha(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int
 ATTENTION_IMPLS.setdefault(EXPORT_IMPL, export_mha)
 
 
-def default_attention(backend: str = "onnxruntime", trt_version: str | tuple[int, ...] | None = None,
-                      precision: str = "fp32", strongly_typed: bool = True) -> str:
+def default_attention(
+    backend: str = "onnxruntime",
+    trt_version: str | tuple[int, ...] | None = None,
+    precision: str = "fp32",
+    strongly_typed: bool = True,
+) -> str:
     """The attention mode to export for ``backend``.
 
     * ``onnxruntime`` (CPU or CUDA provider): :data:`ORT_DEFAULT` (the fastest here; see the bench).
@@ -88,8 +95,13 @@ def default_attention(backend: str = "onnxruntime", trt_version: str | tuple[int
     raise ValueError(f"backend: expected 'onnxruntime' or 'tensorrt', got {backend!r}")
 
 
-def resolve_attention(attention: str, backend: str = "onnxruntime", trt_version: str | None = None,
-                      precision: str = "fp32", strongly_typed: bool = True) -> str:
+def resolve_attention(
+    attention: str,
+    backend: str = "onnxruntime",
+    trt_version: str | None = None,
+    precision: str = "fp32",
+    strongly_typed: bool = True,
+) -> str:
     """``auto`` -> :func:`default_attention`; an explicit mode is checked against the choices."""
     if attention == "auto":
         return default_attention(backend, trt_version, precision, strongly_typed)
@@ -118,6 +130,7 @@ def fold_query_scale(model: torch.nn.Module) -> int:
 
 # --------------------------------------------------------------------------- ONNX translations
 
+
 def _ms_multi_head_attention() -> Any:
     """``com.microsoft.MultiHeadAttention`` (q, k, v only) as an onnxscript op.
 
@@ -129,13 +142,17 @@ def _ms_multi_head_attention() -> Any:
 
     P, A = onnx.defs.OpSchema.FormalParameter, onnx.defs.OpSchema.Attribute
     schema = onnx.defs.OpSchema(
-        "MultiHeadAttention", MS_DOMAIN, 1,
+        "MultiHeadAttention",
+        MS_DOMAIN,
+        1,
         "ONNX Runtime contrib MultiHeadAttention, 3-D query/key/value (batch, seq, hidden)",
         inputs=[P("query", "T"), P("key", "T"), P("value", "T")],
         outputs=[P("output", "T")],
         type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "")],
-        attributes=[A("num_heads", onnx.defs.OpSchema.AttrType.INT, required=True),
-                    A("scale", onnx.defs.OpSchema.AttrType.FLOAT, required=False)],
+        attributes=[
+            A("num_heads", onnx.defs.OpSchema.AttrType.INT, required=True),
+            A("scale", onnx.defs.OpSchema.AttrType.FLOAT, required=False),
+        ],
     )
     return onnxscript.values.Op(onnxscript.values.Opset(MS_DOMAIN, 1), "MultiHeadAttention", schema)
 

@@ -18,6 +18,7 @@ The write is atomic: the model (and its external data file, for models over 2 GB
 directory beside the target, is checked there (``onnx.checker`` with ``full_check``, which includes
 strict shape inference) and only then renamed into place; a failure leaves no file behind.
 """
+
 from __future__ import annotations
 
 import collections
@@ -37,8 +38,16 @@ from runtime.cli_args import ArgumentParser
 
 from runtime.cli_args import user_errors
 
-from export.onnx.attention import (ATTENTION_CHOICES, DEFAULT_OPSET, EXPORT_IMPL, MIN_OPSET, MS_DOMAIN,
-                                   fold_query_scale, resolve_attention, translation_table)
+from export.onnx.attention import (
+    ATTENTION_CHOICES,
+    DEFAULT_OPSET,
+    EXPORT_IMPL,
+    MIN_OPSET,
+    MS_DOMAIN,
+    fold_query_scale,
+    resolve_attention,
+    translation_table,
+)
 
 if TYPE_CHECKING:  # heavy imports stay lazy so that `--help` and read_metadata are fast
     import onnx_ir as ir
@@ -73,6 +82,7 @@ def block_output_name(i: int) -> str:
 
 
 # --------------------------------------------------------------------------- the module that is traced
+
 
 def _export_copy(net: "TimeSformer", mode: str, frames: int | None, image_size: int | None) -> "TimeSformer":
     """A deep copy ready to trace: eval mode, marker attention, scale folded (decomposed), embeddings
@@ -153,6 +163,7 @@ def _traced_module(model: "TimeSformer", uint8_input: bool, preprocess: "Preproc
 
 # --------------------------------------------------------------------------- graph post-processing
 
+
 def _downgrade_opset(model: "ir.Model", target: int) -> None:
     """Rewrite an opset-18 graph to ``target`` (< 18) in place.
 
@@ -165,8 +176,17 @@ def _downgrade_opset(model: "ir.Model", target: int) -> None:
     import onnx
     import onnx_ir as ir
 
-    reductions = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
-                  "ReduceLogSumExp", "ReduceSumSquare"}
+    reductions = {
+        "ReduceMean",
+        "ReduceMax",
+        "ReduceMin",
+        "ReduceProd",
+        "ReduceL1",
+        "ReduceL2",
+        "ReduceLogSum",
+        "ReduceLogSumExp",
+        "ReduceSumSquare",
+    }
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
         if node.domain not in ("", "ai.onnx"):
             continue
@@ -176,8 +196,10 @@ def _downgrade_opset(model: "ir.Model", target: int) -> None:
                 continue
             const = ir.convenience.get_const_tensor(axes)
             if const is None:
-                raise ExportError(f"opset {target}: node {node.name!r} ({node.op_type}) has non-constant axes "
-                                  f"{axes.name!r}; cannot move them to an attribute")
+                raise ExportError(
+                    f"opset {target}: node {node.name!r} ({node.op_type}) has non-constant axes "
+                    f"{axes.name!r}; cannot move them to an attribute"
+                )
             axes_list = [int(a) for a in const.numpy().reshape(-1)]
             if not axes_list:
                 raise ExportError(f"opset {target}: node {node.name!r} ({node.op_type}) has empty axes")
@@ -190,15 +212,19 @@ def _downgrade_opset(model: "ir.Model", target: int) -> None:
             shape = node.inputs[0].shape
             dim = shape[axis] if shape is not None else None
             if len(node.outputs) != n or not isinstance(dim, int) or dim % n:
-                raise ExportError(f"opset {target}: Split {node.name!r} into {n} uneven or unknown parts "
-                                  f"(axis {axis} of shape {shape}) has no opset-{target} form")
+                raise ExportError(
+                    f"opset {target}: Split {node.name!r} into {n} uneven or unknown parts "
+                    f"(axis {axis} of shape {shape}) has no opset-{target} form"
+                )
             del node.attributes["num_outputs"]
         else:
             new = onnx.defs.get_schema(node.op_type, _EXPORTER_MIN_OPSET, "").since_version
             old = onnx.defs.get_schema(node.op_type, target, "").since_version
             if new != old:
-                raise ExportError(f"opset {target}: {node.op_type} (node {node.name!r}) changed in opset {new}; "
-                                  f"export at opset {new} or later")
+                raise ExportError(
+                    f"opset {target}: {node.op_type} (node {node.name!r}) changed in opset {new}; "
+                    f"export at opset {new} or later"
+                )
         node.version = None
     model.opset_imports[""] = target
     model.graph.opset_imports[""] = target
@@ -222,8 +248,9 @@ def _finish_graph(model: "ir.Model", depth: int, opset: int) -> None:
     names = [block_output_name(i) for i in range(depth)]
     outputs = list(g.outputs)
     if [v.name for v in outputs] != ["logits", *names]:
-        raise ExportError(f"exported graph outputs {[v.name for v in outputs]}: expected logits and {names[0]}.."
-                          f"{names[-1]}")
+        raise ExportError(
+            f"exported graph outputs {[v.name for v in outputs]}: expected logits and {names[0]}..{names[-1]}"
+        )
     for v in outputs[1:]:
         if v.producer() is None:
             raise ExportError(f"{v.name}: the exporter made it a graph input or constant, not a computed tensor")
@@ -262,9 +289,12 @@ def _write_checked(model: "ir.Model", path: Path, external: bool, verbose: bool)
         tmp = tmpdir / path.name
         t0 = time.perf_counter()
         ir.save(model, tmp, external_data=data_name if external else None)
-        _log(f"[onnx]   wrote {_mib(tmp.stat().st_size)}"
-             + (f" + {_mib((tmpdir / data_name).stat().st_size)} external data ({data_name})" if external else "")
-             + f" in {time.perf_counter() - t0:.1f} s; checking (onnx.checker full_check + shape inference)", verbose)
+        _log(
+            f"[onnx]   wrote {_mib(tmp.stat().st_size)}"
+            + (f" + {_mib((tmpdir / data_name).stat().st_size)} external data ({data_name})" if external else "")
+            + f" in {time.perf_counter() - t0:.1f} s; checking (onnx.checker full_check + shape inference)",
+            verbose,
+        )
         try:
             # The path-based checker reads external data itself and has no 2 GB limit.
             onnx.checker.check_model(str(tmp), full_check=True)
@@ -284,6 +314,7 @@ def _mib(n: int) -> str:
 
 
 # --------------------------------------------------------------------------- export
+
 
 def _check_target(path: Path, mode: str, opset: int, batch: int | None) -> None:
     """Refuse arguments the export cannot honour, and an output directory it cannot write, before tracing."""
@@ -311,10 +342,14 @@ def _export_preprocess(preprocess: "PreprocessConfig | None", cfg: Any, verbose:
         preprocess = PreprocessConfig(num_frames=cfg.num_frames, short_side=cfg.image_size, crop_size=cfg.image_size)
     if (preprocess.num_frames, preprocess.crop_size) != (cfg.num_frames, cfg.image_size):
         short = round(preprocess.short_side * cfg.image_size / preprocess.crop_size)
-        _log(f"[onnx] preprocessing contract adapted to the export size: {preprocess.num_frames} -> "
-             f"{cfg.num_frames} frames, crop {preprocess.crop_size} -> {cfg.image_size}, short side {short}", verbose)
-        preprocess = dataclasses.replace(preprocess, num_frames=cfg.num_frames, crop_size=cfg.image_size,
-                                         short_side=short)
+        _log(
+            f"[onnx] preprocessing contract adapted to the export size: {preprocess.num_frames} -> "
+            f"{cfg.num_frames} frames, crop {preprocess.crop_size} -> {cfg.image_size}, short side {short}",
+            verbose,
+        )
+        preprocess = dataclasses.replace(
+            preprocess, num_frames=cfg.num_frames, crop_size=cfg.image_size, short_side=short
+        )
     return preprocess
 
 
@@ -331,8 +366,15 @@ def _example_input(uint8_input: bool, t: int, s: int, batch: int | None) -> tupl
     return input_name, layout, dtype, example
 
 
-def _trace(wrapper: "torch.nn.Module", example: "torch.Tensor", input_name: str, names: list[str],
-           batch: int | None, mode: str, export_opset: int) -> Any:
+def _trace(
+    wrapper: "torch.nn.Module",
+    example: "torch.Tensor",
+    input_name: str,
+    names: list[str],
+    batch: int | None,
+    mode: str,
+    export_opset: int,
+) -> Any:
     """``torch.onnx.export`` (dynamo) of the wrapper; the ONNX program, or ExportError naming the attention mode."""
     import torch
 
@@ -340,17 +382,37 @@ def _trace(wrapper: "torch.nn.Module", example: "torch.Tensor", input_name: str,
     try:
         with torch.no_grad():
             return torch.onnx.export(
-                wrapper, (example,), dynamo=True, opset_version=export_opset, input_names=[input_name],
-                output_names=names, dynamic_shapes=dynamic,
-                custom_translation_table=translation_table(mode, export_opset), verbose=False,
-                optimize=True, external_data=False)
+                wrapper,
+                (example,),
+                dynamo=True,
+                opset_version=export_opset,
+                input_names=[input_name],
+                output_names=names,
+                dynamic_shapes=dynamic,
+                custom_translation_table=translation_table(mode, export_opset),
+                verbose=False,
+                optimize=True,
+                external_data=False,
+            )
     except Exception as e:
         raise ExportError(f"torch.onnx.export of the {mode} graph failed: {type(e).__name__}: {e}") from e
 
 
-def _metadata(cfg: Any, preprocess: "PreprocessConfig", mode: str, opset: int, source: str | None,
-              source_sha256: str | None, input_name: str, layout: str, dtype: str, uint8_input: bool,
-              batch: int | None, labels: list[str] | None, block_outputs: list[str]) -> dict[str, Any]:
+def _metadata(
+    cfg: Any,
+    preprocess: "PreprocessConfig",
+    mode: str,
+    opset: int,
+    source: str | None,
+    source_sha256: str | None,
+    input_name: str,
+    layout: str,
+    dtype: str,
+    uint8_input: bool,
+    batch: int | None,
+    labels: list[str] | None,
+    block_outputs: list[str],
+) -> dict[str, Any]:
     """What :func:`read_metadata` gives back: everything a consumer needs to use the file alone."""
     t, s = cfg.num_frames, cfg.image_size
     shape = [batch or "batch", t, s, s, 3] if uint8_input else [batch or "batch", t, 3, s, s]
@@ -362,8 +424,13 @@ def _metadata(cfg: Any, preprocess: "PreprocessConfig", mode: str, opset: int, s
         "source_sha256": source_sha256 or "",
         "attention": mode,
         "opset": opset,
-        "input": {"name": input_name, "layout": layout, "dtype": dtype, "shape": shape,
-                  "normalized_in_graph": uint8_input},
+        "input": {
+            "name": input_name,
+            "layout": layout,
+            "dtype": dtype,
+            "shape": shape,
+            "normalized_in_graph": uint8_input,
+        },
         "output": {"name": "logits", "dtype": "float32", "shape": [batch or "batch", cfg.num_classes]},
         "exporter": _versions(),
         "block_outputs": block_outputs,
@@ -373,11 +440,23 @@ def _metadata(cfg: Any, preprocess: "PreprocessConfig", mode: str, opset: int, s
     return meta
 
 
-def export_onnx(net: "TimeSformer", path: str | os.PathLike, attention: str = "ort", opset: int | None = None,
-                labels: list[str] | None = None, preprocess: "PreprocessConfig | None" = None,
-                source: str | None = None, source_sha256: str | None = None, uint8_input: bool = False,
-                batch: int | None = None, verbose: bool = True, *, frames: int | None = None,
-                image_size: int | None = None, external_data_threshold: int = EXTERNAL_DATA_THRESHOLD) -> Path:
+def export_onnx(
+    net: "TimeSformer",
+    path: str | os.PathLike,
+    attention: str = "ort",
+    opset: int | None = None,
+    labels: list[str] | None = None,
+    preprocess: "PreprocessConfig | None" = None,
+    source: str | None = None,
+    source_sha256: str | None = None,
+    uint8_input: bool = False,
+    batch: int | None = None,
+    verbose: bool = True,
+    *,
+    frames: int | None = None,
+    image_size: int | None = None,
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+) -> Path:
     """Export ``net`` (left unchanged) to ``path``; returns the path.
 
     ``attention``: ``onnx`` | ``decomposed`` | ``ort`` | ``auto`` (ONNX Runtime's default, see
@@ -403,28 +482,49 @@ def export_onnx(net: "TimeSformer", path: str | os.PathLike, attention: str = "o
     wrapper = _traced_module(model, uint8_input, preprocess)
     names = ["logits"] + [block_output_name(i) for i in range(cfg.depth)]
 
-    _log(f"[onnx] 1/3 tracing {cfg.attention_type} {cfg.depth}x{cfg.embed_dim}, {t}x{s}, attention={mode}, "
-         f"opset {opset}, batch {'dynamic' if batch is None else batch}, input {input_name} {layout} {dtype}", verbose)
+    _log(
+        f"[onnx] 1/3 tracing {cfg.attention_type} {cfg.depth}x{cfg.embed_dim}, {t}x{s}, attention={mode}, "
+        f"opset {opset}, batch {'dynamic' if batch is None else batch}, input {input_name} {layout} {dtype}",
+        verbose,
+    )
     t0 = time.perf_counter()
     program = _trace(wrapper, example, input_name, names, batch, mode, export_opset)
     onnx_model = program.model
     _log(f"[onnx]   traced in {time.perf_counter() - t0:.1f} s", verbose)
 
-    _log("[onnx] 2/3 naming block outputs, metadata" + (f", opset {export_opset} -> {opset}" if opset != export_opset
-                                                         else ""), verbose)
+    _log(
+        "[onnx] 2/3 naming block outputs, metadata"
+        + (f", opset {export_opset} -> {opset}" if opset != export_opset else ""),
+        verbose,
+    )
     _finish_graph(onnx_model, cfg.depth, opset)
     _drop_source_locations(onnx_model)
-    meta = _metadata(cfg, preprocess, mode, opset, source, source_sha256, input_name, layout, dtype, uint8_input,
-                     batch, labels, names[1:])
+    meta = _metadata(
+        cfg,
+        preprocess,
+        mode,
+        opset,
+        source,
+        source_sha256,
+        input_name,
+        layout,
+        dtype,
+        uint8_input,
+        batch,
+        labels,
+        names[1:],
+    )
     onnx_model.metadata_props.update({k: json.dumps(v) if k in _JSON_KEYS else str(v) for k, v in meta.items()})
     onnx_model.producer_name = "timesformer-deploy"
     onnx_model.graph.name = f"timesformer_{cfg.attention_type}_{mode}"
 
     weights = _initializer_bytes(onnx_model)
     external = weights > external_data_threshold
-    _log(f"[onnx] 3/3 writing {path} ({_mib(weights)} of weights"
-         + (f", over {_mib(external_data_threshold)}: external data in {path.name}.data)" if external else ")"),
-         verbose)
+    _log(
+        f"[onnx] 3/3 writing {path} ({_mib(weights)} of weights"
+        + (f", over {_mib(external_data_threshold)}: external data in {path.name}.data)" if external else ")"),
+        verbose,
+    )
     _write_checked(onnx_model, path, external, verbose)
     del program, onnx_model
     if verbose:
@@ -434,6 +534,7 @@ def export_onnx(net: "TimeSformer", path: str | os.PathLike, attention: str = "o
 
 
 # --------------------------------------------------------------------------- reading back
+
 
 def _load_graph(path: str | os.PathLike) -> Any:
     import onnx
@@ -481,9 +582,11 @@ def _attention_subgraphs(graph: Any) -> Iterator[dict[str, Any]]:
         for i in n.input:
             consumers[i].append(n)
     shapes = {vi.name: _dims(vi) for vi in list(graph.value_info) + list(graph.input) + list(graph.output)}
-    dtypes = {vi.name: onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name
-              for vi in list(graph.value_info) + list(graph.input) + list(graph.output)
-              if vi.type.tensor_type.elem_type}
+    dtypes = {
+        vi.name: onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name
+        for vi in list(graph.value_info) + list(graph.input) + list(graph.output)
+        if vi.type.tensor_type.elem_type
+    }
 
     def query_shape(name: str) -> list[int | str] | None:
         # decomposed: the query reaches the first MatMul through Transpose(Reshape(q (B, S, W)))
@@ -496,11 +599,19 @@ def _attention_subgraphs(graph: Any) -> Iterator[dict[str, Any]]:
 
     for n in graph.node:
         if n.op_type == "Attention" and n.domain in ("", "ai.onnx"):
-            yield {"kind": "Attention", "node": n.name, "query_shape": shapes.get(n.input[0]),
-                   "dtype": dtypes.get(n.input[0])}
+            yield {
+                "kind": "Attention",
+                "node": n.name,
+                "query_shape": shapes.get(n.input[0]),
+                "dtype": dtypes.get(n.input[0]),
+            }
         elif n.op_type == "MultiHeadAttention" and n.domain == MS_DOMAIN:
-            yield {"kind": f"{MS_DOMAIN}.MultiHeadAttention", "node": n.name, "query_shape": shapes.get(n.input[0]),
-                   "dtype": dtypes.get(n.input[0])}
+            yield {
+                "kind": f"{MS_DOMAIN}.MultiHeadAttention",
+                "node": n.name,
+                "query_shape": shapes.get(n.input[0]),
+                "dtype": dtypes.get(n.input[0]),
+            }
         elif n.op_type == "Softmax":
             first = producer.get(n.input[0])
             kind = "MatMul-Softmax-MatMul"
@@ -510,8 +621,12 @@ def _attention_subgraphs(graph: Any) -> Iterator[dict[str, Any]]:
                 kind = "MatMul-Scale-Softmax-MatMul"
             second = [c for c in consumers.get(n.output[0], []) if c.op_type == "MatMul" and c.input[0] == n.output[0]]
             if first is not None and first.op_type == "MatMul" and second:
-                yield {"kind": kind, "node": n.name, "query_shape": query_shape(first.input[0]),
-                       "dtype": dtypes.get(first.input[0])}
+                yield {
+                    "kind": kind,
+                    "node": n.name,
+                    "query_shape": query_shape(first.input[0]),
+                    "dtype": dtypes.get(first.input[0]),
+                }
 
 
 def summarize(path: str | os.PathLike) -> dict[str, Any]:
@@ -519,15 +634,23 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     model = _load_graph(path)
     g = model.graph
-    ops = collections.Counter(f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
-                              for n in g.node)
+    ops = collections.Counter(
+        f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for n in g.node
+    )
     attn = list(_attention_subgraphs(g))
     data_files = sorted({e.value for t in g.initializer for e in t.external_data if e.key == "location"})
 
     def io(vis: Any) -> list[dict[str, Any]]:
         import onnx
-        return [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
-                 "shape": _dims(v)} for v in vis]
+
+        return [
+            {
+                "name": v.name,
+                "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                "shape": _dims(v),
+            }
+            for v in vis
+        ]
 
     init_names = {t.name for t in g.initializer}
     return {
@@ -553,9 +676,11 @@ def print_summary(summary: dict[str, Any], file: Any = None) -> None:
     file = file or sys.stdout
     p = lambda *a: print(*a, file=file)  # noqa: E731
     size = summary["file_bytes"] + summary["external_data_bytes"]
-    p(f"[onnx] {summary['path']}: {_mib(size)}"
-      + (f" (weights in {', '.join(summary['external_data'])})" if summary["external_data"] else "")
-      + f", opset {summary['opset']}, {summary['nodes']} nodes")
+    p(
+        f"[onnx] {summary['path']}: {_mib(size)}"
+        + (f" (weights in {', '.join(summary['external_data'])})" if summary["external_data"] else "")
+        + f", opset {summary['opset']}, {summary['nodes']} nodes"
+    )
     for kind, key in (("inputs", "in "), ("outputs", "out")):
         for v in summary[kind]:
             p(f"[onnx]   {key} {v['name']}: {v['dtype']} {v['shape']}")
@@ -567,6 +692,7 @@ def print_summary(summary: dict[str, Any], file: Any = None) -> None:
 
 
 # --------------------------------------------------------------------------- CLI
+
 
 def _model_name(model: str) -> str:
     from models import PRESETS
@@ -590,36 +716,63 @@ def _to_ncthw(path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = ArgumentParser(prog="python -m export.onnx.export",
-                                 description="Export a TimeSformer to ONNX with explicit attention subgraphs.")
+    ap = ArgumentParser(
+        prog="python -m export.onnx.export",
+        description="Export a TimeSformer to ONNX with explicit attention subgraphs.",
+    )
     ap.add_argument("--model", required=True, help="preset name (random weights) or checkpoint path")
-    ap.add_argument("--attention", default="auto", choices=ATTENTION_CHOICES,
-                    help="auto: the fastest form for ONNX Runtime (default)")
+    ap.add_argument(
+        "--attention",
+        default="auto",
+        choices=ATTENTION_CHOICES,
+        help="auto: the fastest form for ONNX Runtime (default)",
+    )
     ap.add_argument("--opset", type=int, default=None, help=f"default per mode: {DEFAULT_OPSET}")
     ap.add_argument("--out", default=None, help="default artifacts/onnx/<name>-<attention>.onnx")
-    ap.add_argument("--uint8-input", action="store_true",
-                    help="input 'frames' (batch, frames, H, W, 3) uint8 RGB; normalisation in the graph")
+    ap.add_argument(
+        "--uint8-input",
+        action="store_true",
+        help="input 'frames' (batch, frames, H, W, 3) uint8 RGB; normalisation in the graph",
+    )
     ap.add_argument("--batch", type=int, default=None, help="fixed batch size (default: dynamic)")
     ap.add_argument("--frames", type=int, default=None, help="clip length to export at (default: the model's)")
     ap.add_argument("--image-size", type=int, default=None, help="resolution to export at (default: the model's)")
     ap.add_argument("--seed", type=int, default=0, help="seed for a preset's random weights")
-    ap.add_argument("--input-layout", default="BTCHW", choices=("BTCHW", "NCTHW"),
-                    help="NCTHW: (batch, 3, frames, H, W), as DeepStream's sequence preprocessing feeds it "
-                         "(a Transpose at the graph input, export/onnx/layout.py)")
+    ap.add_argument(
+        "--input-layout",
+        default="BTCHW",
+        choices=("BTCHW", "NCTHW"),
+        help="NCTHW: (batch, 3, frames, H, W), as DeepStream's sequence preprocessing feeds it "
+        "(a Transpose at the graph input, export/onnx/layout.py)",
+    )
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
 
     from models import SourceError, load_source
 
     mode = resolve_attention(a.attention, "onnxruntime")
-    out = Path(a.out) if a.out else Path("artifacts/onnx") / (
-        f"{_model_name(a.model)}-{mode}{'-uint8' if a.uint8_input else ''}.onnx")
+    out = (
+        Path(a.out)
+        if a.out
+        else Path("artifacts/onnx") / (f"{_model_name(a.model)}-{mode}{'-uint8' if a.uint8_input else ''}.onnx")
+    )
     try:
         net, labels, pre, source = load_source(a.model, a.seed)
-        export_onnx(net, out, attention=mode, opset=a.opset, labels=labels, preprocess=pre,
-                    source=source["checkpoint"], source_sha256=source["checkpoint_sha256"],
-                    uint8_input=a.uint8_input, batch=a.batch, verbose=not a.quiet, frames=a.frames,
-                    image_size=a.image_size)
+        export_onnx(
+            net,
+            out,
+            attention=mode,
+            opset=a.opset,
+            labels=labels,
+            preprocess=pre,
+            source=source["checkpoint"],
+            source_sha256=source["checkpoint_sha256"],
+            uint8_input=a.uint8_input,
+            batch=a.batch,
+            verbose=not a.quiet,
+            frames=a.frames,
+            image_size=a.image_size,
+        )
         if a.input_layout == "NCTHW":
             _to_ncthw(out)
     except (SourceError, ExportError, ValueError, OSError) as e:

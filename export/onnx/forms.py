@@ -1,5 +1,6 @@
 """The export's attention forms, defined once and importable without torch (the build's option table and its
 ``--help`` need them; :mod:`export.onnx.attention` writes them, see its docstring for what each form is)."""
+
 from __future__ import annotations
 
 __all__ = ["ATTENTION_MODES", "ATTENTION_CHOICES"]

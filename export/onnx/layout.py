@@ -7,6 +7,7 @@ input of the transposed shape and a ``Transpose(perm=[0, 2, 1, 3, 4])`` that fee
 the graph, its weights, Q/DQ nodes and outputs are untouched (the logits are exactly the same numbers, one
 transposed copy of the clip earlier). TensorRT folds such an input transpose into its first reformat.
 """
+
 from __future__ import annotations
 
 import copy

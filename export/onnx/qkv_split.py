@@ -12,6 +12,7 @@ zero points) and the bias: every value the model computes is the same, the Q/DQ 
 touched, so an INT8 model stays the file it was calibrated as, laid out differently. Patterns it does not recognise
 are left as they are.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -89,8 +90,11 @@ class _Graph:
         for n in g.node:
             for i in n.input:
                 self.consumers.setdefault(i, []).append(n)
-        self.ranks = {vi.name: len(vi.type.tensor_type.shape.dim) for vi in list(g.value_info) + list(g.output)
-                      if vi.type.tensor_type.HasField("shape")}
+        self.ranks = {
+            vi.name: len(vi.type.tensor_type.shape.dim)
+            for vi in list(g.value_info) + list(g.output)
+            if vi.type.tensor_type.HasField("shape")
+        }
 
     def single_use(self, tensor: str) -> bool:
         return len(self.consumers.get(tensor, [])) == 1
@@ -116,9 +120,13 @@ def _match(split: Any, gi: _Graph) -> _Projection | None:
     w_name = matmul.input[1]
     dq = producer.get(w_name)
     if dq is not None:  # a Q/DQ weight: DequantizeLinear(int8 W, scale[, zero point])
-        if (dq.op_type != "DequantizeLinear" or dq.input[0] not in inits or dq.input[1] not in inits
-                or (len(dq.input) > 2 and dq.input[2] and dq.input[2] not in inits)
-                or not gi.single_use(dq.output[0])):
+        if (
+            dq.op_type != "DequantizeLinear"
+            or dq.input[0] not in inits
+            or dq.input[1] not in inits
+            or (len(dq.input) > 2 and dq.input[2] and dq.input[2] not in inits)
+            or not gi.single_use(dq.output[0])
+        ):
             return None
         w = numpy_helper.to_array(inits[dq.input[0]])
     elif w_name in inits:
@@ -178,20 +186,26 @@ def _cut(split: Any, p: _Projection, names: _Names) -> tuple[list[Any], list[Any
             assert p.scale is not None  # _match_dq filled it in
             dq_in = [w_part]
             s_part = fresh(base + "_scale")
-            new_inits.append(numpy_helper.from_array(
-                np.ascontiguousarray(p.scale[cols]) if p.per_channel else p.scale.copy(), s_part))
+            new_inits.append(
+                numpy_helper.from_array(
+                    np.ascontiguousarray(p.scale[cols]) if p.per_channel else p.scale.copy(), s_part
+                )
+            )
             dq_in.append(s_part)
             if p.zero is not None:
                 z_part = fresh(base + "_zero_point")
-                new_inits.append(numpy_helper.from_array(
-                    np.ascontiguousarray(p.zero[cols]) if p.per_channel else p.zero.copy(), z_part))
+                new_inits.append(
+                    numpy_helper.from_array(
+                        np.ascontiguousarray(p.zero[cols]) if p.per_channel else p.zero.copy(), z_part
+                    )
+                )
                 dq_in.append(z_part)
             weight_out = fresh(base + "_weight_dq")
-            new_nodes.append(onnx.helper.make_node("DequantizeLinear", dq_in, [weight_out],
-                                                   name=fresh(base + "_dq"), axis=1))
+            new_nodes.append(
+                onnx.helper.make_node("DequantizeLinear", dq_in, [weight_out], name=fresh(base + "_dq"), axis=1)
+            )
         mm_out = fresh(base + "_matmul")
-        new_nodes.append(onnx.helper.make_node("MatMul", [p.matmul.input[0], weight_out], [mm_out],
-                                               name=fresh(base)))
+        new_nodes.append(onnx.helper.make_node("MatMul", [p.matmul.input[0], weight_out], [mm_out], name=fresh(base)))
         new_nodes.append(onnx.helper.make_node("Add", [mm_out, b_part], [out], name=fresh(base + "_add")))
     return new_nodes, new_inits
 

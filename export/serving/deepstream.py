@@ -32,6 +32,7 @@ replaced only when it is one make deepstream wrote (its manifest lists every fil
 where nvinfer has since cached a built engine is not, and is left to you) and never when it is, holds or lies inside
 an input (:func:`runtime.files.replace_problem`, the rule make triton follows).
 """
+
 from __future__ import annotations
 
 import configparser
@@ -47,32 +48,97 @@ from runtime.files import FolderNotReplaceable, check_replaceable, folder_record
 from runtime.manifest import read_labels, read_manifest, verify_files
 from runtime.preprocess import PreprocessConfig
 
-__all__ = ["PREPROCESS_KEYS", "INFER_KEYS", "GROUP_KEYS", "USER_KEYS", "MANIFEST", "VALUE_RE", "DeepStreamPlan",
-           "plan", "render", "parse_configs", "check_configs", "write_folder", "main"]
+__all__ = [
+    "PREPROCESS_KEYS",
+    "INFER_KEYS",
+    "GROUP_KEYS",
+    "USER_KEYS",
+    "MANIFEST",
+    "VALUE_RE",
+    "DeepStreamPlan",
+    "plan",
+    "render",
+    "parse_configs",
+    "check_configs",
+    "write_folder",
+    "main",
+]
 
 MANIFEST = "deepstream_manifest.json"
 WRITER = "make deepstream"
 MODEL_FILE = "model_ncthw.onnx"
 SEQUENCE_LIB = "/opt/nvidia/deepstream/deepstream/lib/libnvds_custom_sequence_preprocess.so"
 #: [property] keys of nvdspreprocess (Gst-nvdspreprocess File Configuration Specifications)
-PREPROCESS_KEYS = frozenset({
-    "enable", "unique-id", "gpu-id", "process-on-frame", "target-unique-ids", "operate-on-gie-id",
-    "operate-on-class-ids", "network-input-order", "network-input-shape", "network-color-format", "tensor-data-type",
-    "tensor-name", "processing-width", "processing-height", "scaling-buf-pool-size", "tensor-buf-pool-size",
-    "scaling-pool-memory-type", "scaling-pool-compute-hw", "scaling-filter", "maintain-aspect-ratio",
-    "symmetric-padding", "custom-lib-path", "custom-tensor-preparation-function"})
+PREPROCESS_KEYS = frozenset(
+    {
+        "enable",
+        "unique-id",
+        "gpu-id",
+        "process-on-frame",
+        "target-unique-ids",
+        "operate-on-gie-id",
+        "operate-on-class-ids",
+        "network-input-order",
+        "network-input-shape",
+        "network-color-format",
+        "tensor-data-type",
+        "tensor-name",
+        "processing-width",
+        "processing-height",
+        "scaling-buf-pool-size",
+        "tensor-buf-pool-size",
+        "scaling-pool-memory-type",
+        "scaling-pool-compute-hw",
+        "scaling-filter",
+        "maintain-aspect-ratio",
+        "symmetric-padding",
+        "custom-lib-path",
+        "custom-tensor-preparation-function",
+    }
+)
 #: [group-N] keys of nvdspreprocess (roi-params-src-<id> are checked by pattern)
-GROUP_KEYS = frozenset({"src-ids", "process-on-roi", "draw-roi", "roi-color", "custom-input-transformation-function",
-                        "operate-on-class-ids", "input-object-min-width", "input-object-min-height",
-                        "input-object-max-width", "input-object-max-height", "interval"})
+GROUP_KEYS = frozenset(
+    {
+        "src-ids",
+        "process-on-roi",
+        "draw-roi",
+        "roi-color",
+        "custom-input-transformation-function",
+        "operate-on-class-ids",
+        "input-object-min-width",
+        "input-object-min-height",
+        "input-object-max-width",
+        "input-object-max-height",
+        "interval",
+    }
+)
 #: [user-configs] keys of the sequence library (seq_process_common.h: CUSTOM_CONFIG_*)
 USER_KEYS = frozenset({"subsample", "stride", "channel-scale-factors", "channel-mean-offsets"})
 #: [property] keys of nvinfer (Gst-nvinfer File Configuration Specifications) used here and their neighbours
-INFER_KEYS = frozenset({
-    "gpu-id", "onnx-file", "model-engine-file", "labelfile-path", "batch-size", "process-mode", "network-mode",
-    "network-type", "gie-unique-id", "output-blob-names", "input-tensor-from-meta", "classifier-threshold",
-    "classifier-async-mode", "output-tensor-meta", "interval", "infer-dims", "tensor-meta-pool-size",
-    "workspace-size", "int8-calib-file", "operate-on-gie-id"})
+INFER_KEYS = frozenset(
+    {
+        "gpu-id",
+        "onnx-file",
+        "model-engine-file",
+        "labelfile-path",
+        "batch-size",
+        "process-mode",
+        "network-mode",
+        "network-type",
+        "gie-unique-id",
+        "output-blob-names",
+        "input-tensor-from-meta",
+        "classifier-threshold",
+        "classifier-async-mode",
+        "output-tensor-meta",
+        "interval",
+        "infer-dims",
+        "tensor-meta-pool-size",
+        "workspace-size",
+        "int8-calib-file",
+        "operate-on-gie-id",
+    }
+)
 #: what any value may hold: numbers, ';' lists, paths and names; never a newline, '[', ']', '#', '=' or a space
 VALUE_RE = re.compile(r"[A-Za-z0-9_.:/;+-]{1,512}")
 _ROI_KEY = re.compile(r"roi-params-src-(0|[1-9][0-9]{0,3})")
@@ -90,11 +156,15 @@ class DeepStreamPlan(dict):
 
 
 def _value(v: Any, where: str) -> str:
-    text = ";".join(_value(x, where) for x in v) if isinstance(v, (list, tuple)) else (
-        repr(float(v)) if isinstance(v, float) else str(v))
+    text = (
+        ";".join(_value(x, where) for x in v)
+        if isinstance(v, (list, tuple))
+        else (repr(float(v)) if isinstance(v, float) else str(v))
+    )
     if not VALUE_RE.fullmatch(text):
-        raise BundleError(f"{where}: value {text!r:.80} would not stay one key-file value (allowed: "
-                          f"{VALUE_RE.pattern}); rename it")
+        raise BundleError(
+            f"{where}: value {text!r:.80} would not stay one key-file value (allowed: {VALUE_RE.pattern}); rename it"
+        )
     return text
 
 
@@ -107,9 +177,17 @@ def _roi(pre: PreprocessConfig, size: tuple[int, int] | None) -> list[int] | Non
     return [(w - side) // 2, (h - side) // 2, side, side]
 
 
-def plan(manifest: dict[str, Any], *, batch: int | None = None, stride: int | None = None,
-         source_size: tuple[int, int] | None = None, sources: int = 1, threshold: float = 0.0,
-         precision_mode: str | None = None, where: str = "manifest.json") -> DeepStreamPlan:
+def plan(
+    manifest: dict[str, Any],
+    *,
+    batch: int | None = None,
+    stride: int | None = None,
+    source_size: tuple[int, int] | None = None,
+    sources: int = 1,
+    threshold: float = 0.0,
+    precision_mode: str | None = None,
+    where: str = "manifest.json",
+) -> DeepStreamPlan:
     """The nvdspreprocess and nvinfer configs for a validated manifest (see the module docstring)."""
     pre = PreprocessConfig.from_dict(manifest["preprocess"])
     inp, out = manifest["input"], manifest["output"]
@@ -117,16 +195,22 @@ def plan(manifest: dict[str, Any], *, batch: int | None = None, stride: int | No
         if not _NAME_RE.fullmatch(name):
             raise BundleError(f"{where}: {field} {name!r}: expected a name matching {_NAME_RE.pattern}")
     if inp["dtype"] != "float32":
-        raise BundleError(f"{where}: input.dtype {inp['dtype']!r}: the sequence library writes float32 tensors "
-                          "(tensor-data-type=0); use a bundle with a float32 input")
+        raise BundleError(
+            f"{where}: input.dtype {inp['dtype']!r}: the sequence library writes float32 tensors "
+            "(tensor-data-type=0); use a bundle with a float32 input"
+        )
     if pre.sampling != "dense":
-        raise BundleError(f"{where}: preprocess.sampling {pre.sampling!r}: a stream has no end to spread frames over; "
-                          "DeepStream's sequence batching samples densely")
+        raise BundleError(
+            f"{where}: preprocess.sampling {pre.sampling!r}: a stream has no end to spread frames over; "
+            "DeepStream's sequence batching samples densely"
+        )
     lo, hi = int(inp["batch"]["min"]), int(inp["batch"]["max"])
     n = hi if batch is None else batch
     if not lo <= n <= hi or lo != 1:
-        raise BundleError(f"{where}: input.batch {lo}..{hi}: nvinfer sends partial batches from 1 up to batch-size; "
-                          f"expected min 1 and --batch within it, got min {lo}, batch {n}")
+        raise BundleError(
+            f"{where}: input.batch {lo}..{hi}: nvinfer sends partial batches from 1 up to batch-size; "
+            f"expected min 1 and --batch within it, got min {lo}, batch {n}"
+        )
     T, crop = pre.num_frames, pre.crop_size
     stride = max(1, T // 2) if stride is None else stride
     if not 1 <= stride <= T:
@@ -139,37 +223,75 @@ def plan(manifest: dict[str, Any], *, batch: int | None = None, stride: int | No
         notes.append(f"the model is evaluated on {pre.num_crops} spatial crops; DeepStream runs the centre crop only")
     roi = _roi(pre, source_size)
     if roi is None:
-        notes.append(f"no --source-size: each frame is scaled whole to {crop}x{crop} (aspect not kept), unlike the "
-                     f"model's short-side {pre.short_side} resize and centre crop; pass --source-size WxH")
+        notes.append(
+            f"no --source-size: each frame is scaled whole to {crop}x{crop} (aspect not kept), unlike the "
+            f"model's short-side {pre.short_side} resize and centre crop; pass --source-size WxH"
+        )
     group: dict[str, Any] = {"src-ids": list(range(sources)) if roi else -1, "process-on-roi": int(bool(roi))}
     if roi:
         group.update({f"roi-params-src-{i}": roi for i in range(sources)})
     mean = [round(255.0 * m, 6) for m in pre.mean]
     scale = [round(1.0 / (255.0 * s), 9) for s in pre.std]
     preprocess = {
-        "property": {"enable": 1, "target-unique-ids": 1, "gpu-id": 0, "process-on-frame": 1,
-                     "network-input-order": 2, "network-input-shape": shape, "network-color-format":
-                     1 if pre.channel_order == "BGR" else 0, "tensor-data-type": 0, "tensor-name": inp["name"],
-                     "processing-width": crop, "processing-height": crop, "scaling-buf-pool-size": 8,
-                     "tensor-buf-pool-size": 8, "scaling-pool-memory-type": 2, "scaling-pool-compute-hw": 1,
-                     "scaling-filter": 1, "maintain-aspect-ratio": 0, "symmetric-padding": 0,
-                     "custom-lib-path": SEQUENCE_LIB, "custom-tensor-preparation-function":
-                     "CustomSequenceTensorPreparation"},
-        "user-configs": {"channel-scale-factors": scale, "channel-mean-offsets": mean, "stride": stride,
-                         "subsample": max(1, pre.sampling_rate) - 1},
-        "group-0": group}
+        "property": {
+            "enable": 1,
+            "target-unique-ids": 1,
+            "gpu-id": 0,
+            "process-on-frame": 1,
+            "network-input-order": 2,
+            "network-input-shape": shape,
+            "network-color-format": 1 if pre.channel_order == "BGR" else 0,
+            "tensor-data-type": 0,
+            "tensor-name": inp["name"],
+            "processing-width": crop,
+            "processing-height": crop,
+            "scaling-buf-pool-size": 8,
+            "tensor-buf-pool-size": 8,
+            "scaling-pool-memory-type": 2,
+            "scaling-pool-compute-hw": 1,
+            "scaling-filter": 1,
+            "maintain-aspect-ratio": 0,
+            "symmetric-padding": 0,
+            "custom-lib-path": SEQUENCE_LIB,
+            "custom-tensor-preparation-function": "CustomSequenceTensorPreparation",
+        },
+        "user-configs": {
+            "channel-scale-factors": scale,
+            "channel-mean-offsets": mean,
+            "stride": stride,
+            "subsample": max(1, pre.sampling_rate) - 1,
+        },
+        "group-0": group,
+    }
     mode = precision_mode or manifest["precision"]
     engine_name = f"{MODEL_FILE}_b{n}_gpu0_{mode}.engine"  # nvinfer's own name for the engine it builds and caches
-    infer = {"property": {
-        "gpu-id": 0, "gie-unique-id": 1, "onnx-file": MODEL_FILE, "model-engine-file": engine_name,
-        "labelfile-path": "labels.txt", "batch-size": n, "process-mode": 1, "network-mode": _NETWORK_MODE[mode],
-        "network-type": 1, "input-tensor-from-meta": 1, "output-blob-names": "probs",
-        "classifier-threshold": float(threshold), "output-tensor-meta": 1}}
+    infer = {
+        "property": {
+            "gpu-id": 0,
+            "gie-unique-id": 1,
+            "onnx-file": MODEL_FILE,
+            "model-engine-file": engine_name,
+            "labelfile-path": "labels.txt",
+            "batch-size": n,
+            "process-mode": 1,
+            "network-mode": _NETWORK_MODE[mode],
+            "network-type": 1,
+            "input-tensor-from-meta": 1,
+            "output-blob-names": "probs",
+            "classifier-threshold": float(threshold),
+            "output-tensor-meta": 1,
+        }
+    }
     result = DeepStreamPlan({"config_preprocess.txt": preprocess, "config_infer.txt": infer})
     result.notes = notes
-    result.info = {"input": {"name": inp["name"], "layout": "NCTHW", "shape": [-1, 3, T, crop, crop], "batch": n},
-                   "output": {"name": "probs", "logits": out["name"], "shape": list(out["shape"])},
-                   "sampling_rate": pre.sampling_rate, "stride": stride, "roi": roi, "sources": sources}
+    result.info = {
+        "input": {"name": inp["name"], "layout": "NCTHW", "shape": [-1, 3, T, crop, crop], "batch": n},
+        "output": {"name": "probs", "logits": out["name"], "shape": list(out["shape"])},
+        "sampling_rate": pre.sampling_rate,
+        "stride": stride,
+        "roi": roi,
+        "sources": sources,
+    }
     return result
 
 
@@ -177,8 +299,10 @@ def render(groups: dict[str, dict[str, Any]], name: str) -> str:
     """Key-file text of one config (every key documented, every value checked against :data:`VALUE_RE`)."""
     lines = [f"# {name}: written by `{WRITER}` (export/serving/deepstream.py) from an engine bundle's manifest.json"]
     for group, keys in groups.items():
-        allowed = {"property": INFER_KEYS if name == "config_infer.txt" else PREPROCESS_KEYS,
-                   "user-configs": USER_KEYS}.get(group, GROUP_KEYS)
+        allowed = {
+            "property": INFER_KEYS if name == "config_infer.txt" else PREPROCESS_KEYS,
+            "user-configs": USER_KEYS,
+        }.get(group, GROUP_KEYS)
         lines += ["", f"[{group}]"]
         for key, v in keys.items():
             if key not in allowed and not (group.startswith("group-") and _ROI_KEY.fullmatch(key)):
@@ -190,9 +314,15 @@ def render(groups: dict[str, dict[str, Any]], name: str) -> str:
 def parse_configs(text: str, name: str) -> dict[str, dict[str, str]]:
     """Parse key-file text the way DeepStream reads it (GLib's key file: ``[group]``, ``key=value``, ``#``
     comments; no duplicate group or key); ``ValueError`` naming the file otherwise."""
-    cp = configparser.ConfigParser(interpolation=None, delimiters=("=",), comment_prefixes=("#",),
-                                   inline_comment_prefixes=None, strict=True, empty_lines_in_values=False,
-                                   default_section="\0no default section")
+    cp = configparser.ConfigParser(
+        interpolation=None,
+        delimiters=("=",),
+        comment_prefixes=("#",),
+        inline_comment_prefixes=None,
+        strict=True,
+        empty_lines_in_values=False,
+        default_section="\0no default section",
+    )
     cp.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive in GLib
     try:
         cp.read_string(text, source=name)
@@ -212,20 +342,40 @@ def check_configs(texts: dict[str, str], manifest: dict[str, Any], info: dict[st
     i = parse_configs(texts["config_infer.txt"], "config_infer.txt")
     n = info["input"]["batch"]
     pp, ip = p["property"], i["property"]
-    got = (pp["tensor-name"], _ints(pp["network-input-shape"]), pp["network-input-order"],
-           int(p["user-configs"]["subsample"]) + 1, int(ip["batch-size"]), ip["input-tensor-from-meta"],
-           ip["network-type"], int(pp["processing-width"]), int(pp["processing-height"]))
-    want = (manifest["input"]["name"], [n, 3, pre.num_frames, pre.crop_size, pre.crop_size], "2",
-            max(1, pre.sampling_rate), n, "1", "1", pre.crop_size, pre.crop_size)
+    got = (
+        pp["tensor-name"],
+        _ints(pp["network-input-shape"]),
+        pp["network-input-order"],
+        int(p["user-configs"]["subsample"]) + 1,
+        int(ip["batch-size"]),
+        ip["input-tensor-from-meta"],
+        ip["network-type"],
+        int(pp["processing-width"]),
+        int(pp["processing-height"]),
+    )
+    want = (
+        manifest["input"]["name"],
+        [n, 3, pre.num_frames, pre.crop_size, pre.crop_size],
+        "2",
+        max(1, pre.sampling_rate),
+        n,
+        "1",
+        "1",
+        pre.crop_size,
+        pre.crop_size,
+    )
     if got != want:
         raise AssertionError(f"DeepStream configs parsed as {got}, expected {want}")  # a bug in plan()/render()
     btchw = list(manifest["input"]["shape"][1:])
     if [btchw[1], btchw[0], *btchw[2:]] != _ints(p["property"]["network-input-shape"])[1:]:
-        raise AssertionError(f"network-input-shape {p['property']['network-input-shape']} is not the manifest's input "
-                             f"{manifest['input']['shape']} transposed to NCTHW")
+        raise AssertionError(
+            f"network-input-shape {p['property']['network-input-shape']} is not the manifest's input "
+            f"{manifest['input']['shape']} transposed to NCTHW"
+        )
 
 
 # --------------------------------------------------------------------------- the ONNX DeepStream reads
+
 
 def _engine_onnx(bundle: Path, manifest: dict[str, Any], onnx_path: str | None, cache: str) -> Path:
     """The ONNX to transpose: ``onnx_path``; an OpenVINO bundle's own file; else the engine ONNX the bundle was built
@@ -235,18 +385,24 @@ def _engine_onnx(bundle: Path, manifest: dict[str, Any], onnx_path: str | None, 
         return bundle / manifest["engine_file"]
     if onnx_path is not None:
         if want and sha256_file(onnx_path) != want:
-            raise BundleError(f"--onnx {onnx_path}: sha256 differs from the bundle's source.onnx_sha256 {want[:16]}... "
-                              "(not the ONNX this bundle was built from)")
+            raise BundleError(
+                f"--onnx {onnx_path}: sha256 differs from the bundle's source.onnx_sha256 {want[:16]}... "
+                "(not the ONNX this bundle was built from)"
+            )
         return Path(onnx_path)
-    why = {"tensorrt": "its plan takes (B, T, 3, H, W), which DeepStream's sequence library cannot write",
-           "onnxruntime": "its model.onnx holds ONNX Runtime-only operators that TensorRT cannot read"}
+    why = {
+        "tensorrt": "its plan takes (B, T, 3, H, W), which DeepStream's sequence library cannot write",
+        "onnxruntime": "its model.onnx holds ONNX Runtime-only operators that TensorRT cannot read",
+    }
     for f in sorted(Path(cache).rglob("*.onnx")) if want and Path(cache).is_dir() else []:
         if sha256_file(f) == want:
             return f
-    raise BundleError(f"{bundle}: the bundle is {manifest['backend']}: {why.get(manifest['backend'], '')}; its "
-                      "engine ONNX "
-                      f"(sha256 {str(want)[:16]}...) is not in {cache}: pass --onnx <file> (make engine's cache, or "
-                      "make onnx of the same model)")
+    raise BundleError(
+        f"{bundle}: the bundle is {manifest['backend']}: {why.get(manifest['backend'], '')}; its "
+        "engine ONNX "
+        f"(sha256 {str(want)[:16]}...) is not in {cache}: pass --onnx <file> (make engine's cache, or "
+        "make onnx of the same model)"
+    )
 
 
 def _deepstream_onnx(src: Path, manifest: dict[str, Any]) -> Any:
@@ -257,28 +413,49 @@ def _deepstream_onnx(src: Path, manifest: dict[str, Any]) -> Any:
     from export.onnx.layout import ncthw_input
 
     model = onnx.load(str(src))
-    bad = sorted({f"{n.domain}.{n.op_type}" if n.domain else n.op_type for n in model.graph.node
-                  if n.domain not in ("", "ai.onnx") or n.op_type in _ORT_ONLY})
+    bad = sorted(
+        {
+            f"{n.domain}.{n.op_type}" if n.domain else n.op_type
+            for n in model.graph.node
+            if n.domain not in ("", "ai.onnx") or n.op_type in _ORT_ONLY
+        }
+    )
     if bad:
-        raise BundleError(f"{src}: holds operators TensorRT cannot read ({', '.join(bad)}); pass the bundle's engine "
-                          "ONNX with --onnx")
+        raise BundleError(
+            f"{src}: holds operators TensorRT cannot read ({', '.join(bad)}); pass the bundle's engine ONNX with --onnx"
+        )
     names = [i.name for i in model.graph.input]
     if names != [manifest["input"]["name"]] or [o.name for o in model.graph.output][:1] != [manifest["output"]["name"]]:
-        raise BundleError(f"{src}: inputs {names}, outputs {[o.name for o in model.graph.output]}; the manifest says "
-                          f"{manifest['input']['name']!r} -> {manifest['output']['name']!r}")
+        raise BundleError(
+            f"{src}: inputs {names}, outputs {[o.name for o in model.graph.output]}; the manifest says "
+            f"{manifest['input']['name']!r} -> {manifest['output']['name']!r}"
+        )
     model = ncthw_input(model)
     logits = manifest["output"]["name"]
     model.graph.node.append(helper.make_node("Softmax", [logits], ["probs"], name="deepstream_probs", axis=-1))
-    model.graph.output.append(helper.make_tensor_value_info("probs", onnx.TensorProto.FLOAT,
-                                                            ["batch", manifest["output"]["shape"][1]]))
+    model.graph.output.append(
+        helper.make_tensor_value_info("probs", onnx.TensorProto.FLOAT, ["batch", manifest["output"]["shape"][1]])
+    )
     onnx.checker.check_model(model)
     return model
 
 
 # --------------------------------------------------------------------------- the folder make deepstream owns
 
-_MANIFEST_KEYS = {"schema_version", "writer", "bundle", "model_file", "input", "output", "sampling_rate", "stride",
-                  "roi", "sources", "notes", "files"}
+_MANIFEST_KEYS = {
+    "schema_version",
+    "writer",
+    "bundle",
+    "model_file",
+    "input",
+    "output",
+    "sampling_rate",
+    "stride",
+    "roi",
+    "sources",
+    "notes",
+    "files",
+}
 
 
 def _validate_own_manifest(data: Any, path: Path) -> None:
@@ -296,9 +473,14 @@ def _validate_own_manifest(data: Any, path: Path) -> None:
     for rel, entry in files.items():
         if not isinstance(rel, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", rel) or rel == MANIFEST:
             raise ValueError(f"{path}: files key {rel!r}: expected a plain file name")
-        if (not isinstance(entry, dict) or set(entry) != {"sha256", "size"}
-                or not re.fullmatch(r"[0-9a-f]{64}", str(entry["sha256"])) or isinstance(entry["size"], bool)
-                or not isinstance(entry["size"], int) or entry["size"] < 0):
+        if (
+            not isinstance(entry, dict)
+            or set(entry) != {"sha256", "size"}
+            or not re.fullmatch(r"[0-9a-f]{64}", str(entry["sha256"]))
+            or isinstance(entry["size"], bool)
+            or not isinstance(entry["size"], int)
+            or entry["size"] < 0
+        ):
             raise ValueError(f"{path}: files[{rel!r}]: expected {{sha256: 64 hex digits, size: bytes}}")
 
 
@@ -314,8 +496,10 @@ def _labels_line(bundle: Path, manifest: dict[str, Any]) -> str:
     labels = labels or [f"class_{i}" for i in range(classes)]
     for i, label in enumerate(labels):
         if ";" in label or not label.strip() or label != label.strip():
-            raise BundleError(f"{bundle / str(manifest.get('labels_file'))}: label {i} {label!r}: nvinfer splits its "
-                              "label file on ';' (and labels may not be empty or padded); rename the label")
+            raise BundleError(
+                f"{bundle / str(manifest.get('labels_file'))}: label {i} {label!r}: nvinfer splits its "
+                "label file on ';' (and labels may not be empty or padded); rename the label"
+            )
     return ";".join(labels) + "\n"
 
 
@@ -323,8 +507,9 @@ def _check_target(final: Path, inputs: list[Path]) -> None:
     check_replaceable(final, folder_problem, "a folder written by make deepstream", inputs=inputs, what="OUT")
 
 
-def write_folder(bundle: str | Path, out: str | Path, *, onnx_path: str | None = None, cache: str = "artifacts/cache",
-                 **options: Any) -> tuple[Path, DeepStreamPlan]:
+def write_folder(
+    bundle: str | Path, out: str | Path, *, onnx_path: str | None = None, cache: str = "artifacts/cache", **options: Any
+) -> tuple[Path, DeepStreamPlan]:
     """Write ``out`` (see the module docstring); ``options`` go to :func:`plan`. Returns the folder and the plan."""
     import onnx
 
@@ -355,11 +540,21 @@ def write_folder(bundle: str | Path, out: str | Path, *, onnx_path: str | None =
         (tmp / "labels.txt").write_text(labels)
         for name, text in texts.items():
             (tmp / name).write_text(text)
-        own = {"schema_version": 1, "writer": WRITER, "bundle": {
-            "path": str(bundle.resolve()), "manifest_sha256": sha256_file(bundle / "manifest.json"),
-            "backend": manifest["backend"], "precision": manifest["precision"], "onnx": str(src)},
-            "model_file": MODEL_FILE, **result.info, "notes": result.notes,
-            "files": folder_records(tmp, exclude=(MANIFEST,))}
+        own = {
+            "schema_version": 1,
+            "writer": WRITER,
+            "bundle": {
+                "path": str(bundle.resolve()),
+                "manifest_sha256": sha256_file(bundle / "manifest.json"),
+                "backend": manifest["backend"],
+                "precision": manifest["precision"],
+                "onnx": str(src),
+            },
+            "model_file": MODEL_FILE,
+            **result.info,
+            "notes": result.notes,
+            "files": folder_records(tmp, exclude=(MANIFEST,)),
+        }
         (tmp / MANIFEST).write_text(json.dumps(own, indent=2) + "\n")
         publish(tmp, final, check=lambda p: _check_target(p, inputs))
     finally:
@@ -382,11 +577,18 @@ def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m export.serving.deepstream", description=__doc__.split("\n\n")[0])
     p.add_argument("--engine", required=True, help="engine bundle directory")
     p.add_argument("--out", default=None, help="the folder to write (default: artifacts/deepstream/<bundle name>)")
-    p.add_argument("--onnx", default=None, help="the bundle's engine ONNX (TensorRT and ONNX Runtime bundles; default: "
-                                                "found by its sha256 in --cache)")
+    p.add_argument(
+        "--onnx",
+        default=None,
+        help="the bundle's engine ONNX (TensorRT and ONNX Runtime bundles; default: found by its sha256 in --cache)",
+    )
     p.add_argument("--cache", default="artifacts/cache", help="make engine's cache, searched for the engine ONNX")
-    p.add_argument("--source-size", default=None, help="WIDTHxHEIGHT of the cameras: the model's resize and centre "
-                                                       "crop as a per-source ROI (default: whole frame, aspect lost)")
+    p.add_argument(
+        "--source-size",
+        default=None,
+        help="WIDTHxHEIGHT of the cameras: the model's resize and centre "
+        "crop as a per-source ROI (default: whole frame, aspect lost)",
+    )
     p.add_argument("--sources", type=int, default=1, help="with --source-size: the number of sources (src ids 0..N-1)")
     p.add_argument("--batch", type=int, default=None, help="clips per nvinfer call (default: the bundle's max batch)")
     p.add_argument("--stride", type=int, default=None, help="sampled frames between windows (default: T/2)")
@@ -394,20 +596,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         a = p.parse_args(argv)
         size = _size(a.source_size) if a.source_size else None
-        out = a.out or str(Path("artifacts/deepstream") / (re.sub(r"[^A-Za-z0-9_.-]", "_",
-                                                                  Path(a.engine).resolve().name) or "model"))
-        path, result = write_folder(a.engine, out, onnx_path=a.onnx, cache=a.cache, batch=a.batch, stride=a.stride,
-                                    source_size=size, sources=a.sources, threshold=a.threshold)
+        out = a.out or str(
+            Path("artifacts/deepstream") / (re.sub(r"[^A-Za-z0-9_.-]", "_", Path(a.engine).resolve().name) or "model")
+        )
+        path, result = write_folder(
+            a.engine,
+            out,
+            onnx_path=a.onnx,
+            cache=a.cache,
+            batch=a.batch,
+            stride=a.stride,
+            source_size=size,
+            sources=a.sources,
+            threshold=a.threshold,
+        )
     except (BundleError, FolderNotReplaceable, ValueError, OSError) as e:
         print(f"make deepstream: {e}", file=sys.stderr)
         return 2
     for note in result.notes:
         print(f"make deepstream: note: {note}", file=sys.stderr)
     info = result.info
-    print(f"wrote {path}: input {info['input']['name']} NCTHW {[info['input']['batch'], *info['input']['shape'][1:]]}, "
-          f"{info['sampling_rate']}-frame sampling, a window every {info['stride']} sampled frames; run: "
-          f"nvstreammux ! nvdspreprocess config-file={path}/config_preprocess.txt ! nvinfer "
-          f"config-file-path={path}/config_infer.txt input-tensor-meta=1 (docs/deepstream.md)")
+    print(
+        f"wrote {path}: input {info['input']['name']} NCTHW {[info['input']['batch'], *info['input']['shape'][1:]]}, "
+        f"{info['sampling_rate']}-frame sampling, a window every {info['stride']} sampled frames; run: "
+        f"nvstreammux ! nvdspreprocess config-file={path}/config_preprocess.txt ! nvinfer "
+        f"config-file-path={path}/config_infer.txt input-tensor-meta=1 (docs/deepstream.md)"
+    )
     return 0
 
 

@@ -15,6 +15,7 @@ or, if its thread is still stuck when the run is collected, as ``lost`` (which m
 client. With ``--engine``, every answer is compared with ``runtime.Engine`` on the same clip here.
 Exit status: 0 when nothing was lost and no answer differed, 1 otherwise, 2 for a usage error.
 """
+
 from __future__ import annotations
 
 import collections
@@ -71,13 +72,23 @@ def make_clips(client: RemoteEngine, n: int = 16, seed: int = 0, input: str = "f
     clips = []
     for i in range(n):
         if input == "clip":
-            frames = render_clip(i % len(CLASSES), rng, width=cfg.crop_size, height=cfg.crop_size,
-                                 num_frames=cfg.window() if cfg.sampling == "dense" else cfg.num_frames)
+            frames = render_clip(
+                i % len(CLASSES),
+                rng,
+                width=cfg.crop_size,
+                height=cfg.crop_size,
+                num_frames=cfg.window() if cfg.sampling == "dense" else cfg.num_frames,
+            )
             frames = frames[sample_indices(len(frames), cfg)]
         else:
             h = max(cfg.short_side, 32)
-            frames = render_clip(i % len(CLASSES), rng, width=h * 4 // 3, height=h,
-                                 num_frames=cfg.window() if cfg.sampling == "dense" else cfg.num_frames)
+            frames = render_clip(
+                i % len(CLASSES),
+                rng,
+                width=h * 4 // 3,
+                height=h,
+                num_frames=cfg.window() if cfg.sampling == "dense" else cfg.num_frames,
+            )
         clips.append(np.ascontiguousarray(frames))
     return clips
 
@@ -139,19 +150,35 @@ class _Tally:
             lat = np.asarray(self.latencies)
             elapsed = max(self.last_done - self.t_start, 1e-9)
             return LoadResult(
-                requests=issued, ok=ok, errors=errors, lost=issued - ok - errors, retried=retried,
+                requests=issued,
+                ok=ok,
+                errors=errors,
+                lost=issued - ok - errors,
+                retried=retried,
                 p50_ms=round(float(np.percentile(lat, 50)), 2) if lat.size else None,
                 p99_ms=round(float(np.percentile(lat, 99)), 2) if lat.size else None,
-                throughput=round(ok / elapsed, 2), seconds=round(elapsed, 2), clients=clients,
+                throughput=round(ok / elapsed, 2),
+                seconds=round(elapsed, 2),
+                clients=clients,
                 mean_batch=round(float(np.mean(self.batches)), 2) if self.batches else None,
                 replicas_seen=len(self.replicas),
-                mismatches=self.counts["mismatches"] if checked else None, killed=killed or None,
+                mismatches=self.counts["mismatches"] if checked else None,
+                killed=killed or None,
                 ok_after_kill=sum(t > killed["at_s"] for t in self.done_at) if "at_s" in killed else None,
-                error_messages=dict(self.messages.most_common(3)))
+                error_messages=dict(self.messages.most_common(3)),
+            )
 
 
-def _client(tally: _Tally, client: RemoteEngine, k: int, clients: int, clips: list[np.ndarray],
-            expected: list[np.ndarray] | None, input: str, atol: float) -> None:
+def _client(
+    tally: _Tally,
+    client: RemoteEngine,
+    k: int,
+    clients: int,
+    clips: list[np.ndarray],
+    expected: list[np.ndarray] | None,
+    input: str,
+    atol: float,
+) -> None:
     """One load client: clips ``k``, ``k + clients``, ... one request at a time until the deadline."""
     i = k
     while time.perf_counter() < tally.deadline:
@@ -166,7 +193,8 @@ def _client(tally: _Tally, client: RemoteEngine, k: int, clients: int, clips: li
             continue
         dt = (time.perf_counter() - t0) * 1e3
         bad = expected is not None and not (
-            np.allclose(np.asarray(out["logits"], np.float32), expected[j], atol=atol, rtol=0))
+            np.allclose(np.asarray(out["logits"], np.float32), expected[j], atol=atol, rtol=0)
+        )
         tally.ok(out, dt, bad)
 
 
@@ -182,28 +210,47 @@ def _kill_later(tally: _Tally, url: str, kill_after: float, killed: dict[str, An
         killed["error"] = f"{type(e).__name__}: {e}"
 
 
-def run_load(url: str, clients: int = 8, seconds: float = 20.0, kill_after: float | None = None,
-             clips: list[np.ndarray] | None = None, expected: list[np.ndarray] | None = None, input: str = "frames",
-             timeout_s: float = 30.0, retries: int = 3, atol: float = 1e-4) -> LoadResult:
+def run_load(
+    url: str,
+    clients: int = 8,
+    seconds: float = 20.0,
+    kill_after: float | None = None,
+    clips: list[np.ndarray] | None = None,
+    expected: list[np.ndarray] | None = None,
+    input: str = "frames",
+    timeout_s: float = 30.0,
+    retries: int = 3,
+    atol: float = 1e-4,
+) -> LoadResult:
     """Run the load; see the module docstring. ``expected[i]`` are the reference logits of ``clips[i]``."""
     client = RemoteEngine(url, timeout_s=timeout_s, retries=retries)
     clips = clips if clips is not None else make_clips(client, input=input)
     killed: dict[str, Any] = {}
     tally = _Tally(seconds)
-    threads = [threading.Thread(target=_client, args=(tally, client, k, clients, clips, expected, input, atol),
-                                daemon=True, name=f"load-{k}") for k in range(clients)]
+    threads = [
+        threading.Thread(
+            target=_client,
+            args=(tally, client, k, clients, clips, expected, input, atol),
+            daemon=True,
+            name=f"load-{k}",
+        )
+        for k in range(clients)
+    ]
     joined = False
     if kill_after is not None:
         from runtime.serving.app import connect_ray
 
         joined = connect_ray()  # in the main thread, before the clock starts: joining Ray takes a second or two
         tally.restart()
-        threads.append(threading.Thread(target=_kill_later, args=(tally, url, kill_after, killed), daemon=True,
-                                        name="kill-replica"))
+        threads.append(
+            threading.Thread(
+                target=_kill_later, args=(tally, url, kill_after, killed), daemon=True, name="kill-replica"
+            )
+        )
     for t in threads:
         t.start()
     # a request started just before the deadline may take all its attempts: wait that long, then count the rest lost
-    grace = tally.deadline + (timeout_s + 1.0) * (retries + 1) + 2.0 * (2 ** retries)
+    grace = tally.deadline + (timeout_s + 1.0) * (retries + 1) + 2.0 * (2**retries)
     for t in threads:
         t.join(max(0.0, grace - time.perf_counter()))
     if joined:

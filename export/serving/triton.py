@@ -36,6 +36,7 @@ one atomic step (``export.bundle.publish``); an existing ``<dir>/<name>`` is rep
 folder make triton wrote (its ``export_manifest.json`` lists every file with a matching hash) and never when
 it is, holds or lies inside the source bundle (:func:`runtime.files.replace_problem`).
 """
+
 from __future__ import annotations
 
 import base64
@@ -50,12 +51,29 @@ import numpy as np
 
 from runtime.cli_args import ArgumentParser, user_errors
 from runtime.errors import BundleError
-from runtime.files import (FolderNotReplaceable, check_replaceable, folder_records, owned_folder_problem, sha256_file,
-                           write_text_atomic)
+from runtime.files import (
+    FolderNotReplaceable,
+    check_replaceable,
+    folder_records,
+    owned_folder_problem,
+    sha256_file,
+    write_text_atomic,
+)
 from runtime.manifest import read_manifest, verify_files
 
-__all__ = ["TRITON_TYPES", "MODEL_MANIFEST", "serving_backend", "build_config", "make_config", "parse_config",
-           "reference_clips", "batch_plan", "model_folder_problem", "write_repository", "main"]
+__all__ = [
+    "TRITON_TYPES",
+    "MODEL_MANIFEST",
+    "serving_backend",
+    "build_config",
+    "make_config",
+    "parse_config",
+    "reference_clips",
+    "batch_plan",
+    "model_folder_problem",
+    "write_repository",
+    "main",
+]
 
 #: manifest dtype -> Triton data type
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8", "int64": "TYPE_INT64"}
@@ -74,8 +92,10 @@ PERF_FILE = "perf_analyzer_input.json"
 def _name(value: Any, field: str, where: str, pattern: re.Pattern[str] = NAME_RE) -> str:
     if not isinstance(value, str) or not pattern.fullmatch(value) or value in (".", ".."):
         at = f"{where}: " if where else ""
-        raise BundleError(f"{at}{field}: expected a name matching {pattern.pattern} (it goes into "
-                          f"config.pbtxt and the model folder), got {value!r:.80}")
+        raise BundleError(
+            f"{at}{field}: expected a name matching {pattern.pattern} (it goes into "
+            f"config.pbtxt and the model folder), got {value!r:.80}"
+        )
     return value
 
 
@@ -89,8 +109,10 @@ def serving_backend(manifest: dict[str, Any], where: str = "manifest.json") -> t
         return "platform", "onnxruntime_onnx", engine_file
     if backend == "openvino":
         if engine_file != "model.onnx":  # the OpenVINO backend reads model.xml, model.onnx, ... by these names
-            raise BundleError(f"{where}: engine_file {engine_file!r}: Triton's OpenVINO backend reads an ONNX model "
-                              "as 1/model.onnx; rebuild the bundle with make engine BACKEND=openvino")
+            raise BundleError(
+                f"{where}: engine_file {engine_file!r}: Triton's OpenVINO backend reads an ONNX model "
+                "as 1/model.onnx; rebuild the bundle with make engine BACKEND=openvino"
+            )
         return "backend", "openvino", engine_file
     raise BundleError(f"{where}: backend {backend!r}: make triton knows tensorrt, onnxruntime and openvino")
 
@@ -104,8 +126,10 @@ def _kind(manifest: dict[str, Any], platform: str, kind: str) -> str:
     if platform == "tensorrt_plan" and kind == "cpu":
         raise ValueError("kind: a TensorRT plan runs only on a GPU (KIND_GPU); got cpu")
     if platform == "openvino" and kind == "gpu":
-        raise ValueError("kind: Triton's KIND_GPU is an NVIDIA GPU; an OpenVINO bundle runs KIND_CPU (its session's "
-                         "device goes to TARGET_DEVICE)")
+        raise ValueError(
+            "kind: Triton's KIND_GPU is an NVIDIA GPU; an OpenVINO bundle runs KIND_CPU (its session's "
+            "device goes to TARGET_DEVICE)"
+        )
     return kind
 
 
@@ -136,8 +160,15 @@ def batch_plan(manifest: dict[str, Any], value: str) -> tuple[int, list[int]]:
     return hi, sorted({1, opt, hi})
 
 
-def build_config(manifest: dict[str, Any], name: str, instances: int | None = None, kind: str = "auto",
-                 queue_delay_us: int = 500, where: str = "manifest.json", warmup_data: bool = True):
+def build_config(
+    manifest: dict[str, Any],
+    name: str,
+    instances: int | None = None,
+    kind: str = "auto",
+    queue_delay_us: int = 500,
+    where: str = "manifest.json",
+    warmup_data: bool = True,
+):
     """The ``ModelConfig`` message for a validated manifest (see the module docstring); ``warmup_data``: warm up
     on the reference clip in ``warmup/`` (else on random data)."""
     from tritonclient.grpc import model_config_pb2 as pb
@@ -154,12 +185,16 @@ def build_config(manifest: dict[str, Any], name: str, instances: int | None = No
     batch = inp["batch"]
     lo, opt, hi = int(batch["min"]), int(batch.get("opt", batch["min"])), int(batch["max"])
     if lo != 1:  # Triton's dynamic batcher sends any batch from 1 up to max_batch_size
-        raise BundleError(f"{where}: input.batch.min is {lo}; Triton sends batches from 1 up to max_batch_size, so the "
-                          "engine must accept batch 1 (rebuild with BATCH=1:opt:max)")
+        raise BundleError(
+            f"{where}: input.batch.min is {lo}; Triton sends batches from 1 up to max_batch_size, so the "
+            "engine must accept batch 1 (rebuild with BATCH=1:opt:max)"
+        )
     for key, spec in (("input", inp), ("output", out)):
         if spec["dtype"] not in TRITON_TYPES:
-            raise BundleError(f"{where}: {key}.dtype {spec['dtype']!r} has no Triton type here; expected one of "
-                              f"{sorted(TRITON_TYPES)}")
+            raise BundleError(
+                f"{where}: {key}.dtype {spec['dtype']!r} has no Triton type here; expected one of "
+                f"{sorted(TRITON_TYPES)}"
+            )
     kind = _kind(manifest, value, kind)
     if instances is None:
         instances = 2 if kind == "gpu" and hi == 1 else 1
@@ -172,8 +207,7 @@ def build_config(manifest: dict[str, Any], name: str, instances: int | None = No
     cfg = pb.ModelConfig(name=name, max_batch_size=mbs, default_model_filename=model_file)
     setattr(cfg, field, value)
     cfg.input.add(name=inp["name"], data_type=pb.DataType.Value(TRITON_TYPES[inp["dtype"]]), dims=inp["shape"][1:])
-    o = cfg.output.add(name=out["name"], data_type=pb.DataType.Value(TRITON_TYPES[out["dtype"]]),
-                       dims=out["shape"][1:])
+    o = cfg.output.add(name=out["name"], data_type=pb.DataType.Value(TRITON_TYPES[out["dtype"]]), dims=out["shape"][1:])
     if labels:
         o.label_filename = labels
     cfg.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
@@ -187,8 +221,9 @@ def build_config(manifest: dict[str, Any], name: str, instances: int | None = No
         cfg.parameters[key].string_value = val
     data_file = WARMUP_FILE.split("/", 1)[1] if warmup_data else None
     for b in warm:
-        w = cfg.model_warmup.add(name=f"reference_clip_batch_{b}" if data_file else f"random_batch_{b}",
-                                 batch_size=b, count=1)
+        w = cfg.model_warmup.add(
+            name=f"reference_clip_batch_{b}" if data_file else f"random_batch_{b}", batch_size=b, count=1
+        )
         wi = w.inputs[inp["name"]]
         wi.data_type = pb.DataType.Value(TRITON_TYPES[inp["dtype"]])
         wi.dims.extend(inp["shape"][1:])
@@ -199,14 +234,23 @@ def build_config(manifest: dict[str, Any], name: str, instances: int | None = No
     return cfg
 
 
-def make_config(manifest: dict[str, Any], name: str, instances: int | None = None, kind: str = "auto",
-                queue_delay_us: int = 500, where: str = "manifest.json", warmup_data: bool = True) -> str:
+def make_config(
+    manifest: dict[str, Any],
+    name: str,
+    instances: int | None = None,
+    kind: str = "auto",
+    queue_delay_us: int = 500,
+    where: str = "manifest.json",
+    warmup_data: bool = True,
+) -> str:
     """The ``config.pbtxt`` text of :func:`build_config`, written by protobuf's text writer."""
     from google.protobuf import text_format
 
     cfg = build_config(manifest, name, instances, kind, queue_delay_us, where, warmup_data)
-    head = ("# Triton model configuration written by `make triton` (export/serving/triton.py) from an engine "
-            "bundle's manifest.json\n")
+    head = (
+        "# Triton model configuration written by `make triton` (export/serving/triton.py) from an engine "
+        "bundle's manifest.json\n"
+    )
     return head + text_format.MessageToString(cfg)
 
 
@@ -216,8 +260,9 @@ def parse_config(text: str):
         from google.protobuf import text_format
         from tritonclient.grpc import model_config_pb2
     except ImportError as e:
-        raise RuntimeError(f"Triton's model-config schema needs tritonclient[grpc] ({e}); "
-                           "pip install 'tritonclient[grpc]'") from e
+        raise RuntimeError(
+            f"Triton's model-config schema needs tritonclient[grpc] ({e}); pip install 'tritonclient[grpc]'"
+        ) from e
     try:
         return text_format.Parse(text, model_config_pb2.ModelConfig())
     except text_format.ParseError as e:
@@ -231,19 +276,44 @@ def _check_parsed(cfg, manifest: dict[str, Any], name: str) -> None:
 
     inp, out = manifest["input"], manifest["output"]
     field, value, model_file = serving_backend(manifest)
-    got = (len(cfg.input), len(cfg.output), getattr(cfg, field), cfg.default_model_filename, cfg.name,
-           cfg.max_batch_size, cfg.input[0].name, list(cfg.input[0].dims), pb.DataType.Name(cfg.input[0].data_type),
-           cfg.output[0].name, list(cfg.output[0].dims), pb.DataType.Name(cfg.output[0].data_type))
-    want = (1, 1, value, model_file, name, batch_plan(manifest, value)[0], inp["name"], list(inp["shape"][1:]),
-            TRITON_TYPES[inp["dtype"]], out["name"], list(out["shape"][1:]), TRITON_TYPES[out["dtype"]])
+    got = (
+        len(cfg.input),
+        len(cfg.output),
+        getattr(cfg, field),
+        cfg.default_model_filename,
+        cfg.name,
+        cfg.max_batch_size,
+        cfg.input[0].name,
+        list(cfg.input[0].dims),
+        pb.DataType.Name(cfg.input[0].data_type),
+        cfg.output[0].name,
+        list(cfg.output[0].dims),
+        pb.DataType.Name(cfg.output[0].data_type),
+    )
+    want = (
+        1,
+        1,
+        value,
+        model_file,
+        name,
+        batch_plan(manifest, value)[0],
+        inp["name"],
+        list(inp["shape"][1:]),
+        TRITON_TYPES[inp["dtype"]],
+        out["name"],
+        list(out["shape"][1:]),
+        TRITON_TYPES[out["dtype"]],
+    )
     if got != want:
         raise AssertionError(f"config.pbtxt parsed as {got}, expected {want}")  # a bug in build_config
 
 
 # --------------------------------------------------------------------------- reference clips
 
-def reference_clips(bundle: str | Path, manifest: dict[str, Any], n: int = 2, spec: str | None = None
-                    ) -> np.ndarray | None:
+
+def reference_clips(
+    bundle: str | Path, manifest: dict[str, Any], n: int = 2, spec: str | None = None
+) -> np.ndarray | None:
     """Up to ``n`` clips ``(n, T, 3, H, W)`` in the engine's input dtype (little-endian), or None when none can
     be made: the bundle's own reference clips (``reference.npz``, hash-checked) when it has them, else its build's
     parity clips made again (synthetic, or the build's calibration source when present here); ``spec`` (a folder
@@ -264,7 +334,7 @@ def reference_clips(bundle: str | Path, manifest: dict[str, Any], n: int = 2, sp
         return None
     from calibration.clips.calibset import load_clips
 
-    request = ((manifest.get("build") or {}).get("request") or {})
+    request = (manifest.get("build") or {}).get("request") or {}
     seed = request.get("seed", 0) if isinstance(request.get("seed", 0), int) else 0
     if spec is None:
         calib = request.get("calib")
@@ -277,12 +347,12 @@ def reference_clips(bundle: str | Path, manifest: dict[str, Any], n: int = 2, sp
 def perf_input_json(manifest: dict[str, Any], clips: np.ndarray) -> str:
     """perf_analyzer's ``--input-data`` JSON: one batch-1 entry per clip, base64 of its little-endian bytes."""
     inp = manifest["input"]
-    data = [{inp["name"]: {"b64": base64.b64encode(np.ascontiguousarray(c).tobytes()).decode("ascii")}}
-            for c in clips]
+    data = [{inp["name"]: {"b64": base64.b64encode(np.ascontiguousarray(c).tobytes()).decode("ascii")}} for c in clips]
     return json.dumps({"data": data}) + "\n"
 
 
 # --------------------------------------------------------------------------- the folder make triton owns
+
 
 def _validate_model_manifest(data: Any, path: Path) -> None:
     """The full check of ``export_manifest.json``: ValueError naming the field otherwise."""
@@ -298,9 +368,15 @@ def _validate_model_manifest(data: Any, path: Path) -> None:
         parts = rel.split("/") if isinstance(rel, str) else []
         if not parts or any(not NAME_RE.fullmatch(p) or p in (".", "..") for p in parts) or rel == MODEL_MANIFEST:
             raise ValueError(f"{path}: files key {rel!r}: expected a relative path of plain names")
-        if (not isinstance(entry, dict) or set(entry) != {"sha256", "size"} or not isinstance(entry["sha256"], str)
-                or not re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]) or isinstance(entry["size"], bool)
-                or not isinstance(entry["size"], int) or entry["size"] < 0):
+        if (
+            not isinstance(entry, dict)
+            or set(entry) != {"sha256", "size"}
+            or not isinstance(entry["sha256"], str)
+            or not re.fullmatch(r"[0-9a-f]{64}", entry["sha256"])
+            or isinstance(entry["size"], bool)
+            or not isinstance(entry["size"], int)
+            or entry["size"] < 0
+        ):
             raise ValueError(f"{path}: files[{rel!r}]: expected {{sha256: 64 hex digits, size: bytes}}")
 
 
@@ -310,8 +386,14 @@ def model_folder_problem(folder: Path) -> str | None:
 
 
 def _check_target(final: Path, out_dir: Path, bundle: Path) -> None:
-    check_replaceable(final, model_folder_problem, "a model folder written by make triton", inputs=[bundle],
-                      within=out_dir, what="OUT/name")
+    check_replaceable(
+        final,
+        model_folder_problem,
+        "a model folder written by make triton",
+        inputs=[bundle],
+        within=out_dir,
+        what="OUT/name",
+    )
 
 
 def _stage(tmp: Path, bundle: Path, manifest: dict[str, Any], text: str, clips: np.ndarray | None) -> None:
@@ -332,15 +414,25 @@ def _stage(tmp: Path, bundle: Path, manifest: dict[str, Any], text: str, clips: 
     write_text_atomic(tmp / "bundle_manifest.json", json.dumps(manifest, indent=2) + "\n")
     write_text_atomic(tmp / "config.pbtxt", text)
     engine_sha = manifest["files"][manifest["engine_file"]]["sha256"]
-    own = {"schema_version": 1, "writer": WRITER,
-           "bundle": {"path": str(bundle.resolve()), "engine_sha256": engine_sha},
-           "files": folder_records(tmp, exclude=(MODEL_MANIFEST,))}
+    own = {
+        "schema_version": 1,
+        "writer": WRITER,
+        "bundle": {"path": str(bundle.resolve()), "engine_sha256": engine_sha},
+        "files": folder_records(tmp, exclude=(MODEL_MANIFEST,)),
+    }
     write_text_atomic(tmp / MODEL_MANIFEST, json.dumps(own, indent=2) + "\n")
 
 
-def write_repository(bundle: str | Path, out_dir: str | Path, name: str | None = None, instances: int | None = None,
-                     kind: str = "auto", queue_delay_us: int = 500, clips: int = 2,
-                     clip_spec: str | None = None) -> Path:
+def write_repository(
+    bundle: str | Path,
+    out_dir: str | Path,
+    name: str | None = None,
+    instances: int | None = None,
+    kind: str = "auto",
+    queue_delay_us: int = 500,
+    clips: int = 2,
+    clip_spec: str | None = None,
+) -> Path:
     """Write ``out_dir/<name>/`` (see the module docstring); returns that folder."""
     from export.bundle.publish import clean_stale, make_staging, publish
 
@@ -377,14 +469,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engine", required=True, help="engine bundle directory")
     p.add_argument("--out", required=True, help="the model repository folder (created; other models in it are kept)")
     p.add_argument("--name", default=None, help="model name (default: the bundle folder's name)")
-    p.add_argument("--instances", type=int, default=None,
-                   help="model instances (default: from the batch range: 1, or 2 on a GPU for a batch-1 engine)")
-    p.add_argument("--kind", default="auto", choices=("auto", "cpu", "gpu"),
-                   help="instance kind; auto: GPU for TensorRT plans and CUDA sessions, CPU otherwise")
+    p.add_argument(
+        "--instances",
+        type=int,
+        default=None,
+        help="model instances (default: from the batch range: 1, or 2 on a GPU for a batch-1 engine)",
+    )
+    p.add_argument(
+        "--kind",
+        default="auto",
+        choices=("auto", "cpu", "gpu"),
+        help="instance kind; auto: GPU for TensorRT plans and CUDA sessions, CPU otherwise",
+    )
     p.add_argument("--queue-delay-us", type=int, default=500, help="dynamic batching: longest wait to fill a batch")
     p.add_argument("--clips", type=int, default=2, help="reference clips for perf_analyzer (0: none, random warm-up)")
-    p.add_argument("--clip-source", default=None, help="where the reference clips come from (default: the bundle's "
-                                                       "parity clips)")
+    p.add_argument(
+        "--clip-source", default=None, help="where the reference clips come from (default: the bundle's parity clips)"
+    )
     a = p.parse_args(argv)
     try:
         path = write_repository(a.engine, a.out, a.name, a.instances, a.kind, a.queue_delay_us, a.clips, a.clip_source)
@@ -394,12 +495,15 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_config((path / "config.pbtxt").read_text())
     how = cfg.platform or f"backend {cfg.backend}"
     opt = cfg.dynamic_batching.preferred_batch_size[0] if cfg.dynamic_batching.preferred_batch_size else 1
-    perf = (f"; perf_analyzer -m {cfg.name} -b {opt} --input-data {path / PERF_FILE}"
-            if (path / PERF_FILE).exists() else "")
-    print(f"wrote {path}: {how}, max_batch_size {cfg.max_batch_size}, input {cfg.input[0].name} "
-          f"{list(cfg.input[0].dims)}, output {cfg.output[0].name} {list(cfg.output[0].dims)}, "
-          f"{cfg.instance_group[0].count} instance(s), {len(cfg.model_warmup)} warm-up sample(s); start Triton with "
-          f"--model-repository={Path(a.out).resolve()}{perf}")
+    perf = (
+        f"; perf_analyzer -m {cfg.name} -b {opt} --input-data {path / PERF_FILE}" if (path / PERF_FILE).exists() else ""
+    )
+    print(
+        f"wrote {path}: {how}, max_batch_size {cfg.max_batch_size}, input {cfg.input[0].name} "
+        f"{list(cfg.input[0].dims)}, output {cfg.output[0].name} {list(cfg.output[0].dims)}, "
+        f"{cfg.instance_group[0].count} instance(s), {len(cfg.model_warmup)} warm-up sample(s); start Triton with "
+        f"--model-repository={Path(a.out).resolve()}{perf}"
+    )
     return 0
 
 

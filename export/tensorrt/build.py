@@ -11,6 +11,7 @@ binding sources:
   they are used only on the builder-flag path, which TensorRT 11 does not have.
 * ``IBuilderConfig.set_timing_cache`` returns False for another TensorRT/GPU's cache (``ignore_mismatch=False``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,8 +25,13 @@ from typing import Any
 from runtime.backends.tensorrt_detect import TensorRTUnavailable, import_tensorrt, tensorrt_available
 from runtime.files import write_bytes_atomic
 
-from export.tensorrt.plan import (TensorRTBuildError, TensorRTBuildOptions, TensorRTPlan, parse_trt_version,  # noqa: F401
-                            plan_build)
+from export.tensorrt.plan import (
+    TensorRTBuildError,
+    TensorRTBuildOptions,
+    TensorRTPlan,
+    parse_trt_version,  # noqa: F401
+    plan_build,
+)
 
 __all__ = ["TensorRTBuildError", "TensorRTBuildOptions", "build_engine", "tensorrt_available"]
 
@@ -76,8 +82,9 @@ def _make_progress_monitor(trt: Any) -> Any | None:
                 with self._lock:
                     depth = self._depth.get(parent_phase, -1) + 1 if parent_phase else 0
                     self._depth[phase_name] = depth
-                    self._bars[phase_name] = tqdm(total=num_steps, desc=phase_name, position=depth,
-                                                  leave=depth == 0, dynamic_ncols=True)
+                    self._bars[phase_name] = tqdm(
+                        total=num_steps, desc=phase_name, position=depth, leave=depth == 0, dynamic_ncols=True
+                    )
             except Exception:  # noqa: BLE001 - never let a progress bar break a build
                 pass
 
@@ -144,8 +151,9 @@ def _parse(trt: Any, builder: Any, plan: TensorRTPlan, onnx_file: Path, logger: 
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_file)):  # from the file, so external data is found beside it
         errors = _parser_errors(parser)
-        raise fail(f"TensorRT {version}'s ONNX parser failed ({len(errors)} errors):\n  - "
-                   + "\n  - ".join(errors[:20]))
+        raise fail(
+            f"TensorRT {version}'s ONNX parser failed ({len(errors)} errors):\n  - " + "\n  - ".join(errors[:20])
+        )
     return network, parser
 
 
@@ -189,14 +197,21 @@ def _configure(trt: Any, builder: Any, plan: TensorRTPlan, options: TensorRTBuil
     if options.dla_core is not None:
         cores = getattr(builder, "num_DLA_cores", None)  # Builder.num_DLA_cores: DLA engines on this device
         if cores is not None and not 0 <= options.dla_core < int(cores):
-            raise fail(f"dla_core={options.dla_core}, but this device has {int(cores)} DLA core(s); expected "
-                       f"0..{int(cores) - 1} (none: build for the GPU with dla_core=None)")
+            raise fail(
+                f"dla_core={options.dla_core}, but this device has {int(cores)} DLA core(s); expected "
+                f"0..{int(cores) - 1} (none: build for the GPU with dla_core=None)"
+            )
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = int(options.dla_core)
     level = plan.config["hardware_compatibility_level"]
     if level != "NONE":
-        config.hardware_compatibility_level = _enum(trt, "HardwareCompatibilityLevel", level, version,
-                                                    f"hardware_compatibility={options.hardware_compatibility!r}")
+        config.hardware_compatibility_level = _enum(
+            trt,
+            "HardwareCompatibilityLevel",
+            level,
+            version,
+            f"hardware_compatibility={options.hardware_compatibility!r}",
+        )
     if options.builder_optimization_level is not None:
         config.builder_optimization_level = int(options.builder_optimization_level)
     return config
@@ -245,8 +260,12 @@ def _build(builder: Any, network: Any, config: Any, monitor: Any) -> Any:
             monitor.close_all()
 
 
-def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike,
-                 options: TensorRTBuildOptions | None = None, progress: bool = True) -> dict[str, Any]:
+def build_engine(
+    onnx_path: str | os.PathLike,
+    plan_path: str | os.PathLike,
+    options: TensorRTBuildOptions | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Build ``onnx_path`` into the TensorRT plan ``plan_path`` (written atomically); returns build info.
 
     Raises TensorRTBuildError when TensorRT is missing, the plan is refused (see :func:`plan_build`),
@@ -263,8 +282,9 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike,
 
     def fail(msg: str) -> TensorRTBuildError:
         errs = logger.errors[-10:]
-        return TensorRTBuildError(f"{onnx_file}: {msg}" + ("\nTensorRT errors:\n  - " + "\n  - ".join(errs)
-                                                           if errs else ""))
+        return TensorRTBuildError(
+            f"{onnx_file}: {msg}" + ("\nTensorRT errors:\n  - " + "\n  - ".join(errs) if errs else "")
+        )
 
     out.parent.mkdir(parents=True, exist_ok=True)
     rewritten: dict[str, Any] | None = None
@@ -296,19 +316,26 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike,
             why = logger.errors[-3:]
             for a in attentions:
                 a.decomposable = True
-            fallback = {"decomposable_attentions": len(attentions), "why": why or ["no engine, no TensorRT error"],
-                        "what": "no fused kernel for the non-decomposable IAttention: rebuilt with "
-                                "IAttention.decomposable = True (TensorRT's multi-kernel form)"}
-            warnings.append(f"fused attention unavailable ({'; '.join(fallback['why'])[:300]}); rebuilt with "
-                            f"{len(attentions)} decomposable IAttention(s)")
+            fallback = {
+                "decomposable_attentions": len(attentions),
+                "why": why or ["no engine, no TensorRT error"],
+                "what": "no fused kernel for the non-decomposable IAttention: rebuilt with "
+                "IAttention.decomposable = True (TensorRT's multi-kernel form)",
+            }
+            warnings.append(
+                f"fused attention unavailable ({'; '.join(fallback['why'])[:300]}); rebuilt with "
+                f"{len(attentions)} decomposable IAttention(s)"
+            )
             serialized = _build(builder, network, config, None)
         seconds = time.perf_counter() - t0
     finally:
         if parse_file != onnx_file:
             parse_file.unlink(missing_ok=True)
     if serialized is None:
-        raise fail(f"TensorRT {version} failed to build the engine (precision {plan.precision}, flags "
-                   f"{plan.builder_flags}, profile {plan.profile})")
+        raise fail(
+            f"TensorRT {version} failed to build the engine (precision {plan.precision}, flags "
+            f"{plan.builder_flags}, profile {plan.profile})"
+        )
     data = memoryview(serialized)
     write_bytes_atomic(out, data)
     if options.timing_cache:
@@ -319,9 +346,18 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike,
     return _info(plan, options, out, data, seconds, pinned, cache_info, warnings, rewritten, fallback)
 
 
-def _info(plan: TensorRTPlan, options: TensorRTBuildOptions, out: Path, data: memoryview, seconds: float,
-          pinned: int, cache_info: dict[str, Any], warnings: list[str], rewritten: dict[str, Any] | None,
-          fallback: dict[str, Any] | None) -> dict[str, Any]:
+def _info(
+    plan: TensorRTPlan,
+    options: TensorRTBuildOptions,
+    out: Path,
+    data: memoryview,
+    seconds: float,
+    pinned: int,
+    cache_info: dict[str, Any],
+    warnings: list[str],
+    rewritten: dict[str, Any] | None,
+    fallback: dict[str, Any] | None,
+) -> dict[str, Any]:
     prof = plan.profile
     return {
         "trt_version": plan.trt_version,

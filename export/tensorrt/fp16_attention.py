@@ -16,6 +16,7 @@ where, both matmuls are FP16 (that is, the FP16 analysis found no overflow or la
 A Softmax whose neighbours are not both FP16 MatMuls (the classifier's, an attention the analysis kept FP32)
 stays as it is.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -124,8 +125,13 @@ def rewrite_file(src: str | Path, dst: str | Path) -> dict[str, Any]:
     names = rewrite(model)
     onnx.checker.check_model(model, full_check=True)
     large = model.ByteSize() > (1 << 31) - (64 << 20)
-    onnx.save(model, str(dst), save_as_external_data=large, all_tensors_to_one_file=True,
-              location=Path(dst).name + ".data" if large else None)
+    onnx.save(
+        model,
+        str(dst),
+        save_as_external_data=large,
+        all_tensors_to_one_file=True,
+        location=Path(dst).name + ".data" if large else None,
+    )
     return {"fp16_softmax": len(names), "nodes": names[:4] + (["..."] if len(names) > 4 else [])}
 
 
@@ -153,9 +159,13 @@ def emulate_fp16_softmax(model: onnx.ModelProto, names: list[str]) -> int:
         new: list[onnx.NodeProto] = [helper.make_node("Cast", [x], [f"{p}_x"], to=f32)]
 
         def step(op: str, inputs: list[str], out: str, new: list[onnx.NodeProto] = new, **kw: Any) -> None:
-            new.extend([helper.make_node(op, inputs, [f"{out}_32"], **kw),
-                        helper.make_node("Cast", [f"{out}_32"], [f"{out}_16"], to=f16),
-                        helper.make_node("Cast", [f"{out}_16"], [out], to=f32)])
+            new.extend(
+                [
+                    helper.make_node(op, inputs, [f"{out}_32"], **kw),
+                    helper.make_node("Cast", [f"{out}_32"], [f"{out}_16"], to=f16),
+                    helper.make_node("Cast", [f"{out}_16"], [out], to=f32),
+                ]
+            )
 
         if opset >= 18:
             step("ReduceMax", [f"{p}_x", axes.name], f"{p}_m", keepdims=1)
@@ -164,8 +174,10 @@ def emulate_fp16_softmax(model: onnx.ModelProto, names: list[str]) -> int:
         step("Sub", [f"{p}_x", f"{p}_m"], f"{p}_d")
         step("Exp", [f"{p}_d"], f"{p}_e")
         step("ReduceSum", [f"{p}_e", axes.name], f"{p}_s", keepdims=1)
-        new += [helper.make_node("Div", [f"{p}_e", f"{p}_s"], [f"{p}_q"]),
-                helper.make_node("Cast", [f"{p}_q"], [y], to=f16)]
+        new += [
+            helper.make_node("Div", [f"{p}_e", f"{p}_s"], [f"{p}_q"]),
+            helper.make_node("Cast", [f"{p}_q"], [y], to=f16),
+        ]
         idx = list(g.node).index(sm)
         g.node.remove(sm)
         for k, n in enumerate(new):
@@ -188,7 +200,7 @@ def measure(fp16_onnx: str | Path, model: str, n: int = 64, seed: int = 1234) ->
     net, _, pre, _ = load_source(model, 0)
     clips = load_clips(synthetic_spec(model_task(net)), pre, n=n, seed=seed)
     with torch.no_grad():
-        ref = np.concatenate([net(torch.from_numpy(clips[i:i + 1])).numpy() for i in range(n)])
+        ref = np.concatenate([net(torch.from_numpy(clips[i : i + 1])).numpy() for i in range(n)])
     original = onnx.load(str(fp16_onnx))
     rewritten = onnx.load(str(fp16_onnx))
     names = rewrite(rewritten)
@@ -196,14 +208,20 @@ def measure(fp16_onnx: str | Path, model: str, n: int = 64, seed: int = 1234) ->
     emulated.CopyFrom(rewritten)
     emulate_fp16_softmax(emulated, names)
     out: dict[str, Any] = {"model": model, "clips": n, "attention_softmaxes": len(names)}
-    for label, m in (("fp32_softmax", original), ("fp16_softmax_rewritten", rewritten),
-                     ("fp16_softmax_emulated", emulated)):
+    for label, m in (
+        ("fp32_softmax", original),
+        ("fp16_softmax_rewritten", rewritten),
+        ("fp16_softmax_emulated", emulated),
+    ):
         so = ort.SessionOptions()  # no graph rewrites: the emulation's Cast pairs stay where they are
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        y = np.concatenate([sess.run(None, {"video": clips[i:i + 8]})[0] for i in range(0, n, 8)])
-        out[label] = {k: v for k, v in compare_logits(ref, y).items()
-                      if k in ("max_abs_logit", "min_cosine", "mean_cosine", "top1_agreement")}
+        y = np.concatenate([sess.run(None, {"video": clips[i : i + 8]})[0] for i in range(0, n, 8)])
+        out[label] = {
+            k: v
+            for k, v in compare_logits(ref, y).items()
+            if k in ("max_abs_logit", "min_cosine", "mean_cosine", "top1_agreement")
+        }
     return out
 
 

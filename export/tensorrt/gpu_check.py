@@ -15,6 +15,7 @@ A step that outlives its timeout is killed (its process group) and recorded as f
 budget leaves out is recorded as ``skipped`` and counts as not passed. Exit 0 only when every step passed, 1
 otherwise; without TensorRT, cuda-python or a GPU it prints exactly what is missing and exits 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,6 +82,7 @@ def missing() -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- one step
 
+
 def _free_device_memory() -> int:
     from runtime.backends.tensorrt_backend import cuda_call, import_cudart
 
@@ -118,8 +120,13 @@ def _run_configuration(bundle: Path, clips: np.ndarray, graph: bool) -> tuple[li
     describe = engine.backend.describe()
     engine.close()
     after = _free_device_memory()
-    return outs, {"device_memory_open_bytes": before - opened, "device_memory_after_runs_bytes": before - ran,
-                  "device_memory_leak_bytes": before - after, "latency_ms_batch1": latency, "describe": describe}
+    return outs, {
+        "device_memory_open_bytes": before - opened,
+        "device_memory_after_runs_bytes": before - ran,
+        "device_memory_leak_bytes": before - after,
+        "latency_ms_batch1": latency,
+        "describe": describe,
+    }
 
 
 def check_bundle(bundle: Path, cache: Path, clips: np.ndarray) -> dict[str, Any]:
@@ -131,9 +138,14 @@ def check_bundle(bundle: Path, cache: Path, clips: np.ndarray) -> dict[str, Any]
 
     with Engine(bundle) as probe:
         manifest = probe.manifest
-    res: dict[str, Any] = {"bundle": str(bundle), "parity_vs_pytorch": manifest.get("parity"),
-                           "tensorrt_build": {k: (manifest.get("build") or {}).get("tensorrt", {}).get(k) for k in
-                                              ("tf32", "attention_softmax", "attention_fallback", "builder_flags")}}
+    res: dict[str, Any] = {
+        "bundle": str(bundle),
+        "parity_vs_pytorch": manifest.get("parity"),
+        "tensorrt_build": {
+            k: (manifest.get("build") or {}).get("tensorrt", {}).get(k)
+            for k in ("tf32", "attention_softmax", "attention_fallback", "builder_flags")
+        },
+    }
     outs: dict[bool, list[np.ndarray]] = {}
     for graph in (False, True):
         outs[graph], res[f"cuda_graph_{str(graph).lower()}"] = _run_configuration(bundle, clips, graph)
@@ -142,12 +154,13 @@ def check_bundle(bundle: Path, cache: Path, clips: np.ndarray) -> dict[str, Any]
     res["vs_onnxruntime_cpu"] = None
     if ref_path is not None:
         sess = ort.InferenceSession(str(ref_path), providers=["CPUExecutionProvider"])
-        ref = np.concatenate([sess.run(None, {"video": clips[i:i + 1]})[0] for i in range(BATCHES[2])])
+        ref = np.concatenate([sess.run(None, {"video": clips[i : i + 1]})[0] for i in range(BATCHES[2])])
         res["vs_onnxruntime_cpu"] = compare_logits(ref, outs[False][2])
     leak = max(res[f"cuda_graph_{g}"]["device_memory_leak_bytes"] for g in ("false", "true"))
     cpu = res["vs_onnxruntime_cpu"]
-    res["passed"] = bool(res["graphs_match_plain"] and leak < (16 << 20) and cpu is not None
-                         and cpu["min_cosine"] > 0.99)
+    res["passed"] = bool(
+        res["graphs_match_plain"] and leak < (16 << 20) and cpu is not None and cpu["min_cosine"] > 0.99
+    )
     return res
 
 
@@ -160,9 +173,18 @@ def run_bundle_step(name: str, work: Path) -> dict[str, Any]:
     stem, precision = name.rsplit(" ", 1)
     model = MOTION if stem == Path(MOTION).stem else stem
     t = time.perf_counter()
-    req = BuildRequest(model=model, precision=precision, backend="tensorrt", batch=(1, 2, 4),
-                       out=str(work / f"{stem}-{precision}"), cache_dir=str(work / "cache"), calib_clips=4,
-                       parity_clips=4, allow_parity_failure=True, random_weights=model != MOTION)
+    req = BuildRequest(
+        model=model,
+        precision=precision,
+        backend="tensorrt",
+        batch=(1, 2, 4),
+        out=str(work / f"{stem}-{precision}"),
+        cache_dir=str(work / "cache"),
+        calib_clips=4,
+        parity_clips=4,
+        allow_parity_failure=True,
+        random_weights=model != MOTION,
+    )
     bundle = build_bundle(req)
     step: dict[str, Any] = {"build_seconds": round(time.perf_counter() - t, 1)}
     with Engine(bundle) as e:
@@ -171,39 +193,54 @@ def run_bundle_step(name: str, work: Path) -> dict[str, Any]:
     step.update(check_bundle(bundle, work / "cache", clips))
     from runtime.check import run_check  # issue 24: the device check of python -m runtime check, on the GPU
 
-    step["device_check"] = run_check(bundle, device="cuda:0", blocks="always", batches=[1, 4], concurrency=[1, 2],
-                                     iterations=20, duration=1.0)
+    step["device_check"] = run_check(
+        bundle, device="cuda:0", blocks="always", batches=[1, 4], concurrency=[1, 2], iterations=20, duration=1.0
+    )
     return step
 
 
 # ----------------------------------------------------------------------------------------- the runner
 
+
 def _report_base() -> dict[str, Any]:
     from runtime.backends.tensorrt_detect import import_tensorrt, tensorrt_available
 
     trt_file = str(getattr(import_tensorrt(), "__file__", "") or "")
-    return {"machine": tensorrt_available()[1], "tensorrt_from": trt_file,
-            "tensorrt_source": "system (JetPack)" if not trt_file.startswith(sys.prefix) else "venv (pip extra)",
-            "status": "running", "passed": False, "steps": []}
+    return {
+        "machine": tensorrt_available()[1],
+        "tensorrt_from": trt_file,
+        "tensorrt_source": "system (JetPack)" if not trt_file.startswith(sys.prefix) else "venv (pip extra)",
+        "status": "running",
+        "passed": False,
+        "steps": [],
+    }
 
 
 def _run_one(step: Step, work: Path, timeout_s: float) -> dict[str, Any]:
     """Run ``step`` in its own process group; kill the group at ``timeout_s``."""
     with tempfile.TemporaryDirectory(prefix="gpu_check_step_") as tmp:
         result_file = Path(tmp) / "result.json"
-        argv = list(step.argv) if step.argv else [sys.executable, "-m", "export.tensorrt.gpu_check", "--step",
-                                                  step.name, "--work", str(work)]
+        argv = (
+            list(step.argv)
+            if step.argv
+            else [sys.executable, "-m", "export.tensorrt.gpu_check", "--step", step.name, "--work", str(work)]
+        )
         env = {**os.environ, STEP_OUT_ENV: str(result_file)}  # where a step may write its result as JSON
         t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
         try:
             output, _ = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             output, _ = proc.communicate()
-            return {"passed": False, "error": f"timed out after {timeout_s:.0f} s (killed)",
-                    "seconds": round(time.perf_counter() - t0, 1), "tail": (output or "")[-2000:]}
+            return {
+                "passed": False,
+                "error": f"timed out after {timeout_s:.0f} s (killed)",
+                "seconds": round(time.perf_counter() - t0, 1),
+                "tail": (output or "")[-2000:],
+            }
         res: dict[str, Any] = {"returncode": proc.returncode, "seconds": round(time.perf_counter() - t0, 1)}
         if result_file.is_file():
             res.update(json.loads(result_file.read_text()))
@@ -213,8 +250,9 @@ def _run_one(step: Step, work: Path, timeout_s: float) -> dict[str, Any]:
         return res
 
 
-def run_steps(steps: tuple[Step, ...], out: Path, work: Path, budget_s: float,
-              report: dict[str, Any]) -> dict[str, Any]:
+def run_steps(
+    steps: tuple[Step, ...], out: Path, work: Path, budget_s: float, report: dict[str, Any]
+) -> dict[str, Any]:
     """Run ``steps`` in order, writing ``report`` to ``out`` before the first and after every step."""
     t0 = time.perf_counter()
     report["steps"] = [{"step": s.name, "status": "pending"} for s in steps]
@@ -222,9 +260,13 @@ def run_steps(steps: tuple[Step, ...], out: Path, work: Path, budget_s: float,
     for i, step in enumerate(steps):
         left = budget_s - (time.perf_counter() - t0)
         if left < min(step.timeout_s, 30):
-            entry = {"step": step.name, "status": "skipped", "passed": False,
-                     "skipped": f"time budget of {budget_s:.0f} s spent ({max(left, 0):.0f} s left, the step may "
-                                f"take {step.timeout_s} s)"}
+            entry = {
+                "step": step.name,
+                "status": "skipped",
+                "passed": False,
+                "skipped": f"time budget of {budget_s:.0f} s spent ({max(left, 0):.0f} s left, the step may "
+                f"take {step.timeout_s} s)",
+            }
         else:
             report["steps"][i] = {"step": step.name, "status": "running"}
             write_json_atomic(out, report)
@@ -265,8 +307,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     report = run_steps(STEPS, Path(a.out), Path(a.work), a.budget_s, _report_base())
     n_ok = sum(s.get("passed") is True for s in report["steps"])
-    print(f"make gpu-check: {'passed' if report['passed'] else 'FAILED'} ({n_ok}/{len(report['steps'])} steps passed) "
-          f"in {report['seconds']} s; report {a.out}")
+    print(
+        f"make gpu-check: {'passed' if report['passed'] else 'FAILED'} ({n_ok}/{len(report['steps'])} steps passed) "
+        f"in {report['seconds']} s; report {a.out}"
+    )
     return 0 if report["passed"] else 1
 
 

@@ -14,6 +14,7 @@ virtual environment exists or has TensorRT. It decides, prints which, and does i
 Then ``pip install -e ./runtime -e '.[cpu,dev,<extra>]'`` in the venv, and the venv's stamp is touched so that the
 other make targets do not reinstall. ``--dry-run`` prints the decision and the commands without running them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,14 +57,20 @@ def driver_cuda_major(nvidia_smi: str | None) -> int:
 def system_tensorrt(system_python: str) -> str:
     """The system Python's TensorRT version (JetPack); raises :class:`Missing` when it does not import."""
     try:
-        r = subprocess.run([system_python, "-c", "import tensorrt; print(tensorrt.__version__)"],
-                           capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [system_python, "-c", "import tensorrt; print(tensorrt.__version__)"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     except OSError as e:
         raise Missing(f"Jetson, but {system_python} cannot run ({e})") from e
     if r.returncode != 0:
         last = (r.stderr.strip().splitlines() or ["no output"])[-1]
-        raise Missing(f"Jetson, but TensorRT does not import from {system_python} ({last}): install JetPack's "
-                      "TensorRT (sudo apt install nvidia-jetpack)")
+        raise Missing(
+            f"Jetson, but TensorRT does not import from {system_python} ({last}): install JetPack's "
+            "TensorRT (sudo apt install nvidia-jetpack)"
+        )
     return r.stdout.strip()
 
 
@@ -71,16 +78,26 @@ def decide(nvidia_smi: str | None, tegra_release: Path, system_python: str) -> d
     """What to install: {"kind": "jetson"|"pypi", "system_site_packages", "extras", "why"}; raises :class:`Missing`."""
     if tegra_release.is_file():
         version = system_tensorrt(system_python)
-        return {"kind": "jetson", "system_site_packages": True, "extras": f"cpu,dev,{JETSON_EXTRA}",
-                "why": f"Jetson ({tegra_release}): JetPack's TensorRT {version} from the system Python (venv with "
-                       f"system site packages), pip extra {JETSON_EXTRA} (cuda-python for CUDA 12)"}
+        return {
+            "kind": "jetson",
+            "system_site_packages": True,
+            "extras": f"cpu,dev,{JETSON_EXTRA}",
+            "why": f"Jetson ({tegra_release}): JetPack's TensorRT {version} from the system Python (venv with "
+            f"system site packages), pip extra {JETSON_EXTRA} (cuda-python for CUDA 12)",
+        }
     major = driver_cuda_major(nvidia_smi)
     extra = EXTRA_FOR_CUDA.get(major)
     if extra is None:
-        raise Missing(f"the driver's CUDA {major} has no TensorRT extra here (known: "
-                      f"{', '.join(f'CUDA {k}: {v}' for k, v in EXTRA_FOR_CUDA.items())})")
-    return {"kind": "pypi", "system_site_packages": False, "extras": f"cpu,dev,{extra}",
-            "why": f"driver CUDA {major}: pip extra {extra} (TensorRT wheels and the matching cuda-python)"}
+        raise Missing(
+            f"the driver's CUDA {major} has no TensorRT extra here (known: "
+            f"{', '.join(f'CUDA {k}: {v}' for k, v in EXTRA_FOR_CUDA.items())})"
+        )
+    return {
+        "kind": "pypi",
+        "system_site_packages": False,
+        "extras": f"cpu,dev,{extra}",
+        "why": f"driver CUDA {major}: pip extra {extra} (TensorRT wheels and the matching cuda-python)",
+    }
 
 
 def _enable_system_site_packages(venv_dir: Path) -> bool:

@@ -36,6 +36,7 @@ ONNX ``Attention``, no kernel  a non-decomposable ``IAttention`` without a fused
                                ``IAttention.decomposable = True`` (TensorRT's multi-kernel form), recorded
 =============================  ==========================================================================
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,10 +49,21 @@ from runtime.backends.tensorrt_session import TensorRTSession
 from runtime.options import PRECISIONS
 from runtime.versions import VersionError, parse_version
 
-__all__ = ["PRECISIONS", "INT8_FORMS", "HARDWARE_COMPATIBILITY", "FP32_PINNED_LAYER_TYPES", "ATTENTION_MIN_TRT",
-           "TF32_TOLERANCE",
-           "TensorRTBuildError", "TensorRTBuildOptions", "TensorRTPlan", "tensorrt_attention", "plan_request",
-           "plan_build", "parse_trt_version"]
+__all__ = [
+    "PRECISIONS",
+    "INT8_FORMS",
+    "HARDWARE_COMPATIBILITY",
+    "FP32_PINNED_LAYER_TYPES",
+    "ATTENTION_MIN_TRT",
+    "TF32_TOLERANCE",
+    "TensorRTBuildError",
+    "TensorRTBuildOptions",
+    "TensorRTPlan",
+    "tensorrt_attention",
+    "plan_request",
+    "plan_build",
+    "parse_trt_version",
+]
 
 INT8_FORMS = ("fp16", "fp32")
 HARDWARE_COMPATIBILITY = {
@@ -86,9 +98,9 @@ def parse_trt_version(version: str) -> tuple[int, int, int]:
     try:
         return parse_version(version)
     except VersionError as e:
-        raise TensorRTBuildError(f"TensorRT version {version!r} not understood; expected e.g. '10.3' or "
-                                 "'10.3.0'") from e
-
+        raise TensorRTBuildError(
+            f"TensorRT version {version!r} not understood; expected e.g. '10.3' or '10.3.0'"
+        ) from e
 
 
 @dataclass
@@ -133,16 +145,21 @@ class TensorRTBuildOptions:
             raise TensorRTBuildError(f"precision {self.precision!r} not supported; expected one of {PRECISIONS}")
         b = tuple(self.batch)
         if len(b) != 3 or not all(isinstance(v, int) and v >= 1 for v in b) or not b[0] <= b[1] <= b[2]:
-            raise TensorRTBuildError(f"batch {self.batch!r} invalid; expected (min, opt, max) integers with "
-                                     "1 <= min <= opt <= max")
+            raise TensorRTBuildError(
+                f"batch {self.batch!r} invalid; expected (min, opt, max) integers with 1 <= min <= opt <= max"
+            )
         if self.input_shape is not None and not all(isinstance(v, int) and v >= 1 for v in self.input_shape):
-            raise TensorRTBuildError(f"input_shape {self.input_shape!r} invalid; expected positive integers "
-                                     "(frames, 3, H, W) without the batch")
+            raise TensorRTBuildError(
+                f"input_shape {self.input_shape!r} invalid; expected positive integers "
+                "(frames, 3, H, W) without the batch"
+            )
         if not isinstance(self.workspace_mib, int) or self.workspace_mib < 1:
             raise TensorRTBuildError(f"workspace_mib {self.workspace_mib!r} invalid; expected an integer >= 1")
         if self.hardware_compatibility not in HARDWARE_COMPATIBILITY:
-            raise TensorRTBuildError(f"hardware_compatibility {self.hardware_compatibility!r} not supported; "
-                                     f"expected one of {tuple(HARDWARE_COMPATIBILITY)}")
+            raise TensorRTBuildError(
+                f"hardware_compatibility {self.hardware_compatibility!r} not supported; "
+                f"expected one of {tuple(HARDWARE_COMPATIBILITY)}"
+            )
         lvl = self.builder_optimization_level
         if lvl is not None and (not isinstance(lvl, int) or not 0 <= lvl <= 5):
             raise TensorRTBuildError(f"builder_optimization_level {lvl!r} invalid; expected 0..5 or None")
@@ -154,17 +171,22 @@ class TensorRTBuildOptions:
             if not isinstance(self.dla_core, int) or self.dla_core < 0:
                 raise TensorRTBuildError(f"dla_core {self.dla_core!r} invalid; expected None or an integer >= 0")
             if self.precision == "fp32":
-                raise TensorRTBuildError("dla_core is set but precision is 'fp32'; DLA runs only FP16 or INT8 "
-                                         "(use precision='fp16' or 'int8', or dla_core=None)")
+                raise TensorRTBuildError(
+                    "dla_core is set but precision is 'fp32'; DLA runs only FP16 or INT8 "
+                    "(use precision='fp16' or 'int8', or dla_core=None)"
+                )
             if self.hardware_compatibility != "none":
-                raise TensorRTBuildError(f"dla_core is set with hardware_compatibility="
-                                         f"{self.hardware_compatibility!r}; hardware compatibility applies to "
-                                         "GPU engines only (use 'none')")
+                raise TensorRTBuildError(
+                    f"dla_core is set with hardware_compatibility="
+                    f"{self.hardware_compatibility!r}; hardware compatibility applies to "
+                    "GPU engines only (use 'none')"
+                )
             if not b[0] == b[1] == b[2]:
                 raise TensorRTBuildError(
                     f"dla_core={self.dla_core} with batch {tuple(b)}: DLA runs static shapes only (an optimization "
                     f"profile for DLA must have min = opt = max, NvInfer.h); pass a static batch, e.g. --batch "
-                    f"{b[1]}:{b[1]}:{b[1]} (BATCH={b[1]}:{b[1]}:{b[1]})")
+                    f"{b[1]}:{b[1]}:{b[1]} (BATCH={b[1]}:{b[1]}:{b[1]})"
+                )
         if not isinstance(self.tf32, bool):
             raise TensorRTBuildError(f"tf32 {self.tf32!r} invalid; expected true or false")
 
@@ -183,8 +205,9 @@ def _resolve_profile(info: dict[str, Any], options: TensorRTBuildOptions) -> tup
         raise TensorRTBuildError(f"{path}: the ONNX graph has no inputs")
     names = [i["name"] for i in inputs]
     if len(inputs) > 1:
-        raise TensorRTBuildError(f"{path}: the ONNX has several inputs {names}; this builder profiles a single "
-                                 "video input")
+        raise TensorRTBuildError(
+            f"{path}: the ONNX has several inputs {names}; this builder profiles a single video input"
+        )
     inp = inputs[0]
     if options.input_name is not None and options.input_name != inp["name"]:
         raise TensorRTBuildError(f"{path}: input '{options.input_name}' not found; the ONNX input is '{inp['name']}'")
@@ -196,31 +219,34 @@ def _resolve_profile(info: dict[str, Any], options: TensorRTBuildOptions) -> tup
     if options.input_shape is not None:
         want = tuple(options.input_shape)
         if len(want) != len(onnx_clip):
-            raise TensorRTBuildError(f"{path}: input '{name}' has shape {onnx_shape} (rank {len(onnx_shape)}); "
-                                     f"expected rank {len(want) + 1} for input_shape {want} plus the batch")
+            raise TensorRTBuildError(
+                f"{path}: input '{name}' has shape {onnx_shape} (rank {len(onnx_shape)}); "
+                f"expected rank {len(want) + 1} for input_shape {want} plus the batch"
+            )
         for axis, (w, o) in enumerate(zip(want, onnx_clip), start=1):
             if isinstance(o, int) and o != w:
-                raise TensorRTBuildError(f"{path}: input '{name}' dim {axis} is {o} in the ONNX (shape "
-                                         f"{onnx_shape}); expected {w} from input_shape {want}")
+                raise TensorRTBuildError(
+                    f"{path}: input '{name}' dim {axis} is {o} in the ONNX (shape "
+                    f"{onnx_shape}); expected {w} from input_shape {want}"
+                )
         clip = want
     else:
         dynamic = [axis for axis, o in enumerate(onnx_clip, start=1) if not isinstance(o, int)]
         if dynamic:
-            raise TensorRTBuildError(f"{path}: input '{name}' has dynamic dims {dynamic} besides the batch (shape "
-                                     f"{onnx_shape}); set input_shape, e.g. (frames, 3, H, W)")
+            raise TensorRTBuildError(
+                f"{path}: input '{name}' has dynamic dims {dynamic} besides the batch (shape "
+                f"{onnx_shape}); set input_shape, e.g. (frames, 3, H, W)"
+            )
         clip = tuple(int(o) for o in onnx_clip)
     bmin, bopt, bmax = (int(v) for v in options.batch)
     b0 = onnx_shape[0]
     if isinstance(b0, int) and not bmin == bopt == bmax == b0:
-        raise TensorRTBuildError(f"{path}: input '{name}' has a fixed batch of {b0} (shape {onnx_shape}); expected a "
-                                 f"dynamic batch dim for the profile batch {tuple(options.batch)}. Re-export with a "
-                                 f"dynamic batch, or set batch=({b0}, {b0}, {b0}).")
-    profile = {
-        "input": name,
-        "min": (bmin, *clip),
-        "opt": (bopt, *clip),
-        "max": (bmax, *clip),
-    }
+        raise TensorRTBuildError(
+            f"{path}: input '{name}' has a fixed batch of {b0} (shape {onnx_shape}); expected a "
+            f"dynamic batch dim for the profile batch {tuple(options.batch)}. Re-export with a "
+            f"dynamic batch, or set batch=({b0}, {b0}, {b0})."
+        )
+    profile = {"input": name, "min": (bmin, *clip), "opt": (bopt, *clip), "max": (bmax, *clip)}
     return inp, profile
 
 
@@ -263,6 +289,7 @@ class TensorRTPlan:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly: tuples become lists, the session its manifest dict."""
+
         def plain(v: Any) -> Any:
             if isinstance(v, (list, tuple)):
                 return [plain(x) for x in v]
@@ -308,18 +335,23 @@ def plan_request(options: "TensorRTBuildOptions", trt_version: str, attention: s
     major, minor, _ = parse_trt_version(version)
     vtuple = (major, minor)
     if vtuple < MIN_TRT:
-        raise TensorRTBuildError(f"TensorRT {version} is too old; this builder needs TensorRT >= "
-                                 f"{MIN_TRT[0]}.{MIN_TRT[1]} (named-tensor API)")
+        raise TensorRTBuildError(
+            f"TensorRT {version} is too old; this builder needs TensorRT >= "
+            f"{MIN_TRT[0]}.{MIN_TRT[1]} (named-tensor API)"
+        )
     warnings: list[str] = []
     strongly_typed = bool(options.strongly_typed)
     if major >= 11 and not strongly_typed:
         raise TensorRTBuildError(
             f"builder flags (strongly_typed=False, --builder-flags) with TensorRT {version}: TensorRT 11 removed the "
             "FP16/INT8 builder flags and precision constraints; networks are always strongly typed. Drop "
-            "--builder-flags (the precision then comes from the ONNX)")
+            "--builder-flags (the precision then comes from the ONNX)"
+        )
     if strongly_typed and major < 9:
-        raise TensorRTBuildError(f"TensorRT {version} has no strongly typed networks (STRONGLY_TYPED arrived in 9); "
-                                 "pass --builder-flags (strongly_typed=False)")
+        raise TensorRTBuildError(
+            f"TensorRT {version} has no strongly typed networks (STRONGLY_TYPED arrived in 9); "
+            "pass --builder-flags (strongly_typed=False)"
+        )
 
     auto = tensorrt_attention(options.precision, version, strongly_typed)
     if attention == "auto":
@@ -328,16 +360,20 @@ def plan_request(options: "TensorRTBuildOptions", trt_version: str, attention: s
         if vtuple < ATTENTION_MIN_TRT:
             raise TensorRTBuildError(
                 f"attention 'onnx' with TensorRT {version}: its ONNX parser reads the Attention operator from "
-                f"{ATTENTION_MIN_TRT[0]}.{ATTENTION_MIN_TRT[1]}; use attention 'decomposed' (or 'auto')")
+                f"{ATTENTION_MIN_TRT[0]}.{ATTENTION_MIN_TRT[1]}; use attention 'decomposed' (or 'auto')"
+            )
         if auto != "onnx":
             raise TensorRTBuildError(
                 f"attention 'onnx' with precision {options.precision!r}"
                 f"{'' if strongly_typed else ' on the builder-flag path'}: TensorRT's ONNX parser makes a "
                 "non-decomposable IAttention, which needs a fused kernel, and TensorRT has none for FP32 (and INT8 "
-                f"fused attention needs Q/DQ around the decomposed matmuls); use attention {auto!r} (or 'auto')")
+                f"fused attention needs Q/DQ around the decomposed matmuls); use attention {auto!r} (or 'auto')"
+            )
     elif attention == "ort":
-        raise TensorRTBuildError("attention 'ort' (com.microsoft.MultiHeadAttention) is an ONNX Runtime contrib op "
-                                 f"that TensorRT cannot parse; use {auto!r} (or 'auto')")
+        raise TensorRTBuildError(
+            "attention 'ort' (com.microsoft.MultiHeadAttention) is an ONNX Runtime contrib op "
+            f"that TensorRT cannot parse; use {auto!r} (or 'auto')"
+        )
     elif attention != "decomposed":
         raise TensorRTBuildError(f"attention {attention!r}: expected 'auto', 'decomposed' or 'onnx'")
 
@@ -352,8 +388,10 @@ def plan_request(options: "TensorRTBuildOptions", trt_version: str, attention: s
     hw = options.hardware_compatibility
     if hw != "none" and vtuple < HARDWARE_COMPATIBILITY_MIN_TRT[hw]:
         need = HARDWARE_COMPATIBILITY_MIN_TRT[hw]
-        raise TensorRTBuildError(f"hardware_compatibility {hw!r} needs TensorRT >= {need[0]}.{need[1]} "
-                                 f"(HardwareCompatibilityLevel.{HARDWARE_COMPATIBILITY[hw]}); got {version}")
+        raise TensorRTBuildError(
+            f"hardware_compatibility {hw!r} needs TensorRT >= {need[0]}.{need[1]} "
+            f"(HardwareCompatibilityLevel.{HARDWARE_COMPATIBILITY[hw]}); got {version}"
+        )
     config = {
         "workspace_bytes": int(options.workspace_mib) << 20,
         "timing_cache": options.timing_cache,
@@ -364,22 +402,38 @@ def plan_request(options: "TensorRTBuildOptions", trt_version: str, attention: s
         "progress_monitor": major >= 10,
         "static_batch": options.batch[0] == options.batch[1] == options.batch[2],
     }
-    session = TensorRTSession(strongly_typed=strongly_typed, builder_flags=tuple(builder_flags),
-                              version_compatible=bool(options.version_compatible), hardware_compatibility=hw,
-                              dla_core=options.dla_core, cuda_graph=bool(options.cuda_graph))
-    return TensorRTPlan(trt_version=version, precision=options.precision, attention=attention,
-                        onnx_precision=_onnx_precision(options, strongly_typed), strongly_typed=strongly_typed,
-                        creation_flags=tuple(creation_flags), builder_flags=tuple(builder_flags),
-                        clear_builder_flags=tuple(clear_flags), fp32_layer_types=tuple(fp32_layer_types),
-                        config=config, session=session, options=options.to_dict(), warnings=tuple(warnings),
-                        tf32=bool(options.tf32),
-                        parity_tolerance=dict(TF32_TOLERANCE) if options.tf32 and options.precision == "fp32" else None,
-                        attention_softmax=_attention_softmax(options, attention, strongly_typed),
-                        attention_fallback=_attention_fallback(options, attention))
+    session = TensorRTSession(
+        strongly_typed=strongly_typed,
+        builder_flags=tuple(builder_flags),
+        version_compatible=bool(options.version_compatible),
+        hardware_compatibility=hw,
+        dla_core=options.dla_core,
+        cuda_graph=bool(options.cuda_graph),
+    )
+    return TensorRTPlan(
+        trt_version=version,
+        precision=options.precision,
+        attention=attention,
+        onnx_precision=_onnx_precision(options, strongly_typed),
+        strongly_typed=strongly_typed,
+        creation_flags=tuple(creation_flags),
+        builder_flags=tuple(builder_flags),
+        clear_builder_flags=tuple(clear_flags),
+        fp32_layer_types=tuple(fp32_layer_types),
+        config=config,
+        session=session,
+        options=options.to_dict(),
+        warnings=tuple(warnings),
+        tf32=bool(options.tf32),
+        parity_tolerance=dict(TF32_TOLERANCE) if options.tf32 and options.precision == "fp32" else None,
+        attention_softmax=_attention_softmax(options, attention, strongly_typed),
+        attention_fallback=_attention_fallback(options, attention),
+    )
 
 
-def _flags(options: TensorRTBuildOptions, version: str, strongly_typed: bool,
-           warnings: list[str]) -> tuple[list[str], list[str], list[str]]:
+def _flags(
+    options: TensorRTBuildOptions, version: str, strongly_typed: bool, warnings: list[str]
+) -> tuple[list[str], list[str], list[str]]:
     """(builder flags to set, builder flags to clear, layer types pinned to FP32) for ``options`` on ``version``."""
     major, minor, _ = parse_trt_version(version)
     vtuple = (major, minor)
@@ -395,8 +449,10 @@ def _flags(options: TensorRTBuildOptions, version: str, strongly_typed: bool,
             builder_flags += ["INT8", "FP16", "OBEY_PRECISION_CONSTRAINTS"]
             fp32_layer_types = list(FP32_PINNED_LAYER_TYPES)
             if options.int8_form != "fp32":
-                warnings.append("builder-flag INT8 takes the FP32-form Q/DQ ONNX (FP16 comes from BuilderFlag.FP16); "
-                                f"int8_form {options.int8_form!r} ignored")
+                warnings.append(
+                    "builder-flag INT8 takes the FP32-form Q/DQ ONNX (FP16 comes from BuilderFlag.FP16); "
+                    f"int8_form {options.int8_form!r} ignored"
+                )
     if options.version_compatible:
         builder_flags.append("VERSION_COMPATIBLE")
     if options.dla_core is not None:
@@ -405,13 +461,18 @@ def _flags(options: TensorRTBuildOptions, version: str, strongly_typed: bool,
             raise TensorRTBuildError(
                 f"dla_core={options.dla_core} with a strongly typed build on TensorRT {version}: DLA on TensorRT 10 "
                 "needs the FP16/INT8 builder flags, which strongly typed networks forbid. Pass --builder-flags "
-                "(strongly_typed=False: FP32 ONNX for fp16, Q/DQ ONNX for int8).")
+                "(strongly_typed=False: FP32 ONNX for fp16, Q/DQ ONNX for int8)."
+            )
         if DLA_LAST_TRT10 < vtuple and major < 11:
-            warnings.append(f"NVIDIA documents TensorRT {DLA_LAST_TRT10[0]}.{DLA_LAST_TRT10[1]} as the last 10.x "
-                            f"release with DLA; TensorRT {version} may not build for DLA")
+            warnings.append(
+                f"NVIDIA documents TensorRT {DLA_LAST_TRT10[0]}.{DLA_LAST_TRT10[1]} as the last 10.x "
+                f"release with DLA; TensorRT {version} may not build for DLA"
+            )
         if major >= 11:
-            warnings.append(f"DLA support in TensorRT 11 depends on the release and platform (none in 11.0-11.3; "
-                            f"Jetson AGX Orin from 11.4.1 with JetPack 7.2.2); check TensorRT {version}'s notes")
+            warnings.append(
+                f"DLA support in TensorRT 11 depends on the release and platform (none in 11.0-11.3; "
+                f"Jetson AGX Orin from 11.4.1 with JetPack 7.2.2); check TensorRT {version}'s notes"
+            )
     if options.tf32:  # TensorRT sets TF32 by default; set it explicitly so that the plan and session say so
         builder_flags.append("TF32")
     else:  # FP32 = strict FP32
@@ -424,12 +485,16 @@ def _attention_softmax(options: TensorRTBuildOptions, attention: str, strongly_t
     if attention != "decomposed" or options.precision != "fp16":
         return None
     if strongly_typed:
-        return ("fp16: the FP16 ONNX's Cast -> FP32 Softmax -> Cast between two FP16 MatMuls is rewritten to an FP16 "
-                "Softmax with no Cast (export.tensorrt.fp16_attention), the plain MatMul -> Softmax -> MatMul that "
-                "TensorRT's fused MHA matches; only where both matmuls are FP16 (the FP16 analysis kept them off "
-                "the overflow list)")
-    return ("fp32: the builder-flag path pins every SOFTMAX layer to FP32 (OBEY_PRECISION_CONSTRAINTS), which puts "
-            "reformats between the FP16 matmuls: TensorRT's fused MHA is not expected on this path")
+        return (
+            "fp16: the FP16 ONNX's Cast -> FP32 Softmax -> Cast between two FP16 MatMuls is rewritten to an FP16 "
+            "Softmax with no Cast (export.tensorrt.fp16_attention), the plain MatMul -> Softmax -> MatMul that "
+            "TensorRT's fused MHA matches; only where both matmuls are FP16 (the FP16 analysis kept them off "
+            "the overflow list)"
+        )
+    return (
+        "fp32: the builder-flag path pins every SOFTMAX layer to FP32 (OBEY_PRECISION_CONSTRAINTS), which puts "
+        "reformats between the FP16 matmuls: TensorRT's fused MHA is not expected on this path"
+    )
 
 
 def _attention_fallback(options: TensorRTBuildOptions, attention: str) -> str | None:
@@ -437,9 +502,11 @@ def _attention_fallback(options: TensorRTBuildOptions, attention: str) -> str | 
         return None
     if not options.attention_fallback:
         return "none: a missing fused attention kernel fails the build"
-    return ("if TensorRT finds no fused kernel for the non-decomposable IAttention (GPU, shape or "
-            "hardware-compatibility mode), the network is rebuilt once with IAttention.decomposable = True "
-            "(TensorRT's multi-kernel form) and the build info records why")
+    return (
+        "if TensorRT finds no fused kernel for the non-decomposable IAttention (GPU, shape or "
+        "hardware-compatibility mode), the network is rebuilt once with IAttention.decomposable = True "
+        "(TensorRT's multi-kernel form) and the build info records why"
+    )
 
 
 def _installed_trt_version() -> str:
@@ -451,8 +518,9 @@ def _installed_trt_version() -> str:
         raise TensorRTBuildError(f"{e}; or pass trt_version (e.g. '10.3.0') to plan a build for another machine") from e
 
 
-def plan_build(onnx_path: str | Path, options: "TensorRTBuildOptions | None" = None,
-               trt_version: str | None = None) -> TensorRTPlan:
+def plan_build(
+    onnx_path: str | Path, options: "TensorRTBuildOptions | None" = None, trt_version: str | None = None
+) -> TensorRTPlan:
     """The exact build TensorRT ``trt_version`` (None: the installed one) will be asked for ``onnx_path``.
 
     Raises TensorRTBuildError for any combination that cannot build (precision vs ONNX, Attention nodes
@@ -472,22 +540,28 @@ def plan_build(onnx_path: str | Path, options: "TensorRTBuildOptions | None" = N
             f"{path}: node '{info['attention_nodes'][0]}' ({len(info['attention_nodes'])} in all) is the ONNX "
             f"Attention operator (opset 23), which TensorRT {version} cannot parse: its ONNX parser reads "
             f"Attention since {ATTENTION_MIN_TRT[0]}.{ATTENTION_MIN_TRT[1]}. Re-export the ONNX with "
-            "ATTENTION=decomposed (MatMul/Softmax/MatMul).")
+            "ATTENTION=decomposed (MatMul/Softmax/MatMul)."
+        )
     try:
         plan = plan_request(options, version, attention=attention_in_onnx)
     except TensorRTBuildError as e:
         if info["attention_nodes"]:
-            raise TensorRTBuildError(f"{path}: node '{info['attention_nodes'][0]}' ({len(info['attention_nodes'])} "
-                                     f"ONNX Attention nodes): {e}") from e
+            raise TensorRTBuildError(
+                f"{path}: node '{info['attention_nodes'][0]}' ({len(info['attention_nodes'])} "
+                f"ONNX Attention nodes): {e}"
+            ) from e
         raise
     warnings = list(plan.warnings)
     if info["contrib_nodes"]:
         raise TensorRTBuildError(
             f"{path}: ONNX Runtime contrib operators (domain com.microsoft), which TensorRT cannot parse: "
-            f"{', '.join(info['contrib_nodes'][:5])}. Export without ONNX Runtime fusions for TensorRT.")
+            f"{', '.join(info['contrib_nodes'][:5])}. Export without ONNX Runtime fusions for TensorRT."
+        )
     if info["custom_attention_nodes"] and vtuple >= ATTENTION_MIN_TRT:
-        warnings.append(f"{path}: nodes named Attention in a custom domain ({info['custom_attention_nodes'][0]}) "
-                        "may be taken by TensorRT's built-in Attention importer instead of their local function")
+        warnings.append(
+            f"{path}: nodes named Attention in a custom domain ({info['custom_attention_nodes'][0]}) "
+            "may be taken by TensorRT's built-in Attention importer instead of their local function"
+        )
     try:
         check_precision(info, plan.precision, plan.strongly_typed)
     except OnnxInspectError as e:
@@ -497,21 +571,45 @@ def plan_build(onnx_path: str | Path, options: "TensorRTBuildOptions | None" = N
         form = info["int8_form"]
         onnx_precision = f"int8-qdq-{form}"
         if plan.strongly_typed and form != options.int8_form:
-            warnings.append(f"{path}: the Q/DQ scales are {info['qdq_scale_types']} (form {form!r}), not the "
-                            f"requested int8_form {options.int8_form!r}; TensorRT runs between the INT8 matmuls in "
-                            "the scales' type")
+            warnings.append(
+                f"{path}: the Q/DQ scales are {info['qdq_scale_types']} (form {form!r}), not the "
+                f"requested int8_form {options.int8_form!r}; TensorRT runs between the INT8 matmuls in "
+                "the scales' type"
+            )
     ops = info["op_counts"]
     if plan.fp32_layer_types and not ops.get("LayerNormalization") and ops.get("ReduceMean"):
-        warnings.append(f"{path}: no LayerNormalization nodes but ReduceMean ones: LayerNorm looks decomposed, and "
-                        "only NORMALIZATION layers are pinned to FP32; export at opset >= 17")
+        warnings.append(
+            f"{path}: no LayerNormalization nodes but ReduceMean ones: LayerNorm looks decomposed, and "
+            "only NORMALIZATION layers are pinned to FP32; export at opset >= 17"
+        )
     if info["fp16_layernorm_nodes"] and plan.precision in ("fp16", "int8"):
-        warnings.append(f"{path}: {len(info['fp16_layernorm_nodes'])} LayerNormalization nodes have float16 scale "
-                        f"(e.g. '{info['fp16_layernorm_nodes'][0]}'); TensorRT runs them in FP16 in a strongly typed "
-                        "build, a known overflow source: keep LayerNorm and Softmax FP32 in the ONNX")
+        warnings.append(
+            f"{path}: {len(info['fp16_layernorm_nodes'])} LayerNormalization nodes have float16 scale "
+            f"(e.g. '{info['fp16_layernorm_nodes'][0]}'); TensorRT runs them in FP16 in a strongly typed "
+            "build, a known overflow source: keep LayerNorm and Softmax FP32 in the ONNX"
+        )
     inp, profile = _resolve_profile(info, options)
-    onnx_summary = {k: info[k] for k in ("path", "sha256", "bytes", "external_data", "opsets", "precision_detected",
-                                         "float_initializers", "int8_form", "qdq_scale_types")}
+    onnx_summary = {
+        k: info[k]
+        for k in (
+            "path",
+            "sha256",
+            "bytes",
+            "external_data",
+            "opsets",
+            "precision_detected",
+            "float_initializers",
+            "int8_form",
+            "qdq_scale_types",
+        )
+    }
     onnx_summary |= {"qdq_nodes": len(info["qdq_nodes"]), "attention_nodes": len(info["attention_nodes"])}
-    return dataclasses.replace(plan, onnx_precision=onnx_precision, warnings=tuple(warnings), onnx=onnx_summary,
-                               input={"name": inp["name"], "dtype": inp["dtype"], "onnx_shape": inp["shape"]},
-                               outputs=tuple(info["outputs"]), profile=profile)
+    return dataclasses.replace(
+        plan,
+        onnx_precision=onnx_precision,
+        warnings=tuple(warnings),
+        onnx=onnx_summary,
+        input={"name": inp["name"], "dtype": inp["dtype"], "onnx_shape": inp["shape"]},
+        outputs=tuple(info["outputs"]),
+        profile=profile,
+    )

@@ -5,6 +5,7 @@ inputs rounded to TF32's 10-bit mantissa and FP32 accumulation. :class:`TF32Mode
 linear, matmul, convolution and attention calls (round to nearest on the mantissa bits), so that
 ``python -m export.tensorrt.tf32_check --model M`` compares a model with and without it on held-out clips.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,12 +58,16 @@ def measure(model: str, n: int = 64, seed: int = 1234) -> dict[str, Any]:
     net, _, pre, _ = load_source(model, 0)
     clips = load_clips(synthetic_spec(model_task(net)), pre, n=n, seed=seed)
     with torch.no_grad():
-        ref = np.concatenate([net(torch.from_numpy(clips[i:i + 8])).numpy() for i in range(0, n, 8)])
+        ref = np.concatenate([net(torch.from_numpy(clips[i : i + 8])).numpy() for i in range(0, n, 8)])
         with TF32Mode():
-            tf32 = np.concatenate([net(torch.from_numpy(clips[i:i + 8])).numpy() for i in range(0, n, 8)])
+            tf32 = np.concatenate([net(torch.from_numpy(clips[i : i + 8])).numpy() for i in range(0, n, 8)])
     m = compare_logits(ref, tf32)
-    return {"model": model, "clips": n, "max_abs_logit_reference": float(np.abs(ref).max()),
-            **{k: m[k] for k in ("max_abs_logit", "mean_abs_logit", "min_cosine", "top1_agreement")}}
+    return {
+        "model": model,
+        "clips": n,
+        "max_abs_logit_reference": float(np.abs(ref).max()),
+        **{k: m[k] for k in ("max_abs_logit", "mean_abs_logit", "min_cosine", "top1_agreement")},
+    }
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """The interface every runtime backend implements (numpy in, numpy out)."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -24,8 +25,14 @@ class Backend(ABC):
     #: whether one instance may be called from several threads at once
     thread_safe: bool = False
 
-    def __init__(self, engine_path: Path, manifest: dict[str, Any], device: str = "cpu",
-                 engine_bytes: bytes | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        engine_path: Path,
+        manifest: dict[str, Any],
+        device: str = "cpu",
+        engine_bytes: bytes | None = None,
+        **options: Any,
+    ) -> None:
         self.engine_path = Path(engine_path)
         self.manifest = manifest
         self.device = device
@@ -62,6 +69,8 @@ def session_entries(cls: type, d: Any, where: str) -> dict[str, Any]:
     known = {f.name for f in fields(cls)}
     unknown = sorted(str(k) for k in set(d) - known)
     if unknown:
-        raise BundleError(f"{where}: unknown keys {unknown}; expected only {sorted(known)} (a bundle written by "
-                          "another version of the builder? rebuild it)")
+        raise BundleError(
+            f"{where}: unknown keys {unknown}; expected only {sorted(known)} (a bundle written by "
+            "another version of the builder? rebuild it)"
+        )
     return dict(d)

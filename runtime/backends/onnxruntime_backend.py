@@ -1,4 +1,5 @@
 """ONNX Runtime backend: CPU (the embedded default), CUDA and TensorRT execution providers."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,12 @@ _PROVIDERS = {
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
 _ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "uint8": "tensor(uint8)"}
-_LEVELS = {"disable_all": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-           "all": "ORT_ENABLE_ALL"}
+_LEVELS = {
+    "disable_all": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
 
 
 class OnnxRuntimeBackend(Backend):
@@ -31,14 +36,23 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     thread_safe = True
 
-    def __init__(self, engine_path: Path, manifest: dict[str, Any], device: str = "cpu", threads: int | None = None,
-                 providers: list[str] | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        engine_path: Path,
+        manifest: dict[str, Any],
+        device: str = "cpu",
+        threads: int | None = None,
+        providers: list[str] | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(engine_path, manifest, device, **options)
         try:
             import onnxruntime as ort
         except ImportError as e:
-            raise RuntimeError(f"{engine_path}: this ONNX Runtime bundle needs onnxruntime, which is not installed: "
-                               "pip install './runtime[cpu]' (or './runtime[gpu]' for its CUDA provider)") from e
+            raise RuntimeError(
+                f"{engine_path}: this ONNX Runtime bundle needs onnxruntime, which is not installed: "
+                "pip install './runtime[cpu]' (or './runtime[gpu]' for its CUDA provider)"
+            ) from e
 
         session = OnnxRuntimeSession.from_dict(manifest.get("session") or {}, where=f"{engine_path}: manifest session")
         kind = device.split(":")[0]
@@ -47,10 +61,12 @@ class OnnxRuntimeBackend(Backend):
             providers = _PROVIDERS[kind]
         available = ort.get_available_providers()
         if providers[0] not in available:
-            raise RuntimeError(f"device {device!r} needs ONNX Runtime's {providers[0]}, but this onnxruntime "
-                               f"({ort.__version__}) has only {available}; install onnxruntime-gpu in place of "
-                               "onnxruntime (pip uninstall onnxruntime; pip install './runtime[gpu]') or use "
-                               "device='cpu'")
+            raise RuntimeError(
+                f"device {device!r} needs ONNX Runtime's {providers[0]}, but this onnxruntime "
+                f"({ort.__version__}) has only {available}; install onnxruntime-gpu in place of "
+                "onnxruntime (pip uninstall onnxruntime; pip install './runtime[gpu]') or use "
+                "device='cpu'"
+            )
         device_id = int(device.split(":")[1]) if ":" in device else 0
         provider_args = [(p, {"device_id": device_id}) if p != "CPUExecutionProvider" else p for p in providers]
         so = ort.SessionOptions()
@@ -84,23 +100,34 @@ class OnnxRuntimeBackend(Backend):
         # Cheap checks that the model is the one the manifest describes (they matter with verify=False).
         want_in, want_out = manifest["input"]["name"], manifest["output"]["name"]
         if self.input_name != want_in or want_out not in [o.name for o in self.session.get_outputs()]:
-            raise BundleError(f"{engine_path}: the model's input/outputs are {self.input_name!r}/"
-                              f"{[o.name for o in self.session.get_outputs()]}, the manifest says {want_in!r}/"
-                              f"{want_out!r}: not the model this bundle was built with")
+            raise BundleError(
+                f"{engine_path}: the model's input/outputs are {self.input_name!r}/"
+                f"{[o.name for o in self.session.get_outputs()]}, the manifest says {want_in!r}/"
+                f"{want_out!r}: not the model this bundle was built with"
+            )
         self.output_name = want_out
         got_type = self.session.get_inputs()[0].type
         want_type = _ORT_TYPES.get(manifest["input"]["dtype"])
         if got_type != want_type:
-            raise BundleError(f"{engine_path}: the model's input {self.input_name!r} is {got_type}, the manifest's "
-                              f"input.dtype is {manifest['input']['dtype']!r}: not the model this bundle was built "
-                              "with")
+            raise BundleError(
+                f"{engine_path}: the model's input {self.input_name!r} is {got_type}, the manifest's "
+                f"input.dtype is {manifest['input']['dtype']!r}: not the model this bundle was built "
+                "with"
+            )
         _check_fixed_dims(engine_path, self.input_name, self.session.get_inputs()[0].shape, manifest["input"]["shape"])
         classes = next(o.shape for o in self.session.get_outputs() if o.name == want_out)[-1]
         if isinstance(classes, int) and classes != manifest["output"]["shape"][-1]:
-            raise BundleError(f"{engine_path}: the model outputs {classes} classes, the manifest says "
-                              f"{manifest['output']['shape'][-1]}: not the model this bundle was built with")
-        self.settings = {"providers": self.session.get_providers(), "intra_op_num_threads": so.intra_op_num_threads,
-                         "graph_optimization_level": level, "onnxruntime": ort.__version__, "int8_config": int8_config}
+            raise BundleError(
+                f"{engine_path}: the model outputs {classes} classes, the manifest says "
+                f"{manifest['output']['shape'][-1]}: not the model this bundle was built with"
+            )
+        self.settings = {
+            "providers": self.session.get_providers(),
+            "intra_op_num_threads": so.intra_op_num_threads,
+            "graph_optimization_level": level,
+            "onnxruntime": ort.__version__,
+            "int8_config": int8_config,
+        }
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         if self.session is None:
@@ -137,10 +164,14 @@ def _check_fixed_dims(engine_path: Path, name: str, model_shape: Any, manifest_s
     num_frames or crop size disagrees with the engine is refused at load, not at the first call (issue 28 #16)."""
     dims = list(model_shape or [])
     if len(dims) != len(manifest_shape):
-        raise BundleError(f"{engine_path}: the model's input {name!r} has shape {dims}, the manifest's input.shape is "
-                          f"{manifest_shape}: not the model this bundle was built with")
+        raise BundleError(
+            f"{engine_path}: the model's input {name!r} has shape {dims}, the manifest's input.shape is "
+            f"{manifest_shape}: not the model this bundle was built with"
+        )
     for i, (got, want) in enumerate(zip(dims, manifest_shape)):
         if isinstance(got, int) and got > 0 and want != -1 and got != want:
-            raise BundleError(f"{engine_path}: the model's input {name!r} has shape {dims}, the manifest's "
-                              f"input.shape is {manifest_shape} (dimension {i} differs; preprocess.num_frames and "
-                              "crop_size must match the engine): not the model this bundle was built with")
+            raise BundleError(
+                f"{engine_path}: the model's input {name!r} has shape {dims}, the manifest's "
+                f"input.shape is {manifest_shape} (dimension {i} differs; preprocess.num_frames and "
+                "crop_size must match the engine): not the model this bundle was built with"
+            )

@@ -10,6 +10,7 @@ Fields (all optional; unknown keys are refused)::
      "inter_op_num_threads": 1,
      "preoptimized": "extended"}             # the level already applied to model.onnx by the builder, or null
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
@@ -42,22 +43,31 @@ class OnnxRuntimeSession:
         d = session_entries(cls, d, where)
         kw = {f.name: d.get(f.name, f.default) for f in fields(cls)}
         providers = kw["providers"]
-        if (not isinstance(providers, (list, tuple)) or not providers
-                or not all(isinstance(p, str) and p.endswith("ExecutionProvider") for p in providers)):
-            raise BundleError(f"{where}.providers: expected a non-empty list of ONNX Runtime provider names "
-                              f"(e.g. ['CPUExecutionProvider']), got {providers!r}")
+        if (
+            not isinstance(providers, (list, tuple))
+            or not providers
+            or not all(isinstance(p, str) and p.endswith("ExecutionProvider") for p in providers)
+        ):
+            raise BundleError(
+                f"{where}.providers: expected a non-empty list of ONNX Runtime provider names "
+                f"(e.g. ['CPUExecutionProvider']), got {providers!r}"
+            )
         kw["providers"] = tuple(providers)
         for name in ("graph_optimization_level", "preoptimized"):
             v = kw[name]
-            if not (v is None and name == "preoptimized") and (not isinstance(v, str)
-                                                                or v not in GRAPH_OPTIMIZATION_LEVELS):
-                raise BundleError(f"{where}.{name}: expected one of {GRAPH_OPTIMIZATION_LEVELS}"
-                                  f"{' or null' if name == 'preoptimized' else ''}, got {v!r}")
+            if not (v is None and name == "preoptimized") and (
+                not isinstance(v, str) or v not in GRAPH_OPTIMIZATION_LEVELS
+            ):
+                raise BundleError(
+                    f"{where}.{name}: expected one of {GRAPH_OPTIMIZATION_LEVELS}"
+                    f"{' or null' if name == 'preoptimized' else ''}, got {v!r}"
+                )
         for name in ("intra_op_num_threads", "inter_op_num_threads"):
             v = kw[name]
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_THREADS:
-                raise BundleError(f"{where}.{name}: expected an integer in 0..{MAX_THREADS} (0: the default), "
-                                  f"got {v!r}")
+                raise BundleError(
+                    f"{where}.{name}: expected an integer in 0..{MAX_THREADS} (0: the default), got {v!r}"
+                )
         return cls(**kw)
 
     def to_dict(self) -> dict[str, Any]:

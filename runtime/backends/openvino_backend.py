@@ -22,6 +22,7 @@ serves every backend. What the manifest's ``session`` asks for (``runtime/backen
 Thread safety: a ``CompiledModel`` may be shared, an ``InferRequest`` may not. Each call takes an idle request
 from a pool (making a new one when all are busy) and puts it back afterwards, so threads never share a request.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,8 +42,15 @@ from ..errors import BundleError
 from .base import Backend
 from .openvino_session import OpenVINOSession, choose_precision
 
-__all__ = ["OpenVINOBackend", "OpenVINOUnavailable", "import_openvino", "openvino_available", "default_cache_root",
-           "cache_key_path", "INSTALL_HINT"]
+__all__ = [
+    "OpenVINOBackend",
+    "OpenVINOUnavailable",
+    "import_openvino",
+    "openvino_available",
+    "default_cache_root",
+    "cache_key_path",
+    "INSTALL_HINT",
+]
 
 INSTALL_HINT = "pip install './runtime[openvino]' (the runtime's openvino extra), or pip install 'openvino>=2025.0'"
 
@@ -56,8 +64,9 @@ def import_openvino() -> Any:
     try:
         import openvino as ov
     except Exception as e:
-        raise OpenVINOUnavailable(f"this bundle needs OpenVINO, which is not importable ({type(e).__name__}: {e}); "
-                                  f"{INSTALL_HINT}") from e
+        raise OpenVINOUnavailable(
+            f"this bundle needs OpenVINO, which is not importable ({type(e).__name__}: {e}); {INSTALL_HINT}"
+        ) from e
     return ov
 
 
@@ -115,13 +124,19 @@ def _cache_key() -> bytes | None:
             st = os.fstat(f.fileno())
             key = f.read(33)
     except OSError as e:
-        print(f"[openvino] warning: no compiled-model cache key at {path} ({e.strerror or e}); compiling without the "
-              "cache", file=sys.stderr)
+        print(
+            f"[openvino] warning: no compiled-model cache key at {path} ({e.strerror or e}); compiling without the "
+            "cache",
+            file=sys.stderr,
+        )
         return None
     mine = not hasattr(os, "getuid") or st.st_uid == os.getuid()
     if not stat.S_ISREG(st.st_mode) or not mine or st.st_mode & 0o077 or len(key) != 32:
-        print(f"[openvino] warning: the compiled-model cache key {path} is not a private 32-byte file of this user "
-              "(mode 0600); compiling without the cache", file=sys.stderr)
+        print(
+            f"[openvino] warning: the compiled-model cache key {path} is not a private 32-byte file of this user "
+            "(mode 0600); compiling without the cache",
+            file=sys.stderr,
+        )
         return None
     return key
 
@@ -137,9 +152,16 @@ class OpenVINOBackend(Backend):
     name = "openvino"
     thread_safe = True
 
-    def __init__(self, engine_path: Path, manifest: dict[str, Any], device: str = "cpu", threads: int | None = None,
-                 cache_dir: str | os.PathLike | bool | None = None, engine_bytes: bytes | None = None,
-                 **options: Any) -> None:
+    def __init__(
+        self,
+        engine_path: Path,
+        manifest: dict[str, Any],
+        device: str = "cpu",
+        threads: int | None = None,
+        cache_dir: str | os.PathLike | bool | None = None,
+        engine_bytes: bytes | None = None,
+        **options: Any,
+    ) -> None:
         """``cache_dir``: None (the user cache folder, when the bundle asks for caching), False (no cache) or a
         folder. ``threads``: INFERENCE_NUM_THREADS instead of the bundle's. ``engine_bytes``: the engine file as
         ``runtime.Engine`` read and verified it (else it is read from ``engine_path``)."""
@@ -151,21 +173,23 @@ class OpenVINOBackend(Backend):
         core = ov.Core()
         ov_device = settings.device if device in ("cpu", "auto") else device.split(":")[0].upper()
         if ov_device not in core.available_devices:
-            raise ValueError(f"device: OpenVINO {ov.__version__} has {core.available_devices} here, not {ov_device!r} "
-                             f"(from device={device!r})")
+            raise ValueError(
+                f"device: OpenVINO {ov.__version__} has {core.available_devices} here, not {ov_device!r} "
+                f"(from device={device!r})"
+            )
         caps = list(core.get_property(ov_device, "OPTIMIZATION_CAPABILITIES"))
         if ov_device == "CPU":  # issue 25: ONEDNN_MAX_CPU_ISA may have taken bf16 away
             from ..cpu_isa import openvino_capabilities
 
             caps = openvino_capabilities(caps)
         precision = choose_precision(settings, caps)
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision,
-                                  "PERFORMANCE_HINT": settings.performance_hint}
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": settings.performance_hint}
         from .onnxruntime_backend import available_cpus
 
         cpus = available_cpus()
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                    or not 1 <= threads <= 4 * cpus):
+        if threads is not None and (
+            isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 4 * cpus
+        ):
             raise ValueError(f"threads: expected 1..{4 * cpus} (this machine has {cpus} CPUs), got {threads!r}")
         n = threads if threads is not None else min(settings.num_threads, cpus)  # issue 28 #12
         if n:
@@ -192,8 +216,10 @@ class OpenVINOBackend(Backend):
                 self.compiled = core.compile_model(model, ov_device, config)
             except Exception as e:  # OpenVINO raises RuntimeError subclasses with long C++ traces
                 first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                raise RuntimeError(f"{engine_path}: OpenVINO {ov.__version__} cannot read or compile it for "
-                                   f"{ov_device} ({type(e).__name__}: {first})") from e
+                raise RuntimeError(
+                    f"{engine_path}: OpenVINO {ov.__version__} cannot read or compile it for "
+                    f"{ov_device} ({type(e).__name__}: {first})"
+                ) from e
             if blob is not None and key is not None:
                 self._write_blob(blob, key)
         self.load_seconds = time.perf_counter() - t0
@@ -202,11 +228,16 @@ class OpenVINOBackend(Backend):
         names_out = set(self.compiled.output(0).get_names())
         want_in, want_out = manifest["input"]["name"], manifest["output"]["name"]
         classes = self.compiled.output(0).get_partial_shape()[-1]
-        if want_in not in names_in or want_out not in names_out or (
-                classes.is_static and classes.get_length() != manifest["output"]["shape"][-1]):
-            raise BundleError(f"{engine_path}: the model's input/output are {sorted(names_in)}/{sorted(names_out)} "
-                              f"with {classes} classes, the manifest says {want_in!r}/{want_out!r} with "
-                              f"{manifest['output']['shape'][-1]}: not the model this bundle was built with")
+        if (
+            want_in not in names_in
+            or want_out not in names_out
+            or (classes.is_static and classes.get_length() != manifest["output"]["shape"][-1])
+        ):
+            raise BundleError(
+                f"{engine_path}: the model's input/output are {sorted(names_in)}/{sorted(names_out)} "
+                f"with {classes} classes, the manifest says {want_in!r}/{want_out!r} with "
+                f"{manifest['output']['shape'][-1]}: not the model this bundle was built with"
+            )
         pshape = self.compiled.input(0).get_partial_shape()
         dims = [d.get_length() if d.is_static else -1 for d in pshape] if pshape.rank.is_static else []
         from .onnxruntime_backend import _check_fixed_dims
@@ -215,20 +246,31 @@ class OpenVINOBackend(Backend):
         self._idle: queue.SimpleQueue = queue.SimpleQueue()
         self._idle.put(self.compiled.create_infer_request())
         self.settings = {
-            "openvino": ov.__version__, "ov_device": ov_device, "inference_precision": precision,
-            "inference_precision_asked": list(settings.inference_precision), "capabilities": caps,
+            "openvino": ov.__version__,
+            "ov_device": ov_device,
+            "inference_precision": precision,
+            "inference_precision_asked": list(settings.inference_precision),
+            "capabilities": caps,
             "performance_hint": settings.performance_hint,
             "num_threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
-            "model_cache": str(blob) if blob is not None else None, "loaded_from_cache": self.loaded_from_cache,
-            "load_seconds": round(self.load_seconds, 3)}
+            "model_cache": str(blob) if blob is not None else None,
+            "loaded_from_cache": self.loaded_from_cache,
+            "load_seconds": round(self.load_seconds, 3),
+        }
         from ..cpu_isa import openvino_int8_check
 
         self.settings["int8_isa"] = openvino_int8_check(manifest)  # issue 25: warns where int8 sums saturate
 
     @staticmethod
-    def _cache_file(engine_path: Path, manifest: dict[str, Any], settings: OpenVINOSession,
-                    cache_dir: str | os.PathLike | bool | None, version: str, device: str,
-                    config: dict[str, Any]) -> Path | None:
+    def _cache_file(
+        engine_path: Path,
+        manifest: dict[str, Any],
+        settings: OpenVINOSession,
+        cache_dir: str | os.PathLike | bool | None,
+        version: str,
+        device: str,
+        config: dict[str, Any],
+    ) -> Path | None:
         """``<root>/<engine sha256>/<openvino version>-<device>-<settings>.blob``, or None when caching is off."""
         if cache_dir is False or (cache_dir is None and not settings.model_cache):
             return None
@@ -242,8 +284,10 @@ class OpenVINOBackend(Backend):
         bundle = Path(engine_path).resolve().parent
         root = Path(root).expanduser().resolve()
         if root == bundle or bundle in root.parents:
-            raise BundleError(f"cache_dir {root}: inside the bundle {bundle}; the compiled-model cache must live "
-                              "outside it (a bundle stays as built)")
+            raise BundleError(
+                f"cache_dir {root}: inside the bundle {bundle}; the compiled-model cache must live "
+                "outside it (a bundle stays as built)"
+            )
         key = "-".join([version.split("-")[0], device, _cpu_key()] + [f"{k}={v}" for k, v in sorted(config.items())])
         return root / sha / (key.replace("/", "_").replace(" ", "") + ".blob")
 
@@ -259,8 +303,11 @@ class OpenVINOBackend(Backend):
         except (OSError, UnicodeDecodeError):
             return None
         if not hmac.compare_digest(sig, _signature(key, blob, self._engine_sha, data)):
-            print(f"[openvino] warning: {blob}: its signature does not verify (not written by this user's runtime "
-                  "for this engine); compiling the bundle's ONNX instead and replacing it", file=sys.stderr)
+            print(
+                f"[openvino] warning: {blob}: its signature does not verify (not written by this user's runtime "
+                "for this engine); compiling the bundle's ONNX instead and replacing it",
+                file=sys.stderr,
+            )
             return None
         return data
 
@@ -279,8 +326,10 @@ class OpenVINOBackend(Backend):
             write_bytes_atomic(blob, data)
             write_text_atomic(Path(str(blob) + ".sig"), _signature(key, blob, self._engine_sha, data) + "\n")
         except OSError as e:
-            print(f"[openvino] warning: cannot write the compiled-model cache {blob} ({e}); the next load compiles "
-                  "again", file=sys.stderr)
+            print(
+                f"[openvino] warning: cannot write the compiled-model cache {blob} ({e}); the next load compiles again",
+                file=sys.stderr,
+            )
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         if self.compiled is None:

@@ -14,6 +14,7 @@ Fields (all optional in the JSON; the defaults are an exact FP32 CPU engine)::
      "num_threads": 0,                      # INFERENCE_NUM_THREADS; 0: OpenVINO's default (all cores)
      "model_cache": true}                   # keep the compiled model in a user cache folder (fast second start)
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
@@ -23,8 +24,14 @@ from runtime.errors import BundleError
 
 from .base import session_entries
 
-__all__ = ["INFERENCE_PRECISIONS", "PERFORMANCE_HINTS", "CAPABILITY", "OpenVINOSession", "choose_precision",
-           "validate_session"]
+__all__ = [
+    "INFERENCE_PRECISIONS",
+    "PERFORMANCE_HINTS",
+    "CAPABILITY",
+    "OpenVINOSession",
+    "choose_precision",
+    "validate_session",
+]
 
 #: the INFERENCE_PRECISION_HINT values a bundle may ask for
 INFERENCE_PRECISIONS = ("f32", "bf16", "f16")

@@ -29,6 +29,7 @@ size costs no activation memory of its own. ``describe()["device_memory"]`` repo
 Not thread-safe (``thread_safe = False``): the context, stream and staging buffers are per instance.
 Use one backend per thread, or let ``runtime.Engine`` serialise calls with its lock.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -57,6 +58,7 @@ class CudaError(RuntimeError):
 
 # ------------------------------------------------------------------------------------------ imports
 
+
 def import_cudart() -> Any:
     """cuda-python's ``cuda.bindings.runtime`` (see ``tensorrt_detect``); raises TensorRTBackendError."""
     try:
@@ -73,6 +75,7 @@ def _import_tensorrt() -> Any:
 
 
 # ----------------------------------------------------------------------------------- cuda-python glue
+
 
 def _error_text(cudart: Any, err: Any) -> str:
     name = getattr(err, "name", str(err))
@@ -110,6 +113,7 @@ def cuda_call(cudart: Any, fn_name: str, *args: Any) -> Any:
 
 # ------------------------------------------------------------------------------------ compatibility
 
+
 def _version_tuple(version: str | None) -> tuple[int, int, int] | None:
     try:
         return parse_version(version) if version else None
@@ -117,8 +121,9 @@ def _version_tuple(version: str | None) -> tuple[int, int, int] | None:
         return None
 
 
-def check_plan_compatibility(plan_path: str | Path, built_version: str | None, installed_version: str,
-                             version_compatible: bool = False) -> None:
+def check_plan_compatibility(
+    plan_path: str | Path, built_version: str | None, installed_version: str, version_compatible: bool = False
+) -> None:
     """Refuse a plan that the installed TensorRT cannot run, before deserialising it.
 
     A plain plan runs only on the TensorRT version that built it ("Version Compatibility" in the developer
@@ -136,24 +141,28 @@ def check_plan_compatibility(plan_path: str | Path, built_version: str | None, i
             raise TensorRTBackendError(
                 f"{plan_path}: built with TensorRT {built_version}, but TensorRT {installed_version} is installed; "
                 f"a plan runs only on the TensorRT version that built it ({built_version}). Install TensorRT "
-                f"{built_version}, rebuild the engine here, or build it with version_compatible=True.")
+                f"{built_version}, rebuild the engine here, or build it with version_compatible=True."
+            )
         return
     cross_major = (built[0], installed[0]) in ((10, 11), (8, 10))
     if installed < built or (installed[0] != built[0] and not cross_major):
         raise TensorRTBackendError(
             f"{plan_path}: version-compatible plan built with TensorRT {built_version} cannot run on TensorRT "
-            f"{installed_version}: it needs the same or a newer TensorRT {built[0]}.x (or 11.x for a 10.x plan).")
+            f"{installed_version}: it needs the same or a newer TensorRT {built[0]}.x (or 11.x for a 10.x plan)."
+        )
 
 
 def _parse_device(device: str) -> int:
     m = re.fullmatch(r"(?:cuda|gpu)(?::(\d+))?", str(device).strip().lower())
     if not m:
-        raise TensorRTBackendError(f"device {device!r} not supported by the TensorRT backend; expected 'cuda' or "
-                                   "'cuda:N'")
+        raise TensorRTBackendError(
+            f"device {device!r} not supported by the TensorRT backend; expected 'cuda' or 'cuda:N'"
+        )
     return int(m.group(1) or 0)
 
 
 # ------------------------------------------------------------------------------------------ buffers
+
 
 class _Binding:
     """One I/O tensor: pinned host staging buffer + device buffer, both sized for the profile's max."""
@@ -196,6 +205,7 @@ class _Binding:
 
 
 # ------------------------------------------------------------------------------------------ backend
+
 
 class TensorRTBackend(Backend):
     """A TensorRT plan on one CUDA device; see the module docstring for the execution path."""
@@ -255,7 +265,8 @@ class TensorRTBackend(Backend):
             raise TensorRTBackendError(
                 f"{plan_path}: TensorRT {self.trt_version} could not deserialize the plan (built with TensorRT "
                 f"{self.built_version or 'unknown'}{', version-compatible' if self.version_compatible else ''} on "
-                f"another GPU/driver?); rebuild the engine on this machine. See TensorRT's log above.")
+                f"another GPU/driver?); rebuild the engine on this machine. See TensorRT's log above."
+            )
         self._setup_io()
         self._closed = False
 
@@ -266,16 +277,20 @@ class TensorRTBackend(Backend):
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if n not in inputs]
         if len(inputs) != 1 or not outputs:
-            raise TensorRTBackendError(f"{self.engine_path}: expected one input and at least one output; the plan has "
-                                       f"inputs {inputs} and outputs {outputs}")
+            raise TensorRTBackendError(
+                f"{self.engine_path}: expected one input and at least one output; the plan has "
+                f"inputs {inputs} and outputs {outputs}"
+            )
         want_in = (self.manifest.get("input") or {}).get("name")
         if want_in and want_in != inputs[0]:
-            raise TensorRTBackendError(f"{self.engine_path}: the manifest's input is '{want_in}', the plan's is "
-                                       f"'{inputs[0]}'")
+            raise TensorRTBackendError(
+                f"{self.engine_path}: the manifest's input is '{want_in}', the plan's is '{inputs[0]}'"
+            )
         want_out = (self.manifest.get("output") or {}).get("name")
         if want_out and want_out not in outputs:
-            raise TensorRTBackendError(f"{self.engine_path}: the manifest's output '{want_out}' is not among the "
-                                       f"plan's outputs {outputs}")
+            raise TensorRTBackendError(
+                f"{self.engine_path}: the manifest's output '{want_out}' is not among the plan's outputs {outputs}"
+            )
         self.input_name = inputs[0]
         self.output_names = outputs
         self.output_name = want_out or outputs[0]
@@ -288,19 +303,24 @@ class TensorRTBackend(Backend):
         self.batch_range = (pmin[0], pmax[0])
         want_batch = (self.manifest.get("input") or {}).get("batch") or {}
         if want_batch and (want_batch.get("min", pmin[0]) < pmin[0] or want_batch.get("max", pmax[0]) > pmax[0]):
-            raise TensorRTBackendError(f"{self.engine_path}: the manifest's batch range {want_batch} exceeds the "
-                                       f"plan's profile batch {pmin[0]}..{pmax[0]}")
+            raise TensorRTBackendError(
+                f"{self.engine_path}: the manifest's batch range {want_batch} exceeds the "
+                f"plan's profile batch {pmin[0]}..{pmax[0]}"
+            )
         if not self._context.set_input_shape(self.input_name, pmax):
-            raise TensorRTBackendError(f"{self.engine_path}: TensorRT refused input shape {pmax} for "
-                                       f"'{self.input_name}'")
+            raise TensorRTBackendError(
+                f"{self.engine_path}: TensorRT refused input shape {pmax} for '{self.input_name}'"
+            )
         self._current_shape: tuple[int, ...] | None = pmax
         self._bindings[self.input_name] = _Binding(
-            cudart, self.input_name, self._np_dtype(self.input_name), pmax, is_input=True)
+            cudart, self.input_name, self._np_dtype(self.input_name), pmax, is_input=True
+        )
         for out in outputs:
             shape = tuple(int(d) for d in self._context.get_tensor_shape(out))
             if any(d < 0 for d in shape):
-                raise TensorRTBackendError(f"{self.engine_path}: output '{out}' has a data-dependent shape {shape}; "
-                                           "not supported")
+                raise TensorRTBackendError(
+                    f"{self.engine_path}: output '{out}' has a data-dependent shape {shape}; not supported"
+                )
             self._bindings[out] = _Binding(cudart, out, self._np_dtype(out), shape, is_input=False)
         self._bind(self._context)
         self._out_shapes: dict[tuple[int, ...], dict[str, tuple[int, ...]]] = {}
@@ -334,8 +354,10 @@ class TensorRTBackend(Backend):
             dtype: np.dtype = np.dtype(self._trt.nptype(trt_dtype))
             return dtype
         except (TypeError, KeyError, ValueError) as e:
-            raise TensorRTBackendError(f"{self.engine_path}: tensor '{name}' has type {trt_dtype}, which numpy cannot "
-                                       "hold; export the plan with float32/float16 I/O") from e
+            raise TensorRTBackendError(
+                f"{self.engine_path}: tensor '{name}' has type {trt_dtype}, which numpy cannot "
+                "hold; export the plan with float32/float16 I/O"
+            ) from e
 
     # -- execution ---------------------------------------------------------------------------------
     def _bind(self, context: Any) -> None:
@@ -363,8 +385,12 @@ class TensorRTBackend(Backend):
         cuda_call(cudart, "cudaStreamSynchronize", self._stream)
         graph = None
         try:
-            cuda_call(cudart, "cudaStreamBeginCapture", self._stream,
-                      cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal)
+            cuda_call(
+                cudart,
+                "cudaStreamBeginCapture",
+                self._stream,
+                cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal,
+            )
             try:
                 ok = context.execute_async_v3(stream_handle(self._stream))
             finally:
@@ -378,8 +404,12 @@ class TensorRTBackend(Backend):
             if graph is not None:
                 cudart.cudaGraphDestroy(graph)
             cudart.cudaGetLastError()  # reset the error state a failed capture leaves behind
-            warnings.warn(f"{self.engine_path}: CUDA graph capture failed at input shape {shape} ({e}); running "
-                          "without a graph at this shape", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"{self.engine_path}: CUDA graph capture failed at input shape {shape} ({e}); running "
+                "without a graph at this shape",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             return None
 
     def _output_shapes(self, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
@@ -406,13 +436,22 @@ class TensorRTBackend(Backend):
         shape = tuple(int(d) for d in x.shape)
         pmin, pmax = self.profile["min"], self.profile["max"]
         if len(shape) != len(pmax) or any(not lo <= d <= hi for d, lo, hi in zip(shape, pmin, pmax)):
-            raise TensorRTBackendError(f"{self.engine_path}: input '{self.input_name}' shape {shape} outside the "
-                                       f"plan's profile min {pmin} .. max {pmax}")
+            raise TensorRTBackendError(
+                f"{self.engine_path}: input '{self.input_name}' shape {shape} outside the "
+                f"plan's profile min {pmin} .. max {pmax}"
+            )
         cuda_call(cudart, "cudaSetDevice", self.device_id)
         out_shapes = self._output_shapes(shape)
         inp.staging()[: x.size] = x.reshape(-1)
-        cuda_call(cudart, "cudaMemcpyAsync", inp.device_ptr, inp.host_ptr, x.nbytes,
-                  cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self._stream)
+        cuda_call(
+            cudart,
+            "cudaMemcpyAsync",
+            inp.device_ptr,
+            inp.host_ptr,
+            x.nbytes,
+            cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
+            self._stream,
+        )
 
         ran = False
         if self.cuda_graph:
@@ -429,8 +468,15 @@ class TensorRTBackend(Backend):
         out = self._bindings[self.output_name]
         oshape = out_shapes[self.output_name]
         count = int(np.prod(oshape)) if oshape else 1
-        cuda_call(cudart, "cudaMemcpyAsync", out.host_ptr, out.device_ptr, count * out.dtype.itemsize,
-                  cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self._stream)
+        cuda_call(
+            cudart,
+            "cudaMemcpyAsync",
+            out.host_ptr,
+            out.device_ptr,
+            count * out.dtype.itemsize,
+            cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
+            self._stream,
+        )
         cuda_call(cudart, "cudaStreamSynchronize", self._stream)
         return out.staging()[:count].reshape(oshape).astype(np.float32, copy=True)
 
@@ -497,11 +543,20 @@ class TensorRTBackend(Backend):
             "version_compatible": self.version_compatible,
             "cuda_graph": self.cuda_graph,
             "graphs_captured": sorted(s[0] for s, g in self._graphs.items() if g is not None),
-            "device_memory": {"activation_bytes": self._activation_bytes,
-                              "shared_by_contexts": self._contexts_made if self._activation_bytes else 0,
-                              "io_bytes": sum(b.nbytes for b in self._bindings.values())},
+            "device_memory": {
+                "activation_bytes": self._activation_bytes,
+                "shared_by_contexts": self._contexts_made if self._activation_bytes else 0,
+                "io_bytes": sum(b.nbytes for b in self._bindings.values()),
+            },
         }
 
 
-__all__ = ["CudaError", "TensorRTBackend", "TensorRTBackendError", "check_plan_compatibility", "cuda_call",
-           "cuda_check", "import_cudart"]
+__all__ = [
+    "CudaError",
+    "TensorRTBackend",
+    "TensorRTBackendError",
+    "check_plan_compatibility",
+    "cuda_call",
+    "cuda_check",
+    "import_cudart",
+]

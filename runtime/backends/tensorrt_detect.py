@@ -5,12 +5,22 @@ gone from cuda-python 13 (cuda-bindings 13 ships a CUDA 13 runtime), and cuda-py
 ``cuda.bindings``, so no fallback is kept. A cuda-python whose CUDA major is newer than the driver's (13.x on a
 JetPack 6 / CUDA 12 driver) cannot run; :func:`tensorrt_available` says so instead of "no GPU".
 """
+
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["TensorRTUnavailable", "CUDA_PYTHON_FOR_CUDA", "import_tensorrt", "import_cudart", "cuda_python_version",
-           "driver_cuda_version", "tensorrt_available", "stream_handle", "install_hint"]
+__all__ = [
+    "TensorRTUnavailable",
+    "CUDA_PYTHON_FOR_CUDA",
+    "import_tensorrt",
+    "import_cudart",
+    "cuda_python_version",
+    "driver_cuda_version",
+    "tensorrt_available",
+    "stream_handle",
+    "install_hint",
+]
 
 #: the cuda-python pin per CUDA major (pyproject extras ``tensorrt-cu12`` / ``tensorrt-cu13``)
 CUDA_PYTHON_FOR_CUDA = {12: "cuda-python>=12.6,<13", 13: "cuda-python>=13,<14"}
@@ -22,9 +32,11 @@ class TensorRTUnavailable(RuntimeError):
 
 def install_hint() -> str:
     """How to get TensorRT + cuda-python, per platform."""
-    return ("on x86 with CUDA 12: pip install '.[tensorrt-cu12]'; with CUDA 13: pip install '.[tensorrt-cu13]'; "
-            "on Jetson (JetPack 6): TensorRT comes with JetPack (apt install nvidia-jetpack), then "
-            f"pip install '{CUDA_PYTHON_FOR_CUDA[12]}' (docs/tensorrt.md). Or use BACKEND=onnxruntime")
+    return (
+        "on x86 with CUDA 12: pip install '.[tensorrt-cu12]'; with CUDA 13: pip install '.[tensorrt-cu13]'; "
+        "on Jetson (JetPack 6): TensorRT comes with JetPack (apt install nvidia-jetpack), then "
+        f"pip install '{CUDA_PYTHON_FOR_CUDA[12]}' (docs/tensorrt.md). Or use BACKEND=onnxruntime"
+    )
 
 
 def import_tensorrt() -> Any:
@@ -41,9 +53,11 @@ def import_cudart() -> Any:
     try:
         from cuda.bindings import runtime as cudart
     except Exception as e:
-        raise TensorRTUnavailable(f"cuda-python's cuda.bindings.runtime is not importable ({type(e).__name__}: {e}); "
-                                  f"install {CUDA_PYTHON_FOR_CUDA[12]!r} for a CUDA 12 driver (JetPack 6) or "
-                                  f"{CUDA_PYTHON_FOR_CUDA[13]!r} for CUDA 13") from e
+        raise TensorRTUnavailable(
+            f"cuda-python's cuda.bindings.runtime is not importable ({type(e).__name__}: {e}); "
+            f"install {CUDA_PYTHON_FOR_CUDA[12]!r} for a CUDA 12 driver (JetPack 6) or "
+            f"{CUDA_PYTHON_FOR_CUDA[13]!r} for CUDA 13"
+        ) from e
     return cudart
 
 
@@ -112,8 +126,10 @@ def tensorrt_available() -> tuple[bool, str]:
             b_major = None
         if b_major is not None and b_major > driver[0]:
             want = CUDA_PYTHON_FOR_CUDA.get(driver[0], f"cuda-python {driver[0]}.x")
-            return False, (f"cuda-python {bindings} (a CUDA {b_major} runtime) cannot run on this driver's CUDA "
-                           f"{driver[0]}.{driver[1]}: pip install '{want}'")
+            return False, (
+                f"cuda-python {bindings} (a CUDA {b_major} runtime) cannot run on this driver's CUDA "
+                f"{driver[0]}.{driver[1]}: pip install '{want}'"
+            )
     try:
         res = cudart.cudaGetDeviceCount()
     except Exception as e:  # noqa: BLE001

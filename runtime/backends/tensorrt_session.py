@@ -14,6 +14,7 @@ Fields (all optional in the JSON; the defaults are a plain GPU engine)::
      "dla_core": null,                   # DLA core the plan was built for (the runtime's DLA_core), or null
      "cuda_graph": false}                # capture execute_async_v3 in a CUDA graph per batch size by default
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
@@ -27,9 +28,21 @@ __all__ = ["HARDWARE_COMPATIBILITY_LEVELS", "TensorRTSession", "validate_session
 
 HARDWARE_COMPATIBILITY_LEVELS = ("none", "ampere_plus", "same_compute_capability")
 #: BuilderFlag names a bundle may record (TensorRT 10/11)
-KNOWN_BUILDER_FLAGS = ("FP16", "BF16", "INT8", "FP8", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS",
-                       "GPU_FALLBACK", "VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME", "TF32", "REFIT", "STRIP_PLAN",
-                       "SPARSE_WEIGHTS")
+KNOWN_BUILDER_FLAGS = (
+    "FP16",
+    "BF16",
+    "INT8",
+    "FP8",
+    "OBEY_PRECISION_CONSTRAINTS",
+    "PREFER_PRECISION_CONSTRAINTS",
+    "GPU_FALLBACK",
+    "VERSION_COMPATIBLE",
+    "EXCLUDE_LEAN_RUNTIME",
+    "TF32",
+    "REFIT",
+    "STRIP_PLAN",
+    "SPARSE_WEIGHTS",
+)
 
 
 @dataclass(frozen=True)
@@ -80,17 +93,23 @@ def _check(s: TensorRTSession, where: str = "session") -> None:
             raise BundleError(f"{where}.{name}: expected true or false, got {v!r}")
     for flag in s.builder_flags:
         if flag not in KNOWN_BUILDER_FLAGS:
-            raise BundleError(f"{where}.builder_flags: {flag!r} is not a TensorRT BuilderFlag; expected names from "
-                              f"{KNOWN_BUILDER_FLAGS}")
+            raise BundleError(
+                f"{where}.builder_flags: {flag!r} is not a TensorRT BuilderFlag; expected names from "
+                f"{KNOWN_BUILDER_FLAGS}"
+            )
     if s.hardware_compatibility not in HARDWARE_COMPATIBILITY_LEVELS:
-        raise BundleError(f"{where}.hardware_compatibility: expected one of {HARDWARE_COMPATIBILITY_LEVELS}, got "
-                          f"{s.hardware_compatibility!r}")
+        raise BundleError(
+            f"{where}.hardware_compatibility: expected one of {HARDWARE_COMPATIBILITY_LEVELS}, got "
+            f"{s.hardware_compatibility!r}"
+        )
     core = s.dla_core
     if core is not None and (isinstance(core, bool) or not isinstance(core, int) or core < 0):
         raise BundleError(f"{where}.dla_core: expected null or an integer >= 0, got {core!r}")
     if core is not None and s.hardware_compatibility != "none":
-        raise BundleError(f"{where}: dla_core {core} with hardware_compatibility {s.hardware_compatibility!r}; "
-                          "hardware compatibility applies to GPU engines only")
+        raise BundleError(
+            f"{where}: dla_core {core} with hardware_compatibility {s.hardware_compatibility!r}; "
+            "hardware compatibility applies to GPU engines only"
+        )
     if core is not None and s.cuda_graph:
         raise BundleError(f"{where}: cuda_graph is true with dla_core {core}; CUDA graphs capture GPU work only")
 

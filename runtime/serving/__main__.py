@@ -1,4 +1,5 @@
 """``python -m runtime.serving --engine <bundle> [--port 8000] [--replicas n|auto]``: serve until Ctrl-C."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m runtime.serving", description=__doc__)
     p.add_argument("--engine", required=True, help="engine bundle directory")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address the HTTP proxy binds (default loopback only; 0.0.0.0 exposes it to the network)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address the HTTP proxy binds (default loopback only; 0.0.0.0 exposes it to the network)",
+    )
     p.add_argument("--replicas", default="1", help="number of replicas, or 'auto' (autoscaling on queue length)")
     p.add_argument("--no-batching", action="store_true", help="one clip per engine call (no @serve.batch)")
     p.add_argument("--max-batch", type=int, default=None, help="largest batch (default: the bundle's maximum)")
@@ -30,9 +34,18 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"python -m runtime.serving: {e}", file=sys.stderr)
         return 2
-    opts = ServeOptions(bundle=a.engine, replicas=a.replicas, batching=not a.no_batching, max_batch=a.max_batch,
-                        batch_wait_ms=a.batch_wait_ms, cpus_per_replica=a.cpus_per_replica, threads=a.threads,
-                        device=a.device, host=a.host, port=a.port)
+    opts = ServeOptions(
+        bundle=a.engine,
+        replicas=a.replicas,
+        batching=not a.no_batching,
+        max_batch=a.max_batch,
+        batch_wait_ms=a.batch_wait_ms,
+        cpus_per_replica=a.cpus_per_replica,
+        threads=a.threads,
+        device=a.device,
+        host=a.host,
+        port=a.port,
+    )
     try:
         opts.check()
     except (BundleError, ValueError) as e:
@@ -50,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the proxy binds: TIME_WAIT is no conflict
                 s.bind((opts.host, opts.port))
         except OSError as e:
-            print(f"make serve: cannot listen on {opts.host}:{opts.port} ({e.strerror}); choose another PORT=",
-                  file=sys.stderr)
+            print(
+                f"make serve: cannot listen on {opts.host}:{opts.port} ({e.strerror}); choose another PORT=",
+                file=sys.stderr,
+            )
             return 2
     try:
         url = deploy(opts)
@@ -61,9 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         shutdown()
         return 1
     where = f"cluster {os.environ['RAY_ADDRESS']}" if os.environ.get("RAY_ADDRESS") else "a local Ray (127.0.0.1)"
-    print(f"serving {opts.bundle} at {url}/v1/predict on {where}: {opts.replicas} replica(s), "
-          f"batching {'up to ' + str(opts.max_batch) if opts.batching else 'off'}; health at {url}/v1/health; "
-          "Ctrl-C stops", flush=True)
+    print(
+        f"serving {opts.bundle} at {url}/v1/predict on {where}: {opts.replicas} replica(s), "
+        f"batching {'up to ' + str(opts.max_batch) if opts.batching else 'off'}; health at {url}/v1/health; "
+        "Ctrl-C stops",
+        flush=True,
+    )
     stop = threading.Event()
     # both signals stop cleanly, also when a shell started this in the background (SIGINT then arrives ignored)
     for sig in (signal.SIGINT, signal.SIGTERM):

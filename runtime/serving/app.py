@@ -7,6 +7,7 @@ started; the bundle path must then exist on every node, e.g. on a shared filesys
 
 The wire format is in :mod:`runtime.serving.protocol`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,8 +27,19 @@ from ..preprocess import preprocess_frames
 from .protocol import API_PREFIX, MAX_BODY_BYTES, DecodedRequest, HttpError, decode_body
 from .ray_cluster import connect_ray, replica_grpc_on_loopback, start_ray
 
-__all__ = ["ServeOptions", "build_app", "bundle_id", "start_ray", "deploy", "shutdown", "replica_actors",
-           "kill_replica", "connect_ray", "APP_NAME", "DEPLOYMENT_NAME"]
+__all__ = [
+    "ServeOptions",
+    "build_app",
+    "bundle_id",
+    "start_ray",
+    "deploy",
+    "shutdown",
+    "replica_actors",
+    "kill_replica",
+    "connect_ray",
+    "APP_NAME",
+    "DEPLOYMENT_NAME",
+]
 
 APP_NAME = "timesformer"
 DEPLOYMENT_NAME = "EngineReplica"
@@ -76,8 +88,9 @@ class ServeOptions:
         if not 0 < self.cpus_per_replica <= 1024:  # -1 and NaN failed inside Ray after it had started
             raise ValueError(f"cpus_per_replica: expected a positive number of CPUs, got {self.cpus_per_replica}")
         if self.threads is not None and not 0 <= self.threads <= MAX_SESSION_THREADS:
-            raise ValueError(f"threads: expected 0..{MAX_SESSION_THREADS} (0: one per reserved CPU), got "
-                             f"{self.threads}")
+            raise ValueError(
+                f"threads: expected 0..{MAX_SESSION_THREADS} (0: one per reserved CPU), got {self.threads}"
+            )
         if not 0 < self.port < 65536:
             raise ValueError(f"port: expected 1..65535, got {self.port}")
         for name in ("body_timeout_s", "request_timeout_s"):
@@ -98,16 +111,25 @@ class _Replica:
         from ..engine import Engine
 
         # only ONNX Runtime takes a thread count; TensorRT runs on the GPU
-        backend_options: dict[str, Any] = {"threads": threads} if read_manifest(bundle)["backend"] == "onnxruntime" \
-            else {}
+        backend_options: dict[str, Any] = (
+            {"threads": threads} if read_manifest(bundle)["backend"] == "onnxruntime" else {}
+        )
         e = Engine(bundle, device=device, **backend_options)
         self.engine: EngineAPI = e
-        self._meta = {"bundle": Path(e.bundle_dir).name, "precision": e.precision, "input": e.manifest["input"],
-                      "output": e.manifest["output"], "clip_shape": list(e.clip_shape),
-                      "batch_range": list(e.batch_range), "input_dtype": str(e.input_dtype),
-                      "num_classes": e.num_classes, "labels": e.labels, "preprocess": e.preprocess.to_dict(),
-                      "bundle_id": bundle_id(e.manifest),
-                      "verification": getattr(e, "verification", None)}  # the stored parity on this device
+        self._meta = {
+            "bundle": Path(e.bundle_dir).name,
+            "precision": e.precision,
+            "input": e.manifest["input"],
+            "output": e.manifest["output"],
+            "clip_shape": list(e.clip_shape),
+            "batch_range": list(e.batch_range),
+            "input_dtype": str(e.input_dtype),
+            "num_classes": e.num_classes,
+            "labels": e.labels,
+            "preprocess": e.preprocess.to_dict(),
+            "bundle_id": bundle_id(e.manifest),
+            "verification": getattr(e, "verification", None),
+        }  # the stored parity on this device
         lo_c, hi_c = e.canonical_range
         span = hi_c - lo_c
         #: /infer values beyond this are not (pixel/255 - mean)/std of any video: refused with 400 before batching
@@ -126,8 +148,16 @@ class _Replica:
 
     def decode(self, body: bytes, headers: Any, kind: str, max_batch: int) -> DecodedRequest:
         cfg = self.engine.preprocess
-        return decode_body(body, headers, kind=kind, clip_shape=self.engine.clip_shape, num_frames=cfg.num_frames,
-                           crop_size=cfg.crop_size, input_dtype=self.engine.input_dtype, max_batch=max_batch)
+        return decode_body(
+            body,
+            headers,
+            kind=kind,
+            clip_shape=self.engine.clip_shape,
+            num_frames=cfg.num_frames,
+            crop_size=cfg.crop_size,
+            input_dtype=self.engine.input_dtype,
+            max_batch=max_batch,
+        )
 
     def rows(self, req: DecodedRequest) -> np.ndarray:
         """A decoded request -> canonical rows ``(n, T, 3, H, W)`` in the engine's dtype.
@@ -142,8 +172,11 @@ class _Replica:
                 if not (np.isfinite(lo) and np.isfinite(hi)):
                     raise HttpError(400, "body: expected finite values, got NaN/Inf")
                 if lo < self.value_range[0] or hi > self.value_range[1]:
-                    raise HttpError(400, f"body: values {lo:g}..{hi:g} are outside {self.value_range[0]:.3g}.."
-                                         f"{self.value_range[1]:.3g}, far beyond what (pixel/255 - mean)/std gives")
+                    raise HttpError(
+                        400,
+                        f"body: values {lo:g}..{hi:g} are outside {self.value_range[0]:.3g}.."
+                        f"{self.value_range[1]:.3g}, far beyond what (pixel/255 - mean)/std gives",
+                    )
             return x
         if req.kind == "clip":
             clip = preprocess_frames(req.array, self.clip_cfg, bgr=req.bgr)
@@ -156,7 +189,7 @@ class _Replica:
         x = rows[0] if len(rows) == 1 else np.concatenate(rows)
         outs = []
         for s in range(0, len(x), self.hi):
-            chunk = x[s:s + self.hi]
+            chunk = x[s : s + self.hi]
             n = len(chunk)
             if n < self.lo:  # a TensorRT profile may start above 1: pad with copies of the last row
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.lo - n, axis=0)])
@@ -186,10 +219,14 @@ def _json(content: Any, status: int = 200) -> Any:
 def _scaling(opts: ServeOptions, max_batch: int) -> dict[str, Any]:
     """Serve's replica count: fixed, or autoscaled on queue length for ``replicas="auto"``."""
     if opts.replicas == "auto":
-        return {"autoscaling_config": {
-            "min_replicas": 1, "max_replicas": int(opts.max_replicas or 1),
-            # a replica is busy with one batch and one forming: scale out when more wait
-            "target_ongoing_requests": max(2, max_batch)}}
+        return {
+            "autoscaling_config": {
+                "min_replicas": 1,
+                "max_replicas": int(opts.max_replicas or 1),
+                # a replica is busy with one batch and one forming: scale out when more wait
+                "target_ongoing_requests": max(2, max_batch),
+            }
+        }
     return {"num_replicas": int(opts.replicas)}
 
 
@@ -253,17 +290,29 @@ class _HttpReplica:
                     raise HttpError(405, f"{path}: expected GET, got {request.method}")
                 if path.endswith("meta"):
                     return _json(self.core.meta())
-                return _json({"status": "ok", "replica": self.replica, "actor": self.actor_name,
-                              "namespace": self.namespace, "pid": os.getpid(), "served": self.served,
-                              "batching": self.batching, "max_batch": self.max_batch,
-                              **self.core.engine.describe()})
+                return _json(
+                    {
+                        "status": "ok",
+                        "replica": self.replica,
+                        "actor": self.actor_name,
+                        "namespace": self.namespace,
+                        "pid": os.getpid(),
+                        "served": self.served,
+                        "batching": self.batching,
+                        "max_batch": self.max_batch,
+                        **self.core.engine.describe(),
+                    }
+                )
             if path == f"{API_PREFIX}/metrics":
                 if request.method != "GET":
                     raise HttpError(405, f"{path}: expected GET, got {request.method}")
                 return self._metrics_response(path)
-            raise HttpError(404, f"{request.url.path}: no such endpoint; expected {API_PREFIX}/predict, "
-                                 f"{API_PREFIX}/infer, {API_PREFIX}/health, {API_PREFIX}/meta or "
-                                 f"{API_PREFIX}/metrics")
+            raise HttpError(
+                404,
+                f"{request.url.path}: no such endpoint; expected {API_PREFIX}/predict, "
+                f"{API_PREFIX}/infer, {API_PREFIX}/health, {API_PREFIX}/meta or "
+                f"{API_PREFIX}/metrics",
+            )
         except HttpError as e:
             return _json({"error": e.message}, e.status)
         except InputError as e:  # what the engine itself refuses; anything else is a server fault (500)
@@ -285,8 +334,12 @@ class _HttpReplica:
         rows = await asyncio.get_running_loop().run_in_executor(None, self.core.rows, req)
         logits, batch = await self._run(rows)
         self.served += 1
-        out: dict[str, Any] = {"server_ms": round((time.perf_counter() - t0) * 1e3, 3), "batch": batch,
-                               "replica": self.replica, "bundle_id": self.core.meta()["bundle_id"]}
+        out: dict[str, Any] = {
+            "server_ms": round((time.perf_counter() - t0) * 1e3, 3),
+            "batch": batch,
+            "replica": self.replica,
+            "bundle_id": self.core.meta()["bundle_id"],
+        }
         if kind == "canonical":
             out["logits"] = logits.tolist()
         else:
@@ -297,8 +350,11 @@ class _HttpReplica:
     def _metrics_response(self, path: str) -> Any:
         text = self.metrics.render()
         if text is None:
-            raise HttpError(501, f"{path}: this replica has no prometheus_client (pip install "
-                                 "'timesformer-runtime[metrics]'); Ray's metrics endpoint still has them")
+            raise HttpError(
+                501,
+                f"{path}: this replica has no prometheus_client (pip install "
+                "'timesformer-runtime[metrics]'); Ray's metrics endpoint still has them",
+            )
         from starlette.responses import Response
 
         from .metrics import CONTENT_TYPE
@@ -328,8 +384,10 @@ def build_app(opts: ServeOptions) -> Any:
         ray_actor_options={"num_cpus": opts.cpus_per_replica},
         # Serve's own limit must admit a full batch plus the next one forming
         max_ongoing_requests=max(8, 2 * max_batch),
-        graceful_shutdown_timeout_s=2, graceful_shutdown_wait_loop_s=0.5,
-        health_check_period_s=2, health_check_timeout_s=10,
+        graceful_shutdown_timeout_s=2,
+        graceful_shutdown_wait_loop_s=0.5,
+        health_check_period_s=2,
+        health_check_timeout_s=10,
         **_scaling(opts, max_batch),
     )
 
@@ -337,8 +395,11 @@ def build_app(opts: ServeOptions) -> Any:
         def __init__(self) -> None:
             self._setup(bundle, device, threads, max_batch, max_body, batching)
 
-        @serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=opts.batch_wait_ms / 1e3,
-                     batch_size_fn=lambda items: sum(len(r) for r in items))
+        @serve.batch(
+            max_batch_size=max_batch,
+            batch_wait_timeout_s=opts.batch_wait_ms / 1e3,
+            batch_size_fn=lambda items: sum(len(r) for r in items),
+        )
         async def _batched(self, items: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
             # inference in a thread: the event loop keeps taking requests, and the next batch forms meanwhile
             outs = await asyncio.get_running_loop().run_in_executor(None, self.core.infer_rows, items)
@@ -365,12 +426,21 @@ def deploy(opts: ServeOptions, wait: bool = True) -> str:
     need = (opts.replicas if isinstance(opts.replicas, int) else 1) * opts.cpus_per_replica
     if need > cpus and not os.environ.get("RAY_ADDRESS"):  # a local Ray cannot grow: Serve would wait forever
         n = need / opts.cpus_per_replica
-        raise ValueError(f"replicas: {n:g} x {opts.cpus_per_replica:g} CPU need {need:g} CPUs, this Ray has {cpus:g}; "
-                         f"use fewer replicas or --cpus-per-replica {int(cpus / n * 100) / 100:g}")
+        raise ValueError(
+            f"replicas: {n:g} x {opts.cpus_per_replica:g} CPU need {need:g} CPUs, this Ray has {cpus:g}; "
+            f"use fewer replicas or --cpus-per-replica {int(cpus / n * 100) / 100:g}"
+        )
     if opts.replicas == "auto" and not opts.max_replicas:
         opts.max_replicas = max(1, int(ray.cluster_resources().get("CPU", 1) // opts.cpus_per_replica))
-    serve.start(http_options={"host": opts.host, "port": opts.port, "request_timeout_s": opts.request_timeout_s,
-                              "keep_alive_timeout_s": 5}, proxy_location="HeadOnly")
+    serve.start(
+        http_options={
+            "host": opts.host,
+            "port": opts.port,
+            "request_timeout_s": opts.request_timeout_s,
+            "keep_alive_timeout_s": 5,
+        },
+        proxy_location="HeadOnly",
+    )
     serve.run(build_app(opts), name=APP_NAME, route_prefix="/", blocking=False)
     if wait:
         _wait_running()
@@ -389,8 +459,10 @@ def _wait_running(timeout_s: float = 120.0) -> None:
         if st is not None and str(st.status).endswith("DEPLOY_FAILED"):
             raise RuntimeError(f"Serve application {APP_NAME!r} failed to deploy: {st.message}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"Serve application {APP_NAME!r} not running after {timeout_s:.0f} s "
-                               f"(status {getattr(st, 'status', None)})")
+            raise TimeoutError(
+                f"Serve application {APP_NAME!r} not running after {timeout_s:.0f} s "
+                f"(status {getattr(st, 'status', None)})"
+            )
         time.sleep(0.2)
 
 
@@ -453,4 +525,3 @@ def _kill_one(url: str) -> str:
         raise RuntimeError(f"replica actor {name!r} not found in namespace 'serve' or {ns!r}")
     ray.kill(handle, no_restart=True)
     return rid
-

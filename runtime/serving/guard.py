@@ -21,6 +21,7 @@ to :func:`proxy_middlewares`, with the limits in ``TIMESFORMER_SERVE_MAX_BODY_BY
 joined through ``RAY_ADDRESS`` must have been started with these variables for its proxies to carry the guard; the
 replicas bound the body again after reading it in any case.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -45,15 +46,22 @@ Message = dict[str, Any]
 class BodyGuard:
     """Pure ASGI middleware: ``Middleware(BodyGuard, max_body_bytes=..., body_timeout_s=...)``."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], max_body_bytes: int = MAX_BODY_BYTES,
-                 body_timeout_s: float = BODY_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        app: Callable[..., Awaitable[None]],
+        max_body_bytes: int = MAX_BODY_BYTES,
+        body_timeout_s: float = BODY_TIMEOUT_S,
+    ) -> None:
         if max_body_bytes < 1 or not body_timeout_s > 0:
-            raise ValueError(f"BodyGuard: expected max_body_bytes >= 1 and body_timeout_s > 0, got {max_body_bytes}, "
-                             f"{body_timeout_s}")
+            raise ValueError(
+                f"BodyGuard: expected max_body_bytes >= 1 and body_timeout_s > 0, got {max_body_bytes}, "
+                f"{body_timeout_s}"
+            )
         self.app, self.max_body_bytes, self.body_timeout_s = app, int(max_body_bytes), float(body_timeout_s)
 
-    async def __call__(self, scope: Message, receive: Callable[[], Awaitable[Message]],
-                       send: Callable[[Message], Awaitable[None]]) -> None:
+    async def __call__(
+        self, scope: Message, receive: Callable[[], Awaitable[Message]], send: Callable[[Message], Awaitable[None]]
+    ) -> None:
         if scope.get("type") != "http":
             await self.app(scope, receive, send)
             return
@@ -78,8 +86,9 @@ class BodyGuard:
 
         await self.app(scope, receive_again, send)
 
-    async def _read_body(self, receive: Callable[[], Awaitable[Message]],
-                         send: Callable[[Message], Awaitable[None]]) -> bytes | None:
+    async def _read_body(
+        self, receive: Callable[[], Awaitable[Message]], send: Callable[[Message], Awaitable[None]]
+    ) -> bytes | None:
         """The whole body, or None once a refusal was sent (or the client left)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.body_timeout_s
@@ -92,8 +101,12 @@ class BodyGuard:
                     raise asyncio.TimeoutError
                 message = await asyncio.wait_for(receive(), left)
             except asyncio.TimeoutError:
-                await _refuse(send, 408, f"body: {size} bytes arrived in {self.body_timeout_s:g} s, the request did "
-                                         "not complete; send the whole body without pausing")
+                await _refuse(
+                    send,
+                    408,
+                    f"body: {size} bytes arrived in {self.body_timeout_s:g} s, the request did "
+                    "not complete; send the whole body without pausing",
+                )
                 return None
             if message["type"] == "http.disconnect":
                 return None
@@ -102,8 +115,12 @@ class BodyGuard:
             part = message.get("body", b"")
             size += len(part)
             if size > self.max_body_bytes:
-                await _refuse(send, 413, f"body: over the {self.max_body_bytes}-byte limit (whatever the transfer "
-                                         "encoding); send fewer or smaller frames")
+                await _refuse(
+                    send,
+                    413,
+                    f"body: over the {self.max_body_bytes}-byte limit (whatever the transfer "
+                    "encoding); send fewer or smaller frames",
+                )
                 return None
             if part:
                 chunks.append(part)
@@ -113,9 +130,17 @@ class BodyGuard:
 
 async def _refuse(send: Callable[[Message], Awaitable[None]], status: int, message: str) -> None:
     body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
@@ -130,5 +155,10 @@ def proxy_middlewares() -> list[Any]:
     """Serve's proxy callback: the :class:`BodyGuard` with the limits :func:`install` recorded."""
     from starlette.middleware import Middleware
 
-    return [Middleware(BodyGuard, max_body_bytes=int(os.environ.get(MAX_BODY_VAR, MAX_BODY_BYTES)),
-                       body_timeout_s=float(os.environ.get(TIMEOUT_VAR, BODY_TIMEOUT_S)))]
+    return [
+        Middleware(
+            BodyGuard,
+            max_body_bytes=int(os.environ.get(MAX_BODY_VAR, MAX_BODY_BYTES)),
+            body_timeout_s=float(os.environ.get(TIMEOUT_VAR, BODY_TIMEOUT_S)),
+        )
+    ]

@@ -17,6 +17,7 @@ Ray's mirror records. Metrics (all prefixed ``timesformer_``):
                                            ``precision``, ``verification`` (the on-device check's verdict)
 ==============================  =========  ==============================================================
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -46,15 +47,23 @@ class ServingMetrics:
             return None
         reg = pc.CollectorRegistry()
         r = ["replica"]
-        self.requests = pc.Counter(f"{PREFIX}serve_requests", "requests answered", [*r, "endpoint", "code"],
-                                   registry=reg)
-        self.latency = pc.Histogram(f"{PREFIX}serve_request_seconds", "request arrival to answer", [*r, "endpoint"],
-                                    buckets=_SECONDS, registry=reg)
-        self.engine_s = pc.Histogram(f"{PREFIX}engine_call_seconds", "time inside engine.infer per call", r,
-                                     buckets=_SECONDS, registry=reg)
+        self.requests = pc.Counter(
+            f"{PREFIX}serve_requests", "requests answered", [*r, "endpoint", "code"], registry=reg
+        )
+        self.latency = pc.Histogram(
+            f"{PREFIX}serve_request_seconds",
+            "request arrival to answer",
+            [*r, "endpoint"],
+            buckets=_SECONDS,
+            registry=reg,
+        )
+        self.engine_s = pc.Histogram(
+            f"{PREFIX}engine_call_seconds", "time inside engine.infer per call", r, buckets=_SECONDS, registry=reg
+        )
         self.windows = pc.Counter(f"{PREFIX}engine_windows", "clips computed", r, registry=reg)
-        self.batch = pc.Histogram(f"{PREFIX}serve_batch_size", "clips per engine call", r, buckets=batch_buckets,
-                                  registry=reg)
+        self.batch = pc.Histogram(
+            f"{PREFIX}serve_batch_size", "clips per engine call", r, buckets=batch_buckets, registry=reg
+        )
         info = pc.Gauge(f"{PREFIX}bundle_info", "the engine bundle", [*r, *self.labels], registry=reg)
         info.labels(self.replica, *self.labels.values()).set(1)
         return reg
@@ -68,13 +77,16 @@ class ServingMetrics:
         keys: Any = tuple(self.labels)
         try:
             out: dict[str, Any] = {
-                   "requests": rm.Counter(f"{PREFIX}serve_requests", "requests answered", two),
-                   "latency": rm.Histogram(f"{PREFIX}serve_request_seconds", "request arrival to answer",
-                                           list(_SECONDS), ("endpoint",)),
-                   "engine_s": rm.Histogram(f"{PREFIX}engine_call_seconds", "time inside engine.infer per call",
-                                            list(_SECONDS)),
-                   "windows": rm.Counter(f"{PREFIX}engine_windows", "clips computed"),
-                   "batch": rm.Histogram(f"{PREFIX}serve_batch_size", "clips per engine call", list(batch_buckets))}
+                "requests": rm.Counter(f"{PREFIX}serve_requests", "requests answered", two),
+                "latency": rm.Histogram(
+                    f"{PREFIX}serve_request_seconds", "request arrival to answer", list(_SECONDS), ("endpoint",)
+                ),
+                "engine_s": rm.Histogram(
+                    f"{PREFIX}engine_call_seconds", "time inside engine.infer per call", list(_SECONDS)
+                ),
+                "windows": rm.Counter(f"{PREFIX}engine_windows", "clips computed"),
+                "batch": rm.Histogram(f"{PREFIX}serve_batch_size", "clips per engine call", list(batch_buckets)),
+            }
             out["info"] = rm.Gauge(f"{PREFIX}bundle_info", "the engine bundle", keys)
             out["info"].set(1, tags=self.labels)
             return out

@@ -25,6 +25,7 @@ Bad input is answered with a 4xx and ``{"error": message}`` naming the header or
 and what came: 400 bad headers/shape/size, 404 unknown path, 405 wrong method, 413 body too large,
 415 wrong content type. 5xx only for server faults (a replica that died mid-request: the client retries).
 """
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,16 @@ from typing import Mapping
 import numpy as np
 
 
-__all__ = ["API_PREFIX", "CONTENT_TYPE", "MAX_BODY_BYTES", "HttpError", "DecodedRequest", "encode_array",
-           "parse_shape", "decode_body"]
+__all__ = [
+    "API_PREFIX",
+    "CONTENT_TYPE",
+    "MAX_BODY_BYTES",
+    "HttpError",
+    "DecodedRequest",
+    "encode_array",
+    "parse_shape",
+    "decode_body",
+]
 
 API_PREFIX = "/v1"
 CONTENT_TYPE = "application/octet-stream"
@@ -81,14 +90,16 @@ def encode_array(x: np.ndarray, **options: object) -> tuple[bytes, dict[str, str
 def parse_shape(text: str | None) -> tuple[int, ...]:
     """``"8,64,64,3"`` -> ``(8, 64, 64, 3)``; HttpError 400 naming the header otherwise."""
     if not text:
-        raise HttpError(400, "X-Shape: missing; expected the array's shape as comma-separated integers, e.g. "
-                             "'8,224,224,3'")
+        raise HttpError(
+            400, "X-Shape: missing; expected the array's shape as comma-separated integers, e.g. '8,224,224,3'"
+        )
     if len(text) > 20 * MAX_RANK:
         raise HttpError(400, f"X-Shape: expected at most {MAX_RANK} dimensions, got {len(text)} characters")
     parts = text.replace(" ", "").split(",")
     if len(parts) > MAX_RANK or not all(p.isdigit() and p.isascii() for p in parts):
-        raise HttpError(400, f"X-Shape: expected comma-separated integers (at most {MAX_RANK}, each positive), "
-                             f"got {text!r}")
+        raise HttpError(
+            400, f"X-Shape: expected comma-separated integers (at most {MAX_RANK}, each positive), got {text!r}"
+        )
     shape = tuple(int(p) for p in parts)
     if any(not 0 < d <= MAX_DIM for d in shape):
         raise HttpError(400, f"X-Shape: expected dimensions in 1..{MAX_DIM}, got {text!r}")
@@ -103,8 +114,17 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return v
 
 
-def decode_body(body: bytes, headers: Mapping[str, str], *, kind: str, clip_shape: tuple[int, ...],
-                num_frames: int, crop_size: int, input_dtype: np.dtype, max_batch: int) -> DecodedRequest:
+def decode_body(
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    kind: str,
+    clip_shape: tuple[int, ...],
+    num_frames: int,
+    crop_size: int,
+    input_dtype: np.dtype,
+    max_batch: int,
+) -> DecodedRequest:
     """Check a request's headers and body against the engine and return the array (a view of ``body``).
 
     ``kind`` is "frames" for /predict (refined by ``X-Input``) and "canonical" for /infer. Every refusal is
@@ -127,39 +147,50 @@ def decode_body(body: bytes, headers: Mapping[str, str], *, kind: str, clip_shap
     if order not in ("RGB", "BGR"):
         raise HttpError(400, f"X-Channel-Order: expected RGB or BGR, got {order!r}")
     bgr = order == "BGR"
-    dtype_name = (_header(headers, "X-Dtype") or ("uint8" if kind == "frames" else str(np.dtype(input_dtype))))
+    dtype_name = _header(headers, "X-Dtype") or ("uint8" if kind == "frames" else str(np.dtype(input_dtype)))
     if dtype_name not in _DTYPES:
         raise HttpError(400, f"X-Dtype: expected one of {sorted(_DTYPES)}, got {dtype_name!r}")
     dtype = np.dtype(_DTYPES[dtype_name])
     if kind == "frames":
         kind = (_header(headers, "X-Input") or "frames").lower()
         if kind not in ("frames", "clip"):
-            raise HttpError(400, f"X-Input: expected 'frames' (raw frames) or 'clip' (resized and cropped), "
-                                 f"got {kind!r}")
+            raise HttpError(
+                400, f"X-Input: expected 'frames' (raw frames) or 'clip' (resized and cropped), got {kind!r}"
+            )
         if dtype != np.uint8:
-            raise HttpError(400, f"X-Dtype: /predict takes uint8 frames (0..255), got {dtype_name}; send "
-                                 "canonical float clips to /infer")
+            raise HttpError(
+                400,
+                f"X-Dtype: /predict takes uint8 frames (0..255), got {dtype_name}; send "
+                "canonical float clips to /infer",
+            )
         if len(shape) != 4 or shape[-1] != 3:
             raise HttpError(400, f"X-Shape: expected (N, H, W, 3) frames, got {shape}")
         if kind == "clip" and shape != (num_frames, crop_size, crop_size, 3):
-            raise HttpError(400, f"X-Shape: X-Input 'clip' expects exactly ({num_frames}, {crop_size}, "
-                                 f"{crop_size}, 3) (the model's frames and crop size), got {shape}")
+            raise HttpError(
+                400,
+                f"X-Shape: X-Input 'clip' expects exactly ({num_frames}, {crop_size}, "
+                f"{crop_size}, 3) (the model's frames and crop size), got {shape}",
+            )
         if shape[0] < num_frames:
-            raise HttpError(400, f"X-Shape: expected at least {num_frames} frames (the model's clip length), "
-                                 f"got {shape[0]}")
+            raise HttpError(
+                400, f"X-Shape: expected at least {num_frames} frames (the model's clip length), got {shape[0]}"
+            )
     else:
         if dtype != np.dtype(input_dtype):
             raise HttpError(400, f"X-Dtype: expected {np.dtype(input_dtype)} (the engine's input), got {dtype_name}")
         if len(shape) != len(clip_shape) + 1 or shape[1:] != tuple(clip_shape):
             raise HttpError(400, f"X-Shape: expected (batch, {', '.join(map(str, clip_shape))}), got {shape}")
         if shape[0] > max_batch:
-            raise HttpError(400, f"X-Shape: batch {shape[0]} larger than the engine's maximum {max_batch}; "
-                                 "split the request")
+            raise HttpError(
+                400, f"X-Shape: batch {shape[0]} larger than the engine's maximum {max_batch}; split the request"
+            )
     expected = math.prod(shape) * dtype.itemsize  # Python integers: no int64 overflow
     if expected > MAX_BODY_BYTES:
-        raise HttpError(413, f"X-Shape: {shape} {dtype_name} is {expected} bytes, over the {MAX_BODY_BYTES}-byte "
-                             "limit; send fewer or smaller frames")
+        raise HttpError(
+            413,
+            f"X-Shape: {shape} {dtype_name} is {expected} bytes, over the {MAX_BODY_BYTES}-byte "
+            "limit; send fewer or smaller frames",
+        )
     if len(body) != expected:
         raise HttpError(400, f"body: X-Shape {shape} {dtype_name} needs {expected} bytes, got {len(body)}")
     return DecodedRequest(np.frombuffer(body, dtype).reshape(shape), kind, bgr, top_k)
-

@@ -4,6 +4,7 @@ private, keep a replica's gRPC server on loopback, and attach a driver to a runn
 :mod:`runtime.serving.app` (which re-exports :func:`start_ray` and :func:`connect_ray`) builds and deploys the
 application on top of it. Ray is imported inside the functions (``pip install './runtime[serve]'``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,9 +30,14 @@ def start_ray(num_cpus: int | None = None, object_store_mb: int = 100) -> bool:
         return True
     _private_auth_token()
     _loopback_only()
-    ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
-             object_store_memory=object_store_mb << 20,
-             log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
+    ray.init(
+        num_cpus=num_cpus or os.cpu_count() or 1,
+        include_dashboard=False,
+        object_store_memory=object_store_mb << 20,
+        log_to_driver=False,
+        configure_logging=True,
+        logging_level=logging.WARNING,
+    )
     return True
 
 

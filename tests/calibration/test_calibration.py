@@ -1,5 +1,6 @@
 """Calibration sets (real H.264 files through the reader, synthetic specs, .npy/.npz tensors) and the
 precision build's caches (a warm cache reads no clip, counted by ``calibration.clips.calibset.READS``)."""
+
 from __future__ import annotations
 
 import json
@@ -151,14 +152,16 @@ def test_synthetic_task_specs_name_the_task_and_key_by_it(tmp_path):
 
 # ------------------------------------------------------------------------------- precision build caches
 
+
 @pytest.fixture(scope="module")
 def tiny_decomposed(tmp_path_factory) -> Path:
     from models import load_source
     from export.onnx.export import export_onnx
 
     net, _, pre, _ = load_source("tiny_8x64", 0)
-    return export_onnx(net, tmp_path_factory.mktemp("tiny") / "tiny.onnx", attention="decomposed", preprocess=pre,
-                       verbose=False)
+    return export_onnx(
+        net, tmp_path_factory.mktemp("tiny") / "tiny.onnx", attention="decomposed", preprocess=pre, verbose=False
+    )
 
 
 @pytest.mark.parametrize("precision", ["int8", "fp16"])
@@ -185,8 +188,19 @@ def test_precision_build_is_cached_and_a_warm_cache_reads_no_clip(tiny_decompose
     assert record["sha256"] == info["set_sha256"] and len(record["selection"]) == 6
 
     # Another calibration method (INT8) or set is a different result and reads the clips again.
-    other = precision_onnx(tiny_decomposed, precision, "tensorrt", "synthetic:12", PRE, 6, "max", cache, 0,
-                           validate_clips=0, progress=False)[0]
+    other = precision_onnx(
+        tiny_decomposed,
+        precision,
+        "tensorrt",
+        "synthetic:12",
+        PRE,
+        6,
+        "max",
+        cache,
+        0,
+        validate_clips=0,
+        progress=False,
+    )[0]
     assert other != out and READS["sets"] == sets + 2
 
 
@@ -203,8 +217,19 @@ def test_calibration_methods_give_tensorrt_qdq_with_their_own_ranges(tiny_decomp
 
     scales = {}
     for method in ("max", "entropy", "percentile"):
-        out, info = precision_onnx(tiny_decomposed, "int8", "tensorrt", "synthetic:13", PRE, 4, method, tmp_path, 0,
-                                   validate_clips=2, progress=False)
+        out, info = precision_onnx(
+            tiny_decomposed,
+            "int8",
+            "tensorrt",
+            "synthetic:13",
+            PRE,
+            4,
+            method,
+            tmp_path,
+            0,
+            validate_clips=2,
+            progress=False,
+        )
         assert info["method"] == method and info["calibrated"] and info["target_check"]["precision_detected"] == "int8"
         assert info["detail"]["validation"]["min_cosine"] > 0.95
         model = onnx.load(str(out))
@@ -234,9 +259,17 @@ def test_first_jump_block():
 def test_precision_report_on_real_clips(tmp_path):
     from export.bench.precision_report import precision_report, write_report
 
-    rep = precision_report("tiny_8x64", clips="synthetic:21", n_clips=4, precisions=("fp32", "int8"),
-                           targets=("tensorrt",), calib="synthetic:22", calib_clips=4, cache_dir=tmp_path / "cache",
-                           progress=False)
+    rep = precision_report(
+        "tiny_8x64",
+        clips="synthetic:21",
+        n_clips=4,
+        precisions=("fp32", "int8"),
+        targets=("tensorrt",),
+        calib="synthetic:22",
+        calib_clips=4,
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
     rows = {(r["precision"], r["target"]): r for r in rep["rows"]}
     assert set(rows) == {("fp32", "tensorrt"), ("int8", "tensorrt")}
     fp32, int8 = rows[("fp32", "tensorrt")], rows[("int8", "tensorrt")]

@@ -1,6 +1,7 @@
 """Real camera footage (issue 25): OpenCV's sample videos from Debian's opencv-doc (``make footage``). INT8 of the
 motion model calibrated on one real video holds on other real videos, as exact fake quantisation in ONNX Runtime
 and as the OpenVINO bundle's CPU INT8 form on the AVX2-only path. Skips, naming the install command, without them."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,8 +37,7 @@ def real_clips():
     from models import load_source
 
     net, _, pre, _ = load_source(str(ROOT / "models" / "weights" / "motion_tiny.safetensors"))
-    clips = np.concatenate([load_calibration_set(str(FOOTAGE / v), pre, 12, 0, progress=False).clips
-                            for v in HELD_OUT])
+    clips = np.concatenate([load_calibration_set(str(FOOTAGE / v), pre, 12, 0, progress=False).clips for v in HELD_OUT])
     with torch.no_grad():
         ref = net(torch.from_numpy(clips)).numpy()
     return pre, clips, ref
@@ -52,9 +52,9 @@ def test_int8_calibrated_on_real_video_holds_on_other_real_videos(real_clips, tm
     """The TensorRT/OpenVINO Q/DQ file calibrated on vtest.avi (street camera), run as exact fake quantisation in
     ONNX Runtime and in the portable CPU form (7-bit weights, float q·kᵀ/p·v), on cup.mp4 and tree.avi (hand-held):
     measured mean cosine 0.9982 / min 0.987 (portable form: 0.9963 / 0.982, what 7-bit weights cost) against FP32
-    PyTorch, where calibrating on the synthetic generator gives a lower min. Issue 25's bar (mean >= 0.999, min >= 0.99) is NOT met yet on real
-    footage (best of max/percentile/entropy/mse x SmoothQuant off/0.5/0.8: mean 0.99875, min 0.9905); these
-    bounds guard what is reached."""
+    PyTorch, where calibrating on the synthetic generator gives a lower min. Issue 25's bar (mean >= 0.999,
+    min >= 0.99) is NOT met yet on real footage (best of max/percentile/entropy/mse x SmoothQuant off/0.5/0.8:
+    mean 0.99875, min 0.9905); these bounds guard what is reached."""
     import onnx
 
     from calibration.precision.cpu_int8 import to_cpu_int8_form
@@ -66,12 +66,14 @@ def test_int8_calibrated_on_real_video_holds_on_other_real_videos(real_clips, tm
 
     pre, clips, ref = real_clips
     net, labels, _, source = load_source(str(ROOT / "models" / "weights" / "motion_tiny.safetensors"))
-    fp32 = cached_fp32_onnx(net, labels, pre, source, resolve_attention("auto", "tensorrt", None, precision="int8"),
-                            tmp_path, verbose=False)
+    fp32 = cached_fp32_onnx(
+        net, labels, pre, source, resolve_attention("auto", "tensorrt", None, precision="int8"), tmp_path, verbose=False
+    )
     mins = {}
     for calib in (str(FOOTAGE / CALIB), None):  # None: the synthetic generator
-        qdq, _ = precision_onnx(fp32, "int8", "tensorrt", calib, pre, 32, "max", tmp_path, 0, form="qdq-fp32",
-                                progress=False)
+        qdq, _ = precision_onnx(
+            fp32, "int8", "tensorrt", calib, pre, 32, "max", tmp_path, 0, form="qdq-fp32", progress=False
+        )
         cos = _cosines(run_logits(qdq, clips), ref)
         mins[calib] = float(cos.min())
         if calib is None:

@@ -1,5 +1,6 @@
 """The guards of the TensorRT INT8+FP16 Q/DQ form (issue 23, point 7): Q/DQ scales that FP16 cannot hold, and the
 FP16 overflow/error analysis of the float rest, on tiny real Q/DQ models run in ONNX Runtime."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,22 +22,27 @@ def _qdq_model(path: Path, w_scale_factor: float = 1.0, gain: float = 1.0) -> Pa
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((FEAT, OUT)) * w_scale_factor).astype(np.float32)
     s_w = (np.abs(w).max(axis=0) / 127).astype(np.float32)  # per output channel (axis 1)
-    inits = [numpy_helper.from_array(np.clip(np.round(w / s_w), -127, 127).astype(np.int8), "w_q"),
-             numpy_helper.from_array(s_w, "w_scale"), numpy_helper.from_array(np.zeros(OUT, np.int8), "w_zp"),
-             numpy_helper.from_array(np.array(4.0 / 127, np.float32), "x_scale"),
-             numpy_helper.from_array(np.array(0, np.int8), "x_zp"),
-             numpy_helper.from_array(np.full(OUT, 0.5, np.float32), "bias"),
-             numpy_helper.from_array(np.array(gain, np.float32), "gain"),
-             numpy_helper.from_array(np.array(1.0, np.float32), "one"),
-             numpy_helper.from_array(np.array(1.0 / gain, np.float32), "inv_gain")]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["xq"], name="x_q"),
-             helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zp"], ["xdq"], name="x_dq"),
-             helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w"], axis=1, name="w_dq"),
-             helper.make_node("MatMul", ["xdq", "w"], ["h"], name="fc"),
-             helper.make_node("Add", ["h", "bias"], ["hb"], name="fc_bias"),
-             helper.make_node("Mul", ["hb", "gain"], ["big"], name="gain_mul"),
-             helper.make_node("Add", ["big", "one"], ["big1"], name="plus_one"),
-             helper.make_node("Mul", ["big1", "inv_gain"], ["y"], name="scale_down")]
+    inits = [
+        numpy_helper.from_array(np.clip(np.round(w / s_w), -127, 127).astype(np.int8), "w_q"),
+        numpy_helper.from_array(s_w, "w_scale"),
+        numpy_helper.from_array(np.zeros(OUT, np.int8), "w_zp"),
+        numpy_helper.from_array(np.array(4.0 / 127, np.float32), "x_scale"),
+        numpy_helper.from_array(np.array(0, np.int8), "x_zp"),
+        numpy_helper.from_array(np.full(OUT, 0.5, np.float32), "bias"),
+        numpy_helper.from_array(np.array(gain, np.float32), "gain"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+        numpy_helper.from_array(np.array(1.0 / gain, np.float32), "inv_gain"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["xq"], name="x_q"),
+        helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zp"], ["xdq"], name="x_dq"),
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w"], axis=1, name="w_dq"),
+        helper.make_node("MatMul", ["xdq", "w"], ["h"], name="fc"),
+        helper.make_node("Add", ["h", "bias"], ["hb"], name="fc_bias"),
+        helper.make_node("Mul", ["hb", "gain"], ["big"], name="gain_mul"),
+        helper.make_node("Add", ["big", "one"], ["big1"], name="plus_one"),
+        helper.make_node("Mul", ["big1", "inv_gain"], ["y"], name="scale_down"),
+    ]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", FEAT])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", OUT])
     graph = helper.make_graph(nodes, "tiny_qdq_fp16", [x], [y], inits)

@@ -3,6 +3,7 @@ the graph structure TensorRT needs, FP16 overflow handling, and (slow) base 8x22
 
 Everything runs in ONNX Runtime on the CPU against the FP32 PyTorch reference.
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,15 +32,18 @@ def _run(path: Path, clips: np.ndarray, batch: int = 8) -> np.ndarray:
     so.log_severity_level = 3
     s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     name = s.get_inputs()[0].name
-    return np.concatenate([s.run(None, {name: clips[i:i + batch]})[0] for i in range(0, len(clips), batch)])
+    return np.concatenate([s.run(None, {name: clips[i : i + batch]})[0] for i in range(0, len(clips), batch)])
 
 
 def _torch(net, clips: np.ndarray, batch: int = 8) -> np.ndarray:
     with torch.no_grad():
-        return np.concatenate([net(torch.from_numpy(clips[i:i + batch])).numpy() for i in range(0, len(clips), batch)])
+        return np.concatenate(
+            [net(torch.from_numpy(clips[i : i + batch])).numpy() for i in range(0, len(clips), batch)]
+        )
 
 
 # ----------------------------------------------------------------------------------- motion model
+
 
 @pytest.fixture(scope="module")
 def heldout(tmp_path_factory, motion_model):
@@ -61,9 +65,17 @@ def motion_onnx(tmp_path_factory, motion_model) -> dict[str, Path]:
     from export.onnx.export import export_onnx
 
     d = tmp_path_factory.mktemp("precision_onnx")
-    return {target: export_onnx(motion_model, d / f"{target}.onnx", attention=mode, preprocess=motion_model.preprocess,
-                                labels=motion_model.labels, verbose=False)
-            for target, mode in (("tensorrt", "decomposed"), ("onnxruntime", ORT_DEFAULT))}
+    return {
+        target: export_onnx(
+            motion_model,
+            d / f"{target}.onnx",
+            attention=mode,
+            preprocess=motion_model.preprocess,
+            labels=motion_model.labels,
+            verbose=False,
+        )
+        for target, mode in (("tensorrt", "decomposed"), ("onnxruntime", ORT_DEFAULT))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +91,18 @@ def built(motion_onnx, motion_model, cache_dir):
     out = {}
     for precision in ("int8", "fp16"):
         for target, fp32 in motion_onnx.items():
-            out[(precision, target)] = precision_onnx(fp32, precision, target, CALIB, motion_model.preprocess,
-                                                      CALIB_CLIPS, "max", cache_dir, 0, progress=False)
+            out[(precision, target)] = precision_onnx(
+                fp32,
+                precision,
+                target,
+                CALIB,
+                motion_model.preprocess,
+                CALIB_CLIPS,
+                "max",
+                cache_dir,
+                0,
+                progress=False,
+            )
     return out
 
 
@@ -131,8 +153,9 @@ def test_tensorrt_int8_qdq_is_what_tensorrt_builds(built, motion_model):
     for n in model.graph.node:  # softmax, layer norm and the residual adds stay float
         if n.op_type in ("Softmax", "LayerNormalization", "Add"):
             assert not any(i in dq_out for i in n.input), f"{n.name} ({n.op_type}) reads a dequantized tensor"
-    assert any(n.op_type == "Softmax" and n.output[0] in {q.input[0] for q in qdq} for n in model.graph.node), \
+    assert any(n.op_type == "Softmax" and n.output[0] in {q.input[0] for q in qdq} for n in model.graph.node), (
         "the softmax output should be quantized for INT8 fused attention"
+    )
     # the INT8+FP16 form: every attention MatMul -> Softmax -> Q -> DQ -> MatMul with nothing in between
     assert info["form"] == "qdq-fp16"
     _assert_int8_fp16_form(model, attentions=2 * cfg.depth, fp32_softmax=0)
@@ -140,8 +163,9 @@ def test_tensorrt_int8_qdq_is_what_tensorrt_builds(built, motion_model):
         plan = plan_build(path, TensorRTBuildOptions(precision="int8"), trt_version=version)
         assert plan.onnx["precision_detected"] == "int8" and plan.strongly_typed
     assert info["target_check"]["qdq_nodes"] == len(qdq)
-    assert plan_build(path, TensorRTBuildOptions(precision="int8"), trt_version="10.3.0").onnx_precision \
-        == "int8-qdq-fp16"
+    assert (
+        plan_build(path, TensorRTBuildOptions(precision="int8"), trt_version="10.3.0").onnx_precision == "int8-qdq-fp16"
+    )
 
 
 def _assert_int8_fp16_form(model: onnx.ModelProto, attentions: int, fp32_softmax: int) -> None:
@@ -172,8 +196,10 @@ def _assert_int8_fp16_form(model: onnx.ModelProto, attentions: int, fp32_softmax
         assert types[q.input[0]] == types[q.input[1]] in (FLOAT, FLOAT16), f"{q.name}: x and y_scale types differ"
         for dq in consumers[q.output[0]]:  # the same scale value on both sides of the int8 tensor
             assert dq.op_type == "DequantizeLinear" and inits[dq.input[1]].data_type == FLOAT16, dq.name
-            assert np.array_equal(numpy_helper.to_array(inits[q.input[1]]).astype(np.float32),
-                                  numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32)), (q.name, dq.name)
+            assert np.array_equal(
+                numpy_helper.to_array(inits[q.input[1]]).astype(np.float32),
+                numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32),
+            ), (q.name, dq.name)
     for n in g.node:
         if n.op_type in ("MatMul", "Gemm", "Conv") and op(n.input[0]) == "DequantizeLinear":
             assert types[n.input[0]] == types[n.input[1]] == FLOAT16, f"{n.name}: the DQ outputs it reads not FP16"
@@ -210,34 +236,64 @@ def test_tensorrt_int8_fp16_form_of_a_small_graph(tmp_path):
 
     rng = np.random.default_rng(7)
     dim, tokens, classes = 16, 8, 4
-    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * scale, name) for name, shape, scale
-             in [("ln_s", (dim,), 1.0), ("ln_b", (dim,), 0.1), ("ln2_s", (dim,), 1.0), ("ln2_b", (dim,), 0.1),
-                 *[(f"w{i}", (dim, dim), dim ** -0.5) for i in range(6)], ("wo", (tokens * dim, classes), 0.1)]]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * scale, name)
+        for name, shape, scale in [
+            ("ln_s", (dim,), 1.0),
+            ("ln_b", (dim,), 0.1),
+            ("ln2_s", (dim,), 1.0),
+            ("ln2_b", (dim,), 0.1),
+            *[(f"w{i}", (dim, dim), dim**-0.5) for i in range(6)],
+            ("wo", (tokens * dim, classes), 0.1),
+        ]
+    ]
     inits.append(numpy_helper.from_array(np.array([1, tokens * dim], np.int64), "flat"))
 
     def attention(x: str, ln: str, w: int, tag: str) -> list:
-        return [helper.make_node("LayerNormalization", [x, f"{ln}_s", f"{ln}_b"], [f"{tag}_h"], axis=-1,
-                                 name=f"{tag}_ln"),
-                *[helper.make_node("MatMul", [f"{tag}_h", f"w{w + i}"], [f"{tag}_{t}"], name=f"{tag}_{t}_proj")
-                  for i, t in enumerate("qkv")],
-                helper.make_node("Transpose", [f"{tag}_k"], [f"{tag}_kt"], perm=[0, 2, 1], name=f"{tag}_kt"),
-                helper.make_node("MatMul", [f"{tag}_q", f"{tag}_kt"], [f"{tag}_s"], name=f"{tag}_qk"),
-                helper.make_node("Softmax", [f"{tag}_s"], [f"{tag}_p"], axis=-1, name=f"{tag}_softmax"),
-                helper.make_node("MatMul", [f"{tag}_p", f"{tag}_v"], [f"{tag}_a"], name=f"{tag}_pv")]
+        return [
+            helper.make_node("LayerNormalization", [x, f"{ln}_s", f"{ln}_b"], [f"{tag}_h"], axis=-1, name=f"{tag}_ln"),
+            *[
+                helper.make_node("MatMul", [f"{tag}_h", f"w{w + i}"], [f"{tag}_{t}"], name=f"{tag}_{t}_proj")
+                for i, t in enumerate("qkv")
+            ],
+            helper.make_node("Transpose", [f"{tag}_k"], [f"{tag}_kt"], perm=[0, 2, 1], name=f"{tag}_kt"),
+            helper.make_node("MatMul", [f"{tag}_q", f"{tag}_kt"], [f"{tag}_s"], name=f"{tag}_qk"),
+            helper.make_node("Softmax", [f"{tag}_s"], [f"{tag}_p"], axis=-1, name=f"{tag}_softmax"),
+            helper.make_node("MatMul", [f"{tag}_p", f"{tag}_v"], [f"{tag}_a"], name=f"{tag}_pv"),
+        ]
 
-    nodes = [*attention("video", "ln", 0, "a1"), helper.make_node("Add", ["a1_a", "video"], ["r1"], name="residual"),
-             *attention("r1", "ln2", 3, "a2"), helper.make_node("Reshape", ["a2_a", "flat"], ["f"], name="flatten"),
-             helper.make_node("MatMul", ["f", "wo"], ["logits"], name="head")]
-    graph = helper.make_graph(nodes, "two_attentions",
-                              [helper.make_tensor_value_info("video", TensorProto.FLOAT, [1, tokens, dim])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, classes])], inits)
+    nodes = [
+        *attention("video", "ln", 0, "a1"),
+        helper.make_node("Add", ["a1_a", "video"], ["r1"], name="residual"),
+        *attention("r1", "ln2", 3, "a2"),
+        helper.make_node("Reshape", ["a2_a", "flat"], ["f"], name="flatten"),
+        helper.make_node("MatMul", ["f", "wo"], ["logits"], name="head"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "two_attentions",
+        [helper.make_tensor_value_info("video", TensorProto.FLOAT, [1, tokens, dim])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, classes])],
+        inits,
+    )
     fp32 = tmp_path / "small.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(fp32))
     clips = rng.standard_normal((16, tokens, dim)).astype(np.float32)
 
     out = tmp_path / "small_int8.onnx"
-    info = quantize_int8(fp32, out, "tensorrt", "max", lambda: clips, "small-set", tmp_path / "cache", smooth=None,
-                         keep_float=["a2_pv"], validate_clips=8, progress=False)
+    info = quantize_int8(
+        fp32,
+        out,
+        "tensorrt",
+        "max",
+        lambda: clips,
+        "small-set",
+        tmp_path / "cache",
+        smooth=None,
+        keep_float=["a2_pv"],
+        validate_clips=8,
+        progress=False,
+    )
     assert info["form"] == "qdq-fp16" and info["fp16_softmax"] == 1 and info["fp32_softmax"] == 1
     assert info["fp32_scale_q"] == 2  # both LayerNorms quantize their FP32 output directly
     model = onnx.load(str(out))
@@ -314,6 +370,7 @@ def test_fp16_keeps_a_node_whose_activation_overflows(motion_model, heldout, tmp
 
 # ------------------------------------------------------------------------------------ base 8x224
 
+
 @pytest.fixture(scope="module")
 def base_models(tmp_path_factory):
     """Base 8x224 (random weights, temporal layers perturbed): FP32 exports, FP16 and both INT8 forms, 2 eval clips."""
@@ -332,12 +389,15 @@ def base_models(tmp_path_factory):
     ortm = export_onnx(net, d / "ort.onnx", attention=ORT_DEFAULT, preprocess=pre, verbose=False)
     del net
     built = {
-        "fp16": precision_onnx(trt, "fp16", "tensorrt", "synthetic", pre, 2, "max", d, 0, validate_clips=0,
-                               progress=False),
-        "int8-tensorrt": precision_onnx(trt, "int8", "tensorrt", "synthetic", pre, 2, "max", d, 0, validate_clips=0,
-                                        progress=False),
-        "int8-onnxruntime": precision_onnx(ortm, "int8", "onnxruntime", "synthetic", pre, 2, "max", d, 0,
-                                           validate_clips=1, progress=False),
+        "fp16": precision_onnx(
+            trt, "fp16", "tensorrt", "synthetic", pre, 2, "max", d, 0, validate_clips=0, progress=False
+        ),
+        "int8-tensorrt": precision_onnx(
+            trt, "int8", "tensorrt", "synthetic", pre, 2, "max", d, 0, validate_clips=0, progress=False
+        ),
+        "int8-onnxruntime": precision_onnx(
+            ortm, "int8", "onnxruntime", "synthetic", pre, 2, "max", d, 0, validate_clips=1, progress=False
+        ),
     }
     return clips, ref, built
 

@@ -2,6 +2,7 @@
 oneDNN capped to AVX2; 7-bit weights and float activation x activation matmuls that make the CPU INT8 form exact
 on every ISA; the ISA detection and ONNX Runtime's switch. Expectations hold on any CPU: the capped OpenVINO run
 takes the AVX2 path on AVX2-only, VNNI and AMX machines alike."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,14 @@ import pytest
 from calibration.precision.cpu_int8 import float_activation_matmuls, to_cpu_int8_form
 from calibration.precision.overflow import narrow_weights
 from calibration.precision.saturation import exact_matmul, matmul_loss, max_pair_sum, saturating_matmul
-from runtime.cpu_isa import (CpuIsa, cpu_isa, onednn_cap_below_vnni, openvino_capabilities, openvino_int8_check,
-                             ort_int8_config)
+from runtime.cpu_isa import (
+    CpuIsa,
+    cpu_isa,
+    onednn_cap_below_vnni,
+    openvino_capabilities,
+    openvino_int8_check,
+    ort_int8_config,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -53,15 +60,25 @@ def _qdq_matmul(wq: np.ndarray, ws: np.ndarray, x_scale: float, m: int):
     from onnx import TensorProto as T, helper as h, numpy_helper as nh
 
     k, n = wq.shape
-    nodes = [h.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
-             h.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
-             h.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=1),
-             h.make_node("MatMul", ["xd", "wd"], ["y"])]
-    g = h.make_graph(nodes, "qdq", [h.make_tensor_value_info("x", T.FLOAT, [m, k])],
-                     [h.make_tensor_value_info("y", T.FLOAT, [m, n])],
-                     [nh.from_array(np.array(x_scale, np.float32), "xs"), nh.from_array(np.array(0, np.int8), "xz"),
-                      nh.from_array(wq, "w"), nh.from_array(ws.astype(np.float32), "ws"),
-                      nh.from_array(np.zeros(n, np.int8), "wz")])
+    nodes = [
+        h.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+        h.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+        h.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=1),
+        h.make_node("MatMul", ["xd", "wd"], ["y"]),
+    ]
+    g = h.make_graph(
+        nodes,
+        "qdq",
+        [h.make_tensor_value_info("x", T.FLOAT, [m, k])],
+        [h.make_tensor_value_info("y", T.FLOAT, [m, n])],
+        [
+            nh.from_array(np.array(x_scale, np.float32), "xs"),
+            nh.from_array(np.array(0, np.int8), "xz"),
+            nh.from_array(wq, "w"),
+            nh.from_array(ws.astype(np.float32), "ws"),
+            nh.from_array(np.zeros(n, np.int8), "wz"),
+        ],
+    )
     return h.make_model(g, opset_imports=[h.make_opsetid("", 19)])
 
 
@@ -88,14 +105,26 @@ def test_float_activation_matmuls_leave_weight_matmuls_quantized():
 
     nodes = []
     for t in ("q", "k"):
-        nodes += [h.make_node("QuantizeLinear", [t, "s", "z"], [f"{t}_q"]),
-                  h.make_node("DequantizeLinear", [f"{t}_q", "s", "z"], [f"{t}_d"])]
-    nodes += [h.make_node("MatMul", ["q_d", "k_d"], ["attn"], name="qk"),
-              h.make_node("DequantizeLinear", ["w", "s", "z"], ["w_d"]), h.make_node("MatMul", ["attn", "w_d"], ["y"])]
-    g = h.make_graph(nodes, "g", [h.make_tensor_value_info(t, T.FLOAT, [4, 4]) for t in ("q", "k")],
-                     [h.make_tensor_value_info("y", T.FLOAT, [4, 4])],
-                     [nh.from_array(np.array(0.1, np.float32), "s"), nh.from_array(np.array(0, np.int8), "z"),
-                      nh.from_array(np.ones((4, 4), np.int8), "w")])
+        nodes += [
+            h.make_node("QuantizeLinear", [t, "s", "z"], [f"{t}_q"]),
+            h.make_node("DequantizeLinear", [f"{t}_q", "s", "z"], [f"{t}_d"]),
+        ]
+    nodes += [
+        h.make_node("MatMul", ["q_d", "k_d"], ["attn"], name="qk"),
+        h.make_node("DequantizeLinear", ["w", "s", "z"], ["w_d"]),
+        h.make_node("MatMul", ["attn", "w_d"], ["y"]),
+    ]
+    g = h.make_graph(
+        nodes,
+        "g",
+        [h.make_tensor_value_info(t, T.FLOAT, [4, 4]) for t in ("q", "k")],
+        [h.make_tensor_value_info("y", T.FLOAT, [4, 4])],
+        [
+            nh.from_array(np.array(0.1, np.float32), "s"),
+            nh.from_array(np.array(0, np.int8), "z"),
+            nh.from_array(np.ones((4, 4), np.int8), "w"),
+        ],
+    )
     model = h.make_model(g, opset_imports=[h.make_opsetid("", 19)])
     assert float_activation_matmuls(model) == ["qk"]
     qk = next(n for n in model.graph.node if n.name == "qk")
@@ -127,8 +156,13 @@ def _openvino_capped(model, x: np.ndarray, tmp_path, cap: str | None) -> np.ndar
     env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
     if cap:
         env["ONEDNN_MAX_CPU_ISA"] = cap  # read by oneDNN at process start: a new process
-    subprocess.run([sys.executable, "-c", _CAPPED, str(tmp_path / "m.onnx"), str(tmp_path / "x.npy"),
-                    str(tmp_path / "y.npy")], check=True, env=env, cwd=ROOT, timeout=300)
+    subprocess.run(
+        [sys.executable, "-c", _CAPPED, str(tmp_path / "m.onnx"), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+        check=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
     return np.load(tmp_path / "y.npy")
 
 
@@ -191,10 +225,13 @@ def test_onnxruntime_precise_int8_is_exact(tmp_path):
 
     rng = np.random.default_rng(3)
     w = np.where(rng.random((64, 8)) < 0.5, 127, -128).astype(np.int8)
-    g = h.make_graph([h.make_node("MatMulInteger", ["a", "w"], ["y"])], "g",
-                     [h.make_tensor_value_info("a", T.UINT8, [4, 64])],
-                     [h.make_tensor_value_info("y", T.INT32, [4, 8])],
-                     [nh.from_array(w, "w")])
+    g = h.make_graph(
+        [h.make_node("MatMulInteger", ["a", "w"], ["y"])],
+        "g",
+        [h.make_tensor_value_info("a", T.UINT8, [4, 64])],
+        [h.make_tensor_value_info("y", T.INT32, [4, 8])],
+        [nh.from_array(w, "w")],
+    )
     path = tmp_path / "mmi.onnx"
     path.write_bytes(h.make_model(g, opset_imports=[h.make_opsetid("", 13)]).SerializeToString())
     so = ort.SessionOptions()

@@ -1,6 +1,7 @@
 """SmoothQuant on the ONNX graph (calibration.precision.smoothquant), MSE clipping (calibration.precision.clipping) and
 the INT8 hooks:
 exact in FP32, and what makes INT8 of a model with activation outliers meet the cosine bar."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -53,8 +54,19 @@ def test_int8_with_smoothing_meets_the_bar_where_plain_int8_does_not(outlier_mot
     results = {}
     for smooth in (None, 0.5):
         out = tmp_path / f"int8-{smooth}.onnx"
-        info = quantize_int8(path, out, "onnxruntime", "max", lambda: calib, "set-a", tmp_path / "cache",
-                             form="dynamic", validate_clips=0, progress=False, smooth=smooth)
+        info = quantize_int8(
+            path,
+            out,
+            "onnxruntime",
+            "max",
+            lambda: calib,
+            "set-a",
+            tmp_path / "cache",
+            form="dynamic",
+            validate_clips=0,
+            progress=False,
+            smooth=smooth,
+        )
         assert (info["smoothquant"] is None) == (smooth is None)
         results[smooth] = compare_logits(ref, run_logits(out, held_out))
     plain, smoothed = results[None], results[0.5]
@@ -84,10 +96,13 @@ def _toy_graph(tmp: Path) -> Path:
         helper.make_node("MatMul", ["l3", "w3"], ["y3"], name="mm3"),
         helper.make_node("Add", ["l3", "x"], ["y4"], name="add"),
     ]
-    graph = helper.make_graph(nodes, "toy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, d])],
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y1", "y2", "y3",
-                                                                                                  "y4")],
-                              [gamma, beta, w1, w2, w3, idx])
+    graph = helper.make_graph(
+        nodes,
+        "toy",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, d])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y1", "y2", "y3", "y4")],
+        [gamma, beta, w1, w2, w3, idx],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     path = tmp / "toy.onnx"
@@ -108,7 +123,7 @@ def test_groups_shared_initializers_gather_and_gemm(tmp_path):
     s0 = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     s1 = ort.InferenceSession(str(tmp_path / "s.onnx"), providers=["CPUExecutionProvider"])
     for i in range(len(x)):
-        for a, b in zip(s0.run(None, {"x": x[i:i + 1]}), s1.run(None, {"x": x[i:i + 1]})):
+        for a, b in zip(s0.run(None, {"x": x[i : i + 1]}), s1.run(None, {"x": x[i : i + 1]})):
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
     smoothed = onnx.load(str(tmp_path / "s.onnx"))
     ln3 = next(n for n in smoothed.graph.node if n.name == "ln3")
@@ -133,8 +148,14 @@ def test_mse_threshold_matches_a_brute_force_search():
 
 
 def test_keep_float_respects_the_budget():
-    sens = {"nodes": [{"node": "big", "mac_share": 0.2, "error": 1e-3}, {"node": "a", "mac_share": 0.02, "error": 8e-4},
-                      {"node": "b", "mac_share": 0.02, "error": 5e-4}, {"node": "c", "mac_share": 0.02, "error": 1e-5}]}
+    sens = {
+        "nodes": [
+            {"node": "big", "mac_share": 0.2, "error": 1e-3},
+            {"node": "a", "mac_share": 0.02, "error": 8e-4},
+            {"node": "b", "mac_share": 0.02, "error": 5e-4},
+            {"node": "c", "mac_share": 0.02, "error": 1e-5},
+        ]
+    }
     chosen = choose_keep_float(sens, budget=0.05, max_nodes=4, min_share=0.25)
     assert chosen["keep_float"] == ["a", "b"]  # big is over budget; c carries under 25% of the worst error
     assert chosen["mac_share_kept_float"] == pytest.approx(0.04)
@@ -155,8 +176,9 @@ def test_clipping_search_builds_each_method_and_keeps_the_best(outlier_motion, t
     from calibration.precision.int8_search import search_clipping
 
     path, calib, held_out = outlier_motion
-    res = search_clipping(path, "onnxruntime", calib, held_out[:8], "set-b", tmp_path / "cache", form="qdq",
-                          methods=("max", "mse"))
+    res = search_clipping(
+        path, "onnxruntime", calib, held_out[:8], "set-b", tmp_path / "cache", form="qdq", methods=("max", "mse")
+    )
     assert [r["method"] for r in res["results"]] == ["max", "mse"]
     best = max(res["results"], key=lambda r: (r["mean_cosine"], r["min_cosine"]))
     assert res["best"] == best["method"]

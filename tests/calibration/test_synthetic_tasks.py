@@ -1,5 +1,6 @@
 """The synthetic task registry: ``motion`` rendered exactly as before, ``motion16`` (slow/fast, distractor,
 occluder) through real encoded files, and the committed motion16 model."""
+
 from __future__ import annotations
 
 import hashlib
@@ -13,8 +14,16 @@ import numpy as np
 import pytest
 
 from calibration.clips import synthetic_hard
-from calibration.clips.synthetic import (CLASSES, TASKS, dataset_task, generate_dataset, get_task, read_dataset, render_clip,
-                                   task_of_metadata)
+from calibration.clips.synthetic import (
+    CLASSES,
+    TASKS,
+    dataset_task,
+    generate_dataset,
+    get_task,
+    read_dataset,
+    render_clip,
+    task_of_metadata,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 MOTION16 = ROOT / "models" / "weights" / "motion16.safetensors"
@@ -32,8 +41,10 @@ MOTION_PINS = {
     (6, 5): "1555bb9f806ac73b32d0d8c1b9b44eacfaf2b22a9a3a1d5bf8abce59d73f3a6a",
 }
 # generate_dataset(out, 10, seed=3, width=64, height=48, num_frames=6): labels.csv and classes.txt, before tasks
-MOTION_DATASET_PINS = {"labels.csv": "b0812960d99f2eff95edd8db78d8c9e552f290eaa27466bb7ae88d074fce0dfc",
-                       "classes.txt": "94a64d814e14f8f4d06a27c2bafe57a53689425ca8cf92ac84225a7ef70b3df9"}
+MOTION_DATASET_PINS = {
+    "labels.csv": "b0812960d99f2eff95edd8db78d8c9e552f290eaa27466bb7ae88d074fce0dfc",
+    "classes.txt": "94a64d814e14f8f4d06a27c2bafe57a53689425ca8cf92ac84225a7ef70b3df9",
+}
 
 
 def _sha(data: bytes) -> str:
@@ -41,6 +52,7 @@ def _sha(data: bytes) -> str:
 
 
 # ----------------------------------------------------------------------------------------- motion, unchanged
+
 
 def test_motion_rendering_is_byte_identical_to_before_tasks():
     for (label, i), digest in MOTION_PINS.items():
@@ -60,6 +72,7 @@ def test_motion_dataset_files_are_unchanged(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- motion16
+
 
 def test_motion16_classes_and_registry():
     task = get_task("motion16")
@@ -107,7 +120,9 @@ def test_motion16_fast_clips_change_more_than_slow_ones():
     for k in range(0, 16, 2):
         diff = {}
         for label in (k, k + 1):
-            clips = [synthetic_hard.render_clip(label, np.random.default_rng([55, s])).astype(np.int16) for s in range(6)]
+            clips = [
+                synthetic_hard.render_clip(label, np.random.default_rng([55, s])).astype(np.int16) for s in range(6)
+            ]
             diff[label] = np.mean([np.abs(np.diff(c, axis=0)).mean() for c in clips])
         assert diff[k + 1] > diff[k], (synthetic_hard.CLASSES[k], diff)
 
@@ -123,8 +138,11 @@ def test_motion16_dataset_round_trip_and_task_check(tmp_path):
         read_dataset(d, task="motion")
     # motion16 labels in a folder that says nothing about its task (the motion task): rejected, naming the file
     (d / "task.txt").unlink()
-    with pytest.raises(ValueError, match=r"labels\.csv:2: label \d+ '\w+_(slow|fast)' is not a class of the task "
-                                         r"'motion'"):
+    with pytest.raises(
+        ValueError,
+        match=r"labels\.csv:2: label \d+ '\w+_(slow|fast)' is not a class of the task "
+        r"'motion'",
+    ):
         read_dataset(d)
     (d / "task.txt").write_text("motion99\n")
     with pytest.raises(ValueError, match=r"task\.txt: expected a synthetic task name"):
@@ -132,14 +150,34 @@ def test_motion16_dataset_round_trip_and_task_check(tmp_path):
 
 
 def test_cli_writes_a_motion16_dataset(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "calibration.clips.synthetic", str(tmp_path / "cli"), "--clips", "3",
-                          "--seed", "9", "--task", "motion16", "--width", "64", "--height", "48"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "calibration.clips.synthetic",
+            str(tmp_path / "cli"),
+            "--clips",
+            "3",
+            "--seed",
+            "9",
+            "--task",
+            "motion16",
+            "--width",
+            "64",
+            "--height",
+            "48",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert dataset_task(tmp_path / "cli") == "motion16" and len(read_dataset(tmp_path / "cli")) == 3
 
 
 # --------------------------------------------------------------------------------------------- the models
+
 
 def test_train_motion16_smoke(tmp_path):
     import torch
@@ -148,8 +186,18 @@ def test_train_motion16_smoke(tmp_path):
     from models.train_motion import train
 
     torch.set_num_threads(2)
-    meta = train(tmp_path / "m.safetensors", seed=3, clips=16, epochs=1, batch=8, heldout_clips=16,
-                 data_dir=str(tmp_path / "data"), progress=False, task="motion16", command="smoke")
+    meta = train(
+        tmp_path / "m.safetensors",
+        seed=3,
+        clips=16,
+        epochs=1,
+        batch=8,
+        heldout_clips=16,
+        data_dir=str(tmp_path / "data"),
+        progress=False,
+        task="motion16",
+        command="smoke",
+    )
     model = load_checkpoint(tmp_path / "m.safetensors")
     assert model.labels == synthetic_hard.CLASSES and model.config.num_classes == 16
     assert meta["synthetic_task"] == "motion16" and meta["train_clips"] == 16 and meta["heldout_clips"] == 16

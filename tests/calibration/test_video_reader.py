@@ -1,5 +1,6 @@
 """The clip reader on real encoded files: containers, seeking, variable frame rate, odd sizes, crops, padding,
 errors."""
+
 from __future__ import annotations
 
 from fractions import Fraction
@@ -33,8 +34,15 @@ def frame_ids(frames: np.ndarray) -> list[int]:
     return [int(round((a - 10) / 20)) + 12 * int(round((b - 10) / 20)) for a, b in zip(r, g)]
 
 
-def encode(path: Path, frames: np.ndarray, codec: str = "libx264", pix_fmt: str = "yuv420p", rate: int = 15,
-           pts_ms: list[int] | None = None, options: dict | None = None) -> Path:
+def encode(
+    path: Path,
+    frames: np.ndarray,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    rate: int = 15,
+    pts_ms: list[int] | None = None,
+    options: dict | None = None,
+) -> Path:
     """Write frames with PyAV; ``pts_ms`` gives irregular presentation times (variable frame rate)."""
     with av.open(str(path), "w") as out:
         s = out.add_stream(codec, rate=rate)
@@ -66,8 +74,11 @@ def long_video(tmp_path_factory) -> tuple[Path, np.ndarray]:
     """150 textured frames, a keyframe every 16 frames, B-frames on."""
     rng = np.random.default_rng(5)
     frames = np.concatenate([render_clip(i % 8, rng) for i in range(7)])[:150]
-    path = encode(tmp_path_factory.mktemp("long") / "long.mp4", frames,
-                  options={"g": "16", "keyint_min": "16", "sc_threshold": "0", "bf": "2", "crf": "20"})
+    path = encode(
+        tmp_path_factory.mktemp("long") / "long.mp4",
+        frames,
+        options={"g": "16", "keyint_min": "16", "sc_threshold": "0", "bf": "2", "crf": "20"},
+    )
     return path, frames
 
 
@@ -92,15 +103,15 @@ def test_seeking_gives_the_frames_of_a_full_decode(long_video):
     assert len(full) == 150 == video_info(path)["frames"]
     for start, count in [(0, 5), (37, 20), (48, 1), (130, 50)]:
         part = decode_frames(path, start, count)
-        np.testing.assert_array_equal(part, full[start:start + count])
+        np.testing.assert_array_equal(part, full[start : start + count])
     pre = PreprocessConfig(num_frames=8, sampling_rate=4, sampling="dense", short_side=64, crop_size=64)
     for clip_index in range(4):
         idx = sample_indices(150, pre, clip_index, 4)
-        np.testing.assert_array_equal(read_clip(path, pre, clip_index, 4),
-                                      preprocess_frames(full[idx], pre))
+        np.testing.assert_array_equal(read_clip(path, pre, clip_index, 4), preprocess_frames(full[idx], pre))
     uniform = PreprocessConfig(num_frames=8, sampling_rate=1, sampling="uniform", short_side=64, crop_size=64)
-    np.testing.assert_array_equal(read_clip(path, uniform),
-                                  preprocess_frames(full[sample_indices(150, uniform)], uniform))
+    np.testing.assert_array_equal(
+        read_clip(path, uniform), preprocess_frames(full[sample_indices(150, uniform)], uniform)
+    )
 
 
 def test_seeking_finds_frames_by_index(tmp_path):
@@ -139,8 +150,9 @@ def test_odd_frame_sizes(tmp_path):
     np.testing.assert_array_equal(decoded, frames)
     pre = PreprocessConfig(num_frames=4, sampling_rate=2, sampling="dense", short_side=40, crop_size=32)
     np.testing.assert_array_equal(read_clip(path, pre), preprocess_frames(frames[sample_indices(10, pre)], pre))
-    tall = encode(tmp_path / "tall.mkv", np.ascontiguousarray(frames.transpose(0, 2, 1, 3)), codec="ffv1",
-                  pix_fmt="bgr0")
+    tall = encode(
+        tmp_path / "tall.mkv", np.ascontiguousarray(frames.transpose(0, 2, 1, 3)), codec="ffv1", pix_fmt="bgr0"
+    )
     assert read_clip(tall, pre).shape == (4, 3, 32, 32)
 
 
@@ -173,8 +185,13 @@ def test_short_clip_is_padded_by_repeating_frames(tmp_path):
 
 def _bad_files(tmp_path: Path, good: Path) -> dict[str, Path]:
     data = good.read_bytes()
-    files = {"empty": tmp_path / "empty.mp4", "truncated": tmp_path / "truncated.mp4",
-             "garbage": tmp_path / "garbage.mp4", "text": tmp_path / "notes.txt", "audio": tmp_path / "tone.wav"}
+    files = {
+        "empty": tmp_path / "empty.mp4",
+        "truncated": tmp_path / "truncated.mp4",
+        "garbage": tmp_path / "garbage.mp4",
+        "text": tmp_path / "notes.txt",
+        "audio": tmp_path / "tone.wav",
+    }
     files["empty"].write_bytes(b"")
     files["truncated"].write_bytes(data[: len(data) // 2])
     files["garbage"].write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
@@ -194,8 +211,13 @@ def _bad_files(tmp_path: Path, good: Path) -> dict[str, Path]:
 def test_bad_files_raise_video_read_error_naming_the_file(tmp_path, clip24):
     good = write_video(tmp_path / "good.mp4", clip24)
     bad = _bad_files(tmp_path, good)
-    expected = {"empty": "empty", "truncated": "not a readable video", "garbage": "not a readable video",
-                "text": "not a readable video", "audio": "expected a video stream, found audio"}
+    expected = {
+        "empty": "empty",
+        "truncated": "not a readable video",
+        "garbage": "not a readable video",
+        "text": "not a readable video",
+        "audio": "expected a video stream, found audio",
+    }
     for kind, path in bad.items():
         for fn in (decode_frames, video_info, lambda p: read_clip(p, PRE)):
             with pytest.raises(VideoReadError) as e:

@@ -1,4 +1,5 @@
 """Hostile but realistic use of the export-side entry points (fourth round): each test reproduces a case that broke."""
+
 from __future__ import annotations
 
 import subprocess
@@ -18,8 +19,19 @@ def _gpu_env(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     smi.write_text("#!/bin/sh\necho '| NVIDIA-SMI 580.65   Driver Version: 580.65   CUDA Version: 12.4 |'\n")
     smi.chmod(0o755)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
-    return subprocess.run([sys.executable, str(ROOT / "export/tensorrt/gpu_env.py"), "--tegra-release",
-                           str(tmp_path / "no-tegra"), *args], capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "export/tensorrt/gpu_env.py"),
+            "--tegra-release",
+            str(tmp_path / "no-tegra"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def test_gpu_env_usage_errors_are_one_line(tmp_path):
@@ -39,18 +51,22 @@ def test_gpu_env_a_venv_that_cannot_be_made_is_one_line(tmp_path):
 
 # ------------------------------------------------------------------------------ benchmarks' options
 
+
 def _fail(*args, **kwargs):
     pytest.fail("the benchmark ran")
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--iters", "0"], "--iters: expected 1..100000, got 0"),  # before: a report of no timings, exit 0
-    (["--threads", "99999"], "--threads: expected 0.."),  # before: handed to torch.set_num_threads as it came
-    (["--tolerance", "nan"], "--tolerance: expected a positive number"),
-    (["--rounds", "0"], "--rounds: expected 1..1000, got 0"),
-    (["--out", "BUNDLE"], "is inside the input folder"),  # before: bench.json/.md/.png written into the bundle
-    (["--out", "BUNDLE/reports"], "is inside the input folder"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--iters", "0"], "--iters: expected 1..100000, got 0"),  # before: a report of no timings, exit 0
+        (["--threads", "99999"], "--threads: expected 0.."),  # before: handed to torch.set_num_threads as it came
+        (["--tolerance", "nan"], "--tolerance: expected a positive number"),
+        (["--rounds", "0"], "--rounds: expected 1..1000, got 0"),
+        (["--out", "BUNDLE"], "is inside the input folder"),  # before: bench.json/.md/.png written into the bundle
+        (["--out", "BUNDLE/reports"], "is inside the input folder"),
+    ],
+)
 def test_bench_engine_options_are_checked_before_it_runs(fp32_bundle, monkeypatch, capsys, argv, message):
     from export.bench import engine as bench_engine
 
@@ -62,15 +78,21 @@ def test_bench_engine_options_are_checked_before_it_runs(fp32_bundle, monkeypatc
     assert sorted(p.name for p in fp32_bundle.iterdir() if p.name.startswith(("bench", "reports"))) == []
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--seconds", "nan"], "--fps and --seconds: expected positive numbers"),  # before: int(nan) deep inside
-    (["--seconds", "inf"], "--fps and --seconds: expected positive numbers"),  # before: an OverflowError traceback
-    (["--max-wait-ms", "nan"], "--max-wait-ms: expected a finite number >= 0"),  # before: a TypeError traceback
-    (["--decode-seconds", "0"], "--decode-seconds: expected a finite number > 0"),
-    (["--source", "DIR"], "not a plain file (a folder, FIFO or device)"),  # before: "no such file" for a folder
-    (["--out", "BUNDLE/cameras.json"], "is inside the input folder"),
-    (["--fps", "5", "--seconds", "1"], "5 frames per camera, fewer than one clip window of this engine (15 frames)"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--seconds", "nan"], "--fps and --seconds: expected positive numbers"),  # before: int(nan) deep inside
+        (["--seconds", "inf"], "--fps and --seconds: expected positive numbers"),  # before: an OverflowError traceback
+        (["--max-wait-ms", "nan"], "--max-wait-ms: expected a finite number >= 0"),  # before: a TypeError traceback
+        (["--decode-seconds", "0"], "--decode-seconds: expected a finite number > 0"),
+        (["--source", "DIR"], "not a plain file (a folder, FIFO or device)"),  # before: "no such file" for a folder
+        (["--out", "BUNDLE/cameras.json"], "is inside the input folder"),
+        (
+            ["--fps", "5", "--seconds", "1"],
+            "5 frames per camera, fewer than one clip window of this engine (15 frames)",
+        ),
+    ],
+)
 def test_bench_cameras_options_are_checked_before_it_runs(fp32_bundle, tmp_path, monkeypatch, capsys, argv, message):
     # the short run (5 frames a camera, no window) was a TypeError traceback formatting a p50 of None
     from export.bench import cameras
@@ -82,13 +104,16 @@ def test_bench_cameras_options_are_checked_before_it_runs(fp32_bundle, tmp_path,
     assert message in err and "Traceback" not in err, err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--threads", "99999"], "--threads: expected 0.."),  # before: torch crashed the process (SIGSEGV)
-    (["--gemm-n", "100000000"], "--gemm-n: expected 1..8192"),  # before: a traceback from torch's allocator
-    (["--rounds", "0"], "--rounds: expected 1..1000, got 0"),  # before: 0 quietly meant the default
-    (["--eval-clips", "0"], "--eval-clips: expected 1..10000, got 0"),
-    (["--seed", "-5"], "--seed: expected 0..4294967295, got -5"),  # before: "expected non-negative integer"
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--threads", "99999"], "--threads: expected 0.."),  # before: torch crashed the process (SIGSEGV)
+        (["--gemm-n", "100000000"], "--gemm-n: expected 1..8192"),  # before: a traceback from torch's allocator
+        (["--rounds", "0"], "--rounds: expected 1..1000, got 0"),  # before: 0 quietly meant the default
+        (["--eval-clips", "0"], "--eval-clips: expected 1..10000, got 0"),
+        (["--seed", "-5"], "--seed: expected 0..4294967295, got -5"),  # before: "expected non-negative integer"
+    ],
+)
 def test_bench_cpu_options_are_checked_before_it_runs(monkeypatch, capsys, argv, message):
     from export.bench import cpu
 

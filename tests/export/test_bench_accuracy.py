@@ -1,5 +1,6 @@
 """``export.bench.accuracy``: the accuracy rows and bars from real logits, one small end-to-end run on the motion model,
 and its command-line errors."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,11 @@ def test_rows_count_lost_and_gained_clips():
     assert (row["lost"], row["gained"]) == (7, 3)
     assert row["delta_points"] == pytest.approx(-400 / 1200)
     assert row["top1_agreement"] == pytest.approx((n - 10) / n)
-    rows = [{**row, "precision": "int8"}, {**row, "name": "y", "precision": "fp16"},
-            {**row, "name": "z", "precision": "fp32"}]
+    rows = [
+        {**row, "precision": "int8"},
+        {**row, "name": "y", "precision": "fp16"},
+        {**row, "name": "z", "precision": "fp32"},
+    ]
     v = {x["name"]: x for x in verdicts(rows)}
     assert v["x"]["met"] is True and v["x"]["bar"] == BARS["int8"]  # 0.33 <= 0.5
     assert v["y"]["met"] is False and v["y"]["bar"] == BARS["fp16"]  # 0.33 > 0.1
@@ -46,8 +50,17 @@ def test_rows_count_lost_and_gained_clips():
 
 
 def test_small_run_on_the_motion_model(tmp_path, motion_model_path):
-    rep = run_bench(str(motion_model_path), n=24, backends=("onnxruntime",), precisions=("fp32", "int8"),
-                    calib_clips=16, threads=2, batch=8, cache_dir=tmp_path / "cache", work_dir=tmp_path / "work")
+    rep = run_bench(
+        str(motion_model_path),
+        n=24,
+        backends=("onnxruntime",),
+        precisions=("fp32", "int8"),
+        calib_clips=16,
+        threads=2,
+        batch=8,
+        cache_dir=tmp_path / "cache",
+        work_dir=tmp_path / "work",
+    )
     assert rep["task"] == "motion" and rep["classes"] == 8 and rep["clips"]["n_clips"] == 24
     assert rep["calibration"]["spec"] == "synthetic:0" and rep["clips"]["spec"] == "synthetic:9000"
     names = [r["name"] for r in rep["rows"]]
@@ -66,15 +79,31 @@ def test_small_run_on_the_motion_model(tmp_path, motion_model_path):
     json.dumps(rep)  # the report is JSON as written
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--model", "tiny_8x64", "--n", "2"], "has no class names"),
-    (["--backends", "tensorrt"], "--backends: expected onnxruntime and/or openvino"),
-    (["--precisions", "int4"], "--precisions: expected fp32, fp16 and/or int8"),
-    (["--n", "0"], "--n: expected a positive number"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "tiny_8x64", "--n", "2"], "has no class names"),
+        (["--backends", "tensorrt"], "--backends: expected onnxruntime and/or openvino"),
+        (["--precisions", "int4"], "--precisions: expected fp32, fp16 and/or int8"),
+        (["--n", "0"], "--n: expected a positive number"),
+    ],
+)
 def test_cli_user_errors_are_one_line(tmp_path, args, message):
-    r = subprocess.run([sys.executable, "-m", "export.bench.accuracy", *args, "--out-dir", str(tmp_path / "o"),
-                        "--cache-dir", str(tmp_path / "c")], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export.bench.accuracy",
+            *args,
+            "--out-dir",
+            str(tmp_path / "o"),
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2, r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip() and not line.startswith("[accuracy]")]
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr

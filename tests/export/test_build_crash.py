@@ -6,6 +6,7 @@ The builder kills itself (``os.kill(getpid(), SIGKILL)``) at the step ``TIMESFOR
 ``after_export`` (FP32 ONNX ready), ``after_engine`` (engine and labels staged, no manifest),
 ``after_manifest`` (manifest written after parity, not published), ``mid_publish`` (inside the atomic step).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,9 +34,30 @@ def _build(out: Path, cache: Path, model: Path, kill_at: str | None = None, **en
     e.pop(KILL_ENV, None)
     if kill_at:
         e[KILL_ENV] = kill_at
-    return subprocess.run([sys.executable, "-m", "export.bundle.build", "--model", str(model), "--precision", "fp32",
-                           "--backend", "onnxruntime", "--out", str(out), "--cache-dir", str(cache),
-                           "--parity-clips", "2"], cwd=ROOT, env=e, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export.bundle.build",
+            "--model",
+            str(model),
+            "--precision",
+            "fp32",
+            "--backend",
+            "onnxruntime",
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(cache),
+            "--parity-clips",
+            "2",
+        ],
+        cwd=ROOT,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _temporaries(out: Path) -> list[Path]:

@@ -1,5 +1,6 @@
 """make deepstream: the nvdspreprocess/nvinfer configs parse as key files and match the manifest; the NCTHW ONNX
 gives the bundle's logits; nothing of a label or name can add a line; inputs and foreign folders are never replaced."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,23 @@ from export.serving import deepstream as ds
 
 
 def _write(bundle: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "export.serving.deepstream", "--engine", str(bundle), "--out",
-                           str(out), "--cache", str(bundle.parent / "cache"), *extra],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export.serving.deepstream",
+            "--engine",
+            str(bundle),
+            "--out",
+            str(out),
+            "--cache",
+            str(bundle.parent / "cache"),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +59,9 @@ def test_configs_parse_and_match_the_manifest(ds_folder: Path, fp32_bundle: Path
     offset = [float(x) for x in p["user-configs"]["channel-mean-offsets"].split(";")]
     pixel = np.array([0.0, 100.0, 255.0])  # (pixel - offset) * scale == (pixel / 255 - mean) / std
     for c in range(3):
-        np.testing.assert_allclose((pixel - offset[c]) * scale[c], (pixel / 255 - pre["mean"][c]) / pre["std"][c],
-                                   rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            (pixel - offset[c]) * scale[c], (pixel / 255 - pre["mean"][c]) / pre["std"][c], rtol=1e-6, atol=1e-6
+        )
     # 1280x720 -> short side to the model's size, centre crop: the centre 720x720 square when crop == short side
     side = round(crop * 720 / pre["short_side"])
     assert p["group-0"]["roi-params-src-1"] == f"{(1280 - side) // 2};{(720 - side) // 2};{side};{side}"
@@ -70,8 +86,9 @@ def test_ncthw_onnx_gives_the_bundles_logits(ds_folder: Path, fp32_bundle: Path)
     np.testing.assert_allclose(logits, want, rtol=1e-4, atol=1e-4)  # same weights; the bundle's file is ORT-optimised
     e = np.exp(want - want.max(1, keepdims=True))
     np.testing.assert_allclose(probs, e / e.sum(1, keepdims=True), atol=1e-5)
-    assert not np.allclose(new.run(["logits"], {"video": clip.transpose(0, 2, 1, 3, 4)[:, :, ::-1].copy()})[0], want,
-                           atol=1e-3)  # the frame axis matters: feeding it reversed changes the answer
+    assert not np.allclose(
+        new.run(["logits"], {"video": clip.transpose(0, 2, 1, 3, 4)[:, :, ::-1].copy()})[0], want, atol=1e-3
+    )  # the frame axis matters: feeding it reversed changes the answer
 
 
 def test_values_that_could_add_a_line_are_refused() -> None:
@@ -83,8 +100,9 @@ def test_values_that_could_add_a_line_are_refused() -> None:
         ds.parse_configs("[property]\na=1\na=2\n", "x.txt")
 
 
-def test_labels_with_the_separator_and_foreign_folders_are_refused(ds_folder: Path, fp32_bundle: Path,
-                                                                   tmp_path: Path) -> None:
+def test_labels_with_the_separator_and_foreign_folders_are_refused(
+    ds_folder: Path, fp32_bundle: Path, tmp_path: Path
+) -> None:
     manifest = json.loads((fp32_bundle / "manifest.json").read_text())
     with pytest.raises(ValueError, match="splits its label file on ';'"):
         _bad_labels(fp32_bundle, manifest, tmp_path)
@@ -115,14 +133,19 @@ def _bad_labels(bundle: Path, manifest: dict, tmp_path: Path) -> str:
     (copy / manifest["labels_file"]).write_text("\n".join(labels))
     from runtime.files import sha256_file
 
-    manifest["files"][manifest["labels_file"]] = {"sha256": sha256_file(copy / manifest["labels_file"]),
-                                                  "size": (copy / manifest["labels_file"]).stat().st_size}
+    manifest["files"][manifest["labels_file"]] = {
+        "sha256": sha256_file(copy / manifest["labels_file"]),
+        "size": (copy / manifest["labels_file"]).stat().st_size,
+    }
     return ds._labels_line(copy, manifest)
 
 
 def test_a_tensorrt_bundle_goes_through_its_engine_onnx_found_by_sha256(fp32_bundle: Path, tmp_path: Path) -> None:
-    manifest = {**json.loads((fp32_bundle / "manifest.json").read_text()), "backend": "tensorrt",
-                "engine_file": "model.plan"}
+    manifest = {
+        **json.loads((fp32_bundle / "manifest.json").read_text()),
+        "backend": "tensorrt",
+        "engine_file": "model.plan",
+    }
     want = manifest["source"]["onnx_sha256"]
     found = ds._engine_onnx(fp32_bundle, manifest, None, str(fp32_bundle.parent / "cache"))
     from runtime.files import sha256_file

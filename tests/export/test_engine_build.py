@@ -1,4 +1,5 @@
 """``make engine``: ONNX Runtime bundles of every precision, manifests, incremental and atomic builds."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,8 +28,15 @@ def built(tmp_path_factory, motion_model_path):
     base = tmp_path_factory.mktemp("engines")
     out = {}
     for precision in ("fp16", "int8"):
-        req = BuildRequest(model=str(motion_model_path), precision=precision, backend="onnxruntime",
-                           out=str(base / precision), cache_dir=str(base / "cache"), calib_clips=16, parity_clips=8)
+        req = BuildRequest(
+            model=str(motion_model_path),
+            precision=precision,
+            backend="onnxruntime",
+            out=str(base / precision),
+            cache_dir=str(base / "cache"),
+            calib_clips=16,
+            parity_clips=8,
+        )
         out[precision] = build_bundle(req)
     return out
 
@@ -77,8 +85,14 @@ def test_reduced_precision_bundles(built, precision):
     model = onnx.load(str(built[precision] / m["engine_file"]))
     ops = {n.op_type for n in model.graph.node}
     if precision == "int8":
-        assert ops & {"QuantizeLinear", "DynamicQuantizeLinear", "QLinearMatMul", "MatMulInteger",
-                      "DynamicQuantizeMatMul", "QGemm"}, f"no INT8 ops in {sorted(ops)}"
+        assert ops & {
+            "QuantizeLinear",
+            "DynamicQuantizeLinear",
+            "QLinearMatMul",
+            "MatMulInteger",
+            "DynamicQuantizeMatMul",
+            "QGemm",
+        }, f"no INT8 ops in {sorted(ops)}"
     else:
         inits = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
         assert inits, "an FP16 engine must hold FP16 weights"
@@ -104,8 +118,14 @@ def test_auto_backend_says_why():
 
 def test_rebuild_reuses_onnx_and_failed_build_leaves_nothing(motion_model_path, tmp_path, caplog, monkeypatch):
     caplog.set_level(logging.INFO)  # progress lines are log records (runtime/log.py prints them for the CLIs)
-    req = BuildRequest(model=str(motion_model_path), precision="fp32", backend="onnxruntime", out=str(tmp_path / "b"),
-                       cache_dir=str(tmp_path / "cache"), parity_clips=2)
+    req = BuildRequest(
+        model=str(motion_model_path),
+        precision="fp32",
+        backend="onnxruntime",
+        out=str(tmp_path / "b"),
+        cache_dir=str(tmp_path / "cache"),
+        parity_clips=2,
+    )
     build_bundle(req)
     assert "exporting ONNX" in caplog.text and "[engine] built" in caplog.text
     caplog.clear()
@@ -131,8 +151,14 @@ def test_parity_failure_fails_loudly_unless_allowed(motion_model_path, tmp_path,
     from calibration.precision import metrics
 
     monkeypatch.setitem(metrics.TOLERANCES, "fp32", {"max_abs_logit": 0.0})
-    req = BuildRequest(model=str(motion_model_path), precision="fp32", backend="onnxruntime", out=str(tmp_path / "b"),
-                       cache_dir=str(tmp_path / "cache"), parity_clips=2)
+    req = BuildRequest(
+        model=str(motion_model_path),
+        precision="fp32",
+        backend="onnxruntime",
+        out=str(tmp_path / "b"),
+        cache_dir=str(tmp_path / "cache"),
+        parity_clips=2,
+    )
     with pytest.raises(BuildError, match="parity check failed for fp32: max_abs_logit"):
         build_bundle(req)
     assert not (tmp_path / "b").exists()
@@ -142,17 +168,43 @@ def test_parity_failure_fails_loudly_unless_allowed(motion_model_path, tmp_path,
 
 
 def test_make_engine_cli(motion_model_path, tmp_path):
-    res = subprocess.run([sys.executable, "-m", "export.bundle.build", "--model", str(motion_model_path), "--precision",
-                          "fp32", "--backend", "auto", "--out", str(tmp_path / "cli"), "--cache-dir",
-                          str(tmp_path / "cache"), "--parity-clips", "2", "--batch", "1:2:3"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export.bundle.build",
+            "--model",
+            str(motion_model_path),
+            "--precision",
+            "fp32",
+            "--backend",
+            "auto",
+            "--out",
+            str(tmp_path / "cli"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--parity-clips",
+            "2",
+            "--batch",
+            "1:2:3",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr
     assert "(auto: TensorRT not usable here" in res.stderr
     assert "built" in res.stderr and " s:" in res.stderr
     m = json.loads((tmp_path / "cli" / "manifest.json").read_text())
     assert m["input"]["batch"] == {"min": 1, "opt": 2, "max": 3}
-    bad = subprocess.run([sys.executable, "-m", "export.bundle.build", "--model", "no_such_model", "--out",
-                          str(tmp_path / "x")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [sys.executable, "-m", "export.bundle.build", "--model", "no_such_model", "--out", str(tmp_path / "x")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "neither a preset" in bad.stderr and not (tmp_path / "x").exists()
 
 
@@ -181,8 +233,13 @@ def test_out_that_is_not_our_bundle_is_refused_and_left_alone(kind, fp32_bundle,
         (out / "notes.txt").write_text("mine")
     before = sorted(p.name for p in tmp_path.iterdir())
     snapshot = _tree(out.resolve()) if out.is_dir() else out.read_bytes()
-    req = BuildRequest(model="no_such_model_the_out_check_comes_first", precision="fp32", backend="onnxruntime",
-                       out=str(out), cache_dir=str(tmp_path / "cache"))
+    req = BuildRequest(
+        model="no_such_model_the_out_check_comes_first",
+        precision="fp32",
+        backend="onnxruntime",
+        out=str(out),
+        cache_dir=str(tmp_path / "cache"),
+    )
     with pytest.raises(BuildError, match=r"OUT=.*(not an engine bundle|is a file|is a symlink)"):
         build_bundle(req)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
@@ -198,8 +255,14 @@ def test_rebuild_replaces_our_bundle_and_an_empty_folder(motion_model_path, tmp_
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    req = BuildRequest(model=str(motion_model_path), precision="fp32", backend="onnxruntime", out=str(empty),
-                       cache_dir=str(tmp_path / "cache"), parity_clips=2)
+    req = BuildRequest(
+        model=str(motion_model_path),
+        precision="fp32",
+        backend="onnxruntime",
+        out=str(empty),
+        cache_dir=str(tmp_path / "cache"),
+        parity_clips=2,
+    )
     old_umask = os.umask(0o022)
     try:
         build_bundle(req)
@@ -233,8 +296,9 @@ def test_stale_temporaries_of_dead_builds_are_removed(tmp_path):
     old = tmp_path / f".b.old-{dead_pid}-12345678"
     old.mkdir()
     (old / "model.onnx").write_bytes(b"engine")
-    (old / "manifest.json").write_text(json.dumps({"schema_version": 2, "backend": "onnxruntime",
-                                                   "engine_file": "model.onnx"}))
+    (old / "manifest.json").write_text(
+        json.dumps({"schema_version": 2, "backend": "onnxruntime", "engine_file": "model.onnx"})
+    )
     mine = tmp_path / ".b.notes"  # not ours by name: never touched
     mine.write_text("keep")
     done = clean_stale(out)
@@ -244,6 +308,7 @@ def test_stale_temporaries_of_dead_builds_are_removed(tmp_path):
 
 
 # --------------------------------------------------------------- one table, one resolved target, one manifest type
+
 
 def test_options_table_drives_the_cli_and_the_makefile(capsys):
     """BuildRequest's fields are the table: the CLI parses to its defaults with its choices, and the Makefile's
@@ -293,16 +358,19 @@ class _FakeTensorRT:
     __version__ = "10.3.0"
 
 
-@pytest.mark.parametrize("precision, backend, typed, want", [
-    ("fp32", "onnxruntime", True, ("onnx", "fp32", None, None)),
-    ("int8", "onnxruntime", True, ("onnx", "int8", "onnxruntime", None)),
-    ("fp16", "openvino", True, ("onnx", "fp32", None, None)),  # OpenVINO's FP16 hint on the FP32 ONNX
-    ("int8", "openvino", True, ("decomposed", "int8", "tensorrt", "qdq-fp16")),  # TensorRT's Q/DQ file
-    ("fp16", "tensorrt", True, ("decomposed", "fp16", "tensorrt", None)),  # 10.3: no Attention operator
-    ("fp16", "tensorrt", False, ("decomposed", "fp32", None, None)),  # builder flags: FP32 ONNX + BuilderFlag.FP16
-    ("int8", "tensorrt", True, ("decomposed", "int8", "tensorrt", "qdq-fp16")),
-    ("int8", "tensorrt", False, ("decomposed", "int8", "tensorrt", "qdq-fp32")),
-])
+@pytest.mark.parametrize(
+    "precision, backend, typed, want",
+    [
+        ("fp32", "onnxruntime", True, ("onnx", "fp32", None, None)),
+        ("int8", "onnxruntime", True, ("onnx", "int8", "onnxruntime", None)),
+        ("fp16", "openvino", True, ("onnx", "fp32", None, None)),  # OpenVINO's FP16 hint on the FP32 ONNX
+        ("int8", "openvino", True, ("decomposed", "int8", "tensorrt", "qdq-fp16")),  # TensorRT's Q/DQ file
+        ("fp16", "tensorrt", True, ("decomposed", "fp16", "tensorrt", None)),  # 10.3: no Attention operator
+        ("fp16", "tensorrt", False, ("decomposed", "fp32", None, None)),  # builder flags: FP32 ONNX + BuilderFlag.FP16
+        ("int8", "tensorrt", True, ("decomposed", "int8", "tensorrt", "qdq-fp16")),
+        ("int8", "tensorrt", False, ("decomposed", "int8", "tensorrt", "qdq-fp32")),
+    ],
+)
 def test_build_target_is_resolved_once(monkeypatch, tmp_path, precision, backend, typed, want):
     from calibration.precision.metrics import TOLERANCES
     from export.bundle import target as target_mod

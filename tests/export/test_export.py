@@ -1,5 +1,6 @@
 """ONNX export: numerics against PyTorch per attention mode, attention subgraphs, block outputs, uint8 input,
 metadata, atomic writes and external data."""
+
 from __future__ import annotations
 
 import copy
@@ -44,8 +45,9 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def _clip(batch: int, cfg: TimeSformerConfig, seed: int, frames: int | None = None, size: int | None = None
-          ) -> torch.Tensor:
+def _clip(
+    batch: int, cfg: TimeSformerConfig, seed: int, frames: int | None = None, size: int | None = None
+) -> torch.Tensor:
     t, s = frames or cfg.num_frames, size or cfg.image_size
     return torch.randn(batch, t, 3, s, s, generator=torch.Generator().manual_seed(seed))
 
@@ -104,6 +106,7 @@ def _no_layout_ops_around_fused_attention(path: Path) -> None:
 
 # --------------------------------------------------------------------------- base 8x224, each mode exported once
 
+
 @pytest.fixture(scope="module")
 def base_net() -> TimeSformer:
     return _random_model(PRESETS["base"].config)
@@ -122,8 +125,9 @@ def base_reference(base_net: TimeSformer) -> dict[int, tuple[torch.Tensor, np.nd
 @pytest.fixture(scope="module", params=ATTENTION_MODES)
 def base_export(request, base_net: TimeSformer, tmp_path_factory) -> tuple[str, Path]:
     mode = request.param
-    path = export_onnx(base_net, tmp_path_factory.mktemp(f"base-{mode}") / f"base-{mode}.onnx", attention=mode,
-                       verbose=False)
+    path = export_onnx(
+        base_net, tmp_path_factory.mktemp(f"base-{mode}") / f"base-{mode}.onnx", attention=mode, verbose=False
+    )
     return mode, path
 
 
@@ -154,8 +158,9 @@ def test_base_attention_subgraphs(base_export) -> None:
 @pytest.mark.slow
 def test_base_weights_at_other_frames_and_resolution(base_net: TimeSformer, tmp_path: Path) -> None:
     """Base weights exported at 4 frames, 160 px: the embeddings are resized as the model does at run time."""
-    path = export_onnx(base_net, tmp_path / "base-4x160.onnx", attention="decomposed", frames=4, image_size=160,
-                       verbose=False)
+    path = export_onnx(
+        base_net, tmp_path / "base-4x160.onnx", attention="decomposed", frames=4, image_size=160, verbose=False
+    )
     s = summarize(path)
     _attention_checks(s, "decomposed", {("100*batch", 4, 768): 12, ("4*batch", 101, 768): 12})
     meta = read_metadata(path)
@@ -167,6 +172,7 @@ def test_base_weights_at_other_frames_and_resolution(base_net: TimeSformer, tmp_
 
 # --------------------------------------------------------------------------- small models, every mode
 
+
 @pytest.fixture(scope="module")
 def small_net() -> TimeSformer:
     return _random_model(TimeSformerConfig(**SMALL), seed=1)
@@ -176,8 +182,9 @@ def small_net() -> TimeSformer:
 def small_export(request, small_net: TimeSformer, tmp_path_factory) -> tuple[str, Path]:
     mode = request.param
     before = {k: v.clone() for k, v in small_net.state_dict().items()}
-    path = export_onnx(small_net, tmp_path_factory.mktemp(f"small-{mode}") / "small.onnx", attention=mode,
-                       verbose=False)
+    path = export_onnx(
+        small_net, tmp_path_factory.mktemp(f"small-{mode}") / "small.onnx", attention=mode, verbose=False
+    )
     # The caller's model is untouched (no folded scale, no marker attention).
     after = small_net.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -233,10 +240,13 @@ def test_small_attention_subgraphs(small_export) -> None:
 
 
 @pytest.mark.parametrize("mode", ATTENTION_MODES)
-@pytest.mark.parametrize("attention_type, expected", [
-    ("joint_space_time", {("batch", 65, 64): 2}),    # one attention over all 4*16 patches + class token
-    ("space_only", {("4*batch", 17, 64): 2}),        # each frame on its own
-])
+@pytest.mark.parametrize(
+    "attention_type, expected",
+    [
+        ("joint_space_time", {("batch", 65, 64): 2}),  # one attention over all 4*16 patches + class token
+        ("space_only", {("4*batch", 17, 64): 2}),  # each frame on its own
+    ],
+)
 def test_joint_and_space_only(mode: str, attention_type: str, expected: dict, tmp_path: Path) -> None:
     net = _random_model(TimeSformerConfig(**SMALL, attention_type=attention_type), seed=2)
     path = export_onnx(net, tmp_path / "m.onnx", attention=mode, verbose=False)
@@ -254,18 +264,26 @@ def test_other_frames_and_resolution(mode: str, small_net: TimeSformer, tmp_path
 
 # --------------------------------------------------------------------------- uint8 input, metadata, batch
 
+
 @pytest.mark.parametrize("mode, order", [("ort", "RGB"), ("decomposed", "RGB"), ("ort", "BGR")])
-def test_uint8_input_matches_preprocess_and_float_model(mode: str, order: str, small_net: TimeSformer,
-                                                        tmp_path: Path) -> None:
+def test_uint8_input_matches_preprocess_and_float_model(
+    mode: str, order: str, small_net: TimeSformer, tmp_path: Path
+) -> None:
     """RGB frames in; the graph normalises (and swaps to BGR for a BGR model) exactly as runtime.preprocess does."""
     cfg = small_net.config
-    pre = PreprocessConfig(num_frames=cfg.num_frames, short_side=cfg.image_size, crop_size=cfg.image_size,
-                           mean=(0.43, 0.45, 0.48), std=(0.22, 0.225, 0.23), channel_order=order)
-    path = export_onnx(small_net, tmp_path / "u8.onnx", attention=mode, uint8_input=True, preprocess=pre,
-                       verbose=False)
+    pre = PreprocessConfig(
+        num_frames=cfg.num_frames,
+        short_side=cfg.image_size,
+        crop_size=cfg.image_size,
+        mean=(0.43, 0.45, 0.48),
+        std=(0.22, 0.225, 0.23),
+        channel_order=order,
+    )
+    path = export_onnx(small_net, tmp_path / "u8.onnx", attention=mode, uint8_input=True, preprocess=pre, verbose=False)
     s = summarize(path)
-    assert s["inputs"] == [{"name": "frames", "dtype": "uint8",
-                            "shape": ["batch", cfg.num_frames, cfg.image_size, cfg.image_size, 3]}]
+    assert s["inputs"] == [
+        {"name": "frames", "dtype": "uint8", "shape": ["batch", cfg.num_frames, cfg.image_size, cfg.image_size, 3]}
+    ]
     meta = read_metadata(path)
     assert meta["input"]["layout"] == "BTHWC" and meta["input"]["normalized_in_graph"] is True
     rng = np.random.default_rng(4)
@@ -283,17 +301,29 @@ def test_metadata_round_trip(small_net: TimeSformer, tmp_path: Path) -> None:
     cfg = small_net.config
     labels = [f"label {i} ü" for i in range(cfg.num_classes)]
     pre = PreprocessConfig(num_frames=cfg.num_frames, sampling_rate=3, short_side=40, crop_size=cfg.image_size)
-    path = export_onnx(small_net, tmp_path / "m.onnx", attention="onnx", labels=labels, preprocess=pre,
-                       source="ckpt/some.pyth", source_sha256="ab" * 32, verbose=False)
+    path = export_onnx(
+        small_net,
+        tmp_path / "m.onnx",
+        attention="onnx",
+        labels=labels,
+        preprocess=pre,
+        source="ckpt/some.pyth",
+        source_sha256="ab" * 32,
+        verbose=False,
+    )
     meta = read_metadata(path)
     assert TimeSformerConfig.from_dict(meta["model_config"]) == cfg
     assert PreprocessConfig.from_dict(meta["preprocess"]) == pre
     assert meta["labels"] == labels
     assert (meta["source"], meta["source_sha256"]) == ("ckpt/some.pyth", "ab" * 32)
     assert (meta["attention"], meta["opset"]) == ("onnx", 23)
-    assert meta["input"] == {"name": "video", "layout": "BTCHW", "dtype": "float32",
-                             "shape": ["batch", cfg.num_frames, 3, cfg.image_size, cfg.image_size],
-                             "normalized_in_graph": False}
+    assert meta["input"] == {
+        "name": "video",
+        "layout": "BTCHW",
+        "dtype": "float32",
+        "shape": ["batch", cfg.num_frames, 3, cfg.image_size, cfg.image_size],
+        "normalized_in_graph": False,
+    }
     assert meta["exporter"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
     assert set(meta["exporter"]) >= {"onnx", "onnxscript", "onnx-ir"}
     assert meta["block_outputs"] == [block_output_name(i) for i in range(cfg.depth)]
@@ -316,6 +346,7 @@ def test_fixed_batch(small_net: TimeSformer, tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- failures leave nothing behind
+
 
 def test_invalid_attention_mode_writes_nothing(small_net: TimeSformer, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="attention: expected one of"):
@@ -367,8 +398,9 @@ def test_failure_mid_write_leaves_no_partial_file(small_net: TimeSformer, tmp_pa
 
 def test_external_data(small_net: TimeSformer, tmp_path: Path) -> None:
     """The >2 GB path, made cheap by lowering the threshold: one data file beside the model."""
-    path = export_onnx(small_net, tmp_path / "big.onnx", attention="decomposed", external_data_threshold=0,
-                       verbose=False)
+    path = export_onnx(
+        small_net, tmp_path / "big.onnx", attention="decomposed", external_data_threshold=0, verbose=False
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
     s = summarize(path)
     assert s["external_data"] == ["big.onnx.data"]
@@ -383,8 +415,7 @@ def test_external_data(small_net: TimeSformer, tmp_path: Path) -> None:
 
 def test_cli(tmp_path: Path, capsys) -> None:
     out = tmp_path / "cli.onnx"
-    assert main(["--model", "tiny_8x64", "--attention", "decomposed", "--out", str(out), "--seed", "3",
-                 "--quiet"]) == 0
+    assert main(["--model", "tiny_8x64", "--attention", "decomposed", "--out", str(out), "--seed", "3", "--quiet"]) == 0
     assert capsys.readouterr().out.strip() == str(out)
     meta = read_metadata(out)
     assert meta["source"] == "preset:tiny_8x64 (random weights, seed 3)"

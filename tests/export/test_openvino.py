@@ -1,5 +1,6 @@
 """OpenVINO bundles of the motion model: built by ``make engine``'s code, held to ONNX Runtime's parity and runtime
 tests, thread safety, the compiled-model cache, the one shared INT8 file, and the errors."""
+
 from __future__ import annotations
 
 import json
@@ -34,9 +35,17 @@ def ov_bundles(tmp_path_factory, motion_model_path, ov_cache) -> dict[str, Path]
     base = tmp_path_factory.mktemp("ov_engines")
     out = {}
     for precision in ("fp32", "fp16", "int8"):
-        req = BuildRequest(model=str(motion_model_path), precision=precision, backend="openvino",
-                           out=str(base / precision), cache_dir=str(base / "cache"), calib_clips=16, parity_clips=8,
-                           batch=(1, 2, 4), allow_precision_fallback=True)  # fp16 runs f32 on AVX2-only CPUs
+        req = BuildRequest(
+            model=str(motion_model_path),
+            precision=precision,
+            backend="openvino",
+            out=str(base / precision),
+            cache_dir=str(base / "cache"),
+            calib_clips=16,
+            parity_clips=8,
+            batch=(1, 2, 4),
+            allow_precision_fallback=True,
+        )  # fp16 runs f32 on AVX2-only CPUs
         out[precision] = build_bundle(req)
     out["cache"] = base / "cache"
     return out
@@ -84,8 +93,9 @@ def test_int8_is_the_tensorrt_qdq_file(ov_bundles, motion_model_path):
     attention = resolve_attention("auto", "tensorrt", None, precision="int8")
     assert m["source"]["attention"] == attention
     fp32 = cached_fp32_onnx(net, labels, pre, source, attention, ov_bundles["cache"], verbose=False)
-    trt_file, info = precision_onnx(fp32, "int8", "tensorrt", None, pre, 16, "max", ov_bundles["cache"], 0,
-                                    form="qdq-fp16", progress=False)
+    trt_file, info = precision_onnx(
+        fp32, "int8", "tensorrt", None, pre, 16, "max", ov_bundles["cache"], 0, form="qdq-fp16", progress=False
+    )
     assert info["reused"] is True  # calibrated once: the TensorRT request found the OpenVINO build's file
     assert sha256_file(trt_file) == m["source"]["onnx_sha256"]
     from export.onnx.qkv_split import split_qkv_projections
@@ -136,9 +146,18 @@ def test_int8_bundle_same_numbers_without_vnni(ov_bundles, motion_model_path, tm
     from calibration.precision.cpu_int8 import FORM_ENV
 
     monkeypatch.setenv(FORM_ENV, "portable")
-    bundle = build_bundle(BuildRequest(model=str(motion_model_path), precision="int8", backend="openvino",
-                                       out=str(tmp_path / "portable"), cache_dir=str(ov_bundles["cache"]),
-                                       calib_clips=16, parity_clips=8, batch=(1, 2, 4)))
+    bundle = build_bundle(
+        BuildRequest(
+            model=str(motion_model_path),
+            precision="int8",
+            backend="openvino",
+            out=str(tmp_path / "portable"),
+            cache_dir=str(ov_bundles["cache"]),
+            calib_clips=16,
+            parity_clips=8,
+            batch=(1, 2, 4),
+        )
+    )
     assert _manifest(bundle)["build"]["openvino"]["cpu_int8"]["form"] == "portable"
     net, _, pre, _ = load_source(str(motion_model_path))
     x = load_clips("synthetic", pre, n=12, seed=7000)
@@ -150,9 +169,14 @@ def test_int8_bundle_same_numbers_without_vnni(ov_bundles, motion_model_path, tm
     for cap in ("AVX512_CORE_VNNI", "AVX2"):
         env = {**{k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}, "ONEDNN_MAX_CPU_ISA": cap}
         out = tmp_path / f"y{cap}.npy"
-        run = subprocess.run([sys.executable, "-c", _CAPPED_RUN, str(bundle), str(tmp_path / "x.npy"),
-                              str(out)], env=env, cwd=str(Path(__file__).resolve().parents[2]), timeout=300,
-                             capture_output=True, text=True)
+        run = subprocess.run(
+            [sys.executable, "-c", _CAPPED_RUN, str(bundle), str(tmp_path / "x.npy"), str(out)],
+            env=env,
+            cwd=str(Path(__file__).resolve().parents[2]),
+            timeout=300,
+            capture_output=True,
+            text=True,
+        )
         assert run.returncode == 0, (cap, run.stderr[-2000:])
         outs[cap] = np.load(out)
     assert np.abs(outs["AVX512_CORE_VNNI"] - outs["AVX2"]).max() < 0.02  # old bundle: 0.18-0.39
@@ -161,9 +185,22 @@ def test_int8_bundle_same_numbers_without_vnni(ov_bundles, motion_model_path, tm
         assert cos.min() > 0.999, cos.min()
     if _manifest(ov_bundles["int8"])["build"]["openvino"]["cpu_int8"]["form"] == "vnni":  # built for this VNNI CPU
         env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
-        run = subprocess.run([sys.executable, "-c", _CAPPED_RUN, str(ov_bundles["int8"]), str(tmp_path / "x.npy"),
-                              str(tmp_path / "v.npy"), "never"], env=env, cwd=str(Path(__file__).resolve().parents[2]),
-                             timeout=300, capture_output=True, text=True)
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _CAPPED_RUN,
+                str(ov_bundles["int8"]),
+                str(tmp_path / "x.npy"),
+                str(tmp_path / "v.npy"),
+                "never",
+            ],
+            env=env,
+            cwd=str(Path(__file__).resolve().parents[2]),
+            timeout=300,
+            capture_output=True,
+            text=True,
+        )
         assert run.returncode == 0 and "saturate on this CPU" in run.stderr, run.stderr[-2000:]  # the load check
 
 
@@ -303,8 +340,21 @@ def test_bench_cpu_quick_report(ov_bundles, tmp_path, capsys):
     from export.bench import cpu as bench_cpu
 
     out = tmp_path / "bench"
-    rc = bench_cpu.main(["--quick", "--rounds", "2", "--eval-clips", "3", "--threads", "2", "--cache-dir",
-                         str(ov_bundles["cache"]), "--out-dir", str(out)])
+    rc = bench_cpu.main(
+        [
+            "--quick",
+            "--rounds",
+            "2",
+            "--eval-clips",
+            "3",
+            "--threads",
+            "2",
+            "--cache-dir",
+            str(ov_bundles["cache"]),
+            "--out-dir",
+            str(out),
+        ]
+    )
     assert rc == 0
     report = json.loads((out / "cpu.json").read_text())
     rows = report["results"]

@@ -1,4 +1,5 @@
 """``make parity``: engine vs PyTorch, the reports, and finding the first diverging block of a broken engine."""
+
 from __future__ import annotations
 
 import json
@@ -26,12 +27,18 @@ def broken_bundle(tmp_path_factory, motion_model_path):
     with torch.no_grad():
         for name in ("weight", "bias"):
             p = getattr(net.blocks[BROKEN_BLOCK].attn.qkv, name)
-            q, k = p[:d].clone(), p[d:2 * d].clone()
-            p[:d], p[d:2 * d] = k, q
+            q, k = p[:d].clone(), p[d : 2 * d].clone()
+            p[:d], p[d : 2 * d] = k, q
     base = tmp_path_factory.mktemp("broken")
     ckpt = save_checkpoint(net, base / "broken.safetensors", labels=net.labels, preprocess=net.preprocess)
-    req = BuildRequest(model=str(ckpt), precision="fp32", backend="onnxruntime", out=str(base / "bundle"),
-                       cache_dir=str(base / "cache"), parity_clips=2)
+    req = BuildRequest(
+        model=str(ckpt),
+        precision="fp32",
+        backend="onnxruntime",
+        out=str(base / "bundle"),
+        cache_dir=str(base / "cache"),
+        parity_clips=2,
+    )
     return build_bundle(req)
 
 
@@ -42,8 +49,23 @@ def test_good_engine_passes_with_reports(fp32_bundle, tmp_path):
     b = report["blocks"]
     assert b["first_diverging_block"] is None and len(b["blocks"]) == 4
     assert all(row["rel_l2"] < 1e-4 for row in b["blocks"])
-    res = subprocess.run([sys.executable, "-m", "export.bundle.parity", "--engine", str(fp32_bundle), "--n", "4",
-                          "--out", str(tmp_path / "rep")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export.bundle.parity",
+            "--engine",
+            str(fp32_bundle),
+            "--n",
+            "4",
+            "--out",
+            str(tmp_path / "rep"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     assert "PASSED" in res.stdout
     js = json.loads((tmp_path / "rep" / "parity.json").read_text())
@@ -63,9 +85,25 @@ def test_broken_engine_is_flagged_at_the_first_diverging_block(broken_bundle, mo
     rows = blocks["blocks"]
     assert all(r["rel_l2"] < 1e-4 for r in rows[:BROKEN_BLOCK]) and rows[BROKEN_BLOCK]["rel_l2"] > 1e-2
     assert f"First diverging block: **{BROKEN_BLOCK}**" in markdown(report)
-    res = subprocess.run([sys.executable, "-m", "export.bundle.parity", "--engine", str(broken_bundle), "--model",
-                          str(motion_model_path), "--n", "4", "--out", str(tmp_path / "rep")], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export.bundle.parity",
+            "--engine",
+            str(broken_bundle),
+            "--model",
+            str(motion_model_path),
+            "--n",
+            "4",
+            "--out",
+            str(tmp_path / "rep"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 1 and "FAILED" in res.stdout
     assert json.loads((tmp_path / "rep" / "parity.json").read_text())["blocks"]["first_diverging_block"] == BROKEN_BLOCK
 
@@ -105,8 +143,16 @@ def test_bgr_model_gets_bgr_clips_in_calibration_parity_onnx_and_manifest(motion
     assert np.array_equal(cal, load_calibration_set("synthetic:5", net.preprocess, 1, progress=False).clips[:, :, ::-1])
     # The bundle of a BGR checkpoint: manifest and ONNX metadata carry the order; parity passes on BGR clips.
     ckpt = save_checkpoint(net, tmp_path / "bgr.safetensors", labels=net.labels, preprocess=bgr)
-    bundle = build_bundle(BuildRequest(model=str(ckpt), precision="fp32", backend="onnxruntime",
-                                       out=str(tmp_path / "bundle"), cache_dir=str(tmp_path / "cache"), parity_clips=2))
+    bundle = build_bundle(
+        BuildRequest(
+            model=str(ckpt),
+            precision="fp32",
+            backend="onnxruntime",
+            out=str(tmp_path / "bundle"),
+            cache_dir=str(tmp_path / "cache"),
+            parity_clips=2,
+        )
+    )
     m = json.loads((bundle / "manifest.json").read_text())
     assert m["preprocess"]["channel_order"] == "BGR"
     assert read_metadata(bundle / m["engine_file"])["preprocess"]["channel_order"] == "BGR"

@@ -1,5 +1,6 @@
 """``export.onnx.qkv_split``: fused q/k/v projections split into three, exactly, in FP32 and Q/DQ INT8 models, and
 patterns it must not touch left alone."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,14 +25,18 @@ def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarra
 def _qdq_scales(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Scale of every activation QuantizeLinear, by the tensor it quantises."""
     inits = {i.name: i for i in model.graph.initializer}
-    return {n.input[0]: numpy_helper.to_array(inits[n.input[1]]) for n in model.graph.node
-            if n.op_type == "QuantizeLinear"}
+    return {
+        n.input[0]: numpy_helper.to_array(inits[n.input[1]]) for n in model.graph.node if n.op_type == "QuantizeLinear"
+    }
 
 
 def _fused_qkv_splits(model: onnx.ModelProto) -> int:
     producer = {o: n for n in model.graph.node for o in n.output}
-    return sum(1 for n in model.graph.node if n.op_type == "Split"
-               and producer.get(n.input[0]) is not None and producer[n.input[0]].op_type == "Add")
+    return sum(
+        1
+        for n in model.graph.node
+        if n.op_type == "Split" and producer.get(n.input[0]) is not None and producer[n.input[0]].op_type == "Add"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +52,20 @@ def motion_onnx(tmp_path_factory, motion_model_path):
     fp32 = export_onnx(net, d / "fp32.onnx", attention="decomposed", preprocess=pre, verbose=False)
     out = {"fp32": fp32}
     for form in ("qdq-fp16", "qdq-fp32"):
-        out[form] = precision_onnx(fp32, "int8", "tensorrt", "synthetic:31", pre, 8, "max", d / "cache", 0,
-                                   form=form, validate_clips=0, progress=False)[0]
+        out[form] = precision_onnx(
+            fp32,
+            "int8",
+            "tensorrt",
+            "synthetic:31",
+            pre,
+            8,
+            "max",
+            d / "cache",
+            0,
+            form=form,
+            validate_clips=0,
+            progress=False,
+        )[0]
     return out
 
 
@@ -61,8 +78,10 @@ def test_split_is_exact_and_keeps_the_quantisation(motion_onnx, which):
     assert split_qkv_projections(model) == 2 * depth
     onnx.checker.check_model(model)
     assert _fused_qkv_splits(model) == 0
-    assert sum(n.op_type == "MatMul" for n in model.graph.node) == \
-        sum(n.op_type == "MatMul" for n in before.graph.node) + 2 * 2 * depth
+    assert (
+        sum(n.op_type == "MatMul" for n in model.graph.node)
+        == sum(n.op_type == "MatMul" for n in before.graph.node) + 2 * 2 * depth
+    )
     # the activation Q/DQ (what calibration decided) is untouched: same tensors, same scales
     got, want = _qdq_scales(model), _qdq_scales(before)
     assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
@@ -75,8 +94,9 @@ def test_split_is_exact_and_keeps_the_quantisation(motion_onnx, which):
     assert split_qkv_projections(model) == 0  # idempotent: nothing left to split
 
 
-def _graph(split_axis: int = -1, extra_matmul_use: bool = False, qdq: bool = False,
-           sizes: list[int] | None = None) -> onnx.ModelProto:
+def _graph(
+    split_axis: int = -1, extra_matmul_use: bool = False, qdq: bool = False, sizes: list[int] | None = None
+) -> onnx.ModelProto:
     """x (2, 5, 4) -> MatMul(W 4x6) -> Add(b) -> Split(3) -> three outputs; options break the pattern."""
     rng = np.random.default_rng(1)
     w = rng.standard_normal((4, 6)).astype(np.float32)
@@ -86,8 +106,11 @@ def _graph(split_axis: int = -1, extra_matmul_use: bool = False, qdq: bool = Fal
     if qdq:
         scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
         wq = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
-        inits += [numpy_helper.from_array(wq, "wq"), numpy_helper.from_array(scale, "ws"),
-                  numpy_helper.from_array(np.zeros(6, np.int8), "wz")]
+        inits += [
+            numpy_helper.from_array(wq, "wq"),
+            numpy_helper.from_array(scale, "ws"),
+            numpy_helper.from_array(np.zeros(6, np.int8), "wz"),
+        ]
         nodes.append(helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=1))
     else:
         inits.append(numpy_helper.from_array(w, "w"))
@@ -103,8 +126,9 @@ def _graph(split_axis: int = -1, extra_matmul_use: bool = False, qdq: bool = Fal
     if extra_matmul_use:
         nodes.append(helper.make_node("Relu", ["mm"], ["r"]))
         outputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, [2, 5, 6]))
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 4])], outputs,
-                          inits)
+    g = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 4])], outputs, inits
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
 
 
@@ -124,8 +148,11 @@ def test_small_graphs_split_exactly(qdq, sizes):
 
 @pytest.mark.parametrize("case", ["axis_0", "middle_axis", "matmul_used_twice"])
 def test_patterns_it_must_not_touch(case):
-    model = {"axis_0": lambda: _graph(split_axis=0), "middle_axis": lambda: _graph(split_axis=1),
-             "matmul_used_twice": lambda: _graph(extra_matmul_use=True)}[case]()
+    model = {
+        "axis_0": lambda: _graph(split_axis=0),
+        "middle_axis": lambda: _graph(split_axis=1),
+        "matmul_used_twice": lambda: _graph(extra_matmul_use=True),
+    }[case]()
     before = model.SerializeToString()
     assert split_qkv_projections(model) == 0
     assert model.SerializeToString() == before

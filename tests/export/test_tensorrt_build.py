@@ -2,6 +2,7 @@
 call sequence, flags, layer pinning, timing cache, asynchronous execution, CUDA graphs, memory release, and
 bundles built through the real ``export.bundle.build.build_bundle`` for each TensorRT option, read back by
 ``runtime.Engine``. Also the paths without TensorRT, and ``make gpu-check``'s refusal without a GPU."""
+
 from __future__ import annotations
 
 import ast
@@ -23,8 +24,14 @@ from tests.support.fake_tensorrt import backend_manifest as _manifest, run_ort a
 
 from export.tensorrt.build import TensorRTBuildError, build_engine
 from export.tensorrt.plan import plan_build
-from runtime.backends.tensorrt_backend import (CudaError, TensorRTBackend, TensorRTBackendError,
-                                               check_plan_compatibility, cuda_call, cuda_check)
+from runtime.backends.tensorrt_backend import (
+    CudaError,
+    TensorRTBackend,
+    TensorRTBackendError,
+    check_plan_compatibility,
+    cuda_call,
+    cuda_check,
+)
 from runtime.backends.tensorrt_detect import tensorrt_available
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,9 +48,6 @@ def _trt_importable() -> bool:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     return make_models(tmp_path_factory.mktemp("trt_models"))
-
-
-
 
 
 @pytest.fixture
@@ -85,6 +89,7 @@ def test_tensorrt_available_contract():
 
 # ------------------------------------------------------------------------------ backend, no GPU
 
+
 def test_backend_imports_only_runtime_side():
     import runtime.backends.tensorrt_backend as mod
 
@@ -121,8 +126,10 @@ class _Err(enum.IntEnum):
 
 
 def test_cuda_check_helper():
-    fake = SimpleNamespace(cudaGetErrorString=lambda err: (_Err.cudaSuccess, b"out of memory"),
-                           cudaMalloc=lambda n: (_Err.cudaErrorMemoryAllocation, None))
+    fake = SimpleNamespace(
+        cudaGetErrorString=lambda err: (_Err.cudaSuccess, b"out of memory"),
+        cudaMalloc=lambda n: (_Err.cudaErrorMemoryAllocation, None),
+    )
     assert cuda_check(fake, "cudaMalloc", (_Err.cudaSuccess, 1234)) == 1234
     assert cuda_check(fake, "cudaStreamSynchronize", (_Err.cudaSuccess,)) is None
     assert cuda_check(fake, "cudaX", (_Err.cudaSuccess, 1, 2)) == (1, 2)
@@ -148,11 +155,19 @@ def test_cuda_call_with_real_cuda_python_without_gpu():
 
 # ---------------------------------------------------------------- fakes
 
+
 def test_fake_build_weak_fp16_trt10(models, tmp_path, fake_gpu):
     trt, _ = fake_gpu("10.3.0")
     cache = tmp_path / "cache" / "timing.cache"
-    o = opts(precision="fp16", strongly_typed=False, timing_cache=str(cache), workspace_mib=256,
-             builder_optimization_level=4, hardware_compatibility="ampere_plus", tf32=False)
+    o = opts(
+        precision="fp16",
+        strongly_typed=False,
+        timing_cache=str(cache),
+        workspace_mib=256,
+        builder_optimization_level=4,
+        hardware_compatibility="ampere_plus",
+        tf32=False,
+    )
     info = build_engine(models["fp32"], tmp_path / "out" / "model.plan", o, progress=True)
     b = trt.builds[-1]
     assert b.network.flags == 0  # weakly typed, and no EXPLICIT_BATCH on 10
@@ -173,8 +188,11 @@ def test_fake_build_weak_fp16_trt10(models, tmp_path, fake_gpu):
     assert info["plan_bytes"] == plan.stat().st_size
     assert info["plan_sha256"] == hashlib.sha256(plan.read_bytes()).hexdigest()
     assert sorted(p.name for p in plan.parent.iterdir()) == ["model.plan"]  # no temp files left
-    assert cache.read_bytes() == b"+timed" and info["timing_cache"] == {"path": str(cache), "loaded": False,
-                                                                        "saved": True}
+    assert cache.read_bytes() == b"+timed" and info["timing_cache"] == {
+        "path": str(cache),
+        "loaded": False,
+        "saved": True,
+    }
     info2 = build_engine(models["fp32"], plan, o, progress=False)
     assert info2["timing_cache"]["loaded"] is True and cache.read_bytes() == b"+timed+timed"
     assert trt.builds[-1].config.progress_monitor is None
@@ -212,16 +230,28 @@ def test_dla_dynamic_batch_is_refused_by_the_plan_and_by_the_fake_builder(models
 
     trt, _ = fake_gpu("10.3.0")
     dla = {"precision": "fp16", "strongly_typed": False, "dla_core": 0}
-    with pytest.raises(TensorRTBuildError, match=r"dla_core=0 with batch \(1, 2, 4\): DLA runs static shapes only.*"
-                                                 r"--batch 2:2:2"):
+    with pytest.raises(
+        TensorRTBuildError,
+        match=r"dla_core=0 with batch \(1, 2, 4\): DLA runs static shapes only.*"
+        r"--batch 2:2:2",
+    ):
         build_engine(models["fp32"], tmp_path / "m.plan", opts(**dla), progress=False)
     assert not trt.builds
     # past the plan, the test double refuses a dynamic DLA profile as TensorRT does (NvInfer.h: min = opt = max)
-    monkeypatch.setattr(tb, "plan_build", lambda onnx, o, trt_version: dataclasses.replace(
-        plan_request(dataclasses.replace(o, batch=(2, 2, 2)), trt_version),
-        profile={"input": "video", "min": (1, *CLIP), "opt": (2, *CLIP), "max": (4, *CLIP)}, onnx={"sha256": "x"}))
-    with pytest.raises(TensorRTBuildError, match=r"(?s)failed to build.*DLA requires the optimization profile's min, "
-                                                 r"opt and max dimensions to be equal"):
+    monkeypatch.setattr(
+        tb,
+        "plan_build",
+        lambda onnx, o, trt_version: dataclasses.replace(
+            plan_request(dataclasses.replace(o, batch=(2, 2, 2)), trt_version),
+            profile={"input": "video", "min": (1, *CLIP), "opt": (2, *CLIP), "max": (4, *CLIP)},
+            onnx={"sha256": "x"},
+        ),
+    )
+    with pytest.raises(
+        TensorRTBuildError,
+        match=r"(?s)failed to build.*DLA requires the optimization profile's min, "
+        r"opt and max dimensions to be equal",
+    ):
         build_engine(models["fp32"], tmp_path / "m.plan", opts(**dla), progress=False)
 
 
@@ -240,11 +270,20 @@ def test_fake_build_fp32_attention_operator_finds_no_kernel(models, tmp_path, fa
 
     fake_gpu("10.14.1")
     # plan_build refuses this combination first; bypass it to show what the builder itself would do
-    monkeypatch.setattr(tb, "plan_build", lambda onnx, o, trt_version: dataclasses.replace(
-        plan_request(o, trt_version), profile={"input": "video", "min": (1, *CLIP), "opt": (2, *CLIP),
-                                               "max": (4, *CLIP)}, onnx={"sha256": "x"}))
-    with pytest.raises(TensorRTBuildError, match=r"(?s)failed to build the engine.*blocks.0.attn: could not find any "
-                                                 r"implementation for the non-decomposable IAttention in FP32"):
+    monkeypatch.setattr(
+        tb,
+        "plan_build",
+        lambda onnx, o, trt_version: dataclasses.replace(
+            plan_request(o, trt_version),
+            profile={"input": "video", "min": (1, *CLIP), "opt": (2, *CLIP), "max": (4, *CLIP)},
+            onnx={"sha256": "x"},
+        ),
+    )
+    with pytest.raises(
+        TensorRTBuildError,
+        match=r"(?s)failed to build the engine.*blocks.0.attn: could not find any "
+        r"implementation for the non-decomposable IAttention in FP32",
+    ):
         build_engine(models["attention"], tmp_path / "m.plan", opts(attention_fallback=False), progress=False)
     monkeypatch.undo()
     fake_gpu("10.3.0")
@@ -259,8 +298,9 @@ def test_fake_build_unreadable_timing_cache_starts_empty(models, tmp_path, fake_
     config_cls = type(trt.Builder(None).create_builder_config())
     real = config_cls.create_timing_cache
     # the test double returns no cache for an unreadable blob, as IBuilderConfig.create_timing_cache may
-    monkeypatch.setattr(config_cls, "create_timing_cache",
-                        lambda self, blob: None if blob == b"corrupt" else real(self, blob))
+    monkeypatch.setattr(
+        config_cls, "create_timing_cache", lambda self, blob: None if blob == b"corrupt" else real(self, blob)
+    )
     info = build_engine(models["fp32"], tmp_path / "m.plan", opts(timing_cache=str(cache)), progress=False)
     assert info["timing_cache"] == {"path": str(cache), "loaded": False, "saved": True}
     assert any("timing cache unreadable" in w for w in info["warnings"]) and cache.read_bytes() == b"+timed"
@@ -268,8 +308,11 @@ def test_fake_build_unreadable_timing_cache_starts_empty(models, tmp_path, fake_
 
 def test_fake_build_parser_errors_are_listed(models, tmp_path, fake_gpu):
     fake_gpu("10.3.0", fail_parse=True)
-    with pytest.raises(TensorRTBuildError, match=r"(?s)fp32.onnx: TensorRT 10.3.0's ONNX parser failed.*"
-                                                 r"node 'fused_gelu' \(Gelu\): Unsupported operator"):
+    with pytest.raises(
+        TensorRTBuildError,
+        match=r"(?s)fp32.onnx: TensorRT 10.3.0's ONNX parser failed.*"
+        r"node 'fused_gelu' \(Gelu\): Unsupported operator",
+    ):
         build_engine(models["fp32"], tmp_path / "m.plan", opts(), progress=False)
     assert not (tmp_path / "m.plan").exists()
 
@@ -315,8 +358,11 @@ def test_fake_backend_version_checks(models, tmp_path, fake_gpu):
     info = build_engine(models["fp32"], tmp_path / "model.plan", opts(), progress=False)
     manifest = _manifest(info, "fp32")
     manifest["backend_version"] = "10.14.1"
-    with pytest.raises(TensorRTBackendError, match=r"model\.plan: built with TensorRT 10\.14\.1, but TensorRT "
-                                                   r"10\.3\.0 is installed"):
+    with pytest.raises(
+        TensorRTBackendError,
+        match=r"model\.plan: built with TensorRT 10\.14\.1, but TensorRT "
+        r"10\.3\.0 is installed",
+    ):
         TensorRTBackend(tmp_path / "model.plan", manifest)
     manifest["backend_version"] = "10.1.0"
     manifest["session"] = {"version_compatible": True}
@@ -324,8 +370,11 @@ def test_fake_backend_version_checks(models, tmp_path, fake_gpu):
     assert trt.runtimes[-1].engine_host_code_allowed is True
     backend.close()
     (tmp_path / "junk.plan").write_bytes(b"\0" * 64)
-    with pytest.raises(TensorRTBackendError, match=r"junk\.plan: TensorRT 10\.3\.0 could not deserialize the plan "
-                                                   r"\(built with TensorRT 10\.3\.0"):
+    with pytest.raises(
+        TensorRTBackendError,
+        match=r"junk\.plan: TensorRT 10\.3\.0 could not deserialize the plan "
+        r"\(built with TensorRT 10\.3\.0",
+    ):
         TensorRTBackend(tmp_path / "junk.plan", _manifest(info, "fp32"))
     manifest = _manifest(info, "fp32")
     manifest["input"]["name"] = "frames"
@@ -341,22 +390,40 @@ def test_fake_backend_version_checks(models, tmp_path, fake_gpu):
 
 # ------------------------------------------------- bundles through the real build_bundle, on the fakes
 
+
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("trt_bundles")
 
 
-@pytest.mark.parametrize(("version", "request_kw", "session"), [
-    ("10.3.0", {"version_compatible": True}, {"version_compatible": True, "builder_flags": ["VERSION_COMPATIBLE"]}),
-    ("10.14.1", {"hardware_compatibility": "same_compute_capability"},
-     {"hardware_compatibility": "same_compute_capability"}),
-    ("10.3.0", {"precision": "fp16", "strongly_typed": False, "dla_core": 0, "batch": (2, 2, 2)},
-     {"strongly_typed": False, "dla_core": 0, "builder_flags": ["FP16", "OBEY_PRECISION_CONSTRAINTS", "GPU_FALLBACK"]}),
-    ("10.3.0", {"precision": "fp16", "strongly_typed": False},
-     {"strongly_typed": False, "builder_flags": ["FP16", "OBEY_PRECISION_CONSTRAINTS"]}),
-    ("11.4.0", {"cuda_graph": True}, {"cuda_graph": True}),
-    ("10.3.0", {"tf32": True}, {"builder_flags": ["TF32"]}),
-], ids=["version-compatible", "hardware-compatible", "dla", "builder-flags", "cuda-graph", "tf32"])
+@pytest.mark.parametrize(
+    ("version", "request_kw", "session"),
+    [
+        ("10.3.0", {"version_compatible": True}, {"version_compatible": True, "builder_flags": ["VERSION_COMPATIBLE"]}),
+        (
+            "10.14.1",
+            {"hardware_compatibility": "same_compute_capability"},
+            {"hardware_compatibility": "same_compute_capability"},
+        ),
+        (
+            "10.3.0",
+            {"precision": "fp16", "strongly_typed": False, "dla_core": 0, "batch": (2, 2, 2)},
+            {
+                "strongly_typed": False,
+                "dla_core": 0,
+                "builder_flags": ["FP16", "OBEY_PRECISION_CONSTRAINTS", "GPU_FALLBACK"],
+            },
+        ),
+        (
+            "10.3.0",
+            {"precision": "fp16", "strongly_typed": False},
+            {"strongly_typed": False, "builder_flags": ["FP16", "OBEY_PRECISION_CONSTRAINTS"]},
+        ),
+        ("11.4.0", {"cuda_graph": True}, {"cuda_graph": True}),
+        ("10.3.0", {"tf32": True}, {"builder_flags": ["TF32"]}),
+    ],
+    ids=["version-compatible", "hardware-compatible", "dla", "builder-flags", "cuda-graph", "tf32"],
+)
 def test_bundle_round_trip_through_build_bundle(motion_model_path, bundle_dir, fake_gpu, version, request_kw, session):
     from export.bundle.build import BuildRequest, build_bundle
     from runtime import Engine
@@ -364,8 +431,14 @@ def test_bundle_round_trip_through_build_bundle(motion_model_path, bundle_dir, f
 
     trt, cuda = fake_gpu(version)
     name = "-".join(f"{k}" for k in request_kw if k != "batch")
-    req = BuildRequest(model=str(motion_model_path), backend="tensorrt", out=str(bundle_dir / name),
-                       cache_dir=str(bundle_dir / "cache"), parity_clips=2, **{"batch": (1, 2, 4), **request_kw})
+    req = BuildRequest(
+        model=str(motion_model_path),
+        backend="tensorrt",
+        out=str(bundle_dir / name),
+        cache_dir=str(bundle_dir / "cache"),
+        parity_clips=2,
+        **{"batch": (1, 2, 4), **request_kw},
+    )
     out = build_bundle(req)
     m = json.loads((out / "manifest.json").read_text())
     assert m["backend"] == "tensorrt" and m["backend_version"] == version and m["engine_file"] == "model.plan"
@@ -404,8 +477,13 @@ def test_bundle_round_trip_through_build_bundle(motion_model_path, bundle_dir, f
 def test_make_gpu_check_without_tensorrt_says_what_is_missing(tmp_path):
     if _trt_importable():
         pytest.skip("tensorrt imports here: the refusal path cannot run")
-    r = subprocess.run([sys.executable, "-m", "export.tensorrt.gpu_check", "--out", str(tmp_path / "r.json")], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "export.tensorrt.gpu_check", "--out", str(tmp_path / "r.json")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2, r.stderr
     assert "make gpu-check: missing:" in r.stderr and "tensorrt is not importable" in r.stderr
     assert "tensorrt-cu12" in r.stderr and not (tmp_path / "r.json").exists()
@@ -415,9 +493,11 @@ def test_make_gpu_check_without_tensorrt_says_what_is_missing(tmp_path):
 
 # ------------------------------------------------- issue 23: handles, TF32, memory, attention forms
 
+
 @pytest.mark.parametrize("native_handle", [False, True], ids=["int(stream)", "get_cuda_native_handle"])
-def test_execute_gets_the_raw_cudaStream_t_not_the_wrappers_address(models, tmp_path, fake_gpu, monkeypatch,
-                                                                    native_handle):
+def test_execute_gets_the_raw_cudaStream_t_not_the_wrappers_address(
+    models, tmp_path, fake_gpu, monkeypatch, native_handle
+):
     from runtime.backends.tensorrt_detect import stream_handle
 
     trt, cuda = fake_gpu("10.3.0", native_handle=native_handle)
@@ -463,8 +543,11 @@ def test_cuda_graphs_share_one_activation_block(models, tmp_path, fake_gpu):
         assert d["graphs_captured"] == [1, 2, 3, 4] and trt.runtimes[-1].engine.contexts == 5
         # four captured batch sizes and the main context: one activation block between them all
         assert cuda.cudaMemGetInfo()[1] == free0
-        assert d["device_memory"] == {"activation_bytes": 4 * ACTIVATION_BYTES_PER_CLIP, "shared_by_contexts": 5,
-                                      "io_bytes": 4 * int(np.prod(CLIP)) * 4 + 4 * 5 * 4}
+        assert d["device_memory"] == {
+            "activation_bytes": 4 * ACTIVATION_BYTES_PER_CLIP,
+            "shared_by_contexts": 5,
+            "io_bytes": 4 * int(np.prod(CLIP)) * 4 + 4 * 5 * 4,
+        }
     finally:
         backend.close()
     assert not cuda.device
@@ -483,8 +566,10 @@ def test_fp16_decomposed_attention_is_handed_over_fusable(models, tmp_path, fake
     sm = next(n for n in model.graph.node if n.name == "attn.softmax")
     assert producer[sm.input[0]].name == "attn.qk"  # MatMul -> Softmax -> MatMul, no Cast between
     assert [n.name for n in model.graph.node if sm.output[0] in n.input] == ["attn.pv"]
-    assert "cls_softmax" in [n.name for n in model.graph.node] and len(
-        [n for n in model.graph.node if n.op_type == "Cast"]) == 4  # 6 before: the attention's two went
+    assert (
+        "cls_softmax" in [n.name for n in model.graph.node]
+        and len([n for n in model.graph.node if n.op_type == "Cast"]) == 4
+    )  # 6 before: the attention's two went
     x = np.random.default_rng(7).standard_normal((3, *CLIP)).astype(np.float32)
     import onnxruntime as ort
 
@@ -492,7 +577,7 @@ def test_fp16_decomposed_attention_is_handed_over_fusable(models, tmp_path, fake
     np.testing.assert_allclose(y, _ort(models["decomposed_fp16"], x), atol=2e-3)
 
     shuffled = onnx.load(str(models["decomposed_fp16"]))  # as ONNX Runtime's FP16 converter leaves it: the input
-    first = shuffled.graph.node[0]                        # cast appended last, not in topological order
+    first = shuffled.graph.node[0]  # cast appended last, not in topological order
     shuffled.graph.node.remove(first)
     shuffled.graph.node.append(first)
     onnx.save(shuffled, str(tmp_path / "shuffled.onnx"))
@@ -519,8 +604,12 @@ def test_attention_without_a_fused_kernel_falls_back_to_decomposable(models, tmp
     assert any("rebuilt with 1 decomposable IAttention" in w for w in info["warnings"])
     assert "decomposable" in info["build_plan"]["attention_fallback"]
     with pytest.raises(TensorRTBuildError, match="no fused attention kernel for this GPU"):
-        build_engine(models["attention_fp16"], tmp_path / "n.plan", opts(precision="fp16", attention_fallback=False),
-                     progress=False)
+        build_engine(
+            models["attention_fp16"],
+            tmp_path / "n.plan",
+            opts(precision="fp16", attention_fallback=False),
+            progress=False,
+        )
     trt, _ = fake_gpu("10.14.1")  # a GPU with the kernel: no fallback
     info = build_engine(models["attention_fp16"], tmp_path / "m.plan", opts(precision="fp16"), progress=False)
     assert info["attention_fallback"] is None and not trt.builds[-1].network.attentions[0].decomposable
@@ -528,11 +617,25 @@ def test_attention_without_a_fused_kernel_falls_back_to_decomposable(models, tmp
 
 # ------------------------------------------------------------------- make gpu-check: env and runner
 
+
 def _gpu_env(tmp_path: Path, *args: str, path: str | None = None) -> subprocess.CompletedProcess:
     env = {"PATH": path if path is not None else "/usr/bin:/bin", "HOME": str(tmp_path)}
-    return subprocess.run([sys.executable, str(ROOT / "export/tensorrt/gpu_env.py"), "--dry-run", "--venv",
-                           str(tmp_path / "venv"), "--tegra-release", str(tmp_path / "no-tegra"), *args],
-                          capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "export/tensorrt/gpu_env.py"),
+            "--dry-run",
+            "--venv",
+            str(tmp_path / "venv"),
+            "--tegra-release",
+            str(tmp_path / "no-tegra"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def _script(path: Path, body: str) -> Path:
@@ -546,8 +649,10 @@ def test_gpu_env_without_a_gpu_exits_2_naming_what_is_missing(tmp_path):
         pytest.skip("nvidia-smi is on PATH here")
     r = _gpu_env(tmp_path)
     assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr.strip() == ("make gpu-check: missing: no NVIDIA driver: nvidia-smi is not on PATH (install the "
-                                "NVIDIA driver, or run on a GPU host)")
+    assert r.stderr.strip() == (
+        "make gpu-check: missing: no NVIDIA driver: nvidia-smi is not on PATH (install the "
+        "NVIDIA driver, or run on a GPU host)"
+    )
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     _script(bin_dir / "nvidia-smi", "echo 'No devices were found' >&2; exit 6")
@@ -616,8 +721,13 @@ def test_gpu_check_killed_mid_run_keeps_the_finished_steps(tmp_path):
     import signal
 
     out = tmp_path / "report.json"
-    r = subprocess.run([sys.executable, "-c", _HARNESS, str(out), str(tmp_path / "work")], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", _HARNESS, str(out), str(tmp_path / "work")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == -signal.SIGKILL, r.stderr
     report = json.loads(out.read_text())
     steps = {s["step"]: s for s in report["steps"]}

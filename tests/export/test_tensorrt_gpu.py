@@ -1,6 +1,7 @@
 """TensorRT on a real NVIDIA GPU: tiny engines built and run through ``TensorRTBackend``, compared with ONNX
 Runtime. Every test skips, saying what is missing, without TensorRT, cuda-python or a GPU (``make gpu-check``
 runs them)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,13 +22,10 @@ def models(tmp_path_factory) -> dict[str, Path]:
     return make_models(tmp_path_factory.mktemp("trt_models"))
 
 
-
 def _require_gpu_trt():
     ok, reason = tensorrt_available()
     if not ok:
         pytest.skip(f"TensorRT/GPU unavailable: {reason}")
-
-
 
 
 @pytest.mark.tensorrt
@@ -36,8 +34,12 @@ def _require_gpu_trt():
 def test_fp32_engine_matches_onnxruntime(models, tmp_path, cuda_graph):
     _require_gpu_trt()
     cache = tmp_path / "timing.cache"
-    info = build_engine(models["fp32"], tmp_path / "model.plan", opts(timing_cache=str(cache)),  # strict FP32
-                        progress=False)
+    info = build_engine(
+        models["fp32"],
+        tmp_path / "model.plan",
+        opts(timing_cache=str(cache)),  # strict FP32
+        progress=False,
+    )
     assert info["tf32"] is False and info["cleared_builder_flags"] == ["TF32"]
     assert info["plan_bytes"] > 0 and (tmp_path / "model.plan").is_file() and cache.is_file()
     assert info["timing_cache"]["saved"] is True
@@ -91,5 +93,3 @@ def test_plan_from_other_trt_version_is_refused(models, tmp_path):
     (tmp_path / "junk.plan").write_bytes(b"\0" * 64)
     with pytest.raises(TensorRTBackendError, match=r"junk\.plan: TensorRT .* could not deserialize"):
         TensorRTBackend(tmp_path / "junk.plan", _manifest(info, "fp32"))
-
-

@@ -1,6 +1,7 @@
 """TensorRT build planning without TensorRT: ``plan_build`` on tiny real ONNX models, ``plan_request`` and
 ``--plan-only`` for TensorRT 10.3 / 10.16 / 11.4, the attention choice, the manifest session schema and the
 TensorRT/GPU detection."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,8 +17,14 @@ import pytest
 from tests.support.fake_tensorrt import CLASSES, CLIP, FakeCudart, install, make_fp32, make_models, opts
 
 from calibration.graph.onnx_inspect import inspect_onnx
-from export.tensorrt.plan import (TensorRTBuildError, TensorRTBuildOptions, parse_trt_version, plan_build,
-                                  plan_request, tensorrt_attention)
+from export.tensorrt.plan import (
+    TensorRTBuildError,
+    TensorRTBuildOptions,
+    parse_trt_version,
+    plan_build,
+    plan_request,
+    tensorrt_attention,
+)
 from runtime.backends.tensorrt_session import TensorRTSession, validate_session
 from runtime.errors import BundleError
 
@@ -27,7 +34,6 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     return make_models(tmp_path_factory.mktemp("trt_models"))
-
 
 
 def test_models_are_valid_and_run_in_onnxruntime(models):
@@ -53,6 +59,7 @@ def test_inspect_onnx_detects_precision(models):
 
 # ------------------------------------------------------------------------------------- plan_build
 
+
 def test_plan_fp32_trt10_strongly_typed(models):
     plan = plan_build(models["fp32"], opts(), trt_version="10.3.0")
     assert plan.onnx["sha256"] == hashlib.sha256(models["fp32"].read_bytes()).hexdigest()
@@ -67,8 +74,14 @@ def test_plan_fp32_trt10_strongly_typed(models):
     assert plan.config["progress_monitor"] is True
     assert plan.version_tuple == (10, 3, 0) and plan.trt_version == "10.3.0"
     assert plan.attention == "decomposed" and plan.onnx_precision == "fp32"
-    assert plan.session.to_dict() == {"strongly_typed": True, "builder_flags": [], "version_compatible": False,
-                                      "hardware_compatibility": "none", "dla_core": None, "cuda_graph": False}
+    assert plan.session.to_dict() == {
+        "strongly_typed": True,
+        "builder_flags": [],
+        "version_compatible": False,
+        "hardware_compatibility": "none",
+        "dla_core": None,
+        "cuda_graph": False,
+    }
     assert plan.outputs[0]["name"] == "logits"
 
 
@@ -108,7 +121,8 @@ def test_plan_weak_fp16_on_trt10_pins_layernorm_and_softmax(models):
 
 def test_plan_int8(models):
     assert list(plan_build(models["int8"], opts(precision="int8"), trt_version="10.3.0").creation_flags) == [
-        "STRONGLY_TYPED"]
+        "STRONGLY_TYPED"
+    ]
     weak = plan_build(models["int8"], opts(precision="int8", strongly_typed=False), trt_version="10.3.0")
     assert list(weak.builder_flags) == ["INT8", "FP16", "OBEY_PRECISION_CONSTRAINTS"]
     assert list(weak.fp32_layer_types) == ["NORMALIZATION", "SOFTMAX"] and list(weak.creation_flags) == []
@@ -130,8 +144,14 @@ def test_plan_old_trt_needs_explicit_batch(models):
 
 
 def test_plan_config_options(models, tmp_path):
-    o = opts(hardware_compatibility="ampere_plus", version_compatible=True, builder_optimization_level=5,
-             workspace_mib=512, timing_cache=str(tmp_path / "t.cache"), tf32=False)
+    o = opts(
+        hardware_compatibility="ampere_plus",
+        version_compatible=True,
+        builder_optimization_level=5,
+        workspace_mib=512,
+        timing_cache=str(tmp_path / "t.cache"),
+        tf32=False,
+    )
     plan = plan_build(models["fp32"], o, trt_version="10.3.0")
     assert plan.config["hardware_compatibility_level"] == "AMPERE_PLUS"
     assert "VERSION_COMPATIBLE" in list(plan.builder_flags)
@@ -144,15 +164,23 @@ def test_plan_config_options(models, tmp_path):
 
 # ------------------------------------------------------------------------------ precision mismatch
 
-@pytest.mark.parametrize(("key", "precision", "strongly_typed", "needles"), [
-    ("fp32", "fp16", True, ["fp32.onnx", "expected float16", "found only ['float32']", "'w1'",
-                             "strongly_typed=False"]),
-    ("fp16", "fp32", True, ["fp16.onnx", "'fp32' requested", "float16"]),
-    ("fp16", "fp16", False, ["fp16.onnx", "weakly typed", "float16"]),
-    ("fp32", "int8", True, ["fp32.onnx", "QuantizeLinear/DequantizeLinear", "no "]),
-    ("int8", "fp32", True, ["int8.onnx", "3 QuantizeLinear/DequantizeLinear", "x_quant", "precision='int8'"]),
-    ("int8", "fp16", True, ["int8.onnx", "precision='int8'"]),
-])
+
+@pytest.mark.parametrize(
+    ("key", "precision", "strongly_typed", "needles"),
+    [
+        (
+            "fp32",
+            "fp16",
+            True,
+            ["fp32.onnx", "expected float16", "found only ['float32']", "'w1'", "strongly_typed=False"],
+        ),
+        ("fp16", "fp32", True, ["fp16.onnx", "'fp32' requested", "float16"]),
+        ("fp16", "fp16", False, ["fp16.onnx", "weakly typed", "float16"]),
+        ("fp32", "int8", True, ["fp32.onnx", "QuantizeLinear/DequantizeLinear", "no "]),
+        ("int8", "fp32", True, ["int8.onnx", "3 QuantizeLinear/DequantizeLinear", "x_quant", "precision='int8'"]),
+        ("int8", "fp16", True, ["int8.onnx", "precision='int8'"]),
+    ],
+)
 def test_precision_mismatch_errors(models, key, precision, strongly_typed, needles):
     with pytest.raises(TensorRTBuildError) as e:
         plan_build(models[key], opts(precision=precision, strongly_typed=strongly_typed), trt_version="10.3.0")
@@ -169,6 +197,7 @@ def test_int8_zero_point_errors(models):
 
 # -------------------------------------------------------------------------------------- Attention
 
+
 def test_attention_before_10_14_is_refused(models):
     with pytest.raises(TensorRTBuildError) as e:
         plan_build(models["attention"], opts(precision="fp32"), trt_version="10.3.0")
@@ -180,8 +209,11 @@ def test_attention_before_10_14_is_refused(models):
 def test_fp32_attention_operator_is_refused_from_10_14(models):
     # onnx-tensorrt's Attention importer makes a non-decomposable IAttention; TensorRT has no FP32 fused kernel
     for version in ("10.14.1", "11.4.0"):
-        with pytest.raises(TensorRTBuildError, match=r"attention.onnx: node 'blocks.0.attn' .*non-decomposable "
-                                                     r"IAttention.*none for FP32.*'decomposed'"):
+        with pytest.raises(
+            TensorRTBuildError,
+            match=r"attention.onnx: node 'blocks.0.attn' .*non-decomposable "
+            r"IAttention.*none for FP32.*'decomposed'",
+        ):
             plan_build(models["attention"], opts(), trt_version=version)
 
 
@@ -192,14 +224,16 @@ def test_contrib_ops_refused(models):
 
 # -------------------------------------------------------------------------------------------- DLA
 
+
 def test_dla_needs_fp16_or_int8(models):
     with pytest.raises(TensorRTBuildError, match="DLA runs only FP16 or INT8"):
         plan_build(models["fp32"], opts(dla_core=0), trt_version="10.3.0")
 
 
 def test_dla_weak_fp16_on_trt10(models):
-    plan = plan_build(models["fp32"], opts(precision="fp16", strongly_typed=False, dla_core=1, batch=(2, 2, 2)),
-                      trt_version="10.3.0")
+    plan = plan_build(
+        models["fp32"], opts(precision="fp16", strongly_typed=False, dla_core=1, batch=(2, 2, 2)), trt_version="10.3.0"
+    )
     assert plan.config["default_device_type"] == "DLA" and plan.config["dla_core"] == 1
     assert plan.config["static_batch"] is True and plan.profile["min"] == plan.profile["max"] == (2, *CLIP)
     assert list(plan.builder_flags) == ["FP16", "OBEY_PRECISION_CONSTRAINTS", "GPU_FALLBACK"]
@@ -213,10 +247,14 @@ def test_dla_rules(models):
     with pytest.raises(TensorRTBuildError, match="dla_core -1 invalid"):
         plan_build(models["fp16"], opts(precision="fp16", dla_core=-1, **static), trt_version="10.3.0")
     with pytest.raises(TensorRTBuildError, match="GPU engines only"):
-        plan_build(models["fp32"], opts(precision="fp16", strongly_typed=False, dla_core=0,
-                                        hardware_compatibility="ampere_plus", **static), trt_version="10.3.0")
-    plan = plan_build(models["fp32"], opts(precision="fp16", strongly_typed=False, dla_core=0, **static),
-                      trt_version="10.8.0")
+        plan_build(
+            models["fp32"],
+            opts(precision="fp16", strongly_typed=False, dla_core=0, hardware_compatibility="ampere_plus", **static),
+            trt_version="10.3.0",
+        )
+    plan = plan_build(
+        models["fp32"], opts(precision="fp16", strongly_typed=False, dla_core=0, **static), trt_version="10.8.0"
+    )
     assert any("10.7" in w for w in list(plan.warnings))
     plan = plan_build(models["fp16"], opts(precision="fp16", dla_core=0, **static), trt_version="11.0.0")
     assert list(plan.builder_flags) == ["GPU_FALLBACK"]
@@ -224,6 +262,7 @@ def test_dla_rules(models):
 
 
 # ------------------------------------------------------------------------------ shapes and options
+
 
 def test_input_shape_mismatch_names_tensor(models):
     with pytest.raises(TensorRTBuildError) as e:
@@ -250,18 +289,21 @@ def test_symbolic_dims_need_input_shape(models):
     assert plan.profile["opt"] == (2, 2, 3, 16, 16)
 
 
-@pytest.mark.parametrize(("kw", "match"), [
-    ({"batch": (4, 2, 8)}, "batch"),
-    ({"batch": (0, 1, 2)}, "batch"),
-    ({"precision": "bf16"}, "precision"),
-    ({"hardware_compatibility": "hopper"}, "hardware_compatibility"),
-    ({"builder_optimization_level": 6}, "builder_optimization_level"),
-    ({"workspace_mib": 0}, "workspace_mib"),
-    ({"input_shape": (2, 3, 0, 8)}, "input_shape"),
-    ({"int8_form": "bf16"}, "int8_form"),
-    ({"hardware_compatibility": "same_compute_capability"}, r"needs TensorRT >= 10\.9 .*got 10\.3\.0"),
-    ({"precision": "fp16", "strongly_typed": False, "dla_core": 0, "cuda_graph": True}, "CUDA graphs"),
-])
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"batch": (4, 2, 8)}, "batch"),
+        ({"batch": (0, 1, 2)}, "batch"),
+        ({"precision": "bf16"}, "precision"),
+        ({"hardware_compatibility": "hopper"}, "hardware_compatibility"),
+        ({"builder_optimization_level": 6}, "builder_optimization_level"),
+        ({"workspace_mib": 0}, "workspace_mib"),
+        ({"input_shape": (2, 3, 0, 8)}, "input_shape"),
+        ({"int8_form": "bf16"}, "int8_form"),
+        ({"hardware_compatibility": "same_compute_capability"}, r"needs TensorRT >= 10\.9 .*got 10\.3\.0"),
+        ({"precision": "fp16", "strongly_typed": False, "dla_core": 0, "cuda_graph": True}, "CUDA graphs"),
+    ],
+)
 def test_option_validation(models, kw, match):
     with pytest.raises(TensorRTBuildError, match=match):
         plan_build(models["fp32"], opts(**kw), trt_version="10.3.0")
@@ -284,8 +326,14 @@ def test_external_data_is_listed_and_not_loaded(tmp_path):
     src = make_fp32(tmp_path / "src.onnx")
     model = onnx.load(str(src))
     out = tmp_path / "ext.onnx"
-    onnx.save(model, str(out), save_as_external_data=True, all_tensors_to_one_file=True, location="ext.onnx.data",
-              size_threshold=0)
+    onnx.save(
+        model,
+        str(out),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.onnx.data",
+        size_threshold=0,
+    )
     plan = plan_build(out, opts(), trt_version="11.0.0")
     assert plan.onnx["external_data"] == ["ext.onnx.data"]
     assert plan.onnx["bytes"] < 4096  # the weights stayed in the data file
@@ -296,17 +344,21 @@ def test_external_data_is_listed_and_not_loaded(tmp_path):
 
 # ---------------------------------------------------------------- plans without an ONNX, per version
 
-@pytest.mark.parametrize(("version", "precision", "attention", "onnx_precision", "creation"), [
-    ("10.3", "fp32", "decomposed", "fp32", ["STRONGLY_TYPED"]),
-    ("10.3", "fp16", "decomposed", "fp16", ["STRONGLY_TYPED"]),  # 10.3's parser has no Attention
-    ("10.3", "int8", "decomposed", "int8-qdq-fp16", ["STRONGLY_TYPED"]),
-    ("10.16", "fp32", "decomposed", "fp32", ["STRONGLY_TYPED"]),  # no FP32 fused attention kernel
-    ("10.16", "fp16", "onnx", "fp16", ["STRONGLY_TYPED"]),
-    ("10.16", "int8", "decomposed", "int8-qdq-fp16", ["STRONGLY_TYPED"]),  # INT8 MHA from Q/DQ'd matmuls
-    ("11.4", "fp32", "decomposed", "fp32", []),
-    ("11.4", "fp16", "onnx", "fp16", []),
-    ("11.4", "int8", "decomposed", "int8-qdq-fp16", []),
-])
+
+@pytest.mark.parametrize(
+    ("version", "precision", "attention", "onnx_precision", "creation"),
+    [
+        ("10.3", "fp32", "decomposed", "fp32", ["STRONGLY_TYPED"]),
+        ("10.3", "fp16", "decomposed", "fp16", ["STRONGLY_TYPED"]),  # 10.3's parser has no Attention
+        ("10.3", "int8", "decomposed", "int8-qdq-fp16", ["STRONGLY_TYPED"]),
+        ("10.16", "fp32", "decomposed", "fp32", ["STRONGLY_TYPED"]),  # no FP32 fused attention kernel
+        ("10.16", "fp16", "onnx", "fp16", ["STRONGLY_TYPED"]),
+        ("10.16", "int8", "decomposed", "int8-qdq-fp16", ["STRONGLY_TYPED"]),  # INT8 MHA from Q/DQ'd matmuls
+        ("11.4", "fp32", "decomposed", "fp32", []),
+        ("11.4", "fp16", "onnx", "fp16", []),
+        ("11.4", "int8", "decomposed", "int8-qdq-fp16", []),
+    ],
+)
 def test_plan_request_per_version(version, precision, attention, onnx_precision, creation):
     plan = plan_request(TensorRTBuildOptions(precision=precision), version)
     assert plan.attention == attention == tensorrt_attention(precision, version)
@@ -316,8 +368,9 @@ def test_plan_request_per_version(version, precision, attention, onnx_precision,
 
 
 def test_plan_request_builder_flags_fp16_on_10_3():
-    plan = plan_request(TensorRTBuildOptions(precision="fp16", strongly_typed=False, dla_core=0, batch=(1, 1, 1)),
-                        "10.3")
+    plan = plan_request(
+        TensorRTBuildOptions(precision="fp16", strongly_typed=False, dla_core=0, batch=(1, 1, 1)), "10.3"
+    )
     assert plan.onnx_precision == "fp32" and plan.attention == "decomposed" and not plan.strongly_typed
     assert list(plan.builder_flags) == ["FP16", "OBEY_PRECISION_CONSTRAINTS", "GPU_FALLBACK"]
     assert list(plan.fp32_layer_types) == ["NORMALIZATION", "SOFTMAX"] and plan.config["default_device_type"] == "DLA"
@@ -329,14 +382,30 @@ def test_plan_request_builder_flags_fp16_on_10_3():
 
 
 def _plan_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "export.bundle.build", "--backend", "tensorrt", "--plan-only", *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "export.bundle.build", "--backend", "tensorrt", "--plan-only", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_plan_only_cli(motion_model_path):
     """One subprocess per call is slow (torch import): the JSON paths are covered in-process below."""
-    r = _plan_cli("--model", str(motion_model_path), "--precision", "fp16", "--trt-version", "10.3", "--builder-flags",
-                  "--dla-core", "0", "--batch", "4:4:4")
+    r = _plan_cli(
+        "--model",
+        str(motion_model_path),
+        "--precision",
+        "fp16",
+        "--trt-version",
+        "10.3",
+        "--builder-flags",
+        "--dla-core",
+        "0",
+        "--batch",
+        "4:4:4",
+    )
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["attention"] == "decomposed" and d["onnx_precision"] == "fp32" and d["strongly_typed"] is False
@@ -353,8 +422,22 @@ def test_plan_only_cli(motion_model_path):
 def test_plan_only_json(motion_model_path, capsys, version, precision):
     from export.bundle.build import main
 
-    assert main(["--model", str(motion_model_path), "--backend", "tensorrt", "--plan-only", "--trt-version", version,
-                 "--precision", precision]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                str(motion_model_path),
+                "--backend",
+                "tensorrt",
+                "--plan-only",
+                "--trt-version",
+                version,
+                "--precision",
+                precision,
+            ]
+        )
+        == 0
+    )
     d = json.loads(capsys.readouterr().out)
     for key in ("attention", "onnx_precision", "strongly_typed", "builder_flags", "session"):
         assert key in d, key
@@ -371,8 +454,21 @@ def test_plan_only_tf32_is_an_explicit_choice(motion_model_path, capsys):
     from export.bundle.build import main
     from export.tensorrt.plan import TF32_TOLERANCE
 
-    assert main(["--model", str(motion_model_path), "--backend", "tensorrt", "--plan-only", "--trt-version", "10.3",
-                 "--tf32"]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                str(motion_model_path),
+                "--backend",
+                "tensorrt",
+                "--plan-only",
+                "--trt-version",
+                "10.3",
+                "--tf32",
+            ]
+        )
+        == 0
+    )
     d = json.loads(capsys.readouterr().out)
     assert d["tf32"] is True and d["builder_flags"] == ["TF32"] and d["clear_builder_flags"] == []
     assert d["session"]["builder_flags"] == ["TF32"] and d["parity_tolerance"] == TF32_TOLERANCE
@@ -385,8 +481,10 @@ def test_plan_only_errors_exit_2(motion_model_path, capsys):
         (["--precision", "fp32", "--trt-version", "10.16", "--attention", "onnx"], "none for FP32"),
         (["--precision", "fp32", "--trt-version", "10.3", "--dla-core", "0"], "DLA runs only FP16 or INT8"),
         (["--precision", "fp16", "--trt-version", "10.3", "--dla-core", "0", "--batch", "2:2:2"], "--builder-flags"),
-        (["--precision", "fp16", "--trt-version", "10.3", "--dla-core", "0", "--builder-flags"],
-         "DLA runs static shapes only (an optimization profile for DLA must have min = opt = max"),
+        (
+            ["--precision", "fp16", "--trt-version", "10.3", "--dla-core", "0", "--builder-flags"],
+            "DLA runs static shapes only (an optimization profile for DLA must have min = opt = max",
+        ),
         (["--precision", "fp16", "--trt-version", "banana"], "'banana' not understood"),
     ]
     for args, needle in cases:
@@ -398,6 +496,7 @@ def test_plan_only_errors_exit_2(motion_model_path, capsys):
 
 
 # ------------------------------------------------------------------------------ the session schema
+
 
 def test_session_round_trip_and_validation():
     s = TensorRTSession(strongly_typed=False, builder_flags=("FP16", "GPU_FALLBACK"), dla_core=1)
@@ -420,6 +519,7 @@ def test_session_round_trip_and_validation():
 
 
 # --------------------------------------------------------------------------------------- detection
+
 
 def test_detection_without_tensorrt_says_what_is_missing():
     from runtime.backends.tensorrt_detect import tensorrt_available
@@ -460,8 +560,8 @@ def test_tf32_emulation_rounds_matmul_inputs_to_10_mantissa_bits():
 
     from export.tensorrt.tf32_check import TF32Mode, to_tf32
 
-    x = torch.tensor([1 + 2 ** -10, 1 + 2 ** -12, 1 + 3 * 2 ** -12, -2.5], dtype=torch.float32)
-    assert to_tf32(x).tolist() == [1 + 2 ** -10, 1.0, 1 + 2 ** -10, -2.5]
+    x = torch.tensor([1 + 2**-10, 1 + 2**-12, 1 + 3 * 2**-12, -2.5], dtype=torch.float32)
+    assert to_tf32(x).tolist() == [1 + 2**-10, 1.0, 1 + 2**-10, -2.5]
     lin = torch.nn.Linear(4, 3)
     with torch.no_grad():
         want = torch.nn.functional.linear(to_tf32(x), to_tf32(lin.weight), lin.bias)

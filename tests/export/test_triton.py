@@ -1,5 +1,6 @@
 """``make triton``: the model repository for a bundle parses with Triton's own config schema and says what the
 bundle's manifest and its engine file say (names, types, dims, batch range, labels, the engine's bytes)."""
+
 from __future__ import annotations
 
 import copy
@@ -29,8 +30,23 @@ def _parse(path: Path):
 def test_the_repository_parses_and_matches_the_manifest_and_the_engine(fp32_bundle: Path, tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    r = subprocess.run([sys.executable, "-m", "export.serving.triton", "--engine", str(fp32_bundle), "--out",
-                        str(tmp_path / "repo"), "--name", "motion"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export.serving.triton",
+            "--engine",
+            str(fp32_bundle),
+            "--out",
+            str(tmp_path / "repo"),
+            "--name",
+            "motion",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     model = tmp_path / "repo" / "motion"
     manifest = json.loads((fp32_bundle / "manifest.json").read_text())
@@ -51,8 +67,12 @@ def test_the_repository_parses_and_matches_the_manifest_and_the_engine(fp32_bund
     # the engine file itself has the names and the per-item shapes the configuration declares
     sess = ort.InferenceSession(str(engine), providers=["CPUExecutionProvider"])
     i, o = sess.get_inputs()[0], sess.get_outputs()[0]
-    assert (i.name, i.shape[1:], o.name, o.shape[1:]) == (cfg.input[0].name, list(cfg.input[0].dims),
-                                                         cfg.output[0].name, list(cfg.output[0].dims))
+    assert (i.name, i.shape[1:], o.name, o.shape[1:]) == (
+        cfg.input[0].name,
+        list(cfg.input[0].dims),
+        cfg.output[0].name,
+        list(cfg.output[0].dims),
+    )
     assert not isinstance(i.shape[0], int)  # a dynamic batch axis, as max_batch_size > 0 needs
 
     # writing again replaces the model folder whole and leaves no temporary folder behind
@@ -83,8 +103,21 @@ def test_tensorrt_fp16_and_refusals(fp32_bundle: Path) -> None:
 
 
 def test_a_bad_bundle_is_refused_in_one_line(fp32_bundle: Path, tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "export.serving.triton", "--engine", str(tmp_path / "missing"), "--out",
-                        str(tmp_path / "repo")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export.serving.triton",
+            "--engine",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path / "repo"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr and "missing" in r.stderr, r.stderr
     assert not (tmp_path / "repo").exists() or not any((tmp_path / "repo").iterdir())
     # a damaged engine is never published
@@ -102,8 +135,17 @@ def test_a_bad_bundle_is_refused_in_one_line(fp32_bundle: Path, tmp_path: Path) 
 
 # --------------------------------------------------------------------------- issue 27: the backend per bundle
 
-def _derive(src: Path, dst: Path, backend: str, engine: str = "model.onnx", session: dict | None = None,
-            batch: dict | None = None, labels_name: str | None = None, input_name: str | None = None) -> Path:
+
+def _derive(
+    src: Path,
+    dst: Path,
+    backend: str,
+    engine: str = "model.onnx",
+    session: dict | None = None,
+    batch: dict | None = None,
+    labels_name: str | None = None,
+    input_name: str | None = None,
+) -> Path:
     """A copy of ``src`` whose manifest says another backend (engine renamed, files table re-hashed): what
     make engine writes for that backend, without building it."""
     import shutil
@@ -134,13 +176,24 @@ def _derive(src: Path, dst: Path, backend: str, engine: str = "model.onnx", sess
     return dst
 
 
-@pytest.mark.parametrize("backend,engine,session,field,value,kind", [
-    ("onnxruntime", "model.onnx", {"intra_op_num_threads": 2}, "platform", "onnxruntime_onnx", "KIND_CPU"),
-    ("tensorrt", "model.plan", {}, "platform", "tensorrt_plan", "KIND_GPU"),
-    ("openvino", "model.onnx", {"performance_hint": "LATENCY", "num_threads": 2}, "backend", "openvino", "KIND_CPU"),
-])
-def test_each_backend_gets_its_triton_backend_warmup_and_perf_data(fp32_bundle, tmp_path, backend, engine, session,
-                                                                   field, value, kind):
+@pytest.mark.parametrize(
+    "backend,engine,session,field,value,kind",
+    [
+        ("onnxruntime", "model.onnx", {"intra_op_num_threads": 2}, "platform", "onnxruntime_onnx", "KIND_CPU"),
+        ("tensorrt", "model.plan", {}, "platform", "tensorrt_plan", "KIND_GPU"),
+        (
+            "openvino",
+            "model.onnx",
+            {"performance_hint": "LATENCY", "num_threads": 2},
+            "backend",
+            "openvino",
+            "KIND_CPU",
+        ),
+    ],
+)
+def test_each_backend_gets_its_triton_backend_warmup_and_perf_data(
+    fp32_bundle, tmp_path, backend, engine, session, field, value, kind
+):
     import base64
 
     import numpy as np
@@ -158,8 +211,12 @@ def test_each_backend_gets_its_triton_backend_warmup_and_perf_data(fp32_bundle, 
     b = manifest["input"]["batch"]
     assert list(cfg.dynamic_batching.preferred_batch_size) == [b["opt"]]
     if backend == "openvino":  # the parameters Triton's OpenVINO backend README documents
-        assert params == {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": "2", "NUM_STREAMS": "1",
-                          "ENABLE_BATCH_PADDING": "YES"}
+        assert params == {
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": "2",
+            "NUM_STREAMS": "1",
+            "ENABLE_BATCH_PADDING": "YES",
+        }
         # that backend refuses any batch but max_batch_size unless it pads: the opt batch bounds the padding
         assert cfg.max_batch_size == b["opt"] and [w.batch_size for w in cfg.model_warmup] == [b["opt"]]
     else:
@@ -175,8 +232,9 @@ def test_each_backend_gets_its_triton_backend_warmup_and_perf_data(fp32_bundle, 
     assert len(raw) == int(np.prod(clip_shape)) * 4
     # perf_analyzer's --input-data JSON: batch-1 entries of base64 little-endian bytes; the first is the warm-up clip
     data = json.loads((model / "perf_analyzer_input.json").read_text())["data"]
-    clips = [np.frombuffer(base64.b64decode(d[manifest["input"]["name"]]["b64"]), "<f4").reshape(clip_shape)
-             for d in data]
+    clips = [
+        np.frombuffer(base64.b64decode(d[manifest["input"]["name"]]["b64"]), "<f4").reshape(clip_shape) for d in data
+    ]
     assert len(clips) == 2 and clips[0].tobytes() == raw
     if backend == "onnxruntime":  # the data is the bundle's reference clips: the engine gives its stored logits
         from runtime import Engine
@@ -196,6 +254,7 @@ def test_a_batch_1_plan_gets_two_gpu_instances(fp32_bundle, tmp_path):
 
 
 # --------------------------------------------------------------------------- issue 28: data loss and injection
+
 
 def _files(path: Path) -> dict[str, bytes]:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
@@ -223,8 +282,13 @@ def test_the_source_bundle_and_user_folders_are_never_replaced(fp32_bundle, tmp_
     (user / "motion" / "notes.txt").write_text("keep me")
     (user / "motion" / "sub" / "photo.jpg").write_bytes(b"\xff\xd8")
     mine = _files(user)
-    r = subprocess.run([sys.executable, "-m", "export.serving.triton", "--engine", str(bundle), "--out", str(user)],
-                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "export.serving.triton", "--engine", str(bundle), "--out", str(user)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "not a model folder written by make triton" in r.stderr
     assert _files(user) == mine and sorted(p.name for p in user.iterdir()) == ["motion"]
@@ -251,8 +315,10 @@ def test_names_cannot_inject_config_lines(fp32_bundle, tmp_path, what):
     """Finding 4: a labels file (or tensor) name holding a quote and newlines loads in the runtime, but never
     reaches config.pbtxt: refused by the strict name pattern, before anything is written."""
     # closes the output block, adds a backend and a parameter, then opens an output the template's tail closes
-    evil = ('labels.txt"\n  }\n]\nbackend: "python"\nparameters { key: "EXECUTION_ENV_PATH" value { string_value: '
-            '"env.tar.gz" } }\noutput [\n  {\n    name: "extra')
+    evil = (
+        'labels.txt"\n  }\n]\nbackend: "python"\nparameters { key: "EXECUTION_ENV_PATH" value { string_value: '
+        '"env.tar.gz" } }\noutput [\n  {\n    name: "extra'
+    )
     kw = {"labels_name": evil} if what == "labels_file" else {"input_name": 'video"\n  dims: [ 1 ]\n#'}
     bundle = _derive(fp32_bundle, tmp_path / "b", "onnxruntime", **kw)
     # refused by the runtime's manifest check (a file name outside the strict pattern) or by the writer's own check

@@ -1,4 +1,5 @@
 """The reference model: parity with transformers, official checkpoint round trip, resizing, errors, costs."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import (PRESETS, CheckpointError, TimeSformer, TimeSformerConfig, count_flops, count_params, get_preset,
-                    load_checkpoint, save_checkpoint, save_official)
+from models import (
+    PRESETS,
+    CheckpointError,
+    TimeSformer,
+    TimeSformerConfig,
+    count_flops,
+    count_params,
+    get_preset,
+    load_checkpoint,
+    save_checkpoint,
+    save_official,
+)
 from runtime.preprocess import PreprocessConfig
 
 transformers = pytest.importorskip("transformers", reason="transformers (the 'dev' extra) is the parity reference")
@@ -29,8 +40,16 @@ def _hf_model(attention_type: str, **kw) -> "transformers.TimesformerForVideoCla
     return model
 
 
-SMALL_HF = dict(image_size=64, patch_size=16, num_frames=4, hidden_size=96, num_hidden_layers=3, num_attention_heads=4,
-                intermediate_size=384, num_labels=7)
+SMALL_HF = dict(
+    image_size=64,
+    patch_size=16,
+    num_frames=4,
+    hidden_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=384,
+    num_labels=7,
+)
 
 
 @pytest.mark.parametrize("attention_type", ["divided_space_time", "joint_space_time"])
@@ -44,7 +63,9 @@ def test_parity_with_transformers(tmp_path: Path, attention_type: str, hf_kwargs
     assert ours.checkpoint.format == "huggingface"
     cfg = ours.config
     for batch in (1, 3):
-        x = torch.randn(batch, cfg.num_frames, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(batch))
+        x = torch.randn(
+            batch, cfg.num_frames, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(batch)
+        )
         with torch.no_grad():
             ref = hf(pixel_values=x).logits
             out = ours(x)
@@ -76,8 +97,17 @@ def test_hf_labels_and_pytorch_bin(tmp_path: Path) -> None:
 
 def _small(attention_type: str = "divided_space_time", **kw) -> TimeSformer:
     torch.manual_seed(0)
-    cfg = TimeSformerConfig(image_size=64, patch_size=16, num_frames=4, embed_dim=64, depth=2, num_heads=2,
-                            num_classes=5, attention_type=attention_type, **kw)
+    cfg = TimeSformerConfig(
+        image_size=64,
+        patch_size=16,
+        num_frames=4,
+        embed_dim=64,
+        depth=2,
+        num_heads=2,
+        num_classes=5,
+        attention_type=attention_type,
+        **kw,
+    )
     model = TimeSformer(cfg).eval()
     with torch.no_grad():
         for blk in model.blocks:
@@ -202,7 +232,9 @@ def test_bad_checkpoints_name_file_and_key(tmp_path: Path) -> None:
     state = model.state_dict()
     state["blocks.0.mlp.fc1.bias"] = torch.zeros(3)
     torch.save(state, tmp_path / "shape.pth")
-    with pytest.raises(CheckpointError, match=r"shape.pth.*blocks\.0\.mlp\.fc1\.bias.*expected shape \(256,\), got \(3,\)"):
+    with pytest.raises(
+        CheckpointError, match=r"shape.pth.*blocks\.0\.mlp\.fc1\.bias.*expected shape \(256,\), got \(3,\)"
+    ):
         load_checkpoint(tmp_path / "shape.pth", num_heads=2)
     torch.save({"model_state": {"foo": torch.zeros(1)}}, tmp_path / "foreign.pyth")
     with pytest.raises(CheckpointError, match=r"foreign.pyth.*patch_embed\.proj\.weight"):

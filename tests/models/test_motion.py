@@ -1,4 +1,5 @@
 """The synthetic motion clips and the committed motion model, through real encoded files."""
+
 from __future__ import annotations
 
 import json
@@ -45,7 +46,16 @@ def _predict(model, paths: list[Path]) -> np.ndarray:
 
 def test_classes_are_the_published_pairs():
     assert len(CLASSES) >= 8 and len(set(CLASSES)) == len(CLASSES)
-    assert CLASSES[:8] == ["move_left", "move_right", "move_up", "move_down", "rotate_cw", "rotate_ccw", "grow", "shrink"]
+    assert CLASSES[:8] == [
+        "move_left",
+        "move_right",
+        "move_up",
+        "move_down",
+        "rotate_cw",
+        "rotate_ccw",
+        "grow",
+        "shrink",
+    ]
 
 
 def test_render_clip_shape_and_label_check():
@@ -123,8 +133,13 @@ def test_read_dataset_errors_name_the_file(tmp_path):
 
 
 def test_cli_writes_a_dataset(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "calibration.clips.synthetic", str(tmp_path / "cli"), "--clips", "3",
-                          "--seed", "9"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "calibration.clips.synthetic", str(tmp_path / "cli"), "--clips", "3", "--seed", "9"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert len(read_dataset(tmp_path / "cli")) == 3
 
@@ -148,8 +163,10 @@ def test_committed_model_on_fresh_heldout_files(model, fresh_clips):
     pred = _predict(model, [p for p, _ in fresh_clips])
     truth = np.array([lbl for _, lbl in fresh_clips])
     accuracy = float((pred == truth).mean())
-    assert accuracy >= 0.95, f"top-1 {accuracy:.3f} on {len(truth)} fresh clips; confusions: " \
+    assert accuracy >= 0.95, (
+        f"top-1 {accuracy:.3f} on {len(truth)} fresh clips; confusions: "
         f"{[(CLASSES[t], CLASSES[p]) for t, p in zip(truth, pred) if t != p]}"
+    )
 
 
 def test_model_needs_time_order(model, fresh_clips, tmp_path):
@@ -181,8 +198,8 @@ def test_motion_init_makes_temporal_attention_look_at_neighbouring_frames():
         q, k, _ = blk.temporal_attn.qkv(blk.temporal_norm1(x)).chunk(3, dim=-1)
     hd = model.config.embed_dim // model.config.num_heads
     for head, shift in enumerate((-1, 1, 0)):
-        qh, kh = q[..., head * hd:(head + 1) * hd], k[..., head * hd:(head + 1) * hd]
-        attn = (qh @ kh.transpose(1, 2) * hd ** -0.5).softmax(-1).mean(0)  # (frames, frames), averaged over patches
+        qh, kh = q[..., head * hd : (head + 1) * hd], k[..., head * hd : (head + 1) * hd]
+        attn = (qh @ kh.transpose(1, 2) * hd**-0.5).softmax(-1).mean(0)  # (frames, frames), averaged over patches
         for f in range(8):
             if 0 <= f + shift < 8:
                 assert attn[f].argmax() == f + shift and attn[f, f + shift] > 0.5, (head, f, attn[f])

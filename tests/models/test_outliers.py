@@ -1,4 +1,5 @@
 """models.outliers: outlier versions of a checkpoint compute the same function and really carry outliers."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,8 +21,9 @@ def motion():
 
 def _clips(net, n: int = 3, seed: int = 0) -> torch.Tensor:
     c = net.config
-    return torch.randn(n, c.num_frames, c.in_chans, c.image_size, c.image_size,
-                       generator=torch.Generator().manual_seed(seed))
+    return torch.randn(
+        n, c.num_frames, c.in_chans, c.image_size, c.image_size, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 @pytest.mark.parametrize("scale,channels", [(10.0, 1), (40.0, 4), (100.0, 8)])

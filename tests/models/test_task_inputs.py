@@ -1,4 +1,5 @@
 """Labels and preprocessing given or inferred (models/task_inputs.py, issue 26), on the files a user brings."""
+
 from __future__ import annotations
 
 import json
@@ -10,14 +11,21 @@ from models import TimeSformerConfig
 from models.task_inputs import TaskInputError, hf_preprocess, read_labels_file, read_preprocess, resolve_task_inputs
 from runtime.preprocess import PreprocessConfig
 
-K400 = TimeSformerConfig(image_size=32, patch_size=16, num_frames=2, embed_dim=48, depth=1, num_heads=2,
-                         num_classes=400)
+K400 = TimeSformerConfig(
+    image_size=32, patch_size=16, num_frames=2, embed_dim=48, depth=1, num_heads=2, num_classes=400
+)
 SSV2 = K400.replace(num_classes=174)
 
 
-@pytest.mark.parametrize("name,content", [("l.txt", "a\nb\nc\n\n"), ("l.json", '["a", "b", "c"]'),
-                                          ("l.json", '{"0": "a", "2": "c", "1": "b"}'),
-                                          ("l.json", '{"id2label": {"0": "a", "1": "b", "2": "c"}}')])
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("l.txt", "a\nb\nc\n\n"),
+        ("l.json", '["a", "b", "c"]'),
+        ("l.json", '{"0": "a", "2": "c", "1": "b"}'),
+        ("l.json", '{"id2label": {"0": "a", "1": "b", "2": "c"}}'),
+    ],
+)
 def test_label_files_in_every_form(tmp_path, name, content):
     (tmp_path / name).write_text(content)
     assert read_labels_file(tmp_path / name, 3) == ["a", "b", "c"]
@@ -31,11 +39,21 @@ def test_a_label_file_of_the_wrong_length_names_the_option(tmp_path):
 
 def test_hf_image_processor_fields_become_the_contract():
     base = PreprocessConfig(2, 4, "dense", 32, 32)
-    pre, notes = hf_preprocess({"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32},
-                                "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 3}, base, "p")
+    pre, notes = hf_preprocess(
+        {
+            "size": {"shortest_edge": 40},
+            "crop_size": {"height": 32, "width": 32},
+            "image_mean": [0.5, 0.5, 0.5],
+            "image_std": [0.5, 0.5, 0.5],
+            "resample": 3,
+        },
+        base,
+        "p",
+    )
     assert (pre.short_side, pre.crop_size, pre.mean, pre.std) == (40, 32, (0.5,) * 3, (0.5,) * 3)
-    assert (pre.num_frames, pre.sampling_rate) == (2, 4) and notes == ["p asks for bicubic resampling; the runtime "
-                                                                       "resizes bilinear"]
+    assert (pre.num_frames, pre.sampling_rate) == (2, 4) and notes == [
+        "p asks for bicubic resampling; the runtime resizes bilinear"
+    ]
     # no normalisation: pixels / 255 as they are; no rescale either: raw 0..255 values (std 1/255)
     pre, _ = hf_preprocess({"do_normalize": False, "size": 32}, base, "p")
     assert pre.mean == (0.0,) * 3 and pre.std == (1.0,) * 3
@@ -70,9 +88,16 @@ def test_transformers_placeholder_names_are_not_labels(tmp_path):
 
     from models import load_checkpoint
 
-    cfg = transformers.TimesformerConfig(image_size=32, patch_size=16, num_frames=2, hidden_size=48,
-                                         num_hidden_layers=1, num_attention_heads=2, intermediate_size=96,
-                                         num_labels=174)
+    cfg = transformers.TimesformerConfig(
+        image_size=32,
+        patch_size=16,
+        num_frames=2,
+        hidden_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=96,
+        num_labels=174,
+    )
     torch.manual_seed(0)
     transformers.TimesformerForVideoClassification(cfg).save_pretrained(tmp_path / "hf")
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["id2label"]["0"] == "LABEL_0"

@@ -2,6 +2,7 @@
 
 ``python -m runtime`` is called in-process (``main(argv)``); servers are threads on 127.0.0.1.
 """
+
 from __future__ import annotations
 
 import http.server
@@ -26,9 +27,11 @@ def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
 
 # ------------------------------------------------------------------------------ python -m runtime: --out
 
+
 @pytest.mark.parametrize("name", ["annotated.txt", "annotated", "fifo"])
-def test_out_must_be_a_video_file_name_before_the_engine_loads(fp32_bundle, heldout_videos, tmp_path, capsys,
-                                                               monkeypatch, name):
+def test_out_must_be_a_video_file_name_before_the_engine_loads(
+    fp32_bundle, heldout_videos, tmp_path, capsys, monkeypatch, name
+):
     # before: the engine loaded and ran, then PyAV said "Could not determine output format" (no file named)
     out = tmp_path / name
     if name == "fifo":
@@ -48,8 +51,7 @@ def test_out_in_a_folder_that_cannot_be_written_is_one_line(fp32_bundle, heldout
     assert "Traceback" not in err and err.count("\n") == 1
 
 
-def test_a_failed_run_leaves_the_previous_out_file_whole(fp32_bundle, heldout_videos, tmp_path, capsys,
-                                                         monkeypatch):
+def test_a_failed_run_leaves_the_previous_out_file_whole(fp32_bundle, heldout_videos, tmp_path, capsys, monkeypatch):
     # before: --out was opened for writing at the first frame; a run failing later left a truncated video there
     from runtime.stream import ClipStream
 
@@ -85,14 +87,19 @@ def test_a_finished_run_replaces_the_out_file(fp32_bundle, heldout_videos, tmp_p
 
 # ------------------------------------------------------------------------------ python -m runtime: other options
 
-@pytest.mark.parametrize("argv, message", [
-    (["", ], "source '': empty"),  # before: Path('') is '.', which exists; the engine loaded, then ": cannot open"
-    (["SRC", "SRC", "--max-wait-ms", "nan"], "--max-wait-ms: expected a finite number >= 0, got nan"),
-    (["SRC", "SRC", "--max-wait-ms", "-5"], "--max-wait-ms: expected a finite number >= 0, got -5"),
-    (["SRC", "--backoff-max-s", "inf"], "--backoff-max-s: expected a finite number"),
-])
-def test_unusable_option_values_are_refused_before_the_engine_loads(fp32_bundle, heldout_videos, capsys, monkeypatch,
-                                                                    argv, message):
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([""], "source '': empty"),  # before: Path('') is '.', which exists; the engine loaded, then ": cannot open"
+        (["SRC", "SRC", "--max-wait-ms", "nan"], "--max-wait-ms: expected a finite number >= 0, got nan"),
+        (["SRC", "SRC", "--max-wait-ms", "-5"], "--max-wait-ms: expected a finite number >= 0, got -5"),
+        (["SRC", "--backoff-max-s", "inf"], "--backoff-max-s: expected a finite number"),
+    ],
+)
+def test_unusable_option_values_are_refused_before_the_engine_loads(
+    fp32_bundle, heldout_videos, capsys, monkeypatch, argv, message
+):
     monkeypatch.setattr("runtime.__main__.Engine", lambda *a, **k: pytest.fail("the engine loaded"))
     src = str(heldout_videos[0][0])
     rc, err = _cli([str(fp32_bundle), *[src if a == "SRC" else a for a in argv]], capsys)
@@ -101,15 +108,19 @@ def test_unusable_option_values_are_refused_before_the_engine_loads(fp32_bundle,
 
 # ------------------------------------------------------------------------------ RemoteEngine
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"retries": -1}, "retries: expected an integer >= 0"),  # before: "no answer after 0 attempt(s); last: "
-    ({"retries": "3"}, "retries: expected an integer >= 0"),  # before: TypeError inside the retry loop
-    ({"backoff_s": -1.0}, "backoff_s: expected"),  # before: ValueError from time.sleep at the first retry
-    ({"backoff_s": float("nan")}, "backoff_s: expected"),
-    ({"url": "http://127.0.0.1:notaport"}, "url: expected http://host:port"),  # before: http.client's message
-    ({"url": "http://127.0.0.1:99999"}, "url: expected http://host:port"),
-    ({"url": "http://"}, "url: expected http://host:port"),  # before: a DNS error after every retry
-])
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"retries": -1}, "retries: expected an integer >= 0"),  # before: "no answer after 0 attempt(s); last: "
+        ({"retries": "3"}, "retries: expected an integer >= 0"),  # before: TypeError inside the retry loop
+        ({"backoff_s": -1.0}, "backoff_s: expected"),  # before: ValueError from time.sleep at the first retry
+        ({"backoff_s": float("nan")}, "backoff_s: expected"),
+        ({"url": "http://127.0.0.1:notaport"}, "url: expected http://host:port"),  # before: http.client's message
+        ({"url": "http://127.0.0.1:99999"}, "url: expected http://host:port"),
+        ({"url": "http://"}, "url: expected http://host:port"),  # before: a DNS error after every retry
+    ],
+)
 def test_remote_engine_settings_are_checked_when_it_is_made(kwargs, message):
     from runtime.remote import RemoteEngine
 
@@ -155,9 +166,18 @@ class _LyingServer:
 @pytest.fixture(scope="module")
 def lying(fp32_bundle):
     with Engine(fp32_bundle) as e:
-        meta = {"bundle": "motion", "precision": e.precision, "input": e.manifest["input"], "labels": e.labels,
-                "clip_shape": list(e.clip_shape), "batch_range": list(e.batch_range), "input_dtype": "float32",
-                "num_classes": e.num_classes, "preprocess": e.preprocess.to_dict(), "bundle_id": "b1"}
+        meta = {
+            "bundle": "motion",
+            "precision": e.precision,
+            "input": e.manifest["input"],
+            "labels": e.labels,
+            "clip_shape": list(e.clip_shape),
+            "batch_range": list(e.batch_range),
+            "input_dtype": "float32",
+            "num_classes": e.num_classes,
+            "preprocess": e.preprocess.to_dict(),
+            "bundle_id": "b1",
+        }
     server = _LyingServer(meta)
     yield server
     server.close()
@@ -185,8 +205,11 @@ def test_remote_metadata_whose_clip_cannot_fit_this_machine_is_refused(lying):
 
     good = lying.meta
     try:
-        lying.meta = {**good, "preprocess": {**good["preprocess"], "num_frames": 10**6},
-                      "clip_shape": [10**6, *good["clip_shape"][1:]]}
+        lying.meta = {
+            **good,
+            "preprocess": {**good["preprocess"], "num_frames": 10**6},
+            "clip_shape": [10**6, *good["clip_shape"][1:]],
+        }
         with pytest.raises(RemoteEngineError, match=r"/v1/meta: the served bundle: .*GiB"):
             RemoteEngine(lying.url, retries=0)
     finally:
@@ -195,15 +218,19 @@ def test_remote_metadata_whose_clip_cannot_fit_this_machine_is_refused(lying):
 
 # ------------------------------------------------------------------------------ make serve's options
 
-@pytest.mark.parametrize("field, value, message", [
-    ("batch_wait_ms", float("nan"), "batch_wait_ms: expected 0..60000"),  # before: passed `< 0`, reached Serve
-    ("cpus_per_replica", -1.0, "cpus_per_replica: expected a positive number"),  # before: failed inside Ray
-    ("cpus_per_replica", float("nan"), "cpus_per_replica: expected a positive number"),
-    ("threads", 99999, "threads: expected 0..256"),  # before: each replica failed to start, after Ray had started
-    ("threads", -1, "threads: expected 0..256"),
-    ("device", "banana", "device: expected one of"),  # before: "Failed to update the deployments" (exit 1)
-    ("device", "cuda:x", "device: expected one of"),
-])
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("batch_wait_ms", float("nan"), "batch_wait_ms: expected 0..60000"),  # before: passed `< 0`, reached Serve
+        ("cpus_per_replica", -1.0, "cpus_per_replica: expected a positive number"),  # before: failed inside Ray
+        ("cpus_per_replica", float("nan"), "cpus_per_replica: expected a positive number"),
+        ("threads", 99999, "threads: expected 0..256"),  # before: each replica failed to start, after Ray had started
+        ("threads", -1, "threads: expected 0..256"),
+        ("device", "banana", "device: expected one of"),  # before: "Failed to update the deployments" (exit 1)
+        ("device", "cuda:x", "device: expected one of"),
+    ],
+)
 def test_serve_options_are_checked_before_ray_starts(fp32_bundle, field, value, message):
     from runtime.serving.app import ServeOptions
 
@@ -214,6 +241,7 @@ def test_serve_options_are_checked_before_ray_starts(fp32_bundle, field, value, 
 
 
 # ------------------------------------------------------------------------------ Engine: frames of no pixels
+
 
 @pytest.mark.parametrize("shape", [(8, 0, 0, 3), (8, 5, 0, 3)])
 def test_frames_of_no_pixels_are_the_callers_error(fp32_bundle, shape):

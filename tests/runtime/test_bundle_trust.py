@@ -4,6 +4,7 @@ input that is not finite, threads, channel order, and a fuzz of every manifest f
 Every case starts from a real bundle of the committed motion model (the ``fp32_bundle`` fixture, built through
 ``export.bundle.build.build_bundle``) copied into a temporary folder and edited there.
 """
+
 from __future__ import annotations
 
 import copy
@@ -86,11 +87,15 @@ def _other_model(path: Path, classes: int = 8) -> None:
 
     w = np.random.default_rng(1).standard_normal((3, classes)).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["video", "axes"], ["pooled"], keepdims=0),
-         helper.make_node("MatMul", ["pooled", "w"], ["logits"])],
-        "other", [helper.make_tensor_value_info("video", TensorProto.FLOAT, ["batch", 8, 3, 64, 64])],
+        [
+            helper.make_node("ReduceMean", ["video", "axes"], ["pooled"], keepdims=0),
+            helper.make_node("MatMul", ["pooled", "w"], ["logits"]),
+        ],
+        "other",
+        [helper.make_tensor_value_info("video", TensorProto.FLOAT, ["batch", 8, 3, 64, 64])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
-        [numpy_helper.from_array(np.array([1, 3, 4], np.int64), "axes"), numpy_helper.from_array(w, "w")])
+        [numpy_helper.from_array(np.array([1, 3, 4], np.int64), "axes"), numpy_helper.from_array(w, "w")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
     onnx.save(model, str(path))
@@ -103,6 +108,7 @@ def engine(fp32_bundle):
 
 
 # ------------------------------------------------------------------------------------ escape: paths
+
 
 @pytest.mark.parametrize("field", ["engine_file", "labels_file"])
 def test_paths_outside_the_bundle_are_refused_before_anything_is_opened(fp32_bundle, tmp_path, field):
@@ -120,8 +126,11 @@ def test_paths_outside_the_bundle_are_refused_before_anything_is_opened(fp32_bun
             global _OPENED
             _OPENED = []
             try:
-                with pytest.raises(BundleError, match=rf"manifest.json: ({field}|files key .*): expected a plain file "
-                                                      "name inside the bundle"):
+                with pytest.raises(
+                    BundleError,
+                    match=rf"manifest.json: ({field}|files key .*): expected a plain file "
+                    "name inside the bundle",
+                ):
                     Engine(b)
             finally:
                 opened, _OPENED = _OPENED, None
@@ -172,22 +181,29 @@ def test_a_fifo_in_place_of_a_file_does_not_hang_the_load(fp32_bundle, tmp_path)
 
 # ------------------------------------------------------------------------------------- integrity
 
+
 def test_replaced_or_edited_engine_is_refused(fp32_bundle, tmp_path, engine):
     clip = engine.clip_from_frames(_frames())[None]
     ref = engine.infer(clip)
 
     b = _copy(fp32_bundle, tmp_path / "other")
     _other_model(b / "model.onnx")
-    with pytest.raises(BundleError, match=r"other/model.onnx: \d+ bytes, but the manifest's files\['model.onnx'\]"
-                                          r".size is \d+"):
+    with pytest.raises(
+        BundleError,
+        match=r"other/model.onnx: \d+ bytes, but the manifest's files\['model.onnx'\]"
+        r".size is \d+",
+    ):
         Engine(b)
     with pytest.raises(BundleError, match=r"other/model.onnx: \d+ bytes"):
         Engine(b, verify=False)  # verify=False skips the hash, not the size
 
     b = _copy(fp32_bundle, tmp_path / "bias")
     _set_head_bias(b, lambda v: v + np.eye(len(v), dtype=np.float32)[3] * 50)  # class 3 always wins
-    with pytest.raises(BundleError, match=r"bias/model.onnx: sha256 [0-9a-f]{64} differs from the manifest's "
-                                          r"files\['model.onnx'\].sha256"):
+    with pytest.raises(
+        BundleError,
+        match=r"bias/model.onnx: sha256 [0-9a-f]{64} differs from the manifest's "
+        r"files\['model.onnx'\].sha256",
+    ):
         Engine(b)
     with Engine(b, verify=False) as wrong:  # what the hash protects against: it loads and answers differently
         assert int(np.argmax(wrong.infer(clip))) == 3 and np.abs(wrong.infer(clip) - ref).max() > 40
@@ -217,6 +233,7 @@ def test_unlisted_engine_and_manifest_in_files_are_refused(fp32_bundle, tmp_path
 
 # --------------------------------------------------------------------------------- parity and ranges
 
+
 def test_parity_must_have_been_measured_and_passed(fp32_bundle, tmp_path):
     b = _copy(fp32_bundle, tmp_path / "b")
     _edit(b, ("parity",), None)
@@ -238,20 +255,23 @@ def test_parity_must_have_been_measured_and_passed(fp32_bundle, tmp_path):
     Engine(fp32_bundle, manifest=m).close()
 
 
-@pytest.mark.parametrize("path,value,field", [
-    (("preprocess", "std"), [0.225, 0.0, 0.225], "preprocess.std"),
-    (("preprocess", "crop_size"), 0, "preprocess.crop_size"),
-    (("preprocess", "num_frames"), 0, "preprocess.num_frames"),
-    (("preprocess", "sampling_rate"), 0, "preprocess.sampling_rate"),
-    (("preprocess", "crop_size"), 65, "preprocess.crop_size"),  # larger than short_side
-    (("preprocess", "mean"), [0.45, float("nan"), 0.45], "preprocess.mean"),
-    (("preprocess", "channel_order"), "RBG", "preprocess.channel_order"),
-    (("input", "batch", "min"), 3, "input.batch"),  # min > opt
-    (("input", "shape"), [-1, 8, 3, 64, 32], "input.shape"),
-    (("model_config", "num_classes"), 9, "model_config.num_classes"),
-    (("session", "intra_op_num_threads"), -1, "session.intra_op_num_threads"),
-    (("backend",), "pytorch", "backend"),
-])
+@pytest.mark.parametrize(
+    "path,value,field",
+    [
+        (("preprocess", "std"), [0.225, 0.0, 0.225], "preprocess.std"),
+        (("preprocess", "crop_size"), 0, "preprocess.crop_size"),
+        (("preprocess", "num_frames"), 0, "preprocess.num_frames"),
+        (("preprocess", "sampling_rate"), 0, "preprocess.sampling_rate"),
+        (("preprocess", "crop_size"), 65, "preprocess.crop_size"),  # larger than short_side
+        (("preprocess", "mean"), [0.45, float("nan"), 0.45], "preprocess.mean"),
+        (("preprocess", "channel_order"), "RBG", "preprocess.channel_order"),
+        (("input", "batch", "min"), 3, "input.batch"),  # min > opt
+        (("input", "shape"), [-1, 8, 3, 64, 32], "input.shape"),
+        (("model_config", "num_classes"), 9, "model_config.num_classes"),
+        (("session", "intra_op_num_threads"), -1, "session.intra_op_num_threads"),
+        (("backend",), "pytorch", "backend"),
+    ],
+)
 def test_bad_values_name_the_field(fp32_bundle, tmp_path, path, value, field):
     b = _copy(fp32_bundle, tmp_path / "b")
     _edit(b, path, value)
@@ -262,14 +282,17 @@ def test_bad_values_name_the_field(fp32_bundle, tmp_path, path, value, field):
 def test_schema_1_bundles_are_refused_with_a_hint(fp32_bundle, tmp_path):
     b = _copy(fp32_bundle, tmp_path / "b")
     _edit(b, ("schema_version",), 1)
-    with pytest.raises(BundleError, match=rf"schema_version: expected {SCHEMA_VERSION} \(a bundle built before file "
-                                          r"hashes .*rebuild it"):
+    with pytest.raises(
+        BundleError,
+        match=rf"schema_version: expected {SCHEMA_VERSION} \(a bundle built before file "
+        r"hashes .*rebuild it",
+    ):
         Engine(b)
 
 
 # ------------------------------------------------------------------------------------------ fuzz
 
-_BAD = [None, -1, 0, 1, "x", "", [], {}, [1], {"a": 1}, True, 1.5, math.inf, math.nan, 10**30, -10**30, 2**31 - 1]
+_BAD = [None, -1, 0, 1, "x", "", [], {}, [1], {"a": 1}, True, 1.5, math.inf, math.nan, 10**30, -(10**30), 2**31 - 1]
 _DELETE = object()
 
 
@@ -294,8 +317,13 @@ class _SessionCache:
         self.real, self.cache = real, {}
 
     def __call__(self, model, sess_options=None, providers=None):
-        key = (model if isinstance(model, str) else hash(model), sess_options.graph_optimization_level,
-               sess_options.intra_op_num_threads, sess_options.inter_op_num_threads, str(providers))
+        key = (
+            model if isinstance(model, str) else hash(model),
+            sess_options.graph_optimization_level,
+            sess_options.intra_op_num_threads,
+            sess_options.inter_op_num_threads,
+            str(providers),
+        )
         if key not in self.cache:
             self.cache[key] = self.real(model, sess_options=sess_options, providers=providers)
         return self.cache[key]
@@ -330,14 +358,25 @@ def test_fuzz_every_manifest_field(fp32_bundle, tmp_path, monkeypatch):
                 outcomes["refused"] += 1
                 refused_fields.add(path)
             except Exception as e:  # noqa: BLE001 - the point of the test
-                pytest.fail(f"{'.'.join(map(str, path))} = {'<deleted>' if value is _DELETE else repr(value)}: "
-                            f"{type(e).__name__}: {e}")
+                pytest.fail(
+                    f"{'.'.join(map(str, path))} = {'<deleted>' if value is _DELETE else repr(value)}: "
+                    f"{type(e).__name__}: {e}"
+                )
             else:
                 outcomes["loaded"] += 1
     # the fuzz reached the checks: every field the runtime relies on was refused for some value
-    for must in [("schema_version",), ("engine_file",), ("files", "model.onnx", "size"), ("input", "batch", "min"),
-                 ("preprocess", "std", 1), ("preprocess", "channel_order"), ("parity", "passed"),
-                 ("session", "graph_optimization_level"), ("output", "shape", 1), ("model_config", "num_frames")]:
+    for must in [
+        ("schema_version",),
+        ("engine_file",),
+        ("files", "model.onnx", "size"),
+        ("input", "batch", "min"),
+        ("preprocess", "std", 1),
+        ("preprocess", "channel_order"),
+        ("parity", "passed"),
+        ("session", "graph_optimization_level"),
+        ("output", "shape", 1),
+        ("model_config", "num_frames"),
+    ]:
         assert must in refused_fields, must
     assert outcomes["loaded"] > 0 and outcomes["refused"] > 0
 
@@ -350,13 +389,17 @@ def test_validate_manifest_raises_only_bundle_errors_for_any_json_value():
 
 # -------------------------------------------------------------------------------------- input
 
+
 def test_infer_refuses_non_finite_input(engine):
     x = np.zeros((2,) + engine.clip_shape, np.float32)
     for bad in (np.nan, np.inf, -np.inf):
         y = x.copy()
         y[1, 3, 2, 10, 20] = bad
-        with pytest.raises(InputError, match=r"video: expected finite values, got 1 NaN/Inf \(first at index "
-                                             r"\(1, 3, 2, 10, 20\)"):
+        with pytest.raises(
+            InputError,
+            match=r"video: expected finite values, got 1 NaN/Inf \(first at index "
+            r"\(1, 3, 2, 10, 20\)",
+        ):
             engine.infer(y)
     assert np.isfinite(engine.infer(x)).all()
 
@@ -373,6 +416,7 @@ def test_a_broken_engine_is_reported_not_returned(fp32_bundle, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ channel order
+
 
 def test_channel_order_is_honoured_everywhere(fp32_bundle, tmp_path, engine):
     b = _copy(fp32_bundle, tmp_path / "bgr")
@@ -405,6 +449,7 @@ def test_mean_and_std_are_in_the_models_channel_order():
 
 
 # -------------------------------------------------------------------------------------------- threads
+
 
 def test_one_engine_hammered_from_8_threads_gives_the_sequential_results_bit_for_bit(engine):
     """predict, infer and clip_from_frames on one Engine from 8 threads at once (issue 13: predict from threads gave

@@ -1,5 +1,6 @@
 """Bundles that prove themselves on the device they run on (issue 24): the reference set the build stores, ``python -m
 runtime check`` (parity against it, blocks, latency, profile, fingerprint), and ``Engine(verify_on_device=...)``."""
+
 from __future__ import annotations
 
 import json
@@ -37,6 +38,7 @@ def _shift_logits(monkeypatch, delta: float) -> None:
         out = real(self, x).copy()
         out[:, 0] += delta
         return out
+
     monkeypatch.setattr(OnnxRuntimeBackend, "infer", infer)
 
 
@@ -60,8 +62,21 @@ def test_the_bundle_stores_its_reference_set(fp32_bundle):
 
 def test_check_reports_parity_blocks_latency_profile_and_device(fp32_bundle, tmp_path, capsys):
     out = tmp_path / "check.json"
-    rc = runtime_main(["check", str(fp32_bundle), "--out", str(out), "--blocks", "always", "--batch", "1,2",
-                       "--concurrency", "1,2", *FAST])
+    rc = runtime_main(
+        [
+            "check",
+            str(fp32_bundle),
+            "--out",
+            str(out),
+            "--blocks",
+            "always",
+            "--batch",
+            "1,2",
+            "--concurrency",
+            "1,2",
+            *FAST,
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0, text
     r = json.loads(out.read_text())
@@ -79,8 +94,13 @@ def test_check_reports_parity_blocks_latency_profile_and_device(fp32_bundle, tmp
     prof = r["profile"]
     assert prof["available"] and prof["top_nodes"] and {t["type"] for t in prof["by_type"]} & {"MatMul", "Attention"}
     assert r["device"]["cpu"]["isa"] and len(r["device"]["key"]) == 64
-    for words in ("parity vs stored FP32 PyTorch on 4 clips: PASSED", "latency batch 1 x1 request: p50", "device: ",
-                  "blocks: first diverging block none", "profile (ONNX Runtime profiler"):
+    for words in (
+        "parity vs stored FP32 PyTorch on 4 clips: PASSED",
+        "latency batch 1 x1 request: p50",
+        "device: ",
+        "blocks: first diverging block none",
+        "profile (ONNX Runtime profiler",
+    ):
         assert words in text, text
 
 
@@ -198,8 +218,11 @@ def test_a_device_that_computes_something_else_fails_loudly_at_load(fp32_bundle,
 
     monkeypatch.setenv("TIMESFORMER_CACHE", str(tmp_path / "cache"))
     _shift_logits(monkeypatch, 0.01)
-    with pytest.raises(DeviceMismatchError, match=r"max_abs_logit = 0\.0100\d*, needs <= 0\.001 on the 4 stored "
-                                                  r"clips \(max \|dlogit\| 0\.01\d*, min cosine"):
+    with pytest.raises(
+        DeviceMismatchError,
+        match=r"max_abs_logit = 0\.0100\d*, needs <= 0\.001 on the 4 stored "
+        r"clips \(max \|dlogit\| 0\.01\d*, min cosine",
+    ):
         Engine(fp32_bundle)
     with pytest.raises(DeviceMismatchError):  # a cached failure is not a pass: checked again
         Engine(fp32_bundle)
@@ -229,8 +252,16 @@ def test_check_on_a_tensorrt_bundle_through_the_fakes(motion_model_path, tmp_pat
     from tests.support.fake_tensorrt import FakeCudart, install
 
     install(monkeypatch, FakeCudart(), "10.3.0")
-    out = build_bundle(BuildRequest(model=str(motion_model_path), backend="tensorrt", out=str(tmp_path / "trt"),
-                                    cache_dir=str(tmp_path / "cache"), parity_clips=2, batch=(1, 2, 4)))
+    out = build_bundle(
+        BuildRequest(
+            model=str(motion_model_path),
+            backend="tensorrt",
+            out=str(tmp_path / "trt"),
+            cache_dir=str(tmp_path / "cache"),
+            parity_clips=2,
+            batch=(1, 2, 4),
+        )
+    )
     assert {REFERENCE_JSON, REFERENCE_NPZ} <= set(read_manifest(out)["files"])
     r = run_check(out, blocks="always", batches=[1, 4], concurrency=[1, 2], warmup=1, iterations=2, duration=0)
     assert r["passed"] is True and r["engine"]["backend"] == "tensorrt" and r["parity"]["clips"] == 2

@@ -1,4 +1,5 @@
 """``runtime.device``: the machine record the check, the Engine's verification and the benchmarks share."""
+
 from __future__ import annotations
 
 import os
@@ -40,15 +41,36 @@ def _fake_proc(monkeypatch, cpuinfo: str, machine: str, extra: dict[str, str] | 
     monkeypatch.setattr(device.platform, "machine", lambda: machine)
 
 
-@pytest.mark.parametrize("text, machine, isa", [
-    (SAPPHIRE_RAPIDS, "x86_64", ["amx", "amx_bf16", "amx_int8", "avx2", "avx512", "avx512_bf16", "avx512_fp16",
-                                 "avx512_vnni", "f16c", "fma"]),
-    (ZEN3, "x86_64", ["avx2", "f16c", "fma"]),  # no AVX-512, no VNNI: the CPU of issue 24's failing INT8 test
-    (ORIN, "aarch64", ["dotprod", "fp16", "neon"]),
-])
+@pytest.mark.parametrize(
+    "text, machine, isa",
+    [
+        (
+            SAPPHIRE_RAPIDS,
+            "x86_64",
+            [
+                "amx",
+                "amx_bf16",
+                "amx_int8",
+                "avx2",
+                "avx512",
+                "avx512_bf16",
+                "avx512_fp16",
+                "avx512_vnni",
+                "f16c",
+                "fma",
+            ],
+        ),
+        (ZEN3, "x86_64", ["avx2", "f16c", "fma"]),  # no AVX-512, no VNNI: the CPU of issue 24's failing INT8 test
+        (ORIN, "aarch64", ["dotprod", "fp16", "neon"]),
+    ],
+)
 def test_cpu_isa_from_proc_cpuinfo(monkeypatch, text, machine, isa):
-    _fake_proc(monkeypatch, text, machine, {"/proc/device-tree/model": "NVIDIA Jetson AGX Orin\x00"}
-               if machine == "aarch64" else None)
+    _fake_proc(
+        monkeypatch,
+        text,
+        machine,
+        {"/proc/device-tree/model": "NVIDIA Jetson AGX Orin\x00"} if machine == "aarch64" else None,
+    )
     info = device.cpu_info()
     assert info["isa"] == isa and info["machine"] == machine
     if machine == "x86_64":
@@ -59,13 +81,22 @@ def test_cpu_isa_from_proc_cpuinfo(monkeypatch, text, machine, isa):
 
 def test_gpu_from_nvidia_smi(monkeypatch, tmp_path):
     smi = tmp_path / "nvidia-smi"
-    smi.write_text("#!/bin/sh\nif [ -n \"$1\" ]; then echo 'NVIDIA H200, 9.0, 570.86.15, 143771, 00000000:19:00.0'; "
-                   "else echo '| NVIDIA-SMI 570.86.15   Driver Version: 570.86.15   CUDA Version: 12.8     |'; fi\n")
+    smi.write_text(
+        "#!/bin/sh\nif [ -n \"$1\" ]; then echo 'NVIDIA H200, 9.0, 570.86.15, 143771, 00000000:19:00.0'; "
+        "else echo '| NVIDIA-SMI 570.86.15   Driver Version: 570.86.15   CUDA Version: 12.8     |'; fi\n"
+    )
     smi.chmod(smi.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    assert device.gpu_info() == [{"name": "NVIDIA H200", "compute_capability": "9.0", "driver": "570.86.15",
-                                  "cuda_driver_api": "12.8", "gpu_memory_mib": 143771,
-                                  "pci_bus_id": "00000000:19:00.0"}]
+    assert device.gpu_info() == [
+        {
+            "name": "NVIDIA H200",
+            "compute_capability": "9.0",
+            "driver": "570.86.15",
+            "cuda_driver_api": "12.8",
+            "gpu_memory_mib": 143771,
+            "pci_bus_id": "00000000:19:00.0",
+        }
+    ]
 
 
 def test_fingerprint_key_follows_what_changes_results(monkeypatch):
@@ -88,8 +119,15 @@ def test_fingerprint_key_follows_what_changes_results(monkeypatch):
 
 
 def test_the_record_needs_neither_torch_nor_psutil():
-    code = ("import sys, runtime.device as d; r = d.fingerprint(); print(sorted(m for m in sys.modules "
-            "if m.split('.')[0] in ('torch', 'psutil', 'onnxruntime', 'openvino')))")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         cwd=Path(__file__).resolve().parents[2])
+    code = (
+        "import sys, runtime.device as d; r = d.fingerprint(); print(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('torch', 'psutil', 'onnxruntime', 'openvino')))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr

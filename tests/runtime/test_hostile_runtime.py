@@ -3,6 +3,7 @@
 The finding each test reproduces is named in a comment (``# issue 28 #N``). Bundles are copies of the real motion
 bundle (the ``fp32_bundle`` fixture) edited in a temporary folder; servers are threads on 127.0.0.1.
 """
+
 from __future__ import annotations
 
 import http.server
@@ -54,6 +55,7 @@ def engine(fp32_bundle):
 
 # ------------------------------------------------------------------------------------ the CLI's --out (#2, #19)
 
+
 def test_out_never_overwrites_the_input_video(fp32_bundle, heldout_videos, tmp_path, capsys):
     # issue 28 #2: `python -m runtime B v.mp4 --out v.mp4` overwrote the input video
     from runtime.__main__ import main
@@ -86,6 +88,7 @@ def test_out_in_a_missing_folder_is_one_line(fp32_bundle, heldout_videos, tmp_pa
 
 # ------------------------------------------------------------------------------------------ counts (#22)
 
+
 def test_top_k_and_max_frames_must_be_positive(engine, fp32_bundle, heldout_videos, capsys):
     # issue 28 #22: predict(top_k=0).label raised IndexError, top_k=-1 returned 7 of 8 labels, --max-frames 0 or -1
     # read one frame and called it an image
@@ -106,6 +109,7 @@ def test_top_k_and_max_frames_must_be_positive(engine, fp32_bundle, heldout_vide
 
 
 # ------------------------------------------------------------------------------------ close under use (#20)
+
 
 def test_close_while_predicting_and_predict_after_close(fp32_bundle):
     # issue 28 #20: Engine.close() while another thread predicts, or predict after close: AttributeError on None
@@ -148,6 +152,7 @@ def test_close_while_predicting_and_predict_after_close(fp32_bundle):
 
 # ------------------------------------------------------------------------ resource limits at load (#10, #12, #14)
 
+
 def test_a_huge_max_batch_is_refused_at_load(fp32_bundle, tmp_path, monkeypatch):
     # issue 28 #10: BATCH=1:1:100000 was accepted; the hub's inference thread died allocating 36.6 GiB
     b = _copy(fp32_bundle, tmp_path / "b")
@@ -162,8 +167,11 @@ def test_a_huge_max_batch_is_refused_at_load(fp32_bundle, tmp_path, monkeypatch)
     import runtime.engine as engine_mod
 
     monkeypatch.setattr(engine_mod, "machine_memory_bytes", lambda: 1 << 30)
-    with pytest.raises(BundleError, match=r"input\.batch\.max 4096: a batch of 4096 clips .* GiB .* rebuild with "
-                                          r"BATCH=min:opt:max at most \d+"):
+    with pytest.raises(
+        BundleError,
+        match=r"input\.batch\.max 4096: a batch of 4096 clips .* GiB .* rebuild with "
+        r"BATCH=min:opt:max at most \d+",
+    ):
         Engine(b)
 
 
@@ -216,6 +224,7 @@ def test_labels_are_one_printable_line_each(fp32_bundle, tmp_path):
 
 # --------------------------------------------------------------------- manifest vs the engine's own shape (#16)
 
+
 def test_num_frames_and_crop_must_match_the_engines_input(fp32_bundle, tmp_path, capsys, heldout_videos):
     # issue 28 #16: crop 2048 in the manifest built an 889 MB input and failed with a raw ONNX Runtime error
     b = _copy(fp32_bundle, tmp_path / "b")
@@ -225,8 +234,11 @@ def test_num_frames_and_crop_must_match_the_engines_input(fp32_bundle, tmp_path,
     m["input"]["shape"] = [-1, 8, 3, 512, 512]
     m["model_config"]["image_size"] = 512
     _write_manifest(b, m)
-    with pytest.raises(BundleError, match=r"model\.onnx: the model's input 'video' has shape .*64, 64.*\[-1, 8, 3, "
-                                          r"512, 512\].*crop_size"):
+    with pytest.raises(
+        BundleError,
+        match=r"model\.onnx: the model's input 'video' has shape .*64, 64.*\[-1, 8, 3, "
+        r"512, 512\].*crop_size",
+    ):
         Engine(b)
     from runtime.__main__ import main
 
@@ -244,12 +256,17 @@ def test_huge_finite_input_is_the_callers_error(engine):
 
 # ------------------------------------------------------------------------- the hub's preprocessor cache (#11)
 
+
 class _FakeEngine:
     """The hub's engine surface over the real bundle's preprocessing; constant logits."""
 
     def __init__(self, e: Engine) -> None:
-        self.preprocess, self.clip_shape, self.batch_range, self.labels = e.preprocess, e.clip_shape, e.batch_range, \
-            e.labels
+        self.preprocess, self.clip_shape, self.batch_range, self.labels = (
+            e.preprocess,
+            e.clip_shape,
+            e.batch_range,
+            e.labels,
+        )
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         return np.zeros((len(x), len(self.labels)), np.float32)
@@ -272,6 +289,7 @@ def test_the_hubs_preprocessors_do_not_grow_with_frame_sizes(engine):
 
 
 # -------------------------------------------------------------------------- the OpenVINO compiled-model cache (#5)
+
 
 def _openvino_bundle(src: Path, dst: Path) -> Path:
     """The fp32 bundle's ONNX served by OpenVINO (it reads the file unchanged)."""
@@ -297,8 +315,9 @@ def test_a_planted_compiled_model_is_never_used(fp32_bundle, tmp_path, monkeypat
     evil = _openvino_bundle(fp32_bundle, tmp_path / "evil")
     model = onnx.load(str(evil / "model.onnx"))  # another model: the head's bias favours class 5
     bias = next(i for i in model.graph.initializer if i.name.endswith("head.bias"))
-    bias.CopyFrom(onnx.numpy_helper.from_array(np.where(np.arange(8) == 5, 100.0, -100.0).astype(np.float32),
-                                               bias.name))
+    bias.CopyFrom(
+        onnx.numpy_helper.from_array(np.where(np.arange(8) == 5, 100.0, -100.0).astype(np.float32), bias.name)
+    )
     onnx.save(model, str(evil / "model.onnx"))
     _write_manifest(evil, _manifest(evil), rehash=True)
     x = np.zeros((1, 8, 3, 64, 64), np.float32)
@@ -333,6 +352,7 @@ def test_a_planted_compiled_model_is_never_used(fp32_bundle, tmp_path, monkeypat
 
 # -------------------------------------------------------------------- RemoteEngine against a hostile server
 
+
 class _Server:
     """A loopback HTTP server whose /v1/meta and POST answers the test sets."""
 
@@ -352,7 +372,7 @@ class _Server:
                 self.end_headers()
                 if outer.trickle_s:  # every read returns quickly; the whole answer takes long
                     for i in range(len(data)):
-                        self.wfile.write(data[i:i + 1])
+                        self.wfile.write(data[i : i + 1])
                         self.wfile.flush()
                         time.sleep(outer.trickle_s)
                 else:
@@ -381,10 +401,19 @@ def hostile(engine):
     from runtime.files import sha256_json
 
     bundle_id = sha256_json({name: entry["sha256"] for name, entry in engine.manifest["files"].items()})
-    meta = {"bundle": "motion", "precision": "fp32", "input": engine.manifest["input"],
-            "output": engine.manifest["output"], "clip_shape": list(engine.clip_shape),
-            "batch_range": list(engine.batch_range), "input_dtype": "float32", "num_classes": 8,
-            "labels": engine.labels, "preprocess": engine.preprocess.to_dict(), "bundle_id": bundle_id}
+    meta = {
+        "bundle": "motion",
+        "precision": "fp32",
+        "input": engine.manifest["input"],
+        "output": engine.manifest["output"],
+        "clip_shape": list(engine.clip_shape),
+        "batch_range": list(engine.batch_range),
+        "input_dtype": "float32",
+        "num_classes": 8,
+        "labels": engine.labels,
+        "preprocess": engine.preprocess.to_dict(),
+        "bundle_id": bundle_id,
+    }
     server = _Server(meta)
     yield server
     server.close()
@@ -404,8 +433,13 @@ def test_remote_answers_are_checked_against_the_bundle(hostile, engine):
     frames, clip = _frames(), np.zeros((1, *engine.clip_shape), np.float32)
     hostile.answer = _answer([0.5] * 8, bid)
     assert len(client.predict(frames).top_k) == 5  # a well-formed answer passes
-    cases = [([1.0, 2.0, 3.0], "shape"), ([0.0] * 16, "shape"), ([[0.0] * 8] * 2, "shape"),
-             ([float("nan")] + [0.0] * 7, "finite"), ("abc", "logits")]
+    cases = [
+        ([1.0, 2.0, 3.0], "shape"),
+        ([0.0] * 16, "shape"),
+        ([[0.0] * 8] * 2, "shape"),
+        ([float("nan")] + [0.0] * 7, "finite"),
+        ("abc", "logits"),
+    ]
     for logits, what in cases:
         hostile.answer = _answer(logits, bid)
         with pytest.raises(RemoteEngineError, match=what):
@@ -431,9 +465,16 @@ def test_remote_malformed_answers_and_metadata_are_one_error(hostile):
         with pytest.raises(RemoteEngineError):
             client.infer(np.zeros((1, *client.clip_shape), np.float32))
     good = dict(hostile.meta)
-    for meta in ({}, [], {**good, "batch_range": [1, 10**9]}, {**good, "num_classes": 3},
-                 {**good, "labels": ["a\u2028b"] * 8}, {**good, "clip_shape": [8, 3, 2048, 2048]},
-                 {**good, "preprocess": {"crop_size": -1}}, {**good, "bundle_id": None}):
+    for meta in (
+        {},
+        [],
+        {**good, "batch_range": [1, 10**9]},
+        {**good, "num_classes": 3},
+        {**good, "labels": ["a\u2028b"] * 8},
+        {**good, "clip_shape": [8, 3, 2048, 2048]},
+        {**good, "preprocess": {"crop_size": -1}},
+        {**good, "bundle_id": None},
+    ):
         hostile.meta = meta
         with pytest.raises(RemoteEngineError, match="/v1/meta"):
             RemoteEngine(hostile.url, retries=0)

@@ -1,5 +1,6 @@
 """The camera hub: same logits as Engine.predict on the same windows, reconnects, cameras added and removed while
 running, bounded queues and fairness under overload (a gated fake engine makes the overload deterministic)."""
+
 from __future__ import annotations
 
 import shutil
@@ -55,6 +56,7 @@ class RecordingEngine:
 
 # --------------------------------------------------------------------------- same answers as one camera alone
 
+
 def test_unbatched_hub_gives_engine_predict_logits_bit_for_bit(engine, heldout_videos):
     """Real files decoded on the hub's threads; each window's logits equal Engine.predict on the same frames."""
     paths = [p for p, _ in heldout_videos[:3]]
@@ -73,7 +75,7 @@ def test_unbatched_hub_gives_engine_predict_logits_bit_for_bit(engine, heldout_v
         assert m["cameras"][str(i)]["windows_due"] == len(due) and m["cameras"][str(i)]["dropped"] == 0
         for r in mine:
             assert r.first_frame == r.last_frame - cfg.window() + 1
-            ref = engine.predict(frames[i][r.first_frame:r.last_frame + 1], top_k=5)
+            ref = engine.predict(frames[i][r.first_frame : r.last_frame + 1], top_k=5)
             assert np.array_equal(r.logits, ref.logits), (i, r.last_frame)
             assert r.top_k == ref.top_k
     assert m["batch_sizes"] == {1: len(results)}
@@ -104,16 +106,17 @@ def test_batched_hub_feeds_the_engine_the_clips_predict_builds(engine, heldout_v
     for r in results:  # one worker: results come in call order, rows in order
         if row == len(batch):
             batch, row = next(by_call), 0
-        clip = engine.clip_from_frames(np.stack(frames[r.camera][r.first_frame:r.last_frame + 1]))
+        clip = engine.clip_from_frames(np.stack(frames[r.camera][r.first_frame : r.last_frame + 1]))
         assert np.array_equal(batch[row], clip)
         assert r.batch_size == len(batch)
         assert np.array_equal(r.logits, engine.infer(batch)[row])
-        ref = engine.predict(frames[r.camera][r.first_frame:r.last_frame + 1])
+        ref = engine.predict(frames[r.camera][r.first_frame : r.last_frame + 1])
         assert np.abs(r.logits - ref.logits).max() < 1e-5 and r.label == ref.label
         row += 1
 
 
 # --------------------------------------------------------------------------- sources that drop and come back
+
 
 def test_a_source_that_raises_then_recovers_is_reconnected(engine, heldout_videos):
     frames = list(iter_frames(heldout_videos[0][0]))
@@ -133,8 +136,12 @@ def test_a_source_that_raises_then_recovers_is_reconnected(engine, heldout_video
         results = []
         # live=False: the test's frames come faster than real time, so wait rather than drop; ends=True: the
         # third connection ending is the end of the test, not another drop
-        hub.add_camera(CallableSource(capture, name="flaky", live=False, ends=True), camera_id="flaky",
-                       every=cfg.sampling_rate, on_result=results.append)
+        hub.add_camera(
+            CallableSource(capture, name="flaky", live=False, ends=True),
+            camera_id="flaky",
+            every=cfg.sampling_rate,
+            on_result=results.append,
+        )
         assert hub.wait_sources(60) and hub.drain(60)
         m = hub.metrics()["cameras"]["flaky"]
     assert m["reconnects"] == 1 and m["reconnect_attempts"] == 2 and len(calls) == 3
@@ -147,7 +154,7 @@ def test_a_source_that_raises_then_recovers_is_reconnected(engine, heldout_video
     for r in results:
         run = frames[:20] if r.last_frame < 20 else frames
         off = 0 if r.last_frame < 20 else 20
-        ref = engine.predict(run[r.first_frame - off:r.last_frame - off + 1])
+        ref = engine.predict(run[r.first_frame - off : r.last_frame - off + 1])
         assert np.array_equal(r.logits, ref.logits)
 
 
@@ -169,6 +176,7 @@ def test_a_looping_file_that_is_removed_and_recreated_is_reconnected(engine, hel
 
 
 # --------------------------------------------------------------------------- cameras come and go while running
+
 
 def test_cameras_added_and_removed_while_running(engine, heldout_videos):
     frames = [list(iter_frames(p)) for p, _ in heldout_videos[:6]]
@@ -221,6 +229,7 @@ def test_cameras_added_and_removed_while_running(engine, heldout_videos):
 
 # --------------------------------------------------------------------------- overload, made deterministic
 
+
 class GatedEngine:
     """A deliberately slow engine: each ``infer`` waits for the test to open the gate. Logits encode the input."""
 
@@ -247,8 +256,9 @@ def test_overload_keeps_queues_bounded_counts_drops_and_starves_no_camera(fail_f
     eng = GatedEngine(fail_first)
     n_cams, q, windows = 10, 2, 12
     calls_seen: list[tuple[int, object]] = []
-    hub = CameraHub(eng, max_wait_ms=60_000, queue=q, results=0,
-                    on_result=lambda r: calls_seen.append((eng.calls, r.camera)))
+    hub = CameraHub(
+        eng, max_wait_ms=60_000, queue=q, results=0, on_result=lambda r: calls_seen.append((eng.calls, r.camera))
+    )
     for i in range(n_cams):
         hub.add_camera(camera_id=i, every=1)
     ring = hub.metrics()["ring_bytes"]
@@ -323,12 +333,18 @@ def test_a_lone_camera_is_not_held_for_a_full_batch(engine, heldout_videos):
 
 # --------------------------------------------------------------------------- the command line
 
+
 def test_cli_runs_several_sources_through_the_hub(fp32_bundle, heldout_videos, tmp_path):
     from calibration.clips.synthetic import render_clip, write_video
 
     a, b = (str(p) for p, _ in heldout_videos[:2])
-    res = subprocess.run([sys.executable, "-m", "runtime", str(fp32_bundle), a, b, "--every", "2"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=180)
+    res = subprocess.run(
+        [sys.executable, "-m", "runtime", str(fp32_bundle), a, b, "--every", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert res.returncode == 0, res.stderr
     cfg = Engine(fp32_bundle).preprocess
     for cam, path in ((0, a), (1, b)):
@@ -337,21 +353,37 @@ def test_cli_runs_several_sources_through_the_hub(fp32_bundle, heldout_videos, t
     short = tmp_path / "short.mp4"
     write_video(short, render_clip(0, np.random.default_rng(0), num_frames=cfg.window() - 1))
     for argv in ([str(short)], [a, str(short)]):
-        res = subprocess.run([sys.executable, "-m", "runtime", str(fp32_bundle), *argv], cwd=ROOT,
-                             capture_output=True, text=True, timeout=180)
+        res = subprocess.run(
+            [sys.executable, "-m", "runtime", str(fp32_bundle), *argv],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert res.returncode == 1 and "shorter than one clip" in res.stderr and "short.mp4" in res.stderr, res.stderr
     from PIL import Image
 
     Image.fromarray(list(iter_frames(a))[0]).save(tmp_path / "still.png")
-    res = subprocess.run([sys.executable, "-m", "runtime", str(fp32_bundle), str(tmp_path / "still.png")], cwd=ROOT,
-                         capture_output=True, text=True, timeout=180)
+    res = subprocess.run(
+        [sys.executable, "-m", "runtime", str(fp32_bundle), str(tmp_path / "still.png")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert res.returncode == 1 and "still.png: 1 frame (an image), shorter than one clip" in res.stderr, res.stderr
-    res = subprocess.run([sys.executable, "-m", "runtime", str(fp32_bundle), a, str(tmp_path / "gone.mp4")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=180)
+    res = subprocess.run(
+        [sys.executable, "-m", "runtime", str(fp32_bundle), a, str(tmp_path / "gone.mp4")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert res.returncode == 2 and res.stderr.strip() == f"python -m runtime: {tmp_path / 'gone.mp4'}: no such file"
 
 
 # --------------------------------------------------------------------------- the benchmark's own logic
+
 
 def test_bench_cameras_accounts_for_every_window(fp32_bundle, tmp_path):
     import json
@@ -359,8 +391,25 @@ def test_bench_cameras_accounts_for_every_window(fp32_bundle, tmp_path):
     from export.bench import cameras as bench_cameras
 
     out = tmp_path / "cams.json"
-    assert bench_cameras.main(["--engine", str(fp32_bundle), "--cameras", "3", "--seconds", "1.2", "--fps", "25",
-                               "--search-seconds", "0", "--out", str(out)]) == 0
+    assert (
+        bench_cameras.main(
+            [
+                "--engine",
+                str(fp32_bundle),
+                "--cameras",
+                "3",
+                "--seconds",
+                "1.2",
+                "--fps",
+                "25",
+                "--search-seconds",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     r = json.loads(out.read_text())
     for key in ("cameras", "fps", "seconds", "windows_due", "predictions", "dropped", "p50_ms", "p99_ms", "mean_batch"):
         assert key in r
@@ -377,9 +426,20 @@ def test_capacity_search_finds_the_largest_served_count(monkeypatch):
 
     def fake_run(engine, frames, cameras, *a, **kw):
         tried.append(cameras)
-        return {"served": cameras <= 37, "cameras": cameras, "max_batch": 8, "windows_due": 0, "predictions": 0,
-                "dropped": 0, "p50_ms": None, "p99_ms": None, "mean_batch": None, "engine_ms_per_window": 0.0,
-                "device_time_share": 0.0, "pace_lag_p90_ms": 0.0}
+        return {
+            "served": cameras <= 37,
+            "cameras": cameras,
+            "max_batch": 8,
+            "windows_due": 0,
+            "predictions": 0,
+            "dropped": 0,
+            "p50_ms": None,
+            "p99_ms": None,
+            "mean_batch": None,
+            "engine_ms_per_window": 0.0,
+            "device_time_share": 0.0,
+            "pace_lag_p90_ms": 0.0,
+        }
 
     monkeypatch.setattr(bench_cameras, "run_cameras", fake_run)
     n, runs = bench_cameras.max_served(None, None, 16, 25, 1, None, {})

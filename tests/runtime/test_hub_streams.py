@@ -1,6 +1,7 @@
 """Real streams in the hub: every camera's state (connecting, live, retrying, failed) with its last error, one retry
 rule with a clear end for one source or many (the command line too, Ctrl-C summary included), the batching choice
 from measured times, and the Prometheus endpoint."""
+
 from __future__ import annotations
 
 import json
@@ -44,10 +45,16 @@ def _refused():
 
 # --------------------------------------------------------------------------- states and the retry bound
 
+
 def test_a_never_connecting_source_is_retrying_with_its_error_then_failed(engine):
     seen: list[tuple[str, str | None]] = []
-    with CameraHub(engine, results=0, backoff=(0.01, 0.02), retries=3,
-                   on_status=lambda cam, status, err: seen.append((status, err))) as hub:
+    with CameraHub(
+        engine,
+        results=0,
+        backoff=(0.01, 0.02),
+        retries=3,
+        on_status=lambda cam, status, err: seen.append((status, err)),
+    ) as hub:
         hub.add_camera(CallableSource(_refused, name="cam9"), camera_id="cam9")
         assert hub.wait_sources(60)
         m = hub.metrics()["cameras"]["cam9"]
@@ -77,8 +84,9 @@ def test_a_camera_that_comes_back_is_live_and_counts_the_reconnect(engine, heldo
         yield from frames
 
     states = []
-    with CameraHub(engine, results=0, backoff=(0.01, 0.02), retries=3,
-                   on_status=lambda cam, status, err: states.append(status)) as hub:
+    with CameraHub(
+        engine, results=0, backoff=(0.01, 0.02), retries=3, on_status=lambda cam, status, err: states.append(status)
+    ) as hub:
         hub.add_camera(CallableSource(capture, name="flaky", live=False, ends=True), camera_id=0)
         assert hub.wait_sources(60) and hub.drain(60)
         m = hub.metrics()["cameras"]["0"]
@@ -89,9 +97,25 @@ def test_a_camera_that_comes_back_is_live_and_counts_the_reconnect(engine, heldo
 
 def test_one_rtsp_source_on_the_command_line_retries_then_fails(fp32_bundle):
     url = f"rtsp://127.0.0.1:{_closed_port()}/stream"
-    r = subprocess.run([sys.executable, "-m", "runtime", str(fp32_bundle), url, "--retries", "2",
-                        "--backoff-max-s", "0.5", "--batching", "off"], capture_output=True, text=True, timeout=120,
-                       cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "runtime",
+            str(fp32_bundle),
+            url,
+            "--retries",
+            "2",
+            "--backoff-max-s",
+            "0.5",
+            "--batching",
+            "off",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert r.returncode == 1, r.stderr  # not 2 at once: retried, then failed
     assert f"camera 0 ({url}): retrying:" in r.stderr and f"camera 0 ({url}): failed: gave up after 2" in r.stderr
     assert "Connection refused" in r.stderr
@@ -101,9 +125,25 @@ def test_one_rtsp_source_on_the_command_line_retries_then_fails(fp32_bundle):
 
 def test_ctrl_c_summary_shows_state_attempts_and_last_error(fp32_bundle):
     url = f"rtsp://127.0.0.1:{_closed_port()}/stream"
-    p = subprocess.Popen([sys.executable, "-m", "runtime", str(fp32_bundle), url, "--retries", "-1",
-                          "--backoff-max-s", "0.5", "--batching", "off"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "runtime",
+            str(fp32_bundle),
+            url,
+            "--retries",
+            "-1",
+            "--backoff-max-s",
+            "0.5",
+            "--batching",
+            "off",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     try:
         assert p.stderr is not None
         for line in p.stderr:  # wait for the first retry (not a timed assertion: the test's timeout bounds it)
@@ -121,6 +161,7 @@ def test_ctrl_c_summary_shows_state_attempts_and_last_error(fp32_bundle):
 
 
 # --------------------------------------------------------------------------- batching only when it pays
+
 
 class _Clock:
     def __init__(self) -> None:
@@ -176,6 +217,7 @@ def test_the_hub_reports_its_batching_choice(engine):
 
 
 # --------------------------------------------------------------------------- Prometheus
+
 
 def test_the_prometheus_endpoint_serves_the_documented_metrics(engine, fp32_bundle, heldout_videos):
     from prometheus_client.parser import text_string_to_metric_families

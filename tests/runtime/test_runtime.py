@@ -1,4 +1,5 @@
 """runtime.Engine on real bundles and real video files: parity with PyTorch, streaming, errors, threads, no torch."""
+
 from __future__ import annotations
 
 import json
@@ -34,6 +35,7 @@ def _torch_logits(model, clip: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- preprocessing is the published one
 
+
 def _torch_preprocess(frames: np.ndarray, cfg: PreprocessConfig, crop_index: int = 1) -> np.ndarray:
     """Reference: float resize of the short side (bilinear, align_corners=False), crop, normalise (torch)."""
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
@@ -50,7 +52,7 @@ def _torch_preprocess(frames: np.ndarray, cfg: PreprocessConfig, crop_index: int
             top = [0, top, nh - cfg.crop_size][crop_index]
         else:
             left = [0, left, nw - cfg.crop_size][crop_index]
-    x = x[..., top:top + cfg.crop_size, left:left + cfg.crop_size] / 255.0
+    x = x[..., top : top + cfg.crop_size, left : left + cfg.crop_size] / 255.0
     mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
     std = torch.tensor(cfg.std).view(1, 3, 1, 1)
     return ((x - mean) / std).numpy()
@@ -59,8 +61,15 @@ def _torch_preprocess(frames: np.ndarray, cfg: PreprocessConfig, crop_index: int
 @pytest.mark.parametrize("size", [(480, 640), (240, 320), (61, 97), (640, 360), (40, 50), (1, 300)])
 @pytest.mark.parametrize("num_crops,crop_index", [(1, 1), (3, 0), (3, 2)])
 def test_preprocess_matches_torch_interpolate(size, num_crops, crop_index):
-    cfg = PreprocessConfig(num_frames=3, sampling_rate=2, short_side=56, crop_size=48, num_crops=num_crops,
-                           mean=(0.4, 0.45, 0.5), std=(0.2, 0.225, 0.25))
+    cfg = PreprocessConfig(
+        num_frames=3,
+        sampling_rate=2,
+        short_side=56,
+        crop_size=48,
+        num_crops=num_crops,
+        mean=(0.4, 0.45, 0.5),
+        std=(0.2, 0.225, 0.25),
+    )
     frames = np.random.default_rng(0).integers(0, 256, (3,) + size + (3,), dtype=np.uint8)
     ours = preprocess_frames(frames, cfg, crop_index=crop_index)
     ref = _torch_preprocess(frames, cfg, crop_index)
@@ -82,6 +91,7 @@ def test_sampling_pads_short_videos_by_repeating_frames():
 
 
 # --------------------------------------------------------------------------- parity with the PyTorch reference
+
 
 def test_predict_on_decoded_video_matches_pytorch(engine, motion_model, heldout_videos):
     from calibration.clips.video_reader import decode_frames, read_clip
@@ -114,7 +124,7 @@ def test_infer_batches_within_range(engine):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3,) + engine.clip_shape).astype(np.float32)
     batched = engine.infer(x)
-    single = np.concatenate([engine.infer(x[i:i + 1]) for i in range(3)])
+    single = np.concatenate([engine.infer(x[i : i + 1]) for i in range(3)])
     assert batched.shape == (3, engine.num_classes)
     assert np.abs(batched - single).max() < 1e-4
 
@@ -135,7 +145,7 @@ def test_stream_matches_clip_inference_and_pytorch(engine, motion_model, heldout
     window = cfg.window()
     assert [i for i, _ in seen] == list(range(window - 1, len(frames), cfg.sampling_rate))
     for i, pred in seen:
-        clip_frames = np.stack(frames[i - window + 1:i + 1:cfg.sampling_rate])
+        clip_frames = np.stack(frames[i - window + 1 : i + 1 : cfg.sampling_rate])
         clip = preprocess_frames(clip_frames, cfg)
         assert np.abs(pred.logits - engine.infer(clip[None])[0]).max() < 1e-5
         assert pred.index == int(np.argmax(_torch_logits(motion_model, clip)))
@@ -169,6 +179,7 @@ def test_stream_rejects_bad_frames_and_restarts_on_resolution_change(engine):
 
 # --------------------------------------------------------------------------- errors that help
 
+
 def test_input_errors_name_expected_and_actual(engine):
     t = engine.preprocess.num_frames
     c = engine.clip_shape
@@ -180,7 +191,9 @@ def test_input_errors_name_expected_and_actual(engine):
         engine.predict(np.zeros((t, 3, 72, 96), np.uint8))
     with pytest.raises(InputError, match="one size"):
         engine.predict([np.zeros((72, 96, 3), np.uint8)] * (t - 1) + [np.zeros((70, 96, 3), np.uint8)])
-    with pytest.raises(InputError, match=r"video: expected shape \(batch, 8, 3, 64, 64\) \[BTCHW\], got \(1, 8, 64, 64, 3\)"):
+    with pytest.raises(
+        InputError, match=r"video: expected shape \(batch, 8, 3, 64, 64\) \[BTCHW\], got \(1, 8, 64, 64, 3\)"
+    ):
         engine.infer(np.zeros((1, c[0], c[2], c[3], 3), np.float32))
     with pytest.raises(InputError, match="add the batch axis"):
         engine.infer(np.zeros(c, np.float32))
@@ -235,6 +248,7 @@ def test_bundle_errors_name_the_file(fp32_bundle, tmp_path):
 
 # --------------------------------------------------------------------------- threads
 
+
 def test_one_engine_shared_by_threads(engine):
     """ONNX Runtime sessions are thread-safe: concurrent calls give the sequential results."""
     rng = np.random.default_rng(3)
@@ -280,6 +294,7 @@ def test_serialising_backends_take_the_lock(fp32_bundle):
 
 # --------------------------------------------------------------------------- what an app needs, and only that
 
+
 def test_runtime_never_imports_torch_or_the_project(fp32_bundle, heldout_videos):
     code = f"""
 import sys
@@ -304,8 +319,13 @@ def test_camera_app_cli_prints_and_writes_annotated_video(fp32_bundle, heldout_v
 
     src, _ = heldout_videos[5]
     out = tmp_path / "annotated.mp4"
-    res = subprocess.run([sys.executable, "-m", "runtime", str(fp32_bundle), str(src), "--top-k", "2", "--out", str(out)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=180)
+    res = subprocess.run(
+        [sys.executable, "-m", "runtime", str(fp32_bundle), str(src), "--top-k", "2", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert res.returncode == 0, res.stderr
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("frame")]
     assert lines and all("ms)" in ln for ln in lines)
@@ -313,6 +333,11 @@ def test_camera_app_cli_prints_and_writes_annotated_video(fp32_bundle, heldout_v
     assert all(any(lbl in ln for lbl in labels) for ln in lines)
     info = video_info(src)
     assert video_info(out)["frames"] == info["frames"]
-    bad = subprocess.run([sys.executable, "-m", "runtime", str(fp32_bundle), str(tmp_path / "missing.mp4")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "runtime", str(fp32_bundle), str(tmp_path / "missing.mp4")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode != 0 and "missing.mp4" in bad.stderr

@@ -3,6 +3,7 @@ other part of this project) loads the demo's bundle and labels the demo's video.
 
 Needs the package index or pip's cache for numpy, onnxruntime, PyAV and Pillow (what ``make setup`` fetched).
 """
+
 from __future__ import annotations
 
 import os
@@ -47,10 +48,17 @@ def runtime_venv(tmp_path_factory) -> Path:
     venv.EnvBuilder(with_pip=True).create(env_dir)
     py = env_dir / "bin" / "python"
     # a copy, so pip's in-tree build folders land in the temp dir and not in the checkout
-    src = shutil.copytree(ROOT / "runtime", env_dir.parent / "runtime",
-                          ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    res = subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                          f"{src}[cpu,video]"], capture_output=True, text=True, timeout=600)
+    src = shutil.copytree(
+        ROOT / "runtime",
+        env_dir.parent / "runtime",
+        ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"),
+    )
+    res = subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", f"{src}[cpu,video]"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if res.returncode != 0 and "Could not find a version" in res.stderr + res.stdout:
         pytest.skip(f"no package index or cache for the runtime's dependencies: {res.stderr.strip()[-300:]}")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -63,8 +71,14 @@ def test_runtime_installs_alone_and_labels_the_demo_video(runtime_venv: Path, fp
     video = tmp_path / "demo.mp4"
     segments = write_demo_video(video, seed=7)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    res = subprocess.run([str(runtime_venv), "-c", SCRIPT, str(fp32_bundle), str(video)], capture_output=True,
-                         text=True, timeout=300, cwd=tmp_path, env=env)
+    res = subprocess.run(
+        [str(runtime_venv), "-c", SCRIPT, str(fp32_bundle), str(video)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     import json
 
@@ -84,8 +98,13 @@ def test_runtime_cli_in_the_bare_venv(runtime_venv: Path, fp32_bundle: Path, tmp
 
     video = tmp_path / "demo.mp4"
     write_demo_video(video, seed=3)
-    res = subprocess.run([str(runtime_venv), "-m", "runtime", str(fp32_bundle), str(video)], capture_output=True,
-                         text=True, timeout=300, cwd=tmp_path)
+    res = subprocess.run(
+        [str(runtime_venv), "-m", "runtime", str(fp32_bundle), str(video)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip(), "the CLI printed no prediction"
 
@@ -118,10 +137,18 @@ print(sorted(k for k in sys.modules if k.split(".")[0] in ("torch", "onnx", "mod
 
 # ----------------------------------------------------------------- one ONNX Runtime per install (issue 27)
 #: distributions that all install the ``onnxruntime`` module: two of them in one environment overwrite each other
-ORT_DISTRIBUTIONS = {"onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
-                     "onnxruntime-qnn", "onnxruntime-training"}
-LOCAL_PROJECTS = {"timesformer-deploy": ROOT / "pyproject.toml",
-                  "timesformer-runtime": ROOT / "runtime" / "pyproject.toml"}
+ORT_DISTRIBUTIONS = {
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxruntime-directml",
+    "onnxruntime-openvino",
+    "onnxruntime-qnn",
+    "onnxruntime-training",
+}
+LOCAL_PROJECTS = {
+    "timesformer-deploy": ROOT / "pyproject.toml",
+    "timesformer-runtime": ROOT / "runtime" / "pyproject.toml",
+}
 
 
 def resolve_names(project: str, extras: set[str]) -> set[str]:
@@ -158,15 +185,18 @@ def resolve_names(project: str, extras: set[str]) -> set[str]:
     return set(seen)
 
 
-@pytest.mark.parametrize("project, extras, expected", [
-    ("timesformer-deploy", {"gpu"}, {"onnxruntime-gpu"}),
-    ("timesformer-deploy", {"gpu", "dev"}, {"onnxruntime-gpu"}),
-    ("timesformer-deploy", {"cpu", "dev"}, {"onnxruntime"}),  # make setup
-    ("timesformer-deploy", {"cpu", "dev", "tensorrt-cu12"}, {"onnxruntime"}),  # make gpu-check on x86
-    ("timesformer-runtime", {"gpu", "video", "serve"}, {"onnxruntime-gpu"}),
-    ("timesformer-runtime", {"cpu", "video"}, {"onnxruntime"}),
-    ("timesformer-runtime", {"openvino"}, set()),  # an OpenVINO bundle needs no ONNX Runtime
-])
+@pytest.mark.parametrize(
+    "project, extras, expected",
+    [
+        ("timesformer-deploy", {"gpu"}, {"onnxruntime-gpu"}),
+        ("timesformer-deploy", {"gpu", "dev"}, {"onnxruntime-gpu"}),
+        ("timesformer-deploy", {"cpu", "dev"}, {"onnxruntime"}),  # make setup
+        ("timesformer-deploy", {"cpu", "dev", "tensorrt-cu12"}, {"onnxruntime"}),  # make gpu-check on x86
+        ("timesformer-runtime", {"gpu", "video", "serve"}, {"onnxruntime-gpu"}),
+        ("timesformer-runtime", {"cpu", "video"}, {"onnxruntime"}),
+        ("timesformer-runtime", {"openvino"}, set()),  # an OpenVINO bundle needs no ONNX Runtime
+    ],
+)
 def test_each_install_has_at_most_one_onnx_runtime(project: str, extras: set[str], expected: set[str]) -> None:
     assert resolve_names(project, extras) & ORT_DISTRIBUTIONS == expected
 

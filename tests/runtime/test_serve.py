@@ -3,6 +3,7 @@ clients, answers compared with ``runtime.Engine`` here; one replica killed mid-r
 
 One Ray start for the module (about 10-20 s on 2 cores). The protocol and CLI tests at the top need no Ray.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _decode(body: bytes, headers: dict[str, str], kind: str = "frames"):
-    return decode_body(body, headers, kind=kind, clip_shape=(8, 3, 64, 64), num_frames=8, crop_size=64,
-                       input_dtype=np.dtype(np.float32), max_batch=4)
+    return decode_body(
+        body,
+        headers,
+        kind=kind,
+        clip_shape=(8, 3, 64, 64),
+        num_frames=8,
+        crop_size=64,
+        input_dtype=np.dtype(np.float32),
+        max_batch=4,
+    )
 
 
 def test_the_wire_format_round_trips_and_names_what_is_wrong() -> None:
@@ -64,8 +73,13 @@ def test_the_wire_format_round_trips_and_names_what_is_wrong() -> None:
 
 
 def test_the_serve_command_refuses_a_bad_bundle_in_one_line(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "runtime.serving", "--engine", str(tmp_path / "nope")],
-                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "runtime.serving", "--engine", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr and "nope" in r.stderr, r.stderr
 
 
@@ -75,8 +89,13 @@ def test_the_serve_command_refuses_a_busy_port_in_one_line(fp32_bundle: Path) ->
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        r = subprocess.run([sys.executable, "-m", "runtime.serving", "--engine", str(fp32_bundle), "--port", str(port)],
-                           capture_output=True, text=True, cwd=ROOT, timeout=60)
+        r = subprocess.run(
+            [sys.executable, "-m", "runtime.serving", "--engine", str(fp32_bundle), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+        )
     assert r.returncode == 2 and "Traceback" not in r.stderr and f"127.0.0.1:{port}" in r.stderr, r.stderr
 
 
@@ -84,8 +103,13 @@ def test_the_load_test_refuses_an_unreachable_url_in_one_line() -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    r = subprocess.run([sys.executable, "-m", "export.serving.load_test", "--url", f"http://127.0.0.1:{port}", "--seconds", "1"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "export.serving.load_test", "--url", f"http://127.0.0.1:{port}", "--seconds", "1"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr and f"127.0.0.1:{port}" in r.stderr, r.stderr
 
 
@@ -144,8 +168,9 @@ def served(fp32_bundle):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    url = deploy(ServeOptions(bundle=str(fp32_bundle), replicas=2, port=port, batch_wait_ms=5, threads=1,
-                             cpus_per_replica=0.5))  # fits any machine with one core or more
+    url = deploy(
+        ServeOptions(bundle=str(fp32_bundle), replicas=2, port=port, batch_wait_ms=5, threads=1, cpus_per_replica=0.5)
+    )  # fits any machine with one core or more
     try:
         yield url
     finally:
@@ -182,8 +207,13 @@ def test_remote_engine_is_a_drop_in_for_engine(served, fp32_bundle, clips_and_ex
 
     clips, _ = clips_and_expected
     remote, local = RemoteEngine(served), Engine(fp32_bundle)
-    assert (remote.clip_shape, remote.batch_range, remote.labels, remote.num_classes, remote.input_dtype) == \
-           (local.clip_shape, local.batch_range, local.labels, local.num_classes, local.input_dtype)
+    assert (remote.clip_shape, remote.batch_range, remote.labels, remote.num_classes, remote.input_dtype) == (
+        local.clip_shape,
+        local.batch_range,
+        local.labels,
+        local.num_classes,
+        local.input_dtype,
+    )
     assert remote.preprocess == local.preprocess
     for frames in clips[:3]:
         r, want = remote.predict(frames, top_k=3), local.predict(frames, top_k=3)
@@ -198,7 +228,7 @@ def test_remote_engine_is_a_drop_in_for_engine(served, fp32_bundle, clips_and_ex
     cfg = remote.preprocess
     assert cfg.short_side == cfg.crop_size == clips[0].shape[1]  # the test clips are already at the short side
     left = (clips[0].shape[2] - cfg.crop_size) // 2
-    small = np.ascontiguousarray(clips[0][cfg.sampling_rate * np.arange(8)][:, :, left:left + cfg.crop_size])
+    small = np.ascontiguousarray(clips[0][cfg.sampling_rate * np.arange(8)][:, :, left : left + cfg.crop_size])
     np.testing.assert_allclose(remote.predict(small, input="clip").logits, local.predict(small).logits, atol=1e-5)
     # the streaming buffer runs unchanged on the remote engine: same predictions at the same frames
     rs, ls = remote.stream(every=4), local.stream(every=4)
@@ -229,7 +259,7 @@ def test_the_camera_hub_runs_on_the_remote_engine_unchanged(served, fp32_bundle,
     per_camera = (len(videos[0]) - cfg.window()) // cfg.sampling_rate + 1
     assert len(results) == len(videos) * per_camera
     for r in results:
-        ref = local.predict(videos[r.camera][r.first_frame:r.last_frame + 1])
+        ref = local.predict(videos[r.camera][r.first_frame : r.last_frame + 1])
         np.testing.assert_allclose(r.logits, ref.logits, atol=1e-5)
         assert r.label == ref.label
 
@@ -255,8 +285,14 @@ def test_bad_requests_get_a_clear_4xx_never_a_500(served, clips_and_expected) ->
         ("/v1/predict", body, {**headers, "X-Dtype": "float32"}, "POST", 400, "uint8"),
         ("/v1/predict", body, {**headers, "Content-Type": "text/plain"}, "POST", 415, "Content-Type"),
         ("/v1/predict", bytes(5 * 64 * 64 * 3), {**headers, "X-Shape": "5,64,64,3"}, "POST", 400, "at least 8 frames"),
-        ("/v1/infer", bytes(5 * 8 * 3 * 64 * 64 * 4), {**headers, "X-Shape": "5,8,3,64,64", "X-Dtype": "float32"},
-         "POST", 400, "larger than the engine's maximum 4"),
+        (
+            "/v1/infer",
+            bytes(5 * 8 * 3 * 64 * 64 * 4),
+            {**headers, "X-Shape": "5,8,3,64,64", "X-Dtype": "float32"},
+            "POST",
+            400,
+            "larger than the engine's maximum 4",
+        ),
         ("/v1/infer", body, headers, "POST", 400, "X-Dtype: expected float32"),
         ("/v1/predict", b"", {}, "GET", 405, "POST"),
         ("/v1/nothing", b"", {}, "GET", 404, "/v1/predict"),
@@ -283,14 +319,17 @@ def test_a_replica_killed_mid_run_loses_no_request(served, clips_and_expected) -
 
 # ------------------------------------------------------------------------- issue 28: a hostile client, Ray bounds
 
+
 def _stalled(url: str, n: int) -> list[socket.socket]:
     """``n`` clients that send a valid /v1/predict's headers and 1 KB of its 98,304-byte body, then stall."""
     host, port = url.removeprefix("http://").split(":")
     socks = []
     for _ in range(n):
         s = socket.create_connection((host, int(port)), timeout=10)
-        s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
-                  b"X-Shape: 8,64,64,3\r\nContent-Length: 98304\r\n\r\n" + bytes(1024))
+        s.sendall(
+            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+            b"X-Shape: 8,64,64,3\r\nContent-Length: 98304\r\n\r\n" + bytes(1024)
+        )
         socks.append(s)
     return socks
 
@@ -318,8 +357,10 @@ def test_a_chunked_body_over_the_limit_is_refused_while_it_arrives(served) -> No
 
     host, port = served.removeprefix("http://").split(":")
     s = socket.create_connection((host, int(port)), timeout=60)
-    s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
-              b"X-Shape: 8,64,64,3\r\nTransfer-Encoding: chunked\r\n\r\n")
+    s.sendall(
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+        b"X-Shape: 8,64,64,3\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
     chunk = b"%x\r\n" % (1 << 20) + bytes(1 << 20) + b"\r\n"
     sent = [0]
 
@@ -357,11 +398,15 @@ def test_malformed_shapes_and_huge_values_are_4xx_and_not_retried(served, fp32_b
     from runtime.remote import RemoteEngine
 
     big = "8,4294967296,4294967296,3"  # 8 * 2**64 * 3 bytes: 0 modulo 2**64
-    for path, shape, dtype in (("/v1/predict", big, "uint8"), ("/v1/infer", "1," + big, "float32"),
-                               ("/v1/predict", "9" * 30 + ",64,64,3", "uint8"), ("/v1/predict", "1,2,3,4,5,6,7,8,9,3",
-                                                                                   "uint8")):
-        status, out = _post(served + path, b"", {"Content-Type": "application/octet-stream", "X-Shape": shape,
-                                                 "X-Dtype": dtype})
+    for path, shape, dtype in (
+        ("/v1/predict", big, "uint8"),
+        ("/v1/infer", "1," + big, "float32"),
+        ("/v1/predict", "9" * 30 + ",64,64,3", "uint8"),
+        ("/v1/predict", "1,2,3,4,5,6,7,8,9,3", "uint8"),
+    ):
+        status, out = _post(
+            served + path, b"", {"Content-Type": "application/octet-stream", "X-Shape": shape, "X-Dtype": dtype}
+        )
         assert 400 <= status < 500 and "X-Shape" in out["error"], (shape, status, out)
     client = RemoteEngine(served, retries=3)
     x = np.full((1, 8, 3, 64, 64), 3e38, np.float32)
@@ -377,11 +422,17 @@ def test_a_local_ray_listens_on_loopback_only(served) -> None:
 
     me = psutil.Process()
     pids = {p.pid for p in me.children(recursive=True)} | {me.pid}
-    listening = [(c.laddr.ip, c.laddr.port, c.pid) for c in psutil.net_connections(kind="inet")
-                 if c.status == psutil.CONN_LISTEN and c.pid in pids]
+    listening = [
+        (c.laddr.ip, c.laddr.port, c.pid)
+        for c in psutil.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.pid in pids
+    ]
     assert len(listening) >= 4, listening  # GCS, raylet, agents, the HTTP proxy at least
-    exposed = [(ip, port, psutil.Process(pid).name()) for ip, port, pid in listening
-               if ip not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")]
+    exposed = [
+        (ip, port, psutil.Process(pid).name())
+        for ip, port, pid in listening
+        if ip not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+    ]
     assert not exposed, exposed
     token = Path.home() / ".ray" / "auth_token"
     if token.exists():
@@ -397,8 +448,12 @@ def test_each_replica_serves_its_prometheus_metrics(served, fp32_bundle, clips_a
     client = RemoteEngine(served)
     for clip in clips[:4]:
         client.predict(clip)
-    bad = urllib.request.Request(f"{served}/v1/infer", data=b"x", method="POST",
-                                 headers={"Content-Type": "application/octet-stream", "X-Shape": "1,2"})
+    bad = urllib.request.Request(
+        f"{served}/v1/infer",
+        data=b"x",
+        method="POST",
+        headers={"Content-Type": "application/octet-stream", "X-Shape": "1,2"},
+    )
     with pytest.raises(urllib.error.HTTPError):
         urllib.request.urlopen(bad, timeout=30)
     manifest = json.loads((fp32_bundle / "manifest.json").read_text())
@@ -411,12 +466,17 @@ def test_each_replica_serves_its_prometheus_metrics(served, fp32_bundle, clips_a
         info = fams["timesformer_bundle_info"].samples[0].labels
         assert info["sha256"] == manifest["files"][manifest["engine_file"]]["sha256"]
         assert info["name"] == fp32_bundle.name and info["verification"] in ("passed", "unavailable", "skipped")
-        counts = {f"{s.labels['endpoint']}:{s.labels['code']}": s.value
-                  for s in fams["timesformer_serve_requests"].samples if s.name.endswith("_total")}
-        counts["windows"] = sum(s.value for s in fams["timesformer_engine_windows"].samples
-                                if s.name.endswith("_total"))
-        counts["calls"] = sum(s.value for s in fams["timesformer_engine_call_seconds"].samples
-                              if s.name.endswith("_count"))
+        counts = {
+            f"{s.labels['endpoint']}:{s.labels['code']}": s.value
+            for s in fams["timesformer_serve_requests"].samples
+            if s.name.endswith("_total")
+        }
+        counts["windows"] = sum(
+            s.value for s in fams["timesformer_engine_windows"].samples if s.name.endswith("_total")
+        )
+        counts["calls"] = sum(
+            s.value for s in fams["timesformer_engine_call_seconds"].samples if s.name.endswith("_count")
+        )
         per_replica[info["replica"]] = counts
         if len(per_replica) == 2:
             break

@@ -1,4 +1,5 @@
 """Run one function in many threads at once, for the thread-safety tests."""
+
 from __future__ import annotations
 
 import threading

@@ -10,12 +10,45 @@
 Host memory stands in for device memory and ONNX Runtime for the engine: they check the call sequence, flags,
 buffers and graph logic, not TensorRT itself.
 """
+
 from .cuda import CudaStream, FakeCudart, native_handle_module
 from .helpers import backend_manifest, opts, run_ort, trt_importable
-from .models import (CLASSES, CLIP, FEAT, HIDDEN, make_attention, make_attention_fp16, make_contrib,
-                     make_decomposed_fp16, make_fp16, make_fp32, make_models, make_qdq)
+from .models import (
+    CLASSES,
+    CLIP,
+    FEAT,
+    HIDDEN,
+    make_attention,
+    make_attention_fp16,
+    make_contrib,
+    make_decomposed_fp16,
+    make_fp16,
+    make_fp32,
+    make_models,
+    make_qdq,
+)
 from .module import fake_tensorrt, install
 
-__all__ = ["CLASSES", "CLIP", "FEAT", "HIDDEN", "CudaStream", "FakeCudart", "backend_manifest", "fake_tensorrt",
-           "install", "make_attention", "make_attention_fp16", "make_contrib", "make_decomposed_fp16", "make_fp16",
-           "make_fp32", "make_models", "make_qdq", "native_handle_module", "opts", "run_ort", "trt_importable"]
+__all__ = [
+    "CLASSES",
+    "CLIP",
+    "FEAT",
+    "HIDDEN",
+    "CudaStream",
+    "FakeCudart",
+    "backend_manifest",
+    "fake_tensorrt",
+    "install",
+    "make_attention",
+    "make_attention_fp16",
+    "make_contrib",
+    "make_decomposed_fp16",
+    "make_fp16",
+    "make_fp32",
+    "make_models",
+    "make_qdq",
+    "native_handle_module",
+    "opts",
+    "run_ort",
+    "trt_importable",
+]

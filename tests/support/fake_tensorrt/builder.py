@@ -16,6 +16,7 @@ Classes read the faked TensorRT version and its enums from ``self.trt`` (the fak
 * ``set_timing_cache(cache, ignore_mismatch=False)`` returns False for another TensorRT/GPU's cache (a blob
   starting with ``OTHER-GPU``).
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,21 @@ from typing import Any
 
 import onnx
 
-__all__ = ["ILayer", "ILayer10", "INormalizationLayer", "IAttention", "IAttentionBoundaryLayer", "Network",
-           "ParserError", "OnnxParser", "Profile", "TimingCache", "Config", "Builder", "ONNX_LAYER_TYPES"]
+__all__ = [
+    "ILayer",
+    "ILayer10",
+    "INormalizationLayer",
+    "IAttention",
+    "IAttentionBoundaryLayer",
+    "Network",
+    "ParserError",
+    "OnnxParser",
+    "Profile",
+    "TimingCache",
+    "Config",
+    "Builder",
+    "ONNX_LAYER_TYPES",
+]
 
 #: ONNX op -> LayerType name in the fake's network
 ONNX_LAYER_TYPES = {"MatMul": "MATRIX_MULTIPLY", "LayerNormalization": "NORMALIZATION", "Softmax": "SOFTMAX"}
@@ -134,8 +148,11 @@ class OnnxParser:
             return False
         model = onnx.load(path)
         if trt.version_tuple < (10, 14):
-            self.errors = [ParserError(n.name, n.op_type, "No importer registered for op: Attention")
-                           for n in model.graph.node if n.op_type == "Attention"]
+            self.errors = [
+                ParserError(n.name, n.op_type, "No importer registered for op: Attention")
+                for n in model.graph.node
+                if n.op_type == "Attention"
+            ]
             if self.errors:
                 return False
         layer_cls = ILayer if trt.version_tuple[0] >= 11 else ILayer10
@@ -144,8 +161,10 @@ class OnnxParser:
             if n.op_type == "Attention":
                 att = IAttention(n.name)
                 self.network.attentions.append(att)
-                self.network.layers += [layer_cls(trt.LayerType.ATTENTION_INPUT, n.name + "_in", att),
-                                        layer_cls(trt.LayerType.ATTENTION_OUTPUT, n.name + "_out", att)]
+                self.network.layers += [
+                    layer_cls(trt.LayerType.ATTENTION_INPUT, n.name + "_in", att),
+                    layer_cls(trt.LayerType.ATTENTION_OUTPUT, n.name + "_out", att),
+                ]
             else:
                 self.network.layers.append(layer_cls(trt.LayerType[ONNX_LAYER_TYPES.get(n.op_type, "OTHER")], n.name))
         self.network.onnx_path = path
@@ -250,24 +269,33 @@ class Builder:
         trt = self.trt
         self._progress(config)
         trt.builds.append(SimpleNamespace(network=network, config=config))
-        (name, (mn, opt, mx)), = config.profiles[0].shapes.items()
+        ((name, (mn, opt, mx)),) = config.profiles[0].shapes.items()
         if config.default_device_type == trt.DeviceType.DLA and not mn == opt == mx:
-            self._error(f"{name}: DLA requires the optimization profile's min, opt and max dimensions to be equal; "
-                        f"got min {mn}, opt {opt}, max {mx}")
+            self._error(
+                f"{name}: DLA requires the optimization profile's min, opt and max dimensions to be equal; "
+                f"got min {mn}, opt {opt}, max {mx}"
+            )
             return None
         fp16 = network.onnx_precision == "fp16" or trt.BuilderFlag.__members__.get("FP16") in config.flags
         for att in network.attentions:
             if att.decomposable:
                 continue
             if network.onnx_precision == "fp32" or not fp16:
-                self._error(f"{att.name}: could not find any implementation for the non-decomposable IAttention "
-                            "in FP32")
+                self._error(
+                    f"{att.name}: could not find any implementation for the non-decomposable IAttention in FP32"
+                )
                 return None
             if trt.no_fused_attention:
-                self._error(f"{att.name}: no fused attention kernel for this GPU and shape; the IAttention is not "
-                            "decomposable")
+                self._error(
+                    f"{att.name}: no fused attention kernel for this GPU and shape; the IAttention is not decomposable"
+                )
                 return None
-        meta = {"onnx": network.onnx_path, "input": name, "min": mn, "max": mx,
-                "tf32": trt.BuilderFlag.TF32 in config.flags,
-                "decomposed_attention": [a.name for a in network.attentions if a.decomposable]}
+        meta = {
+            "onnx": network.onnx_path,
+            "input": name,
+            "min": mn,
+            "max": mx,
+            "tf32": trt.BuilderFlag.TF32 in config.flags,
+            "decomposed_attention": [a.name for a in network.attentions if a.decomposable],
+        }
         return b"FAKEPLAN\n" + json.dumps(meta).encode()

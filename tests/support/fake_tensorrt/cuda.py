@@ -9,6 +9,7 @@ or the raw handle as an int, as cuda-bindings does.
 Execution is asynchronous: ``cudaMemcpyAsync`` and ``cudaGraphLaunch`` queue work on the stream, which runs at
 ``cudaStreamSynchronize``; results read before the sync are stale. Host memory stands in for device memory.
 """
+
 from __future__ import annotations
 
 import ctypes

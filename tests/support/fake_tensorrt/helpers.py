@@ -1,5 +1,6 @@
 """Helpers the TensorRT test files share: build options for the tiny models, the manifest entries the backend
 reads, ONNX Runtime as the reference."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,10 +33,18 @@ def opts(**kw: Any) -> Any:
 def backend_manifest(info: dict, precision: str, **session: Any) -> dict:
     """The manifest entries ``TensorRTBackend`` reads, for a plan ``build_engine`` returned ``info`` about."""
     return {
-        "schema_version": 1, "backend": "tensorrt", "backend_version": info["trt_version"],
-        "engine_file": "model.plan", "precision": precision,
-        "input": {"name": "video", "dtype": "float32", "layout": "BTCHW", "shape": [-1, *CLIP],
-                  "batch": dict(zip(("min", "opt", "max"), (1, 2, 4)))},
+        "schema_version": 1,
+        "backend": "tensorrt",
+        "backend_version": info["trt_version"],
+        "engine_file": "model.plan",
+        "precision": precision,
+        "input": {
+            "name": "video",
+            "dtype": "float32",
+            "layout": "BTCHW",
+            "shape": [-1, *CLIP],
+            "batch": dict(zip(("min", "opt", "max"), (1, 2, 4))),
+        },
         "output": {"name": "logits", "dtype": "float32", "shape": [-1, CLASSES]},
         "session": {**info["session"], **session},
     }

@@ -1,5 +1,6 @@
 """Tiny real ONNX models for the TensorRT tests: FP32, FP16, INT8 Q/DQ, the ONNX ``Attention`` operator, the
 decomposed FP16 attention (Cast -> FP32 Softmax -> Cast between two FP16 MatMuls), a contrib op."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -72,16 +73,22 @@ def make_fp16(path: Path, ln_fp16: bool = False, seed=0) -> Path:
         helper.make_node("Add", ["h0", "b1"], ["h1"], name="fc1_bias"),
     ]
     if ln_fp16:
-        nodes += [helper.make_node("LayerNormalization", ["h1", "ln_s", "ln_b"], ["h2"], axis=-1, name="norm"),
-                  helper.make_node("Softmax", ["h2"], ["h3"], axis=-1, name="softmax")]
+        nodes += [
+            helper.make_node("LayerNormalization", ["h1", "ln_s", "ln_b"], ["h2"], axis=-1, name="norm"),
+            helper.make_node("Softmax", ["h2"], ["h3"], axis=-1, name="softmax"),
+        ]
     else:
-        nodes += [helper.make_node("Cast", ["h1"], ["h1f"], to=f32, name="ln_in_fp32"),
-                  helper.make_node("LayerNormalization", ["h1f", "ln_s", "ln_b"], ["h2"], axis=-1, name="norm"),
-                  helper.make_node("Softmax", ["h2"], ["h2s"], axis=-1, name="softmax"),
-                  helper.make_node("Cast", ["h2s"], ["h3"], to=f16, name="sm_out_fp16")]
-    nodes += [helper.make_node("MatMul", ["h3", "w2"], ["h4"], name="fc2"),
-              helper.make_node("Add", ["h4", "b2"], ["h5"], name="fc2_bias"),
-              helper.make_node("Cast", ["h5"], ["logits"], to=f32, name="to_fp32")]
+        nodes += [
+            helper.make_node("Cast", ["h1"], ["h1f"], to=f32, name="ln_in_fp32"),
+            helper.make_node("LayerNormalization", ["h1f", "ln_s", "ln_b"], ["h2"], axis=-1, name="norm"),
+            helper.make_node("Softmax", ["h2"], ["h2s"], axis=-1, name="softmax"),
+            helper.make_node("Cast", ["h2s"], ["h3"], to=f16, name="sm_out_fp16"),
+        ]
+    nodes += [
+        helper.make_node("MatMul", ["h3", "w2"], ["h4"], name="fc2"),
+        helper.make_node("Add", ["h4", "b2"], ["h5"], name="fc2_bias"),
+        helper.make_node("Cast", ["h5"], ["logits"], to=f32, name="to_fp32"),
+    ]
     graph = helper.make_graph(nodes, "tiny_fp16", [x], [y], [_init(k, v) for k, v in w.items()])
     return _save(graph, path)
 
@@ -118,8 +125,10 @@ def make_qdq(path: Path, zp_dtype=np.int8, zp_value: int = 0, seed=0) -> Path:
 def make_attention(path: Path, seed=0) -> Path:
     """Opset 23: video -> Reshape (N, 2 heads, 24 tokens, 8) -> ONNX Attention -> Flatten -> MatMul -> logits."""
     rng = np.random.default_rng(seed)
-    inits = [_init("qkv_shape", np.array([0, 2, 24, 8], np.int64)),
-             _init("w", (rng.standard_normal((FEAT, CLASSES)) * 0.05).astype(np.float32))]
+    inits = [
+        _init("qkv_shape", np.array([0, 2, 24, 8], np.int64)),
+        _init("w", (rng.standard_normal((FEAT, CLASSES)) * 0.05).astype(np.float32)),
+    ]
     x, y = _io()
     nodes = [
         helper.make_node("Reshape", ["video", "qkv_shape"], ["qkv"], name="to_heads"),
@@ -135,8 +144,10 @@ def make_attention_fp16(path: Path, seed=0) -> Path:
     """Opset 23, FP16: video -> Cast(fp16) -> Reshape (N, 2 heads, 24 tokens, 8) -> Attention -> Flatten -> MatMul ->
     Cast(fp32) -> logits."""
     rng = np.random.default_rng(seed)
-    inits = [_init("qkv_shape", np.array([0, 2, 24, 8], np.int64)),
-             _init("w", (rng.standard_normal((FEAT, CLASSES)) * 0.05).astype(np.float16))]
+    inits = [
+        _init("qkv_shape", np.array([0, 2, 24, 8], np.int64)),
+        _init("w", (rng.standard_normal((FEAT, CLASSES)) * 0.05).astype(np.float16)),
+    ]
     x, y = _io()
     nodes = [
         helper.make_node("Cast", ["video"], ["v16"], to=TensorProto.FLOAT16, name="to_fp16"),
@@ -155,9 +166,12 @@ def make_decomposed_fp16(path: Path, seed=0) -> Path:
     Softmax -> Cast(fp16) -> MatMul(fp16) with v; then LayerNorm (FP32, between casts) -> Softmax -> head."""
     rng = np.random.default_rng(seed)
     f16, f32 = TensorProto.FLOAT16, TensorProto.FLOAT
-    inits = [_init("qkv_shape", np.array([0, 2, 24, 8], np.int64)),
-             _init("w", (rng.standard_normal((FEAT, CLASSES)) * 0.05).astype(np.float16)),
-             _init("ln_s", np.ones(CLASSES, np.float32)), _init("ln_b", np.zeros(CLASSES, np.float32))]
+    inits = [
+        _init("qkv_shape", np.array([0, 2, 24, 8], np.int64)),
+        _init("w", (rng.standard_normal((FEAT, CLASSES)) * 0.05).astype(np.float16)),
+        _init("ln_s", np.ones(CLASSES, np.float32)),
+        _init("ln_b", np.zeros(CLASSES, np.float32)),
+    ]
     x, y = _io()
     nodes = [
         helper.make_node("Cast", ["video"], ["v16"], to=f16, name="to_fp16"),
@@ -182,11 +196,12 @@ def make_decomposed_fp16(path: Path, seed=0) -> Path:
 
 def make_contrib(path: Path) -> Path:
     x, y = _io()
-    nodes = [helper.make_node("Flatten", ["video"], ["flat"], axis=1),
-             helper.make_node("Gelu", ["flat"], ["g"], domain="com.microsoft", name="fused_gelu"),
-             helper.make_node("MatMul", ["g", "w"], ["logits"])]
-    graph = helper.make_graph(nodes, "tiny_contrib", [x], [y],
-                              [_init("w", np.zeros((FEAT, CLASSES), np.float32))])
+    nodes = [
+        helper.make_node("Flatten", ["video"], ["flat"], axis=1),
+        helper.make_node("Gelu", ["flat"], ["g"], domain="com.microsoft", name="fused_gelu"),
+        helper.make_node("MatMul", ["g", "w"], ["logits"]),
+    ]
+    graph = helper.make_graph(nodes, "tiny_contrib", [x], [y], [_init("w", np.zeros((FEAT, CLASSES), np.float32))])
     return _save(graph, path, extra_opsets=[helper.make_opsetid("com.microsoft", 1)])
 
 

@@ -1,4 +1,5 @@
 """The fake ``tensorrt`` module of one version, and :func:`install` (fake ``tensorrt`` + fake cuda-python)."""
+
 from __future__ import annotations
 
 import enum
@@ -52,17 +53,23 @@ def _enums(trt: types.ModuleType, major: int, minor: int) -> None:
         flags += ["FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS"]
     trt.BuilderFlag = _enum("BuilderFlag", flags)
     trt.NetworkDefinitionCreationFlag = _enum(
-        "NetworkDefinitionCreationFlag", ["STRONGLY_TYPED"] if major >= 11 else ["EXPLICIT_BATCH", "STRONGLY_TYPED"])
+        "NetworkDefinitionCreationFlag", ["STRONGLY_TYPED"] if major >= 11 else ["EXPLICIT_BATCH", "STRONGLY_TYPED"]
+    )
     trt.MemoryPoolType = _enum("MemoryPoolType", ["WORKSPACE"])
-    trt.LayerType = _enum("LayerType", ["MATRIX_MULTIPLY", "NORMALIZATION", "SOFTMAX", "OTHER"]
-                          + (["ATTENTION_INPUT", "ATTENTION_OUTPUT"] if (major, minor) >= (10, 14) else []))
+    trt.LayerType = _enum(
+        "LayerType",
+        ["MATRIX_MULTIPLY", "NORMALIZATION", "SOFTMAX", "OTHER"]
+        + (["ATTENTION_INPUT", "ATTENTION_OUTPUT"] if (major, minor) >= (10, 14) else []),
+    )
     trt.DeviceType = _enum("DeviceType", ["GPU", "DLA"])
     trt.HardwareCompatibilityLevel = _enum(
         "HardwareCompatibilityLevel",
-        ["NONE", "AMPERE_PLUS"] + (["SAME_COMPUTE_CAPABILITY"] if (major, minor) >= (10, 9) else []))
+        ["NONE", "AMPERE_PLUS"] + (["SAME_COMPUTE_CAPABILITY"] if (major, minor) >= (10, 9) else []),
+    )
     trt.TensorIOMode = _enum("TensorIOMode", ["NONE", "INPUT", "OUTPUT"])
-    trt.ExecutionContextAllocationStrategy = _enum("ExecutionContextAllocationStrategy",
-                                                   ["STATIC", "ON_PROFILE_CHANGE", "USER_MANAGED"])
+    trt.ExecutionContextAllocationStrategy = _enum(
+        "ExecutionContextAllocationStrategy", ["STATIC", "ON_PROFILE_CHANGE", "USER_MANAGED"]
+    )
 
 
 def _bind(trt: types.ModuleType, cls: type) -> type:
@@ -70,8 +77,9 @@ def _bind(trt: types.ModuleType, cls: type) -> type:
     return type(cls.__name__, (cls,), {"trt": trt, "__slots__": ()} if "__slots__" in cls.__dict__ else {"trt": trt})
 
 
-def fake_tensorrt(cuda: FakeCudart, version: str = "10.3.0", fail_parse: bool = False,
-                  no_fused_attention: bool = False) -> types.ModuleType:
+def fake_tensorrt(
+    cuda: FakeCudart, version: str = "10.3.0", fail_parse: bool = False, no_fused_attention: bool = False
+) -> types.ModuleType:
     """A ``tensorrt`` module of ``version`` whose engines run the parsed ONNX in ONNX Runtime on ``cuda``.
 
     ``no_fused_attention``: this GPU has no fused attention kernel for the model (a non-decomposable IAttention
@@ -97,8 +105,9 @@ def fake_tensorrt(cuda: FakeCudart, version: str = "10.3.0", fail_parse: bool = 
     return trt
 
 
-def install(monkeypatch: Any, cuda: FakeCudart, version: str = "10.3.0", native_handle: bool = False,
-            **kw: Any) -> types.ModuleType:
+def install(
+    monkeypatch: Any, cuda: FakeCudart, version: str = "10.3.0", native_handle: bool = False, **kw: Any
+) -> types.ModuleType:
     """Put a fake ``tensorrt`` of ``version`` and the fake cuda-python in place (undone by ``monkeypatch``).
 
     ``native_handle``: also fake ``cuda.bindings.utils.get_cuda_native_handle`` (cuda-bindings >= 12.9.1);

@@ -10,6 +10,7 @@ it follows:
   ``USER_MANAGED`` allocates none, and the context cannot run until ``set_device_memory(ptr, size)`` (10.1+;
   ``device_memory = ptr`` before) gives it at least that much.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -63,8 +64,9 @@ class Context:
         engine = self.engine
         state = engine.cuda.streams.get(stream_handle)
         if state is None:  # not a stream: e.g. a host address such as cudaStream_t.getPtr()
-            engine.errors.append(f"execute_async_v3: CUDA error 400 (invalid resource handle) for stream "
-                                 f"0x{stream_handle:x}")
+            engine.errors.append(
+                f"execute_async_v3: CUDA error 400 (invalid resource handle) for stream 0x{stream_handle:x}"
+            )
             return False
         if self.memory is None:
             engine.errors.append("execute_async_v3: the context has no device memory (USER_MANAGED)")
