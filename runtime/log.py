@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO
+from typing import Callable, TextIO
 
-__all__ = ["setup_logging", "PACKAGES"]
+__all__ = ["setup_logging", "progress", "PACKAGES"]
 
 #: this project's top-level packages: their records are progress lines, printed as they are (``__main__``: the
 #: module run with ``python -m``, whose logger is named so)
@@ -50,3 +50,14 @@ def setup_logging(level: int = logging.INFO) -> None:
         root.addHandler(handler)
     for name in PACKAGES:
         logging.getLogger(name).setLevel(level)
+
+
+def progress(tag: str, name: str) -> Callable[[str], None]:
+    """A module's progress line writer: ``emit("3/5 ...")`` logs ``[tag] 3/5 ...`` at INFO on the logger ``name``
+    (the module's ``__name__``), which :func:`setup_logging` prints on stderr."""
+    log = logging.getLogger(name)
+
+    def emit(msg: str) -> None:
+        log.info("[%s] %s", tag, msg)
+
+    return emit

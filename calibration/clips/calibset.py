@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.log import progress
 from runtime.files import sha256_code, sha256_file
 from runtime.preprocess import PreprocessConfig
 
@@ -97,8 +98,7 @@ class CalibrationSet:
         }
 
 
-def _log(msg: str) -> None:
-    print(f"[calib] {msg}", file=sys.stderr, flush=True)
+_log = progress("calib", __name__)
 
 
 SYNTHETIC_FORMS = "'synthetic[:SEED]' or 'synthetic-TASK[:SEED]'"

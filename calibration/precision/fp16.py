@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from runtime.log import progress
 from runtime.files import temp_path_beside, write_text_atomic
 
 __all__ = [
@@ -82,8 +83,7 @@ class FP16Error(RuntimeError):
     """An FP16 conversion that cannot go on; the message names the file/tensor, expected and actual."""
 
 
-def _log(msg: str) -> None:
-    print(f"[fp16] {msg}", file=sys.stderr, flush=True)
+_log = progress("fp16", __name__)
 
 
 def _load(path: Path):

@@ -16,11 +16,11 @@ Everything runs in ONNX Runtime on the CPU, against the FP32 ONNX on the same cl
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from runtime.log import progress
 import numpy as np
 
 from calibration.precision.int8 import TRT_OP_TYPES, quantize_int8
@@ -48,8 +48,7 @@ KEEP_FLOAT_MIN_SHARE = 0.25
 STATIC_METHODS = ("max", "percentile", "entropy", "mse")
 
 
-def _log(msg: str) -> None:
-    print(f"[int8-search] {msg}", file=sys.stderr, flush=True)
+_log = progress("int8-search", __name__)
 
 
 def quantizable_nodes(fp32_onnx: str | os.PathLike, target: str, form: str | None = None) -> list[str]:

@@ -19,11 +19,11 @@ Compressor (``neural_compressor.adaptor.ox_utils.smooth_quant``), which is not a
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from runtime.log import progress
 import numpy as np
 
 from calibration.graph.onnx_compare import session_with_outputs
@@ -66,8 +66,7 @@ class SmoothGroup:
     weights: list[tuple[str, str, int]] = field(default_factory=list)  #: (node name, weight initializer, in-axis)
 
 
-def _log(msg: str) -> None:
-    print(f"[smoothquant] {msg}", file=sys.stderr, flush=True)
+_log = progress("smoothquant", __name__)
 
 
 def ort_smoothquant_available() -> tuple[bool, str]:

@@ -94,47 +94,8 @@ def _engine_logits(engine: Any, clips: np.ndarray, batch: int) -> np.ndarray:
     )
 
 
-def run_bench(
-    model: str = DEFAULT_MODEL,
-    n: int = 1600,
-    clips: str | None = None,
-    backends: tuple[str, ...] = ("onnxruntime", "openvino"),
-    precisions: tuple[str, ...] = ("fp32", "fp16", "int8"),
-    tensorrt_files: bool = True,
-    calib_clips: int = 64,
-    seed: int = 0,
-    threads: int | None = None,
-    batch: int = 16,
-    cache_dir: str | os.PathLike = "artifacts/cache",
-    work_dir: str | os.PathLike = "artifacts/bench/accuracy/work",
-) -> dict[str, Any]:
-    """Build, run and score every bundle; returns the report."""
-    import torch
-
-    from calibration.clips.calibset import load_calibration_set, synthetic_spec
-    from calibration.precision.int8_search import run_logits
-    from calibration.clips.synthetic import DEFAULT_TASK
-    from models import load_source, model_task
-
-    from export.onnx.attention import resolve_attention
-    from export.bundle.build import BuildRequest, build_bundle
-    from export.bundle.fp32_cache import cached_fp32_onnx
-    from export.bundle.precision_step import precision_onnx
-
-    t0 = time.perf_counter()
-    if threads:
-        torch.set_num_threads(threads)
-    net, labels, pre, source = load_source(model, seed)
-    if labels is None:
-        raise ValueError(
-            f"--model {model}: has no class names, so there is no accuracy to measure (a preset has "
-            "random weights); use a trained checkpoint such as models/weights/motion16.safetensors"
-        )
-    task = model_task(net) or DEFAULT_TASK
-    calib = synthetic_spec(task, seed)
-    spec = clips or synthetic_spec(task, seed + EVAL_SEED_OFFSET)
-    _log(f"1/4 {n} held-out clips of task {task!r} ({spec}); calibration on {calib}")
-    evalset = load_calibration_set(spec, pre, n, seed)
+def _eval_labels(evalset: Any, spec: str, labels: list[str]) -> np.ndarray:
+    """The held-out clips' labels as int64, checked against the model's classes."""
     if evalset.labels is None:
         raise ValueError(f"--clips {spec}: the clips have no labels (a folder needs labels.csv)")
     if evalset.classes and list(evalset.classes) != list(labels):
@@ -142,27 +103,46 @@ def run_bench(
     lab = evalset.labels.astype(np.int64)
     if lab.max() >= len(labels):
         raise ValueError(f"--clips {spec}: label {int(lab.max())} is outside the model's {len(labels)} classes")
+    return lab
 
-    _log("2/4 FP32 PyTorch reference")
+
+def _reference_logits(net: Any, clips: np.ndarray, batch: int) -> np.ndarray:
+    """FP32 PyTorch logits of ``clips``, ``batch`` at a time."""
+    import torch
+
     with torch.no_grad():
-        ref = np.concatenate(
+        return np.concatenate(
             [
-                net(torch.from_numpy(np.ascontiguousarray(evalset.clips[i : i + batch]))).numpy()
-                for i in range(0, len(evalset), batch)
+                net(torch.from_numpy(np.ascontiguousarray(clips[i : i + batch]))).numpy()
+                for i in range(0, len(clips), batch)
             ]
         )
-    rows = [
-        {
-            **accuracy_row("pytorch-fp32", ref, ref, lab),
-            "backend": "pytorch",
-            "precision": "fp32",
-            "what": "the reference",
-        }
-    ]
 
-    _log("3/4 bundles")
+
+def _log_row(row: dict[str, Any]) -> None:
+    _log(f"{row['name']}: {100 * row['accuracy']:.2f}% ({row['delta_points']:+.2f} points)")
+
+
+def _bundle_rows(
+    model: str,
+    backends: tuple[str, ...],
+    precisions: tuple[str, ...],
+    calib: str,
+    calib_clips: int,
+    seed: int,
+    threads: int | None,
+    batch: int,
+    cache_dir: str | os.PathLike,
+    work_dir: str | os.PathLike,
+    evalset: Any,
+    ref: np.ndarray,
+    lab: np.ndarray,
+) -> list[dict[str, Any]]:
+    """Step 3: build every (backend, precision) bundle, run it with :class:`runtime.Engine` and score it."""
+    from export.bundle.build import BuildRequest, build_bundle
     from runtime import Engine
 
+    rows: list[dict[str, Any]] = []
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     for backend in backends:
@@ -204,39 +184,66 @@ def run_bench(
                     "bundle": str(bundle),
                 }
             )
-            _log(f"{rows[-1]['name']}: {100 * rows[-1]['accuracy']:.2f}% ({rows[-1]['delta_points']:+.2f} points)")
+            _log_row(rows[-1])
+    return rows
 
-    if tensorrt_files:
-        _log("4/4 the TensorRT ONNX files, in ONNX Runtime")
-        attention = resolve_attention("auto", "tensorrt", None, precision="int8")
-        fp32 = cached_fp32_onnx(net, labels, pre, source, attention, cache_dir, verbose=False)
-        for p in (q for q in precisions if q != "fp32"):
-            path, info = precision_onnx(
-                fp32,
-                p,
-                "tensorrt",
-                calib,
-                pre,
-                calib_clips,
-                "max",
-                cache_dir,
-                seed,
-                progress=False,
-                **({"form": "qdq-fp16"} if p == "int8" else {}),
-            )
-            logits = run_logits(path, evalset.clips, threads)
-            rows.append(
-                {
-                    **accuracy_row(f"tensorrt-onnx-{p}", ref, logits, lab),
-                    "backend": "tensorrt (ONNX in ORT)",
-                    "precision": p,
-                    "what": f"the TensorRT {p} ONNX ({info.get('form')}), run in ONNX Runtime",
-                    "onnx": str(path),
-                }
-            )
-            _log(f"{rows[-1]['name']}: {100 * rows[-1]['accuracy']:.2f}% ({rows[-1]['delta_points']:+.2f} points)")
 
+def _tensorrt_rows(
+    net: Any,
+    labels: list[str],
+    pre: Any,
+    source: Any,
+    precisions: tuple[str, ...],
+    calib: str,
+    calib_clips: int,
+    seed: int,
+    threads: int | None,
+    cache_dir: str | os.PathLike,
+    evalset: Any,
+    ref: np.ndarray,
+    lab: np.ndarray,
+) -> list[dict[str, Any]]:
+    """Step 4: the TensorRT FP16/INT8 ONNX files, run and scored in ONNX Runtime on the CPU."""
+    from calibration.precision.int8_search import run_logits
+    from export.bundle.fp32_cache import cached_fp32_onnx
+    from export.bundle.precision_step import precision_onnx
+    from export.onnx.attention import resolve_attention
+
+    rows: list[dict[str, Any]] = []
+    attention = resolve_attention("auto", "tensorrt", None, precision="int8")
+    fp32 = cached_fp32_onnx(net, labels, pre, source, attention, cache_dir, verbose=False)
+    for p in (q for q in precisions if q != "fp32"):
+        path, info = precision_onnx(
+            fp32,
+            p,
+            "tensorrt",
+            calib,
+            pre,
+            calib_clips,
+            "max",
+            cache_dir,
+            seed,
+            progress=False,
+            **({"form": "qdq-fp16"} if p == "int8" else {}),
+        )
+        logits = run_logits(path, evalset.clips, threads)
+        rows.append(
+            {
+                **accuracy_row(f"tensorrt-onnx-{p}", ref, logits, lab),
+                "backend": "tensorrt (ONNX in ORT)",
+                "precision": p,
+                "what": f"the TensorRT {p} ONNX ({info.get('form')}), run in ONNX Runtime",
+                "onnx": str(path),
+            }
+        )
+        _log_row(rows[-1])
+    return rows
+
+
+def _versions() -> dict[str, str]:
+    """Versions of torch, ONNX Runtime and (when installed) OpenVINO."""
     import onnxruntime as ort
+    import torch
 
     versions = {"torch": torch.__version__, "onnxruntime": ort.__version__}
     try:
@@ -245,6 +252,67 @@ def run_bench(
         versions["openvino"] = openvino.__version__.split("-")[0]
     except ImportError:
         pass
+    return versions
+
+
+def run_bench(
+    model: str = DEFAULT_MODEL,
+    n: int = 1600,
+    clips: str | None = None,
+    backends: tuple[str, ...] = ("onnxruntime", "openvino"),
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8"),
+    tensorrt_files: bool = True,
+    calib_clips: int = 64,
+    seed: int = 0,
+    threads: int | None = None,
+    batch: int = 16,
+    cache_dir: str | os.PathLike = "artifacts/cache",
+    work_dir: str | os.PathLike = "artifacts/bench/accuracy/work",
+) -> dict[str, Any]:
+    """Build, run and score every bundle; returns the report."""
+    import torch
+
+    from calibration.clips.calibset import load_calibration_set, synthetic_spec
+    from calibration.clips.synthetic import DEFAULT_TASK
+    from models import load_source, model_task
+
+    t0 = time.perf_counter()
+    if threads:
+        torch.set_num_threads(threads)
+    net, labels, pre, source = load_source(model, seed)
+    if labels is None:
+        raise ValueError(
+            f"--model {model}: has no class names, so there is no accuracy to measure (a preset has "
+            "random weights); use a trained checkpoint such as models/weights/motion16.safetensors"
+        )
+    task = model_task(net) or DEFAULT_TASK
+    calib = synthetic_spec(task, seed)
+    spec = clips or synthetic_spec(task, seed + EVAL_SEED_OFFSET)
+    _log(f"1/4 {n} held-out clips of task {task!r} ({spec}); calibration on {calib}")
+    evalset = load_calibration_set(spec, pre, n, seed)
+    lab = _eval_labels(evalset, spec, labels)
+
+    _log("2/4 FP32 PyTorch reference")
+    ref = _reference_logits(net, evalset.clips, batch)
+    rows = [
+        {
+            **accuracy_row("pytorch-fp32", ref, ref, lab),
+            "backend": "pytorch",
+            "precision": "fp32",
+            "what": "the reference",
+        }
+    ]
+
+    _log("3/4 bundles")
+    rows += _bundle_rows(
+        model, backends, precisions, calib, calib_clips, seed, threads, batch, cache_dir, work_dir, evalset, ref, lab
+    )
+    if tensorrt_files:
+        _log("4/4 the TensorRT ONNX files, in ONNX Runtime")
+        rows += _tensorrt_rows(
+            net, labels, pre, source, precisions, calib, calib_clips, seed, threads, cache_dir, evalset, ref, lab
+        )
+
     meta = getattr(getattr(net, "checkpoint", None), "metadata", None) or {}
     return {
         "model": model,
@@ -259,7 +327,7 @@ def run_bench(
         "verdicts": verdicts(rows),
         "bars_points": BARS,
         "min_clips_for_bars": MIN_CLIPS_FOR_BARS,
-        "versions": versions,
+        "versions": _versions(),
         "machine": machine(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - t0, 1),

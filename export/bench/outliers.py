@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 
+from runtime.log import progress
 from runtime.cli_args import ArgumentParser
 from runtime.files import sha256_json, write_json_atomic, write_text_atomic
 
@@ -32,8 +33,7 @@ from export.bench.harness import machine, machine_line, markdown_table
 BAR = {"mean_cosine": 0.999, "min_cosine": 0.99, "top1_agreement": 0.99}
 
 
-def _log(msg: str) -> None:
-    print(f"[bench-outliers] {msg}", file=sys.stderr, flush=True)
+_log = progress("bench-outliers", __name__)
 
 
 def meets_bar(m: dict[str, Any]) -> bool:

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.log import progress
 from runtime.cli_args import ArgumentParser
 from runtime.files import write_json_atomic, write_text_atomic
 
@@ -73,8 +74,7 @@ TOOLS = {
 }
 
 
-def _log(msg: str) -> None:
-    print(f"[report] {msg}", file=sys.stderr, flush=True)
+_log = progress("report", __name__)
 
 
 def _fp32_export(net, labels, pre, source: dict[str, Any], target: str, cache_dir: Path) -> tuple[Path, str]:

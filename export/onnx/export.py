@@ -25,6 +25,7 @@ import collections
 import copy
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import sys
@@ -73,7 +74,7 @@ class ExportError(RuntimeError):
 
 def _log(msg: str, verbose: bool) -> None:
     if verbose:
-        print(msg, file=sys.stderr, flush=True)
+        logging.getLogger(__name__).info(msg)
 
 
 def block_output_name(i: int) -> str:
