@@ -132,6 +132,97 @@ def _stamp_metadata(path: Path, fp32_onnx: Path, precision: str, info: dict[str,
             os.unlink(tmp)
 
 
+def _check_request(fp32_onnx: Path, precision: str, target: str, method: str) -> None:
+    """Raise :class:`PrecisionBuildError` for an unknown precision, target or method, or a missing FP32 ONNX."""
+    from calibration.precision import int8 as int8_mod
+
+    if precision not in PRECISIONS:
+        raise PrecisionBuildError(f"precision {precision!r}: expected one of {PRECISIONS} (fp32 needs no conversion)")
+    if target not in TARGETS:
+        raise PrecisionBuildError(f"target {target!r}: expected one of {TARGETS}")
+    if method not in int8_mod.METHODS:
+        raise PrecisionBuildError(f"calibration method {method!r}: expected one of {int8_mod.METHODS}")
+    if not fp32_onnx.is_file():
+        raise PrecisionBuildError(f"{fp32_onnx}: FP32 ONNX not found")
+
+
+def _convert_fp16(
+    fp32_onnx: Path,
+    out: Path,
+    target: str,
+    lazy: _LazySet,
+    model_sha: str,
+    cache_dir: Path,
+    keep_io_types: bool,
+    overflow: float,
+    err: float,
+    validate_clips: int,
+    progress: bool,
+) -> dict[str, Any]:
+    """The FP16 conversion, its activation statistics cached by model and calibration-set SHA-256."""
+    from calibration.precision import fp16 as fp16_mod
+
+    def stats_path() -> Path:
+        return cache_dir / "calib" / f"fp16stats-{model_sha[:16]}-{lazy.sha256()[:16]}.json"
+
+    # Keyed by the set's SHA-256, which is known without reading clips once the selection is recorded.
+    return fp16_mod.convert_fp16(
+        fp32_onnx,
+        out,
+        lazy.clips,
+        stats_cache=stats_path,
+        keep_io_types=keep_io_types,
+        overflow_threshold=overflow,
+        error_threshold=err,
+        validate_clips=validate_clips,
+        progress=progress,
+    )
+
+
+def _record_result(
+    out: Path,
+    fp32_onnx: Path,
+    precision: str,
+    target: str,
+    method: str,
+    detail: dict[str, Any],
+    lazy: _LazySet,
+    model_sha: str,
+    target_check: Callable[[Path, str], dict[str, Any]] | None,
+    t0: float,
+    info_path: Path,
+) -> dict[str, Any]:
+    """Check the converted ``out``, stamp its metadata and write its info record; on any failure remove ``out``."""
+    try:
+        info: dict[str, Any] = {
+            "precision": precision,
+            "target": target,
+            "method": method if precision == "int8" else None,
+            "form": detail.get("form"),
+            "calibrated": detail.get("calibration_cache") is not None
+            or detail.get("stats_cache") is not None
+            or bool((detail.get("smoothquant") or {}).get("layernorms_smoothed")),
+            **lazy.summary(),
+            "fp32_onnx_sha256": model_sha,
+            "onnx": str(out),
+            "detail": detail,
+        }
+        if precision == "fp16":
+            info["kept_fp32"] = detail["kept_fp32"]
+            info["kept_fp32_counts"] = detail["kept_fp32_counts"]
+        _ort_check(out)
+        if target_check is not None:
+            info["target_check"] = target_check(out, precision)
+        _stamp_metadata(out, fp32_onnx, precision, info)
+        info["seconds"] = round(time.perf_counter() - t0, 2)
+        info["reused"] = False
+        write_json_atomic(info_path, info)
+    except BaseException:
+        out.unlink(missing_ok=True)  # never leave a result without its record
+        raise
+    return info
+
+
 def precision_onnx(
     fp32_onnx: Path,
     precision: str,
@@ -166,14 +257,7 @@ def precision_onnx(
     from calibration.precision import int8 as int8_mod
 
     fp32_onnx, cache_dir = Path(fp32_onnx), Path(cache_dir)
-    if precision not in PRECISIONS:
-        raise PrecisionBuildError(f"precision {precision!r}: expected one of {PRECISIONS} (fp32 needs no conversion)")
-    if target not in TARGETS:
-        raise PrecisionBuildError(f"target {target!r}: expected one of {TARGETS}")
-    if method not in int8_mod.METHODS:
-        raise PrecisionBuildError(f"calibration method {method!r}: expected one of {int8_mod.METHODS}")
-    if not fp32_onnx.is_file():
-        raise PrecisionBuildError(f"{fp32_onnx}: FP32 ONNX not found")
+    _check_request(fp32_onnx, precision, target, method)
     t0 = time.perf_counter()
     cache_dir.mkdir(parents=True, exist_ok=True)
     model_sha = sha256_file(fp32_onnx, external_data=True)
@@ -212,48 +296,11 @@ def precision_onnx(
         )
     else:
         _log(f"fp16 for {target}: measuring activations on {lazy.spec}")
-
-        def stats_path() -> Path:
-            return cache_dir / "calib" / f"fp16stats-{model_sha[:16]}-{lazy.sha256()[:16]}.json"
-
-        # Keyed by the set's SHA-256, which is known without reading clips once the selection is recorded.
-        detail = fp16_mod.convert_fp16(
-            fp32_onnx,
-            out,
-            lazy.clips,
-            stats_cache=stats_path,
-            keep_io_types=keep_io_types,
-            overflow_threshold=overflow,
-            error_threshold=err,
-            validate_clips=validate_clips,
-            progress=progress,
+        detail = _convert_fp16(
+            fp32_onnx, out, target, lazy, model_sha, cache_dir, keep_io_types, overflow, err, validate_clips, progress
         )
-    try:
-        info: dict[str, Any] = {
-            "precision": precision,
-            "target": target,
-            "method": method if precision == "int8" else None,
-            "form": detail.get("form"),
-            "calibrated": detail.get("calibration_cache") is not None
-            or detail.get("stats_cache") is not None
-            or bool((detail.get("smoothquant") or {}).get("layernorms_smoothed")),
-            **lazy.summary(),
-            "fp32_onnx_sha256": model_sha,
-            "onnx": str(out),
-            "detail": detail,
-        }
-        if precision == "fp16":
-            info["kept_fp32"] = detail["kept_fp32"]
-            info["kept_fp32_counts"] = detail["kept_fp32_counts"]
-        _ort_check(out)
-        if target_check is not None:
-            info["target_check"] = target_check(out, precision)
-        _stamp_metadata(out, fp32_onnx, precision, info)
-        info["seconds"] = round(time.perf_counter() - t0, 2)
-        info["reused"] = False
-        write_json_atomic(info_path, info)
-    except BaseException:
-        out.unlink(missing_ok=True)  # never leave a result without its record
-        raise
+    info = _record_result(
+        out, fp32_onnx, precision, target, method, detail, lazy, model_sha, target_check, t0, info_path
+    )
     _log(f"{precision} for {target}: wrote {out} in {info['seconds']:.1f} s")
     return out, info

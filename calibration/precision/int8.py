@@ -22,6 +22,8 @@ Two targets:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -31,7 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from runtime.files import sha256_file, temp_path_beside
+from runtime.files import sha256_file, temp_path_beside, write_json_atomic
 
 from calibration.graph.onnx_compare import validate_against_fp32
 
@@ -283,7 +285,30 @@ def _quantize_fp32_islands_directly(model: Any) -> int:
     return rewired
 
 
-def to_tensorrt_fp16_form(path: Path, get_clips: Callable[[], np.ndarray] | None = None) -> dict[str, Any]:
+def _fp32_rest(
+    path: Path, get_clips: Callable[[], np.ndarray] | None, cache: Path | None
+) -> tuple[list[dict[str, Any]], list[Any]]:
+    """The float nodes the INT8+FP16 form keeps FP32 (:func:`fp32_rest_nodes`), from ``cache`` when a run with the
+    same model, clips, method and keep-float list wrote it: a warm calibration cache then still reads no clip."""
+    from calibration.precision.int8_fp16 import fp32_rest_nodes
+
+    if get_clips is None:
+        return [], []
+    if cache is not None and cache.is_file():
+        try:
+            data = json.loads(cache.read_text())
+            return list(data["kept"]), list(data["overflowing"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # unreadable: measure again and replace it
+    kept, overflowing = fp32_rest_nodes(path, get_clips())
+    if cache is not None:
+        write_json_atomic(cache, {"kept": kept, "overflowing": overflowing})
+    return kept, overflowing
+
+
+def to_tensorrt_fp16_form(
+    path: Path, get_clips: Callable[[], np.ndarray] | None = None, rest_cache: Path | None = None
+) -> dict[str, Any]:
     """Rewrite the FP32-form Q/DQ ONNX at ``path`` in place into the INT8+FP16 form; returns what was done.
 
     LayerNorm, and each Softmax whose output is not quantized, stay FP32; a Softmax feeding a QuantizeLinear
@@ -295,11 +320,11 @@ def to_tensorrt_fp16_form(path: Path, get_clips: Callable[[], np.ndarray] | None
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     from calibration.precision.fp16 import ALWAYS_FP32_OPS, _name_nodes, _remove_cast_roundtrips
-    from calibration.precision.int8_fp16 import fp32_rest_nodes, guard_fp16_scales
+    from calibration.precision.int8_fp16 import guard_fp16_scales
 
     model = onnx.load(str(path))
     _name_nodes(model)  # the names fp32_rest_nodes decides by (issue 23: FP16 analysis of the float rest)
-    kept, overflowing = fp32_rest_nodes(path, get_clips()) if get_clips is not None else ([], [])
+    kept, overflowing = _fp32_rest(path, get_clips, rest_cache)
     raised = guard_fp16_scales(model)  # issue 23: no Q/DQ scale below FP16's smallest normal
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < _FP16_QDQ_OPSET:
@@ -345,7 +370,7 @@ def to_tensorrt_fp16_form(path: Path, get_clips: Callable[[], np.ndarray] | None
 #: per-call, per-tensor activation quantization of the dynamic form survive outlier channels.
 SMOOTH_DEFAULT_ALPHA: float | None = 0.5
 #: bumped when the outlier handling changes what an INT8 build produces (part of the precision cache key)
-OUTLIER_HANDLING_VERSION = 1
+OUTLIER_HANDLING_VERSION = 2  # 2: FP16 Q/DQ scales raised to FP16's smallest normal, the float rest analysed (issue 23)
 
 
 def outlier_defaults() -> dict[str, Any]:
@@ -663,7 +688,10 @@ def quantize_int8(
         else:
             raise QuantizationError(f"engine {engine!r}: expected 'onnxruntime' or 'modelopt'")
         if (form or TRT_DEFAULT_FORM) == "qdq-fp16":
-            info.update(to_tensorrt_fp16_form(out, clips))
+            ranges = ranges_for("tensorrt")
+            keep = hashlib.sha256(json.dumps(keep_float, sort_keys=True, default=str).encode()).hexdigest()[:12]
+            rest = ranges.with_name(f"{ranges.stem}.fp16-rest-{keep}.json")
+            info.update(to_tensorrt_fp16_form(out, clips, rest_cache=rest))
         else:
             info["form"] = "qdq-fp32"
         info.update(_check_tensorrt_qdq(out))

@@ -177,19 +177,8 @@ def _roi(pre: PreprocessConfig, size: tuple[int, int] | None) -> list[int] | Non
     return [(w - side) // 2, (h - side) // 2, side, side]
 
 
-def plan(
-    manifest: dict[str, Any],
-    *,
-    batch: int | None = None,
-    stride: int | None = None,
-    source_size: tuple[int, int] | None = None,
-    sources: int = 1,
-    threshold: float = 0.0,
-    precision_mode: str | None = None,
-    where: str = "manifest.json",
-) -> DeepStreamPlan:
-    """The nvdspreprocess and nvinfer configs for a validated manifest (see the module docstring)."""
-    pre = PreprocessConfig.from_dict(manifest["preprocess"])
+def _batch_size(manifest: dict[str, Any], pre: PreprocessConfig, batch: int | None, where: str) -> int:
+    """Check the manifest's names, input dtype, sampling and batch range for DeepStream; the batch-size to use."""
     inp, out = manifest["input"], manifest["output"]
     for field, name in (("input.name", inp["name"]), ("output.name", out["name"])):
         if not _NAME_RE.fullmatch(name):
@@ -211,28 +200,17 @@ def plan(
             f"{where}: input.batch {lo}..{hi}: nvinfer sends partial batches from 1 up to batch-size; "
             f"expected min 1 and --batch within it, got min {lo}, batch {n}"
         )
-    T, crop = pre.num_frames, pre.crop_size
-    stride = max(1, T // 2) if stride is None else stride
-    if not 1 <= stride <= T:
-        raise ValueError(f"stride: expected 1..{T} sampled frames between windows, got {stride}")
-    if sources < 1:
-        raise ValueError(f"sources: expected at least 1, got {sources}")
-    shape = [n, 3, T, crop, crop]
-    notes = []
-    if pre.num_crops != 1:
-        notes.append(f"the model is evaluated on {pre.num_crops} spatial crops; DeepStream runs the centre crop only")
-    roi = _roi(pre, source_size)
-    if roi is None:
-        notes.append(
-            f"no --source-size: each frame is scaled whole to {crop}x{crop} (aspect not kept), unlike the "
-            f"model's short-side {pre.short_side} resize and centre crop; pass --source-size WxH"
-        )
-    group: dict[str, Any] = {"src-ids": list(range(sources)) if roi else -1, "process-on-roi": int(bool(roi))}
-    if roi:
-        group.update({f"roi-params-src-{i}": roi for i in range(sources)})
+    return n
+
+
+def _preprocess_config(
+    pre: PreprocessConfig, tensor_name: str, shape: list[int], stride: int, group: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """The nvdspreprocess config: sequence batching of ``shape`` (NCTHW) into ``tensor_name``."""
+    crop = pre.crop_size
     mean = [round(255.0 * m, 6) for m in pre.mean]
     scale = [round(1.0 / (255.0 * s), 9) for s in pre.std]
-    preprocess = {
+    return {
         "property": {
             "enable": 1,
             "target-unique-ids": 1,
@@ -242,7 +220,7 @@ def plan(
             "network-input-shape": shape,
             "network-color-format": 1 if pre.channel_order == "BGR" else 0,
             "tensor-data-type": 0,
-            "tensor-name": inp["name"],
+            "tensor-name": tensor_name,
             "processing-width": crop,
             "processing-height": crop,
             "scaling-buf-pool-size": 8,
@@ -263,9 +241,12 @@ def plan(
         },
         "group-0": group,
     }
-    mode = precision_mode or manifest["precision"]
+
+
+def _infer_config(n: int, mode: str, threshold: float) -> dict[str, dict[str, Any]]:
+    """The nvinfer config: a classifier of batch ``n`` fed by the preprocess tensor, engine built in ``mode``."""
     engine_name = f"{MODEL_FILE}_b{n}_gpu0_{mode}.engine"  # nvinfer's own name for the engine it builds and caches
-    infer = {
+    return {
         "property": {
             "gpu-id": 0,
             "gie-unique-id": 1,
@@ -282,6 +263,44 @@ def plan(
             "output-tensor-meta": 1,
         }
     }
+
+
+def plan(
+    manifest: dict[str, Any],
+    *,
+    batch: int | None = None,
+    stride: int | None = None,
+    source_size: tuple[int, int] | None = None,
+    sources: int = 1,
+    threshold: float = 0.0,
+    precision_mode: str | None = None,
+    where: str = "manifest.json",
+) -> DeepStreamPlan:
+    """The nvdspreprocess and nvinfer configs for a validated manifest (see the module docstring)."""
+    pre = PreprocessConfig.from_dict(manifest["preprocess"])
+    inp, out = manifest["input"], manifest["output"]
+    n = _batch_size(manifest, pre, batch, where)
+    T, crop = pre.num_frames, pre.crop_size
+    stride = max(1, T // 2) if stride is None else stride
+    if not 1 <= stride <= T:
+        raise ValueError(f"stride: expected 1..{T} sampled frames between windows, got {stride}")
+    if sources < 1:
+        raise ValueError(f"sources: expected at least 1, got {sources}")
+    shape = [n, 3, T, crop, crop]
+    notes = []
+    if pre.num_crops != 1:
+        notes.append(f"the model is evaluated on {pre.num_crops} spatial crops; DeepStream runs the centre crop only")
+    roi = _roi(pre, source_size)
+    if roi is None:
+        notes.append(
+            f"no --source-size: each frame is scaled whole to {crop}x{crop} (aspect not kept), unlike the "
+            f"model's short-side {pre.short_side} resize and centre crop; pass --source-size WxH"
+        )
+    group: dict[str, Any] = {"src-ids": list(range(sources)) if roi else -1, "process-on-roi": int(bool(roi))}
+    if roi:
+        group.update({f"roi-params-src-{i}": roi for i in range(sources)})
+    preprocess = _preprocess_config(pre, inp["name"], shape, stride, group)
+    infer = _infer_config(n, precision_mode or manifest["precision"], threshold)
     result = DeepStreamPlan({"config_preprocess.txt": preprocess, "config_infer.txt": infer})
     result.notes = notes
     result.info = {

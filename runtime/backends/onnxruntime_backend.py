@@ -55,38 +55,9 @@ class OnnxRuntimeBackend(Backend):
             ) from e
 
         session = OnnxRuntimeSession.from_dict(manifest.get("session") or {}, where=f"{engine_path}: manifest session")
-        kind = device.split(":")[0]
-        if providers is None:
-            check_device(device)
-            providers = _PROVIDERS[kind]
-        available = ort.get_available_providers()
-        if providers[0] not in available:
-            raise RuntimeError(
-                f"device {device!r} needs ONNX Runtime's {providers[0]}, but this onnxruntime "
-                f"({ort.__version__}) has only {available}; install onnxruntime-gpu in place of "
-                "onnxruntime (pip uninstall onnxruntime; pip install './runtime[gpu]') or use "
-                "device='cpu'"
-            )
-        device_id = int(device.split(":")[1]) if ":" in device else 0
-        provider_args = [(p, {"device_id": device_id}) if p != "CPUExecutionProvider" else p for p in providers]
-        so = ort.SessionOptions()
+        provider_args = _provider_args(ort, device, providers)
+        so, int8_config = _session_options(ort, session, threads, manifest)
         level = session.graph_optimization_level
-        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
-        cpus = available_cpus()
-        if threads is not None:
-            if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 4 * cpus:
-                raise ValueError(f"threads: expected 1..{4 * cpus} (this machine has {cpus} CPUs), got {threads!r}")
-            n = threads
-        else:  # the bundle's value was right where it was built: never more threads than CPUs here (issue 28 #12)
-            n = min(session.intra_op_num_threads, cpus)
-        so.intra_op_num_threads = int(n)
-        so.inter_op_num_threads = min(session.inter_op_num_threads, cpus)
-        so.log_severity_level = 3
-        from ..cpu_isa import ort_int8_config
-
-        int8_config = ort_int8_config(manifest.get("precision", ""))  # issue 25: exact INT8 on x86 without VNNI
-        for k, v in int8_config.items():
-            so.add_session_config_entry(k, v)
         external = (manifest.get("files") or {}).get(self.engine_path.name + ".data") is not None
         model: bytes | str = str(engine_path) if external or self.engine_bytes is None else self.engine_bytes
         try:
@@ -97,7 +68,18 @@ class OnnxRuntimeBackend(Backend):
             self.engine_bytes = None  # ONNX Runtime holds its own copy
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
-        # Cheap checks that the model is the one the manifest describes (they matter with verify=False).
+        self._check_model(engine_path, manifest)  # cheap; they matter with verify=False
+        self.settings = {
+            "providers": self.session.get_providers(),
+            "intra_op_num_threads": so.intra_op_num_threads,
+            "graph_optimization_level": level,
+            "onnxruntime": ort.__version__,
+            "int8_config": int8_config,
+        }
+
+    def _check_model(self, engine_path: Path, manifest: dict[str, Any]) -> None:
+        """Check the session's input/output names, input dtype, fixed dims and classes against the manifest
+        (:class:`BundleError` when they differ); ``output_name`` becomes the manifest's output."""
         want_in, want_out = manifest["input"]["name"], manifest["output"]["name"]
         if self.input_name != want_in or want_out not in [o.name for o in self.session.get_outputs()]:
             raise BundleError(
@@ -121,13 +103,6 @@ class OnnxRuntimeBackend(Backend):
                 f"{engine_path}: the model outputs {classes} classes, the manifest says "
                 f"{manifest['output']['shape'][-1]}: not the model this bundle was built with"
             )
-        self.settings = {
-            "providers": self.session.get_providers(),
-            "intra_op_num_threads": so.intra_op_num_threads,
-            "graph_optimization_level": level,
-            "onnxruntime": ort.__version__,
-            "int8_config": int8_config,
-        }
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         if self.session is None:
@@ -140,6 +115,51 @@ class OnnxRuntimeBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "device": self.device, **self.settings}
+
+
+def _provider_args(ort: Any, device: str, providers: list[str] | None) -> list[Any]:
+    """The execution providers for ``device`` (or ``providers``) with their device id; ``RuntimeError`` when this
+    onnxruntime lacks the first one."""
+    kind = device.split(":")[0]
+    if providers is None:
+        check_device(device)
+        providers = _PROVIDERS[kind]
+    available = ort.get_available_providers()
+    if providers[0] not in available:
+        raise RuntimeError(
+            f"device {device!r} needs ONNX Runtime's {providers[0]}, but this onnxruntime "
+            f"({ort.__version__}) has only {available}; install onnxruntime-gpu in place of "
+            "onnxruntime (pip uninstall onnxruntime; pip install './runtime[gpu]') or use "
+            "device='cpu'"
+        )
+    device_id = int(device.split(":")[1]) if ":" in device else 0
+    return [(p, {"device_id": device_id}) if p != "CPUExecutionProvider" else p for p in providers]
+
+
+def _session_options(
+    ort: Any, session: OnnxRuntimeSession, threads: int | None, manifest: dict[str, Any]
+) -> tuple[Any, dict[str, str]]:
+    """``SessionOptions`` from the bundle's session settings (threads capped at this machine's CPUs, ``threads``
+    checked) and the INT8 config entries added to them."""
+    so = ort.SessionOptions()
+    level = session.graph_optimization_level
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
+    cpus = available_cpus()
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 4 * cpus:
+            raise ValueError(f"threads: expected 1..{4 * cpus} (this machine has {cpus} CPUs), got {threads!r}")
+        n = threads
+    else:  # the bundle's value was right where it was built: never more threads than CPUs here (issue 28 #12)
+        n = min(session.intra_op_num_threads, cpus)
+    so.intra_op_num_threads = int(n)
+    so.inter_op_num_threads = min(session.inter_op_num_threads, cpus)
+    so.log_severity_level = 3
+    from ..cpu_isa import ort_int8_config
+
+    int8_config = ort_int8_config(manifest.get("precision", ""))  # issue 25: exact INT8 on x86 without VNNI
+    for k, v in int8_config.items():
+        so.add_session_config_entry(k, v)
+    return so, int8_config
 
 
 def check_device(device: str) -> str:

@@ -146,6 +146,58 @@ def _signature(key: bytes, blob: Path, engine_sha: str, data: bytes) -> str:
     return hmac.new(key, msg + b"\0" + hashlib.sha256(data).digest(), hashlib.sha256).hexdigest()
 
 
+def _device_and_capabilities(ov: Any, core: Any, settings: OpenVINOSession, device: str) -> tuple[str, list[str]]:
+    """OpenVINO's device name for ``device`` (checked to exist here) and its ``OPTIMIZATION_CAPABILITIES``."""
+    ov_device = settings.device if device in ("cpu", "auto") else device.split(":")[0].upper()
+    if ov_device not in core.available_devices:
+        raise ValueError(
+            f"device: OpenVINO {ov.__version__} has {core.available_devices} here, not {ov_device!r} "
+            f"(from device={device!r})"
+        )
+    caps = list(core.get_property(ov_device, "OPTIMIZATION_CAPABILITIES"))
+    if ov_device == "CPU":  # issue 25: ONEDNN_MAX_CPU_ISA may have taken bf16 away
+        from ..cpu_isa import openvino_capabilities
+
+        caps = openvino_capabilities(caps)
+    return ov_device, caps
+
+
+def _thread_count(threads: int | None, settings: OpenVINOSession) -> int:
+    """INFERENCE_NUM_THREADS: ``threads`` (checked against this machine's CPUs), else the bundle's, capped."""
+    from .onnxruntime_backend import available_cpus
+
+    cpus = available_cpus()
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 4 * cpus
+    ):
+        raise ValueError(f"threads: expected 1..{4 * cpus} (this machine has {cpus} CPUs), got {threads!r}")
+    return threads if threads is not None else min(settings.num_threads, cpus)  # issue 28 #12
+
+
+def _check_model(compiled: Any, engine_path: Path, manifest: dict[str, Any]) -> None:
+    """Raise :class:`BundleError` when the compiled model's input/output names, classes or fixed input dims are
+    not the manifest's."""
+    names_in = set(compiled.input(0).get_names())
+    names_out = set(compiled.output(0).get_names())
+    want_in, want_out = manifest["input"]["name"], manifest["output"]["name"]
+    classes = compiled.output(0).get_partial_shape()[-1]
+    if (
+        want_in not in names_in
+        or want_out not in names_out
+        or (classes.is_static and classes.get_length() != manifest["output"]["shape"][-1])
+    ):
+        raise BundleError(
+            f"{engine_path}: the model's input/output are {sorted(names_in)}/{sorted(names_out)} "
+            f"with {classes} classes, the manifest says {want_in!r}/{want_out!r} with "
+            f"{manifest['output']['shape'][-1]}: not the model this bundle was built with"
+        )
+    pshape = compiled.input(0).get_partial_shape()
+    dims = [d.get_length() if d.is_static else -1 for d in pshape] if pshape.rank.is_static else []
+    from .onnxruntime_backend import _check_fixed_dims
+
+    _check_fixed_dims(engine_path, want_in, dims, manifest["input"]["shape"])  # issue 28 #16
+
+
 class OpenVINOBackend(Backend):
     """``CompiledModel`` with the settings the bundle recorded, and a pool of infer requests."""
 
@@ -171,27 +223,10 @@ class OpenVINOBackend(Backend):
         ov = import_openvino()
         settings = OpenVINOSession.from_dict(manifest.get("session") or {}, "manifest.json: session")
         core = ov.Core()
-        ov_device = settings.device if device in ("cpu", "auto") else device.split(":")[0].upper()
-        if ov_device not in core.available_devices:
-            raise ValueError(
-                f"device: OpenVINO {ov.__version__} has {core.available_devices} here, not {ov_device!r} "
-                f"(from device={device!r})"
-            )
-        caps = list(core.get_property(ov_device, "OPTIMIZATION_CAPABILITIES"))
-        if ov_device == "CPU":  # issue 25: ONEDNN_MAX_CPU_ISA may have taken bf16 away
-            from ..cpu_isa import openvino_capabilities
-
-            caps = openvino_capabilities(caps)
+        ov_device, caps = _device_and_capabilities(ov, core, settings, device)
         precision = choose_precision(settings, caps)
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": settings.performance_hint}
-        from .onnxruntime_backend import available_cpus
-
-        cpus = available_cpus()
-        if threads is not None and (
-            isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 4 * cpus
-        ):
-            raise ValueError(f"threads: expected 1..{4 * cpus} (this machine has {cpus} CPUs), got {threads!r}")
-        n = threads if threads is not None else min(settings.num_threads, cpus)  # issue 28 #12
+        n = _thread_count(threads, settings)
         if n:
             config["INFERENCE_NUM_THREADS"] = int(n)
         blob = self._cache_file(engine_path, manifest, settings, cache_dir, ov.__version__, ov_device, config)
@@ -200,49 +235,11 @@ class OpenVINOBackend(Backend):
             blob = None
         t0 = time.perf_counter()
         self.loaded_from_cache = False
-        self.compiled = None
+        self.compiled: Any = None
         self._engine_sha = blob.parent.name if blob is not None else ""
-        data = self._verified_blob(blob, key) if blob is not None and key is not None else None
-        if data is not None:
-            try:
-                self.compiled = core.import_model(data, ov_device, config)
-                self.loaded_from_cache = True
-            except Exception:  # noqa: BLE001 - a blob of another OpenVINO build: compile again and replace it
-                self.compiled = None
-        if self.compiled is None:
-            data = engine_bytes if engine_bytes is not None else Path(engine_path).read_bytes()
-            try:
-                model = core.read_model(data)  # ONNX from the verified bytes (OpenVINO's ONNX frontend)
-                self.compiled = core.compile_model(model, ov_device, config)
-            except Exception as e:  # OpenVINO raises RuntimeError subclasses with long C++ traces
-                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                raise RuntimeError(
-                    f"{engine_path}: OpenVINO {ov.__version__} cannot read or compile it for "
-                    f"{ov_device} ({type(e).__name__}: {first})"
-                ) from e
-            if blob is not None and key is not None:
-                self._write_blob(blob, key)
+        self.compiled = self._load(core, ov.__version__, engine_path, engine_bytes, blob, key, ov_device, config)
         self.load_seconds = time.perf_counter() - t0
-        # Cheap checks that the model is the one the manifest describes (they matter with verify=False).
-        names_in = set(self.compiled.input(0).get_names())
-        names_out = set(self.compiled.output(0).get_names())
-        want_in, want_out = manifest["input"]["name"], manifest["output"]["name"]
-        classes = self.compiled.output(0).get_partial_shape()[-1]
-        if (
-            want_in not in names_in
-            or want_out not in names_out
-            or (classes.is_static and classes.get_length() != manifest["output"]["shape"][-1])
-        ):
-            raise BundleError(
-                f"{engine_path}: the model's input/output are {sorted(names_in)}/{sorted(names_out)} "
-                f"with {classes} classes, the manifest says {want_in!r}/{want_out!r} with "
-                f"{manifest['output']['shape'][-1]}: not the model this bundle was built with"
-            )
-        pshape = self.compiled.input(0).get_partial_shape()
-        dims = [d.get_length() if d.is_static else -1 for d in pshape] if pshape.rank.is_static else []
-        from .onnxruntime_backend import _check_fixed_dims
-
-        _check_fixed_dims(engine_path, want_in, dims, manifest["input"]["shape"])  # issue 28 #16
+        _check_model(self.compiled, engine_path, manifest)  # cheap; they matter with verify=False
         self._idle: queue.SimpleQueue = queue.SimpleQueue()
         self._idle.put(self.compiled.create_infer_request())
         self.settings = {
@@ -260,6 +257,41 @@ class OpenVINOBackend(Backend):
         from ..cpu_isa import openvino_int8_check
 
         self.settings["int8_isa"] = openvino_int8_check(manifest)  # issue 25: warns where int8 sums saturate
+
+    def _load(
+        self,
+        core: Any,
+        version: str,
+        engine_path: Path,
+        engine_bytes: bytes | None,
+        blob: Path | None,
+        key: bytes | None,
+        ov_device: str,
+        config: dict[str, Any],
+    ) -> Any:
+        """Set and return ``self.compiled``: imported from a blob that verifies, else compiled from the ONNX (and
+        cached)."""
+        data = self._verified_blob(blob, key) if blob is not None and key is not None else None
+        if data is not None:
+            try:
+                self.compiled = core.import_model(data, ov_device, config)
+                self.loaded_from_cache = True
+            except Exception:  # noqa: BLE001 - a blob of another OpenVINO build: compile again and replace it
+                self.compiled = None
+        if self.compiled is None:
+            data = engine_bytes if engine_bytes is not None else Path(engine_path).read_bytes()
+            try:
+                model = core.read_model(data)  # ONNX from the verified bytes (OpenVINO's ONNX frontend)
+                self.compiled = core.compile_model(model, ov_device, config)
+            except Exception as e:  # OpenVINO raises RuntimeError subclasses with long C++ traces
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                raise RuntimeError(
+                    f"{engine_path}: OpenVINO {version} cannot read or compile it for "
+                    f"{ov_device} ({type(e).__name__}: {first})"
+                ) from e
+            if blob is not None and key is not None:
+                self._write_blob(blob, key)
+        return self.compiled
 
     @staticmethod
     def _cache_file(
