@@ -33,7 +33,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -327,6 +327,68 @@ def _fit(
     return epochs_run
 
 
+def _with_task_defaults(
+    task: str, out: str | Path | None, clips: int | None, epochs: int | None, heldout_clips: int | None
+) -> tuple[str | Path, int, int, int]:
+    """``out``, ``clips``, ``epochs`` and ``heldout_clips``, each None replaced by the task's :data:`TASK_DEFAULTS`."""
+    defaults = TASK_DEFAULTS[task]
+    out = defaults["out"] if out is None else out
+    clips = defaults["clips"] if clips is None else clips
+    epochs = defaults["epochs"] if epochs is None else epochs
+    heldout_clips = defaults["heldout_clips"] if heldout_clips is None else heldout_clips
+    return out, clips, epochs, heldout_clips
+
+
+def _save(
+    final: TimeSformer, out: Path, below_min: bool, classes: list[str], metadata: dict[str, Any], dtype: torch.dtype
+) -> None:
+    """Save ``final`` with ``metadata`` (its ``path`` set) to ``out``, or beside it as ``<stem>.below_min`` when
+    the model is ``below_min`` accuracy (a good committed model is kept)."""
+    if below_min:  # keep a good committed model: write the weak one beside it
+        out = out.with_name(out.stem + ".below_min" + out.suffix)
+    metadata["path"] = str(out)
+    save_checkpoint(final, out, labels=classes, preprocess=PREPROCESS, metadata=metadata, dtype=dtype)
+
+
+def _training_data(
+    root: Path, clips: int, seed: int, heldout_clips: int, heldout_seed: int, progress: bool, task: str
+) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]], torch.Tensor, torch.Tensor]:
+    """(training items, held-out items, decoded training clips, their labels): the clip files generated (or found)
+    under ``root`` and the training clips decoded at the short side (cached beside them)."""
+    pre = PREPROCESS
+    train_items = _dataset(root, "train", clips, seed, progress, task)
+    heldout_items = _dataset(root, "heldout", heldout_clips, heldout_seed, progress, task)
+    data, labels = _load_resized(
+        train_items,
+        pre.short_side,
+        progress,
+        cache=_data_dir(root, "train", clips, seed, task) / f"decoded_{pre.short_side}.npy",
+    )
+    return train_items, heldout_items, data, labels
+
+
+def _round_to_stored(final: TimeSformer, weights_dtype: str) -> torch.dtype:
+    """Round ``final``'s weights through ``weights_dtype`` (the type they are stored in), so that the evaluation
+    sees exactly the stored weights; returns that torch dtype."""
+    dtype: torch.dtype = getattr(torch, weights_dtype)
+    with torch.no_grad():  # evaluate exactly the weights that are stored
+        for p in final.parameters():
+            p.copy_(p.to(dtype).float())
+    return dtype
+
+
+def _task_metadata(task: str, spec: "SyntheticTask", seed: int, heldout_seed: int) -> dict[str, Any]:
+    """The metadata naming the synthetic task, its generator's hash and the seeds."""
+    module = "calibration.clips.synthetic" if task == "motion" else "calibration.clips.synthetic_hard"
+    return {
+        "task": f"synthetic {task} clips ({module})",
+        "synthetic_task": task,
+        "generator_sha256": spec.source_hash(),
+        "seed": seed,
+        "heldout_seed": heldout_seed,
+    }
+
+
 def train(
     out: str | Path | None = None,
     seed: int = 0,
@@ -354,11 +416,7 @@ def train(
 
     spec = get_task(task)
     classes = spec.classes
-    defaults = TASK_DEFAULTS[task]
-    out = defaults["out"] if out is None else out
-    clips = defaults["clips"] if clips is None else clips
-    epochs = defaults["epochs"] if epochs is None else epochs
-    heldout_clips = defaults["heldout_clips"] if heldout_clips is None else heldout_clips
+    out, clips, epochs, heldout_clips = _with_task_defaults(task, out, clips, epochs, heldout_clips)
 
     t0 = time.time()
     torch.set_num_threads(threads)
@@ -367,18 +425,11 @@ def train(
     if heldout_seed == seed:
         raise ValueError(f"heldout_seed must differ from the training seed {seed}")
     pre = PREPROCESS
-    root = Path(data_dir)
-    train_items = _dataset(root, "train", clips, seed, progress, task)
-    heldout_items = _dataset(root, "heldout", heldout_clips, heldout_seed, progress, task)
-    data, labels = _load_resized(
-        train_items,
-        pre.short_side,
-        progress,
-        cache=_data_dir(root, "train", clips, seed, task) / f"decoded_{pre.short_side}.npy",
+    train_items, heldout_items, data, labels = _training_data(
+        Path(data_dir), clips, seed, heldout_clips, heldout_seed, progress, task
     )
 
-    preset = get_preset("motion_8x64")
-    cfg = preset.config.replace(num_classes=len(classes))
+    cfg = get_preset("motion_8x64").config.replace(num_classes=len(classes))
     model = _training_model(cfg)
     epochs_run = _fit(
         model,
@@ -396,19 +447,11 @@ def train(
     )
 
     final = fold_standardisation(model, cfg)  # the plain TimeSformer, default (sdpa) attention
-    dtype = getattr(torch, weights_dtype)
-    with torch.no_grad():  # evaluate exactly the weights that are stored
-        for p in final.parameters():
-            p.copy_(p.to(dtype).float())
+    dtype = _round_to_stored(final, weights_dtype)
     train_seconds = time.time() - t0
     acc, confusion = evaluate(final, heldout_items, pre, progress)
-    module = "calibration.clips.synthetic" if task == "motion" else "calibration.clips.synthetic_hard"
     metadata = {
-        "task": f"synthetic {task} clips ({module})",
-        "synthetic_task": task,
-        "generator_sha256": spec.source_hash(),
-        "seed": seed,
-        "heldout_seed": heldout_seed,
+        **_task_metadata(task, spec, seed, heldout_seed),
         "heldout_accuracy": round(acc, 4),
         "heldout_clips": len(heldout_items),
         "train_clips": len(train_items),
@@ -424,16 +467,12 @@ def train(
         "command": command or "python -m models.train_motion",
         "torch": torch.__version__,
     }
-    out = Path(out)
-    if acc < min_accuracy:  # keep a good committed model: write the weak one beside it
-        out = out.with_name(out.stem + ".below_min" + out.suffix)
-    metadata["path"] = str(out)
-    save_checkpoint(final, out, labels=list(classes), preprocess=pre, metadata=metadata, dtype=dtype)
+    _save(final, Path(out), acc < min_accuracy, list(classes), metadata, dtype)
     return metadata
 
 
-@user_errors("make train-motion")
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> ArgumentParser:
+    """The command line of ``python -m models.train_motion``."""
     ap = ArgumentParser(prog="python -m models.train_motion", description=__doc__.splitlines()[0])
     ap.add_argument(
         "--task",
@@ -489,6 +528,12 @@ def main(argv: list[str] | None = None) -> int:
         help="exit 1 when held-out accuracy is below this; "
         "per task: " + ", ".join(f"{k} {v['min_accuracy']}" for k, v in TASK_DEFAULTS.items()),
     )
+    return ap
+
+
+@user_errors("make train-motion")
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
     a = ap.parse_args(argv)
     for key, value in TASK_DEFAULTS[a.task].items():
         if getattr(a, key) is None:

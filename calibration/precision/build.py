@@ -146,6 +146,16 @@ def _check_request(fp32_onnx: Path, precision: str, target: str, method: str) ->
         raise PrecisionBuildError(f"{fp32_onnx}: FP32 ONNX not found")
 
 
+def _fp16_thresholds(overflow: float | None, error: float | None) -> tuple[float, float]:
+    """The FP16 overflow and error thresholds, None replaced by :mod:`calibration.precision.fp16`'s defaults."""
+    from calibration.precision import fp16 as fp16_mod
+
+    return (
+        overflow if overflow is not None else fp16_mod.DEFAULT_OVERFLOW_THRESHOLD,
+        error if error is not None else fp16_mod.DEFAULT_ERROR_THRESHOLD,
+    )
+
+
 def _convert_fp16(
     fp32_onnx: Path,
     out: Path,
@@ -253,7 +263,6 @@ def precision_onnx(
     ``int8_options``: outlier handling passed to :func:`calibration.precision.int8.quantize_int8` (``smooth``,
     ``keep_float``).
     """
-    from calibration.precision import fp16 as fp16_mod
     from calibration.precision import int8 as int8_mod
 
     fp32_onnx, cache_dir = Path(fp32_onnx), Path(cache_dir)
@@ -262,8 +271,7 @@ def precision_onnx(
     cache_dir.mkdir(parents=True, exist_ok=True)
     model_sha = sha256_file(fp32_onnx, external_data=True)
     lazy = _LazySet(calib, preprocess, n_clips, seed, cache_dir, progress)
-    overflow = fp16_overflow_threshold if fp16_overflow_threshold is not None else fp16_mod.DEFAULT_OVERFLOW_THRESHOLD
-    err = fp16_error_threshold if fp16_error_threshold is not None else fp16_mod.DEFAULT_ERROR_THRESHOLD
+    overflow, err = _fp16_thresholds(fp16_overflow_threshold, fp16_error_threshold)
     int8_options = dict(int8_options or {})
     options = (
         {"method": method, "form": form, "outliers": {**int8_mod.outlier_defaults(), **int8_options}}

@@ -628,6 +628,88 @@ def _quantize_ort_form(
     }
 
 
+def _quantize_for_tensorrt(
+    fp32_onnx: Path,
+    out: Path,
+    form: str | None,
+    engine: str,
+    method: str,
+    clips: Callable[[], np.ndarray],
+    ranges_for: Callable[[str], Path],
+    progress: bool,
+    keep_float: list[str] | None,
+    validate_clips: int,
+) -> dict[str, Any]:
+    """The Q/DQ INT8 model TensorRT compiles (``form``: one of :data:`TRT_FORMS`), checked and validated."""
+    if form not in TRT_FORMS:
+        raise QuantizationError(
+            f"target 'tensorrt' takes the Q/DQ forms {TRT_FORMS} (None: {TRT_DEFAULT_FORM!r}); got form {form!r}"
+        )
+    if engine == "modelopt":
+        info = _quantize_tensorrt_modelopt(fp32_onnx, out, method, clips)
+    elif engine == "onnxruntime":
+        info = _quantize_tensorrt_ort(fp32_onnx, out, method, clips, ranges_for("tensorrt"), progress, keep_float)
+    else:
+        raise QuantizationError(f"engine {engine!r}: expected 'onnxruntime' or 'modelopt'")
+    if (form or TRT_DEFAULT_FORM) == "qdq-fp16":
+        ranges = ranges_for("tensorrt")
+        keep = hashlib.sha256(json.dumps(keep_float, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        rest = ranges.with_name(f"{ranges.stem}.fp16-rest-{keep}.json")
+        info.update(to_tensorrt_fp16_form(out, clips, rest_cache=rest))
+    else:
+        info["form"] = "qdq-fp32"
+    info.update(_check_tensorrt_qdq(out))
+    info["validation"] = None
+    if validate_clips:
+        metrics, _ = validate_against_fp32(fp32_onnx, out, clips()[:validate_clips])
+        info["validation"] = metrics
+    return info
+
+
+def _quantize_for_onnxruntime(
+    fp32_onnx: Path,
+    out: Path,
+    form: str | None,
+    method: str,
+    clips: Callable[[], np.ndarray],
+    ranges_for: Callable[[str], Path],
+    progress: bool,
+    keep_float: list[str] | None,
+    validate_clips: int,
+) -> dict[str, Any]:
+    """The ONNX Runtime INT8 model: ``form``, or the first of :data:`ORT_FORMS` that meets the bar."""
+    if form is not None and form not in ORT_FORMS:
+        raise QuantizationError(f"form {form!r}: expected one of {ORT_FORMS} (or None: fastest meeting the bar)")
+    candidates = [form] if form else list(ORT_FORMS)
+    tried: list[dict[str, Any]] = []
+    reference = None
+    info: dict[str, Any] = {}
+    for i, f in enumerate(candidates):
+        info = _quantize_ort_form(
+            fp32_onnx, out, f, method, clips, lambda: ranges_for("onnxruntime-static"), progress, keep_float
+        )
+        if not validate_clips:
+            info["validation"] = None
+            break
+        metrics, reference = validate_against_fp32(fp32_onnx, out, clips()[:validate_clips], reference)
+        info["validation"] = metrics
+        tried.append({"form": info["form"], "min_cosine": metrics["min_cosine"]})
+        if metrics["min_cosine"] >= VALIDATION_MIN_COSINE or i == len(candidates) - 1:
+            if metrics["min_cosine"] < VALIDATION_MIN_COSINE:
+                _log(
+                    f"warning: {info['form']} INT8 misses the bar (min cosine {metrics['min_cosine']:.5f} < "
+                    f"{VALIDATION_MIN_COSINE}) and no other form is left"
+                )
+            break
+        _log(
+            f"{info['form']} INT8: min cosine {metrics['min_cosine']:.5f} < {VALIDATION_MIN_COSINE}; "
+            f"trying {candidates[i + 1]}"
+        )
+    info["forms_tried"] = tried
+    info["why"] = ORT_FORM_WHY if form is None else f"form {form!r} asked for"
+    return info
+
+
 def quantize_int8(
     fp32_onnx: str | os.PathLike,
     out: str | os.PathLike,
@@ -677,58 +759,13 @@ def quantize_int8(
     model_sha = sha256_file(fp32_onnx) if smooth_info and not smooth_info.get("skipped") else model_sha
 
     if target == "tensorrt":
-        if form not in TRT_FORMS:
-            raise QuantizationError(
-                f"target 'tensorrt' takes the Q/DQ forms {TRT_FORMS} (None: {TRT_DEFAULT_FORM!r}); got form {form!r}"
-            )
-        if engine == "modelopt":
-            info = _quantize_tensorrt_modelopt(fp32_onnx, out, method, clips)
-        elif engine == "onnxruntime":
-            info = _quantize_tensorrt_ort(fp32_onnx, out, method, clips, ranges_for("tensorrt"), progress, keep_float)
-        else:
-            raise QuantizationError(f"engine {engine!r}: expected 'onnxruntime' or 'modelopt'")
-        if (form or TRT_DEFAULT_FORM) == "qdq-fp16":
-            ranges = ranges_for("tensorrt")
-            keep = hashlib.sha256(json.dumps(keep_float, sort_keys=True, default=str).encode()).hexdigest()[:12]
-            rest = ranges.with_name(f"{ranges.stem}.fp16-rest-{keep}.json")
-            info.update(to_tensorrt_fp16_form(out, clips, rest_cache=rest))
-        else:
-            info["form"] = "qdq-fp32"
-        info.update(_check_tensorrt_qdq(out))
-        info["validation"] = None
-        if validate_clips:
-            metrics, _ = validate_against_fp32(fp32_onnx, out, clips()[:validate_clips])
-            info["validation"] = metrics
+        info = _quantize_for_tensorrt(
+            fp32_onnx, out, form, engine, method, clips, ranges_for, progress, keep_float, validate_clips
+        )
     else:
-        if form is not None and form not in ORT_FORMS:
-            raise QuantizationError(f"form {form!r}: expected one of {ORT_FORMS} (or None: fastest meeting the bar)")
-        candidates = [form] if form else list(ORT_FORMS)
-        tried: list[dict[str, Any]] = []
-        reference = None
-        info = {}
-        for i, f in enumerate(candidates):
-            info = _quantize_ort_form(
-                fp32_onnx, out, f, method, clips, lambda: ranges_for("onnxruntime-static"), progress, keep_float
-            )
-            if not validate_clips:
-                info["validation"] = None
-                break
-            metrics, reference = validate_against_fp32(fp32_onnx, out, clips()[:validate_clips], reference)
-            info["validation"] = metrics
-            tried.append({"form": info["form"], "min_cosine": metrics["min_cosine"]})
-            if metrics["min_cosine"] >= VALIDATION_MIN_COSINE or i == len(candidates) - 1:
-                if metrics["min_cosine"] < VALIDATION_MIN_COSINE:
-                    _log(
-                        f"warning: {info['form']} INT8 misses the bar (min cosine {metrics['min_cosine']:.5f} < "
-                        f"{VALIDATION_MIN_COSINE}) and no other form is left"
-                    )
-                break
-            _log(
-                f"{info['form']} INT8: min cosine {metrics['min_cosine']:.5f} < {VALIDATION_MIN_COSINE}; "
-                f"trying {candidates[i + 1]}"
-            )
-        info["forms_tried"] = tried
-        info["why"] = ORT_FORM_WHY if form is None else f"form {form!r} asked for"
+        info = _quantize_for_onnxruntime(
+            fp32_onnx, out, form, method, clips, ranges_for, progress, keep_float, validate_clips
+        )
     info.update({"smoothquant": smooth_info, "kept_float": list(keep_float or [])})  # issue 15
     info.update(
         {

@@ -94,13 +94,13 @@ def _engine_logits(engine: Any, clips: np.ndarray, batch: int) -> np.ndarray:
     )
 
 
-def _eval_labels(evalset: Any, spec: str, labels: list[str]) -> np.ndarray:
+def _eval_labels(evalset: Any, spec: str | None, labels: list[str]) -> np.ndarray:
     """The held-out clips' labels as int64, checked against the model's classes."""
     if evalset.labels is None:
         raise ValueError(f"--clips {spec}: the clips have no labels (a folder needs labels.csv)")
     if evalset.classes and list(evalset.classes) != list(labels):
         raise ValueError(f"--clips {spec}: its classes {evalset.classes} are not the model's {labels}")
-    lab = evalset.labels.astype(np.int64)
+    lab: np.ndarray = evalset.labels.astype(np.int64)
     if lab.max() >= len(labels):
         raise ValueError(f"--clips {spec}: label {int(lab.max())} is outside the model's {len(labels)} classes")
     return lab
@@ -111,12 +111,13 @@ def _reference_logits(net: Any, clips: np.ndarray, batch: int) -> np.ndarray:
     import torch
 
     with torch.no_grad():
-        return np.concatenate(
+        out: np.ndarray = np.concatenate(
             [
                 net(torch.from_numpy(np.ascontiguousarray(clips[i : i + batch]))).numpy()
                 for i in range(0, len(clips), batch)
             ]
         )
+    return out
 
 
 def _log_row(row: dict[str, Any]) -> None:
@@ -127,7 +128,7 @@ def _bundle_rows(
     model: str,
     backends: tuple[str, ...],
     precisions: tuple[str, ...],
-    calib: str,
+    calib: str | None,
     calib_clips: int,
     seed: int,
     threads: int | None,
@@ -194,7 +195,7 @@ def _tensorrt_rows(
     pre: Any,
     source: Any,
     precisions: tuple[str, ...],
-    calib: str,
+    calib: str | None,
     calib_clips: int,
     seed: int,
     threads: int | None,

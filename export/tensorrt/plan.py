@@ -341,41 +341,8 @@ def plan_request(options: "TensorRTBuildOptions", trt_version: str, attention: s
         )
     warnings: list[str] = []
     strongly_typed = bool(options.strongly_typed)
-    if major >= 11 and not strongly_typed:
-        raise TensorRTBuildError(
-            f"builder flags (strongly_typed=False, --builder-flags) with TensorRT {version}: TensorRT 11 removed the "
-            "FP16/INT8 builder flags and precision constraints; networks are always strongly typed. Drop "
-            "--builder-flags (the precision then comes from the ONNX)"
-        )
-    if strongly_typed and major < 9:
-        raise TensorRTBuildError(
-            f"TensorRT {version} has no strongly typed networks (STRONGLY_TYPED arrived in 9); "
-            "pass --builder-flags (strongly_typed=False)"
-        )
-
-    auto = tensorrt_attention(options.precision, version, strongly_typed)
-    if attention == "auto":
-        attention = auto
-    elif attention == "onnx":
-        if vtuple < ATTENTION_MIN_TRT:
-            raise TensorRTBuildError(
-                f"attention 'onnx' with TensorRT {version}: its ONNX parser reads the Attention operator from "
-                f"{ATTENTION_MIN_TRT[0]}.{ATTENTION_MIN_TRT[1]}; use attention 'decomposed' (or 'auto')"
-            )
-        if auto != "onnx":
-            raise TensorRTBuildError(
-                f"attention 'onnx' with precision {options.precision!r}"
-                f"{'' if strongly_typed else ' on the builder-flag path'}: TensorRT's ONNX parser makes a "
-                "non-decomposable IAttention, which needs a fused kernel, and TensorRT has none for FP32 (and INT8 "
-                f"fused attention needs Q/DQ around the decomposed matmuls); use attention {auto!r} (or 'auto')"
-            )
-    elif attention == "ort":
-        raise TensorRTBuildError(
-            "attention 'ort' (com.microsoft.MultiHeadAttention) is an ONNX Runtime contrib op "
-            f"that TensorRT cannot parse; use {auto!r} (or 'auto')"
-        )
-    elif attention != "decomposed":
-        raise TensorRTBuildError(f"attention {attention!r}: expected 'auto', 'decomposed' or 'onnx'")
+    _check_typing(version, major, strongly_typed)
+    attention = _resolve_attention(options, version, strongly_typed, attention)
 
     # Builder.html (NetworkDefinitionCreationFlag): EXPLICIT_BATCH is ignored from 10.0; STRONGLY_TYPED is opt-in
     # in 10 and always on in 11, where the FP16/INT8/OBEY_PRECISION_CONSTRAINTS builder flags are gone.
@@ -386,22 +353,7 @@ def plan_request(options: "TensorRTBuildOptions", trt_version: str, attention: s
         creation_flags.append("STRONGLY_TYPED")
     builder_flags, clear_flags, fp32_layer_types = _flags(options, version, strongly_typed, warnings)
     hw = options.hardware_compatibility
-    if hw != "none" and vtuple < HARDWARE_COMPATIBILITY_MIN_TRT[hw]:
-        need = HARDWARE_COMPATIBILITY_MIN_TRT[hw]
-        raise TensorRTBuildError(
-            f"hardware_compatibility {hw!r} needs TensorRT >= {need[0]}.{need[1]} "
-            f"(HardwareCompatibilityLevel.{HARDWARE_COMPATIBILITY[hw]}); got {version}"
-        )
-    config = {
-        "workspace_bytes": int(options.workspace_mib) << 20,
-        "timing_cache": options.timing_cache,
-        "default_device_type": "DLA" if options.dla_core is not None else "GPU",
-        "dla_core": options.dla_core,
-        "hardware_compatibility_level": HARDWARE_COMPATIBILITY[hw],
-        "builder_optimization_level": options.builder_optimization_level,
-        "progress_monitor": major >= 10,
-        "static_batch": options.batch[0] == options.batch[1] == options.batch[2],
-    }
+    config = _builder_config(options, version)
     session = TensorRTSession(
         strongly_typed=strongly_typed,
         builder_flags=tuple(builder_flags),
@@ -429,6 +381,75 @@ def plan_request(options: "TensorRTBuildOptions", trt_version: str, attention: s
         attention_softmax=_attention_softmax(options, attention, strongly_typed),
         attention_fallback=_attention_fallback(options, attention),
     )
+
+
+def _check_typing(version: str, major: int, strongly_typed: bool) -> None:
+    """Raise when TensorRT ``version`` cannot build the network typing asked for (strongly typed or builder flags)."""
+    if major >= 11 and not strongly_typed:
+        raise TensorRTBuildError(
+            f"builder flags (strongly_typed=False, --builder-flags) with TensorRT {version}: TensorRT 11 removed the "
+            "FP16/INT8 builder flags and precision constraints; networks are always strongly typed. Drop "
+            "--builder-flags (the precision then comes from the ONNX)"
+        )
+    if strongly_typed and major < 9:
+        raise TensorRTBuildError(
+            f"TensorRT {version} has no strongly typed networks (STRONGLY_TYPED arrived in 9); "
+            "pass --builder-flags (strongly_typed=False)"
+        )
+
+
+def _resolve_attention(options: TensorRTBuildOptions, version: str, strongly_typed: bool, attention: str) -> str:
+    """The attention form to build: ``auto`` resolved by :func:`tensorrt_attention`; ``onnx`` checked against
+    the version and precision; ``ort`` and unknown forms refused."""
+    major, minor, _ = parse_trt_version(version)
+    vtuple = (major, minor)
+    auto = tensorrt_attention(options.precision, version, strongly_typed)
+    if attention == "auto":
+        attention = auto
+    elif attention == "onnx":
+        if vtuple < ATTENTION_MIN_TRT:
+            raise TensorRTBuildError(
+                f"attention 'onnx' with TensorRT {version}: its ONNX parser reads the Attention operator from "
+                f"{ATTENTION_MIN_TRT[0]}.{ATTENTION_MIN_TRT[1]}; use attention 'decomposed' (or 'auto')"
+            )
+        if auto != "onnx":
+            raise TensorRTBuildError(
+                f"attention 'onnx' with precision {options.precision!r}"
+                f"{'' if strongly_typed else ' on the builder-flag path'}: TensorRT's ONNX parser makes a "
+                "non-decomposable IAttention, which needs a fused kernel, and TensorRT has none for FP32 (and INT8 "
+                f"fused attention needs Q/DQ around the decomposed matmuls); use attention {auto!r} (or 'auto')"
+            )
+    elif attention == "ort":
+        raise TensorRTBuildError(
+            "attention 'ort' (com.microsoft.MultiHeadAttention) is an ONNX Runtime contrib op "
+            f"that TensorRT cannot parse; use {auto!r} (or 'auto')"
+        )
+    elif attention != "decomposed":
+        raise TensorRTBuildError(f"attention {attention!r}: expected 'auto', 'decomposed' or 'onnx'")
+    return attention
+
+
+def _builder_config(options: TensorRTBuildOptions, version: str) -> dict[str, Any]:
+    """The builder-config settings of the plan; raises when the hardware compatibility level needs a newer TensorRT."""
+    major, minor, _ = parse_trt_version(version)
+    vtuple = (major, minor)
+    hw = options.hardware_compatibility
+    if hw != "none" and vtuple < HARDWARE_COMPATIBILITY_MIN_TRT[hw]:
+        need = HARDWARE_COMPATIBILITY_MIN_TRT[hw]
+        raise TensorRTBuildError(
+            f"hardware_compatibility {hw!r} needs TensorRT >= {need[0]}.{need[1]} "
+            f"(HardwareCompatibilityLevel.{HARDWARE_COMPATIBILITY[hw]}); got {version}"
+        )
+    return {
+        "workspace_bytes": int(options.workspace_mib) << 20,
+        "timing_cache": options.timing_cache,
+        "default_device_type": "DLA" if options.dla_core is not None else "GPU",
+        "dla_core": options.dla_core,
+        "hardware_compatibility_level": HARDWARE_COMPATIBILITY[hw],
+        "builder_optimization_level": options.builder_optimization_level,
+        "progress_monitor": major >= 10,
+        "static_batch": options.batch[0] == options.batch[1] == options.batch[2],
+    }
 
 
 def _flags(
@@ -518,6 +539,50 @@ def _installed_trt_version() -> str:
         raise TensorRTBuildError(f"{e}; or pass trt_version (e.g. '10.3.0') to plan a build for another machine") from e
 
 
+def _plan_for_onnx(info: dict[str, Any], options: TensorRTBuildOptions, version: str) -> TensorRTPlan:
+    """:func:`plan_request` with the attention form the inspected ONNX ``info`` holds; errors name its Attention
+    node when it has one."""
+    path = info["path"]
+    attention_in_onnx = "onnx" if info["attention_nodes"] else "decomposed"
+    vtuple = parse_trt_version(version)[:2]
+    if info["attention_nodes"] and vtuple < ATTENTION_MIN_TRT:
+        raise TensorRTBuildError(
+            f"{path}: node '{info['attention_nodes'][0]}' ({len(info['attention_nodes'])} in all) is the ONNX "
+            f"Attention operator (opset 23), which TensorRT {version} cannot parse: its ONNX parser reads "
+            f"Attention since {ATTENTION_MIN_TRT[0]}.{ATTENTION_MIN_TRT[1]}. Re-export the ONNX with "
+            "ATTENTION=decomposed (MatMul/Softmax/MatMul)."
+        )
+    try:
+        return plan_request(options, version, attention=attention_in_onnx)
+    except TensorRTBuildError as e:
+        if info["attention_nodes"]:
+            raise TensorRTBuildError(
+                f"{path}: node '{info['attention_nodes'][0]}' ({len(info['attention_nodes'])} "
+                f"ONNX Attention nodes): {e}"
+            ) from e
+        raise
+
+
+def _onnx_summary(info: dict[str, Any]) -> dict[str, Any]:
+    """What the plan records about the ONNX it builds from."""
+    onnx_summary = {
+        k: info[k]
+        for k in (
+            "path",
+            "sha256",
+            "bytes",
+            "external_data",
+            "opsets",
+            "precision_detected",
+            "float_initializers",
+            "int8_form",
+            "qdq_scale_types",
+        )
+    }
+    onnx_summary |= {"qdq_nodes": len(info["qdq_nodes"]), "attention_nodes": len(info["attention_nodes"])}
+    return onnx_summary
+
+
 def plan_build(
     onnx_path: str | Path, options: "TensorRTBuildOptions | None" = None, trt_version: str | None = None
 ) -> TensorRTPlan:
@@ -533,24 +598,8 @@ def plan_build(
     except OnnxInspectError as e:
         raise TensorRTBuildError(str(e)) from e
     path = info["path"]
-    attention_in_onnx = "onnx" if info["attention_nodes"] else "decomposed"
     vtuple = parse_trt_version(version)[:2]
-    if info["attention_nodes"] and vtuple < ATTENTION_MIN_TRT:
-        raise TensorRTBuildError(
-            f"{path}: node '{info['attention_nodes'][0]}' ({len(info['attention_nodes'])} in all) is the ONNX "
-            f"Attention operator (opset 23), which TensorRT {version} cannot parse: its ONNX parser reads "
-            f"Attention since {ATTENTION_MIN_TRT[0]}.{ATTENTION_MIN_TRT[1]}. Re-export the ONNX with "
-            "ATTENTION=decomposed (MatMul/Softmax/MatMul)."
-        )
-    try:
-        plan = plan_request(options, version, attention=attention_in_onnx)
-    except TensorRTBuildError as e:
-        if info["attention_nodes"]:
-            raise TensorRTBuildError(
-                f"{path}: node '{info['attention_nodes'][0]}' ({len(info['attention_nodes'])} "
-                f"ONNX Attention nodes): {e}"
-            ) from e
-        raise
+    plan = _plan_for_onnx(info, options, version)
     warnings = list(plan.warnings)
     if info["contrib_nodes"]:
         raise TensorRTBuildError(
@@ -589,26 +638,11 @@ def plan_build(
             "build, a known overflow source: keep LayerNorm and Softmax FP32 in the ONNX"
         )
     inp, profile = _resolve_profile(info, options)
-    onnx_summary = {
-        k: info[k]
-        for k in (
-            "path",
-            "sha256",
-            "bytes",
-            "external_data",
-            "opsets",
-            "precision_detected",
-            "float_initializers",
-            "int8_form",
-            "qdq_scale_types",
-        )
-    }
-    onnx_summary |= {"qdq_nodes": len(info["qdq_nodes"]), "attention_nodes": len(info["attention_nodes"])}
     return dataclasses.replace(
         plan,
         onnx_precision=onnx_precision,
         warnings=tuple(warnings),
-        onnx=onnx_summary,
+        onnx=_onnx_summary(info),
         input={"name": inp["name"], "dtype": inp["dtype"], "onnx_shape": inp["shape"]},
         outputs=tuple(info["outputs"]),
         profile=profile,
