@@ -487,7 +487,9 @@ def test_make_gpu_check_without_tensorrt_says_what_is_missing(tmp_path):
     assert r.returncode == 2, r.stderr
     assert "make gpu-check: missing:" in r.stderr and "tensorrt is not importable" in r.stderr
     assert "tensorrt-cu12" in r.stderr and not (tmp_path / "r.json").exists()
-    make = subprocess.run(["make", "-n", "gpu-check"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    make = subprocess.run(
+        ["make", "--no-print-directory", "-n", "gpu-check"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert make.returncode == 0 and "export.tensorrt.gpu_check" in make.stdout
 
 
@@ -658,7 +660,9 @@ def test_gpu_env_without_a_gpu_exits_2_naming_what_is_missing(tmp_path):
     _script(bin_dir / "nvidia-smi", "echo 'No devices were found' >&2; exit 6")
     r = _gpu_env(tmp_path, path=f"{bin_dir}:/usr/bin:/bin")
     assert r.returncode == 2 and "no NVIDIA GPU usable: nvidia-smi exited 6 (No devices were found)" in r.stderr
-    make = subprocess.run(["make", "-n", "gpu-check"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    make = subprocess.run(
+        ["make", "--no-print-directory", "-n", "gpu-check"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert make.returncode == 0 and "export/tensorrt/gpu_env.py" in make.stdout.splitlines()[0]
 
 
