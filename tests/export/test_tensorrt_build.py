@@ -11,6 +11,7 @@ import enum
 import hashlib
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -488,7 +489,12 @@ def test_make_gpu_check_without_tensorrt_says_what_is_missing(tmp_path):
     assert "make gpu-check: missing:" in r.stderr and "tensorrt is not importable" in r.stderr
     assert "tensorrt-cu12" in r.stderr and not (tmp_path / "r.json").exists()
     make = subprocess.run(
-        ["make", "--no-print-directory", "-n", "gpu-check"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        ["make", "--no-print-directory", "-n", "gpu-check"],
+        cwd=ROOT,
+        env=_outside_make(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert make.returncode == 0 and "export.tensorrt.gpu_check" in make.stdout
 
@@ -640,6 +646,11 @@ def _gpu_env(tmp_path: Path, *args: str, path: str | None = None) -> subprocess.
     )
 
 
+def _outside_make() -> dict[str, str]:
+    """The environment without what a calling ``make test PYTEST_ARGS=...`` passes down to a nested make."""
+    return {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+
+
 def _script(path: Path, body: str) -> Path:
     path.write_text("#!/bin/sh\n" + body + "\n")
     path.chmod(0o755)
@@ -661,7 +672,12 @@ def test_gpu_env_without_a_gpu_exits_2_naming_what_is_missing(tmp_path):
     r = _gpu_env(tmp_path, path=f"{bin_dir}:/usr/bin:/bin")
     assert r.returncode == 2 and "no NVIDIA GPU usable: nvidia-smi exited 6 (No devices were found)" in r.stderr
     make = subprocess.run(
-        ["make", "--no-print-directory", "-n", "gpu-check"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        ["make", "--no-print-directory", "-n", "gpu-check"],
+        cwd=ROOT,
+        env=_outside_make(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert make.returncode == 0 and "export/tensorrt/gpu_env.py" in make.stdout.splitlines()[0]
 
