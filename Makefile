@@ -163,8 +163,8 @@ bench-cameras: $(STAMP) ## many cameras through the batching hub: ENGINE=<bundle
 bench-onnx: $(STAMP) ## our ONNX (each attention form) vs the plain transformers export, ONNX Runtime CPU (~10 min) [OUT]
 	$(PY) -m export.bench.onnx_forms $(out_arg)
 
-bench-cpu: $(STAMP) ## every CPU backend and precision vs PyTorch and transformers, GEMM peak (MODEL=base: ~10 min) [MODEL THREADS OUT]
-	$(PY) -m export.bench.cpu --model $(call q,$(MODEL)) $(if $(THREADS),--threads $(call q,$(THREADS))) $(out_arg)
+bench-cpu: $(STAMP) ## every CPU backend and precision vs PyTorch and transformers, GEMM peak, accuracy on synthetic clips, footage and noise (MODEL=base: ~15 min) [MODEL CALIB THREADS OUT]
+	$(PY) -m export.bench.cpu --model $(call q,$(MODEL)) $(if $(THREADS),--threads $(call q,$(THREADS))) $(if $(CALIB),--calib $(call q,$(CALIB))) $(out_arg)
 
 bench-precision: $(STAMP) ## FP32 vs INT8 (vs FP16) on ONNX Runtime CPU [MODEL OUT]
 	$(PY) -m export.bench.precision --model $(call q,$(MODEL)) $(out_arg)

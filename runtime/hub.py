@@ -20,9 +20,9 @@ own threads and are re-opened with exponential backoff when they drop (see :mod:
 ``connecting``, ``live``, ``retrying``, ``failed`` (or ``ended`` for a file, ``removed``), with its last error,
 in :meth:`CameraHub.metrics` and reported to ``on_status`` on each change.
 
-``batching``: ``"on"`` batches across cameras up to the engine's largest batch, ``"off"`` runs one window per
-call, ``"auto"`` measures which costs less per window on this device and keeps measuring
-(:mod:`runtime.batching`); ``metrics()["batching"]`` says which it chose.
+``batching``: ``"auto"`` (the default) measures whether batching across cameras costs less per window on this
+device than one window per call, and keeps measuring (:mod:`runtime.batching`); ``"on"`` always batches up to the
+engine's largest batch, ``"off"`` runs one window per call; ``metrics()["batching"]`` says which it chose and why.
 
 One camera's ring, queue, counters, state and reconnect loop are in :mod:`runtime.hub_camera`; this module
 schedules the windows of all cameras into engine calls and delivers the results.
@@ -78,7 +78,7 @@ class CameraHub:
         retries: int | None = 10,
         retry_for_s: float | None = None,
         on_status: Callable[[CameraId, str, str | None], None] | None = None,
-        batching: str = "on",
+        batching: str = "auto",
     ) -> None:
         self.engine = engine
         self._owns_engine = False  # from_bundle: the hub opened the engine and closes it

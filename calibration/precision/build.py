@@ -28,6 +28,7 @@ from runtime.options import PRECISIONS as ALL_PRECISIONS, Precision
 from runtime.preprocess import PreprocessConfig
 
 from calibration.clips.calibset import CalibrationSet, load_calibration_set, selection_key
+from calibration.clips.widen import WIDEN_VERSION, widen_clips, widen_record
 
 __all__ = ["precision_onnx", "PrecisionBuildError", "PRECISIONS", "TARGETS", "BUILD_VERSION"]
 
@@ -35,7 +36,7 @@ __all__ = ["precision_onnx", "PrecisionBuildError", "PRECISIONS", "TARGETS", "BU
 PRECISIONS = tuple(p for p in ALL_PRECISIONS if p != Precision.FP32)
 TARGETS = ("tensorrt", "onnxruntime")
 #: bumped when the conversion changes in a way that invalidates cached precision models
-BUILD_VERSION = 1
+BUILD_VERSION = 2  # 2: dynamic INT8 with per-channel weights; footage calibration widened (issue 25)
 
 
 class PrecisionBuildError(RuntimeError):
@@ -233,6 +234,22 @@ def _record_result(
     return info
 
 
+#: SmoothQuant alpha for widened footage calibration (measured: :mod:`calibration.clips.widen`)
+FOOTAGE_SMOOTH_ALPHA = 0.7
+
+
+def _widened(lazy: _LazySet, pre: PreprocessConfig, seed: int) -> tuple[Callable[[], np.ndarray], Callable[[], str]]:
+    """The widened clips (made once, on first use) and the key their calibration ranges are cached under."""
+    made: dict[str, np.ndarray] = {}
+
+    def clips() -> np.ndarray:
+        if "c" not in made:
+            made["c"] = widen_clips(lazy.clips(), pre, seed)
+        return made["c"]
+
+    return clips, lambda: sha256_json(lazy.sha256(), "widened", WIDEN_VERSION, seed)
+
+
 def precision_onnx(
     fp32_onnx: Path,
     precision: str,
@@ -252,6 +269,7 @@ def precision_onnx(
     progress: bool = True,
     target_check: Callable[[Path, str], dict[str, Any]] | None = None,
     int8_options: dict[str, Any] | None = None,
+    widen: bool | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """The ``precision`` ONNX of ``fp32_onnx`` for ``target`` (path in ``cache_dir``) and what was done.
 
@@ -261,7 +279,9 @@ def precision_onnx(
     ``target_check(path, precision)``, when given, vets the result for its target (e.g. what TensorRT's parser
     and builder would accept); its answer is recorded as ``info["target_check"]``, and what it raises aborts.
     ``int8_options``: outlier handling passed to :func:`calibration.precision.int8.quantize_int8` (``smooth``,
-    ``keep_float``).
+    ``keep_float``). ``widen`` (INT8): calibrate on the clips widened by :func:`calibration.clips.widen.widen_clips`,
+    with SmoothQuant alpha :data:`FOOTAGE_SMOOTH_ALPHA` unless ``int8_options`` sets one; None: on for footage and
+    saved tensors, off for the synthetic generator (whose clips already span the task's range).
     """
     from calibration.precision import int8 as int8_mod
 
@@ -273,8 +293,16 @@ def precision_onnx(
     lazy = _LazySet(calib, preprocess, n_clips, seed, cache_dir, progress)
     overflow, err = _fp16_thresholds(fp16_overflow_threshold, fp16_error_threshold)
     int8_options = dict(int8_options or {})
+    widen = precision == "int8" and (not lazy.spec.startswith("synthetic") if widen is None else widen)
+    if widen:
+        int8_options.setdefault("smooth", FOOTAGE_SMOOTH_ALPHA)
     options = (
-        {"method": method, "form": form, "outliers": {**int8_mod.outlier_defaults(), **int8_options}}
+        {
+            "method": method,
+            "form": form,
+            "outliers": {**int8_mod.outlier_defaults(), **int8_options},
+            **({"widen": WIDEN_VERSION} if widen else {}),
+        }
         if precision == "int8"
         else {"keep_io_types": keep_io_types, "overflow": overflow, "error": err}
     )
@@ -289,19 +317,21 @@ def precision_onnx(
 
     if precision == "int8":
         _log(f"int8 for {target}: {method} calibration on {lazy.spec}")
+        get_clips, set_sha = (lazy.clips, lazy.sha256) if not widen else _widened(lazy, preprocess, seed)
         detail = int8_mod.quantize_int8(
             fp32_onnx,
             out,
             target,
             method,
-            lazy.clips,
-            lazy.sha256,
+            get_clips,
+            set_sha,
             cache_dir,
             form=form,
             validate_clips=validate_clips,
             progress=progress,
             **int8_options,
         )
+        detail["widened"] = widen_record(int((lazy.record or {}).get("n_clips") or 0)) if widen else None
     else:
         _log(f"fp16 for {target}: measuring activations on {lazy.spec}")
         detail = _convert_fp16(

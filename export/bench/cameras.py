@@ -23,7 +23,8 @@ PyAV decoder instead, decoding as it delivers (decode counts in the camera's pac
 runs, :func:`export.bench.decode.choose_decoding` measures the decoder's thread count and the output size (full size
 or the decoder's scaler resizing to the model's short side); the decode-only limit (frames/s of the decoders alone)
 is measured before and after, and the cameras held at 0 drops are reported as a fraction of it (the goal:
-:data:`GOAL_DECODE_FRACTION`). ``--source synthetic-720p`` makes a 720p H.264 file from the synthetic clips.
+:data:`GOAL_DECODE_FRACTION`). ``--source footage-720p`` makes a 720p H.264 file of real street-camera
+footage (``vtest.avi``, ``make footage``), ``--source synthetic-720p`` one from the synthetic clips.
 
 Writes ``artifacts/bench/cameras/<bundle name>.json``.
 """
@@ -245,7 +246,16 @@ def run_cameras(
         if keep_logits:
             logits[(r.camera, r.last_frame)] = r.logits
 
-    hub = CameraHub(engine, max_batch=max_batch, max_wait_ms=max_wait_ms, queue=queue, results=0, on_result=collect)
+    # batched runs batch always ("on"), so that the batched-vs-unbatched comparison measures batching itself
+    hub = CameraHub(
+        engine,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        queue=queue,
+        results=0,
+        on_result=collect,
+        batching="off" if max_batch == 1 else "on",
+    )
     for i in range(cameras):
         hub.add_camera(camera_id=i)
     period = 1.0 / fps
@@ -376,7 +386,8 @@ def _parser() -> ArgumentParser:
         "--source",
         default=None,
         help="a video file every camera loops through its own decoder, "
-        "decode included ('synthetic-720p': a 720p H.264 file made from the synthetic clips)",
+        "decode included ('footage-720p': real street-camera footage (make footage) as 720p H.264; "
+        "'synthetic-720p': a 720p H.264 file made from the synthetic clips)",
     )
     ap.add_argument("--decode-seconds", type=float, default=2.0, help="length of each decode-only measurement")
     ap.add_argument("--video", default=None, help="replay this video's pre-decoded frames (decode not measured)")
@@ -426,12 +437,15 @@ def _check_windows(cfg: Any, a: Any) -> None:
 
 def _decoded_source(a: Any, engine: Any) -> tuple[DecodedSource, dict[str, Any]]:
     """The file the cameras loop, and the decoding chosen by measurement (threads, output size, decode limit)."""
-    from export.bench.decode import choose_decoding, synthetic_video
+    from export.bench.decode import choose_decoding, footage_720p, synthetic_video
 
     path = a.source
     if path == "synthetic-720p":
         _log.info("making a 720p H.264 file from the synthetic clips (once)")
         path = str(synthetic_video(Path("artifacts/cache/bench_cameras/synthetic-720p.mp4")))
+    elif path == "footage-720p":
+        _log.info("making a 720p H.264 file of real street-camera footage (vtest.avi, once)")
+        path = str(footage_720p(Path("artifacts/cache/bench_cameras/footage-720p.mp4")))
     elif not Path(path).is_file():
         what = "no such file" if not Path(path).exists() else "not a plain file (a folder, FIFO or device)"
         raise ValueError(f"--source {path}: {what}; expected a video file")

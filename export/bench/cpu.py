@@ -17,7 +17,9 @@ The model is a preset (random weights: a ``transformers`` TimeSformer built with
 ours, so the anchors and ours hold the same weights) or a ``transformers`` checkpoint folder. Timing: warm-up, then
 interleaved rounds (every engine once per round, the order rotated each round), so load from other processes hits
 all alike; median, min and the 10-90% spread per engine. Accuracy: cosine, top-1 agreement and max |dlogit| against
-FP32 PyTorch on synthetic clips of a seed used neither for calibration nor for the build's parity check.
+FP32 PyTorch on synthetic clips of a seed used neither for calibration nor for the build's parity check (the targets
+are judged on these), and per set on real footage (``make footage``: cup.mp4, tree.avi) and uniform noise frames.
+INT8 bundles calibrate as ``make engine`` does for the model unless ``--calib`` says otherwise.
 
 Writes ``cpu.json``, ``cpu.md`` and ``cpu.png`` (the last two by :mod:`export.bench.cpu_report`) under
 ``--out-dir`` (default ``artifacts/bench/cpu``; ``--quick``: the motion-sized preset, a few rounds,
@@ -66,7 +68,16 @@ BASELINE = "ort-fp32"
 
 
 def _build(
-    model: str, precision: str, backend: str, out: Path, cache: Path, calib_clips: int, threads: int, seed: int
+    model: str,
+    precision: str,
+    backend: str,
+    out: Path,
+    cache: Path,
+    calib: str | None,
+    calib_clips: int,
+    threads: int,
+    seed: int,
+    random_weights: bool,
 ) -> Path:
     from export.bundle.build import BuildRequest, build_bundle
 
@@ -78,16 +89,41 @@ def _build(
         backend=backend,
         out=str(out),
         cache_dir=str(cache),
+        calib=calib if precision == "int8" else None,
         calib_clips=calib_clips,
         parity_clips=2,
         threads=threads,
         seed=seed,
         batch=(1, 1, 1),
         allow_parity_failure=True,
-        random_weights=_is_preset(model),  # a benchmark of a preset's speed: random weights, said in its manifest
+        random_weights=random_weights,  # a benchmark of a preset's speed: random weights, said in its manifest
         allow_precision_fallback=True,  # fp16 on a CPU without FP16/BF16: measured as it runs (f32), recorded
     )
     return build_bundle(req)
+
+
+#: the real videos (``make footage``) every engine is also scored on; ``vtest.avi`` is left for ``--calib``
+FOOTAGE_EVAL = ("cup.mp4", "tree.avi")
+
+
+def eval_sets(pre: Any, n: int, seed: int) -> dict[str, np.ndarray]:
+    """The held-out clips every engine is scored on: synthetic clips (a seed neither calibration nor parity use),
+    real footage (``cup.mp4`` and ``tree.avi``, hand-held cameras, when ``make footage`` put them here) and uniform
+    noise frames (the widest activation ranges a camera can produce: a lens cap, a broken sensor)."""
+    from runtime.preprocess import normalize
+
+    from calibration.clips.calibset import load_clips
+    from calibration.clips.footage import find_footage
+
+    sets = {"synthetic": load_clips("synthetic", pre, n=n, seed=seed + 5000)}
+    folder = find_footage()
+    if folder is not None:
+        per = max(1, n // len(FOOTAGE_EVAL))
+        sets["footage"] = np.concatenate([load_clips(str(folder / v), pre, n=per, seed=seed) for v in FOOTAGE_EVAL])
+    rng = np.random.default_rng(seed + 7000)
+    pixels = rng.integers(0, 256, (max(1, n // 2), pre.num_frames, pre.crop_size, pre.crop_size, 3), np.uint8)
+    sets["noise"] = normalize(pixels, pre.mean, pre.std)
+    return sets
 
 
 def _is_preset(model: str) -> bool:
@@ -251,15 +287,25 @@ def _engine_entries(bundles: dict[str, Path], threads: int, flops: float) -> tup
     return entries, list(engines.values())
 
 
-def _accuracy(entries: list[Entry], clips: np.ndarray, ref: np.ndarray) -> dict[str, dict[str, Any]]:
-    """Every entry on the held-out clips one by one against the reference (also every engine's warm-up)."""
+def _accuracy(
+    entries: list[Entry], sets: dict[str, np.ndarray], refs: dict[str, np.ndarray]
+) -> dict[str, dict[str, Any]]:
+    """Every entry on each held-out set, clip by clip, against the reference (also every engine's warm-up): the
+    synthetic set's metrics at the top level (the targets read them), every set's under ``sets``."""
     accuracy = {}
     for entry in entries:
-        out = np.concatenate([entry.run(clips[i : i + 1]) for i in range(len(clips))]).astype(np.float32)
-        m = compare_logits(ref, out)
-        m["cosines"] = [round(float(c), 7) for c in cosine_rows(ref, out)]
-        accuracy[entry.name] = m
+        per_set = {}
+        for name, clips in sets.items():
+            out = np.concatenate([entry.run(clips[i : i + 1]) for i in range(len(clips))]).astype(np.float32)
+            m = compare_logits(refs[name], out)
+            m["cosines"] = [round(float(c), 7) for c in cosine_rows(refs[name], out)]
+            per_set[name] = m
+        accuracy[entry.name] = {**per_set["synthetic"], "sets": {k: _short(v) for k, v in per_set.items()}}
     return accuracy
+
+
+def _short(m: dict[str, Any]) -> dict[str, Any]:
+    return {k: m[k] for k in ("mean_cosine", "min_cosine", "top1_agreement") if k in m} | {"clips": len(m["cosines"])}
 
 
 def _timing(timed: list[Entry], x: np.ndarray, rounds: int, warmup: int, threads: int) -> Rounds:
@@ -356,6 +402,7 @@ def run_bench(
     warmup: int = 1,
     eval_clips: int = 8,
     calib_clips: int = 16,
+    calib: str | None = None,
     gemm_n: int = 2048,
     seed: int = 0,
     cache_dir: str | os.PathLike = "artifacts/cache",
@@ -365,7 +412,7 @@ def run_bench(
     """Build, check, time; returns the report (see the module docstring)."""
     import torch
 
-    from calibration.clips.calibset import load_clips
+    from calibration.precision.provenance import calibration_source
     from models import count_flops
 
     threads = threads or os.cpu_count() or 1
@@ -376,25 +423,29 @@ def run_bench(
     t_start = time.perf_counter()
     net, pre, source_arg, hf_dir = _model(model, seed, cache)
     flops = float(count_flops(net.config)["flops"])
-    clips = load_clips(
-        "synthetic", pre, n=eval_clips, seed=seed + 5000
-    )  # held out: calibration uses seed, parity +1000
+    sets = eval_sets(pre, eval_clips, seed)  # held out: calibration uses seed, parity +1000
+    clips = sets["synthetic"]
     with torch.no_grad():
-        ref = np.concatenate([net(torch.from_numpy(clips[i : i + 1])).numpy() for i in range(len(clips))])
+        refs = {
+            k: np.concatenate([net(torch.from_numpy(c[i : i + 1])).numpy() for i in range(len(c))])
+            for k, c in sets.items()
+        }
     _log.info("2/5 bundles")
     have_ov = _openvino_installed()
     specs = [("ort-fp32", "fp32", "onnxruntime"), ("ort-int8-dynamic", "int8", "onnxruntime")]
     if have_ov:
         specs += [("ov-fp32", "fp32", "openvino"), ("ov-fp16", "fp16", "openvino"), ("ov-int8", "int8", "openvino")]
     bundles = {
-        name: _build(source_arg, p, b, work / "bundles" / name, cache, calib_clips, threads, seed)
+        name: _build(
+            source_arg, p, b, work / "bundles" / name, cache, calib, calib_clips, threads, seed, _is_preset(model)
+        )
         for name, p, b in specs
     }
     _log.info("3/5 engines and anchors")
     ours, engines = _engine_entries(bundles, threads, flops)
     entries = _anchor_entries(net, hf_dir, clips[:1], cache, threads, flops) + ours
-    _log.info(f"4/5 accuracy on {len(clips)} held-out clips")
-    accuracy = _accuracy(entries, clips, ref)
+    _log.info("4/5 accuracy on held-out clips: " + ", ".join(f"{k} {len(v)}" for k, v in sets.items()))
+    accuracy = _accuracy(entries, sets, refs)
     timed = entries + gemm_entries(gemm_n, threads)
     t = _timing(timed, np.ascontiguousarray(clips[:1]), rounds, warmup, threads)
     load = {name: _load_times(bundles[name], threads, work) for name in bundles if name.startswith("ov-")}
@@ -412,6 +463,11 @@ def run_bench(
         "warmup": warmup,
         "eval_clips": len(clips),
         "eval_seed": seed + 5000,
+        "calib": calib,
+        "calibration": calibration_source(calib)
+        if calib
+        else {"spec": None, "describe": "make engine's default for this model (the synthetic clips of its task)"},
+        "eval_sets": {k: len(v) for k, v in sets.items()},
         "calib_clips": calib_clips,
         "calib_seed": seed,
         "gemm_n": gemm_n,
@@ -462,6 +518,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--eval-clips", type=int, default=None)
     ap.add_argument("--calib-clips", type=int, default=16)
+    ap.add_argument(
+        "--calib",
+        default=None,
+        help="INT8 calibration clips (default: as make engine calibrates this model; e.g. artifacts/footage/vtest.avi)",
+    )
     ap.add_argument("--gemm-n", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default="artifacts/cache")
@@ -483,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup=1,
         eval_clips=a.eval_clips or (4 if a.quick else 8),
         calib_clips=a.calib_clips,
+        calib=a.calib,
         gemm_n=a.gemm_n or (512 if a.quick else 2048),
         seed=a.seed,
         cache_dir=a.cache_dir,

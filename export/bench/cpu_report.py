@@ -53,6 +53,33 @@ def _target_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _accuracy_sets(report: dict[str, Any]) -> list[str]:
+    """Accuracy per held-out set (synthetic clips, real footage, noise frames), with the INT8 calibration source."""
+    rows = [(n, r) for n, r in report["results"].items() if r["group"] != "gemm" and "sets" in r["accuracy"]]
+    if not rows:
+        return []
+    names = list(rows[0][1]["accuracy"]["sets"])
+    calib = (report.get("calibration") or {}).get("describe", report.get("calib", "?"))
+    lines = [
+        "",
+        f"Accuracy against FP32 PyTorch per held-out set (mean / min cosine, top-1 agreement); INT8 "
+        f"calibrated on {calib}:",
+        "",
+    ]
+    lines += markdown_table(
+        ["engine"] + [f"{k} ({rows[0][1]['accuracy']['sets'][k]['clips']} clips)" for k in names],
+        [
+            [n]
+            + [
+                "{mean_cosine:.5f} / {min_cosine:.5f} / {top1_agreement:.2f}".format(**r["accuracy"]["sets"][k])
+                for k in names
+            ]
+            for n, r in rows
+        ],
+    )
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The report as Markdown: one table of engines, one of GEMM peaks, the targets and the load times."""
     res = report["results"]
@@ -104,6 +131,7 @@ def markdown(report: dict[str, Any]) -> str:
         + ", ".join(f"{d} {v:.0f} GFLOP/s" for d, v in report["peak_gflops"].items())
         + " (a lower bound: a whole model can run faster than a GEMM that misses the hardware's peak).",
     ]
+    lines += _accuracy_sets(report)
     if report["targets"]:
         lines += _target_lines(report)
     if report["load"]:

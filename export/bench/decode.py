@@ -173,3 +173,30 @@ def synthetic_video(
     per = 25
     clips = [render_clip(i % len(CLASSES), rng, width, height, num_frames=per) for i in range(-(-n // per))]
     return write_video(path, np.concatenate(clips)[:n], fps=fps, container="mp4", crf=23)
+
+
+def footage_720p(path: str | Path, seconds: float = 30.0, crf: int = 23) -> Path:
+    """A 1280x720 H.264 file of real camera footage: the first ``seconds`` of OpenCV's ``vtest.avi`` (a fixed
+    street camera, 768x576 MPEG-4; :mod:`calibration.clips.footage`) scaled by libswscale (bicubic) and encoded at
+    its own frame rate. The content is a real camera's (noise, compression artefacts, people walking), the size and
+    codec those of a common IP camera stream. Made once; raises RuntimeError naming ``make footage`` without it."""
+    import av
+
+    from calibration.clips.footage import INSTALL_HINT, find_footage
+    from calibration.clips.synthetic import write_video
+
+    path = Path(path)
+    if path.is_file():
+        return path
+    folder = find_footage()
+    if folder is None:
+        raise RuntimeError(f"--source footage-720p needs OpenCV's sample videos: {INSTALL_HINT}")
+    frames = []
+    with av.open(str(folder / "vtest.avi")) as src:
+        stream = src.streams.video[0]
+        fps = int(round(float(stream.average_rate or 10)))
+        for frame in src.decode(stream):
+            frames.append(frame.to_ndarray(format="rgb24", width=1280, height=720, interpolation="BICUBIC"))
+            if len(frames) >= seconds * fps:
+                break
+    return write_video(path, np.stack(frames), fps=fps, container="mp4", crf=crf)

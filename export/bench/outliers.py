@@ -40,6 +40,55 @@ def meets_bar(m: dict[str, Any]) -> bool:
     return all(m[k] >= v for k, v in BAR.items())
 
 
+#: what the sweep scores: the TensorRT Q/DQ file and ONNX Runtime's form in ONNX Runtime, and the OpenVINO bundle's
+#: model in OpenVINO (built from the TensorRT file)
+TARGETS = ("tensorrt", "onnxruntime", "openvino")
+
+
+def _openvino_row(
+    qdq: Path, ev: Any, ref: Any, s: float, c: int, sq: dict[str, Any] | None, work: Path
+) -> dict[str, Any]:
+    """The OpenVINO INT8 bundle's model as OpenVINO runs it on this CPU: the Q/DQ file in the CPU INT8 form chosen
+    for this CPU (``portable`` where oneDNN's INT8 saturates, incl. under ``ONEDNN_MAX_CPU_ISA=AVX2``), compiled by
+    the OpenVINO CPU plugin with f32 inference precision, clip by clip."""
+    import numpy as np
+    import onnx
+
+    from runtime.backends.openvino_backend import import_openvino
+
+    from calibration.precision.cpu_int8 import to_cpu_int8_form
+    from calibration.precision.metrics import compare_logits
+
+    ov = import_openvino()
+    model = onnx.load(str(qdq))
+    form = to_cpu_int8_form(model)
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / f"{qdq.stem}-{form['form']}.onnx"
+    onnx.save(model, str(path))
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    out = np.concatenate([compiled(ev.clips[i : i + 1])[0] for i in range(len(ev))])
+    path.unlink()
+    m = compare_logits(ref, out, ev.labels)
+    row = {
+        "scale": s,
+        "channels": c,
+        "target": "openvino",
+        "form": f"tensorrt q/dq, cpu form {form['form']}",
+        "smooth": None if sq is None else sq.get("alpha"),
+        **{k: m[k] for k in ("mean_cosine", "min_cosine", "top1_agreement", "top5_agreement")},
+        "top1_accuracy": m.get("top1_accuracy"),
+        "top1_accuracy_reference": m.get("top1_accuracy_reference"),
+        "meets_bar": meets_bar(m),
+        "forms_tried": None,
+    }
+    _log(
+        f"S={s:g} C={c} openvino {form['form']} smooth={row['smooth']}: mean cos {m['mean_cosine']:.5f} "
+        f"min {m['min_cosine']:.4f} top-1 agree {m['top1_agreement']:.3f} -> "
+        f"{'meets' if row['meets_bar'] else 'MISSES'} the bar"
+    )
+    return row
+
+
 def run(
     model: str,
     scales: list[float],
@@ -50,6 +99,7 @@ def run(
     cache_dir: str,
     seed: int = 0,
     smooths: tuple[Any, ...] = (None, "default"),
+    targets: tuple[str, ...] = TARGETS,
 ) -> dict[str, Any]:
     import torch
 
@@ -79,7 +129,8 @@ def run(
             "checkpoint": f"{source['checkpoint']} + outliers S={s:g} C={c}",
             "checkpoint_sha256": sha256_json(source["checkpoint_sha256"], rec),
         }
-        for target in ("tensorrt", "onnxruntime"):
+        built = [t for t in ("tensorrt", "onnxruntime") if t in targets or (t == "tensorrt" and "openvino" in targets)]
+        for target in built:
             fp32 = cached_fp32_onnx(onet, labels, pre, src, default_attention(target), cache, verbose=False)
             for smooth in smooths:
                 path, info = precision_onnx(
@@ -95,8 +146,12 @@ def run(
                     progress=False,
                     int8_options={"smooth": smooth},
                 )
-                m = compare_logits(ref, run_logits(path, ev.clips), ev.labels)
                 sq = info["detail"].get("smoothquant")
+                if target == "tensorrt" and "openvino" in targets:
+                    rows.append(_openvino_row(path, ev, ref, s, c, sq, work=cache / "outliers-openvino"))
+                if target not in targets:
+                    continue
+                m = compare_logits(ref, run_logits(path, ev.clips), ev.labels)
                 row = {
                     "scale": s,
                     "channels": c,
@@ -213,13 +268,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--method", default=DEFAULTS["calib_method"], choices=CALIB_METHODS)
     ap.add_argument("--cache-dir", default="artifacts/cache")
     ap.add_argument("--out", default="artifacts/bench/outliers")
+    ap.add_argument("--default-only", action="store_true", help="only the default build (no SmoothQuant-off rows)")
+    ap.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help="comma-separated: tensorrt (its Q/DQ file in ONNX Runtime), onnxruntime, openvino (needs OpenVINO)",
+    )
     a = ap.parse_args(argv)
     try:
         scales = [float(s) for s in a.scales.split(",") if s.strip()]
         chans = [int(c) for c in a.channels.split(",") if c.strip()]
     except ValueError as e:
         ap.error(f"--scales/--channels: comma-separated numbers expected ({e})")
-    rep = run(a.model, scales, chans, a.n, a.calib_clips, a.method, a.cache_dir)
+    from runtime.backends.openvino_backend import openvino_available
+
+    targets = tuple(t.strip() for t in a.targets.split(",") if t.strip())
+    if not targets or any(t not in TARGETS for t in targets):
+        ap.error(f"--targets: expected a comma-separated subset of {','.join(TARGETS)}, got {a.targets!r}")
+    if "openvino" in targets and not openvino_available()[0]:
+        ap.error(f"--targets openvino: {openvino_available()[1]}")
+    smooths = ("default",) if a.default_only else (None, "default")
+    rep = run(a.model, scales, chans, a.n, a.calib_clips, a.method, a.cache_dir, smooths=smooths, targets=targets)
     out = Path(a.out)
     write_json_atomic(out / "outliers.json", rep)
     write_text_atomic(out / "outliers.md", markdown(rep))

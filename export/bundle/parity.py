@@ -153,7 +153,13 @@ def markdown(report: dict[str, Any]) -> str:
     ):
         if key in m:
             tol = report["tolerance"].get(key)
-            lines.append(f"| {key} | {m[key]:.6g} | {'' if tol is None else tol} |")
+            lines.append(f"| {key} | {m[key]:.6g} | {'' if tol is None or key == 'top1_agreement' else tol} |")
+            if key == "top1_agreement" and "decisive_clips" in m:
+                v = m["top1_agreement_decisive"]
+                lines.append(
+                    f"| top1_agreement on the {m['decisive_clips']} decisive clips | "
+                    f"{'-' if v is None else f'{v:.6g}'} | {'' if tol is None else tol} |"
+                )
     b = report.get("blocks")
     if b and "blocks" in b:
         first = b["first_diverging_block"]

@@ -16,6 +16,9 @@ FOOTAGE = find_footage(ROOT / "artifacts" / "footage")
 needs_footage = pytest.mark.skipif(FOOTAGE is None, reason=f"no real footage here: {INSTALL_HINT}")
 #: calibrated on this video, evaluated on the others (decodable by calibration.clips.video_reader)
 CALIB, HELD_OUT = "vtest.avi", ("cup.mp4", "tree.avi")
+#: the portable CPU INT8 form (7-bit weights) on the same clips: what 7 bits cost (measured 0.9974 / 0.982: short of
+#: the bar, which is why `auto` builds ONNX Runtime INT8 where oneDNN would saturate)
+PORTABLE_MEAN, PORTABLE_MIN = 0.996, 0.975
 
 
 def test_cli_finds_the_footage_or_says_how_to_get_it(tmp_path, monkeypatch, capsys):
@@ -49,12 +52,12 @@ def _cosines(y: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 @needs_footage
 def test_int8_calibrated_on_real_video_holds_on_other_real_videos(real_clips, tmp_path):
-    """The TensorRT/OpenVINO Q/DQ file calibrated on vtest.avi (street camera), run as exact fake quantisation in
+    """The TensorRT/OpenVINO Q/DQ file calibrated on vtest.avi (street camera) as ``make engine`` calibrates on
+    footage (clips widened by calibration.clips.widen, SmoothQuant alpha 0.7), run as exact fake quantisation in
     ONNX Runtime and in the portable CPU form (7-bit weights, float q·kᵀ/p·v), on cup.mp4 and tree.avi (hand-held):
-    measured mean cosine 0.9982 / min 0.987 (portable form: 0.9963 / 0.982, what 7-bit weights cost) against FP32
-    PyTorch, where calibrating on the synthetic generator gives a lower min. Issue 25's bar (mean >= 0.999,
-    min >= 0.99) is NOT met yet on real footage (best of max/percentile/entropy/mse x SmoothQuant off/0.5/0.8:
-    mean 0.99875, min 0.9905); these bounds guard what is reached."""
+    issue 25's bar (mean cosine >= 0.999, min >= 0.99 against FP32 PyTorch) holds for the 8-bit file (measured
+    0.9995 / 0.998 on 24 clips); the portable form pays for its 7 bits (measured below). Without widening, or
+    calibrated on the synthetic generator, the same build misses it (0.9985 / 0.992; the synthetic min is lower)."""
     import onnx
 
     from calibration.precision.cpu_int8 import to_cpu_int8_form
@@ -69,20 +72,49 @@ def test_int8_calibrated_on_real_video_holds_on_other_real_videos(real_clips, tm
     fp32 = cached_fp32_onnx(
         net, labels, pre, source, resolve_attention("auto", "tensorrt", None, precision="int8"), tmp_path, verbose=False
     )
-    mins = {}
-    for calib in (str(FOOTAGE / CALIB), None):  # None: the synthetic generator
-        qdq, _ = precision_onnx(
-            fp32, "int8", "tensorrt", calib, pre, 32, "max", tmp_path, 0, form="qdq-fp32", progress=False
+    scores = {}
+    for calib, widen in ((str(FOOTAGE / CALIB), None), (str(FOOTAGE / CALIB), False), (None, None)):
+        qdq, info = precision_onnx(
+            fp32, "int8", "tensorrt", calib, pre, 32, "max", tmp_path, 0, form="qdq-fp32", progress=False, widen=widen
         )
+        assert bool(info["detail"]["widened"]) == (calib is not None and widen is None), info["detail"]["widened"]
         cos = _cosines(run_logits(qdq, clips), ref)
-        mins[calib] = float(cos.min())
-        if calib is None:
-            break
-        assert cos.mean() >= 0.998 and cos.min() >= 0.98, (cos.mean(), cos.min())
+        scores[(calib is not None, widen)] = (float(cos.mean()), float(cos.min()))
+        if calib is None or widen is False:
+            continue
+        assert info["detail"]["smoothquant"]["alpha"] == 0.7, info["detail"]["smoothquant"]
+        assert cos.mean() >= 0.999 and cos.min() >= 0.99, (cos.mean(), cos.min())
         model = onnx.load(str(qdq))
         to_cpu_int8_form(model, "portable")
         portable = tmp_path / "portable.onnx"
         onnx.save(model, str(portable))
         cos_p = _cosines(run_logits(portable, clips), ref)
-        assert cos_p.mean() >= 0.995 and cos_p.min() >= 0.975, (cos_p.mean(), cos_p.min())  # 7 bits cost here
-    assert mins[str(FOOTAGE / CALIB)] > mins[None], mins  # real calibration generalises better to real footage
+        assert cos_p.mean() >= PORTABLE_MEAN and cos_p.min() >= PORTABLE_MIN, (cos_p.mean(), cos_p.min())
+    widened, plain, synthetic = scores[(True, None)], scores[(True, False)], scores[(False, None)]
+    assert widened[0] > plain[0] and widened[1] > plain[1], scores  # widening is what carries it to other cameras
+    assert plain[1] > synthetic[1], scores  # real calibration generalises better to real footage than synthetic
+
+
+@needs_footage
+def test_onnxruntime_int8_on_real_footage(real_clips, tmp_path):
+    """ONNX Runtime's dynamic INT8 (per-channel weights, SmoothQuant fitted on the widened vtest.avi clips), the
+    form ``auto`` builds on every x86 without VNNI: issue 25's bar on cup.mp4 and tree.avi (measured 0.9997 / 0.998).
+    ``run_logits`` runs it as the backend does, with the exact U8U8 kernels where U8S8 would saturate, so the same
+    numbers hold on both kinds of CPU. Per-tensor weights (the earlier form) fell to a min of 0.92 here."""
+    from calibration.precision.int8_search import run_logits
+    from export.bundle.fp32_cache import cached_fp32_onnx
+    from export.bundle.precision_step import precision_onnx
+    from export.onnx.attention import resolve_attention
+    from models import load_source
+
+    pre, clips, ref = real_clips
+    net, labels, _, source = load_source(str(ROOT / "models" / "weights" / "motion_tiny.safetensors"))
+    fp32 = cached_fp32_onnx(
+        net, labels, pre, source, resolve_attention("auto", "onnxruntime", None, precision="int8"), tmp_path, False
+    )
+    path, info = precision_onnx(
+        fp32, "int8", "onnxruntime", str(FOOTAGE / CALIB), pre, 32, "max", tmp_path, 0, form="dynamic", progress=False
+    )
+    assert info["detail"]["weights"] == "int8 per-channel" and info["detail"]["widened"], info["detail"]
+    cos = _cosines(run_logits(path, clips), ref)
+    assert cos.mean() >= 0.999 and cos.min() >= 0.99, (cos.mean(), cos.min())

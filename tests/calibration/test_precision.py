@@ -418,3 +418,26 @@ def test_base_int8_logits_match_fp32(base_models, form):
     path, info = built[form]
     m = compare_logits(ref, _run(path, clips, batch=1))
     assert m["min_cosine"] >= 0.99, m
+
+
+def test_top1_tolerance_is_held_on_decisive_clips():
+    """A near tie in the reference flips under any rounding: it is reported, not failed; a decisive flip fails."""
+    from calibration.precision.metrics import DECISIVE_MARGIN, check_tolerance, compare_logits
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(0, 1, (10, 8))
+    ref[:, 0] = ref.max(1) + 2.0  # class 0 leads clearly on every clip ...
+    ref[9, 1] = ref[9, 0] - 0.05 * ref[9].std()  # ... but on the last clip class 1 is a near tie
+    act = ref.copy()
+    act[9, 1] = ref[9, 0] + 0.01  # the engine picks the runner-up of the near tie
+    m = compare_logits(ref, act)
+    assert m["top1_agreement"] == 0.9 and m["decisive_clips"] == 9 and m["top1_agreement_decisive"] == 1.0
+    assert check_tolerance(m, "fp32", {"top1_agreement": 1.0}) == []
+    act[3, 5] = ref[3, 0] + 1.0  # a flip where the reference was decisive
+    m = compare_logits(ref, act)
+    (failure,) = check_tolerance(m, "fp32", {"top1_agreement": 1.0})
+    assert "on the 9 of 10 clips" in failure and f">= {DECISIVE_MARGIN:g} logit std" in failure
+    flat = np.zeros((3, 8))  # no decisive clip: not judged, and said so by the count
+    m = compare_logits(flat, flat)
+    assert m["decisive_clips"] == 0 and m["top1_agreement_decisive"] is None
+    assert check_tolerance(m, "fp32", {"top1_agreement": 1.0}) == []
