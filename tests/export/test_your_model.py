@@ -105,7 +105,7 @@ def test_int8_of_a_real_checkpoint_needs_calib(tmp_path, capsys, k400_pyth):
 
 def test_int8_on_synthetic_clips_when_asked_is_recorded(tmp_path, capsys, k400_pyth, caplog):
     caplog.set_level("INFO")
-    rc, out, _ = _build(
+    rc, out, err = _build(
         capsys,
         "--model",
         str(k400_pyth),
@@ -116,7 +116,7 @@ def test_int8_on_synthetic_clips_when_asked_is_recorded(tmp_path, capsys, k400_p
         "--allow-parity-failure",
         *_common(tmp_path, "o"),
     )
-    assert rc == 0, out
+    assert rc == 0, err
     m = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert any(
         n.startswith("INT8 calibrated on synthetic clips (synthetic, asked for explicitly)")

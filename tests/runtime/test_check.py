@@ -270,3 +270,28 @@ def test_check_on_a_tensorrt_bundle_through_the_fakes(motion_model_path, tmp_pat
     assert not r["profile"]["available"]
     text = "\n".join(summary_lines(r))
     assert "tensorrt fp32" in text and "blocks: not available" in text and "profile: not available" in text
+
+
+def test_the_device_check_holds_top1_on_decisive_clips_only():
+    """runtime.reference (the on-device check) and the build's parity share one rule: a top-1 flip on a near tie of
+    the reference is reported per clip but fails nothing; a flip where the reference was decisive fails."""
+    import numpy as np
+
+    from runtime.reference import clip_failures, compare_logits, tolerance_failures
+
+    from calibration.precision.metrics import compare_logits as build_compare
+
+    ref = np.array([[3.0, 0.0, -1.0, 0.5], [1.0, 0.98, -1.0, -0.5]])  # clip 1: classes 0 and 1 nearly tied
+    act = ref.copy()
+    act[1, 1] = 1.02
+    tol = {"min_cosine": 0.99, "top1_agreement": 0.9}
+    m = compare_logits(ref, act)
+    assert m["top1_agreement"] == 0.5 and m["decisive_clips"] == 1 and m["top1_agreement_decisive"] == 1.0
+    assert tolerance_failures(m, tol) == [] and clip_failures(m["per_clip"][1], tol) == []
+    assert not m["per_clip"][1]["decisive"] and not m["per_clip"][1]["top1_agrees"]
+    b = build_compare(ref, act)
+    assert (b["decisive_clips"], b["top1_agreement_decisive"]) == (1, 1.0)
+    act[0, 3] = 3.5  # the decisive clip flips
+    m = compare_logits(ref, act)
+    assert "top1_agreement = 0 on the 1 of 2 clips" in tolerance_failures(m, tol)[-1]
+    assert clip_failures(m["per_clip"][0], tol)[-1] == "top-1 3 vs reference 0"

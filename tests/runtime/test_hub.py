@@ -90,7 +90,8 @@ def test_batched_hub_feeds_the_engine_the_clips_predict_builds(engine, heldout_v
     rec = RecordingEngine(engine)
     cfg = engine.preprocess
     results = []
-    hub = CameraHub(rec, max_wait_ms=10_000, on_result=results.append, results=0)  # waits for full batches
+    # waits for full batches ("on": no start measurement feeding the engine clips of its own)
+    hub = CameraHub(rec, max_wait_ms=10_000, on_result=results.append, results=0, batching="on")
     for i in range(4):  # pushed faster than real time: wait for room rather than drop
         hub.add_camera(camera_id=i, every=cfg.sampling_rate, drop_oldest=False)
     for t in range(max(map(len, frames))):  # frames of 4 cameras interleaved, as they would arrive
@@ -257,7 +258,12 @@ def test_overload_keeps_queues_bounded_counts_drops_and_starves_no_camera(fail_f
     n_cams, q, windows = 10, 2, 12
     calls_seen: list[tuple[int, object]] = []
     hub = CameraHub(
-        eng, max_wait_ms=60_000, queue=q, results=0, on_result=lambda r: calls_seen.append((eng.calls, r.camera))
+        eng,
+        max_wait_ms=60_000,
+        queue=q,
+        results=0,
+        on_result=lambda r: calls_seen.append((eng.calls, r.camera)),
+        batching="on",  # every engine call is a counted batch (no start measurement)
     )
     for i in range(n_cams):
         hub.add_camera(camera_id=i, every=1)
