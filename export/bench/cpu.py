@@ -423,6 +423,9 @@ def run_bench(
     t_start = time.perf_counter()
     net, pre, source_arg, hf_dir = _model(model, seed, cache)
     flops = float(count_flops(net.config)["flops"])
+    # a preset's random weights are exported as a transformers folder, which the build cannot tell from a trained
+    # checkpoint: name the calibration make engine MODEL=<preset> would use (its synthetic clips), recorded as asked
+    calib = calib or ("synthetic" if _is_preset(model) else None)
     sets = eval_sets(pre, eval_clips, seed)  # held out: calibration uses seed, parity +1000
     clips = sets["synthetic"]
     with torch.no_grad():

@@ -118,3 +118,24 @@ def test_onnxruntime_int8_on_real_footage(real_clips, tmp_path):
     assert info["detail"]["weights"] == "int8 per-channel" and info["detail"]["widened"], info["detail"]
     cos = _cosines(run_logits(path, clips), ref)
     assert cos.mean() >= 0.999 and cos.min() >= 0.99, (cos.mean(), cos.min())
+
+
+@needs_footage
+def test_footage_720p_is_real_footage_as_a_720p_h264_stream(tmp_path, monkeypatch):
+    """``make bench-cameras SOURCE=footage-720p``: vtest.avi's frames scaled to 1280x720 and encoded as H.264, made
+    once; the frames are the street camera's (compared with the source's, scaled the same way)."""
+    import av
+
+    from export.bench.decode import footage_720p
+
+    monkeypatch.setenv("TIMESFORMER_FOOTAGE", str(FOOTAGE))
+    path = footage_720p(tmp_path / "f.mp4", seconds=1.0)
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        assert (s.codec_context.name, s.width, s.height) == ("h264", 1280, 720)
+        first = next(c.decode(s)).to_ndarray(format="rgb24")
+    with av.open(str(FOOTAGE / "vtest.avi")) as c:
+        src = next(c.decode(video=0)).to_ndarray(format="rgb24", width=1280, height=720, interpolation="BICUBIC")
+    assert np.abs(first.astype(int) - src.astype(int)).mean() < 6  # the same picture, through one H.264 encode
+    mtime = path.stat().st_mtime_ns
+    assert footage_720p(path) == path and path.stat().st_mtime_ns == mtime  # made once
