@@ -224,12 +224,24 @@ class CameraHub:
         with self._cv:
             return list(self._cams)
 
-    def push(self, camera_id: CameraId, frame: np.ndarray, arrived: float | None = None) -> None:
-        """Hand one ``(H, W, 3)`` uint8 frame of a camera to the hub (for cameras added with ``source=None``)."""
+    def push(self, camera_id: CameraId, frame: np.ndarray | None, arrived: float | None = None) -> None:
+        """Hand one ``(H, W, 3)`` uint8 frame of a camera to the hub (for cameras added with ``source=None``).
+
+        ``None`` for a frame the hub does not sample (:meth:`wants_frame` was False): it is counted, so the sampling
+        stays in step, and an app that decodes video itself saves converting it (measured: half the RGB
+        conversions for a model sampling every 2nd frame)."""
         cam = self._cams.get(camera_id)  # a dict read is atomic; add/remove hold the lock to write
         if cam is None:
             raise KeyError(f"camera_id: no camera {camera_id!r}")
         self._push(cam, frame, time.perf_counter() if arrived is None else arrived)
+
+    def wants_frame(self, camera_id: CameraId) -> bool:
+        """Whether the camera's next frame will be sampled into a window (every ``sampling_rate``-th frame of an
+        unbroken run); when False, ``push(camera_id, None)`` counts it without its pixels."""
+        cam = self._cams.get(camera_id)
+        if cam is None:
+            raise KeyError(f"camera_id: no camera {camera_id!r}")
+        return (cam.frames - cam.seg_start) % cam.stride == 0
 
     def _preprocessor(self, height: int, width: int, bgr: bool, cam: Camera | None = None) -> FramePreprocessor:
         """One per frame size, shared by the cameras (its taps are ~350 kB for 64 px crops; it is safe to call from
@@ -250,7 +262,16 @@ class CameraHub:
         used = {id(c.pre) for c in self._cams.values() if c.pre is not None and c is not leaving} | {id(keep)}
         self._pres = {k: p for k, p in self._pres.items() if id(p) in used}
 
-    def _push(self, cam: Camera, frame: np.ndarray, arrived: float) -> None:
+    def _push(self, cam: Camera, frame: np.ndarray | None, arrived: float) -> None:
+        if frame is None:
+            with cam.push_lock:
+                if (cam.frames - cam.seg_start) % cam.stride == 0:
+                    raise InputError(
+                        f"camera {cam.id!r}: frame: None for a frame the hub samples (wants_frame() is True): "
+                        "expected (H, W, 3) uint8"
+                    )
+                cam.frames += 1
+            return
         frame = np.asarray(frame)
         if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
             raise InputError(

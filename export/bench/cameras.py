@@ -88,16 +88,20 @@ class DecodedSource:
 
 def _feed(
     frames: "np.ndarray | DecodedSource", cameras: int
-) -> tuple[Callable[[int, int], np.ndarray], Callable[[], None]]:
-    """``get(camera, frame index)`` and a closer: rendered frames (each camera from its own offset) or one looping
-    decoder per camera."""
+) -> tuple[Callable[[int, int], np.ndarray], Callable[[int, int], None], Callable[[], None]]:
+    """``get(camera, frame index)``, ``skip(camera, frame index)`` (a frame the hub does not sample: decoded, not
+    converted) and a closer: rendered frames (each camera from its own offset) or one looping decoder per camera."""
     if isinstance(frames, DecodedSource):
         from export.bench.decode import LoopingDecoder
 
         decoders = [LoopingDecoder(frames.path, frames.threads, frames.size) for _ in range(cameras)]
-        return (lambda c, f: next(decoders[c])), (lambda: [d.close() for d in decoders] and None)
+        return (
+            (lambda c, f: next(decoders[c])),
+            (lambda c, f: decoders[c].next_raw() and None),
+            (lambda: [d.close() for d in decoders] and None),
+        )
     offset = [(c * 37) % len(frames) for c in range(cameras)]
-    return (lambda c, f: frames[(offset[c] + f) % len(frames)]), (lambda: None)
+    return (lambda c, f: frames[(offset[c] + f) % len(frames)]), (lambda c, f: None), (lambda: None)
 
 
 def _expected_windows(cfg: Any, cameras: int, n_frames: int) -> int:
@@ -139,6 +143,7 @@ def _hub_counts(m: dict[str, Any], latencies: list[float], lags: list[list[float
 def _pace(
     hub: Any,
     get: Callable[[int, int], np.ndarray],
+    skip: Callable[[int, int], None],
     cameras: int,
     period: float,
     n_frames: int,
@@ -164,7 +169,9 @@ def _pace(
                 if skip_late and now - due > period:
                     skipped[p] += 1
                     continue
-                hub.push(c, get(c, f), arrived=now)  # decoding (a DecodedSource) counts in the camera's pace
+                # decoding (a DecodedSource) counts in the camera's pace; a frame the hub will not sample is
+                # decoded but not converted, as an app feeding the hub does (CameraHub.wants_frame)
+                hub.push(c, get(c, f) if hub.wants_frame(c) else skip(c, f), arrived=now)
 
     t0 = time.perf_counter() + 0.2
     threads = [threading.Thread(target=pace, args=(p, t0), daemon=True) for p in range(pacers)]
@@ -260,10 +267,10 @@ def run_cameras(
         hub.add_camera(camera_id=i)
     period = 1.0 / fps
     memory = _MemoryMonitor()
-    get, close_feed = _feed(frames, cameras)
+    get, skip, close_feed = _feed(frames, cameras)
     memory.start()
     cpu0 = time.process_time()
-    lags, skipped = _pace(hub, get, cameras, period, n_frames, pacers, skip_late)
+    lags, skipped = _pace(hub, get, skip, cameras, period, n_frames, pacers, skip_late)
     drained = hub.drain(timeout=60)
     cpu_s = time.process_time() - cpu0
     m = hub.metrics()

@@ -30,8 +30,13 @@ class LoopingDecoder:
     """Frames of ``path`` forever. ``size``: (width, height) to resize to with FFmpeg's scaler, None for full size."""
 
     def __init__(self, path: str | Path, threads: int = 1, size: tuple[int, int] | None = None) -> None:
+        from av.video.reformatter import VideoReformatter
+
         self.path, self.threads, self.size = str(path), threads, size
         self.loops = 0
+        # one scaler context for the decoder's life: VideoFrame.reformat makes a new one per frame, which cost
+        # twice the conversion itself (720p -> 114x64 RGB: 0.74 vs 0.35 ms per frame)
+        self._reformatter = VideoReformatter()
         self._open()
 
     def _open(self) -> None:
@@ -58,7 +63,7 @@ class LoopingDecoder:
         if self.size is None:
             return frame.to_ndarray(format="rgb24")
         w, h = self.size
-        return frame.reformat(width=w, height=h, format="rgb24", interpolation=SCALER).to_ndarray()
+        return self._reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation=SCALER).to_ndarray()
 
     def __next__(self) -> np.ndarray:
         return self.convert(self.next_raw())

@@ -453,3 +453,37 @@ def test_capacity_search_finds_the_largest_served_count(monkeypatch):
     tried.clear()
     n, _ = bench_cameras.max_served(None, None, 100, 25, 1, None, {})
     assert 34 <= n <= 37 and tried[:3] == [100, 100, 50]
+
+
+def test_an_app_that_skips_unsampled_frames_gets_the_same_windows(engine, heldout_videos):
+    """``wants_frame`` / ``push(cam, None)``: the frames the hub does not sample go in without pixels, and every
+    window's logits equal those of the same camera pushed every frame; ``None`` for a sampled frame is refused."""
+    from runtime.errors import InputError
+
+    frames = list(iter_frames(heldout_videos[0][0]))
+    cfg = engine.preprocess
+    assert cfg.sampling_rate > 1  # the motion model samples every 2nd frame: half the frames are skippable
+    out: dict[str, dict[int, np.ndarray]] = {"all": {}, "skip": {}}
+    for mode in out:
+        results = []
+        with CameraHub(engine, max_batch=1, max_wait_ms=0, on_result=results.append, results=0) as hub:
+            hub.add_camera(camera_id=0, every=cfg.sampling_rate, drop_oldest=False)  # waits: no window lost
+            skipped = 0
+            for f in frames:
+                if mode == "skip" and not hub.wants_frame(0):
+                    hub.push(0, None)
+                    skipped += 1
+                else:
+                    hub.push(0, f)
+            assert hub.drain(60)
+            if mode == "skip":
+                assert skipped == len(frames) // cfg.sampling_rate
+                while not hub.wants_frame(0):
+                    hub.push(0, None)
+                with pytest.raises(InputError, match="None for a frame the hub samples"):
+                    hub.push(0, None)
+            with pytest.raises(KeyError):
+                hub.wants_frame("nope")
+        out[mode] = {r.last_frame: r.logits for r in results}
+    assert out["skip"].keys() == out["all"].keys() and len(out["all"]) >= 3
+    assert all(np.array_equal(out["skip"][k], out["all"][k]) for k in out["all"])
