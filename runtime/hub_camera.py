@@ -156,7 +156,7 @@ def is_stale(cam: Camera, s: int) -> bool:
 
 def run_source(
     cam: Camera,
-    push: Callable[[Camera, np.ndarray, float], None],
+    push: Callable[[Camera, np.ndarray | None, float], None],
     set_status: Callable[..., None],
     backoff: tuple[float, float],
     retries: int | None,
@@ -170,7 +170,13 @@ def run_source(
     while not cam.stop.is_set():
         got, reason = 0, "ended"
         try:
-            for frame in src.open():
+            # a source that can skips converting the frames the hub will not sample (every stride-th is)
+            frames = (
+                src.open(wants=lambda: (cam.frames - cam.seg_start) % cam.stride == 0)
+                if src.skips_unsampled
+                else src.open()
+            )
+            for frame in frames:
                 if cam.stop.is_set():
                     break
                 arrived = time.perf_counter()

@@ -40,8 +40,11 @@ class FrameSource:
     ends: bool = True
     loop: bool = False
     live: bool = True
+    #: ``open(wants=...)`` yields None for frames ``wants()`` declines, skipping their conversion
+    skips_unsampled: bool = False
 
-    def open(self) -> Iterator[np.ndarray]:
+    def open(self, wants: Callable[[], bool] | None = None) -> Iterator[np.ndarray | None]:
+        """The frames; ``wants`` is passed only when :attr:`skips_unsampled` is set."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -69,11 +72,14 @@ class VideoSource(FrameSource):
         self.realtime = realtime and not live
         self.max_frames = max_frames
 
-    def open(self) -> Iterator[np.ndarray]:
-        from .video_source import iter_frames, open_source  # PyAV, lazily
+    skips_unsampled = True
+
+    def open(self, wants: Callable[[], bool] | None = None) -> Iterator[np.ndarray | None]:
+        """Decoded RGB frames; with ``wants``, None for the frames it declines (decoded, not converted)."""
+        from .video_source import iter_frames_or_skip, open_source  # PyAV, lazily
 
         if not self.realtime:
-            yield from iter_frames(self.url, self.max_frames)
+            yield from iter_frames_or_skip(self.url, self.max_frames, wants)
             return
         container = open_source(self.url)
         try:
@@ -81,7 +87,7 @@ class VideoSource(FrameSource):
             rate = float(stream.average_rate or stream.guessed_rate or 25)
         finally:
             container.close()
-        yield from paced(iter_frames(self.url, self.max_frames), rate)
+        yield from paced(iter_frames_or_skip(self.url, self.max_frames, wants), rate)
 
 
 class CallableSource(FrameSource):
@@ -97,7 +103,7 @@ class CallableSource(FrameSource):
     ) -> None:
         self.factory, self.name, self.retry, self.live, self.ends = factory, name, retry, live, ends
 
-    def open(self) -> Iterator[np.ndarray]:
+    def open(self, wants: Callable[[], bool] | None = None) -> Iterator[np.ndarray | None]:
         yield from self.factory()
 
 
@@ -110,7 +116,7 @@ class ArraySource(FrameSource):
         self.frames, self.fps, self.count, self.name, self.offset = frames, fps, count, name, offset
         self.live = fps is not None
 
-    def open(self) -> Iterator[np.ndarray]:
+    def open(self, wants: Callable[[], bool] | None = None) -> Iterator[np.ndarray | None]:
         n = len(self.frames)
         total = n if self.count is None else self.count
         it = (self.frames[(self.offset + i) % n] for i in range(total))
@@ -126,7 +132,7 @@ class PushSource(FrameSource):
         self.name, self.live = name, live
 
 
-def paced(frames: Iterable[np.ndarray], fps: float) -> Iterator[np.ndarray]:
+def paced(frames: Iterable[np.ndarray | None], fps: float) -> Iterator[np.ndarray | None]:
     """Yield frames no faster than ``fps``, on a fixed schedule (a late frame does not shift the ones after it)."""
     period = 1.0 / fps
     t0 = time.perf_counter()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -41,6 +41,14 @@ def open_source(source: str | int) -> Any:
 
 def iter_frames(source: str | int, max_frames: int | None = None) -> Iterator[np.ndarray]:
     """Decoded frames as ``(H, W, 3)`` uint8 RGB, in presentation order."""
+    yield from (f for f in iter_frames_or_skip(source, max_frames) if f is not None)
+
+
+def iter_frames_or_skip(
+    source: str | int, max_frames: int | None = None, wants: Callable[[], bool] | None = None
+) -> Iterator[np.ndarray | None]:
+    """:func:`iter_frames`, but a frame for which ``wants()`` returns False is decoded (the next ones need it) and
+    not converted to RGB: None comes in its place (the camera hub's unsampled frames, :meth:`CameraHub.push`)."""
     av = _av()
     container = open_source(source)
     try:
@@ -51,7 +59,7 @@ def iter_frames(source: str | int, max_frames: int | None = None) -> Iterator[np
         n = 0
         try:
             for frame in container.decode(stream):
-                yield frame.to_ndarray(format="rgb24")
+                yield frame.to_ndarray(format="rgb24") if wants is None or wants() else None
                 n += 1
                 if max_frames is not None and n >= max_frames:
                     return

@@ -487,3 +487,23 @@ def test_an_app_that_skips_unsampled_frames_gets_the_same_windows(engine, heldou
         out[mode] = {r.last_frame: r.logits for r in results}
     assert out["skip"].keys() == out["all"].keys() and len(out["all"]) >= 3
     assert all(np.array_equal(out["skip"][k], out["all"][k]) for k in out["all"])
+
+
+def test_video_source_decodes_every_frame_and_converts_only_the_wanted(heldout_videos):
+    """The hub's own decoding threads (VideoSource) skip converting unsampled frames: a declined frame comes as
+    None, the others equal iter_frames' frames at the same index (so the bit-for-bit hub test above covers it)."""
+    from runtime.video_source import iter_frames_or_skip
+
+    path = heldout_videos[0][0]
+    full = list(iter_frames(path))
+    calls = []
+
+    def wants() -> bool:
+        calls.append(len(calls))
+        return len(calls) % 3 == 1  # every third frame, from the first
+
+    got = list(iter_frames_or_skip(path, None, wants))
+    assert len(got) == len(full) == len(calls)
+    for i, (g, f) in enumerate(zip(got, full)):
+        assert (g is None) == (i % 3 != 0) and (g is None or np.array_equal(g, f))
+    assert VideoSource(path).skips_unsampled and not CallableSource(lambda: []).skips_unsampled
