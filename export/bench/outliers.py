@@ -45,48 +45,50 @@ def meets_bar(m: dict[str, Any]) -> bool:
 TARGETS = ("tensorrt", "onnxruntime", "openvino")
 
 
-def _openvino_row(
-    qdq: Path, ev: Any, ref: Any, s: float, c: int, sq: dict[str, Any] | None, work: Path
+def _row(
+    s: float, c: int, target: str, form: str, sq: dict[str, Any] | None, m: dict[str, Any], tried: Any = None
 ) -> dict[str, Any]:
+    """One sweep row from the metrics ``m`` against FP32 PyTorch, logged as it is made."""
+    keys = ("mean_cosine", "min_cosine", "top1_agreement", "top5_agreement", "top1_accuracy", "top1_accuracy_reference")
+    row = {
+        "scale": s,
+        "channels": c,
+        "target": target,
+        "form": form,
+        "smooth": None if sq is None else sq.get("alpha"),
+        **{k: m.get(k) for k in keys},
+        "meets_bar": meets_bar(m),
+        "forms_tried": tried,
+    }
+    _log(
+        f"S={s:g} C={c} {target} {form} smooth={row['smooth']}: mean cos {m['mean_cosine']:.5f} "
+        f"min {m['min_cosine']:.4f} top-1 agree {m['top1_agreement']:.3f} -> "
+        f"{'meets' if row['meets_bar'] else 'MISSES'} the bar"
+    )
+    return row
+
+
+def _openvino_logits(qdq: Path, clips: Any, work: Path) -> tuple[Any, str]:
     """The OpenVINO INT8 bundle's model as OpenVINO runs it on this CPU: the Q/DQ file in the CPU INT8 form chosen
     for this CPU (``portable`` where oneDNN's INT8 saturates, incl. under ``ONEDNN_MAX_CPU_ISA=AVX2``), compiled by
-    the OpenVINO CPU plugin with f32 inference precision, clip by clip."""
+    the OpenVINO CPU plugin with f32 inference precision, clip by clip. Returns the logits and the form's name."""
     import numpy as np
     import onnx
 
     from runtime.backends.openvino_backend import import_openvino
 
     from calibration.precision.cpu_int8 import to_cpu_int8_form
-    from calibration.precision.metrics import compare_logits
 
-    ov = import_openvino()
     model = onnx.load(str(qdq))
-    form = to_cpu_int8_form(model)
+    form = to_cpu_int8_form(model)["form"]
     work.mkdir(parents=True, exist_ok=True)
-    path = work / f"{qdq.stem}-{form['form']}.onnx"
+    path = work / f"{qdq.stem}-{form}.onnx"
     onnx.save(model, str(path))
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    out = np.concatenate([compiled(ev.clips[i : i + 1])[0] for i in range(len(ev))])
-    path.unlink()
-    m = compare_logits(ref, out, ev.labels)
-    row = {
-        "scale": s,
-        "channels": c,
-        "target": "openvino",
-        "form": f"tensorrt q/dq, cpu form {form['form']}",
-        "smooth": None if sq is None else sq.get("alpha"),
-        **{k: m[k] for k in ("mean_cosine", "min_cosine", "top1_agreement", "top5_agreement")},
-        "top1_accuracy": m.get("top1_accuracy"),
-        "top1_accuracy_reference": m.get("top1_accuracy_reference"),
-        "meets_bar": meets_bar(m),
-        "forms_tried": None,
-    }
-    _log(
-        f"S={s:g} C={c} openvino {form['form']} smooth={row['smooth']}: mean cos {m['mean_cosine']:.5f} "
-        f"min {m['min_cosine']:.4f} top-1 agree {m['top1_agreement']:.3f} -> "
-        f"{'meets' if row['meets_bar'] else 'MISSES'} the bar"
-    )
-    return row
+    try:
+        compiled = import_openvino().Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    finally:
+        path.unlink()
+    return np.concatenate([compiled(clips[i : i + 1])[0] for i in range(len(clips))]), f"tensorrt q/dq, cpu form {form}"
 
 
 def run(
@@ -148,36 +150,11 @@ def run(
                 )
                 sq = info["detail"].get("smoothquant")
                 if target == "tensorrt" and "openvino" in targets:
-                    rows.append(_openvino_row(path, ev, ref, s, c, sq, work=cache / "outliers-openvino"))
-                if target not in targets:
-                    continue
-                m = compare_logits(ref, run_logits(path, ev.clips), ev.labels)
-                row = {
-                    "scale": s,
-                    "channels": c,
-                    "target": target,
-                    "form": info["form"],
-                    "smooth": None if sq is None else sq.get("alpha"),
-                    **{
-                        k: m[k]
-                        for k in (
-                            "mean_cosine",
-                            "min_cosine",
-                            "top1_agreement",
-                            "top5_agreement",
-                            "top1_accuracy",
-                            "top1_accuracy_reference",
-                        )
-                    },
-                    "meets_bar": meets_bar(m),
-                    "forms_tried": info["detail"].get("forms_tried"),
-                }
-                rows.append(row)
-                _log(
-                    f"S={s:g} C={c} {target} {row['form']} smooth={row['smooth']}: mean cos {m['mean_cosine']:.5f} "
-                    f"min {m['min_cosine']:.4f} top-1 agree {m['top1_agreement']:.3f} -> "
-                    f"{'meets' if row['meets_bar'] else 'MISSES'} the bar"
-                )
+                    out, form = _openvino_logits(path, ev.clips, cache / "outliers-openvino")
+                    rows.append(_row(s, c, "openvino", form, sq, compare_logits(ref, out, ev.labels)))
+                if target in targets:
+                    m = compare_logits(ref, run_logits(path, ev.clips), ev.labels)
+                    rows.append(_row(s, c, target, info["form"], sq, m, info["detail"].get("forms_tried")))
     ok, why = ort_smoothquant_available()
     return {
         "model": model,
