@@ -67,8 +67,9 @@ ORT_FORM_WHY = (
     "DynamicQuantizeLinear, run as fused integer matmuls) is the fastest form in ONNX Runtime 1.32 on this CPU "
     "(AVX512-VNNI, 2 shared cores), base 8x224 batch 1, attention 'ort', median of 5 after warm-up: quiet machine "
     "FP32 1.44 s, dynamic 0.47 s (3.1x), static QOperator U8S8 0.59 s (2.4x), static QDQ U8S8 0.61 s (2.4x). "
-    "Per-channel weights cost 1.5% over per-tensor (AMD Zen 4, 7 interleaved rounds: 0.881 vs 0.868 s, FP32 "
-    "2.24 s) and keep real footage: base 0.9996 vs 0.9991 mean cosine, the motion model 0.9995 vs 0.93. It needs "
+    "Per-channel weights cost no measurable time over per-tensor (AMD Zen 4, 7 interleaved rounds: medians 0.881 "
+    "vs 0.868 s, per-round ratios 0.70-1.12, too spread to claim one; FP32 2.24 s) and keep real footage: base "
+    "0.9996 vs 0.9991 mean cosine, the motion model 0.9995 vs 0.93. It needs "
     "no calibration ranges, is validated on the calibration clips, and the static forms are the fallback. "
     "Re-measure with python -m export.bench.precision --all-forms."
 )
