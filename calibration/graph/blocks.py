@@ -16,6 +16,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from runtime.backends.onnxruntime_session import cpu_session_options
+
 __all__ = [
     "BLOCK_THRESHOLD",
     "JUMP_FLOOR",
@@ -75,10 +77,7 @@ class BlockRunner:
             model.graph.node.append(helper.make_node("Cast", [t], [out], to=onnx.TensorProto.FLOAT, name=f"{t}__cast"))
             model.graph.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
             self.blocks.append(out)
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads = threads
+        so = cpu_session_options(threads)
         self.session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name

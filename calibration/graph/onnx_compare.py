@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from runtime.backends.onnxruntime_session import cpu_session_options
+
 from calibration.precision.metrics import compare_logits
 
 __all__ = ["cpu_session", "session_with_outputs", "validate_against_fp32"]
@@ -16,8 +18,7 @@ def cpu_session(path: Path) -> Any:
     """An ONNX Runtime CPU session of ``path``, quiet."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so = cpu_session_options()
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
@@ -31,8 +32,7 @@ def session_with_outputs(model: Any, names: list[str]) -> Any:
     for t in names:
         if t not in have:
             model.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so = cpu_session_options()
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 

@@ -27,6 +27,8 @@ from runtime.files import sha256_file, sha256_json, temp_path_beside, write_json
 from runtime.options import PRECISIONS as ALL_PRECISIONS, Precision
 from runtime.preprocess import PreprocessConfig
 
+from runtime.backends.onnxruntime_session import cpu_session_options
+
 from calibration.clips.calibset import CalibrationSet, load_calibration_set, selection_key
 from calibration.clips.widen import WIDEN_VERSION, widen_clips, widen_record
 
@@ -99,8 +101,7 @@ class _LazySet:
 def _ort_check(path: Path) -> None:
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so = cpu_session_options()
     try:
         ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     except Exception as e:

@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 
 from runtime.cli_args import ArgumentParser, user_errors
+
+from runtime.backends.onnxruntime_session import cpu_session_options
 from calibration.precision.metrics import compare_logits, cosine_rows
 
 from export.bench.cpu_gemm import Entry, gemm_entries
@@ -183,14 +185,7 @@ def _openvino_installed() -> bool:
 def _ort_session(path: Path, threads: int) -> Any:
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    from runtime.cpu_isa import ort_int8_config
-
-    for k, v in ort_int8_config("int8").items():  # issue 25: exact INT8 kernels on x86 without VNNI (no-op on FP32)
-        so.add_session_config_entry(k, v)
+    so = cpu_session_options(threads)
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 

@@ -24,6 +24,8 @@ import numpy as np
 
 from runtime.cli_args import ArgumentParser, user_errors
 
+from runtime.backends.onnxruntime_session import cpu_session_options
+
 from export.bench.harness import (
     Rounds,
     interleaved_rounds,
@@ -47,14 +49,9 @@ AGREEMENT_TOL = 1e-3
 def _session(path: Path, threads: int, optimized: Path | None = None) -> Any:
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # No spinning: idle worker threads would otherwise burn CPU time that other processes (and the
     # CPU-time column) would see.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so = cpu_session_options(threads, level="all", spinning=False)
     if optimized is not None:
         so.optimized_model_filepath = str(optimized)
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

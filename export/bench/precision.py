@@ -23,6 +23,8 @@ import numpy as np
 
 from runtime.cli_args import ArgumentParser, user_errors
 
+from runtime.backends.onnxruntime_session import cpu_session_options
+
 from export.bench.harness import (
     SPREAD_TOLERANCE,
     interleaved_rounds,
@@ -44,11 +46,7 @@ def open_session(path: Path, threads: int | None) -> Any:
     """A quiet ONNX Runtime CPU session of ``path`` with every graph optimisation."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        so.intra_op_num_threads = threads
+    so = cpu_session_options(threads, level="all")
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import BundleError
 from .base import Backend
 from .onnxruntime_session import OnnxRuntimeSession
+from .onnxruntime_session import ORT_LEVEL_NAMES as _LEVELS
 
 _PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -18,12 +19,6 @@ _PROVIDERS = {
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
 _ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "uint8": "tensor(uint8)"}
-_LEVELS = {
-    "disable_all": "ORT_DISABLE_ALL",
-    "basic": "ORT_ENABLE_BASIC",
-    "extended": "ORT_ENABLE_EXTENDED",
-    "all": "ORT_ENABLE_ALL",
-}
 
 
 class OnnxRuntimeBackend(Backend):

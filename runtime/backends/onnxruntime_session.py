@@ -20,9 +20,20 @@ from runtime.errors import BundleError
 
 from .base import session_entries
 
-__all__ = ["GRAPH_OPTIMIZATION_LEVELS", "MAX_THREADS", "OnnxRuntimeSession", "validate_session"]
+__all__ = [
+    "GRAPH_OPTIMIZATION_LEVELS",
+    "MAX_THREADS",
+    "ORT_LEVEL_NAMES",
+    "OnnxRuntimeSession",
+    "cpu_session_options",
+    "validate_session",
+]
 
 GRAPH_OPTIMIZATION_LEVELS = ("disable_all", "basic", "extended", "all")
+#: each level's name in ``onnxruntime.GraphOptimizationLevel``
+ORT_LEVEL_NAMES = dict(
+    zip(GRAPH_OPTIMIZATION_LEVELS, ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"))
+)
 #: a sanity bound: more threads than this is a corrupt value, not a machine
 MAX_THREADS = 4096
 
@@ -80,3 +91,31 @@ class OnnxRuntimeSession:
 def validate_session(d: dict[str, Any], where: str = "session") -> dict[str, Any]:
     """Validate an ONNX Runtime manifest ``session``; returns it normalised (every field present)."""
     return OnnxRuntimeSession.from_dict(d, where).to_dict()
+
+
+def cpu_session_options(threads: int | None = None, level: str | None = None, spinning: bool = True) -> Any:
+    """Quiet ONNX Runtime ``SessionOptions`` whose integer kernels compute exactly on this CPU: ``session.
+    x64quantprecision=1`` where MLAS's U8S8 pair sums saturate (x86 without VNNI; no effect on float graphs).
+
+    For every session outside the runtime's own that may run an INT8 graph (build checks, benchmarks, the fake
+    TensorRT, tests), so that their numbers do not depend on the CPU (issue 25). ``threads`` sets the intra-op
+    threads (one inter-op thread); ``level`` is one of :data:`GRAPH_OPTIMIZATION_LEVELS` (ONNX Runtime's default
+    when None); ``spinning=False`` stops idle workers from burning CPU time."""
+    import onnxruntime as ort
+
+    from ..cpu_isa import ort_int8_config
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    if level is not None:
+        if level not in GRAPH_OPTIMIZATION_LEVELS:
+            raise ValueError(f"level: expected one of {GRAPH_OPTIMIZATION_LEVELS}, got {level!r}")
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, ORT_LEVEL_NAMES[level])
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for k, v in ort_int8_config("int8").items():
+        so.add_session_config_entry(k, v)
+    return so

@@ -55,7 +55,10 @@ def _qdq_model(path: Path, w_scale_factor: float = 1.0, gain: float = 1.0) -> Pa
 def _run(path: Path, x: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    from runtime.backends.onnxruntime_session import cpu_session_options
+
+    so = cpu_session_options()  # exact INT8 kernels on every CPU
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
 def _scales(path: Path) -> dict[str, np.ndarray]:

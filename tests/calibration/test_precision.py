@@ -17,6 +17,7 @@ from onnx import numpy_helper
 
 from calibration.precision.metrics import compare_logits
 from export.tensorrt.plan import TensorRTBuildOptions, plan_build
+from runtime.backends.onnxruntime_session import cpu_session_options
 
 #: held-out clips for the accuracy bar: a seed neither training (0, <1000), conftest (4242) nor calibration uses
 PRECISION_HELDOUT_SEED = 5151
@@ -28,8 +29,7 @@ CALIB_CLIPS = 16
 def _run(path: Path, clips: np.ndarray, batch: int = 8) -> np.ndarray:
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so = cpu_session_options()  # exact INT8 kernels on every CPU (issue 25)
     s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     name = s.get_inputs()[0].name
     return np.concatenate([s.run(None, {name: clips[i : i + batch]})[0] for i in range(0, len(clips), batch)])

@@ -262,3 +262,24 @@ def test_auto_backend_follows_the_isa():
     for precision, isa in (("fp32", _isa(True)), ("int8", _isa(False)), (None, _isa(True))):
         backend, why = auto_cpu_backend(precision, True, isa)
         assert backend is None and why == f"this CPU is {isa.describe()}"
+
+
+@pytest.mark.parametrize("saturate", [True, False])
+def test_every_int8_session_outside_the_runtime_is_exact_where_sums_saturate(monkeypatch, tmp_path, saturate):
+    """``cpu_session_options`` (used by the build checks, the benchmarks, the fake TensorRT and the tests) carries
+    the exact-kernel switch exactly where MLAS's U8S8 sums saturate (the switch's exactness: the test above)."""
+    import onnxruntime as ort
+
+    import runtime.cpu_isa as cpu_isa_module
+    from runtime.backends.onnxruntime_session import cpu_session_options
+
+    monkeypatch.setattr(cpu_isa_module, "cpu_isa", lambda: _isa(saturate))
+    so = cpu_session_options(threads=1, level="all", spinning=False)
+    if saturate:
+        assert so.get_session_config_entry("session.x64quantprecision") == "1"
+    else:
+        with pytest.raises(Exception, match="x64quantprecision"):
+            so.get_session_config_entry("session.x64quantprecision")
+    assert so.intra_op_num_threads == 1 and so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    with pytest.raises(ValueError, match="level: expected one of"):
+        cpu_session_options(level="fast")

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 
+from runtime.backends.onnxruntime_session import cpu_session_options
 from tests.support.fake_tensorrt import CLASSES, CLIP, FakeCudart, install, make_fp32, make_models, opts
 
 from calibration.graph.onnx_inspect import inspect_onnx
@@ -42,7 +43,7 @@ def test_models_are_valid_and_run_in_onnxruntime(models):
     outs = {}
     for key in ("fp32", "fp16", "int8", "attention"):
         onnx.checker.check_model(str(models[key]), full_check=True)
-        sess = ort.InferenceSession(str(models[key]), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(models[key]), cpu_session_options(), providers=["CPUExecutionProvider"])
         outs[key] = sess.run(None, {"video": x})[0]
         assert outs[key].shape == (3, CLASSES) and outs[key].dtype == np.float32
     np.testing.assert_allclose(outs["fp16"], outs["fp32"], atol=3e-2)

@@ -54,4 +54,7 @@ def run_ort(path: Path, x: np.ndarray) -> np.ndarray:
     """The ONNX model at ``path`` on ``x`` in ONNX Runtime CPU: the reference a TensorRT engine is compared with."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"video": x})[0]
+    from runtime.backends.onnxruntime_session import cpu_session_options
+
+    so = cpu_session_options()  # exact INT8 kernels on every CPU, as TensorRT computes
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"video": x})[0]

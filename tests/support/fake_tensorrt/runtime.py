@@ -95,7 +95,10 @@ class Engine:
 
         self.cuda = cuda
         self.meta = meta
-        self.session = ort.InferenceSession(meta["onnx"], providers=["CPUExecutionProvider"])
+        from runtime.backends.onnxruntime_session import cpu_session_options
+
+        # TensorRT's INT8 sums in 32 bits: run the Q/DQ model with exact integer kernels on every CPU
+        self.session = ort.InferenceSession(meta["onnx"], cpu_session_options(), providers=["CPUExecutionProvider"])
         self.input, self.pmin, self.pmax = meta["input"], tuple(meta["min"]), tuple(meta["max"])
         self.contexts, self.executions = 0, 0
         self.errors: list[str] = []
