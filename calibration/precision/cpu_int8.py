@@ -98,11 +98,14 @@ def _drop_unread(g: Any) -> None:
             g.node.remove(n)
 
 
-def to_cpu_int8_form(model: Any, form: str | None = None) -> dict[str, Any]:
+def to_cpu_int8_form(model: Any, form: str | None = None, why: str | None = None) -> dict[str, Any]:
     """Rewrite the Q/DQ ONNX ``model`` in place into ``form`` (:data:`CPU_INT8_FORMS`; None:
-    :func:`choose_cpu_int8_form`); returns the record the manifest keeps (``build.openvino.cpu_int8``), which the
-    runtime checks on load."""
-    why = f"{form!r} asked for"
+    :func:`choose_cpu_int8_form`, ``why`` then comes from it too); returns the record the manifest keeps
+    (``build.openvino.cpu_int8``), which the runtime checks on load.
+
+    ``portable`` takes the weights as they are where they already fit 7 bits (``make engine`` quantizes them from
+    float so: ``quantize_int8(weight_bits=7)``) and narrows 8-bit ones (one more rounding, which costs accuracy)."""
+    why = why or f"{form!r} asked for"
     if form is None:
         form, why = choose_cpu_int8_form()
     if form not in CPU_INT8_FORMS:
@@ -123,6 +126,7 @@ def to_cpu_int8_form(model: Any, form: str | None = None) -> dict[str, Any]:
         "form": "portable",
         "why": why,
         "weight_bits": WEIGHT_BITS_SAFE,
+        "weights_7bit_from": "8-bit weights (narrowed)" if narrowed["channels_requantized"] else "float",
         "weights_narrowed": narrowed["tensors"],
         "float_matmuls": floats,
         "saturation_safe": True,

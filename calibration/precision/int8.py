@@ -484,6 +484,7 @@ def _quantize_tensorrt_ort(
     ranges: Path,
     progress: bool,
     exclude: list[str] | None = None,
+    weight_bits: int = 8,
 ) -> dict[str, Any]:
     q = _ort_quant()
     hit = ranges.is_file()
@@ -516,6 +517,7 @@ def _quantize_tensorrt_ort(
             extra_options=extra,
             calibration_cache_path=str(ranges),
             nodes_to_exclude=list(exclude or []),
+            reduce_range=weight_bits == 7,  # weights only (activations keep 8 bits): [-64, 64] from float
         )
         os.replace(tmp, out)
     finally:
@@ -526,7 +528,9 @@ def _quantize_tensorrt_ort(
         "calibration_cache": "hit" if hit else "miss",
         "ranges_file": str(ranges),
         "op_types": list(TRT_OP_TYPES),
-        "weights": "int8 per-channel symmetric",
+        "weights": "int8 per-channel symmetric"
+        + (", 7-bit range [-64, 64] quantized from float (reduce_range)" if weight_bits == 7 else ""),
+        "weight_bits": weight_bits,
         "activations": "int8 per-tensor symmetric (zero point 0)",
         "bias": "float (not quantized)",
     }
@@ -645,6 +649,7 @@ def _quantize_for_tensorrt(
     progress: bool,
     keep_float: list[str] | None,
     validate_clips: int,
+    weight_bits: int = 8,
 ) -> dict[str, Any]:
     """The Q/DQ INT8 model TensorRT compiles (``form``: one of :data:`TRT_FORMS`), checked and validated."""
     if form not in TRT_FORMS:
@@ -652,9 +657,13 @@ def _quantize_for_tensorrt(
             f"target 'tensorrt' takes the Q/DQ forms {TRT_FORMS} (None: {TRT_DEFAULT_FORM!r}); got form {form!r}"
         )
     if engine == "modelopt":
+        if weight_bits != 8:
+            raise QuantizationError(f"engine='modelopt' writes 8-bit weights; got weight_bits={weight_bits}")
         info = _quantize_tensorrt_modelopt(fp32_onnx, out, method, clips)
     elif engine == "onnxruntime":
-        info = _quantize_tensorrt_ort(fp32_onnx, out, method, clips, ranges_for("tensorrt"), progress, keep_float)
+        info = _quantize_tensorrt_ort(
+            fp32_onnx, out, method, clips, ranges_for("tensorrt"), progress, keep_float, weight_bits
+        )
     else:
         raise QuantizationError(f"engine {engine!r}: expected 'onnxruntime' or 'modelopt'")
     if (form or TRT_DEFAULT_FORM) == "qdq-fp16":
@@ -730,6 +739,7 @@ def quantize_int8(
     progress: bool = True,
     smooth: float | None | str = "default",
     keep_float: list[str] | None = None,
+    weight_bits: int = 8,
 ) -> dict[str, Any]:
     """Write the INT8 model of ``fp32_onnx`` for ``target`` to ``out`` (atomically); returns what was done.
 
@@ -738,13 +748,20 @@ def quantize_int8(
     it) keys the range cache. ``form`` (onnxruntime only): one of :data:`ORT_FORMS`, or None to take
     the fastest that meets the accuracy bar on ``validate_clips`` clips. ``smooth``: SmoothQuant alpha applied
     first ("default": :data:`SMOOTH_DEFAULT_ALPHA`; None: off); ``keep_float``: MatMul/Gemm node names left in
-    float (from :func:`calibration.precision.int8_search.choose_keep_float`).
+    float (from :func:`calibration.precision.int8_search.choose_keep_float`). ``weight_bits`` (``tensorrt``
+    target): 8, or 7 for the ``portable`` CPU form (:mod:`calibration.precision.cpu_int8`): weights quantized from
+    float into [-64, 64], whose 16-bit pair sums cannot saturate on x86 without VNNI.
     """
     fp32_onnx, out, cache_dir = Path(fp32_onnx), Path(out), Path(cache_dir)
     if target not in TARGETS:
         raise QuantizationError(f"target {target!r}: expected one of {TARGETS}")
     if method not in METHODS:
         raise QuantizationError(f"calibration method {method!r}: expected one of {METHODS}")
+    if weight_bits not in (7, 8) or (weight_bits == 7 and target != "tensorrt"):
+        raise QuantizationError(
+            f"weight_bits {weight_bits!r}: expected 8, or 7 for the tensorrt target's Q/DQ file (the CPU portable "
+            "form; ONNX Runtime's INT8 runs exact kernels instead)"
+        )
     if not fp32_onnx.is_file():
         raise QuantizationError(f"{fp32_onnx}: FP32 ONNX not found")
     t0 = time.perf_counter()
@@ -766,7 +783,7 @@ def quantize_int8(
 
     if target == "tensorrt":
         info = _quantize_for_tensorrt(
-            fp32_onnx, out, form, engine, method, clips, ranges_for, progress, keep_float, validate_clips
+            fp32_onnx, out, form, engine, method, clips, ranges_for, progress, keep_float, validate_clips, weight_bits
         )
     else:
         info = _quantize_for_onnxruntime(

@@ -112,14 +112,9 @@ def run_logits(onnx_path: str | os.PathLike, clips: np.ndarray, threads: int | N
     """Logits of ``clips`` (one at a time) in ONNX Runtime CPU."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    from runtime.cpu_isa import ort_int8_config
+    from runtime.backends.onnxruntime_session import cpu_session_options
 
-    for k, v in ort_int8_config("int8").items():  # exact integer sums on x86 without VNNI, as the backend runs them
-        so.add_session_config_entry(k, v)
+    so = cpu_session_options(threads)  # exact integer sums on x86 without VNNI, as the backend runs them
     s = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
     name = s.get_inputs()[0].name
     x = np.ascontiguousarray(clips, np.float32)

@@ -35,9 +35,11 @@ def _axis(node: Any) -> int:
 
 def narrow_weights(model: Any, bits: int = WEIGHT_BITS_SAFE) -> dict[str, Any]:
     """Re-quantize every int8 weight (a DequantizeLinear reading an int8 initializer of rank >= 2, zero point 0)
-    of the ONNX ``model`` to ``bits`` bits, in place; returns ``{"weight_bits", "tensors", "max_abs"}``.
+    of the ONNX ``model`` to ``bits`` bits, in place; returns ``{"weight_bits", "tensors", "max_abs",
+    "channels_requantized"}``.
 
-    Per channel of the DequantizeLinear's axis (per tensor for a scalar scale): new scale = old scale x
+    Per channel of the DequantizeLinear's axis (per tensor for a scalar scale): a channel with max|q| <= 2**(bits-1)
+    (which cannot saturate: ONNX Runtime's ``reduce_range`` weights) is kept; the others get new scale = old scale x
     max|q| / hi, q' = clip(round(q x old / new), lo, hi). The scale keeps its dtype (FP16 or FP32). A weight whose
     zero point is not 0 is refused (ValueError naming it): that is not the symmetric form this project writes.
     """
@@ -45,7 +47,7 @@ def narrow_weights(model: Any, bits: int = WEIGHT_BITS_SAFE) -> dict[str, Any]:
 
     lo, hi = weight_int_range(bits)
     inits = {t.name: t for t in model.graph.initializer}
-    done, worst = 0, 0
+    done, worst, requantized = 0, 0, 0
     seen: set[str] = set()
     scaled: dict[str, str] = {}
     for node in model.graph.node:
@@ -77,14 +79,17 @@ def narrow_weights(model: Any, bits: int = WEIGHT_BITS_SAFE) -> dict[str, Any]:
             amax = np.abs(q).max(axis=tuple(i for i in range(q.ndim) if i != ax))
         else:
             amax = np.abs(q).max()
-        ratio = np.maximum(amax.astype(np.float64) / hi, 1.0)  # a range already within `bits` stays as it is
+        # a channel already within +-2**(bits-1) cannot saturate (e.g. ONNX Runtime's reduce_range weights, quantized
+        # from float to [-64, 64]) and stays as it is; the others are re-quantized to [lo, hi]
+        ratio = np.where(amax <= hi + 1, 1.0, amax.astype(np.float64) / hi)
+        requantized += int(np.count_nonzero(ratio != 1.0))
         new_scale = (scale.astype(np.float64) * ratio).astype(scale.dtype)
         real = q * scale.astype(np.float64).reshape(shape)
-        q_new = np.clip(np.rint(real / new_scale.astype(np.float64).reshape(shape)), lo, hi).astype(np.int8)
+        q_new = np.clip(np.rint(real / new_scale.astype(np.float64).reshape(shape)), lo, hi + 1).astype(np.int8)
         w.CopyFrom(numpy_helper.from_array(q_new, w.name))
         s_init.CopyFrom(numpy_helper.from_array(new_scale.reshape(scale.shape), s_init.name))
         seen.add(node.input[0])
         scaled[s_init.name] = w.name
         worst = max(worst, int(np.abs(q_new).max()))
         done += 1
-    return {"weight_bits": bits, "tensors": done, "max_abs": worst}
+    return {"weight_bits": bits, "tensors": done, "max_abs": worst, "channels_requantized": requantized}

@@ -171,6 +171,11 @@ _SHARED_QDQ = {
     "(OpenVINO's copy has its q/k/v projections split: the same weights, scales and Q/DQ, laid "
     "out as three matmuls)",
 }
+_PORTABLE_QDQ = {
+    "shared_with": ["openvino"],
+    "note": "the TensorRT Q/DQ form with 7-bit weights quantized from float (the portable CPU INT8 form, "
+    "calibration/precision/cpu_int8.py): the same activation ranges as the TensorRT file, its own weights",
+}
 
 
 def _precision_step(
@@ -195,8 +200,10 @@ def _precision_step(
         seed=req.seed,
         **target.precision_kwargs(),
     )
-    if target.backend == Backend.OPENVINO:
+    if target.backend == Backend.OPENVINO and target.cpu_int8_form != "portable":
         info = {**info, **_SHARED_QDQ}
+    elif target.backend == Backend.OPENVINO:
+        info = {**info, **_PORTABLE_QDQ}
     return engine_onnx, info
 
 
@@ -372,7 +379,7 @@ def _build_openvino(
     if any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer):
         raise BuildError(f"{onnx_path}: holds external data (over 2 GB); the OpenVINO bundle takes one ONNX file")
     split = split_qkv_projections(model)  # exact; faster on OpenVINO's CPU plugin (see export/onnx/qkv_split.py)
-    cpu_int8 = _cpu_int8_form(model, target.precision)  # issue 25: the same numbers on AVX2-only, VNNI, AMX
+    cpu_int8 = _cpu_int8_form(model, target)  # issue 25: the same numbers on AVX2-only, VNNI, AMX
     dest = out / "model.onnx"
     write_bytes_atomic(dest, model.SerializeToString())
     session = OpenVINOSession(
@@ -391,15 +398,15 @@ def _build_openvino(
     return dest.name, str(import_openvino().__version__).split("-")[0], session, info
 
 
-def _cpu_int8_form(model: Any, precision: str) -> dict[str, Any] | None:
-    """INT8 only: the Q/DQ model rewritten into the CPU INT8 form (calibration/precision/cpu_int8.py), with this
-    CPU's ISA recorded (runtime/cpu_isa.py); the runtime checks the record on load."""
-    if precision != Precision.INT8:
+def _cpu_int8_form(model: Any, target: BuildTarget) -> dict[str, Any] | None:
+    """INT8 only: the Q/DQ model rewritten into the target's CPU INT8 form (calibration/precision/cpu_int8.py), with
+    this CPU's ISA recorded (runtime/cpu_isa.py); the runtime checks the record on load."""
+    if target.precision != Precision.INT8:
         return None
     from calibration.precision.cpu_int8 import to_cpu_int8_form
     from runtime.cpu_isa import cpu_isa
 
-    return {**to_cpu_int8_form(model), "built_on": cpu_isa().describe()}
+    return {**to_cpu_int8_form(model, target.cpu_int8_form, target.cpu_int8_why), "built_on": cpu_isa().describe()}
 
 
 def _build_tensorrt(

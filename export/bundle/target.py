@@ -65,6 +65,9 @@ class BuildTarget:
     #: TensorRT builds: the installed version and its build plan (:func:`export.tensorrt.plan.plan_request`)
     trt_version: str | None = None
     trt_plan: Any = None
+    #: OpenVINO INT8: the CPU INT8 form (:mod:`calibration.precision.cpu_int8`) and why (naming this CPU's ISA)
+    cpu_int8_form: str | None = None
+    cpu_int8_why: str | None = None
 
     @property
     def converts(self) -> bool:
@@ -86,7 +89,10 @@ class BuildTarget:
 
     def precision_kwargs(self) -> dict[str, Any]:
         """Extra arguments of the precision step (:func:`export.bundle.precision_step.precision_onnx`)."""
-        return {"form": self.int8_form} if self.int8_form else {}
+        kw: dict[str, Any] = {"form": self.int8_form} if self.int8_form else {}
+        if self.cpu_int8_form == "portable":  # 7-bit weights quantized from float, not narrowed from 8 bits
+            kw["int8_options"] = {"weight_bits": 7}
+        return kw
 
 
 def choose_backend(requested: str, precision: str | None = None) -> tuple[str, str]:
@@ -173,10 +179,17 @@ def resolve_target(req: BuildRequest, log: Any = None) -> BuildTarget:
         backend == Backend.OPENVINO or (backend == Backend.TENSORRT and not req.strongly_typed)
     )
     onnx_precision = Precision.FP32 if backend_converts_fp16 else precision
-    int8_form = None
+    int8_form = cpu_form = cpu_why = None
     if onnx_precision == Precision.INT8 and backend in (Backend.TENSORRT, Backend.OPENVINO):
         # FP16 between the matmuls strongly typed (unless asked for FP32); FP32 on the builder-flag path
         int8_form = f"qdq-{req.int8_form if req.strongly_typed else 'fp32'}"
+    if onnx_precision == Precision.INT8 and backend == Backend.OPENVINO:
+        from calibration.precision.cpu_int8 import choose_cpu_int8_form
+
+        try:
+            cpu_form, cpu_why = choose_cpu_int8_form()
+        except ValueError as e:
+            raise BuildError(str(e)) from e
     return BuildTarget(
         precision=precision,
         backend=backend,
@@ -191,6 +204,8 @@ def resolve_target(req: BuildRequest, log: Any = None) -> BuildTarget:
         tolerance=getattr(plan, "parity_tolerance", None) or TOLERANCES[precision],
         trt_version=trt_version,
         trt_plan=plan,
+        cpu_int8_form=cpu_form,
+        cpu_int8_why=cpu_why,
     )
 
 

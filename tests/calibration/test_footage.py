@@ -16,9 +16,9 @@ FOOTAGE = find_footage(ROOT / "artifacts" / "footage")
 needs_footage = pytest.mark.skipif(FOOTAGE is None, reason=f"no real footage here: {INSTALL_HINT}")
 #: calibrated on this video, evaluated on the others (decodable by calibration.clips.video_reader)
 CALIB, HELD_OUT = "vtest.avi", ("cup.mp4", "tree.avi")
-#: the portable CPU INT8 form (7-bit weights) on the same clips: what 7 bits cost (measured 0.9974 / 0.982: short of
-#: the bar, which is why `auto` builds ONNX Runtime INT8 where oneDNN would saturate)
-PORTABLE_MEAN, PORTABLE_MIN = 0.996, 0.975
+#: the portable CPU INT8 form with its 7-bit weights narrowed from the 8-bit file (one more rounding): measured
+#: 0.9974-0.9980 / 0.982-0.987, short of the bar; quantized from float, as make engine builds it, it meets the bar
+NARROWED_MEAN, NARROWED_MIN = 0.996, 0.975
 
 
 def test_cli_finds_the_footage_or_says_how_to_get_it(tmp_path, monkeypatch, capsys):
@@ -56,7 +56,8 @@ def test_int8_calibrated_on_real_video_holds_on_other_real_videos(real_clips, tm
     footage (clips widened by calibration.clips.widen, SmoothQuant alpha 0.7), run as exact fake quantisation in
     ONNX Runtime and in the portable CPU form (7-bit weights, float q·kᵀ/p·v), on cup.mp4 and tree.avi (hand-held):
     issue 25's bar (mean cosine >= 0.999, min >= 0.99 against FP32 PyTorch) holds for the 8-bit file (measured
-    0.9995 / 0.998 on 24 clips); the portable form pays for its 7 bits (measured below). Without widening, or
+    0.9995 / 0.998 on 24 clips) and for the portable form as make engine builds it, 7-bit weights quantized from
+    float (0.9993 / 0.998), not narrowed from the 8-bit file (which costs one more rounding). Without widening, or
     calibrated on the synthetic generator, the same build misses it (0.9985 / 0.992; the synthetic min is lower)."""
     import onnx
 
@@ -84,12 +85,18 @@ def test_int8_calibrated_on_real_video_holds_on_other_real_videos(real_clips, tm
             continue
         assert info["detail"]["smoothquant"]["alpha"] == 0.7, info["detail"]["smoothquant"]
         assert cos.mean() >= 0.999 and cos.min() >= 0.99, (cos.mean(), cos.min())
-        model = onnx.load(str(qdq))
-        to_cpu_int8_form(model, "portable")
-        portable = tmp_path / "portable.onnx"
-        onnx.save(model, str(portable))
-        cos_p = _cosines(run_logits(portable, clips), ref)
-        assert cos_p.mean() >= PORTABLE_MEAN and cos_p.min() >= PORTABLE_MIN, (cos_p.mean(), cos_p.min())
+        seven, _ = precision_onnx(
+            fp32, "int8", "tensorrt", calib, pre, 32, "max", tmp_path, 0, form="qdq-fp32", progress=False,
+            int8_options={"weight_bits": 7},
+        )  # fmt: skip
+        for source, bar in ((qdq, (NARROWED_MEAN, NARROWED_MIN)), (seven, (0.999, 0.99))):
+            model = onnx.load(str(source))
+            rec = to_cpu_int8_form(model, "portable")
+            assert rec["weights_7bit_from"] == ("float" if source == seven else "8-bit weights (narrowed)")
+            portable = tmp_path / "portable.onnx"
+            onnx.save(model, str(portable))
+            cos_p = _cosines(run_logits(portable, clips), ref)
+            assert cos_p.mean() >= bar[0] and cos_p.min() >= bar[1], (source.name, cos_p.mean(), cos_p.min())
     widened, plain, synthetic = scores[(True, None)], scores[(True, False)], scores[(False, None)]
     assert widened[0] > plain[0] and widened[1] > plain[1], scores  # widening is what carries it to other cameras
     assert plain[1] > synthetic[1], scores  # real calibration generalises better to real footage than synthetic

@@ -388,6 +388,28 @@ def test_build_target_is_resolved_once(monkeypatch, tmp_path, precision, backend
         t.backend = "onnxruntime"  # type: ignore[misc]
 
 
+@pytest.mark.parametrize("form", ["portable", "vnni"])
+def test_openvino_int8_target_takes_the_cpu_form_before_calibrating(monkeypatch, tmp_path, form):
+    """The CPU INT8 form is decided with the target, so the portable form's 7-bit weights are quantized from float
+    in the precision step (not narrowed from the 8-bit file afterwards); a bad override is refused before work."""
+    from calibration.precision.cpu_int8 import FORM_ENV
+    from export.bundle import target as target_mod
+
+    monkeypatch.setattr(target_mod, "choose_backend", lambda requested, *_: (requested, "asked for"))
+    monkeypatch.setenv(FORM_ENV, form)
+    req = BuildRequest(precision="int8", backend="openvino", out=str(tmp_path / "b"))
+    t = target_mod.resolve_target(req)
+    assert t.cpu_int8_form == form and FORM_ENV in (t.cpu_int8_why or "")
+    seven = {"int8_options": {"weight_bits": 7}} if form == "portable" else {}
+    assert t.precision_kwargs() == {"form": "qdq-fp16", **seven}
+    fp16 = target_mod.resolve_target(BuildRequest(precision="fp16", backend="openvino", out=str(tmp_path / "b")))
+    assert fp16.cpu_int8_form is None and fp16.precision_kwargs() == {}
+    monkeypatch.setenv(FORM_ENV, "avx")
+    with pytest.raises(BuildError, match=f"{FORM_ENV}='avx': expected one of"):
+        target_mod.resolve_target(req)
+    assert not list(tmp_path.iterdir())
+
+
 def test_build_target_refuses_before_any_work(tmp_path):
     from export.bundle.target import resolve_target
 

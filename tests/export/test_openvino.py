@@ -88,13 +88,17 @@ def test_int8_is_the_tensorrt_qdq_file(ov_bundles, motion_model_path):
     from runtime.files import sha256_file
 
     m = _manifest(ov_bundles["int8"])
+    portable = m["build"]["openvino"]["cpu_int8"]["form"] == "portable"
     assert m["calibration"]["target"] == "tensorrt" and "openvino" in m["calibration"]["shared_with"]
+    assert ("tensorrt" in m["calibration"]["shared_with"]) is not portable
     net, labels, pre, source = load_source(str(motion_model_path))
     attention = resolve_attention("auto", "tensorrt", None, precision="int8")
     assert m["source"]["attention"] == attention
     fp32 = cached_fp32_onnx(net, labels, pre, source, attention, ov_bundles["cache"], verbose=False)
+    # a CPU without VNNI builds its 7-bit weights from float: the same call with weight_bits 7
+    seven = {"int8_options": {"weight_bits": 7}} if portable else {}
     trt_file, info = precision_onnx(
-        fp32, "int8", "tensorrt", None, pre, 16, "max", ov_bundles["cache"], 0, form="qdq-fp16", progress=False
+        fp32, "int8", "tensorrt", None, pre, 16, "max", ov_bundles["cache"], 0, form="qdq-fp16", progress=False, **seven
     )
     assert info["reused"] is True  # calibrated once: the TensorRT request found the OpenVINO build's file
     assert sha256_file(trt_file) == m["source"]["onnx_sha256"]
