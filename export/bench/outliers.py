@@ -68,10 +68,10 @@ def _row(
     return row
 
 
-def _openvino_logits(qdq: Path, clips: Any, work: Path) -> tuple[Any, str]:
-    """The OpenVINO INT8 bundle's model as OpenVINO runs it on this CPU: the Q/DQ file in the CPU INT8 form chosen
-    for this CPU (``portable`` where oneDNN's INT8 saturates, incl. under ``ONEDNN_MAX_CPU_ISA=AVX2``), compiled by
-    the OpenVINO CPU plugin with f32 inference precision, clip by clip. Returns the logits and the form's name."""
+def _openvino_logits(qdq: Path, form: str, clips: Any, work: Path) -> tuple[Any, str]:
+    """The OpenVINO INT8 bundle's model as OpenVINO runs it on this CPU: the Q/DQ file (built for the CPU INT8
+    ``form``, as ``make engine`` builds it) in that form, compiled by the OpenVINO CPU plugin with f32 inference
+    precision, clip by clip. Returns the logits and the form's name."""
     import numpy as np
     import onnx
 
@@ -80,7 +80,7 @@ def _openvino_logits(qdq: Path, clips: Any, work: Path) -> tuple[Any, str]:
     from calibration.precision.cpu_int8 import to_cpu_int8_form
 
     model = onnx.load(str(qdq))
-    form = to_cpu_int8_form(model)["form"]
+    to_cpu_int8_form(model, form)
     work.mkdir(parents=True, exist_ok=True)
     path = work / f"{qdq.stem}-{form}.onnx"
     onnx.save(model, str(path))
@@ -117,8 +117,11 @@ def run(
     from export.bundle.fp32_cache import cached_fp32_onnx
     from export.bundle.precision_step import precision_onnx
 
+    from calibration.precision.cpu_int8 import choose_cpu_int8_form
+
     t0 = time.perf_counter()
     cache = Path(cache_dir)
+    cpu_form = choose_cpu_int8_form()[0] if "openvino" in targets else None
     net, labels, pre, source = load_source(model, seed)
     ev = load_calibration_set(f"synthetic:{seed + 9000}", pre, n, seed, progress=False)
     rows = []
@@ -131,14 +134,16 @@ def run(
             "checkpoint": f"{source['checkpoint']} + outliers S={s:g} C={c}",
             "checkpoint_sha256": sha256_json(source["checkpoint_sha256"], rec),
         }
-        built = [t for t in ("tensorrt", "onnxruntime") if t in targets or (t == "tensorrt" and "openvino" in targets)]
-        for target in built:
-            fp32 = cached_fp32_onnx(onet, labels, pre, src, default_attention(target), cache, verbose=False)
+        for target in targets:
+            # OpenVINO reads the TensorRT form, with 7-bit weights from float where its CPU form is portable
+            qdq_target = "tensorrt" if target == "openvino" else target
+            seven = {"weight_bits": 7} if target == "openvino" and cpu_form == "portable" else {}
+            fp32 = cached_fp32_onnx(onet, labels, pre, src, default_attention(qdq_target), cache, verbose=False)
             for smooth in smooths:
                 path, info = precision_onnx(
                     fp32,
                     "int8",
-                    target,
+                    qdq_target,
                     None,
                     pre,
                     calib_clips,
@@ -146,13 +151,13 @@ def run(
                     cache,
                     seed,
                     progress=False,
-                    int8_options={"smooth": smooth},
+                    int8_options={"smooth": smooth, **seven},
                 )
                 sq = info["detail"].get("smoothquant")
-                if target == "tensorrt" and "openvino" in targets:
-                    out, form = _openvino_logits(path, ev.clips, cache / "outliers-openvino")
+                if target == "openvino":
+                    out, form = _openvino_logits(path, cpu_form, ev.clips, cache / "outliers-openvino")
                     rows.append(_row(s, c, "openvino", form, sq, compare_logits(ref, out, ev.labels)))
-                if target in targets:
+                else:
                     m = compare_logits(ref, run_logits(path, ev.clips), ev.labels)
                     rows.append(_row(s, c, target, info["form"], sq, m, info["detail"].get("forms_tried")))
     ok, why = ort_smoothquant_available()
