@@ -38,7 +38,7 @@ __all__ = ["precision_onnx", "PrecisionBuildError", "PRECISIONS", "TARGETS", "BU
 PRECISIONS = tuple(p for p in ALL_PRECISIONS if p != Precision.FP32)
 TARGETS = ("tensorrt", "onnxruntime")
 #: bumped when the conversion changes in a way that invalidates cached precision models
-BUILD_VERSION = 2  # 2: dynamic INT8 with per-channel weights; footage calibration widened (issue 25)
+BUILD_VERSION = 3  # 2: dynamic INT8 with per-channel weights, footage calibration widened; 3: every one widened
 
 
 class PrecisionBuildError(RuntimeError):
@@ -235,8 +235,8 @@ def _record_result(
     return info
 
 
-#: SmoothQuant alpha for widened footage calibration (measured: :mod:`calibration.clips.widen`)
-FOOTAGE_SMOOTH_ALPHA = 0.7
+#: SmoothQuant alpha for widened calibration (measured: :mod:`calibration.clips.widen`)
+WIDENED_SMOOTH_ALPHA = 0.7
 
 
 def _widened(lazy: _LazySet, pre: PreprocessConfig, seed: int) -> tuple[Callable[[], np.ndarray], Callable[[], str]]:
@@ -281,8 +281,8 @@ def precision_onnx(
     and builder would accept); its answer is recorded as ``info["target_check"]``, and what it raises aborts.
     ``int8_options``: outlier handling passed to :func:`calibration.precision.int8.quantize_int8` (``smooth``,
     ``keep_float``). ``widen`` (INT8): calibrate on the clips widened by :func:`calibration.clips.widen.widen_clips`,
-    with SmoothQuant alpha :data:`FOOTAGE_SMOOTH_ALPHA` unless ``int8_options`` sets one; None: on for footage and
-    saved tensors, off for the synthetic generator (whose clips already span the task's range).
+    with SmoothQuant alpha :data:`WIDENED_SMOOTH_ALPHA` unless ``int8_options`` sets one; None: on (footage, saved
+    tensors and the synthetic generator alike: each is narrower than the cameras a bundle meets).
     """
     from calibration.precision import int8 as int8_mod
 
@@ -294,9 +294,9 @@ def precision_onnx(
     lazy = _LazySet(calib, preprocess, n_clips, seed, cache_dir, progress)
     overflow, err = _fp16_thresholds(fp16_overflow_threshold, fp16_error_threshold)
     int8_options = dict(int8_options or {})
-    widen = precision == "int8" and (not lazy.spec.startswith("synthetic") if widen is None else widen)
+    widen = precision == "int8" and (True if widen is None else widen)
     if widen:
-        int8_options.setdefault("smooth", FOOTAGE_SMOOTH_ALPHA)
+        int8_options.setdefault("smooth", WIDENED_SMOOTH_ALPHA)
     options = (
         {
             "method": method,

@@ -18,8 +18,16 @@ Both changes are needed: the weight matmuls saturate through their 8-bit weights
 (q·kᵀ, p·v) have an activation as their s8 operand, which no weight narrowing reaches. 7 bits cost accuracy where
 8 bits are exact: base 8x224 (random weights), 3 synthetic clips, VNNI, bf16: cosine 0.9995 with the file as is,
 0.9986 ``portable``; on the AVX2 path (f32) the file as is falls to 0.9969 (0.889 on noise frames; ``portable``
-0.9986 and 0.982 on both paths). On real footage (motion model calibrated on vtest.avi, 24 clips of cup.mp4 and
-tree.avi, exact fake quantisation): 8-bit mean 0.9982 / min 0.987, ``portable`` 0.9963 / 0.982. So the form
+0.9986 and 0.982 on both paths).
+
+Where the 7-bit weights come from matters on real footage (motion model calibrated on vtest.avi, widened, 24 clips
+of cup.mp4 and tree.avi, exact integer arithmetic, mean / min cosine): narrowed from the 8-bit file (a second
+rounding) 0.9980 / 0.987, short of issue 25's bar; quantized from float (ONNX Runtime's ``reduce_range``: per
+channel into [-64, 64], whose pair sums 2 x 255 x 64 still fit 16 bits) 0.9993 / 0.998, against 0.9995 / 0.998
+for the 8-bit file. So ``make engine`` decides the form with the build target and, for ``portable``, quantizes the
+weights from float (``quantize_int8(weight_bits=7)``); :func:`to_cpu_int8_form` then keeps them as they are. The
+OpenVINO bundle built so under ``ONEDNN_MAX_CPU_ISA=AVX2``, through ``runtime.Engine`` on those clips: 0.99933 /
+0.99714 on the AVX2 path, 0.99946 / 0.99813 on the VNNI path. So the form
 follows the CPU the bundle is built on (:func:`choose_cpu_int8_form`): ``portable`` where oneDNN's INT8 saturates
 (x86 without VNNI/AMX, or ``ONEDNN_MAX_CPU_ISA`` capped below VNNI), ``vnni`` (the TensorRT file unchanged)
 elsewhere; ``TIMESFORMER_CPU_INT8_FORM=portable|vnni`` overrides it for a bundle meant for another machine. The
@@ -127,7 +135,7 @@ def to_cpu_int8_form(model: Any, form: str | None = None, why: str | None = None
         "why": why,
         "weight_bits": WEIGHT_BITS_SAFE,
         "weights_7bit_from": "8-bit weights (narrowed)" if narrowed["channels_requantized"] else "float",
-        "weights_narrowed": narrowed["tensors"],
+        "weight_tensors": narrowed["tensors"],
         "float_matmuls": floats,
         "saturation_safe": True,
         "note": "7-bit weights and float activation x activation matmuls: no 16-bit pair sum can saturate, so "

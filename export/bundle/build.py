@@ -86,6 +86,7 @@ def build_bundle(req: BuildRequest) -> Path:
         manifest = _build_engine(req, target, model, fp32_onnx, engine_onnx, calibration, tmp)
         kill_point("after_engine")
         manifest = _parity_step(req, target, model, tmp, manifest, t_start)
+        manifest = _speed_step(req, target, model, tmp, manifest, cache)
         write_json_atomic(tmp / MANIFEST_NAME, manifest.to_dict())
         _load_as_an_app_would(tmp)
         kill_point("after_manifest")
@@ -103,6 +104,33 @@ def build_bundle(req: BuildRequest) -> Path:
         f"{parity['top1_agreement']:.3f}{_summary_notes(manifest)})"
     )
     return target.out
+
+
+def _speed_step(
+    req: BuildRequest, target: BuildTarget, model: _Model, tmp: Path, manifest: Manifest, cache: Path
+) -> Manifest:
+    """CPU INT8 only: the staged bundle against ONNX Runtime FP32 on this CPU (export/bundle/speed_check.py),
+    recorded as ``build.speed_vs_fp32``; a warning where INT8 is not faster here."""
+    if target.precision != Precision.INT8 or target.backend not in (Backend.ONNXRUNTIME, Backend.OPENVINO):
+        return manifest
+    from export.bundle.fp32_cache import cached_fp32_onnx
+    from export.bundle.speed_check import speed_note, speed_vs_fp32
+    from export.onnx.attention import resolve_attention
+
+    log.info("[engine] INT8 against ONNX Runtime FP32 on this CPU")
+    fp32 = model.onnx or cached_fp32_onnx(
+        model.net,
+        model.labels,
+        model.pre,
+        model.source,
+        resolve_attention("auto", Backend.ONNXRUNTIME.value, None, precision=Precision.FP32.value),
+        cache,
+    )
+    with candidate_engine(tmp, manifest.to_dict()) as engine:
+        record = speed_vs_fp32(engine, fp32, req.threads or None)
+    warn, line = speed_note(record, target.backend.value)
+    (log.warning if warn else log.info)("[engine] %s", line)
+    return replace(manifest, build={**(manifest.build or {}), "speed_vs_fp32": record})
 
 
 def _prepare_out(req: BuildRequest, out: Path) -> None:

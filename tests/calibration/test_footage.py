@@ -57,8 +57,9 @@ def test_int8_calibrated_on_real_video_holds_on_other_real_videos(real_clips, tm
     ONNX Runtime and in the portable CPU form (7-bit weights, float q·kᵀ/p·v), on cup.mp4 and tree.avi (hand-held):
     issue 25's bar (mean cosine >= 0.999, min >= 0.99 against FP32 PyTorch) holds for the 8-bit file (measured
     0.9995 / 0.998 on 24 clips) and for the portable form as make engine builds it, 7-bit weights quantized from
-    float (0.9993 / 0.998), not narrowed from the 8-bit file (which costs one more rounding). Without widening, or
-    calibrated on the synthetic generator, the same build misses it (0.9985 / 0.992; the synthetic min is lower)."""
+    float (0.9993 / 0.998), not narrowed from the 8-bit file (which costs one more rounding). Calibrated on the
+    synthetic generator (widened too) the 8-bit file meets it as well. Without widening, both miss it
+    (0.9985 / 0.992 from vtest.avi; 0.9985 / 0.993 from the generator's 16 clips)."""
     import onnx
 
     from calibration.precision.cpu_int8 import to_cpu_int8_form
@@ -74,17 +75,19 @@ def test_int8_calibrated_on_real_video_holds_on_other_real_videos(real_clips, tm
         net, labels, pre, source, resolve_attention("auto", "tensorrt", None, precision="int8"), tmp_path, verbose=False
     )
     scores = {}
-    for calib, widen in ((str(FOOTAGE / CALIB), None), (str(FOOTAGE / CALIB), False), (None, None)):
+    for calib, widen in ((str(FOOTAGE / CALIB), None), (str(FOOTAGE / CALIB), False), (None, None), (None, False)):
         qdq, info = precision_onnx(
             fp32, "int8", "tensorrt", calib, pre, 32, "max", tmp_path, 0, form="qdq-fp32", progress=False, widen=widen
         )
-        assert bool(info["detail"]["widened"]) == (calib is not None and widen is None), info["detail"]["widened"]
+        assert bool(info["detail"]["widened"]) == (widen is None), info["detail"]["widened"]
         cos = _cosines(run_logits(qdq, clips), ref)
         scores[(calib is not None, widen)] = (float(cos.mean()), float(cos.min()))
-        if calib is None or widen is False:
+        if widen is False:
             continue
         assert info["detail"]["smoothquant"]["alpha"] == 0.7, info["detail"]["smoothquant"]
-        assert cos.mean() >= 0.999 and cos.min() >= 0.99, (cos.mean(), cos.min())
+        assert cos.mean() >= 0.999 and cos.min() >= 0.99, (calib, cos.mean(), cos.min())
+        if calib is None:
+            continue
         seven, _ = precision_onnx(
             fp32, "int8", "tensorrt", calib, pre, 32, "max", tmp_path, 0, form="qdq-fp32", progress=False,
             int8_options={"weight_bits": 7},
@@ -97,9 +100,9 @@ def test_int8_calibrated_on_real_video_holds_on_other_real_videos(real_clips, tm
             onnx.save(model, str(portable))
             cos_p = _cosines(run_logits(portable, clips), ref)
             assert cos_p.mean() >= bar[0] and cos_p.min() >= bar[1], (source.name, cos_p.mean(), cos_p.min())
-    widened, plain, synthetic = scores[(True, None)], scores[(True, False)], scores[(False, None)]
-    assert widened[0] > plain[0] and widened[1] > plain[1], scores  # widening is what carries it to other cameras
-    assert plain[1] > synthetic[1], scores  # real calibration generalises better to real footage than synthetic
+    for real in (True, False):  # widening is what carries either calibration to other cameras
+        widened, plain = scores[(real, None)], scores[(real, False)]
+        assert widened[0] > plain[0] and widened[1] > plain[1], scores
 
 
 @needs_footage

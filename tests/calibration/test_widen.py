@@ -38,9 +38,10 @@ def test_widen_refuses_what_is_not_clips(shape):
         widen_clips(np.zeros(shape, np.float32), _pre())
 
 
-def test_the_int8_build_widens_footage_and_tensors_but_not_the_generator(tmp_path, monkeypatch):
-    """precision_onnx hands quantize_int8 the widened clips (and SmoothQuant alpha 0.7) for a folder of saved clips,
-    the clips as read for the synthetic generator; ``widen=False`` turns it off; the ranges are keyed apart."""
+def test_the_int8_build_widens_every_calibration_source(tmp_path, monkeypatch):
+    """precision_onnx hands quantize_int8 the widened clips (and SmoothQuant alpha 0.7) for saved clips and for the
+    synthetic generator alike; ``widen=False`` turns it off; an alpha asked for is kept; the ranges are keyed
+    apart."""
     from calibration.precision import build, int8
 
     seen = []
@@ -56,9 +57,14 @@ def test_the_int8_build_widens_footage_and_tensors_but_not_the_generator(tmp_pat
     np.save(tmp_path / "clips.npy", np.zeros((4, 2, 3, 8, 8), np.float32))
     fp32 = tmp_path / "m.onnx"
     fp32.write_bytes(b"onnx")
-    for calib, widen in ((str(tmp_path / "clips.npy"), None), (str(tmp_path / "clips.npy"), False), (None, None)):
-        build.precision_onnx(fp32, "int8", "onnxruntime", calib, pre, 4, "max", tmp_path / "c", 0, widen=widen)
-    widened, plain, synthetic = seen
+    tensors = str(tmp_path / "clips.npy")
+    for calib, widen, options in ((tensors, None, None), (tensors, False, None), (None, None, None), (None, None, 0.5)):
+        build.precision_onnx(
+            fp32, "int8", "onnxruntime", calib, pre, 4, "max", tmp_path / "c", 0, widen=widen,
+            int8_options=None if options is None else {"smooth": options},
+        )  # fmt: skip
+    widened, plain, synthetic, asked = seen
     assert widened["n"] == 4 + 4 + 2 and widened["smooth"] == 0.7
-    assert plain["n"] == 4 and "smooth" not in plain and synthetic["n"] == 4 and "smooth" not in synthetic
+    assert synthetic["n"] == 4 + 4 + 2 and synthetic["smooth"] == 0.7
+    assert plain["n"] == 4 and "smooth" not in plain and asked["smooth"] == 0.5
     assert widened["sha"] != plain["sha"]  # cached ranges of one are never read for the other

@@ -84,6 +84,15 @@ def test_reduced_precision_bundles(built, precision):
 
     model = onnx.load(str(built[precision] / m["engine_file"]))
     ops = {n.op_type for n in model.graph.node}
+    speed = m["build"].get("speed_vs_fp32")
+    assert (speed is not None) == (precision == "int8")  # issue 25: CPU INT8 timed against FP32 where it is built
+    if speed is not None:
+        from runtime.cpu_isa import cpu_isa
+
+        assert speed["cpu"] == cpu_isa().describe() and speed["rounds"] == 3 and speed["int8_ms"] > 0
+        assert (speed["ratio"] is None) == bool(speed["reason"])  # no ratio without agreeing rounds, and why
+        if speed["ratio"] is not None:
+            assert speed["ratio"] == pytest.approx(speed["int8_ms"] / speed["fp32_ms"], rel=0.01)
     if precision == "int8":
         assert ops & {
             "QuantizeLinear",
