@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli_args import ArgumentParser, user_errors
+from .cpu_isa import cpu_isa
 from .device import fingerprint, summary
 from .engine import Engine
 from .files import check_report_file, write_json_atomic
@@ -56,12 +57,13 @@ def run_check(
             "bundle": str(bundle),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "device": fingerprint(),
+            "cpu_isa": cpu_isa().describe(),
             "engine": engine.describe(),
             "built": {
                 "backend": m["backend"],
                 "backend_version": m.get("backend_version"),
                 "precision": m["precision"],
-                **{k: (m.get("build") or {}).get(k) for k in ("date", "host", "machine")},
+                **{k: (m.get("build") or {}).get(k) for k in ("date", "host", "machine", "speed_vs_fp32")},
                 "parity": {
                     k: (m.get("parity") or {}).get(k)
                     for k in ("max_abs_logit", "min_cosine", "top1_agreement", "passed")
@@ -106,6 +108,15 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"{b.get('host') or '?'} {b.get('machine') or ''})".rstrip(),
         f"device: {summary(report['device'])}",
     ]
+    speed = b.get("speed_vs_fp32")
+    if speed:  # a CPU INT8 bundle timed itself against FP32 where it was built (issue 25)
+        there = (
+            f"INT8 took {speed['ratio']:.2f}x the time of ONNX Runtime FP32 there"
+            if speed.get("ratio") is not None
+            else "INT8 against ONNX Runtime FP32 there: no ratio claimed (its rounds disagreed)"
+        )
+        here = "" if speed.get("cpu") == report.get("cpu_isa") else f"; this CPU is {report.get('cpu_isa')}"
+        lines.append(f"built on {speed.get('cpu')}: {there}{here}")
     p = report["parity"]
     if p is not None:
         mt, tol = p["metrics"], p["tolerance"]

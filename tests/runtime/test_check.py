@@ -295,3 +295,24 @@ def test_the_device_check_holds_top1_on_decisive_clips_only():
     m = compare_logits(ref, act)
     assert "top1_agreement = 0 on the 1 of 2 clips" in tolerance_failures(m, tol)[-1]
     assert clip_failures(m["per_clip"][0], tol)[-1] == "top-1 3 vs reference 0"
+
+
+@pytest.mark.parametrize("where", ["here", "elsewhere"])
+def test_the_check_says_how_int8_compared_with_fp32_where_it_was_built(where):
+    """A CPU INT8 bundle carries its build-time timing against ONNX Runtime FP32 (``build.speed_vs_fp32``); the
+    check repeats it and says when this CPU is not the one it was measured on (issue 25)."""
+    from runtime.check import summary_lines
+    from runtime.cpu_isa import cpu_isa
+    from runtime.device import fingerprint
+
+    here = cpu_isa().describe()
+    cpu = here if where == "here" else "x86_64 AVX2 without VNNI (vpmaddubsw)"
+    speed = {"cpu": cpu, "ratio": 1.242, "int8_ms": 4050.0, "fp32_ms": 3260.0, "reason": None}
+    built = {"backend": "openvino", "precision": "int8", "date": "d", "host": "h", "machine": "m"}
+    report = {"bundle": "b", "built": {**built, "speed_vs_fp32": speed}, "device": fingerprint(), "cpu_isa": here}
+    report.update(parity=None, blocks=None, latency=None, profile=None)
+    line = next(x for x in summary_lines(report) if x.startswith("built on"))
+    assert line.startswith(f"built on {cpu}: INT8 took 1.24x the time of ONNX Runtime FP32 there")
+    assert line.endswith(f"; this CPU is {here}") is (where == "elsewhere")
+    no_speed = {**report, "built": built}
+    assert not [x for x in summary_lines(no_speed) if x.startswith("built on")]
