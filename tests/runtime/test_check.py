@@ -137,7 +137,8 @@ def test_the_first_diverging_block_is_named(fp32_bundle, tmp_path, capsys):
 
 
 def test_a_tampered_reference_is_refused_by_its_hash(fp32_bundle, tmp_path, capsys):
-    """Logits edited to match a wrong engine: refused by the manifest's sha256, by the check (exit 2) and at load."""
+    """Logits edited to match a wrong engine: refused by the manifest's record of the file (its size, or its sha256
+    where the compressed size happens to match), by the check (exit 2) and at load; a same-size edit by its sha256."""
     bundle = _copy(fp32_bundle, tmp_path)
     with np.load(bundle / REFERENCE_NPZ) as z:
         arrays = {k: z[k] for k in z.files}
@@ -145,7 +146,16 @@ def test_a_tampered_reference_is_refused_by_its_hash(fp32_bundle, tmp_path, caps
     (bundle / REFERENCE_NPZ).write_bytes(npz_bytes(arrays))
     rc = runtime_main(["check", str(bundle), "--no-latency", "--no-profile"])
     err = capsys.readouterr().err
-    assert rc == 2 and "reference.npz: sha256" in err and "differs from the manifest" in err, err
+    refused = ("reference.npz: sha256" in err and "differs from the manifest" in err) or (
+        "files['reference.npz'].size" in err and "changed or truncated" in err
+    )
+    assert rc == 2 and refused, err
+    data = bytearray((fp32_bundle / REFERENCE_NPZ).read_bytes())
+    data[len(data) // 2] ^= 0xFF  # the same size, other bytes
+    (bundle / REFERENCE_NPZ).write_bytes(bytes(data))
+    assert runtime_main(["check", str(bundle), "--no-latency", "--no-profile"]) == 2
+    err = capsys.readouterr().err
+    assert "reference.npz: sha256" in err and "differs from the manifest" in err, err
     with pytest.raises(BundleError, match=r"reference\.npz: sha256 .* differs"):
         Engine(bundle)
     with pytest.raises(BundleError, match=r"reference\.npz: sha256 .* differs"):  # the engine's own hash check
