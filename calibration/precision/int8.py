@@ -292,7 +292,7 @@ def _quantize_fp32_islands_directly(model: Any) -> int:
 
 
 def _fp32_rest(
-    path: Path, get_clips: Callable[[], np.ndarray] | None, cache: Path | None
+    path: Path, get_clips: Callable[[], np.ndarray] | None, cache: Path | None, progress: bool = False
 ) -> tuple[list[dict[str, Any]], list[Any]]:
     """The float nodes the INT8+FP16 form keeps FP32 (:func:`fp32_rest_nodes`), from ``cache`` when a run with the
     same model, clips, method and keep-float list wrote it: a warm calibration cache then still reads no clip."""
@@ -306,14 +306,19 @@ def _fp32_rest(
             return list(data["kept"]), list(data["overflowing"])
         except (OSError, ValueError, KeyError, TypeError):
             pass  # unreadable: measure again and replace it
-    kept, overflowing = fp32_rest_nodes(path, get_clips())
+    clips = get_clips()
+    _log(f"FP16 analysis of the float rest on {len(clips)} clips (minutes for a large model)")
+    kept, overflowing = fp32_rest_nodes(path, clips, progress)
     if cache is not None:
         write_json_atomic(cache, {"kept": kept, "overflowing": overflowing})
     return kept, overflowing
 
 
 def to_tensorrt_fp16_form(
-    path: Path, get_clips: Callable[[], np.ndarray] | None = None, rest_cache: Path | None = None
+    path: Path,
+    get_clips: Callable[[], np.ndarray] | None = None,
+    rest_cache: Path | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Rewrite the FP32-form Q/DQ ONNX at ``path`` in place into the INT8+FP16 form; returns what was done.
 
@@ -330,7 +335,7 @@ def to_tensorrt_fp16_form(
 
     model = onnx.load(str(path))
     _name_nodes(model)  # the names fp32_rest_nodes decides by (issue 23: FP16 analysis of the float rest)
-    kept, overflowing = _fp32_rest(path, get_clips, rest_cache)
+    kept, overflowing = _fp32_rest(path, get_clips, rest_cache, progress)
     raised = guard_fp16_scales(model)  # issue 23: no Q/DQ scale below FP16's smallest normal
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < _FP16_QDQ_OPSET:
@@ -502,6 +507,7 @@ def _quantize_tensorrt_ort(
         "DedicatedQDQPair": False,
         "AddQDQPairToWeight": False,
     }
+    _log(f"writing the Q/DQ file ({weight_bits}-bit weights, onnxruntime.quantization)")
     tmp = temp_path_beside(out, ".onnx")
     try:
         q.quantize_static(
@@ -670,12 +676,13 @@ def _quantize_for_tensorrt(
         ranges = ranges_for("tensorrt")
         keep = hashlib.sha256(json.dumps(keep_float, sort_keys=True, default=str).encode()).hexdigest()[:12]
         rest = ranges.with_name(f"{ranges.stem}.fp16-rest-{keep}.json")
-        info.update(to_tensorrt_fp16_form(out, clips, rest_cache=rest))
+        info.update(to_tensorrt_fp16_form(out, clips, rest_cache=rest, progress=progress))
     else:
         info["form"] = "qdq-fp32"
     info.update(_check_tensorrt_qdq(out))
     info["validation"] = None
     if validate_clips:
+        _log(f"validating the INT8 file against FP32 on {validate_clips} clips")
         metrics, _ = validate_against_fp32(fp32_onnx, out, clips()[:validate_clips])
         info["validation"] = metrics
     return info
