@@ -109,7 +109,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"device: {summary(report['device'])}",
     ]
     speed = b.get("speed_vs_fp32")
-    if speed:  # a CPU INT8 bundle timed itself against FP32 where it was built (issue 25)
+    if speed and "error" in speed:
+        lines.append(f"INT8 against ONNX Runtime FP32 was not timed at the build: {speed['error']}")
+    elif speed:  # a CPU INT8 bundle timed itself against FP32 where it was built (issue 25)
         there = (
             f"INT8 took {speed['ratio']:.2f}x the time of ONNX Runtime FP32 there"
             if speed.get("ratio") is not None

@@ -326,3 +326,5 @@ def test_the_check_says_how_int8_compared_with_fp32_where_it_was_built(where):
     assert line.endswith(f"; this CPU is {here}") is (where == "elsewhere")
     no_speed = {**report, "built": built}
     assert not [x for x in summary_lines(no_speed) if x.startswith("built on")]
+    failed = {**report, "built": {**built, "speed_vs_fp32": {"error": "MemoryError: no room"}}}
+    assert "INT8 against ONNX Runtime FP32 was not timed at the build: MemoryError: no room" in summary_lines(failed)
