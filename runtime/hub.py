@@ -241,7 +241,7 @@ class CameraHub:
         cam = self._cams.get(camera_id)
         if cam is None:
             raise KeyError(f"camera_id: no camera {camera_id!r}")
-        return (cam.frames - cam.seg_start) % cam.stride == 0
+        return cam.samples_next()
 
     def _preprocessor(self, height: int, width: int, bgr: bool, cam: Camera | None = None) -> FramePreprocessor:
         """One per frame size, shared by the cameras (its taps are ~350 kB for 64 px crops; it is safe to call from
@@ -265,7 +265,7 @@ class CameraHub:
     def _push(self, cam: Camera, frame: np.ndarray | None, arrived: float) -> None:
         if frame is None:
             with cam.push_lock:
-                if (cam.frames - cam.seg_start) % cam.stride == 0:
+                if cam.samples_next():
                     raise InputError(
                         f"camera {cam.id!r}: frame: None for a frame the hub samples (wants_frame() is True): "
                         "expected (H, W, 3) uint8"

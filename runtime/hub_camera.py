@@ -109,6 +109,10 @@ class Camera:
         """The next frame starts a new run (after a reconnect, a loop or a resolution change)."""
         self.seg_start = self.frames
 
+    def samples_next(self) -> bool:
+        """Whether the next frame is sampled into a window (every ``stride``-th frame of the current run)."""
+        return (self.frames - self.seg_start) % self.stride == 0
+
     def copy_window(self, w: Window, out: np.ndarray) -> None:
         """The window's ``T`` frames into ``out`` (one or two slices of the ring)."""
         s, c, t = w.start % self.capacity, self.capacity, self.T
@@ -171,11 +175,7 @@ def run_source(
         got, reason = 0, "ended"
         try:
             # a source that can skips converting the frames the hub will not sample (every stride-th is)
-            frames = (
-                src.open(wants=lambda: (cam.frames - cam.seg_start) % cam.stride == 0)
-                if src.skips_unsampled
-                else src.open()
-            )
+            frames = src.open(wants=cam.samples_next) if src.skips_unsampled else src.open()
             for frame in frames:
                 if cam.stop.is_set():
                     break

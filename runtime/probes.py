@@ -26,7 +26,6 @@ import numpy as np
 from .manifest import BundleFiles
 from .reference import ReferenceSet
 from .backends.onnxruntime_session import ORT_LEVEL_NAMES as _LEVELS
-from .cpu_isa import ort_int8_config
 
 __all__ = ["block_report", "layer_profile", "append_outputs"]
 
@@ -71,7 +70,7 @@ def _ort_session(engine: Any, outputs: list[str] | None = None, profile_dir: str
     )
     so.intra_op_num_threads = int(backend.settings["intra_op_num_threads"])
     so.log_severity_level = 3
-    for k, v in ort_int8_config(engine.manifest.get("precision", "")).items():  # the backend's exact INT8 kernels
+    for k, v in backend.settings.get("int8_config", {}).items():  # the backend's exact INT8 kernels
         so.add_session_config_entry(k, v)
     if profile_dir:
         so.enable_profiling = True

@@ -26,7 +26,6 @@ import numpy as np
 from runtime.files import sha256_file, sha256_json, temp_path_beside, write_json_atomic
 from runtime.options import PRECISIONS as ALL_PRECISIONS, Precision
 from runtime.preprocess import PreprocessConfig
-
 from runtime.backends.onnxruntime_session import cpu_session_options
 
 from calibration.clips.calibset import CalibrationSet, load_calibration_set, selection_key

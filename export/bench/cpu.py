@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
+from runtime.backends.onnxruntime_session import cpu_session_options
 from runtime.cli_args import ArgumentParser, user_errors
 
-from runtime.backends.onnxruntime_session import cpu_session_options
 from calibration.precision.metrics import compare_logits, cosine_rows
 
 from export.bench.cpu_gemm import Entry, gemm_entries

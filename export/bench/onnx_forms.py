@@ -22,9 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.cli_args import ArgumentParser, user_errors
-
 from runtime.backends.onnxruntime_session import cpu_session_options
+from runtime.cli_args import ArgumentParser, user_errors
 
 from export.bench.harness import (
     Rounds,

@@ -21,9 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.cli_args import ArgumentParser, user_errors
-
 from runtime.backends.onnxruntime_session import cpu_session_options
+from runtime.cli_args import ArgumentParser, user_errors
 
 from export.bench.harness import (
     SPREAD_TOLERANCE,
